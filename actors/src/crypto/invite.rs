@@ -1,0 +1,375 @@
+//! Invite tokens: how a new device learns a group's relays and secret.
+//!
+//! A token is `ZK1` followed by unpadded RFC 4648 base32 (upper case: QR codes encode it in
+//! their compact alphanumeric mode) of `CBOR(invite) ‖ checksum(4)`, where the checksum is the
+//! first 4 bytes of BLAKE3 over a domain string and the CBOR. Decoding ignores case,
+//! whitespace and `-`, so a token survives being wrapped or re-typed; a typo fails the
+//! checksum instead of producing a wrong group.
+//!
+//! A token carries the group secret (or, for a passphrase group, the salt and KDF parameters
+//! while the passphrase travels separately): it IS a secret. Its `Debug` is redacted and it
+//! must never be logged. `expires_at` bounds how long a leaked token can be redeemed by a
+//! careful client; it cannot revoke the secret inside (that needs an epoch rotation).
+
+use super::keys::{GroupSecret, KdfParams, SALT_BYTES};
+use serde::{Deserialize, Serialize};
+use zerok_messages::addr::RELAY_ADDR_SOCKETS_MAX;
+use zerok_messages::{Epoch, RelayAddr};
+
+/// Token prefix of version 1.
+const PREFIX: &str = "ZK1";
+/// Version number inside the CBOR.
+const VERSION: u8 = 1;
+/// Checksum domain string.
+const CHECKSUM_DOMAIN: &[u8] = b"zerok invite checksum v1";
+/// Checksum length: 32 bits make an undetected typo a one-in-four-billion event.
+const CHECKSUM_BYTES: usize = 4;
+/// Most relays an invite lists: groups use 2-3; more is a mistake or an attack on the parser.
+pub const INVITE_RELAYS_MAX: usize = 16;
+/// Longest token accepted, in characters: 16 relays × 8 addresses fit comfortably.
+pub const INVITE_CHARS_MAX: usize = 16 * 1024;
+/// Longest group name, in bytes.
+pub const GROUP_NAME_BYTES_MAX: usize = 64;
+
+/// The secret part of an invite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InviteSecret {
+    /// The group secret itself.
+    Key(GroupSecret),
+    /// A passphrase group: the joiner enters the passphrase and derives with these.
+    Passphrase {
+        /// Argon2id salt.
+        salt: [u8; SALT_BYTES],
+        /// Argon2id parameters.
+        kdf: KdfParams,
+    },
+}
+
+/// Everything a device needs to join a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    /// The group's relays, in order of preference.
+    pub relays: Vec<RelayAddr>,
+    /// The secret or how to derive it.
+    pub secret: InviteSecret,
+    /// The group's current key epoch.
+    pub epoch: Epoch,
+    /// After this unix time the token is refused.
+    pub expires_at_unix_secs: u64,
+    /// A human label for the group (not secret, not unique).
+    pub group_name: String,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InviteError {
+    /// Not a 0k-sync invite.
+    #[error("not a 0k-sync invite (it should start with {PREFIX})")]
+    Prefix,
+    /// Longer than any valid invite.
+    #[error("invite is too long")]
+    TooLong,
+    /// Characters outside the token alphabet.
+    #[error("invite contains characters that are not part of a token")]
+    Encoding,
+    /// Mistyped or truncated.
+    #[error("invite checksum does not match: it was mistyped or cut short")]
+    Checksum,
+    /// Made by a newer version.
+    #[error("invite version {0} is not supported by this version of zerok")]
+    Version(u8),
+    /// Well-formed text, invalid content.
+    #[error("invite content is invalid: {0}")]
+    Malformed(String),
+    /// Past its expiry.
+    #[error("invite expired at unix time {0}")]
+    Expired(u64),
+}
+
+#[derive(Serialize, Deserialize)]
+struct InviteWire {
+    v: u8,
+    relays: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes32")]
+    key: Option<[u8; 32]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    salt: Option<serde_bytes::ByteBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kdf: Option<KdfParams>,
+    epoch: Epoch,
+    exp: u64,
+    #[serde(default)]
+    name: String,
+}
+
+mod opt_bytes32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => s.serialize_bytes(bytes),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        let bytes: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
+        bytes
+            .map(|bytes| {
+                <[u8; 32]>::try_from(bytes.as_slice())
+                    .map_err(|_| serde::de::Error::custom("key must be 32 bytes"))
+            })
+            .transpose()
+    }
+}
+
+fn checksum(body: &[u8]) -> [u8; CHECKSUM_BYTES] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(CHECKSUM_DOMAIN);
+    hasher.update(body);
+    let hash = hasher.finalize();
+    let mut out = [0; CHECKSUM_BYTES];
+    out.copy_from_slice(&hash.as_bytes()[..CHECKSUM_BYTES]);
+    out
+}
+
+impl Invite {
+    /// The token text. A secret: show it only to the person inviting.
+    pub fn encode(&self) -> String {
+        let (key, salt, kdf) = match &self.secret {
+            InviteSecret::Key(secret) => (Some(*secret.expose_bytes()), None, None),
+            InviteSecret::Passphrase { salt, kdf } => (
+                None,
+                Some(serde_bytes::ByteBuf::from(salt.to_vec())),
+                Some(*kdf),
+            ),
+        };
+        let wire = InviteWire {
+            v: VERSION,
+            relays: self.relays.iter().map(ToString::to_string).collect(),
+            key,
+            salt,
+            kdf,
+            epoch: self.epoch,
+            exp: self.expires_at_unix_secs,
+            name: self.group_name.clone(),
+        };
+        let mut body = zeroize::Zeroizing::new(Vec::new());
+        ciborium::into_writer(&wire, &mut *body).expect("writing CBOR to a Vec cannot fail");
+        let sum = checksum(&body);
+        body.extend_from_slice(&sum);
+        format!("{PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&body))
+    }
+
+    /// Parse and check a token at wall time `now_unix_secs`.
+    pub fn decode(token: &str, now_unix_secs: u64) -> Result<Invite, InviteError> {
+        if token.len() > INVITE_CHARS_MAX {
+            return Err(InviteError::TooLong);
+        }
+        let cleaned: String = token
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        let data = cleaned.strip_prefix(PREFIX).ok_or(InviteError::Prefix)?;
+        let raw = zeroize::Zeroizing::new(
+            data_encoding::BASE32_NOPAD
+                .decode(data.as_bytes())
+                .map_err(|_| InviteError::Encoding)?,
+        );
+        if raw.len() < CHECKSUM_BYTES {
+            return Err(InviteError::Checksum);
+        }
+        let (body, sum) = raw.split_at(raw.len() - CHECKSUM_BYTES);
+        if checksum(body) != sum {
+            return Err(InviteError::Checksum);
+        }
+        // Peek at the version before the full parse, so a newer layout says "version".
+        let version = ciborium::from_reader::<ciborium::Value, _>(body)
+            .ok()
+            .and_then(|value| match value {
+                ciborium::Value::Map(entries) => entries.into_iter().find_map(|(k, v)| {
+                    (k.as_text() == Some("v"))
+                        .then(|| v.as_integer().and_then(|i| u8::try_from(i).ok()))
+                        .flatten()
+                }),
+                _ => None,
+            });
+        match version {
+            Some(VERSION) => {}
+            Some(other) => return Err(InviteError::Version(other)),
+            None => return Err(InviteError::Malformed("no version".into())),
+        }
+        let wire: InviteWire = ciborium::from_reader(body)
+            .map_err(|err| InviteError::Malformed(err.to_string().chars().take(120).collect()))?;
+        let invite = Self::from_wire(wire)?;
+        if now_unix_secs >= invite.expires_at_unix_secs {
+            return Err(InviteError::Expired(invite.expires_at_unix_secs));
+        }
+        Ok(invite)
+    }
+
+    fn from_wire(wire: InviteWire) -> Result<Invite, InviteError> {
+        let malformed = |what: &str| InviteError::Malformed(what.to_owned());
+        if wire.relays.is_empty() || wire.relays.len() > INVITE_RELAYS_MAX {
+            return Err(malformed("an invite lists 1 to 16 relays"));
+        }
+        let relays = wire
+            .relays
+            .iter()
+            .map(|text| text.parse::<RelayAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| InviteError::Malformed(format!("relay address: {err}")))?;
+        debug_assert!(
+            relays
+                .iter()
+                .all(|r| r.addrs.len() <= RELAY_ADDR_SOCKETS_MAX)
+        );
+        let secret = match (wire.key, wire.salt, wire.kdf) {
+            (Some(key), None, None) => InviteSecret::Key(GroupSecret::from_bytes(key)),
+            (None, Some(salt), Some(kdf)) => InviteSecret::Passphrase {
+                salt: salt
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| malformed("salt must be 16 bytes"))?,
+                kdf,
+            },
+            _ => {
+                return Err(malformed(
+                    "an invite carries either a key or a salt and parameters",
+                ));
+            }
+        };
+        if wire.name.len() > GROUP_NAME_BYTES_MAX {
+            return Err(malformed("group name too long"));
+        }
+        Ok(Invite {
+            relays,
+            secret,
+            epoch: wire.epoch,
+            expires_at_unix_secs: wire.exp,
+            group_name: wire.name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerok_messages::DeviceId;
+
+    fn relay(n: u8) -> RelayAddr {
+        RelayAddr {
+            id: DeviceId([n; 32]),
+            addrs: vec![format!("127.0.0.1:{}", 7000 + n as u16).parse().unwrap()],
+        }
+    }
+
+    fn invite() -> Invite {
+        Invite {
+            relays: vec![relay(1), relay(2), relay(3)],
+            secret: InviteSecret::Key(GroupSecret::from_bytes([0x5c; 32])),
+            epoch: Epoch(0),
+            expires_at_unix_secs: 2_000_000_000,
+            group_name: "family".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_tolerates_formatting() {
+        let token = invite().encode();
+        assert!(token.starts_with("ZK1"));
+        assert_eq!(Invite::decode(&token, 1_900_000_000).unwrap(), invite());
+        let wrapped: String = token
+            .to_lowercase()
+            .as_bytes()
+            .chunks(20)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("-\n  ");
+        assert_eq!(Invite::decode(&wrapped, 1_900_000_000).unwrap(), invite());
+        let passphrase = Invite {
+            secret: InviteSecret::Passphrase {
+                salt: [9; 16],
+                kdf: KdfParams::V1,
+            },
+            ..invite()
+        };
+        assert_eq!(Invite::decode(&passphrase.encode(), 0).unwrap(), passphrase);
+    }
+
+    #[test]
+    fn typos_truncation_and_expiry_are_refused() {
+        let token = invite().encode();
+        assert_eq!(
+            Invite::decode(&token, 2_000_000_000),
+            Err(InviteError::Expired(2_000_000_000))
+        );
+        // Change one character in the middle.
+        let mut chars: Vec<char> = token.chars().collect();
+        let mid = chars.len() / 2;
+        chars[mid] = if chars[mid] == 'A' { 'B' } else { 'A' };
+        let typo: String = chars.into_iter().collect();
+        assert!(matches!(
+            Invite::decode(&typo, 0),
+            Err(InviteError::Checksum | InviteError::Encoding)
+        ));
+        assert!(Invite::decode(&token[..token.len() - 5], 0).is_err());
+        assert_eq!(Invite::decode("hello", 0), Err(InviteError::Prefix));
+        assert_eq!(Invite::decode("ZK1!!!!", 0), Err(InviteError::Encoding));
+        assert_eq!(
+            Invite::decode(&"ZK1".repeat(10_000), 0),
+            Err(InviteError::TooLong)
+        );
+    }
+
+    #[test]
+    fn newer_versions_and_bad_content_are_typed_errors() {
+        let encode_wire = |wire: &InviteWire| {
+            let mut body = Vec::new();
+            ciborium::into_writer(wire, &mut body).unwrap();
+            let sum = checksum(&body);
+            body.extend_from_slice(&sum);
+            format!("ZK1{}", data_encoding::BASE32_NOPAD.encode(&body))
+        };
+        let wire = |v, relays: Vec<String>, key| InviteWire {
+            v,
+            relays,
+            key,
+            salt: None,
+            kdf: None,
+            epoch: Epoch(0),
+            exp: u64::MAX,
+            name: String::new(),
+        };
+        let one = vec![relay(1).to_string()];
+        assert_eq!(
+            Invite::decode(&encode_wire(&wire(2, one.clone(), Some([0; 32]))), 0),
+            Err(InviteError::Version(2))
+        );
+        assert!(matches!(
+            Invite::decode(&encode_wire(&wire(1, vec![], Some([0; 32]))), 0),
+            Err(InviteError::Malformed(_))
+        ));
+        assert!(matches!(
+            Invite::decode(&encode_wire(&wire(1, one.clone(), None)), 0),
+            Err(InviteError::Malformed(_))
+        ));
+        assert!(matches!(
+            Invite::decode(
+                &encode_wire(&wire(1, vec!["nope".into()], Some([0; 32]))),
+                0
+            ),
+            Err(InviteError::Malformed(_))
+        ));
+        assert!(Invite::decode(&encode_wire(&wire(1, one, Some([0; 32]))), 0).is_ok());
+    }
+
+    #[test]
+    fn debug_does_not_print_the_secret() {
+        let printed = format!("{:?}", invite());
+        assert!(printed.contains("redacted"));
+        assert!(!printed.contains("92, 92")); // 0x5c = 92
+    }
+}

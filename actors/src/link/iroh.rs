@@ -1,0 +1,1 @@
+//! iroh QUIC transport of the Link seam (in progress).

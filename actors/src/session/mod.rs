@@ -1,0 +1,419 @@
+//! Session: one per client connection, under the SessionsSupervisor (DESIGN.md §2).
+//!
+//! It owns the link's sending half and a linked [`LinkReader`](crate::link_reader) that feeds
+//! it frames with an in-flight permit each ([`Limits::inflight_max`] per connection). The
+//! pure [`core::SessionCore`] decides; `handle` carries out: pushes are cast to the mailbox's
+//! GroupRouter in frame order (so one connection's pushes keep their order), their acks are
+//! awaited in a task with [`REQUEST_TIMEOUT`]; pulls go to the BlobStore from a task. Every
+//! response goes straight onto the link. A session is never restarted: its death is a closed
+//! connection, and the client reconnects.
+
+pub mod core;
+
+use crate::link_reader::{LinkReaderActor, LinkReaderArgs};
+use crate::metrics::RelayMetrics;
+use crate::shared_ref::SharedRef;
+use ::core::time::Duration;
+use bytes::Bytes;
+use core::{Action, SessionCore};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, oneshot};
+use tracing::{debug, warn};
+use zerok_messages::codec;
+use zerok_messages::link::{LinkReceiver, LinkSender};
+use zerok_messages::relay::{
+    BlobStoreMsg, GroupRouterMsg, RoutersMsg, SessionMsg, StoreError, SubscriberId,
+};
+use zerok_messages::wire::ByeReason;
+use zerok_messages::{DeviceId, ErrorCode, Frame, Limits, MailboxId, ReqId};
+
+/// How long a request may wait on the router or store before the client is told to retry.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call to the routers supervisor may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The session's actor type.
+pub struct SessionActor;
+
+/// What a session needs.
+pub struct SessionArgs {
+    /// The peer, authenticated by the link.
+    pub peer: DeviceId,
+    /// The link's halves.
+    pub sender: LinkSender,
+    /// Receiving half, handed to the LinkReader.
+    pub receiver: LinkReceiver,
+    /// This relay's id (signed into join proofs).
+    pub relay_id: DeviceId,
+    /// Fresh random nonce for this connection's join proofs.
+    pub nonce: [u8; 32],
+    /// Limits announced in `Welcome`.
+    pub limits: Limits,
+    /// The BlobStore.
+    pub store: SharedRef<BlobStoreMsg>,
+    /// The routers supervisor.
+    pub routers: ActorRef<RoutersMsg>,
+    /// This session's subscriber id (unique per relay process).
+    pub subscriber_id: SubscriberId,
+    /// Close after this long without a frame.
+    pub idle_timeout: Duration,
+    /// Metrics.
+    pub metrics: RelayMetrics,
+}
+
+/// Session state.
+pub struct SessionState {
+    core: SessionCore,
+    peer: DeviceId,
+    sender: LinkSender,
+    store: SharedRef<BlobStoreMsg>,
+    routers: ActorRef<RoutersMsg>,
+    router_cache: BTreeMap<MailboxId, ActorRef<GroupRouterMsg>>,
+    subscriber_id: SubscriberId,
+    idle_timeout: Duration,
+    last_frame_at: tokio::time::Instant,
+    limits: Limits,
+    metrics: RelayMetrics,
+}
+
+/// Encode and queue a frame on the link without waiting; a full queue means the client is
+/// not reading its responses, which the in-flight bound already limits.
+async fn send_frame(sender: &LinkSender, metrics: &RelayMetrics, frame: Frame) {
+    if let Frame::Error { code, .. } = &frame {
+        metrics
+            .errors_total
+            .with_label_values(&[code.as_str()])
+            .inc();
+    }
+    match codec::encode(&frame) {
+        Ok(body) => {
+            let _ = sender.send(Bytes::from(body)).await;
+        }
+        Err(err) => warn!(error = %err, tag = frame.tag(), "response not encodable"),
+    }
+}
+
+fn store_error_frame(req: ReqId, err: &StoreError) -> Frame {
+    let code = err.code();
+    Frame::Error {
+        req: Some(req),
+        code,
+        message: err.to_string(),
+        retry_after_ms: code.is_retryable().then_some(1000),
+    }
+}
+
+fn unavailable(req: ReqId, what: &str) -> Frame {
+    Frame::Error {
+        req: Some(req),
+        code: ErrorCode::Unavailable,
+        message: what.to_owned(),
+        retry_after_ms: Some(1000),
+    }
+}
+
+impl SessionState {
+    async fn router(&mut self, mailbox: MailboxId) -> Result<ActorRef<GroupRouterMsg>, StoreError> {
+        if let Some(router) = self.router_cache.get(&mailbox)
+            && router.get_status() == ractor::ActorStatus::Running
+        {
+            return Ok(router.clone());
+        }
+        let router = ractor::call_t!(
+            self.routers,
+            |reply| RoutersMsg::GetRouter { mailbox, reply },
+            LOOKUP_TIMEOUT.as_millis() as u64
+        )
+        .map_err(|err| StoreError::Unavailable(format!("router lookup failed: {err}")))??;
+        self.router_cache.insert(mailbox, router.clone());
+        Ok(router)
+    }
+
+    async fn carry_out(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        action: Action,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let sender = self.sender.clone();
+        let metrics = self.metrics.clone();
+        match action {
+            Action::Nothing => {}
+            Action::Reply(frame) => send_frame(&sender, &metrics, frame).await,
+            Action::ReplyAndClose(frame) => {
+                send_frame(&sender, &metrics, frame).await;
+                send_frame(
+                    &sender,
+                    &metrics,
+                    SessionCore::bye(ByeReason::ProtocolViolation),
+                )
+                .await;
+                myself.stop(Some("protocol violation".into()));
+            }
+            Action::Close => myself.stop(Some("peer said bye".into())),
+            Action::Joined { req, mailbox } => {
+                let store = self.store.get();
+                tokio::spawn(async move {
+                    let latest = ractor::call_t!(
+                        store,
+                        |reply| BlobStoreMsg::GetLatest { mailbox, reply },
+                        REQUEST_TIMEOUT.as_millis() as u64
+                    );
+                    let frame = match latest {
+                        Ok(Ok(latest)) => Frame::Joined {
+                            req,
+                            mailbox,
+                            latest,
+                        },
+                        Ok(Err(err)) => store_error_frame(req, &err),
+                        Err(_) => unavailable(req, "store did not answer"),
+                    };
+                    send_frame(&sender, &metrics, frame).await;
+                    drop(permit);
+                });
+            }
+            Action::Push {
+                req,
+                mailbox,
+                blob_id,
+                ciphertext,
+                ttl_secs,
+            } => {
+                let started = tokio::time::Instant::now();
+                let (tx, rx) = oneshot::channel();
+                let cast = match self.router(mailbox).await {
+                    Ok(router) => router
+                        .cast(GroupRouterMsg::Push {
+                            blob_id,
+                            ciphertext,
+                            ttl_secs,
+                            reply: tx.into(),
+                        })
+                        .map_err(|_| StoreError::Unavailable("mailbox router restarting".into())),
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = cast {
+                    self.router_cache.remove(&mailbox);
+                    metrics.pushes_total.with_label_values(&["failed"]).inc();
+                    send_frame(&sender, &metrics, store_error_frame(req, &err)).await;
+                    return;
+                }
+                tokio::spawn(async move {
+                    let frame = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+                        Ok(Ok(Ok(acked))) => {
+                            let result = if acked.duplicate {
+                                "duplicate"
+                            } else {
+                                "stored"
+                            };
+                            metrics.pushes_total.with_label_values(&[result]).inc();
+                            metrics
+                                .push_latency_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                            Frame::PushAck {
+                                req,
+                                cursor: acked.cursor,
+                                duplicate: acked.duplicate,
+                            }
+                        }
+                        Ok(Ok(Err(err))) => {
+                            metrics.pushes_total.with_label_values(&["rejected"]).inc();
+                            store_error_frame(req, &err)
+                        }
+                        Ok(Err(_)) | Err(_) => {
+                            metrics.pushes_total.with_label_values(&["failed"]).inc();
+                            unavailable(req, "push not confirmed; retry")
+                        }
+                    };
+                    send_frame(&sender, &metrics, frame).await;
+                    drop(permit);
+                });
+            }
+            Action::Pull {
+                req,
+                mailbox,
+                after,
+                max_items,
+                max_bytes,
+            } => {
+                let store = self.store.get();
+                tokio::spawn(async move {
+                    let page = ractor::call_t!(
+                        store,
+                        |reply| BlobStoreMsg::Read {
+                            mailbox,
+                            after,
+                            max_items,
+                            max_bytes,
+                            reply,
+                        },
+                        REQUEST_TIMEOUT.as_millis() as u64
+                    );
+                    let frame = match page {
+                        Ok(Ok(page)) => {
+                            metrics.pulls_total.inc();
+                            Frame::PullPage {
+                                req,
+                                items: page.items,
+                                next: page.next,
+                                has_more: page.has_more,
+                            }
+                        }
+                        Ok(Err(err)) => store_error_frame(req, &err),
+                        Err(_) => unavailable(req, "store did not answer"),
+                    };
+                    send_frame(&sender, &metrics, frame).await;
+                    drop(permit);
+                });
+            }
+            Action::Subscribe { req, mailbox } => {
+                let frame = match self.router(mailbox).await {
+                    Ok(router) => {
+                        let subscribed = ractor::call_t!(
+                            router,
+                            |reply| GroupRouterMsg::Subscribe {
+                                subscriber: self.subscriber_id,
+                                sink: sender.clone(),
+                                reply,
+                            },
+                            LOOKUP_TIMEOUT.as_millis() as u64
+                        );
+                        match subscribed {
+                            Ok(latest) => {
+                                self.core.set_subscribed(mailbox, true);
+                                Frame::Subscribed {
+                                    req,
+                                    mailbox,
+                                    latest,
+                                }
+                            }
+                            Err(_) => {
+                                self.router_cache.remove(&mailbox);
+                                unavailable(req, "mailbox router restarting")
+                            }
+                        }
+                    }
+                    Err(err) => store_error_frame(req, &err),
+                };
+                send_frame(&sender, &metrics, frame).await;
+            }
+            Action::Unsubscribe { req, mailbox } => {
+                if let Some(router) = self.router_cache.get(&mailbox) {
+                    let _ = router.cast(GroupRouterMsg::Unsubscribe {
+                        subscriber: self.subscriber_id,
+                    });
+                }
+                self.core.set_subscribed(mailbox, false);
+                send_frame(&sender, &metrics, Frame::Unsubscribed { req }).await;
+            }
+        }
+    }
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SessionArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let inflight = Arc::new(Semaphore::new(args.limits.inflight_max.max(1) as usize));
+        Actor::spawn_linked(
+            None,
+            LinkReaderActor,
+            LinkReaderArgs {
+                receiver: args.receiver,
+                owner: myself.clone(),
+                inflight,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let check_every = (args.idle_timeout / 4).max(Duration::from_millis(100));
+        myself.send_interval(check_every, || SessionMsg::IdleCheckDue);
+        args.metrics.sessions.inc();
+        Ok(SessionState {
+            core: SessionCore::new(args.relay_id, args.peer, args.nonce, args.limits.clone()),
+            peer: args.peer,
+            sender: args.sender,
+            store: args.store,
+            routers: args.routers,
+            router_cache: BTreeMap::new(),
+            subscriber_id: args.subscriber_id,
+            idle_timeout: args.idle_timeout,
+            last_frame_at: tokio::time::Instant::now(),
+            limits: args.limits,
+            metrics: args.metrics,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionMsg::FrameReceived { body, permit } => {
+                state.last_frame_at = tokio::time::Instant::now();
+                let action = match codec::decode(&body) {
+                    Ok(frame) => state.core.on_frame(frame),
+                    Err(err) => {
+                        debug!(peer = %state.peer.short(), error = %err, "undecodable frame");
+                        state.core.on_decode_error(&err)
+                    }
+                };
+                state.carry_out(&myself, action, permit).await;
+            }
+            SessionMsg::LinkClosed { error } => {
+                if let Some(error) = error {
+                    debug!(peer = %state.peer.short(), error = %error, "link broke");
+                }
+                myself.stop(Some("link closed".into()));
+            }
+            SessionMsg::IdleCheckDue => {
+                if state.last_frame_at.elapsed() >= state.idle_timeout {
+                    send_frame(
+                        &state.sender,
+                        &state.metrics,
+                        SessionCore::bye(ByeReason::Idle),
+                    )
+                    .await;
+                    myself.stop(Some("idle".into()));
+                }
+            }
+            SessionMsg::Shutdown => {
+                send_frame(
+                    &state.sender,
+                    &state.metrics,
+                    SessionCore::bye(ByeReason::Shutdown),
+                )
+                .await;
+                myself.stop(Some("relay shutdown".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.metrics.sessions.dec();
+        for mailbox in state.core.subscribed().clone() {
+            if let Some(router) = state.router_cache.get(&mailbox) {
+                let _ = router.cast(GroupRouterMsg::Unsubscribe {
+                    subscriber: state.subscriber_id,
+                });
+            }
+        }
+        let _ = state.limits.inflight_max;
+        Ok(())
+    }
+}

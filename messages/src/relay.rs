@@ -1,0 +1,271 @@
+//! Messages of the relay's actors (DESIGN.md §2): BlobStore, GroupRouter.
+//!
+//! Push path: `Session ─Push→ GroupRouter ─Append→ BlobStore`; the store group-commits,
+//! then answers the router with one `Stored` per batch, in order; the router acks the pushing
+//! sessions and fans the items out to subscribers. Pull path: `Session ─Read→ BlobStore`.
+
+use crate::ids::{BlobId, Cursor, MailboxId};
+use crate::link::LinkSender;
+use crate::wire::{ErrorCode, Item};
+use bytes::Bytes;
+use ractor::{ActorRef, RpcReplyPort};
+
+/// One push queued for a group commit.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// Caller-chosen id matching the answer in [`GroupRouterMsg::Stored`] to this request.
+    pub token: u64,
+    /// Target mailbox.
+    pub mailbox: MailboxId,
+    /// `BLAKE3(ciphertext)`, already checked by the session.
+    pub blob_id: BlobId,
+    /// The sealed record.
+    pub ciphertext: Bytes,
+    /// Requested TTL; `None` = the store's default; capped by the store's maximum.
+    pub ttl_secs: Option<u32>,
+}
+
+impl std::fmt::Debug for AppendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRequest")
+            .field("token", &self.token)
+            .field("mailbox", &self.mailbox)
+            .field("blob_id", &self.blob_id)
+            .field("ciphertext_len", &self.ciphertext.len())
+            .field("ttl_secs", &self.ttl_secs)
+            .finish()
+    }
+}
+
+/// What happened to one [`AppendRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Durable.
+    Stored {
+        /// The item's cursor.
+        cursor: Cursor,
+        /// Already stored before: `cursor` is the original one and nothing was written.
+        duplicate: bool,
+        /// When it was first stored, unix milliseconds.
+        stored_at_ms: u64,
+    },
+    /// Not stored.
+    Rejected(StoreError),
+}
+
+/// Why the store refused or failed a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The mailbox would exceed its quota.
+    #[error("mailbox quota of {quota_bytes} bytes exceeded")]
+    QuotaExceeded {
+        /// The quota.
+        quota_bytes: u64,
+    },
+    /// The blob is over the size limit.
+    #[error("blob of {bytes} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Blob size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The store cannot serve right now (I/O error, restarting); retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// The wire error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            StoreError::TooLarge { .. } => ErrorCode::TooLarge,
+            StoreError::Unavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// One page of a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Items in cursor order, none expired.
+    pub items: Vec<Item>,
+    /// Pass as `after` for the next page.
+    pub next: Cursor,
+    /// Whether items exist after `next`.
+    pub has_more: bool,
+}
+
+/// Totals for metrics and readiness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Mailboxes holding at least one item.
+    pub mailboxes: u64,
+    /// Items stored.
+    pub items: u64,
+    /// Ciphertext bytes stored.
+    pub bytes: u64,
+    /// Group commits (one flush each) since the store started.
+    pub commits: u64,
+}
+
+/// Result of one sweep slice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Items evicted in this slice.
+    pub evicted: u64,
+    /// Whether more expired items remain (sweep again soon).
+    pub more: bool,
+}
+
+/// Messages of the BlobStore actor.
+#[derive(Debug)]
+pub enum BlobStoreMsg {
+    /// Queue pushes for the next group commit. Once the batch is durable the store sends
+    /// `reply_to` one [`GroupRouterMsg::Stored`] with the outcomes, in request order.
+    Append {
+        /// The pushes.
+        requests: Vec<AppendRequest>,
+        /// Who gets the outcomes.
+        reply_to: ActorRef<GroupRouterMsg>,
+    },
+    /// Durable, unexpired items of `mailbox` with a cursor after `after`, at most `max_items`
+    /// and `max_bytes` of ciphertext (at least one item when one exists).
+    Read {
+        /// Mailbox to read.
+        mailbox: MailboxId,
+        /// Exclusive lower bound.
+        after: Cursor,
+        /// Most items.
+        max_items: u32,
+        /// Most ciphertext bytes.
+        max_bytes: u32,
+        /// The page.
+        reply: RpcReplyPort<Result<Page, StoreError>>,
+    },
+    /// The newest durable cursor of a mailbox (0 when it never held an item).
+    GetLatest {
+        /// The mailbox.
+        mailbox: MailboxId,
+        /// The cursor.
+        reply: RpcReplyPort<Result<Cursor, StoreError>>,
+    },
+    /// Evict at most `max_items` expired items, oldest expiry first.
+    Sweep {
+        /// Bound of this slice, so a sweep never stalls pushes for long.
+        max_items: u32,
+        /// What was evicted.
+        reply: RpcReplyPort<SweepReport>,
+    },
+    /// Totals.
+    GetStats {
+        /// The totals.
+        reply: RpcReplyPort<StoreStats>,
+    },
+    /// Commit the pending batch (the store sends this to itself).
+    CommitDue,
+}
+
+/// Identifies one subscriber (one session) to a router.
+pub type SubscriberId = u64;
+
+/// A push acknowledged as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushAcked {
+    /// The item's cursor.
+    pub cursor: Cursor,
+    /// Whether it was stored before.
+    pub duplicate: bool,
+}
+
+/// Messages of a GroupRouter (one per active mailbox).
+#[derive(Debug)]
+pub enum GroupRouterMsg {
+    /// Store a push; `reply` gets the ack once it is durable.
+    Push {
+        /// `BLAKE3(ciphertext)`.
+        blob_id: BlobId,
+        /// The sealed record.
+        ciphertext: Bytes,
+        /// Requested TTL.
+        ttl_secs: Option<u32>,
+        /// The ack or the reason it failed.
+        reply: RpcReplyPort<Result<PushAcked, StoreError>>,
+    },
+    /// Outcomes of one group commit, from the BlobStore, in request order.
+    Stored {
+        /// `(token, outcome)` per request.
+        results: Vec<(u64, StoreOutcome)>,
+    },
+    /// Deliver new items live to `sink` from now on.
+    Subscribe {
+        /// Who subscribes.
+        subscriber: SubscriberId,
+        /// The subscriber's link; the router only ever `try_send`s on it.
+        sink: LinkSender,
+        /// The newest durable cursor at subscription time.
+        reply: RpcReplyPort<Cursor>,
+    },
+    /// Stop live delivery to `subscriber`.
+    Unsubscribe {
+        /// Who unsubscribes.
+        subscriber: SubscriberId,
+    },
+    /// Retry notifying subscribers whose queue was full.
+    NotifyDue,
+    /// Check whether the router has been idle long enough to stop.
+    IdleCheckDue,
+}
+
+/// Messages of the RoutersSupervisor, which owns one GroupRouter per active mailbox.
+#[derive(Debug)]
+pub enum RoutersMsg {
+    /// The router of `mailbox`, spawned on first use.
+    GetRouter {
+        /// The mailbox.
+        mailbox: MailboxId,
+        /// The router, or `Unavailable` while it is backing off after crashes.
+        reply: RpcReplyPort<Result<ActorRef<GroupRouterMsg>, StoreError>>,
+    },
+    /// Respawn the router of `mailbox` after its backoff.
+    RestartDue {
+        /// The mailbox.
+        mailbox: MailboxId,
+    },
+    /// Restarts of crashed routers since start.
+    GetRestarts {
+        /// The count.
+        reply: RpcReplyPort<u64>,
+    },
+}
+
+/// Messages of a Session (one per connection).
+#[derive(Debug)]
+pub enum SessionMsg {
+    /// A frame body arrived from the link (sent by the LinkReader). The permit is one of the
+    /// connection's in-flight slots; it is released when the request is answered.
+    FrameReceived {
+        /// The CBOR frame body.
+        body: Bytes,
+        /// The in-flight slot this request holds.
+        permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    /// The link ended: cleanly (`None`) or with an error.
+    LinkClosed {
+        /// Why, if it broke.
+        error: Option<crate::link::LinkError>,
+    },
+    /// Check for an idle connection.
+    IdleCheckDue,
+    /// The relay is shutting down: say `Bye` and stop.
+    Shutdown,
+}
+
+/// Messages of a LinkReader (the actor that reads one link for its Session).
+#[derive(Debug)]
+pub enum LinkReaderMsg {
+    /// Read the next frame (the reader sends this to itself after each frame).
+    ReadNext,
+}
