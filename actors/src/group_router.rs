@@ -38,6 +38,8 @@ pub const PENDING_PUSHES_MAX: usize = 4096;
 pub const NOTIFY_RETRY: Duration = Duration::from_millis(20);
 /// Idle time after which a router without subscribers or pending pushes stops.
 pub const IDLE_STOP_AFTER: Duration = Duration::from_secs(300);
+/// The stop reason of a router that ended because it was idle (not a crash).
+pub const IDLE_STOP_REASON: &str = "idle";
 /// How long a router waits for the store when it starts.
 const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -308,7 +310,7 @@ impl Actor for GroupRouterActor {
                     state.idle_since = tokio::time::Instant::now();
                 } else if state.idle_since.elapsed() >= IDLE_STOP_AFTER {
                     debug!(mailbox = %state.mailbox.short(), "router idle, stopping");
-                    myself.stop(Some("idle".into()));
+                    myself.stop(Some(IDLE_STOP_REASON.into()));
                 }
             }
         }

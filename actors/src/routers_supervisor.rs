@@ -149,7 +149,11 @@ impl Actor for RoutersSupervisorActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
+            // A router stops normally only when idle; any other end (a kill, a panic, an
+            // error) is a crash and gets the restart treatment.
+            SupervisionEvent::ActorTerminated(cell, _, reason)
+                if reason.as_deref() == Some(crate::group_router::IDLE_STOP_REASON) =>
+            {
                 if let Some(mailbox) = state.by_actor.remove(&cell.get_id())
                     && let Some(entry) = state.mailboxes.get_mut(&mailbox)
                 {
@@ -165,7 +169,8 @@ impl Actor for RoutersSupervisorActor {
                     }
                 }
             }
-            SupervisionEvent::ActorFailed(cell, error) => {
+            SupervisionEvent::ActorFailed(cell, _)
+            | SupervisionEvent::ActorTerminated(cell, _, _) => {
                 if let Some(mailbox) = state.by_actor.remove(&cell.get_id()) {
                     let entry = state.mailboxes.entry(mailbox).or_default();
                     entry.router = None;
@@ -186,7 +191,7 @@ impl Actor for RoutersSupervisorActor {
                         .actor_restarts_total
                         .with_label_values(&["group_router"])
                         .inc();
-                    info!(error = %error, delay_ms = delay.as_millis() as u64, "router crashed, restarting");
+                    info!(mailbox = %mailbox.short(), delay_ms = delay.as_millis() as u64, "router crashed, restarting");
                     myself.send_after(delay, move || RoutersMsg::RestartDue { mailbox });
                 }
             }
