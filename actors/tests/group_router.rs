@@ -4,58 +4,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use bytes::Bytes;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use common::ProbeStore;
+use ractor::{Actor, ActorRef};
 use std::time::Duration;
 use zerok_actors::metrics::RelayMetrics;
 use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
 use zerok_actors::shared_ref::SharedRef;
 use zerok_messages::link::{LINK_QUEUE_FRAMES, LinkReceiver, LinkSender, channel};
-use zerok_messages::relay::{BlobStoreMsg, GroupRouterMsg, RoutersMsg, StoreOutcome};
+use zerok_messages::relay::{GroupRouterMsg, RoutersMsg};
 use zerok_messages::{BlobId, Cursor, Frame, MailboxId, codec};
-
-/// A BlobStore stand-in: every append is "durable" at once with the next cursor.
-struct ProbeStore;
-
-impl Actor for ProbeStore {
-    type Msg = BlobStoreMsg;
-    type State = u64;
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<u64, ActorProcessingErr> {
-        Ok(0)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        latest: &mut u64,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            BlobStoreMsg::Append { requests, reply_to } => {
-                let results = requests
-                    .into_iter()
-                    .map(|request| {
-                        *latest += 1;
-                        let outcome = StoreOutcome::Stored {
-                            cursor: Cursor(*latest),
-                            duplicate: false,
-                            stored_at_ms: 1,
-                        };
-                        (request.token, outcome)
-                    })
-                    .collect();
-                reply_to.cast(GroupRouterMsg::Stored { results })?;
-            }
-            BlobStoreMsg::GetLatest { reply, .. } => {
-                let _ = reply.send(Ok(Cursor(*latest)));
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
 
 const MAILBOX: MailboxId = MailboxId([9; 32]);
 
