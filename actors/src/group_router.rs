@@ -40,6 +40,8 @@ pub const NOTIFY_RETRY: Duration = Duration::from_millis(20);
 pub const IDLE_STOP_AFTER: Duration = Duration::from_secs(300);
 /// The stop reason of a router that ended because it was idle (not a crash).
 pub const IDLE_STOP_REASON: &str = "idle";
+/// How often a router with pending pushes checks whether the store was restarted.
+pub const STORE_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// How long a router waits for the store when it starts.
 const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -74,6 +76,7 @@ pub struct GroupRouterArgs {
 struct PendingPush {
     blob_id: BlobId,
     ciphertext: Bytes,
+    ttl_secs: Option<u32>,
     reply: RpcReplyPort<Result<PushAcked, StoreError>>,
 }
 
@@ -87,6 +90,9 @@ pub struct GroupRouterState {
     pending: BTreeMap<u64, PendingPush>,
     latest: Cursor,
     is_notify_scheduled: bool,
+    is_store_check_scheduled: bool,
+    /// The store the pending pushes were sent to.
+    store_id: ractor::ActorId,
     idle_since: tokio::time::Instant,
 }
 
@@ -153,6 +159,49 @@ impl GroupRouterState {
         }
     }
 
+    /// If the store was replaced (it crashed and was restarted) since the pending pushes were
+    /// sent, send them again to the new one: they were lost with the old store's queue.
+    /// Appends are idempotent on blob id, so a push the old store did commit comes back as a
+    /// duplicate with its original cursor.
+    fn resend_if_store_replaced(&mut self, myself: &ActorRef<GroupRouterMsg>) {
+        let store = self.store.get();
+        if store.get_id() == self.store_id {
+            return;
+        }
+        self.store_id = store.get_id();
+        if self.pending.is_empty() {
+            return;
+        }
+        let requests = self
+            .pending
+            .iter()
+            .map(|(token, push)| AppendRequest {
+                token: *token,
+                mailbox: self.mailbox,
+                blob_id: push.blob_id,
+                ciphertext: push.ciphertext.clone(),
+                ttl_secs: push.ttl_secs,
+            })
+            .collect::<Vec<_>>();
+        debug!(
+            count = requests.len(),
+            "store replaced, resending pending pushes"
+        );
+        if let Err(err) = store.cast(BlobStoreMsg::Append {
+            requests,
+            reply_to: myself.clone(),
+        }) {
+            warn!(error = %err, "store unreachable");
+        }
+    }
+
+    fn schedule_store_check(&mut self, myself: &ActorRef<GroupRouterMsg>) {
+        if !self.is_store_check_scheduled && !self.pending.is_empty() {
+            self.is_store_check_scheduled = true;
+            myself.send_after(STORE_CHECK_EVERY, || GroupRouterMsg::StoreCheckDue);
+        }
+    }
+
     fn is_idle(&self) -> bool {
         self.pending.is_empty() && lock(&self.subscribers).is_empty()
     }
@@ -176,9 +225,12 @@ impl Actor for GroupRouterActor {
         )
         .map_err(|err| format!("store did not answer: {err}"))?
         .map_err(|err| format!("store failed: {err}"))?;
+        let store_id = args.store.get().get_id();
         let state = GroupRouterState {
             mailbox,
             store: args.store,
+            store_id,
+            is_store_check_scheduled: false,
             subscribers: args.subscribers,
             metrics: args.metrics,
             next_token: 0,
@@ -215,6 +267,7 @@ impl Actor for GroupRouterActor {
                     let _ = reply.send(Err(StoreError::Unavailable("mailbox busy".into())));
                     return Ok(());
                 }
+                state.resend_if_store_replaced(&myself);
                 let token = state.next_token;
                 state.next_token += 1;
                 let request = AppendRequest {
@@ -237,9 +290,11 @@ impl Actor for GroupRouterActor {
                     PendingPush {
                         blob_id,
                         ciphertext,
+                        ttl_secs,
                         reply,
                     },
                 );
+                state.schedule_store_check(&myself);
             }
             GroupRouterMsg::Stored { results } => {
                 let mut is_lagging = false;
@@ -304,6 +359,11 @@ impl Actor for GroupRouterActor {
                 if state.notify_lagging() {
                     state.schedule_notify(&myself);
                 }
+            }
+            GroupRouterMsg::StoreCheckDue => {
+                state.is_store_check_scheduled = false;
+                state.resend_if_store_replaced(&myself);
+                state.schedule_store_check(&myself);
             }
             GroupRouterMsg::IdleCheckDue => {
                 if !state.is_idle() {

@@ -11,17 +11,22 @@
 //! Actors (session, group router, blob store, sweeper, relay connection, encryptor, ...) join
 //! as the node trees are built; see DESIGN.md §2.
 
+pub mod blob_store;
+pub mod cleanup_sweeper;
 pub mod clock;
 pub mod crypto;
 pub mod fault;
 pub mod group_router;
+pub mod infra;
 pub mod link;
 pub mod link_reader;
 pub mod metrics;
 pub mod rng;
 pub mod routers_supervisor;
 pub mod session;
-pub mod shared_ref;
+pub mod supervision;
+
+pub use zerok_messages::shared_ref;
 
 pub use clock::Clock;
 pub use fault::{FaultPlan, FaultPoint};

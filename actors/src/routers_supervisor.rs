@@ -2,8 +2,7 @@
 //!
 //! Sessions ask `GetRouter{mailbox}`; the router is spawned linked on first use. Policy
 //! one-for-one: a crashed router is respawned after a capped exponential backoff
-//! ([`BACKOFF_FIRST`] doubling to [`BACKOFF_MAX`], reset after [`RESTART_WINDOW`] without
-//! crashes); while it backs off, `GetRouter` answers `Unavailable` and sessions tell clients
+//! ([`crate::supervision`]); while it backs off, `GetRouter` answers `Unavailable` and sessions tell clients
 //! to retry. The new router inherits the subscriber table and notifies every subscriber, so
 //! live delivery resumes without clients noticing. A router that stopped normally (idle) is
 //! forgotten and respawned on demand. Restarts are counted in `actor_restarts_total`.
@@ -11,19 +10,12 @@
 use crate::group_router::{GroupRouterActor, GroupRouterArgs, SubscriberTable};
 use crate::metrics::RelayMetrics;
 use crate::shared_ref::SharedRef;
+use crate::supervision::RestartTracker;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 use tracing::{info, warn};
 use zerok_messages::MailboxId;
 use zerok_messages::relay::{BlobStoreMsg, GroupRouterMsg, RoutersMsg, StoreError};
-
-/// First restart delay of a crashed router.
-pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
-/// Longest restart delay: a mailbox whose router keeps crashing is retried twice a minute.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A router that ran this long without crashing starts again from the first delay.
-pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// The supervisor's actor type.
 pub struct RoutersSupervisorActor;
@@ -40,8 +32,7 @@ pub struct RoutersSupervisorArgs {
 struct MailboxEntry {
     router: Option<ActorRef<GroupRouterMsg>>,
     subscribers: SubscriberTable,
-    crashes: u32,
-    last_crash: Option<tokio::time::Instant>,
+    restarts: RestartTracker,
     is_backing_off: bool,
 }
 
@@ -76,11 +67,6 @@ impl RoutersSupervisorState {
         self.by_actor.insert(router.get_id(), mailbox);
         Ok(router)
     }
-}
-
-fn backoff(crashes: u32) -> Duration {
-    let factor = 1u32 << crashes.saturating_sub(1).min(5);
-    (BACKOFF_FIRST * factor).min(BACKOFF_MAX)
 }
 
 impl Actor for RoutersSupervisorActor {
@@ -128,9 +114,8 @@ impl Actor for RoutersSupervisorActor {
                     {
                         warn!(error = %err, "router restart failed");
                         let entry = state.mailboxes.entry(mailbox).or_default();
-                        entry.crashes += 1;
                         entry.is_backing_off = true;
-                        let delay = backoff(entry.crashes);
+                        let delay = entry.restarts.on_crash();
                         myself.send_after(delay, move || RoutersMsg::RestartDue { mailbox });
                     }
                 }
@@ -158,7 +143,7 @@ impl Actor for RoutersSupervisorActor {
                     && let Some(entry) = state.mailboxes.get_mut(&mailbox)
                 {
                     entry.router = None;
-                    let is_forgettable = entry.crashes == 0
+                    let is_forgettable = entry.restarts.crashes() == 0
                         && entry
                             .subscribers
                             .lock()
@@ -174,17 +159,8 @@ impl Actor for RoutersSupervisorActor {
                 if let Some(mailbox) = state.by_actor.remove(&cell.get_id()) {
                     let entry = state.mailboxes.entry(mailbox).or_default();
                     entry.router = None;
-                    let now = tokio::time::Instant::now();
-                    if entry
-                        .last_crash
-                        .is_some_and(|at| now.duration_since(at) > RESTART_WINDOW)
-                    {
-                        entry.crashes = 0;
-                    }
-                    entry.crashes += 1;
-                    entry.last_crash = Some(now);
                     entry.is_backing_off = true;
-                    let delay = backoff(entry.crashes);
+                    let delay = entry.restarts.on_crash();
                     state.restarts += 1;
                     state
                         .metrics
@@ -198,19 +174,5 @@ impl Actor for RoutersSupervisorActor {
             _ => {}
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(3), Duration::from_secs(4));
-        assert_eq!(backoff(6), Duration::from_secs(30));
-        assert_eq!(backoff(60), Duration::from_secs(30));
     }
 }

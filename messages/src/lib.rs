@@ -14,6 +14,7 @@ pub mod codec;
 pub mod ids;
 pub mod link;
 pub mod relay;
+pub mod shared_ref;
 pub mod wire;
 
 pub use addr::RelayAddr;

@@ -168,6 +168,38 @@ pub enum BlobStoreMsg {
     CommitDue,
 }
 
+/// Messages of the CleanupSweeper, which evicts expired items in bounded slices.
+#[derive(Debug)]
+pub enum CleanupSweeperMsg {
+    /// Sweep one slice now (sent on its interval, and again at once while more remain).
+    SweepDue,
+    /// Items evicted since start.
+    GetEvicted {
+        /// The count.
+        reply: RpcReplyPort<u64>,
+    },
+}
+
+/// Messages of the Infra supervisor, which owns the BlobStore and the CleanupSweeper.
+#[derive(Debug)]
+pub enum InfraMsg {
+    /// Respawn the BlobStore after its backoff.
+    StoreRestartDue,
+    /// Respawn the sweeper after its backoff.
+    SweeperRestartDue,
+    /// Restarts of crashed children since start.
+    GetRestarts {
+        /// The count.
+        reply: RpcReplyPort<u64>,
+    },
+    /// The BlobStore as a [`SharedRef`](crate::shared_ref::SharedRef): Infra swaps the ref
+    /// inside after a restart, so holders always reach the live store.
+    GetStore {
+        /// The shared store ref.
+        reply: RpcReplyPort<crate::shared_ref::SharedRef<BlobStoreMsg>>,
+    },
+}
+
 /// Identifies one subscriber (one session) to a router.
 pub type SubscriberId = u64;
 
@@ -217,6 +249,9 @@ pub enum GroupRouterMsg {
     NotifyDue,
     /// Check whether the router has been idle long enough to stop.
     IdleCheckDue,
+    /// Check whether the BlobStore was replaced (restarted) while pushes were pending, and
+    /// if so send them again (appends are idempotent on blob id, so a resend is safe).
+    StoreCheckDue,
 }
 
 /// Messages of the RoutersSupervisor, which owns one GroupRouter per active mailbox.

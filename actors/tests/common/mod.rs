@@ -48,3 +48,42 @@ impl Actor for ProbeStore {
         Ok(())
     }
 }
+
+/// A GroupRouter stand-in that forwards every `Stored` it gets to a channel.
+pub struct Collector;
+
+impl Actor for Collector {
+    type Msg = GroupRouterMsg;
+    type State = tokio::sync::mpsc::UnboundedSender<Vec<(u64, StoreOutcome)>>;
+    type Arguments = tokio::sync::mpsc::UnboundedSender<Vec<(u64, StoreOutcome)>>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        tx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tx)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        tx: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let GroupRouterMsg::Stored { results } = message {
+            let _ = tx.send(results);
+        }
+        Ok(())
+    }
+}
+
+/// Spawn a [`Collector`] and the channel it forwards to.
+pub async fn collector() -> (
+    ActorRef<GroupRouterMsg>,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<(u64, StoreOutcome)>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (actor, _) = Actor::spawn(None, Collector, tx).await.unwrap();
+    (actor, rx)
+}

@@ -1,0 +1,693 @@
+//! BlobStore, CleanupSweeper and Infra tests on a real sled database in a temp dir: group
+//! commit, cursors, idempotency, quota and size limits, paging, TTL under virtual time,
+//! sweeping, injected write/flush faults, durability across a reopen, and a killed store
+//! restarted under Infra without losing an acked push. A property test checks the store
+//! against a model.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use bytes::Bytes;
+use common::collector;
+use proptest::prelude::*;
+use ractor::{Actor, ActorRef};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use zerok_actors::blob_store::core::StoreLimits;
+use zerok_actors::blob_store::{BlobStoreActor, BlobStoreArgs, open_db};
+use zerok_actors::clock::Clock;
+use zerok_actors::fault::{FaultPlan, FaultPoint};
+use zerok_actors::infra::{InfraActor, InfraArgs};
+use zerok_actors::metrics::RelayMetrics;
+use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
+use zerok_messages::relay::{
+    AppendRequest, BlobStoreMsg, GroupRouterMsg, InfraMsg, Page, RoutersMsg, StoreError,
+    StoreOutcome, StoreStats, SweepReport,
+};
+use zerok_messages::{BlobId, Cursor, MailboxId};
+
+const MAILBOX: MailboxId = MailboxId([1; 32]);
+const HOUR: Duration = Duration::from_secs(3600);
+
+struct Store {
+    actor: ActorRef<BlobStoreMsg>,
+    db: sled::Db,
+    _dir: tempfile::TempDir,
+    metrics: RelayMetrics,
+}
+
+async fn start_in(
+    dir: tempfile::TempDir,
+    limits: StoreLimits,
+    clock: Clock,
+    faults: FaultPlan,
+) -> Store {
+    let db = open_db(dir.path(), 8 << 20).unwrap();
+    let metrics = RelayMetrics::new();
+    let (actor, _) = Actor::spawn(
+        None,
+        BlobStoreActor,
+        BlobStoreArgs {
+            db: db.clone(),
+            limits,
+            clock,
+            faults,
+            metrics: metrics.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    Store {
+        actor,
+        db,
+        _dir: dir,
+        metrics,
+    }
+}
+
+async fn start(limits: StoreLimits) -> Store {
+    start_in(
+        tempfile::tempdir().unwrap(),
+        limits,
+        Clock::system(),
+        FaultPlan::none(),
+    )
+    .await
+}
+
+fn request(token: u64, mailbox: MailboxId, payload: &[u8], ttl_secs: Option<u32>) -> AppendRequest {
+    AppendRequest {
+        token,
+        mailbox,
+        blob_id: BlobId::of_ciphertext(payload),
+        ciphertext: Bytes::copy_from_slice(payload),
+        ttl_secs,
+    }
+}
+
+fn payload(n: u64) -> Vec<u8> {
+    format!("ciphertext-{n:08}").into_bytes()
+}
+
+/// Append `requests` in one message and wait for their outcomes.
+async fn append(store: &ActorRef<BlobStoreMsg>, requests: Vec<AppendRequest>) -> Vec<StoreOutcome> {
+    let (router, mut rx) = collector().await;
+    let n = requests.len();
+    store
+        .cast(BlobStoreMsg::Append {
+            requests,
+            reply_to: router.clone(),
+        })
+        .unwrap();
+    let mut outcomes = Vec::new();
+    while outcomes.len() < n {
+        let results = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        outcomes.extend(results.into_iter().map(|(_, outcome)| outcome));
+    }
+    router.stop(None);
+    outcomes
+}
+
+fn cursor(outcome: &StoreOutcome) -> (u64, bool) {
+    match outcome {
+        StoreOutcome::Stored {
+            cursor, duplicate, ..
+        } => (cursor.0, *duplicate),
+        StoreOutcome::Rejected(err) => panic!("rejected: {err}"),
+    }
+}
+
+async fn read(store: &ActorRef<BlobStoreMsg>, after: u64, max_items: u32, max_bytes: u32) -> Page {
+    ractor::call!(store, |reply| BlobStoreMsg::Read {
+        mailbox: MAILBOX,
+        after: Cursor(after),
+        max_items,
+        max_bytes,
+        reply,
+    })
+    .unwrap()
+    .unwrap()
+}
+
+async fn stats(store: &ActorRef<BlobStoreMsg>) -> StoreStats {
+    ractor::call!(store, |reply| BlobStoreMsg::GetStats { reply }).unwrap()
+}
+
+async fn sweep(store: &ActorRef<BlobStoreMsg>, max_items: u32) -> SweepReport {
+    ractor::call!(store, |reply| BlobStoreMsg::Sweep { max_items, reply }).unwrap()
+}
+
+#[tokio::test]
+async fn group_commit_answers_a_burst_after_one_flush() {
+    let store = start(StoreLimits::default()).await;
+    let (router, mut rx) = collector().await;
+    // On this single-threaded runtime the store cannot run before we await: all 100
+    // appends are queued before the first commit, so one commit (one flush) takes them all.
+    for n in 0..100u64 {
+        store
+            .actor
+            .cast(BlobStoreMsg::Append {
+                requests: vec![request(n, MAILBOX, &payload(n), None)],
+                reply_to: router.clone(),
+            })
+            .unwrap();
+    }
+    let results = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(results.len(), 100, "one Stored message for the whole batch");
+    for (i, (token, outcome)) in results.iter().enumerate() {
+        assert_eq!(*token, i as u64);
+        assert_eq!(cursor(outcome), (i as u64 + 1, false));
+    }
+    let totals = stats(&store.actor).await;
+    assert_eq!(totals.commits, 1);
+    assert_eq!(totals.items, 100);
+    assert_eq!(store.metrics.items_stored.get(), 100);
+    assert!(
+        store
+            .metrics
+            .render()
+            .contains("zerok_relay_batch_size_sum 100")
+    );
+}
+
+#[tokio::test]
+async fn commit_size_is_capped() {
+    let store = start(StoreLimits {
+        commit_max_items: 10,
+        ..StoreLimits::default()
+    })
+    .await;
+    let requests = (0..35)
+        .map(|n| request(n, MAILBOX, &payload(n), None))
+        .collect();
+    let outcomes = append(&store.actor, requests).await;
+    let cursors: Vec<u64> = outcomes.iter().map(|o| cursor(o).0).collect();
+    assert_eq!(cursors, (1..=35).collect::<Vec<_>>());
+    assert_eq!(stats(&store.actor).await.commits, 4);
+}
+
+#[tokio::test]
+async fn duplicates_keep_their_cursor_and_store_nothing() {
+    let store = start(StoreLimits::default()).await;
+    let first = append(&store.actor, vec![request(0, MAILBOX, b"a", None)]).await;
+    assert_eq!(cursor(&first[0]), (1, false));
+    let again = append(
+        &store.actor,
+        vec![
+            request(1, MAILBOX, b"b", None),
+            request(2, MAILBOX, b"a", None),
+            request(3, MAILBOX, b"b", None),
+        ],
+    )
+    .await;
+    let got: Vec<_> = again.iter().map(cursor).collect();
+    assert_eq!(got, vec![(2, false), (1, true), (2, true)]);
+    // Same blob in another mailbox is another item.
+    let other = append(
+        &store.actor,
+        vec![request(4, MailboxId([2; 32]), b"a", None)],
+    )
+    .await;
+    assert_eq!(cursor(&other[0]), (1, false));
+    let totals = stats(&store.actor).await;
+    assert_eq!((totals.items, totals.bytes, totals.mailboxes), (3, 3, 2));
+}
+
+#[tokio::test]
+async fn quota_and_blob_size_are_refused_and_change_nothing() {
+    let store = start(StoreLimits {
+        blob_bytes_max: 100,
+        mailbox_quota_bytes: 250,
+        ..StoreLimits::default()
+    })
+    .await;
+    let outcomes = append(
+        &store.actor,
+        vec![
+            request(0, MAILBOX, &[1; 100], None),
+            request(1, MAILBOX, &[2; 101], None),
+            request(2, MAILBOX, &[3; 100], None),
+            request(3, MAILBOX, &[4; 100], None),
+            request(4, MAILBOX, &[5; 50], None),
+        ],
+    )
+    .await;
+    assert_eq!(cursor(&outcomes[0]), (1, false));
+    assert_eq!(
+        outcomes[1],
+        StoreOutcome::Rejected(StoreError::TooLarge {
+            bytes: 101,
+            limit: 100
+        })
+    );
+    assert_eq!(cursor(&outcomes[2]), (2, false));
+    assert_eq!(
+        outcomes[3],
+        StoreOutcome::Rejected(StoreError::QuotaExceeded { quota_bytes: 250 })
+    );
+    assert_eq!(cursor(&outcomes[4]), (3, false));
+    let page = read(&store.actor, 0, 100, u32::MAX).await;
+    assert_eq!(page.items.len(), 3);
+    assert_eq!(stats(&store.actor).await.bytes, 250);
+}
+
+#[tokio::test]
+async fn pages_are_bounded_by_items_and_bytes() {
+    let store = start(StoreLimits::default()).await;
+    let requests = (0..10)
+        .map(|n| request(n, MAILBOX, &[n as u8; 100], None))
+        .collect();
+    append(&store.actor, requests).await;
+
+    let page = read(&store.actor, 0, 4, u32::MAX).await;
+    assert_eq!(page.items.len(), 4);
+    assert_eq!((page.next, page.has_more), (Cursor(4), true));
+
+    let page = read(&store.actor, 4, 100, 250).await;
+    assert_eq!(page.items.len(), 2, "250 bytes hold two 100-byte items");
+    assert_eq!((page.next, page.has_more), (Cursor(6), true));
+
+    // One item always fits, so a reader makes progress with a tiny byte budget.
+    let page = read(&store.actor, 6, 100, 10).await;
+    assert_eq!(page.items.len(), 1);
+
+    let page = read(&store.actor, 7, 100, u32::MAX).await;
+    let cursors: Vec<u64> = page.items.iter().map(|i| i.cursor.0).collect();
+    assert_eq!(cursors, vec![8, 9, 10]);
+    assert_eq!((page.next, page.has_more), (Cursor(10), false));
+    assert_eq!(page.items[2].ciphertext, Bytes::from(vec![9u8; 100]));
+    assert_eq!(page.items[2].blob_id, BlobId::of_ciphertext(&[9u8; 100]));
+
+    let empty = read(&store.actor, 10, 100, u32::MAX).await;
+    assert!(empty.items.is_empty());
+    assert_eq!((empty.next, empty.has_more), (Cursor(10), false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_expiry_and_sweeping_in_virtual_hours() {
+    let clock = Clock::virtual_at(1_700_000_000_000);
+    let store = start_in(
+        tempfile::tempdir().unwrap(),
+        StoreLimits {
+            ttl_default_secs: 24 * 3600,
+            ttl_max_secs: 48 * 3600,
+            ..StoreLimits::default()
+        },
+        clock,
+        FaultPlan::none(),
+    )
+    .await;
+    let outcomes = append(
+        &store.actor,
+        vec![
+            request(0, MAILBOX, b"one-hour", Some(3600)),
+            request(1, MAILBOX, b"default-day", None),
+            request(2, MAILBOX, b"capped-at-two-days", Some(u32::MAX)),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes.len(), 3);
+    assert_eq!(read(&store.actor, 0, 10, u32::MAX).await.items.len(), 3);
+    assert_eq!(sweep(&store.actor, 100).await.evicted, 0, "nothing due yet");
+
+    tokio::time::advance(2 * HOUR).await;
+    let page = read(&store.actor, 0, 10, u32::MAX).await;
+    let cursors: Vec<u64> = page.items.iter().map(|i| i.cursor.0).collect();
+    assert_eq!(
+        cursors,
+        vec![2, 3],
+        "expired items are never returned, even unswept"
+    );
+    assert_eq!(sweep(&store.actor, 100).await.evicted, 1);
+
+    tokio::time::advance(23 * HOUR).await;
+    assert_eq!(read(&store.actor, 0, 10, u32::MAX).await.items.len(), 1);
+    tokio::time::advance(24 * HOUR).await;
+    let page = read(&store.actor, 0, 10, u32::MAX).await;
+    assert!(page.items.is_empty());
+    assert_eq!(page.next, Cursor(3), "readers move past expired items");
+    assert_eq!(sweep(&store.actor, 100).await.evicted, 2);
+    let totals = stats(&store.actor).await;
+    assert_eq!((totals.items, totals.bytes, totals.mailboxes), (0, 0, 0));
+    assert_eq!(store.metrics.items_stored.get(), 0);
+
+    // Cursors are never reused after eviction; an evicted blob can be stored again.
+    let again = append(&store.actor, vec![request(3, MAILBOX, b"one-hour", None)]).await;
+    assert_eq!(cursor(&again[0]), (4, false));
+    // Only the expiry index, item, idempotency and meta keys existed: nothing stale remains
+    // but the meta and the new item's keys.
+    let keys = store.db.iter().count();
+    assert_eq!(
+        keys,
+        1 + 1 + 3,
+        "version + meta + the new item's three keys"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sweeping_goes_in_bounded_slices() {
+    let clock = Clock::virtual_at(1_700_000_000_000);
+    let store = start_in(
+        tempfile::tempdir().unwrap(),
+        StoreLimits::default(),
+        clock,
+        FaultPlan::none(),
+    )
+    .await;
+    let requests = (0..25)
+        .map(|n| request(n, MAILBOX, &payload(n), Some(60)))
+        .collect();
+    append(&store.actor, requests).await;
+    tokio::time::advance(HOUR).await;
+    assert_eq!(
+        sweep(&store.actor, 10).await,
+        SweepReport {
+            evicted: 10,
+            more: true
+        }
+    );
+    assert_eq!(
+        sweep(&store.actor, 10).await,
+        SweepReport {
+            evicted: 10,
+            more: true
+        }
+    );
+    assert_eq!(
+        sweep(&store.actor, 10).await,
+        SweepReport {
+            evicted: 5,
+            more: false
+        }
+    );
+    assert_eq!(stats(&store.actor).await.items, 0);
+}
+
+#[tokio::test]
+async fn acked_items_survive_a_reopen_and_cursors_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let store = start_in(
+        dir,
+        StoreLimits::default(),
+        Clock::system(),
+        FaultPlan::none(),
+    )
+    .await;
+    let requests = (0..20)
+        .map(|n| request(n, MAILBOX, &payload(n), None))
+        .collect();
+    append(&store.actor, requests).await;
+    store.actor.stop(None);
+    let Store { db, _dir, .. } = store;
+    drop(db);
+    // Give the stopped actor's state (and its db clone) time to drop.
+    let mut reopened = None;
+    for _ in 0..100 {
+        match open_db(&path, 8 << 20) {
+            Ok(db) => {
+                reopened = Some(db);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let db = reopened.expect("the store reopens");
+    let metrics = RelayMetrics::new();
+    let (actor, _) = Actor::spawn(
+        None,
+        BlobStoreActor,
+        BlobStoreArgs {
+            db,
+            limits: StoreLimits::default(),
+            clock: Clock::system(),
+            faults: FaultPlan::none(),
+            metrics: metrics.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    let page = read(&actor, 0, 100, u32::MAX).await;
+    assert_eq!(page.items.len(), 20);
+    assert_eq!(page.items[19].ciphertext, Bytes::from(payload(19)));
+    assert_eq!(metrics.items_stored.get(), 20, "totals are reloaded");
+    let more = append(
+        &actor,
+        vec![
+            request(0, MAILBOX, b"next", None),
+            request(1, MAILBOX, &payload(3), None),
+        ],
+    )
+    .await;
+    assert_eq!(cursor(&more[0]), (21, false));
+    assert_eq!(
+        cursor(&more[1]),
+        (4, true),
+        "idempotency survives the reopen"
+    );
+    drop(_dir);
+}
+
+#[tokio::test]
+async fn a_different_store_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"v", b"zerok-store-999".as_slice()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = open_db(dir.path(), 8 << 20).unwrap_err();
+    assert!(err.to_string().contains("zerok-store-999"), "{err}");
+}
+
+#[tokio::test]
+async fn failed_writes_and_flushes_answer_unavailable_and_retries_converge() {
+    let faults = FaultPlan::seeded(7);
+    let store = start_in(
+        tempfile::tempdir().unwrap(),
+        StoreLimits::default(),
+        Clock::system(),
+        faults.clone(),
+    )
+    .await;
+    faults.set(FaultPoint::BeforeStoreWrite, 1.0);
+    let outcome = append(&store.actor, vec![request(0, MAILBOX, b"x", None)]).await;
+    assert!(matches!(
+        outcome[0],
+        StoreOutcome::Rejected(StoreError::Unavailable(_))
+    ));
+    assert_eq!(stats(&store.actor).await.items, 0);
+    assert!(read(&store.actor, 0, 10, u32::MAX).await.items.is_empty());
+
+    faults.set(FaultPoint::BeforeStoreWrite, 0.0);
+    faults.set(FaultPoint::BeforeFlush, 1.0);
+    let outcome = append(&store.actor, vec![request(1, MAILBOX, b"y", None)]).await;
+    assert!(matches!(
+        outcome[0],
+        StoreOutcome::Rejected(StoreError::Unavailable(_))
+    ));
+
+    // The client retries: the retry is answered with one cursor, never two.
+    faults.set(FaultPoint::BeforeFlush, 0.0);
+    let retry = append(
+        &store.actor,
+        vec![
+            request(2, MAILBOX, b"y", None),
+            request(3, MAILBOX, b"z", None),
+        ],
+    )
+    .await;
+    let y = cursor(&retry[0]).0;
+    let z = cursor(&retry[1]).0;
+    assert_eq!(y, 1);
+    assert_eq!(z, 2);
+    let page = read(&store.actor, 0, 10, u32::MAX).await;
+    let cursors: Vec<u64> = page.items.iter().map(|i| i.cursor.0).collect();
+    assert_eq!(cursors, vec![1, 2]);
+    assert!(faults.fired(FaultPoint::BeforeFlush) >= 1);
+    assert_eq!(stats(&store.actor).await.items, 2);
+}
+
+async fn infra(
+    dir: &std::path::Path,
+    metrics: &RelayMetrics,
+) -> (
+    ActorRef<InfraMsg>,
+    zerok_actors::shared_ref::SharedRef<BlobStoreMsg>,
+) {
+    let args = InfraArgs {
+        db: open_db(dir, 8 << 20).unwrap(),
+        limits: StoreLimits::default(),
+        clock: Clock::system(),
+        faults: FaultPlan::none(),
+        metrics: metrics.clone(),
+        sweep_interval: Duration::from_secs(3600),
+        sweep_slice_items: 100,
+    };
+    let (infra, _) = Actor::spawn(None, InfraActor, args).await.unwrap();
+    let store = ractor::call!(infra, |reply| InfraMsg::GetStore { reply }).unwrap();
+    (infra, store)
+}
+
+async fn push(router: &ActorRef<GroupRouterMsg>, data: &[u8]) -> Result<u64, StoreError> {
+    let ciphertext = Bytes::copy_from_slice(data);
+    ractor::call_t!(
+        router,
+        |reply| GroupRouterMsg::Push {
+            blob_id: BlobId::of_ciphertext(&ciphertext),
+            ciphertext,
+            ttl_secs: None,
+            reply,
+        },
+        20_000
+    )
+    .unwrap()
+    .map(|acked| acked.cursor.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_store_is_restarted_and_no_acked_push_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = RelayMetrics::new();
+    let (infra, store) = infra(dir.path(), &metrics).await;
+    let (routers, _) = Actor::spawn(
+        None,
+        RoutersSupervisorActor,
+        RoutersSupervisorArgs {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    let router = ractor::call!(routers, |reply| RoutersMsg::GetRouter {
+        mailbox: MAILBOX,
+        reply
+    })
+    .unwrap()
+    .unwrap();
+    let mut acked = BTreeMap::new();
+    for n in 0..10u64 {
+        acked.insert(push(&router, &payload(n)).await.unwrap(), n);
+    }
+    let old = store.get();
+    old.kill();
+    // Pushes sent while the store is dead are either refused (the client retries) or
+    // resent by the router to the restarted store and acked.
+    let mut refused = 0;
+    for n in 10..20u64 {
+        match push(&router, &payload(n)).await {
+            Ok(cursor) => {
+                assert!(acked.insert(cursor, n).is_none(), "cursor {cursor} reused");
+            }
+            Err(StoreError::Unavailable(_)) => refused += 1,
+            Err(err) => panic!("{err}"),
+        }
+    }
+    // Wait for the restart, then retry the refused ones.
+    let mut tries = 0;
+    while store.get().get_id() == old.get_id() {
+        tries += 1;
+        assert!(tries < 200, "store not restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in 10..20u64 {
+        let cursor = push(&router, &payload(n)).await.unwrap();
+        match acked.get(&cursor) {
+            Some(existing) => assert_eq!(*existing, n, "cursor {cursor} reused"),
+            None => {
+                acked.insert(cursor, n);
+            }
+        }
+    }
+    assert!(refused <= 10);
+    let page = ractor::call!(store.get(), |reply| BlobStoreMsg::Read {
+        mailbox: MAILBOX,
+        after: Cursor(0),
+        max_items: 100,
+        max_bytes: u32::MAX,
+        reply,
+    })
+    .unwrap()
+    .unwrap();
+    let stored: BTreeMap<u64, Bytes> = page
+        .items
+        .iter()
+        .map(|i| (i.cursor.0, i.ciphertext.clone()))
+        .collect();
+    assert_eq!(stored.len(), 20);
+    for (cursor, n) in &acked {
+        assert_eq!(
+            stored[cursor],
+            Bytes::from(payload(*n)),
+            "acked push {n} at cursor {cursor}"
+        );
+    }
+    assert_eq!(
+        ractor::call!(infra, |reply| InfraMsg::GetRestarts { reply }).unwrap(),
+        1
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("zerok_relay_actor_restarts_total{actor=\"blob_store\"} 1")
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Against a model: per-mailbox cursors strictly increase from 1 without gaps, a
+    /// duplicate gets its original cursor, and a full read returns exactly the model.
+    #[test]
+    fn store_matches_a_model(ops in proptest::collection::vec((0u8..3, 0u8..12), 1..60), batch in 1usize..8) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let store = start(StoreLimits::default()).await;
+            let mut model: BTreeMap<MailboxId, Vec<Vec<u8>>> = BTreeMap::new();
+            for chunk in ops.chunks(batch) {
+                let requests: Vec<AppendRequest> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (mailbox, blob))| request(i as u64, MailboxId([*mailbox; 32]), &[*blob; 8], None))
+                    .collect();
+                let outcomes = append(&store.actor, requests.clone()).await;
+                for (request, outcome) in requests.iter().zip(&outcomes) {
+                    let items = model.entry(request.mailbox).or_default();
+                    let (got, duplicate) = cursor(outcome);
+                    match items.iter().position(|c| c.as_slice() == request.ciphertext.as_ref()) {
+                        Some(index) => {
+                            assert!(duplicate);
+                            assert_eq!(got, index as u64 + 1);
+                        }
+                        None => {
+                            assert!(!duplicate);
+                            items.push(request.ciphertext.to_vec());
+                            assert_eq!(got, items.len() as u64);
+                        }
+                    }
+                }
+            }
+            for (mailbox, items) in &model {
+                let page = ractor::call!(store.actor, |reply| BlobStoreMsg::Read {
+                    mailbox: *mailbox,
+                    after: Cursor(0),
+                    max_items: 1000,
+                    max_bytes: u32::MAX,
+                    reply,
+                })
+                .unwrap()
+                .unwrap();
+                let got: Vec<Vec<u8>> = page.items.iter().map(|i| i.ciphertext.to_vec()).collect();
+                assert_eq!(&got, items);
+            }
+        });
+    }
+}
