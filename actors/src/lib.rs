@@ -20,10 +20,13 @@ pub mod group_router;
 pub mod infra;
 pub mod link;
 pub mod link_reader;
+pub mod listener;
 pub mod metrics;
+pub mod rate_limit;
 pub mod rng;
 pub mod routers_supervisor;
 pub mod session;
+pub mod sessions_supervisor;
 pub mod supervision;
 
 pub use zerok_messages::shared_ref;

@@ -13,6 +13,7 @@ use zerok_actors::crypto::join::sign_join;
 use zerok_actors::crypto::keys::GroupSecret;
 use zerok_actors::link::{Dialer, Link, MemoryNetwork};
 use zerok_actors::metrics::RelayMetrics;
+use zerok_actors::rate_limit::{RateLimitConfig, RelayLimiters};
 use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
 use zerok_actors::session::{SessionActor, SessionArgs};
 use zerok_actors::shared_ref::SharedRef;
@@ -33,6 +34,7 @@ fn limits() -> Limits {
         ttl_max_secs: 600,
         inflight_max: 16,
         pull_items_max: 100,
+        pull_bytes_max: 512 * 1024,
     }
 }
 
@@ -94,6 +96,7 @@ impl Relay {
                 routers: self.routers.clone(),
                 subscriber_id: self.next_subscriber,
                 idle_timeout: Duration::from_secs(60),
+                limiters: std::sync::Arc::new(RelayLimiters::new(&RateLimitConfig::default())),
                 metrics: RelayMetrics::new(),
             },
         )

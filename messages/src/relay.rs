@@ -304,3 +304,46 @@ pub enum LinkReaderMsg {
     /// Read the next frame (the reader sends this to itself after each frame).
     ReadNext,
 }
+
+/// Messages of the SessionsSupervisor, which owns one Session per connection.
+#[derive(Debug)]
+pub enum SessionsMsg {
+    /// The listener accepted a link whose peer the transport authenticated.
+    Accepted {
+        /// The peer.
+        peer: crate::ids::DeviceId,
+        /// The peer's network address, when known (per-IP limits).
+        remote_addr: Option<std::net::SocketAddr>,
+        /// Frames towards the peer.
+        sender: LinkSender,
+        /// Frames from the peer.
+        receiver: crate::link::LinkReceiver,
+    },
+    /// Stop accepting, say `Bye{shutdown}` to every session and answer once all have ended
+    /// (or `grace` passed).
+    Shutdown {
+        /// Longest wait for the sessions to end.
+        grace: std::time::Duration,
+        /// Sessions still open when the wait ended (0 = all ended).
+        reply: RpcReplyPort<usize>,
+    },
+    /// Sessions open now.
+    GetSessions {
+        /// The count.
+        reply: RpcReplyPort<usize>,
+    },
+    /// Periodic housekeeping: forget idle rate-limit keys.
+    HousekeepingDue,
+    /// Re-check whether a shutdown in progress is complete.
+    ShutdownCheckDue,
+}
+
+/// Messages of the Listener, which accepts links and hands them to the SessionsSupervisor.
+#[derive(Debug)]
+pub enum ListenerMsg {
+    /// Links accepted since start.
+    GetAccepted {
+        /// The count.
+        reply: RpcReplyPort<u64>,
+    },
+}

@@ -45,6 +45,18 @@ pub struct Limits {
     pub inflight_max: u32,
     /// Most items one pull page holds.
     pub pull_items_max: u32,
+    /// Most ciphertext bytes one pull page holds beyond its first item (a page always
+    /// carries at least one item, so it fits one frame whatever this is).
+    #[serde(default = "pull_bytes_max_default")]
+    pub pull_bytes_max: u32,
+}
+
+/// Default of [`Limits::pull_bytes_max`]: half a blob, so a full page plus item overheads
+/// always fits in [`FRAME_BYTES_MAX`].
+pub const PULL_BYTES_MAX_DEFAULT: u32 = 512 * 1024;
+
+fn pull_bytes_max_default() -> u32 {
+    PULL_BYTES_MAX_DEFAULT
 }
 
 /// One item of a mailbox, as returned by a pull or a live delivery.

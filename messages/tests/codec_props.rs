@@ -61,6 +61,7 @@ fn limits() -> impl Strategy<Value = Limits> {
             ttl_max_secs: e,
             inflight_max: f,
             pull_items_max: g,
+            pull_bytes_max: 512 * 1024,
         })
 }
 

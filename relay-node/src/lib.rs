@@ -1,7 +1,13 @@
 //! `zerok-relay`: the relay node (DESIGN.md §2, §5, §7).
 //!
-//! To be built here by the "Relay node" issue: the relay actor tree in `tree.rs`
-//! (RelayRoot, Infra {BlobStore, CleanupSweeper}, RoutersSupervisor {GroupRouter},
-//! SessionsSupervisor {Session + LinkReader}, Listener, HttpServer), its configuration, the
-//! HTTP endpoints (`/health`, `/ready`, `/metrics`) and the `zerok-relay` binary. Nothing is
-//! implemented yet.
+//! - [`tree`]: the relay actor tree (RelayRoot, Infra {BlobStore, CleanupSweeper},
+//!   RoutersSupervisor {GroupRouter}, SessionsSupervisor {Session + LinkReader}, Listener,
+//!   HttpServer) and [`tree::RelayNode`], which starts and stops it.
+//! - [`config`]: the TOML configuration and the command line.
+//! - [`http`]: `/health`, `/ready`, `/metrics`.
+//!
+//! The `zerok-relay` binary (`src/main.rs`) wires them together.
+
+pub mod config;
+pub mod http;
+pub mod tree;

@@ -246,7 +246,7 @@ impl SessionCore {
                     mailbox,
                     after,
                     max_items: max_items.clamp(1, self.limits.pull_items_max),
-                    max_bytes: max_bytes.max(1),
+                    max_bytes: max_bytes.clamp(1, self.limits.pull_bytes_max.max(1)),
                 }
             }
             Frame::Subscribe { req, mailbox, .. } => {
@@ -292,6 +292,7 @@ mod tests {
             ttl_max_secs: 600,
             inflight_max: 8,
             pull_items_max: 100,
+            pull_bytes_max: 512 * 1024,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod core;
 
 use crate::link_reader::{LinkReaderActor, LinkReaderArgs};
 use crate::metrics::RelayMetrics;
+use crate::rate_limit::RelayLimiters;
 use crate::shared_ref::SharedRef;
 use ::core::time::Duration;
 use bytes::Bytes;
@@ -59,6 +60,8 @@ pub struct SessionArgs {
     pub subscriber_id: SubscriberId,
     /// Close after this long without a frame.
     pub idle_timeout: Duration,
+    /// Frame rate limits (per device, global), shared by all sessions.
+    pub limiters: Arc<RelayLimiters>,
     /// Metrics.
     pub metrics: RelayMetrics,
 }
@@ -75,6 +78,7 @@ pub struct SessionState {
     idle_timeout: Duration,
     last_frame_at: tokio::time::Instant,
     limits: Limits,
+    limiters: Arc<RelayLimiters>,
     metrics: RelayMetrics,
 }
 
@@ -348,6 +352,7 @@ impl Actor for SessionActor {
             idle_timeout: args.idle_timeout,
             last_frame_at: tokio::time::Instant::now(),
             limits: args.limits,
+            limiters: args.limiters,
             metrics: args.metrics,
         })
     }
@@ -362,7 +367,30 @@ impl Actor for SessionActor {
             SessionMsg::FrameReceived { body, permit } => {
                 state.last_frame_at = tokio::time::Instant::now();
                 let action = match codec::decode(&body) {
-                    Ok(frame) => state.core.on_frame(frame),
+                    Ok(frame) => {
+                        if let Err(limited) = state.limiters.check_frame(&state.peer) {
+                            state
+                                .metrics
+                                .rate_limited_total
+                                .with_label_values(&[limited.scope.as_str()])
+                                .inc();
+                            if let Some(req) = frame.req() {
+                                let refusal = Frame::Error {
+                                    req: Some(req),
+                                    code: ErrorCode::RateLimited,
+                                    message: format!(
+                                        "{} frame rate exceeded",
+                                        limited.scope.as_str()
+                                    ),
+                                    retry_after_ms: Some(limited.retry_after_ms()),
+                                };
+                                send_frame(&state.sender, &state.metrics, refusal).await;
+                            }
+                            drop(permit);
+                            return Ok(());
+                        }
+                        state.core.on_frame(frame)
+                    }
                     Err(err) => {
                         debug!(peer = %state.peer.short(), error = %err, "undecodable frame");
                         state.core.on_decode_error(&err)

@@ -1,0 +1,493 @@
+//! The relay's actor tree (DESIGN.md §2), started by [`RelayNode::start`].
+//!
+//! ```text
+//! RelayRoot ─────────────────────────── escalates: a dead top-level child stops the node
+//! ├── Infra ─────────────────────────── one-for-one, backoff; owns the sled Db
+//! │   ├── BlobStore                      group commit, one flush per batch
+//! │   └── CleanupSweeper                 evicts expired items in bounded slices
+//! ├── RoutersSupervisor ─────────────── one-for-one, backoff; keeps subscriber tables
+//! │   └── GroupRouter × active mailbox   acks pushes after the flush, fans out live
+//! ├── SessionsSupervisor ────────────── admits or refuses links; sessions never restart
+//! │   └── Session × connection
+//! │       └── LinkReader                 in-flight permits bound each connection
+//! ├── Listener                           accept loop of the iroh endpoint
+//! └── HttpServer                         /health /ready /metrics (axum)
+//! ```
+//!
+//! Wiring: Infra spawns the store and hands out a [`SharedRef`] to it; routers, sessions and
+//! the sweeper reach the store only through it, so a restarted store is picked up without
+//! anyone holding a stale ref. The Listener casts each accepted link to the
+//! SessionsSupervisor; sessions ask the RoutersSupervisor for a mailbox's router.
+//!
+//! Shutdown ([`RelayNode::shutdown`]): `/ready` turns 503; the Listener stops (no new
+//! connections); every Session says `Bye{shutdown}`; the store drains its queue (every push
+//! already handed to it is committed and flushed); then routers, Infra (final flush) and the
+//! HTTP server stop, and the iroh endpoint closes.
+
+use crate::config::RelayConfig;
+use crate::http::{self, HttpState};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+use zerok_actors::blob_store::core::StoreLimits;
+use zerok_actors::blob_store::open_db;
+use zerok_actors::clock::Clock;
+use zerok_actors::fault::FaultPlan;
+use zerok_actors::infra::{InfraActor, InfraArgs};
+use zerok_actors::link::LinkListener;
+use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
+use zerok_actors::listener::{ListenerActor, ListenerArgs};
+use zerok_actors::metrics::RelayMetrics;
+use zerok_actors::rate_limit::{RateLimitConfig, RelayLimiters};
+use zerok_actors::rng::Rng;
+use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
+use zerok_actors::sessions_supervisor::{
+    SessionsConfig, SessionsSupervisorActor, SessionsSupervisorArgs,
+};
+use zerok_actors::shared_ref::SharedRef;
+use zerok_messages::relay::{BlobStoreMsg, InfraMsg, ListenerMsg, RoutersMsg, SessionsMsg};
+use zerok_messages::{DeviceId, RelayAddr};
+
+/// File in the data dir holding the node's secret key.
+pub const NODE_KEY_FILE: &str = "node.key";
+/// File in the data dir holding the relay's address, as clients are given it.
+pub const ADDR_FILE: &str = "relay.addr";
+/// Directory in the data dir holding the store.
+pub const STORE_DIR: &str = "store";
+/// Longest wait for one step of the shutdown that is not bounded by the grace time.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the relay could not start. Each is one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data dir cannot be created or written.
+    #[error("data dir {path}: {message}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The store cannot be opened.
+    #[error("{0}")]
+    Store(#[from] zerok_actors::blob_store::OpenError),
+    /// The QUIC endpoint cannot be bound or its key read.
+    #[error("QUIC endpoint on {addr}: {message}")]
+    Endpoint {
+        /// The bind address.
+        addr: SocketAddr,
+        /// What failed.
+        message: String,
+    },
+    /// The HTTP address cannot be bound.
+    #[error("HTTP on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An actor failed to start.
+    #[error("actor tree: {0}")]
+    Actors(String),
+}
+
+/// Seams a test or the simulation can replace; the binary uses [`Seams::default`].
+#[derive(Debug, Default)]
+pub struct Seams {
+    /// Wall time (`None` = system).
+    pub clock: Option<Clock>,
+    /// Randomness (`None` = system).
+    pub rng: Option<Rng>,
+    /// Fault injection.
+    pub faults: FaultPlan,
+}
+
+/// Messages of the RelayRoot.
+#[derive(Debug)]
+pub enum RelayRootMsg {
+    /// Run the shutdown sequence, then stop the tree.
+    Shutdown {
+        /// Longest wait for sessions to end.
+        grace: Duration,
+        /// What the shutdown found.
+        reply: RpcReplyPort<ShutdownReport>,
+    },
+}
+
+/// What a shutdown found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Sessions that had not ended when the grace time ran out.
+    pub sessions_left: usize,
+    /// Whether the store confirmed every queued write before stopping.
+    pub store_drained: bool,
+}
+
+struct RootArgs {
+    infra: InfraArgs,
+    sessions: SessionsConfig,
+    rate_limits: RateLimitConfig,
+    rng: Rng,
+    listener: LinkListener,
+    http: Option<(tokio::net::TcpListener, HttpState)>,
+}
+
+struct RootState {
+    infra: ActorRef<InfraMsg>,
+    store: SharedRef<BlobStoreMsg>,
+    routers: ActorRef<RoutersMsg>,
+    sessions: ActorRef<SessionsMsg>,
+    listener: ActorRef<ListenerMsg>,
+    http: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    is_stopping: bool,
+}
+
+struct RelayRootActor;
+
+fn actors_err(err: impl std::fmt::Display) -> ActorProcessingErr {
+    ActorProcessingErr::from(err.to_string())
+}
+
+impl Actor for RelayRootActor {
+    type Msg = RelayRootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RootArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let metrics = args.infra.metrics.clone();
+        let (infra, _) =
+            Actor::spawn_linked(None, InfraActor, args.infra, myself.get_cell()).await?;
+        let store = ractor::call_t!(infra, |reply| InfraMsg::GetStore { reply }, 5_000)
+            .map_err(actors_err)?;
+        let (routers, _) = Actor::spawn_linked(
+            None,
+            RoutersSupervisorActor,
+            RoutersSupervisorArgs {
+                store: store.clone(),
+                metrics: metrics.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let (sessions, _) = Actor::spawn_linked(
+            None,
+            SessionsSupervisorActor,
+            SessionsSupervisorArgs {
+                config: args.sessions,
+                store: store.clone(),
+                routers: routers.clone(),
+                limiters: Arc::new(RelayLimiters::new(&args.rate_limits)),
+                rng: args.rng,
+                metrics,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let (listener, _) = Actor::spawn_linked(
+            None,
+            ListenerActor,
+            ListenerArgs {
+                listener: args.listener,
+                sessions: sessions.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let http = args.http.map(|(tcp, state)| {
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop_rx.await;
+                };
+                if let Err(err) = http::serve(tcp, state, stopped).await {
+                    error!(error = %err, "HTTP server failed");
+                }
+            });
+            (stop_tx, task)
+        });
+        Ok(RootState {
+            infra,
+            store,
+            routers,
+            sessions,
+            listener,
+            http,
+            is_stopping: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RelayRootMsg::Shutdown { grace, reply } => {
+                state.is_stopping = true;
+                let report = shutdown_children(state, grace).await;
+                let _ = reply.send(report);
+                myself.stop(Some("shutdown".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.is_stopping {
+            return Ok(());
+        }
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                error!(actor = ?cell.get_id(), error = %err, "a top-level relay actor failed; stopping the relay");
+                myself.stop(Some("child failed".into()));
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                error!(actor = ?cell.get_id(), reason = reason.as_deref().unwrap_or(""), "a top-level relay actor stopped; stopping the relay");
+                myself.stop(Some("child stopped".into()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some((stop, task)) = state.http.take() {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(STEP_TIMEOUT, task).await;
+        }
+        Ok(())
+    }
+}
+
+async fn shutdown_children(state: &mut RootState, grace: Duration) -> ShutdownReport {
+    let mut report = ShutdownReport::default();
+    let _ = state
+        .listener
+        .stop_and_wait(Some("shutdown".into()), Some(STEP_TIMEOUT))
+        .await;
+    match ractor::call_t!(
+        state.sessions,
+        |reply| SessionsMsg::Shutdown { grace, reply },
+        (grace + STEP_TIMEOUT).as_millis() as u64
+    ) {
+        Ok(left) => report.sessions_left = left,
+        Err(err) => warn!(error = %err, "sessions did not confirm the shutdown"),
+    }
+    // Routers hand their queued pushes to the store as they get them; stopping the routers
+    // first and then asking the store for its stats (queued behind every pending commit)
+    // confirms that everything handed over is durable.
+    let _ = state
+        .routers
+        .stop_and_wait(Some("shutdown".into()), Some(STEP_TIMEOUT))
+        .await;
+    let _ = state
+        .sessions
+        .stop_and_wait(Some("shutdown".into()), Some(STEP_TIMEOUT))
+        .await;
+    report.store_drained = ractor::call_t!(
+        state.store.get(),
+        |reply| BlobStoreMsg::GetStats { reply },
+        STEP_TIMEOUT.as_millis() as u64
+    )
+    .is_ok();
+    let _ = state
+        .infra
+        .stop_and_wait(Some("shutdown".into()), Some(STEP_TIMEOUT))
+        .await;
+    report
+}
+
+/// A running relay.
+pub struct RelayNode {
+    /// This relay's id (its iroh endpoint id).
+    pub relay_id: DeviceId,
+    /// The address clients are given (written to `relay.addr`).
+    pub addr: RelayAddr,
+    /// Where `/health`, `/ready`, `/metrics` are served.
+    pub http_addr: Option<SocketAddr>,
+    /// The node's metrics.
+    pub metrics: RelayMetrics,
+    root: ActorRef<RelayRootMsg>,
+    root_handle: tokio::task::JoinHandle<()>,
+    endpoint: IrohNode,
+    ready: Arc<AtomicBool>,
+}
+
+fn data_dir_err(path: &std::path::Path, err: impl std::fmt::Display) -> StartError {
+    StartError::DataDir {
+        path: path.to_path_buf(),
+        message: err.to_string(),
+    }
+}
+
+impl RelayNode {
+    /// Start a relay from `config`: data dir, node key, store, QUIC endpoint, HTTP, tree.
+    pub async fn start(config: &RelayConfig, seams: Seams) -> Result<RelayNode, StartError> {
+        let data_dir = &config.data_dir;
+        std::fs::create_dir_all(data_dir).map_err(|err| data_dir_err(data_dir, err))?;
+        let mut rng = seams.rng.unwrap_or_else(Rng::system);
+        let clock = seams.clock.unwrap_or_else(Clock::system);
+        let endpoint_err = |message: String| StartError::Endpoint {
+            addr: config.bind,
+            message,
+        };
+        let secret = load_or_create_secret_key(&data_dir.join(NODE_KEY_FILE), &mut rng)
+            .map_err(|err| data_dir_err(data_dir, err))?;
+        let store_dir = data_dir.join(STORE_DIR);
+        let cache = config.store.cache_capacity_bytes;
+        let db = tokio::task::spawn_blocking(move || open_db(&store_dir, cache))
+            .await
+            .map_err(|err| data_dir_err(data_dir, err))??;
+        let endpoint = IrohNode::bind(IrohConfig::new(secret, config.bind))
+            .await
+            .map_err(|err| endpoint_err(err.to_string()))?;
+        let relay_id = endpoint.local_id();
+        let mut addr = endpoint.local_addr();
+        if !config.advertise.is_empty() {
+            addr.addrs = config.advertise.clone();
+        }
+        let metrics = RelayMetrics::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let http = match config.http {
+            Some(http_addr) => {
+                let tcp = tokio::net::TcpListener::bind(http_addr)
+                    .await
+                    .map_err(|source| StartError::Http {
+                        addr: http_addr,
+                        source,
+                    })?;
+                let state = HttpState {
+                    relay_id: relay_id.to_hex(),
+                    version: env!("CARGO_PKG_VERSION"),
+                    started: tokio::time::Instant::now(),
+                    metrics: metrics.clone(),
+                    ready: Arc::clone(&ready),
+                };
+                Some((tcp, state))
+            }
+            None => None,
+        };
+        let http_addr = match &http {
+            Some((tcp, _)) => Some(tcp.local_addr().map_err(|source| StartError::Http {
+                addr: config.http.unwrap_or(config.bind),
+                source,
+            })?),
+            None => None,
+        };
+        let limits = &config.limits;
+        let root_args = RootArgs {
+            infra: InfraArgs {
+                db,
+                limits: StoreLimits {
+                    blob_bytes_max: limits.blob_bytes_max as usize,
+                    mailbox_quota_bytes: limits.mailbox_quota_bytes,
+                    ttl_default_secs: limits.ttl_default_secs,
+                    ttl_max_secs: limits.ttl_max_secs,
+                    commit_max_items: config.store.commit_max_items as usize,
+                },
+                clock,
+                faults: seams.faults,
+                metrics: metrics.clone(),
+                sweep_interval: Duration::from_secs(config.store.sweep_interval_secs),
+                sweep_slice_items: config.store.sweep_slice_items,
+            },
+            sessions: SessionsConfig {
+                relay_id,
+                limits: limits.to_wire(),
+                max_connections: config.connections.max as usize,
+                idle_timeout: Duration::from_secs(config.connections.idle_timeout_secs),
+            },
+            rate_limits: RateLimitConfig {
+                connections_per_ip_per_sec: config.connections.per_ip_per_sec,
+                connections_per_ip_burst: config.connections.per_ip_burst,
+                frames_per_device_per_sec: config.rate_limits.frames_per_device_per_sec,
+                frames_per_device_burst: config.rate_limits.frames_per_device_burst,
+                frames_global_per_sec: config.rate_limits.frames_global_per_sec,
+                frames_global_burst: config.rate_limits.frames_global_burst,
+            },
+            rng: rng.fork(),
+            listener: endpoint.listen(),
+            http,
+        };
+        let (root, root_handle) = match Actor::spawn(None, RelayRootActor, root_args).await {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                endpoint.close().await;
+                return Err(StartError::Actors(err.to_string()));
+            }
+        };
+        let addr_text = addr.to_string();
+        let addr_file = data_dir.join(ADDR_FILE);
+        if let Err(err) = write_atomically(&addr_file, format!("{addr_text}\n").as_bytes()) {
+            root.stop(None);
+            endpoint.close().await;
+            return Err(data_dir_err(data_dir, err));
+        }
+        ready.store(true, Ordering::SeqCst);
+        info!(relay_id = %relay_id, addr = %addr_text, "relay started");
+        Ok(RelayNode {
+            relay_id,
+            addr,
+            http_addr,
+            metrics,
+            root,
+            root_handle,
+            endpoint,
+            ready,
+        })
+    }
+
+    /// Whether the tree is still running (false after a top-level actor died).
+    pub fn is_running(&self) -> bool {
+        !self.root_handle.is_finished()
+    }
+
+    /// Wait until the tree stops on its own (a top-level actor died).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.root_handle).await;
+    }
+
+    /// Stop gracefully: see the module doc. Returns what the shutdown found.
+    pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        self.ready.store(false, Ordering::SeqCst);
+        let report = ractor::call_t!(
+            self.root,
+            |reply| RelayRootMsg::Shutdown { grace, reply },
+            (grace + 4 * STEP_TIMEOUT).as_millis() as u64
+        )
+        .unwrap_or_default();
+        let _ = tokio::time::timeout(STEP_TIMEOUT, self.root_handle).await;
+        self.endpoint.close().await;
+        report
+    }
+}
+
+/// Write `bytes` to `path` through a temp file and a rename, so readers never see half.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
+}
