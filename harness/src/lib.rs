@@ -1,5 +1,11 @@
-//! `zerok-harness`: deterministic simulation and measurement.
+//! `zerok-harness`: tools that drive real relays and clients from tests and benchmarks.
 //!
-//! To be built here: `SimWorld` on turmoil with a turmoil transport of the `Link` seam,
-//! fault injection through `FaultPlan`, probes, and the `zerok-bench` benchmark binary
-//! ("Benchmarks" issue). Nothing is implemented yet.
+//! - [`proto`]: a raw protocol-v1 client over the `Link` seam (frame-level tests, benches).
+//! - [`process`]: a `zerok-relay` child process on loopback (start, SIGTERM, SIGKILL,
+//!   restart on the same data dir, captured logs).
+//!
+//! Still to come here: `SimWorld` on turmoil with a turmoil transport of the `Link` seam and
+//! the `zerok-bench` binary ("Benchmarks" issue).
+
+pub mod process;
+pub mod proto;

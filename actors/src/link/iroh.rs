@@ -166,6 +166,10 @@ async fn accept_loop(endpoint: Endpoint, config: Arc<IrohConfig>, links: mpsc::S
         };
         let links = links.clone();
         let first_frame_timeout = config.first_frame_timeout;
+        let remote_addr = match incoming.remote_addr() {
+            iroh::endpoint::IncomingAddr::Ip(addr) => Some(addr),
+            _ => None,
+        };
         tokio::spawn(async move {
             let _permit = permit;
             let accepted = tokio::time::timeout(first_frame_timeout, async {
@@ -176,7 +180,7 @@ async fn accept_loop(endpoint: Endpoint, config: Arc<IrohConfig>, links: mpsc::S
             .await;
             match accepted {
                 Ok(Ok((connection, send, recv))) => {
-                    let link = start_link(connection.clone(), send, recv);
+                    let link = start_link(connection.clone(), send, recv, remote_addr);
                     if links.try_send(link).is_err() {
                         connection.close(VarInt::from_u32(CLOSE_ABORT), b"busy");
                     }
@@ -234,7 +238,7 @@ impl IrohDialer {
                 actual,
             });
         }
-        Ok(start_link(connection, send, recv))
+        Ok(start_link(connection, send, recv, None))
     }
 }
 
@@ -248,7 +252,12 @@ impl Dialer for IrohDialer {
     }
 }
 
-fn start_link(connection: Connection, send: SendStream, recv: RecvStream) -> Link {
+fn start_link(
+    connection: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    remote_addr: Option<SocketAddr>,
+) -> Link {
     let peer = DeviceId(*connection.remote_id().as_bytes());
     let (out_tx, out_rx) = channel();
     let (in_tx, in_rx) = channel();
@@ -256,7 +265,7 @@ fn start_link(connection: Connection, send: SendStream, recv: RecvStream) -> Lin
     tokio::spawn(read_pump(connection, recv, in_tx));
     Link {
         peer,
-        remote_addr: None,
+        remote_addr,
         sender: LinkSender::new(out_tx),
         receiver: LinkReceiver::new(in_rx),
     }

@@ -64,6 +64,9 @@ pub enum Action {
         req: ReqId,
         /// Mailbox.
         mailbox: MailboxId,
+        /// The client has everything up to here; newer stored items are announced with a
+        /// `Notify` right after `Subscribed`, so it pulls them.
+        after: Cursor,
     },
     /// Stop live delivery.
     Unsubscribe {
@@ -249,11 +252,19 @@ impl SessionCore {
                     max_bytes: max_bytes.clamp(1, self.limits.pull_bytes_max.max(1)),
                 }
             }
-            Frame::Subscribe { req, mailbox, .. } => {
+            Frame::Subscribe {
+                req,
+                mailbox,
+                after,
+            } => {
                 if let Some(refused) = self.require_joined(req, &mailbox) {
                     return refused;
                 }
-                Action::Subscribe { req, mailbox }
+                Action::Subscribe {
+                    req,
+                    mailbox,
+                    after,
+                }
             }
             Frame::Unsubscribe { req, mailbox } => Action::Unsubscribe { req, mailbox },
             Frame::Ping { req } => Action::Reply(Frame::Pong { req }),

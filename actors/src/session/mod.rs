@@ -272,7 +272,12 @@ impl SessionState {
                     drop(permit);
                 });
             }
-            Action::Subscribe { req, mailbox } => {
+            Action::Subscribe {
+                req,
+                mailbox,
+                after,
+            } => {
+                let mut catch_up = None;
                 let frame = match self.router(mailbox).await {
                     Ok(router) => {
                         let subscribed = ractor::call_t!(
@@ -287,6 +292,9 @@ impl SessionState {
                         match subscribed {
                             Ok(latest) => {
                                 self.core.set_subscribed(mailbox, true);
+                                if latest > after {
+                                    catch_up = Some(Frame::Notify { mailbox, latest });
+                                }
                                 Frame::Subscribed {
                                     req,
                                     mailbox,
@@ -302,6 +310,9 @@ impl SessionState {
                     Err(err) => store_error_frame(req, &err),
                 };
                 send_frame(&sender, &metrics, frame).await;
+                if let Some(notify) = catch_up {
+                    send_frame(&sender, &metrics, notify).await;
+                }
             }
             Action::Unsubscribe { req, mailbox } => {
                 if let Some(router) = self.router_cache.get(&mailbox) {

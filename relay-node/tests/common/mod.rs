@@ -1,0 +1,100 @@
+//! Fixtures of the relay's end-to-end tests: the real `zerok-relay` binary as a child
+//! process, protocol clients over real iroh on 127.0.0.1, group keys.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use bytes::Bytes;
+use std::path::Path;
+use std::time::Duration;
+use zerok_actors::crypto::keys::{EpochKeys, GroupSecret};
+use zerok_actors::link::iroh::{IrohConfig, IrohNode};
+use zerok_actors::rng::Rng;
+use zerok_harness::process::RelayProcess;
+use zerok_harness::proto::ProtoClient;
+use zerok_messages::{Epoch, Frame, Item};
+
+/// The binary under test.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_zerok-relay"))
+}
+
+/// A relay on a fresh data dir (kept in `dir`).
+pub async fn relay(dir: &tempfile::TempDir, extra_args: &[&str]) -> RelayProcess {
+    RelayProcess::start(binary(), &dir.path().join("relay"), extra_args)
+        .await
+        .unwrap()
+}
+
+/// A client endpoint on loopback with a key from `seed`.
+pub async fn endpoint(seed: u64) -> IrohNode {
+    let mut rng = Rng::seeded(seed);
+    IrohNode::bind(IrohConfig::new(rng.bytes(), "127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap()
+}
+
+/// A client of `relay` on its own endpoint (key from `seed`), which it keeps alive.
+pub async fn client(seed: u64, relay: &RelayProcess) -> ProtoClient {
+    let node = endpoint(seed).await;
+    ProtoClient::connect(&node.dialer(), &relay.addr)
+        .await
+        .unwrap()
+        .owning(node)
+}
+
+/// Group secret bytes and the epoch-0 keys of a group made from `seed`.
+pub fn group(seed: u8) -> ([u8; 32], EpochKeys) {
+    let secret = [seed; 32];
+    (secret, GroupSecret::from_bytes(secret).epoch_keys(Epoch(0)))
+}
+
+/// An opaque test ciphertext.
+pub fn blob(n: u64) -> Bytes {
+    Bytes::from(format!("opaque-ciphertext-{n:06}").into_bytes())
+}
+
+/// Collect `Deliver`ed items until `n` arrived (pulling after a `Notify`), or panic.
+pub async fn receive(
+    client: &mut ProtoClient,
+    mailbox: zerok_messages::MailboxId,
+    n: usize,
+) -> Vec<Item> {
+    let mut items: Vec<Item> = Vec::new();
+    while items.len() < n {
+        match client.next_event(Duration::from_secs(20)).await {
+            Some(Frame::Deliver { item, .. }) => {
+                if items.last().is_none_or(|last| item.cursor > last.cursor) {
+                    items.push(item);
+                }
+            }
+            Some(Frame::Notify { .. }) => {
+                let after = items.last().map_or(zerok_messages::Cursor(0), |i| i.cursor);
+                items.extend(client.pull_all(mailbox, after).await.unwrap());
+            }
+            Some(other) => panic!("unexpected event {other:?}"),
+            None => panic!("only {} of {n} items arrived", items.len()),
+        }
+    }
+    items
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
