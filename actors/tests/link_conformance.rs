@@ -56,6 +56,9 @@ async fn iroh_pair() -> (Link, Link, IrohNode, IrohNode) {
     let client = iroh_node(2).await;
     let mut listener = server.listen();
     let (a, b) = connected(&client.dialer(), &mut listener, &server.local_addr()).await;
+    // The accepting side knows the dialer's IP (per-IP connection limits need it).
+    let remote = b.remote_addr.expect("iroh reports the peer's address");
+    assert!(remote.ip().is_loopback(), "{remote}");
     (a, b, server, client)
 }
 

@@ -575,3 +575,28 @@ async fn a_second_relay_on_the_same_data_dir_fails_clearly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("zerok-relay: "), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_and_rust_log_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = relay(&dir, &["--log-format", "json"]).await;
+    let alice = client(90, &relay).await;
+    alice.join(&group(10).1).await.unwrap();
+    relay.terminate(Duration::from_secs(10)).await.unwrap();
+    let logs = relay.logs();
+    let mut lines = 0;
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+        assert!(
+            value["level"].is_string() && value["fields"].is_object(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 3, "{logs}");
+    assert!(
+        logs.contains("\"DEBUG\""),
+        "RUST_LOG=debug reaches the relay: {logs}"
+    );
+}
