@@ -691,3 +691,37 @@ proptest! {
         });
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_evicts_on_its_interval_in_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = RelayMetrics::new();
+    let args = InfraArgs {
+        db: open_db(dir.path(), 8 << 20).unwrap(),
+        limits: StoreLimits::default(),
+        clock: Clock::virtual_at(1_700_000_000_000),
+        faults: FaultPlan::none(),
+        metrics: metrics.clone(),
+        sweep_interval: Duration::from_secs(600),
+        sweep_slice_items: 7,
+    };
+    let (infra, _) = Actor::spawn(None, InfraActor, args).await.unwrap();
+    let store = ractor::call!(infra, |reply| InfraMsg::GetStore { reply }).unwrap();
+    let requests = (0..30)
+        .map(|n| request(n, MAILBOX, &payload(n), Some(60)))
+        .collect();
+    append(&store.get(), requests).await;
+    assert_eq!(metrics.items_stored.get(), 30);
+    // Expired after a minute, swept at the next tick (10 minutes), slice after slice.
+    // Sleeping (not `advance`) lets the paused clock move only while nothing runs, so
+    // the store's blocking-pool work is never overtaken by a timeout.
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        if metrics.sweeper_evictions_total.get() == 30 {
+            break;
+        }
+    }
+    assert_eq!(metrics.sweeper_evictions_total.get(), 30);
+    assert_eq!(stats(&store.get()).await.items, 0);
+    assert_eq!(metrics.items_stored.get(), 0);
+}
