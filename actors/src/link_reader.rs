@@ -8,40 +8,50 @@
 //! memory.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::marker::PhantomData;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use zerok_messages::link::LinkReceiver;
-use zerok_messages::relay::{LinkReaderMsg, SessionMsg};
+use zerok_messages::link::{LinkEvent, LinkReceiver};
+use zerok_messages::relay::LinkReaderMsg;
 
-/// The reader's actor type.
-pub struct LinkReaderActor;
+/// The reader's actor type, for an owner with messages `M`.
+pub struct LinkReaderActor<M>(PhantomData<fn() -> M>);
+
+impl<M> Default for LinkReaderActor<M> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
 
 /// What a reader needs.
-pub struct LinkReaderArgs {
+pub struct LinkReaderArgs<M> {
     /// The link's receiving half.
     pub receiver: LinkReceiver,
     /// Where frames go.
-    pub owner: ActorRef<SessionMsg>,
+    pub owner: ActorRef<M>,
     /// In-flight slots of the connection.
     pub inflight: Arc<Semaphore>,
 }
 
 /// Reader state: the args.
-pub struct LinkReaderState {
+pub struct LinkReaderState<M> {
     receiver: LinkReceiver,
-    owner: ActorRef<SessionMsg>,
+    owner: ActorRef<M>,
     inflight: Arc<Semaphore>,
 }
 
-impl Actor for LinkReaderActor {
+impl<M> Actor for LinkReaderActor<M>
+where
+    M: ractor::Message + From<LinkEvent>,
+{
     type Msg = LinkReaderMsg;
-    type State = LinkReaderState;
-    type Arguments = LinkReaderArgs;
+    type State = LinkReaderState<M>;
+    type Arguments = LinkReaderArgs<M>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: LinkReaderArgs,
+        args: LinkReaderArgs<M>,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_message(LinkReaderMsg::ReadNext)?;
         Ok(LinkReaderState {
@@ -67,7 +77,7 @@ impl Actor for LinkReaderActor {
                     Ok(Some(body)) => {
                         if state
                             .owner
-                            .send_message(SessionMsg::FrameReceived { body, permit })
+                            .send_message(LinkEvent::Frame { body, permit }.into())
                             .is_err()
                         {
                             myself.stop(None);
@@ -78,13 +88,13 @@ impl Actor for LinkReaderActor {
                     Ok(None) => {
                         let _ = state
                             .owner
-                            .send_message(SessionMsg::LinkClosed { error: None });
+                            .send_message(LinkEvent::Closed { error: None }.into());
                         myself.stop(None);
                     }
                     Err(error) => {
                         let _ = state
                             .owner
-                            .send_message(SessionMsg::LinkClosed { error: Some(error) });
+                            .send_message(LinkEvent::Closed { error: Some(error) }.into());
                         myself.stop(None);
                     }
                 }

@@ -1,6 +1,34 @@
-//! `zerok-client`: the client node embedded in apps, and the `zerok` CLI (DESIGN.md §2, §6).
+//! `zerok-client`: the 0k-sync client, embedded in apps (DESIGN.md §2, §6), and the `zerok`
+//! CLI (`src/bin/zerok.rs`).
 //!
-//! To be built here by the "Client node and CLI" issue: the client actor tree in `tree.rs`
-//! (ClientRoot, Encryptor, LocalStore, SyncCoordinator, RelayConnection per relay,
-//! ContentTransfer), the public Rust API (`Client::start`, `push`, `events`, `sync_now`,
-//! `shutdown`) and the `zerok` binary. Nothing is implemented yet.
+//! ```no_run
+//! # async fn demo(relay: zerok_messages::RelayAddr) -> Result<(), zerok_client::ClientError> {
+//! use zerok_client::{Client, ClientConfig, Event, NewSecret};
+//! let client = Client::start(ClientConfig::new("/tmp/zerok-demo")).await?;
+//! let group = client.create_group("notes", NewSecret::Random, vec![relay]).await?;
+//! let mut events = client.events().expect("taken once");
+//! let receipt = client.push(group, b"hello".to_vec()).await?;
+//! println!("durable on {} relay(s) as {}", receipt.acked_by.len(), receipt.blob_id);
+//! while let Some(event) = events.recv().await {
+//!     if let Event::Received { payload, .. } = event {
+//!         println!("{}", String::from_utf8_lossy(&payload));
+//!     }
+//! }
+//! client.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! The tree is in [`client`]'s module doc. Several clients per process work: there is no
+//! global state.
+
+pub mod client;
+pub mod coordinator;
+pub mod encryptor;
+pub mod relay_conn;
+pub mod store;
+pub mod types;
+
+pub use client::{Client, ClientConfig, NewSecret};
+pub use types::{
+    ClientError, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
+};

@@ -82,10 +82,14 @@ impl RelayProcess {
         let stdout_path = self.data_dir.with_extension(format!("out.{}", self.starts));
         let stdout = std::fs::File::create(&stdout_path)?;
         let mut command = Command::new(&self.binary);
+        for (flag, default) in [("--bind", "127.0.0.1:0"), ("--http", "127.0.0.1:0")] {
+            if !self.extra_args.iter().any(|arg| arg == flag) {
+                command.args([flag, default]);
+            }
+        }
         command
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",

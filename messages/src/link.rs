@@ -160,3 +160,21 @@ impl LinkReceiver {
 pub fn channel() -> (mpsc::Sender<Wire>, mpsc::Receiver<Wire>) {
     mpsc::channel(LINK_QUEUE_FRAMES)
 }
+
+/// What a LinkReader tells its owner (a relay Session or a client RelayConnection); owners'
+/// message types implement `From<LinkEvent>`.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A frame body arrived, holding one of the connection's in-flight slots until answered.
+    Frame {
+        /// The CBOR frame body.
+        body: Bytes,
+        /// The in-flight slot.
+        permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    /// The link ended: cleanly (`None`) or with an error.
+    Closed {
+        /// Why, if it broke.
+        error: Option<LinkError>,
+    },
+}

@@ -298,7 +298,18 @@ pub enum SessionMsg {
     Shutdown,
 }
 
-/// Messages of a LinkReader (the actor that reads one link for its Session).
+impl From<crate::link::LinkEvent> for SessionMsg {
+    fn from(event: crate::link::LinkEvent) -> Self {
+        match event {
+            crate::link::LinkEvent::Frame { body, permit } => {
+                SessionMsg::FrameReceived { body, permit }
+            }
+            crate::link::LinkEvent::Closed { error } => SessionMsg::LinkClosed { error },
+        }
+    }
+}
+
+/// Messages of a LinkReader (the actor that reads one link for its owner).
 #[derive(Debug)]
 pub enum LinkReaderMsg {
     /// Read the next frame (the reader sends this to itself after each frame).

@@ -340,7 +340,7 @@ impl Actor for SessionActor {
         let inflight = Arc::new(Semaphore::new(args.limits.inflight_max.max(1) as usize));
         Actor::spawn_linked(
             None,
-            LinkReaderActor,
+            LinkReaderActor::<SessionMsg>::default(),
             LinkReaderArgs {
                 receiver: args.receiver,
                 owner: myself.clone(),

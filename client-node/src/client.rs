@@ -1,0 +1,527 @@
+//! The app-facing handle: [`Client`], and the client tree's root actor.
+//!
+//! ```text
+//! ClientRoot                        a dead child stops the client (calls answer `Stopped`)
+//! ├── Encryptor                     device key + group keys; seal / open
+//! └── SyncCoordinator               outbox, dedupe, seq checks, events; owns LocalStore (sled)
+//!     └── RelayConnection × relay   reconnects with jittered backoff; restarted if it dies
+//!         └── LinkReader
+//! ```
+
+use crate::coordinator::{CoordMsg, CoordinatorActor, CoordinatorArgs};
+use crate::encryptor::{EncryptorActor, EncryptorArgs, EncryptorMsg};
+use crate::store::{GroupRecord, LocalStore};
+use crate::types::{ClientError, Event, GroupId, Receipt, Status, SyncReport};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::error;
+use zerok_actors::clock::Clock;
+use zerok_actors::crypto::envelope::DeviceKey;
+use zerok_actors::crypto::invite::{Invite, InviteSecret};
+use zerok_actors::crypto::keys::{GroupSecret, KdfParams, SALT_BYTES};
+use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
+use zerok_actors::rng::Rng;
+use zerok_messages::{BlobId, DeviceId, Epoch, RelayAddr};
+
+/// Events buffered for the app before the client waits for it to read.
+pub const EVENTS_BUFFER: usize = 1024;
+/// How long a control call into the client may take.
+const CALL_TIMEOUT_MS: u64 = 60_000;
+
+/// How a client starts.
+#[derive(Debug)]
+pub struct ClientConfig {
+    /// Home dir: device key (`device.key`), local store (`store/`).
+    pub home: PathBuf,
+    /// Relays that must durably ack a push before its receipt (capped by the group's count).
+    pub ack_quorum: usize,
+    /// Whether to subscribe and pull records (false for push-only use).
+    pub receive: bool,
+    /// UDP address of the client's endpoint.
+    pub bind: SocketAddr,
+    /// Wall time (HLC timestamps, invite expiry).
+    pub clock: Clock,
+    /// Randomness (`None` = system).
+    pub rng: Option<Rng>,
+}
+
+impl ClientConfig {
+    /// Defaults for `home`: quorum 1, receiving, any port.
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        Self {
+            home: home.into(),
+            ack_quorum: 1,
+            receive: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            clock: Clock::system(),
+            rng: None,
+        }
+    }
+}
+
+/// How a new group gets its secret.
+pub enum NewSecret {
+    /// 32 random bytes (invites carry the secret).
+    Random,
+    /// Argon2id of a passphrase (invites carry only the salt; joiners type the passphrase).
+    Passphrase(String),
+}
+
+enum RootMsg {}
+
+struct ClientRoot;
+
+struct RootArgs {
+    encryptor: EncryptorArgs,
+    coordinator: Box<dyn FnOnce(ActorRef<EncryptorMsg>) -> CoordinatorArgs + Send>,
+    coordinator_ref: Arc<Mutex<Option<ActorRef<CoordMsg>>>>,
+}
+
+impl Actor for ClientRoot {
+    type Msg = RootMsg;
+    type State = ();
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RootArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let (encryptor, _) =
+            Actor::spawn_linked(None, EncryptorActor, args.encryptor, myself.get_cell()).await?;
+        let (coordinator, _) = Actor::spawn_linked(
+            None,
+            CoordinatorActor,
+            (args.coordinator)(encryptor),
+            myself.get_cell(),
+        )
+        .await?;
+        *args
+            .coordinator_ref
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(coordinator);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(_, err) => {
+                error!(error = %err, "client actor failed; the client stops");
+                myself.stop(Some("child failed".into()));
+            }
+            SupervisionEvent::ActorTerminated(_, _, reason) => {
+                if reason.as_deref() != Some("shutdown") {
+                    error!("client actor stopped; the client stops");
+                }
+                myself.stop(reason);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A running client. Cheap calls, all async; drop or [`Client::shutdown`] to stop.
+pub struct Client {
+    coordinator: ActorRef<CoordMsg>,
+    root: ActorRef<RootMsg>,
+    root_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    events: Mutex<Option<mpsc::Receiver<Event>>>,
+    endpoint: IrohNode,
+    device_id: DeviceId,
+    clock: Clock,
+    rng: Mutex<Rng>,
+}
+
+fn home_err(home: &Path, message: impl std::fmt::Display) -> ClientError {
+    ClientError::Home {
+        path: home.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn stopped<E>(_: E) -> ClientError {
+    ClientError::Stopped
+}
+
+impl Client {
+    /// Start a client on its home dir (created if missing, mode 0700).
+    pub async fn start(config: ClientConfig) -> Result<Client, ClientError> {
+        let home = config.home.clone();
+        std::fs::create_dir_all(&home).map_err(|e| home_err(&home, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| home_err(&home, e))?;
+        }
+        let mut rng = config.rng.unwrap_or_else(Rng::system);
+        let secret = load_or_create_secret_key(&home.join("device.key"), &mut rng)
+            .map_err(|e| home_err(&home, e))?;
+        let device = Arc::new(DeviceKey::from_secret_bytes(&secret));
+        let store_dir = home.join("store");
+        let store = tokio::task::spawn_blocking(move || LocalStore::open(&store_dir))
+            .await
+            .map_err(|e| home_err(&home, e))??;
+        let endpoint = IrohNode::bind(IrohConfig::new(secret, config.bind))
+            .await
+            .map_err(|e| home_err(&home, format!("cannot bind {}: {e}", config.bind)))?;
+        let device_id = endpoint.local_id();
+        debug_assert_eq!(device_id, device.device_id());
+        let (events_tx, events_rx) = mpsc::channel(EVENTS_BUFFER);
+        let coordinator_ref = Arc::new(Mutex::new(None));
+        let dialer: Arc<dyn zerok_actors::link::Dialer> = Arc::new(endpoint.dialer());
+        let coordinator_rng = rng.fork();
+        let clock = config.clock.clone();
+        let (ack_quorum, receive) = (config.ack_quorum, config.receive);
+        let args = RootArgs {
+            encryptor: EncryptorArgs {
+                device,
+                rng: rng.fork(),
+            },
+            coordinator: Box::new(move |encryptor| CoordinatorArgs {
+                store,
+                encryptor,
+                dialer,
+                events: events_tx,
+                ack_quorum,
+                receive,
+                clock,
+                rng: coordinator_rng,
+            }),
+            coordinator_ref: Arc::clone(&coordinator_ref),
+        };
+        let (root, root_handle) = match Actor::spawn(None, ClientRoot, args).await {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                endpoint.close().await;
+                return Err(home_err(
+                    &config.home,
+                    format!("client failed to start: {err}"),
+                ));
+            }
+        };
+        let coordinator = coordinator_ref
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .ok_or(ClientError::Stopped)?;
+        Ok(Client {
+            coordinator,
+            root,
+            root_handle: Mutex::new(Some(root_handle)),
+            events: Mutex::new(Some(events_rx)),
+            endpoint,
+            device_id,
+            clock: config.clock,
+            rng: Mutex::new(rng),
+        })
+    }
+
+    /// This device's id (also its iroh endpoint id).
+    pub fn device_id(&self) -> DeviceId {
+        self.device_id
+    }
+
+    /// The event stream. Taken once; later calls return `None`.
+    pub fn events(&self) -> Option<mpsc::Receiver<Event>> {
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Create a group on `relays`. Passphrase groups derive their secret with Argon2id (off
+    /// the runtime; takes a moment by design).
+    pub async fn create_group(
+        &self,
+        name: &str,
+        secret: NewSecret,
+        relays: Vec<RelayAddr>,
+    ) -> Result<GroupId, ClientError> {
+        if relays.is_empty() {
+            return Err(ClientError::Invalid(
+                "a group needs at least one relay".into(),
+            ));
+        }
+        let (secret, salt) = match secret {
+            NewSecret::Random => {
+                let secret = GroupSecret::random(&mut self.lock_rng());
+                (*secret.expose_bytes(), None)
+            }
+            NewSecret::Passphrase(passphrase) => {
+                let salt: [u8; SALT_BYTES] = self.lock_rng().bytes();
+                let secret = derive(passphrase, salt).await?;
+                (secret, Some(salt.to_vec()))
+            }
+        };
+        let record = GroupRecord {
+            name: name.to_owned(),
+            secret,
+            epoch: 0,
+            relays: relays.iter().map(ToString::to_string).collect(),
+            passphrase_salt: salt,
+        };
+        let id = group_id(&record);
+        self.put_group(id, record).await?;
+        Ok(id)
+    }
+
+    /// An invite token for `group`, valid for `valid_for`. It is a secret (unless the group
+    /// is a passphrase group, whose invite carries only the salt).
+    pub async fn invite(&self, group: GroupId, valid_for: Duration) -> Result<String, ClientError> {
+        let record = self.group(group).await?;
+        let relays = record
+            .relays
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .collect();
+        let secret = match &record.passphrase_salt {
+            Some(salt) => InviteSecret::Passphrase {
+                salt: salt
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| ClientError::Store("bad salt".into()))?,
+                kdf: KdfParams::V1,
+            },
+            None => InviteSecret::Key(GroupSecret::from_bytes(record.secret)),
+        };
+        let invite = Invite {
+            relays,
+            secret,
+            epoch: Epoch(record.epoch),
+            expires_at_unix_secs: self.clock.now_unix_secs() + valid_for.as_secs(),
+            group_name: record.name.clone(),
+        };
+        Ok(invite.encode())
+    }
+
+    /// Whether `token` needs a passphrase to join.
+    pub fn invite_needs_passphrase(&self, token: &str) -> Result<bool, ClientError> {
+        let invite = Invite::decode(token, self.clock.now_unix_secs())
+            .map_err(|e| ClientError::Invite(e.to_string()))?;
+        Ok(matches!(invite.secret, InviteSecret::Passphrase { .. }))
+    }
+
+    /// Join the group of an invite token (with its passphrase, for passphrase groups).
+    pub async fn join(
+        &self,
+        token: &str,
+        passphrase: Option<String>,
+    ) -> Result<GroupId, ClientError> {
+        let invite = Invite::decode(token, self.clock.now_unix_secs())
+            .map_err(|e| ClientError::Invite(e.to_string()))?;
+        let (secret, salt) = match invite.secret {
+            InviteSecret::Key(secret) => (*secret.expose_bytes(), None),
+            InviteSecret::Passphrase { salt, kdf } => {
+                if kdf != KdfParams::V1 {
+                    return Err(ClientError::Invite("unsupported key derivation".into()));
+                }
+                let passphrase = passphrase.ok_or_else(|| {
+                    ClientError::Passphrase("this group needs its passphrase".into())
+                })?;
+                (derive(passphrase, salt).await?, Some(salt.to_vec()))
+            }
+        };
+        let record = GroupRecord {
+            name: invite.group_name,
+            secret,
+            epoch: invite.epoch.0,
+            relays: invite.relays.iter().map(ToString::to_string).collect(),
+            passphrase_salt: salt,
+        };
+        let id = group_id(&record);
+        self.put_group(id, record).await?;
+        Ok(id)
+    }
+
+    /// Every group's id and name.
+    pub async fn groups(&self) -> Result<Vec<(GroupId, String)>, ClientError> {
+        Ok(self
+            .status()
+            .await?
+            .groups
+            .into_iter()
+            .map(|g| (g.id, g.name))
+            .collect())
+    }
+
+    /// Replace a group's relay list.
+    pub async fn set_relays(
+        &self,
+        group: GroupId,
+        relays: Vec<RelayAddr>,
+    ) -> Result<(), ClientError> {
+        if relays.is_empty() {
+            return Err(ClientError::Invalid(
+                "a group needs at least one relay".into(),
+            ));
+        }
+        let mut record = self.group(group).await?;
+        record.relays = relays.iter().map(ToString::to_string).collect();
+        self.put_group(group, record).await
+    }
+
+    /// The relays of a group.
+    pub async fn relays(&self, group: GroupId) -> Result<Vec<RelayAddr>, ClientError> {
+        let record = self.group(group).await?;
+        Ok(record
+            .relays
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .collect())
+    }
+
+    /// Seal `payload` and queue it durably; it is sent to every relay of the group and retried
+    /// until acked. Returns its blob id once it is safe in the outbox.
+    pub async fn enqueue(&self, group: GroupId, payload: Vec<u8>) -> Result<BlobId, ClientError> {
+        let (_, blob_id) = ractor::call_t!(
+            self.coordinator,
+            |reply| CoordMsg::Enqueue {
+                group,
+                payload,
+                reply,
+            },
+            CALL_TIMEOUT_MS
+        )
+        .map_err(stopped)??;
+        Ok(blob_id)
+    }
+
+    /// Wait until `blob_id` is acked by enough relays; `None` waits as long as it takes.
+    pub async fn wait_acked(
+        &self,
+        group: GroupId,
+        blob_id: BlobId,
+        timeout: Option<Duration>,
+    ) -> Result<Receipt, ClientError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.coordinator
+            .cast(CoordMsg::WaitAcked {
+                group,
+                blob_id,
+                reply: tx.into(),
+            })
+            .map_err(stopped)?;
+        let waited = match timeout {
+            Some(limit) => tokio::time::timeout(limit, rx).await.ok(),
+            None => Some(rx.await),
+        };
+        match waited {
+            Some(Ok(receipt)) => Ok(receipt),
+            Some(Err(_)) => Err(ClientError::Stopped),
+            None => {
+                let (acked, needed) = ractor::call_t!(
+                    self.coordinator,
+                    |reply| CoordMsg::AckState {
+                        group,
+                        blob_id,
+                        reply
+                    },
+                    CALL_TIMEOUT_MS
+                )
+                .map_err(stopped)?;
+                Err(ClientError::NotYetAcked {
+                    acked: acked.len(),
+                    needed,
+                })
+            }
+        }
+    }
+
+    /// Push: queue durably, then wait for enough relay acks.
+    pub async fn push(&self, group: GroupId, payload: Vec<u8>) -> Result<Receipt, ClientError> {
+        let blob_id = self.enqueue(group, payload).await?;
+        self.wait_acked(group, blob_id, None).await
+    }
+
+    /// Pull every relay of `group` to its end now; records arrive as events before this
+    /// returns.
+    pub async fn sync_now(&self, group: GroupId) -> Result<SyncReport, ClientError> {
+        ractor::call_t!(
+            self.coordinator,
+            |reply| CoordMsg::SyncNow { group, reply },
+            CALL_TIMEOUT_MS * 2
+        )
+        .map_err(stopped)
+    }
+
+    /// Status of every group.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        ractor::call_t!(
+            self.coordinator,
+            |reply| CoordMsg::Status { reply },
+            CALL_TIMEOUT_MS
+        )
+        .map_err(stopped)
+    }
+
+    /// Stop: close relay connections (saying `Bye`), flush, close the endpoint.
+    pub async fn shutdown(self) {
+        let _ = self
+            .root
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
+        let handle = self
+            .root_handle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        }
+        self.endpoint.close().await;
+    }
+
+    fn lock_rng(&self) -> std::sync::MutexGuard<'_, Rng> {
+        self.rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn group(&self, id: GroupId) -> Result<GroupRecord, ClientError> {
+        ractor::call_t!(
+            self.coordinator,
+            |reply| CoordMsg::GetGroup { id, reply },
+            CALL_TIMEOUT_MS
+        )
+        .map_err(stopped)?
+        .ok_or(ClientError::UnknownGroup(id))
+    }
+
+    async fn put_group(&self, id: GroupId, record: GroupRecord) -> Result<(), ClientError> {
+        ractor::call_t!(
+            self.coordinator,
+            |reply| CoordMsg::PutGroup { id, record, reply },
+            CALL_TIMEOUT_MS
+        )
+        .map_err(stopped)?
+    }
+}
+
+fn group_id(record: &GroupRecord) -> GroupId {
+    GroupId(
+        GroupSecret::from_bytes(record.secret)
+            .epoch_keys(Epoch(0))
+            .mailbox_id(),
+    )
+}
+
+async fn derive(passphrase: String, salt: [u8; SALT_BYTES]) -> Result<[u8; 32], ClientError> {
+    tokio::task::spawn_blocking(move || {
+        GroupSecret::from_passphrase(&passphrase, &salt, KdfParams::V1)
+            .map(|secret| *secret.expose_bytes())
+            .map_err(|e| ClientError::Passphrase(e.to_string()))
+    })
+    .await
+    .map_err(|e| ClientError::Passphrase(e.to_string()))?
+}

@@ -1,0 +1,834 @@
+//! RelayConnection: one per relay, under the SyncCoordinator (DESIGN.md §2, §6).
+//!
+//! It keeps one connection to its relay: dial, `Hello`, `Join` every group the relay serves
+//! (a fresh proof per connection), then per group `Subscribe{after: cursor}` for live
+//! `Deliver`s and paged `Pull`s for catch-up. Received items go to the coordinator with the
+//! cursor up to which this relay's items are now complete (`upto`), which the coordinator
+//! persists once the app has them. Pushes from the coordinator are sent once the group is
+//! joined, at most [`PUSHES_IN_FLIGHT_MAX`] at a time (the rest wait in order).
+//!
+//! On loss it reconnects with jittered exponential backoff ([`BACKOFF_FIRST`] doubling to
+//! [`BACKOFF_MAX`], drawn from the client's seeded rng), never sooner than a relay's
+//! `retry_after_ms`; the coordinator resends what this relay has not acked. A keep-alive
+//! `Ping` every [`PING_EVERY`] detects a dead path; after [`DEAD_AFTER`] without any frame the
+//! link is dropped and redialled.
+
+use crate::coordinator::CoordMsg;
+use crate::types::GroupId;
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+use zerok_actors::crypto::join::sign_join;
+use zerok_actors::crypto::keys::EpochKeys;
+use zerok_actors::link::{Dialer, LinkReceiver, LinkSender};
+use zerok_actors::link_reader::{LinkReaderActor, LinkReaderArgs};
+use zerok_actors::rng::Rng;
+use zerok_messages::link::LinkEvent;
+use zerok_messages::relay::LinkReaderMsg;
+use zerok_messages::wire::PROTOCOL_VERSION;
+use zerok_messages::{
+    BlobId, Cursor, DeviceId, ErrorCode, Frame, Item, Limits, RelayAddr, ReqId, codec,
+};
+
+/// First reconnect delay.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+/// Longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Keep-alive interval.
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// A connection with no frame for this long is considered dead.
+pub const DEAD_AFTER: Duration = Duration::from_secs(45);
+/// Pushes one connection has in flight.
+pub const PUSHES_IN_FLIGHT_MAX: usize = 128;
+/// Frames the client reads ahead of its processing.
+const READ_AHEAD: usize = 64;
+
+/// A group this relay serves, as the connection needs it.
+#[derive(Clone)]
+pub struct ConnGroup {
+    /// The group.
+    pub group: GroupId,
+    /// Its epoch keys (the mailbox key signs join proofs).
+    pub keys: Arc<EpochKeys>,
+    /// Items of the group already received from this relay.
+    pub cursor: u64,
+}
+
+/// What a connection tells the coordinator.
+#[derive(Debug)]
+pub enum RelayEvent {
+    /// Connected and hello'd.
+    Up {
+        /// The relay.
+        relay: DeviceId,
+    },
+    /// The connection was lost or could not be made.
+    Down {
+        /// The relay.
+        relay: DeviceId,
+        /// Why.
+        reason: String,
+    },
+    /// A group was joined on this connection: unacked pushes may be (re)sent.
+    Joined {
+        /// The relay.
+        relay: DeviceId,
+        /// The group.
+        group: GroupId,
+    },
+    /// A push is durable on the relay.
+    Acked {
+        /// The relay.
+        relay: DeviceId,
+        /// The group.
+        group: GroupId,
+        /// Own seq of the push.
+        seq: u64,
+    },
+    /// The relay refused a push for now.
+    PushRefused {
+        /// The relay.
+        relay: DeviceId,
+        /// The group.
+        group: GroupId,
+        /// Own seq of the push.
+        seq: u64,
+        /// The code.
+        code: ErrorCode,
+        /// The relay's hint.
+        retry_after_ms: Option<u64>,
+    },
+    /// Items served by the relay; everything up to `upto` has now been received from it.
+    Items {
+        /// The relay.
+        relay: DeviceId,
+        /// The group.
+        group: GroupId,
+        /// The items, as served.
+        items: Vec<Item>,
+        /// The relay's cursor after these items.
+        upto: u64,
+    },
+}
+
+/// Messages of a RelayConnection.
+pub enum RelayConnMsg {
+    /// From the LinkReader.
+    Link(LinkEvent),
+    /// Dial now.
+    ConnectDue,
+    /// A dial finished.
+    Connected {
+        /// Which dial.
+        generation: u64,
+        /// Frames to the relay.
+        sender: LinkSender,
+        /// Frames from the relay.
+        receiver: LinkReceiver,
+        /// The join nonce of this connection.
+        nonce: [u8; 32],
+        /// The relay's limits.
+        limits: Limits,
+    },
+    /// A dial failed.
+    ConnectFailed {
+        /// Which dial.
+        generation: u64,
+        /// Why.
+        reason: String,
+        /// The relay's hint, if it refused.
+        retry_after: Option<Duration>,
+    },
+    /// The groups this relay serves (replaces the previous set).
+    SetGroups(Vec<ConnGroup>),
+    /// The coordinator's answer to `Joined`: every push of the group this relay has not
+    /// acked, in push order. Pushes are accepted for the group only after it, so they reach
+    /// the relay in push order even across reconnects.
+    Resend {
+        /// The group.
+        group: GroupId,
+        /// `(seq, blob_id, envelope)` in push order.
+        entries: Vec<(u64, BlobId, Bytes)>,
+    },
+    /// Send a push (dropped until the group's `Resend` arrived: the coordinator resends).
+    Push {
+        /// The group.
+        group: GroupId,
+        /// Own seq.
+        seq: u64,
+        /// Its blob id.
+        blob_id: BlobId,
+        /// The envelope.
+        ciphertext: Bytes,
+    },
+    /// Pull the group to the relay's end; answer when done.
+    SyncNow {
+        /// The group.
+        group: GroupId,
+        /// Done, or why not.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Keep-alive tick.
+    PingDue,
+}
+
+impl From<LinkEvent> for RelayConnMsg {
+    fn from(event: LinkEvent) -> Self {
+        RelayConnMsg::Link(event)
+    }
+}
+
+/// The connection's actor type.
+pub struct RelayConnActor;
+
+/// What a connection needs.
+pub struct RelayConnArgs {
+    /// The relay.
+    pub relay: RelayAddr,
+    /// Dials links.
+    pub dialer: Arc<dyn Dialer>,
+    /// Groups it serves.
+    pub groups: Vec<ConnGroup>,
+    /// Whether to subscribe and pull (false for push-only clients).
+    pub receive: bool,
+    /// Who gets the events.
+    pub coordinator: ActorRef<CoordMsg>,
+    /// Jitter.
+    pub rng: Rng,
+}
+
+enum Pending {
+    Join(GroupId),
+    Subscribe,
+    Pull(GroupId),
+    Push { group: GroupId, seq: u64 },
+    Ping,
+}
+
+struct GroupSync {
+    keys: Arc<EpochKeys>,
+    have: u64,
+    joined: bool,
+    accepting: bool,
+    pulling: bool,
+    pull_again: bool,
+    waiters: Vec<RpcReplyPort<Result<(), String>>>,
+    queued: VecDeque<(u64, BlobId, Bytes)>,
+}
+
+struct Conn {
+    sender: LinkSender,
+    nonce: [u8; 32],
+    limits: Limits,
+    pending: HashMap<u64, Pending>,
+    next_req: u64,
+    pushes_in_flight: usize,
+    last_frame: tokio::time::Instant,
+    reader: ActorRef<LinkReaderMsg>,
+}
+
+/// Connection state.
+pub struct RelayConnState {
+    relay: RelayAddr,
+    dialer: Arc<dyn Dialer>,
+    receive: bool,
+    coordinator: ActorRef<CoordMsg>,
+    rng: Rng,
+    groups: HashMap<GroupId, GroupSync>,
+    conn: Option<Conn>,
+    generation: u64,
+    attempts: u32,
+    is_dialing: bool,
+}
+
+fn backoff(attempts: u32, rng: &mut Rng) -> Duration {
+    let base = BACKOFF_FIRST
+        .saturating_mul(1u32 << attempts.min(8))
+        .min(BACKOFF_MAX);
+    let half = base / 2;
+    let jitter_ms = rng.below(half.as_millis() as u64 + 1);
+    half + Duration::from_millis(jitter_ms)
+}
+
+async fn dial(
+    dialer: Arc<dyn Dialer>,
+    relay: RelayAddr,
+) -> Result<(LinkSender, LinkReceiver, [u8; 32], Limits), (String, Option<Duration>)> {
+    let link = dialer
+        .dial(&relay)
+        .await
+        .map_err(|e| (e.to_string(), None))?;
+    let (_, sender, mut receiver) = link.into_parts();
+    let hello = Frame::Hello {
+        versions: vec![PROTOCOL_VERSION],
+        client_agent: concat!("zerok-client/", env!("CARGO_PKG_VERSION")).into(),
+    };
+    let body = codec::encode(&hello).map_err(|e| (e.to_string(), None))?;
+    sender
+        .send(Bytes::from(body))
+        .await
+        .map_err(|e| (e.to_string(), None))?;
+    let first = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
+        .await
+        .map_err(|_| ("no welcome in time".to_owned(), None))?
+        .map_err(|e| (e.to_string(), None))?
+        .ok_or_else(|| ("closed before welcome".to_owned(), None))?;
+    match codec::decode(&first).map_err(|e| (e.to_string(), None))? {
+        Frame::Welcome { nonce, limits, .. } => Ok((sender, receiver, nonce, limits)),
+        Frame::Error {
+            code,
+            message,
+            retry_after_ms,
+            ..
+        } => Err((
+            format!("refused: {}: {message}", code.as_str()),
+            retry_after_ms.map(Duration::from_millis),
+        )),
+        other => Err((format!("unexpected {} before welcome", other.tag()), None)),
+    }
+}
+
+impl RelayConnState {
+    fn relay_id(&self) -> DeviceId {
+        self.relay.id
+    }
+
+    fn emit(&self, event: RelayEvent) {
+        let _ = self.coordinator.cast(CoordMsg::Relay(event));
+    }
+
+    fn start_dial(&mut self, myself: &ActorRef<RelayConnMsg>) {
+        if self.is_dialing || self.conn.is_some() {
+            return;
+        }
+        self.is_dialing = true;
+        self.generation += 1;
+        let generation = self.generation;
+        let dialer = Arc::clone(&self.dialer);
+        let relay = self.relay.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let message = match dial(dialer, relay).await {
+                Ok((sender, receiver, nonce, limits)) => RelayConnMsg::Connected {
+                    generation,
+                    sender,
+                    receiver,
+                    nonce,
+                    limits,
+                },
+                Err((reason, retry_after)) => RelayConnMsg::ConnectFailed {
+                    generation,
+                    reason,
+                    retry_after,
+                },
+            };
+            let _ = myself.send_message(message);
+        });
+    }
+
+    fn schedule_redial(&mut self, myself: &ActorRef<RelayConnMsg>, retry_after: Option<Duration>) {
+        let mut delay = backoff(self.attempts, &mut self.rng);
+        if let Some(hint) = retry_after {
+            delay = delay.max(hint);
+        }
+        self.attempts = self.attempts.saturating_add(1);
+        debug!(relay = %self.relay.id.short(), delay_ms = delay.as_millis() as u64, "redial scheduled");
+        myself.send_after(delay, || RelayConnMsg::ConnectDue);
+    }
+
+    async fn send(&mut self, make: impl FnOnce(ReqId) -> Frame, pending: Pending) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let req = conn.next_req;
+        conn.next_req += 1;
+        let frame = make(ReqId(req));
+        match codec::encode(&frame) {
+            Ok(body) => {
+                if matches!(pending, Pending::Push { .. }) {
+                    conn.pushes_in_flight += 1;
+                }
+                conn.pending.insert(req, pending);
+                let _ = conn.sender.send(Bytes::from(body)).await;
+            }
+            Err(err) => warn!(error = %err, "frame not encodable"),
+        }
+    }
+
+    async fn join_all(&mut self) {
+        let Some(conn) = self.conn.as_ref() else {
+            return;
+        };
+        let nonce = conn.nonce;
+        let device = self.dialer.local_id();
+        let relay = self.relay.id;
+        let joins: Vec<_> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| !g.joined)
+            .map(|(id, g)| {
+                (
+                    *id,
+                    g.keys.mailbox_key(),
+                    sign_join(&g.keys, &relay, &device, &nonce),
+                )
+            })
+            .collect();
+        for (group, mailbox_key, proof) in joins {
+            self.send(
+                |req| Frame::Join {
+                    req,
+                    mailbox_key,
+                    proof,
+                },
+                Pending::Join(group),
+            )
+            .await;
+        }
+    }
+
+    async fn start_pull(&mut self, group: GroupId) {
+        let Some(limits) = self.conn.as_ref().map(|c| c.limits.clone()) else {
+            return;
+        };
+        let Some(sync) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if !sync.joined {
+            return;
+        }
+        if sync.pulling {
+            sync.pull_again = true;
+            return;
+        }
+        sync.pulling = true;
+        sync.pull_again = false;
+        let after = Cursor(sync.have);
+        let mailbox = sync.keys.mailbox_id();
+        self.send(
+            |req| Frame::Pull {
+                req,
+                mailbox,
+                after,
+                max_items: limits.pull_items_max,
+                max_bytes: limits.pull_bytes_max,
+            },
+            Pending::Pull(group),
+        )
+        .await;
+    }
+
+    async fn flush_pushes(&mut self, group: GroupId) {
+        loop {
+            let Some(conn) = self.conn.as_ref() else {
+                return;
+            };
+            if conn.pushes_in_flight >= PUSHES_IN_FLIGHT_MAX {
+                return;
+            }
+            let Some(sync) = self.groups.get_mut(&group) else {
+                return;
+            };
+            if !sync.joined {
+                return;
+            }
+            let Some((seq, blob_id, ciphertext)) = sync.queued.pop_front() else {
+                return;
+            };
+            let mailbox = sync.keys.mailbox_id();
+            self.send(
+                |req| Frame::Push {
+                    req,
+                    mailbox,
+                    blob_id,
+                    ciphertext,
+                    ttl_secs: None,
+                },
+                Pending::Push { group, seq },
+            )
+            .await;
+        }
+    }
+
+    fn group_of_mailbox(&self, mailbox: &zerok_messages::MailboxId) -> Option<GroupId> {
+        self.groups
+            .iter()
+            .find(|(_, g)| g.keys.mailbox_id() == *mailbox)
+            .map(|(id, _)| *id)
+    }
+
+    async fn lost(&mut self, myself: &ActorRef<RelayConnMsg>, reason: String) {
+        let Some(conn) = self.conn.take() else { return };
+        conn.reader.stop(None);
+        for sync in self.groups.values_mut() {
+            sync.joined = false;
+            sync.accepting = false;
+            sync.pulling = false;
+            sync.queued.clear();
+            for waiter in sync.waiters.drain(..) {
+                let _ = waiter.send(Err(format!("connection lost: {reason}")));
+            }
+        }
+        info!(relay = %self.relay.id.short(), reason = %reason, "relay connection lost");
+        self.emit(RelayEvent::Down {
+            relay: self.relay_id(),
+            reason,
+        });
+        self.schedule_redial(myself, None);
+    }
+
+    async fn on_frame(&mut self, myself: &ActorRef<RelayConnMsg>, frame: Frame) {
+        let relay = self.relay_id();
+        let pending = frame
+            .req()
+            .and_then(|req| self.conn.as_mut().and_then(|c| c.pending.remove(&req.0)));
+        if let Some(Pending::Push { .. }) = pending
+            && let Some(conn) = self.conn.as_mut()
+        {
+            conn.pushes_in_flight = conn.pushes_in_flight.saturating_sub(1);
+        }
+        match (frame, pending) {
+            (Frame::Joined { .. }, Some(Pending::Join(group))) => {
+                if let Some(sync) = self.groups.get_mut(&group) {
+                    sync.joined = true;
+                }
+                self.emit(RelayEvent::Joined { relay, group });
+                if self.receive {
+                    let Some(sync) = self.groups.get(&group) else {
+                        return;
+                    };
+                    let (mailbox, after) = (sync.keys.mailbox_id(), Cursor(sync.have));
+                    self.send(
+                        |req| Frame::Subscribe {
+                            req,
+                            mailbox,
+                            after,
+                        },
+                        Pending::Subscribe,
+                    )
+                    .await;
+                }
+                self.flush_pushes(group).await;
+            }
+            (Frame::PushAck { .. }, Some(Pending::Push { group, seq })) => {
+                self.emit(RelayEvent::Acked { relay, group, seq });
+                self.flush_pushes(group).await;
+            }
+            (
+                Frame::PullPage {
+                    items,
+                    next,
+                    has_more,
+                    ..
+                },
+                Some(Pending::Pull(group)),
+            ) => {
+                let Some(sync) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                let upto = sync.have.max(next.0);
+                let items: Vec<Item> = items
+                    .into_iter()
+                    .filter(|i| i.cursor.0 > sync.have)
+                    .collect();
+                sync.have = upto;
+                sync.pulling = false;
+                let again = has_more || sync.pull_again;
+                if !items.is_empty() || upto > 0 {
+                    self.emit(RelayEvent::Items {
+                        relay,
+                        group,
+                        items,
+                        upto,
+                    });
+                }
+                if again {
+                    self.start_pull(group).await;
+                } else if let Some(sync) = self.groups.get_mut(&group) {
+                    for waiter in sync.waiters.drain(..) {
+                        let _ = waiter.send(Ok(()));
+                    }
+                }
+            }
+            (Frame::Deliver { mailbox, item }, _) => {
+                let Some(group) = self.group_of_mailbox(&mailbox) else {
+                    return;
+                };
+                let Some(sync) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                if item.cursor.0 == sync.have + 1 && !sync.pulling {
+                    sync.have = item.cursor.0;
+                    let upto = sync.have;
+                    self.emit(RelayEvent::Items {
+                        relay,
+                        group,
+                        items: vec![item],
+                        upto,
+                    });
+                } else if item.cursor.0 > sync.have {
+                    self.start_pull(group).await;
+                }
+            }
+            (Frame::Notify { mailbox, latest }, _) => {
+                if let Some(group) = self.group_of_mailbox(&mailbox)
+                    && self.groups.get(&group).is_some_and(|g| latest.0 > g.have)
+                {
+                    self.start_pull(group).await;
+                }
+            }
+            (
+                Frame::Error {
+                    code,
+                    message,
+                    retry_after_ms,
+                    ..
+                },
+                pending,
+            ) => match pending {
+                Some(Pending::Push { group, seq }) => {
+                    self.emit(RelayEvent::PushRefused {
+                        relay,
+                        group,
+                        seq,
+                        code,
+                        retry_after_ms,
+                    });
+                    self.flush_pushes(group).await;
+                }
+                Some(Pending::Pull(group)) => {
+                    if let Some(sync) = self.groups.get_mut(&group) {
+                        sync.pulling = false;
+                        for waiter in sync.waiters.drain(..) {
+                            let _ = waiter.send(Err(format!("pull refused: {}", code.as_str())));
+                        }
+                    }
+                }
+                Some(Pending::Join(group)) => {
+                    warn!(relay = %relay.short(), group = ?group, code = code.as_str(), message = %message, "join refused");
+                }
+                _ => debug!(relay = %relay.short(), code = code.as_str(), "relay error"),
+            },
+            (Frame::Bye { reason }, _) => {
+                self.lost(myself, format!("relay said bye ({reason:?})"))
+                    .await;
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Actor for RelayConnActor {
+    type Msg = RelayConnMsg;
+    type State = RelayConnState;
+    type Arguments = RelayConnArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RelayConnArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let groups = args
+            .groups
+            .into_iter()
+            .map(|g| {
+                (
+                    g.group,
+                    GroupSync {
+                        keys: g.keys,
+                        have: g.cursor,
+                        joined: false,
+                        accepting: false,
+                        pulling: false,
+                        pull_again: false,
+                        waiters: Vec::new(),
+                        queued: VecDeque::new(),
+                    },
+                )
+            })
+            .collect();
+        myself.send_message(RelayConnMsg::ConnectDue)?;
+        myself.send_interval(PING_EVERY, || RelayConnMsg::PingDue);
+        Ok(RelayConnState {
+            relay: args.relay,
+            dialer: args.dialer,
+            receive: args.receive,
+            coordinator: args.coordinator,
+            rng: args.rng,
+            groups,
+            conn: None,
+            generation: 0,
+            attempts: 0,
+            is_dialing: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RelayConnMsg::ConnectDue => state.start_dial(&myself),
+            RelayConnMsg::ConnectFailed {
+                generation,
+                reason,
+                retry_after,
+            } => {
+                if generation != state.generation {
+                    return Ok(());
+                }
+                state.is_dialing = false;
+                debug!(relay = %state.relay.id.short(), reason = %reason, "dial failed");
+                state.emit(RelayEvent::Down {
+                    relay: state.relay_id(),
+                    reason,
+                });
+                state.schedule_redial(&myself, retry_after);
+            }
+            RelayConnMsg::Connected {
+                generation,
+                sender,
+                receiver,
+                nonce,
+                limits,
+            } => {
+                if generation != state.generation {
+                    return Ok(());
+                }
+                state.is_dialing = false;
+                let (reader, _) = Actor::spawn_linked(
+                    None,
+                    LinkReaderActor::<RelayConnMsg>::default(),
+                    LinkReaderArgs {
+                        receiver,
+                        owner: myself.clone(),
+                        inflight: Arc::new(Semaphore::new(READ_AHEAD)),
+                    },
+                    myself.get_cell(),
+                )
+                .await?;
+                state.conn = Some(Conn {
+                    sender,
+                    nonce,
+                    limits,
+                    pending: HashMap::new(),
+                    next_req: 1,
+                    pushes_in_flight: 0,
+                    last_frame: tokio::time::Instant::now(),
+                    reader,
+                });
+                state.attempts = 0;
+                info!(relay = %state.relay.id.short(), "relay connected");
+                state.emit(RelayEvent::Up {
+                    relay: state.relay_id(),
+                });
+                state.join_all().await;
+            }
+            RelayConnMsg::Link(LinkEvent::Frame { body, permit }) => {
+                drop(permit);
+                if let Some(conn) = state.conn.as_mut() {
+                    conn.last_frame = tokio::time::Instant::now();
+                }
+                match codec::decode(&body) {
+                    Ok(frame) => state.on_frame(&myself, frame).await,
+                    Err(err) => debug!(error = %err, "undecodable frame from relay"),
+                }
+            }
+            RelayConnMsg::Link(LinkEvent::Closed { error }) => {
+                let reason = error.map_or_else(|| "closed".to_owned(), |e| e.to_string());
+                state.lost(&myself, reason).await;
+            }
+            RelayConnMsg::SetGroups(groups) => {
+                let mut next = HashMap::new();
+                for g in groups {
+                    let sync = state.groups.remove(&g.group).unwrap_or(GroupSync {
+                        keys: g.keys,
+                        have: g.cursor,
+                        joined: false,
+                        accepting: false,
+                        pulling: false,
+                        pull_again: false,
+                        waiters: Vec::new(),
+                        queued: VecDeque::new(),
+                    });
+                    next.insert(g.group, sync);
+                }
+                state.groups = next;
+                state.join_all().await;
+            }
+            RelayConnMsg::Push {
+                group,
+                seq,
+                blob_id,
+                ciphertext,
+            } => {
+                if state.conn.is_none() {
+                    return Ok(());
+                }
+                if let Some(sync) = state.groups.get_mut(&group)
+                    && sync.accepting
+                {
+                    sync.queued.push_back((seq, blob_id, ciphertext));
+                    state.flush_pushes(group).await;
+                }
+            }
+            RelayConnMsg::Resend { group, entries } => {
+                if let Some(sync) = state.groups.get_mut(&group)
+                    && sync.joined
+                {
+                    sync.accepting = true;
+                    sync.queued = entries.into_iter().collect();
+                    state.flush_pushes(group).await;
+                }
+            }
+            RelayConnMsg::SyncNow { group, reply } => {
+                let is_joined = state.groups.get(&group).is_some_and(|g| g.joined);
+                if state.conn.is_none() || !is_joined {
+                    let _ = reply.send(Err("not connected".into()));
+                    return Ok(());
+                }
+                if let Some(sync) = state.groups.get_mut(&group) {
+                    sync.waiters.push(reply);
+                }
+                state.start_pull(group).await;
+            }
+            RelayConnMsg::PingDue => {
+                let is_dead = state
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.last_frame.elapsed() > DEAD_AFTER);
+                if is_dead {
+                    if let Some(conn) = state.conn.as_ref() {
+                        conn.sender.clone().abort("keep-alive timeout");
+                    }
+                    state.lost(&myself, "keep-alive timeout".into()).await;
+                } else if state.conn.is_some() {
+                    state.send(|req| Frame::Ping { req }, Pending::Ping).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(conn) = state.conn.take() {
+            if let Ok(body) = codec::encode(&Frame::Bye {
+                reason: zerok_messages::wire::ByeReason::ClientDone,
+            }) {
+                let _ = conn.sender.try_send(Bytes::from(body));
+            }
+            conn.sender.finish();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,365 @@
+//! LocalStore: the client's durable state on sled, in the home dir (DESIGN.md §6).
+//!
+//! One tree, key prefixes (one atomic batch per step, one flush where durability matters):
+//!
+//! | key | value |
+//! |---|---|
+//! | `g` ‖ group | [`GroupRecord`] (CBOR; holds the group secret) |
+//! | `o` ‖ group ‖ seq_be | [`OutboxEntry`] (pushes not yet acked by every relay, push order) |
+//! | `c` ‖ group ‖ relay | cursor_be: items of the group received from that relay |
+//! | `s` ‖ group ‖ blob_id | (empty): blob ids already handed to the app (dedupe across relays) |
+//! | `q` ‖ group | the group's [`SeqTracker`] (CBOR) |
+//! | `n` ‖ group | next own seq ‖ last hlc |
+//!
+//! It belongs to the SyncCoordinator, its only user: every write happens in the coordinator's
+//! order, and flushes are awaited with `flush_async` so the runtime is never blocked.
+
+use crate::types::{ClientError, GroupId};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use zerok_actors::crypto::seq::SeqTracker;
+use zerok_messages::{BlobId, DeviceId, MailboxId};
+
+const FORMAT_KEY: &[u8] = b"v";
+const FORMAT: &[u8] = b"zerok-client-1";
+
+/// A group this device belongs to.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// Human label.
+    pub name: String,
+    /// The group secret (derived from the passphrase for passphrase groups).
+    #[serde(with = "serde_bytes")]
+    pub secret: [u8; 32],
+    /// Current key epoch.
+    pub epoch: u32,
+    /// Relay addresses, text form.
+    pub relays: Vec<String>,
+    /// For passphrase groups: the Argon2id salt (invites carry it instead of the secret).
+    #[serde(default, with = "serde_bytes")]
+    pub passphrase_salt: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for GroupRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupRecord")
+            .field("name", &self.name)
+            .field("epoch", &self.epoch)
+            .field("relays", &self.relays)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for GroupRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
+/// A push waiting for relay acks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// The record's blob id.
+    pub blob_id: BlobId,
+    /// The sealed envelope.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+    /// Relays that acked it as durable.
+    pub acked_by: Vec<DeviceId>,
+}
+
+fn err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Store(e.to_string())
+}
+
+fn key(prefix: u8, group: &GroupId, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(33 + rest.len());
+    key.push(prefix);
+    key.extend_from_slice(group.0.as_bytes());
+    key.extend_from_slice(rest);
+    key
+}
+
+fn cbor<T: Serialize>(value: &T) -> Result<Vec<u8>, ClientError> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).map_err(err)?;
+    Ok(out)
+}
+
+fn uncbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ClientError> {
+    ciborium::from_reader(bytes).map_err(err)
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// What one received batch changes.
+#[derive(Debug, Default)]
+pub struct ReceivedBatch {
+    /// Blob ids handed to the app (or dropped as replays).
+    pub seen: Vec<BlobId>,
+    /// New cursor of (relay) for the group.
+    pub cursor: Option<(DeviceId, u64)>,
+    /// The group's tracker after the batch.
+    pub tracker: Option<SeqTracker>,
+}
+
+/// The client's store.
+#[derive(Clone)]
+pub struct LocalStore {
+    db: sled::Db,
+}
+
+impl LocalStore {
+    /// Open (or create) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<LocalStore, ClientError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(16 << 20)
+            .open()
+            .map_err(|e| ClientError::Home {
+                path: dir.display().to_string(),
+                message: format!("cannot open the local store: {e}"),
+            })?;
+        match db.get(FORMAT_KEY).map_err(err)? {
+            Some(found) if found.as_ref() != FORMAT => {
+                return Err(ClientError::Home {
+                    path: dir.display().to_string(),
+                    message: format!(
+                        "local store format {:?} is not {:?}",
+                        String::from_utf8_lossy(&found),
+                        String::from_utf8_lossy(FORMAT)
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => {
+                db.insert(FORMAT_KEY, FORMAT).map_err(err)?;
+                db.flush().map_err(err)?;
+            }
+        }
+        Ok(LocalStore { db })
+    }
+
+    /// Make everything written so far durable.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        self.db.flush_async().await.map_err(err)?;
+        Ok(())
+    }
+
+    /// Every group.
+    pub fn groups(&self) -> Result<Vec<(GroupId, GroupRecord)>, ClientError> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix([b'g']) {
+            let (k, v) = entry.map_err(err)?;
+            let id: [u8; 32] = k
+                .get(1..33)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| err("corrupt group key"))?;
+            out.push((GroupId(MailboxId(id)), uncbor(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Insert or replace a group (durable on return).
+    pub async fn put_group(&self, id: &GroupId, record: &GroupRecord) -> Result<(), ClientError> {
+        self.db
+            .insert(key(b'g', id, &[]), cbor(record)?)
+            .map_err(err)?;
+        self.flush().await
+    }
+
+    /// The next own seq and hlc state of a group: `(next_seq, last_hlc)`.
+    pub fn own_seq(&self, group: &GroupId) -> Result<(u64, u64), ClientError> {
+        Ok(match self.db.get(key(b'n', group, &[])).map_err(err)? {
+            Some(v) if v.len() == 16 => (be_u64(&v[..8]), be_u64(&v[8..])),
+            _ => (1, 0),
+        })
+    }
+
+    /// Queue a sealed push and advance the own seq, atomically and durably.
+    pub async fn enqueue(
+        &self,
+        group: &GroupId,
+        seq: u64,
+        hlc: u64,
+        entry: &OutboxEntry,
+    ) -> Result<(), ClientError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(key(b'o', group, &seq.to_be_bytes()), cbor(entry)?);
+        let mut next = [0u8; 16];
+        next[..8].copy_from_slice(&(seq + 1).to_be_bytes());
+        next[8..].copy_from_slice(&hlc.to_be_bytes());
+        batch.insert(key(b'n', group, &[]), next.to_vec());
+        // Our own records must not come back to us as received.
+        batch.insert(key(b's', group, entry.blob_id.as_bytes()), Vec::new());
+        self.db.apply_batch(batch).map_err(err)?;
+        self.flush().await
+    }
+
+    /// The outbox of a group in push order: `(seq, entry)`.
+    pub fn outbox(&self, group: &GroupId) -> Result<Vec<(u64, OutboxEntry)>, ClientError> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix(key(b'o', group, &[])) {
+            let (k, v) = entry.map_err(err)?;
+            out.push((be_u64(&k[33..]), uncbor(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Record that `relay` acked the push `seq`; drop it when every relay in `all` acked.
+    pub fn ack(
+        &self,
+        group: &GroupId,
+        seq: u64,
+        entry: &OutboxEntry,
+        all: &[DeviceId],
+    ) -> Result<bool, ClientError> {
+        let k = key(b'o', group, &seq.to_be_bytes());
+        let done = all.iter().all(|relay| entry.acked_by.contains(relay));
+        if done {
+            self.db.remove(k).map_err(err)?;
+        } else {
+            self.db.insert(k, cbor(entry)?).map_err(err)?;
+        }
+        Ok(done)
+    }
+
+    /// The cursor of `relay` for `group` (0 when never synced).
+    pub fn cursor(&self, group: &GroupId, relay: &DeviceId) -> Result<u64, ClientError> {
+        Ok(self
+            .db
+            .get(key(b'c', group, relay.as_bytes()))
+            .map_err(err)?
+            .map_or(0, |v| be_u64(&v)))
+    }
+
+    /// Forget a relay's cursor (after the relay was removed or lost its data).
+    pub fn reset_cursor(&self, group: &GroupId, relay: &DeviceId) -> Result<(), ClientError> {
+        self.db
+            .remove(key(b'c', group, relay.as_bytes()))
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Whether a blob was already handed to the app (or pushed by this device).
+    pub fn is_seen(&self, group: &GroupId, blob_id: &BlobId) -> Result<bool, ClientError> {
+        self.db
+            .contains_key(key(b's', group, blob_id.as_bytes()))
+            .map_err(err)
+    }
+
+    /// The group's sequence tracker.
+    pub fn tracker(&self, group: &GroupId) -> Result<SeqTracker, ClientError> {
+        match self.db.get(key(b'q', group, &[])).map_err(err)? {
+            Some(v) => uncbor(&v),
+            None => Ok(SeqTracker::new()),
+        }
+    }
+
+    /// Persist what a received batch changed, atomically, then flush.
+    pub async fn received(
+        &self,
+        group: &GroupId,
+        batch: &ReceivedBatch,
+    ) -> Result<(), ClientError> {
+        let mut write = sled::Batch::default();
+        for blob_id in &batch.seen {
+            write.insert(key(b's', group, blob_id.as_bytes()), Vec::new());
+        }
+        if let Some((relay, cursor)) = batch.cursor {
+            write.insert(
+                key(b'c', group, relay.as_bytes()),
+                cursor.to_be_bytes().to_vec(),
+            );
+        }
+        if let Some(tracker) = &batch.tracker {
+            write.insert(key(b'q', group, &[]), cbor(tracker)?);
+        }
+        self.db.apply_batch(write).map_err(err)?;
+        self.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group() -> GroupId {
+        GroupId(MailboxId([3; 32]))
+    }
+
+    #[tokio::test]
+    async fn outbox_keeps_push_order_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let store = LocalStore::open(dir.path()).expect("open");
+            for seq in [1u64, 2, 300] {
+                let entry = OutboxEntry {
+                    blob_id: BlobId([seq as u8; 32]),
+                    ciphertext: vec![seq as u8; 4],
+                    acked_by: vec![],
+                };
+                store
+                    .enqueue(&group(), seq, seq * 10, &entry)
+                    .await
+                    .expect("enqueue");
+            }
+            assert_eq!(store.own_seq(&group()).expect("seq"), (301, 3000));
+        }
+        let store = LocalStore::open(dir.path()).expect("reopen");
+        let outbox = store.outbox(&group()).expect("outbox");
+        let seqs: Vec<u64> = outbox.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![1, 2, 300]);
+        assert!(store.is_seen(&group(), &BlobId([2; 32])).expect("seen"));
+        let (seq, mut entry) = outbox[0].clone();
+        let relays = [DeviceId([1; 32]), DeviceId([2; 32])];
+        entry.acked_by.push(relays[0]);
+        assert!(!store.ack(&group(), seq, &entry, &relays).expect("ack"));
+        entry.acked_by.push(relays[1]);
+        assert!(store.ack(&group(), seq, &entry, &relays).expect("ack"));
+        assert_eq!(store.outbox(&group()).expect("outbox").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn received_batches_persist_cursor_seen_and_tracker_together() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        let relay = DeviceId([9; 32]);
+        let mut tracker = SeqTracker::new();
+        tracker.observe(DeviceId([1; 32]), 1);
+        store
+            .received(
+                &group(),
+                &ReceivedBatch {
+                    seen: vec![BlobId([5; 32])],
+                    cursor: Some((relay, 42)),
+                    tracker: Some(tracker.clone()),
+                },
+            )
+            .await
+            .expect("received");
+        assert_eq!(store.cursor(&group(), &relay).expect("cursor"), 42);
+        assert!(store.is_seen(&group(), &BlobId([5; 32])).expect("seen"));
+        assert_eq!(store.tracker(&group()).expect("tracker"), tracker);
+        let record = GroupRecord {
+            name: "g".into(),
+            secret: [7; 32],
+            epoch: 0,
+            relays: vec!["x".into()],
+            passphrase_salt: None,
+        };
+        store.put_group(&group(), &record).await.expect("put");
+        let groups = store.groups().expect("groups");
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].1, record);
+        assert!(
+            !format!("{record:?}").contains("7, 7"),
+            "secret not in Debug"
+        );
+    }
+}

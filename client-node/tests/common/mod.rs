@@ -1,0 +1,104 @@
+//! Fixtures of the client's end-to-end tests: the real `zerok-relay` binary on 127.0.0.1,
+//! clients on their own home dirs.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use zerok_client::{Client, ClientConfig, Event, GroupId};
+use zerok_harness::process::RelayProcess;
+
+/// The relay binary, built next to `zerok` by `cargo test --workspace`.
+pub fn relay_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_zerok")).with_file_name("zerok-relay");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds zerok-relay)",
+        path.display()
+    );
+    path
+}
+
+/// A free UDP port on loopback (so a relay can be restarted on the same address).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A relay on `dir/name` with a fixed port.
+pub async fn relay(dir: &Path, name: &str) -> RelayProcess {
+    let bind = format!("127.0.0.1:{}", free_port());
+    RelayProcess::start(&relay_binary(), &dir.join(name), &["--bind", &bind])
+        .await
+        .unwrap()
+}
+
+/// A client with its home in `dir/name`, bound to loopback.
+pub async fn client(dir: &Path, name: &str) -> Client {
+    let mut config = ClientConfig::new(dir.join(name));
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    Client::start(config).await.unwrap()
+}
+
+/// Received payloads until `n` arrived (other events are collected separately).
+pub async fn receive(
+    events: &mut tokio::sync::mpsc::Receiver<Event>,
+    n: usize,
+    within: Duration,
+) -> (Vec<Event>, Vec<Event>) {
+    let mut received = Vec::new();
+    let mut other = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while received.len() < n {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event @ Event::Received { .. })) => received.push(event),
+            Ok(Some(event)) => other.push(event),
+            Ok(None) => break,
+            Err(_) => break,
+        }
+    }
+    (received, other)
+}
+
+/// Payloads of received events, as strings.
+pub fn payloads(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Received { payload, .. } => Some(String::from_utf8_lossy(payload).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sequence numbers of received events.
+pub fn seqs(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Received { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Wait until `client`'s group has nothing unacked.
+pub async fn drained(client: &Client, group: GroupId, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        let status = client.status().await.unwrap();
+        if status
+            .groups
+            .iter()
+            .find(|g| g.id == group)
+            .is_some_and(|g| g.outbox == 0)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
