@@ -497,6 +497,13 @@ impl RelayConnState {
                     sync.joined = true;
                 }
                 self.emit(RelayEvent::Joined { relay, group });
+                if self
+                    .groups
+                    .get(&group)
+                    .is_some_and(|g| !g.waiters.is_empty())
+                {
+                    self.start_pull(group).await;
+                }
                 if self.receive {
                     let Some(sync) = self.groups.get(&group) else {
                         return;
@@ -685,6 +692,11 @@ impl Actor for RelayConnActor {
                 }
                 state.is_dialing = false;
                 debug!(relay = %state.relay.id.short(), reason = %reason, "dial failed");
+                for sync in state.groups.values_mut() {
+                    for waiter in sync.waiters.drain(..) {
+                        let _ = waiter.send(Err(format!("unreachable: {reason}")));
+                    }
+                }
                 state.emit(RelayEvent::Down {
                     relay: state.relay_id(),
                     reason,
@@ -788,15 +800,18 @@ impl Actor for RelayConnActor {
                 }
             }
             RelayConnMsg::SyncNow { group, reply } => {
-                let is_joined = state.groups.get(&group).is_some_and(|g| g.joined);
-                if state.conn.is_none() || !is_joined {
-                    let _ = reply.send(Err("not connected".into()));
+                // Not joined yet (dialling): the waiter is parked and served once the group is
+                // joined, or failed when the dial fails.
+                let Some(sync) = state.groups.get_mut(&group) else {
+                    let _ = reply.send(Err("group not served by this relay".into()));
                     return Ok(());
+                };
+                sync.waiters.push(reply);
+                if sync.joined {
+                    state.start_pull(group).await;
+                } else if state.conn.is_none() {
+                    state.start_dial(&myself);
                 }
-                if let Some(sync) = state.groups.get_mut(&group) {
-                    sync.waiters.push(reply);
-                }
-                state.start_pull(group).await;
             }
             RelayConnMsg::PingDue => {
                 let is_dead = state

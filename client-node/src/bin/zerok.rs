@@ -1,1 +1,542 @@
-fn main() {}
+//! `zerok`: sync your devices through 0k-sync relays from the command line.
+//!
+//! Every command works on a home dir (`--home DIR`, `ZEROK_HOME`, or the platform data dir):
+//! the device key, the groups and the local store. Errors are one line on stderr with a
+//! non-zero exit (2 for bad usage); a failed command loses nothing (pushes are queued durably
+//! before anything is sent).
+
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use zerok_client::{Client, ClientConfig, ClientError, Event, GroupId, NewSecret};
+use zerok_messages::RelayAddr;
+
+#[derive(Parser)]
+#[command(
+    name = "zerok",
+    version,
+    about = "End-to-end-encrypted sync through 0k-sync relays"
+)]
+struct Cli {
+    /// Home dir (device key, groups, local store).
+    #[arg(long, global = true, env = "ZEROK_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// The group to act on (hex id; needed only when this device has several).
+    #[arg(long, global = true, value_name = "ID")]
+    group: Option<GroupId>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create this device's first group on the given relays.
+    Init {
+        /// A relay address: exactly the text of the relay's `relay.addr` (repeatable).
+        #[arg(long = "relay", value_name = "ADDR", required = true)]
+        relays: Vec<RelayAddr>,
+        /// Derive the group secret from a passphrase (read from ZEROK_PASSPHRASE or the
+        /// first line of stdin) instead of a random one.
+        #[arg(long)]
+        passphrase: bool,
+        /// A label for the group.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// Print an invite token for the group (it is a secret).
+    Invite {
+        /// Hours the token stays valid.
+        #[arg(long, default_value_t = 168)]
+        valid_hours: u64,
+    },
+    /// Join a group with an invite token.
+    Join {
+        /// The token from `zerok invite`.
+        token: String,
+        /// Read the group's passphrase from ZEROK_PASSPHRASE or the first line of stdin.
+        #[arg(long)]
+        passphrase: bool,
+    },
+    /// Push a record (text, or a file's bytes).
+    Push {
+        /// The text to push.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        text: Option<String>,
+        /// Push the bytes of this file instead.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Wait until a relay acked, however long it takes.
+        #[arg(long)]
+        wait: bool,
+        /// Without --wait: how long to try before leaving the push queued.
+        #[arg(long, default_value_t = 15, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Fetch new records and print each payload as a line.
+    Pull {
+        /// One JSON object per record (sender, seq, blob id, payload).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stay connected and print records as they arrive (Ctrl-C to stop).
+    Watch {
+        /// One JSON object per record.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show this device, its groups, relays and queued pushes.
+    Status,
+    /// Manage the group's relays.
+    Relays {
+        #[command(subcommand)]
+        action: RelaysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RelaysAction {
+    /// Add a relay (the text of its `relay.addr`).
+    Add {
+        /// The address.
+        addr: RelayAddr,
+    },
+    /// Remove a relay by its id (or a unique prefix of it).
+    Remove {
+        /// The relay id.
+        id: String,
+    },
+    /// List the group's relays.
+    List,
+}
+
+/// A one-line error and its exit code.
+struct Failure(String, u8);
+
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Self {
+        Failure(err.to_string(), 1)
+    }
+}
+
+fn fail(message: impl Into<String>) -> Failure {
+    Failure(message.into(), 1)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("zerok: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message, code)) => {
+            eprintln!("zerok: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn default_home() -> Result<PathBuf, Failure> {
+    let env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(data) = env("XDG_DATA_HOME") {
+        return Ok(data.join("zerok"));
+    }
+    if cfg!(target_os = "macos")
+        && let Some(home) = env("HOME")
+    {
+        return Ok(home.join("Library/Application Support/zerok"));
+    }
+    if cfg!(windows)
+        && let Some(appdata) = env("APPDATA")
+    {
+        return Ok(appdata.join("zerok"));
+    }
+    env("HOME")
+        .map(|home| home.join(".local/share/zerok"))
+        .ok_or_else(|| fail("no home dir: pass --home DIR or set ZEROK_HOME"))
+}
+
+fn read_passphrase() -> Result<String, Failure> {
+    if let Ok(passphrase) = std::env::var("ZEROK_PASSPHRASE") {
+        return Ok(passphrase);
+    }
+    eprintln!("passphrase (one line on stdin):");
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| fail(format!("cannot read the passphrase: {e}")))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+async fn start(home: &std::path::Path, receive: bool) -> Result<Client, Failure> {
+    let mut config = ClientConfig::new(home);
+    config.receive = receive;
+    Ok(Client::start(config).await?)
+}
+
+async fn pick_group(client: &Client, wanted: Option<GroupId>) -> Result<GroupId, Failure> {
+    let groups = client.groups().await?;
+    if let Some(id) = wanted {
+        return groups
+            .iter()
+            .find(|(g, _)| *g == id)
+            .map(|(g, _)| *g)
+            .ok_or_else(|| fail(format!("this device is not in group {id}")));
+    }
+    match groups.as_slice() {
+        [] => Err(fail(
+            "no group yet: run `zerok init --relay ADDR` or `zerok join TOKEN`",
+        )),
+        [(id, _)] => Ok(*id),
+        several => Err(fail(format!(
+            "this device is in {} groups; pick one with --group ({})",
+            several.len(),
+            several
+                .iter()
+                .map(|(id, name)| format!("{name}: {id}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn print_record(out: &mut impl Write, event: &Event, json: bool) -> std::io::Result<()> {
+    match event {
+        Event::Received {
+            group,
+            sender,
+            seq,
+            hlc,
+            blob_id,
+            payload,
+        } => {
+            if json {
+                let line = serde_json::json!({
+                    "group": group.to_string(),
+                    "sender": sender.to_hex(),
+                    "seq": seq,
+                    "hlc": hlc,
+                    "blob_id": blob_id.to_hex(),
+                    "payload": String::from_utf8_lossy(payload),
+                });
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(out, "{}", String::from_utf8_lossy(payload))?;
+            }
+            out.flush()
+        }
+        Event::GapDetected {
+            sender, from, to, ..
+        } => {
+            eprintln!(
+                "zerok: warning: records {from}..{to} of device {} are missing (a relay withheld or lost them)",
+                sender.short()
+            );
+            Ok(())
+        }
+        Event::Undecryptable { relay, reason, .. } => {
+            eprintln!(
+                "zerok: warning: relay {} served a record that does not open ({reason}); ignored",
+                relay.short()
+            );
+            Ok(())
+        }
+        Event::RelayUp { .. } | Event::RelayDown { .. } => Ok(()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let home = match cli.home {
+        Some(home) => home,
+        None => default_home()?,
+    };
+    match cli.command {
+        Command::Init {
+            relays,
+            passphrase,
+            name,
+        } => {
+            let client = start(&home, false).await?;
+            let existing = client.groups().await?;
+            if let Some((id, _)) = existing.first() {
+                client.shutdown().await;
+                return Err(fail(format!(
+                    "{} is already set up (group {id}); use another --home, or `zerok join` to add a group",
+                    home.display()
+                )));
+            }
+            let secret = if passphrase {
+                NewSecret::Passphrase(read_passphrase()?)
+            } else {
+                NewSecret::Random
+            };
+            let result = client.create_group(&name, secret, relays).await;
+            let device = client.device_id();
+            client.shutdown().await;
+            let group = result?;
+            println!("device {device}");
+            println!("group {group} ({name})");
+            Ok(())
+        }
+        Command::Invite { valid_hours } => {
+            let client = start(&home, false).await?;
+            let result = async {
+                let group = pick_group(&client, cli.group).await?;
+                Ok::<_, Failure>(
+                    client
+                        .invite(group, Duration::from_secs(valid_hours * 3600))
+                        .await?,
+                )
+            }
+            .await;
+            client.shutdown().await;
+            let token = result?;
+            eprintln!(
+                "zerok: this invite is a secret: whoever has it can read and write the group \
+                 until it expires in {valid_hours} h. Share it only over a channel you trust."
+            );
+            println!("{token}");
+            Ok(())
+        }
+        Command::Join { token, passphrase } => {
+            let client = start(&home, false).await?;
+            let result = async {
+                let passphrase = if passphrase || client.invite_needs_passphrase(&token)? {
+                    Some(read_passphrase()?)
+                } else {
+                    None
+                };
+                Ok::<_, Failure>(client.join(&token, passphrase).await?)
+            }
+            .await;
+            client.shutdown().await;
+            let group = result?;
+            println!("joined group {group}");
+            Ok(())
+        }
+        Command::Push {
+            text,
+            file,
+            wait,
+            timeout,
+        } => {
+            let payload = match (text, file) {
+                (Some(text), _) => text.into_bytes(),
+                (None, Some(path)) => std::fs::read(&path)
+                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?,
+                (None, None) => return Err(Failure("nothing to push".into(), 2)),
+            };
+            let client = start(&home, false).await?;
+            let result = async {
+                let group = pick_group(&client, cli.group).await?;
+                let blob_id = client.enqueue(group, payload).await?;
+                let limit = (!wait).then(|| Duration::from_secs(timeout));
+                Ok::<_, Failure>((blob_id, client.wait_acked(group, blob_id, limit).await))
+            }
+            .await;
+            client.shutdown().await;
+            match result? {
+                (_, Ok(receipt)) => {
+                    println!(
+                        "pushed {} (durable on {} relay{})",
+                        receipt.blob_id,
+                        receipt.acked_by.len(),
+                        if receipt.acked_by.len() == 1 { "" } else { "s" }
+                    );
+                    Ok(())
+                }
+                (blob_id, Err(ClientError::NotYetAcked { .. })) => {
+                    println!(
+                        "queued {blob_id}: no relay acknowledged it yet; it is sent by the next zerok command that reaches a relay"
+                    );
+                    Ok(())
+                }
+                (_, Err(err)) => Err(err.into()),
+            }
+        }
+        Command::Pull { json } => {
+            let client = start(&home, true).await?;
+            let result = pull(&client, cli.group, json).await;
+            client.shutdown().await;
+            result
+        }
+        Command::Watch { json } => {
+            let client = start(&home, true).await?;
+            let result = async {
+                pick_group(&client, cli.group).await?;
+                let mut events = client
+                    .events()
+                    .ok_or_else(|| fail("events already taken"))?;
+                let mut out = std::io::stdout();
+                loop {
+                    tokio::select! {
+                        event = events.recv() => match event {
+                            Some(event) => print_record(&mut out, &event, json)
+                                .map_err(|e| fail(format!("stdout: {e}")))?,
+                            None => return Ok(()),
+                        },
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    }
+                }
+            }
+            .await;
+            client.shutdown().await;
+            result
+        }
+        Command::Status => {
+            let client = start(&home, false).await?;
+            let status = client.status().await;
+            client.shutdown().await;
+            let status = status?;
+            println!("device {}", status.device_id);
+            if status.groups.is_empty() {
+                println!("no groups");
+            }
+            for group in status.groups {
+                println!("group {} ({})", group.id, group.name);
+                println!(
+                    "  queued pushes: {} ({} not yet acked by enough relays)",
+                    group.outbox, group.unacked
+                );
+                for relay in group.relays {
+                    println!("  relay {}  received up to {}", relay.addr, relay.cursor);
+                }
+            }
+            Ok(())
+        }
+        Command::Relays { action } => {
+            let client = start(&home, false).await?;
+            let result = relays(&client, cli.group, action).await;
+            client.shutdown().await;
+            result
+        }
+    }
+}
+
+async fn pull(client: &Client, group: Option<GroupId>, json: bool) -> Result<(), Failure> {
+    let group = pick_group(client, group).await?;
+    let mut events = client
+        .events()
+        .ok_or_else(|| fail("events already taken"))?;
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let printer = tokio::spawn(async move {
+        let mut out = std::io::stdout();
+        let mut printed = 0usize;
+        loop {
+            tokio::select! {
+                biased;
+                event = events.recv() => match event {
+                    Some(event) => {
+                        printed += usize::from(matches!(event, Event::Received { .. }));
+                        print_record(&mut out, &event, json)?;
+                    }
+                    None => break,
+                },
+                _ = &mut stop_rx => {
+                    while let Ok(event) = events.try_recv() {
+                        printed += usize::from(matches!(event, Event::Received { .. }));
+                        print_record(&mut out, &event, json)?;
+                    }
+                    break;
+                }
+            }
+        }
+        Ok::<usize, std::io::Error>(printed)
+    });
+    let report = client.sync_now(group).await;
+    let _ = stop_tx.send(());
+    let printed = printer
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(format!("stdout: {e}")))?;
+    let report = report?;
+    for (relay, reason) in &report.failed {
+        eprintln!(
+            "zerok: warning: relay {} not synced: {reason}",
+            relay.short()
+        );
+    }
+    if report.synced.is_empty() {
+        return Err(fail(format!(
+            "no relay reachable ({} record{} printed from the others' answers)",
+            printed,
+            if printed == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(())
+}
+
+async fn relays(
+    client: &Client,
+    group: Option<GroupId>,
+    action: RelaysAction,
+) -> Result<(), Failure> {
+    let group = pick_group(client, group).await?;
+    let mut current = client.relays(group).await?;
+    match action {
+        RelaysAction::List => {
+            for relay in current {
+                println!("{relay}");
+            }
+        }
+        RelaysAction::Add { addr } => {
+            if current.iter().any(|r| r.id == addr.id) {
+                current.retain(|r| r.id != addr.id);
+            }
+            current.push(addr.clone());
+            client.set_relays(group, current).await?;
+            println!("added {addr}");
+        }
+        RelaysAction::Remove { id } => {
+            let id = id.to_lowercase();
+            let matching: Vec<_> = current
+                .iter()
+                .filter(|r| r.id.to_hex().starts_with(&id) && !id.is_empty())
+                .cloned()
+                .collect();
+            let [relay] = matching.as_slice() else {
+                return Err(fail(format!(
+                    "{} relays match {id:?}; give more of the id",
+                    matching.len()
+                )));
+            };
+            if current.len() == 1 {
+                return Err(fail("a group needs at least one relay; add another first"));
+            }
+            current.retain(|r| r.id != relay.id);
+            client.set_relays(group, current).await?;
+            println!("removed {relay}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! The `zerok` CLI end to end: real binaries (`zerok`, `zerok-relay`) as child processes, two
+//! home dirs, iroh over 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn zerok(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zerok"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("ZEROK_HOME")
+        .env_remove("ZEROK_PASSPHRASE")
+        .output()
+        .unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn failed(output: &Output, code: i32) -> String {
+    assert_eq!(output.status.code(), Some(code), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        stderr.starts_with("zerok: ") || stderr.starts_with("error:"),
+        "{stderr}"
+    );
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_invite_join_push_pull_on_two_home_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = relay(dir.path(), "relay").await;
+    let addr_text = std::fs::read_to_string(relay.data_dir().join("relay.addr")).unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+
+    // Before init, commands fail with one clear line.
+    let stderr = failed(&zerok(&a, &["push", "too early"]), 1);
+    assert!(stderr.contains("zerok init"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1);
+    failed(&zerok(&a, &["init", "--relay", "not-a-relay"]), 2);
+
+    let out = ok(&zerok(&a, &["init", "--relay", addr_text.trim()]));
+    assert!(out.contains("group "), "{out}");
+    failed(&zerok(&a, &["init", "--relay", addr_text.trim()]), 1);
+
+    let invite = zerok(&a, &["invite"]);
+    let token = ok(&invite).lines().last().unwrap().trim().to_owned();
+    assert!(token.starts_with("ZK1"), "{token}");
+    assert!(String::from_utf8_lossy(&invite.stderr).contains("secret"));
+
+    let stderr = failed(&zerok(&b, &["join", "ZK1NOTATOKEN"]), 1);
+    assert!(stderr.contains("invite"), "{stderr}");
+    ok(&zerok(&b, &["join", &token]));
+
+    for n in 1..=5 {
+        let out = ok(&zerok(&a, &["push", &format!("hello {n}")]));
+        assert!(out.contains("durable on 1 relay"), "{out}");
+    }
+    let file = dir.path().join("note.txt");
+    std::fs::write(&file, "from a file").unwrap();
+    ok(&zerok(&a, &["push", "--file", file.to_str().unwrap()]));
+
+    let out = ok(&zerok(&b, &["pull"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "hello 1",
+            "hello 2",
+            "hello 3",
+            "hello 4",
+            "hello 5",
+            "from a file"
+        ]
+    );
+    // Nothing is printed twice.
+    assert_eq!(ok(&zerok(&b, &["pull"])), "");
+
+    ok(&zerok(&a, &["push", "json please"]));
+    let out = ok(&zerok(&b, &["pull", "--json"]));
+    let record: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(record["payload"], "json please");
+    assert_eq!(record["seq"], 7);
+    assert_eq!(record["blob_id"].as_str().unwrap().len(), 64);
+
+    // Offline: the push is queued, says so, exits 0; it goes out with the next command.
+    relay.kill();
+    let out = ok(&zerok(&a, &["push", "while offline", "--timeout", "2"]));
+    assert!(out.contains("queued"), "{out}");
+    let status = ok(&zerok(&a, &["status"]));
+    assert!(status.contains("queued pushes: 1"), "{status}");
+    relay.restart().await.unwrap();
+    let out = ok(&zerok(&a, &["push", "back online"]));
+    assert!(out.contains("durable"), "{out}");
+    let out = ok(&zerok(&b, &["pull"]));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["while offline", "back online"]
+    );
+
+    // Relays: list, add, remove.
+    let listed = ok(&zerok(&b, &["relays", "list"]));
+    assert_eq!(listed.trim(), addr_text.trim());
+    failed(
+        &zerok(&b, &["relays", "remove", &relay.addr.id.to_hex()[..8]]),
+        1,
+    );
+    let other = "1111111111111111111111111111111111111111111111111111111111111111@127.0.0.1:9";
+    ok(&zerok(&b, &["relays", "add", other]));
+    assert_eq!(ok(&zerok(&b, &["relays", "list"])).lines().count(), 2);
+    ok(&zerok(&b, &["relays", "remove", "1111"]));
+    assert_eq!(ok(&zerok(&b, &["relays", "list"])).trim(), addr_text.trim());
+    let status = ok(&zerok(&b, &["status"]));
+    assert!(status.contains(addr_text.trim()), "{status}");
+    assert!(status.contains("received up to 9"), "{status}");
+}
