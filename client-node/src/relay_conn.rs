@@ -492,9 +492,15 @@ impl RelayConnState {
             conn.pushes_in_flight = conn.pushes_in_flight.saturating_sub(1);
         }
         match (frame, pending) {
-            (Frame::Joined { .. }, Some(Pending::Join(group))) => {
+            (Frame::Joined { latest, .. }, Some(Pending::Join(group))) => {
                 if let Some(sync) = self.groups.get_mut(&group) {
                     sync.joined = true;
+                    if latest.0 < sync.have {
+                        // The relay lost its data (or is another one under the same id): its
+                        // cursors restarted. Read it again from the start; blob ids dedupe.
+                        warn!(relay = %relay.short(), latest = latest.0, had = sync.have, "relay is behind our cursor; re-reading it from the start");
+                        sync.have = 0;
+                    }
                 }
                 self.emit(RelayEvent::Joined { relay, group });
                 if self

@@ -129,3 +129,68 @@ async fn init_invite_join_push_pull_on_two_home_dirs() {
     assert!(status.contains(addr_text.trim()), "{status}");
     assert!(status.contains("received up to 9"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_mid_push_loses_nothing_acked_and_delivers_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let addr_text = std::fs::read_to_string(relay.data_dir().join("relay.addr")).unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ok(&zerok(&a, &["init", "--relay", addr_text.trim()]));
+    let token = ok(&zerok(&a, &["invite"]))
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    ok(&zerok(&b, &["join", &token]));
+
+    let mut acked = Vec::new();
+    let mut killed = Vec::new();
+    for n in 0..16u64 {
+        let text = format!("record {n}");
+        if n % 2 == 1 {
+            // SIGKILL at a different point of the push each time.
+            let mut child = Command::new(env!("CARGO_BIN_EXE_zerok"))
+                .arg("--home")
+                .arg(&a)
+                .args(["push", "--wait", &text])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(3 * n)).await;
+            child.kill().unwrap();
+            let status = child.wait().unwrap();
+            if status.success() {
+                acked.push(text);
+            } else {
+                killed.push(text);
+            }
+        } else {
+            ok(&zerok(&a, &["push", &text]));
+            acked.push(text);
+        }
+    }
+    assert!(!killed.is_empty(), "no push was actually interrupted");
+    // One more push from the same home resends whatever the killed ones had queued.
+    ok(&zerok(&a, &["push", "after the kills"]));
+    acked.push("after the kills".into());
+
+    let out = ok(&zerok(&b, &["pull"]));
+    let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    let mut unique = lines.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), lines.len(), "delivered twice: {lines:?}");
+    for text in &acked {
+        assert!(lines.contains(text), "acked {text:?} lost: {lines:?}");
+    }
+    for line in &lines {
+        assert!(acked.contains(line) || killed.contains(line), "{line:?}");
+    }
+    assert_eq!(
+        ok(&zerok(&b, &["pull"])),
+        "",
+        "a second pull prints nothing"
+    );
+}

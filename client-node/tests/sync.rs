@@ -60,3 +60,224 @@ async fn two_devices_a_thousand_records_exactly_once_in_order() {
     alice.shutdown().await;
     bob.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_records_arrive_without_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let alice = client(dir.path(), "alice").await;
+    let bob = client(dir.path(), "bob").await;
+    let group = alice
+        .create_group("live", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    let token = alice.invite(group, Duration::from_secs(60)).await.unwrap();
+    bob.join(&token, None).await.unwrap();
+    let mut events = bob.events().unwrap();
+    // Bob is connected and subscribed before Alice writes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap()
+        {
+            Some(Event::RelayUp { .. }) => break,
+            other => assert!(other.is_some()),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 0..3 {
+        alice
+            .push(group, format!("live {n}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let (received, _) = receive(&mut events, 3, Duration::from_secs(20)).await;
+    assert_eq!(payloads(&received), ["live 0", "live 1", "live 2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_made_while_the_relay_is_down_arrive_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = relay(dir.path(), "relay").await;
+    let alice = client(dir.path(), "alice").await;
+    let bob = client(dir.path(), "bob").await;
+    let group = alice
+        .create_group("offline", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    bob.join(
+        &alice.invite(group, Duration::from_secs(60)).await.unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut events = bob.events().unwrap();
+    relay.kill();
+    let mut queued = Vec::new();
+    for n in 0..20 {
+        queued.push(
+            alice
+                .enqueue(group, format!("offline {n}").into_bytes())
+                .await
+                .unwrap(),
+        );
+    }
+    let not_yet = alice
+        .wait_acked(group, queued[0], Some(Duration::from_millis(300)))
+        .await;
+    assert!(
+        matches!(
+            not_yet,
+            Err(zerok_client::ClientError::NotYetAcked {
+                acked: 0,
+                needed: 1
+            })
+        ),
+        "{not_yet:?}"
+    );
+    assert_eq!(alice.status().await.unwrap().groups[0].outbox, 20);
+    relay.restart().await.unwrap();
+    for blob_id in &queued {
+        alice
+            .wait_acked(group, *blob_id, Some(Duration::from_secs(90)))
+            .await
+            .unwrap();
+    }
+    let (received, _) = receive(&mut events, 20, Duration::from_secs(90)).await;
+    assert_eq!(
+        payloads(&received),
+        (0..20).map(|n| format!("offline {n}")).collect::<Vec<_>>()
+    );
+    assert!(drained(&alice, group, Duration::from_secs(10)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_relays_one_killed_one_wiped_every_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relays = Vec::new();
+    for name in ["r1", "r2", "r3"] {
+        relays.push(relay(dir.path(), name).await);
+    }
+    let addrs: Vec<_> = relays.iter().map(|r| r.addr.clone()).collect();
+    let alice = client(dir.path(), "alice").await;
+    let bob = client(dir.path(), "bob").await;
+    let group = alice
+        .create_group("multi", NewSecret::Random, addrs.clone())
+        .await
+        .unwrap();
+    bob.join(
+        &alice.invite(group, Duration::from_secs(60)).await.unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut events = bob.events().unwrap();
+
+    let mut pushed = 0;
+    let push = async |n: usize| {
+        let receipt = tokio::time::timeout(
+            Duration::from_secs(20),
+            alice.push(group, format!("multi {n}").into_bytes()),
+        )
+        .await
+        .expect("a push kept completing")
+        .unwrap();
+        assert!(!receipt.acked_by.is_empty());
+        receipt
+    };
+    for n in 0..100 {
+        push(n).await;
+        pushed += 1;
+    }
+    // One relay dies mid-stream: pushes keep completing on the others.
+    relays[0].kill();
+    for n in 100..200 {
+        let receipt = push(n).await;
+        assert!(!receipt.acked_by.contains(&addrs[0].id));
+        pushed += 1;
+    }
+    // Another loses all its data (same identity, empty store) and comes back.
+    relays[1].kill();
+    std::fs::remove_dir_all(relays[1].data_dir().join("store")).unwrap();
+    relays[1].restart().await.unwrap();
+    assert_eq!(relays[1].addr.id, addrs[1].id);
+    for n in 200..300 {
+        push(n).await;
+        pushed += 1;
+    }
+    let (received, other) = receive(&mut events, pushed, Duration::from_secs(120)).await;
+    let got = payloads(&received);
+    assert_eq!(
+        got.len(),
+        pushed,
+        "missing records; other events: {other:?}"
+    );
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), pushed, "a record was delivered twice");
+    assert!(
+        seqs(&received).iter().copied().eq(1..=pushed as u64),
+        "per-sender order"
+    );
+    // Nothing more arrives even as relays resync.
+    let (extra, _) = receive(&mut events, 1, Duration::from_secs(2)).await;
+    assert!(extra.is_empty(), "{extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_in_one_process_do_not_interfere() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let mut clients = Vec::new();
+    for name in ["a1", "b1", "a2", "b2"] {
+        clients.push(client(dir.path(), name).await);
+    }
+    let mut groups = Vec::new();
+    for pair in clients.chunks(2) {
+        let group = pair[0]
+            .create_group("pair", NewSecret::Random, vec![relay.addr.clone()])
+            .await
+            .unwrap();
+        pair[1]
+            .join(
+                &pair[0]
+                    .invite(group, Duration::from_secs(60))
+                    .await
+                    .unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        groups.push(group);
+    }
+    assert_ne!(groups[0], groups[1]);
+    assert_ne!(clients[0].device_id(), clients[2].device_id());
+    let mut events_b1 = clients[1].events().unwrap();
+    let mut events_b2 = clients[3].events().unwrap();
+    for n in 0..10 {
+        clients[0]
+            .push(groups[0], format!("one {n}").into_bytes())
+            .await
+            .unwrap();
+        clients[2]
+            .push(groups[1], format!("two {n}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let (got1, _) = receive(&mut events_b1, 10, Duration::from_secs(30)).await;
+    let (got2, _) = receive(&mut events_b2, 10, Duration::from_secs(30)).await;
+    assert_eq!(
+        payloads(&got1),
+        (0..10).map(|n| format!("one {n}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        payloads(&got2),
+        (0..10).map(|n| format!("two {n}")).collect::<Vec<_>>()
+    );
+    // b1 is not in group two: its client refuses to push there.
+    assert!(clients[1].push(groups[1], b"x".to_vec()).await.is_err());
+    let (extra, _) = receive(&mut events_b1, 1, Duration::from_millis(500)).await;
+    assert!(extra.is_empty());
+}
