@@ -9,6 +9,7 @@
 //! Still to come here: `SimWorld` on turmoil with a turmoil transport of the `Link` seam and
 //! the `zerok-bench` binary ("Benchmarks" issue).
 
+pub mod bench;
 pub mod evil_relay;
 pub mod process;
 pub mod proto;

@@ -15,6 +15,7 @@ pub struct RelayProcess {
     binary: PathBuf,
     data_dir: PathBuf,
     extra_args: Vec<String>,
+    log: String,
     child: Option<Child>,
     /// The relay's address, read from `relay.addr`.
     pub addr: RelayAddr,
@@ -31,7 +32,19 @@ impl RelayProcess {
         data_dir: &Path,
         extra_args: &[&str],
     ) -> std::io::Result<RelayProcess> {
+        let log = std::env::var("ZEROK_TEST_RELAY_LOG").unwrap_or_else(|_| "debug".into());
+        Self::start_logging(binary, data_dir, extra_args, &log).await
+    }
+
+    /// [`RelayProcess::start`] with `RUST_LOG` set to `log` (benchmarks run at `warn`).
+    pub async fn start_logging(
+        binary: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+        log: &str,
+    ) -> std::io::Result<RelayProcess> {
         let mut process = RelayProcess {
+            log: log.to_owned(),
             binary: binary.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
@@ -91,10 +104,7 @@ impl RelayProcess {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
-            .env(
-                "RUST_LOG",
-                std::env::var("ZEROK_TEST_RELAY_LOG").unwrap_or_else(|_| "debug".into()),
-            )
+            .env("RUST_LOG", &self.log)
             .env_remove("ZEROK_RELAY_CONFIG")
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -140,6 +150,17 @@ impl RelayProcess {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
+    }
+
+    /// Resident memory of the relay process in KiB (Linux `/proc`), while it runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse().ok())
     }
 
     /// The child's pid, while it runs.

@@ -1,0 +1,455 @@
+//! The machine's own limits, measured in the same run as the benchmarks they are compared
+//! with: raw iroh QUIC on loopback (round trip, one-stream throughput), the disk under test
+//! (4 KiB write + fdatasync, sled batches with a flush each), and the cipher
+//! (XChaCha20-Poly1305 seal of 1 KiB).
+//!
+//! Each figure is an upper bound the relay or client cannot beat on this machine, so the
+//! ratio of a benchmark to its baseline is robust to a noisy, shared machine.
+
+use super::stats::{Samples, us};
+use super::{BenchResult, Better};
+use anyhow::{Context, anyhow, bail, ensure};
+use bytes::Bytes;
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use std::io::{Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use zerok_actors::Rng;
+use zerok_actors::link::iroh::{IrohConfig, IrohNode};
+use zerok_actors::link::{Dialer, Link, LinkListener, LinkReceiver};
+
+/// The bench name of every baseline figure.
+const BENCH: &str = "baseline";
+/// Round-trip frame size.
+const RTT_FRAME_BYTES: usize = 1024;
+/// Round trips before sampling starts.
+const RTT_WARMUP: usize = 50;
+/// Throughput frame size (well under the 1 MiB frame limit).
+const THROUGHPUT_FRAME_BYTES: usize = 64 * 1024;
+/// Bytes written per fsync sample.
+const FSYNC_WRITE_BYTES: usize = 4096;
+/// fsyncs before sampling starts (the first writes allocate the file's blocks).
+const FSYNC_WARMUP: usize = 5;
+/// Inserts per sled batch.
+const SLED_BATCH_ITEMS: usize = 64;
+/// Size of each sled value.
+const SLED_VALUE_BYTES: usize = 1024;
+/// Sealed plaintext size.
+const SEAL_BYTES: usize = 1024;
+/// Bound on every iroh step (dial, accept, a whole phase), so a broken link fails the run
+/// instead of hanging it.
+const IROH_BOUND: Duration = Duration::from_secs(120);
+
+/// The machine's limits, measured in this run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Baseline {
+    /// Raw iroh round trip of a 1 KiB frame on one stream, median.
+    pub rtt_p50: Duration,
+    /// Raw iroh round trip of a 1 KiB frame on one stream, 99th percentile.
+    pub rtt_p99: Duration,
+    /// Raw iroh one-stream throughput, one direction.
+    pub throughput_mib_s: f64,
+    /// 4 KiB write + fdatasync in the data dir, median.
+    pub fsync_p50: Duration,
+    /// 4 KiB write + fdatasync in the data dir, 99th percentile.
+    pub fsync_p99: Duration,
+    /// sled: batches of 64 × 1 KiB inserts, each batch followed by `flush()`.
+    pub sled_items_per_s: f64,
+    /// XChaCha20-Poly1305 seals of 1 KiB per second.
+    pub seal_per_s: f64,
+}
+
+/// How much work each measurement does.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    rtt_samples: usize,
+    throughput_bytes: usize,
+    fsync_samples: usize,
+    sled_batches: usize,
+    seal_for: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                rtt_samples: 300,
+                throughput_bytes: 16 << 20,
+                fsync_samples: 50,
+                sled_batches: 30,
+                seal_for: Duration::from_millis(200),
+            }
+        } else {
+            Self {
+                rtt_samples: 2000,
+                throughput_bytes: 256 << 20,
+                fsync_samples: 200,
+                sled_batches: 200,
+                seal_for: Duration::from_secs(1),
+            }
+        }
+    }
+}
+
+impl Baseline {
+    /// Measure everything; `quick` = small sample counts (all of it well under 10 s in a
+    /// debug build), otherwise larger (well under 60 s in release). `dir` is a scratch dir on
+    /// the disk under test.
+    pub async fn measure(dir: &Path, quick: bool) -> anyhow::Result<Baseline> {
+        let plan = Plan::new(quick);
+        let (rtt_p50, rtt_p99, throughput_mib_s) =
+            measure_iroh(&plan).await.context("measuring raw iroh")?;
+        let (fsync_p50, fsync_p99) = measure_fsync(dir, &plan).await.context("measuring fsync")?;
+        let sled_items_per_s = measure_sled(dir, &plan).await.context("measuring sled")?;
+        let seal_per_s = measure_seal(&plan).await.context("measuring seal")?;
+        Ok(Baseline {
+            rtt_p50,
+            rtt_p99,
+            throughput_mib_s,
+            fsync_p50,
+            fsync_p99,
+            sled_items_per_s,
+            seal_per_s,
+        })
+    }
+
+    /// The figures as results of bench "baseline".
+    pub fn results(&self) -> Vec<BenchResult> {
+        vec![
+            BenchResult::new(BENCH, "rtt_p50_us", us(self.rtt_p50), "us", Better::Lower),
+            BenchResult::new(BENCH, "rtt_p99_us", us(self.rtt_p99), "us", Better::Lower),
+            BenchResult::new(
+                BENCH,
+                "throughput_mib_s",
+                self.throughput_mib_s,
+                "MiB/s",
+                Better::Higher,
+            ),
+            BenchResult::new(
+                BENCH,
+                "fsync_p50_us",
+                us(self.fsync_p50),
+                "us",
+                Better::Lower,
+            ),
+            BenchResult::new(
+                BENCH,
+                "fsync_p99_us",
+                us(self.fsync_p99),
+                "us",
+                Better::Lower,
+            ),
+            BenchResult::new(
+                BENCH,
+                "sled_batch_flush_items_per_s",
+                self.sled_items_per_s,
+                "1/s",
+                Better::Higher,
+            ),
+            BenchResult::new(
+                BENCH,
+                "seal_1k_per_s",
+                self.seal_per_s,
+                "1/s",
+                Better::Higher,
+            ),
+        ]
+    }
+}
+
+/// Bound a future by [`IROH_BOUND`].
+async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(IROH_BOUND, future)
+        .await
+        .map_err(|_| anyhow!("{what} took longer than {IROH_BOUND:?}"))
+}
+
+async fn iroh_node(seed: u64) -> anyhow::Result<IrohNode> {
+    let key = Rng::seeded(seed).bytes();
+    let bind = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    Ok(IrohNode::bind(IrohConfig::new(key, bind)).await?)
+}
+
+/// Dial the server and accept on its side; the dialer's first frame is `hello`, which the
+/// accepted side has consumed. Returns (client side, server side).
+async fn connect(
+    client: &IrohNode,
+    server: &IrohNode,
+    listener: &mut LinkListener,
+    hello: &'static [u8],
+) -> anyhow::Result<(Link, Link)> {
+    let dialer = client.dialer();
+    let addr = server.local_addr();
+    let near = bounded("dial", dialer.dial(&addr)).await??;
+    near.sender.send(Bytes::from_static(hello)).await?;
+    let mut far = bounded("accept", listener.accept())
+        .await?
+        .ok_or_else(|| anyhow!("listener stopped accepting"))?;
+    let first = bounded("first frame", far.receiver.recv()).await??;
+    ensure!(
+        first.as_deref() == Some(hello),
+        "unexpected first frame: {first:?}"
+    );
+    Ok((near, far))
+}
+
+/// Receive the next frame; the end of the stream is an error here.
+async fn next(receiver: &mut LinkReceiver) -> anyhow::Result<Bytes> {
+    receiver
+        .recv()
+        .await?
+        .ok_or_else(|| anyhow!("link closed early"))
+}
+
+/// Raw iroh round trip (p50, p99) and one-direction throughput in MiB/s.
+async fn measure_iroh(plan: &Plan) -> anyhow::Result<(Duration, Duration, f64)> {
+    let server = iroh_node(0xba5e_0001).await?;
+    let client = iroh_node(0xba5e_0002).await?;
+    let mut listener = server.listen();
+    let measured = async {
+        let rtt = bounded(
+            "round trips",
+            measure_rtt(&client, &server, &mut listener, plan),
+        )
+        .await??;
+        let throughput = bounded(
+            "throughput",
+            measure_throughput(&client, &server, &mut listener, plan),
+        )
+        .await??;
+        Ok::<_, anyhow::Error>((rtt.0, rtt.1, throughput))
+    }
+    .await;
+    drop(listener);
+    client.close().await;
+    server.close().await;
+    measured
+}
+
+async fn measure_rtt(
+    client: &IrohNode,
+    server: &IrohNode,
+    listener: &mut LinkListener,
+    plan: &Plan,
+) -> anyhow::Result<(Duration, Duration)> {
+    let (mut near, far) = connect(client, server, listener, b"echo").await?;
+    let (_, echo_sender, mut echo_receiver) = far.into_parts();
+    let echo = tokio::spawn(async move {
+        while let Ok(Some(frame)) = echo_receiver.recv().await {
+            if echo_sender.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut payload = vec![0u8; RTT_FRAME_BYTES];
+    Rng::seeded(0xba5e_0003).fill(&mut payload);
+    let frame = Bytes::from(payload);
+    let mut samples = Samples::new();
+    for i in 0..RTT_WARMUP + plan.rtt_samples {
+        let start = Instant::now();
+        near.sender.send(frame.clone()).await?;
+        let back = next(&mut near.receiver).await?;
+        let elapsed = start.elapsed();
+        ensure!(
+            back.len() == RTT_FRAME_BYTES,
+            "echo of {} bytes",
+            back.len()
+        );
+        if i >= RTT_WARMUP {
+            samples.push(elapsed);
+        }
+    }
+    near.sender.finish();
+    let _ = echo.await;
+    Ok((samples.percentile(50.0), samples.percentile(99.0)))
+}
+
+async fn measure_throughput(
+    client: &IrohNode,
+    server: &IrohNode,
+    listener: &mut LinkListener,
+    plan: &Plan,
+) -> anyhow::Result<f64> {
+    let (near, far) = connect(client, server, listener, b"count").await?;
+    let total = plan.throughput_bytes;
+    let (done_tx, done_rx) = oneshot::channel();
+    let (_, _far_sender, mut far_receiver) = far.into_parts();
+    tokio::spawn(async move {
+        let mut received = 0usize;
+        let outcome = loop {
+            match far_receiver.recv().await {
+                Ok(Some(frame)) => {
+                    received += frame.len();
+                    if received >= total {
+                        break Ok(Instant::now());
+                    }
+                }
+                Ok(None) => break Err(anyhow!("link closed after {received} of {total} bytes")),
+                Err(err) => break Err(anyhow!("after {received} of {total} bytes: {err}")),
+            }
+        };
+        let _ = done_tx.send(outcome);
+    });
+    let mut payload = vec![0u8; THROUGHPUT_FRAME_BYTES];
+    Rng::seeded(0xba5e_0004).fill(&mut payload);
+    let frame = Bytes::from(payload);
+    let frames = total.div_ceil(THROUGHPUT_FRAME_BYTES);
+    let start = Instant::now();
+    for _ in 0..frames {
+        near.sender.send(frame.clone()).await?;
+    }
+    let Ok(outcome) = done_rx.await else {
+        bail!("the counting task ended without an answer");
+    };
+    let end = outcome?;
+    near.sender.finish();
+    let secs = end.duration_since(start).as_secs_f64();
+    ensure!(secs > 0.0, "no time elapsed");
+    let bytes = (frames * THROUGHPUT_FRAME_BYTES) as f64;
+    Ok(bytes / f64::from(1u32 << 20) / secs)
+}
+
+/// 4 KiB write at offset 0 + fdatasync: (p50, p99).
+async fn measure_fsync(dir: &Path, plan: &Plan) -> anyhow::Result<(Duration, Duration)> {
+    let path = dir.join("fsync-baseline");
+    let samples_wanted = plan.fsync_samples;
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut rng = Rng::seeded(0xba5e_0005);
+        let mut block = [0u8; FSYNC_WRITE_BYTES];
+        let mut samples = Samples::new();
+        for i in 0..FSYNC_WARMUP + samples_wanted {
+            rng.fill(&mut block[..16]);
+            let start = Instant::now();
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(&block)?;
+            file.sync_data()?;
+            let elapsed = start.elapsed();
+            if i >= FSYNC_WARMUP {
+                samples.push(elapsed);
+            }
+        }
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        Ok((samples.percentile(50.0), samples.percentile(99.0)))
+    })
+    .await?
+}
+
+/// sled inserts per second, in batches of 64 × 1 KiB each followed by `flush()`.
+async fn measure_sled(dir: &Path, plan: &Plan) -> anyhow::Result<f64> {
+    let path = dir.join("sled-baseline");
+    let batches = plan.sled_batches;
+    tokio::task::spawn_blocking(move || {
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .with_context(|| format!("opening sled at {}", path.display()))?;
+        let mut rng = Rng::seeded(0xba5e_0006);
+        let mut value = vec![0u8; SLED_VALUE_BYTES];
+        rng.fill(&mut value);
+        // One untimed batch: the first flush creates the log's segments.
+        let mut key = 0u64;
+        let mut batch = |db: &sled::Db, rng: &mut Rng| -> anyhow::Result<()> {
+            for _ in 0..SLED_BATCH_ITEMS {
+                rng.fill(&mut value[..16]);
+                db.insert(key.to_be_bytes(), value.as_slice())?;
+                key += 1;
+            }
+            db.flush()?;
+            Ok(())
+        };
+        batch(&db, &mut rng)?;
+        let start = Instant::now();
+        for _ in 0..batches {
+            batch(&db, &mut rng)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        drop(db);
+        let _ = std::fs::remove_dir_all(&path);
+        ensure!(secs > 0.0, "no time elapsed");
+        Ok((batches * SLED_BATCH_ITEMS) as f64 / secs)
+    })
+    .await?
+}
+
+/// XChaCha20-Poly1305 seals of 1 KiB per second, each with its own nonce.
+async fn measure_seal(plan: &Plan) -> anyhow::Result<f64> {
+    let run_for = plan.seal_for;
+    tokio::task::spawn_blocking(move || {
+        let mut rng = Rng::seeded(0xba5e_0007);
+        let key: [u8; 32] = rng.bytes();
+        let cipher = XChaCha20Poly1305::new(&key.into());
+        let mut plaintext = vec![0u8; SEAL_BYTES];
+        rng.fill(&mut plaintext);
+        let mut nonce: [u8; 24] = rng.bytes();
+        let mut seals = 0u64;
+        let start = Instant::now();
+        loop {
+            for _ in 0..64 {
+                nonce[..8].copy_from_slice(&seals.to_le_bytes());
+                let sealed = cipher
+                    .encrypt(&XNonce::from(nonce), plaintext.as_slice())
+                    .map_err(|_| anyhow!("XChaCha20-Poly1305 refused to seal 1 KiB"))?;
+                std::hint::black_box(sealed);
+                seals += 1;
+            }
+            let elapsed = start.elapsed();
+            if elapsed >= run_for {
+                return Ok(seals as f64 / elapsed.as_secs_f64());
+            }
+        }
+    })
+    .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quick_baseline_measures_something() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let baseline = Baseline::measure(dir.path(), true).await.unwrap();
+        eprintln!("baseline (quick) in {:?}: {baseline:#?}", started.elapsed());
+        for duration in [
+            baseline.rtt_p50,
+            baseline.rtt_p99,
+            baseline.fsync_p50,
+            baseline.fsync_p99,
+        ] {
+            assert!(duration > Duration::ZERO, "{baseline:?}");
+        }
+        assert!(baseline.rtt_p99 >= baseline.rtt_p50, "{baseline:?}");
+        assert!(baseline.fsync_p99 >= baseline.fsync_p50, "{baseline:?}");
+        for rate in [
+            baseline.throughput_mib_s,
+            baseline.sled_items_per_s,
+            baseline.seal_per_s,
+        ] {
+            assert!(rate.is_finite() && rate > 0.0, "{baseline:?}");
+        }
+
+        let results = baseline.results();
+        for result in &results {
+            eprintln!("{} = {:.1} {}", result.metric, result.value, result.unit);
+            assert_eq!(result.bench, "baseline");
+            assert!(result.value.is_finite() && result.value > 0.0, "{result:?}");
+        }
+        let metrics: BTreeSet<&str> = results.iter().map(|r| r.metric.as_str()).collect();
+        assert_eq!(results.len(), 7);
+        assert_eq!(metrics.len(), 7, "{metrics:?}");
+    }
+}

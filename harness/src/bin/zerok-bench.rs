@@ -1,0 +1,219 @@
+//! `zerok-bench`: relay and client figures next to the machine's own limits, measured in the
+//! same run. See docs/BENCHMARKS.md.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use zerok_harness::bench::baseline::Baseline;
+use zerok_harness::bench::relay_benches::{self, Bench};
+use zerok_harness::bench::{BenchResult, Better};
+
+#[derive(Parser)]
+#[command(
+    name = "zerok-bench",
+    version,
+    about = "0k-sync benchmarks with same-run baselines"
+)]
+struct Cli {
+    /// One JSON object per result line instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Small sizes (all of `all` in about a minute).
+    #[arg(long, global = true)]
+    quick: bool,
+    /// The relay binary (default: `zerok-relay` next to this one).
+    #[arg(long, global = true, value_name = "PATH")]
+    relay_bin: Option<PathBuf>,
+    /// Compare ratios with a saved run (JSON lines); exit 1 when one is >10% worse.
+    #[arg(long, global = true, value_name = "FILE")]
+    compare: Option<PathBuf>,
+    /// Largest connection count tried by `connections`.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    max_connections: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    /// The machine's limits: raw iroh RTT and throughput, fsync, sled, AEAD.
+    Baseline,
+    /// Durable pushes/s and ack latency with 1, 8, 64 clients.
+    Push,
+    /// Push → received latency with 1, 10, 100 subscribers.
+    Fanout,
+    /// A fresh device pulling 100,000 stored records.
+    Catchup,
+    /// Relay memory with 1,000 and 10,000 idle connections.
+    Connections,
+    /// Three relays, one killed during a push stream.
+    Failover,
+    /// Everything.
+    All,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("zerok-bench: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("zerok-bench: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print(result: &BenchResult, json: bool) {
+    if json {
+        if let Ok(line) = serde_json::to_string(result) {
+            println!("{line}");
+        }
+        return;
+    }
+    let params = result
+        .params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let baseline = match (&result.baseline_metric, result.baseline_value, result.ratio) {
+        (Some(metric), Some(value), Some(ratio)) => {
+            format!("{metric}={value:.3}  ratio={ratio:.3}")
+        }
+        _ => String::new(),
+    };
+    println!(
+        "{:<12} {:<28} {:>14.3} {:<12} {:<44} {}",
+        result.bench, result.metric, result.value, result.unit, params, baseline
+    );
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let scratch = tempfile::tempdir()?;
+    let quick = cli.quick;
+    let mut results: Vec<BenchResult> = Vec::new();
+    let emit = |batch: Vec<BenchResult>, results: &mut Vec<BenchResult>| {
+        for result in &batch {
+            print(result, cli.json);
+        }
+        results.extend(batch);
+    };
+    let base = Baseline::measure(scratch.path(), quick).await?;
+    emit(base.results(), &mut results);
+    let wants = |c: Command| cli.command == c || cli.command == Command::All;
+    if cli.command != Command::Baseline {
+        let relay_bin = match &cli.relay_bin {
+            Some(path) => path.clone(),
+            None => relay_benches::default_relay_bin()?,
+        };
+        let bench = Bench::new(relay_bin, scratch.path().to_path_buf(), quick);
+        if wants(Command::Push) {
+            let sizes: &[usize] = if quick { &[1, 8] } else { &[1, 8, 64] };
+            for &clients in sizes {
+                emit(
+                    relay_benches::push(&bench, &base, clients).await?,
+                    &mut results,
+                );
+            }
+        }
+        if wants(Command::Fanout) {
+            let sizes: &[usize] = if quick { &[1, 10] } else { &[1, 10, 100] };
+            for &subscribers in sizes {
+                emit(
+                    relay_benches::fanout(&bench, &base, subscribers).await?,
+                    &mut results,
+                );
+            }
+        }
+        if wants(Command::Catchup) {
+            emit(relay_benches::catchup(&bench, &base).await?, &mut results);
+        }
+        if wants(Command::Connections) {
+            let sizes: Vec<usize> = if quick {
+                vec![200]
+            } else {
+                [1_000, 10_000]
+                    .into_iter()
+                    .filter(|k| *k <= cli.max_connections)
+                    .collect()
+            };
+            for k in sizes {
+                emit(relay_benches::connections(&bench, k).await?, &mut results);
+            }
+        }
+        if wants(Command::Failover) {
+            emit(relay_benches::failover(&bench).await?, &mut results);
+        }
+    }
+    if let Some(path) = &cli.compare {
+        return compare(path, &results);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ratios more than 10% worse than the saved run's fail the comparison.
+fn compare(path: &std::path::Path, results: &[BenchResult]) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let saved: std::collections::HashMap<String, BenchResult> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str::<BenchResult>)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .map(|r| (r.key(), r))
+        .collect();
+    let mut worse = 0;
+    let mut compared = 0;
+    for result in results {
+        let (Some(ratio), Some(old)) =
+            (result.ratio, saved.get(&result.key()).and_then(|r| r.ratio))
+        else {
+            continue;
+        };
+        compared += 1;
+        let change = ratio / old;
+        let is_worse = match result.better {
+            Better::Higher => change < 0.9,
+            Better::Lower => change > 1.1,
+        };
+        if is_worse {
+            worse += 1;
+            eprintln!(
+                "zerok-bench: regression: {} {} ratio {ratio:.3} vs {old:.3} ({:+.0}%)",
+                result.bench,
+                result.metric,
+                (change - 1.0) * 100.0
+            );
+        }
+    }
+    eprintln!(
+        "zerok-bench: compared {compared} ratios with {}, {worse} worse by more than 10%",
+        path.display()
+    );
+    Ok(if worse > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
