@@ -1,24 +1,16 @@
-//! The app-facing handle: [`Client`], and the client tree's root actor.
-//!
-//! ```text
-//! ClientRoot                        a dead child stops the client (calls answer `Stopped`)
-//! ├── Encryptor                     device key + group keys; seal / open
-//! └── SyncCoordinator               outbox, dedupe, seq checks, events; owns LocalStore (sled)
-//!     └── RelayConnection × relay   reconnects with jittered backoff; restarted if it dies
-//!         └── LinkReader
-//! ```
+//! The app-facing handle: [`Client`]. The actor tree it starts is in [`crate::tree`].
 
-use crate::coordinator::{CoordMsg, CoordinatorActor, CoordinatorArgs};
-use crate::encryptor::{EncryptorActor, EncryptorArgs, EncryptorMsg};
+use crate::coordinator::{CoordMsg, CoordinatorArgs};
+use crate::encryptor::EncryptorArgs;
 use crate::store::{GroupRecord, LocalStore};
+use crate::tree::{ClientRoot, RootArgs, RootMsg};
 use crate::types::{ClientError, Event, GroupId, Receipt, Status, SyncReport};
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorRef};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::error;
 use zerok_actors::clock::Clock;
 use zerok_actors::crypto::envelope::DeviceKey;
 use zerok_actors::crypto::invite::{Invite, InviteSecret};
@@ -69,65 +61,6 @@ pub enum NewSecret {
     Random,
     /// Argon2id of a passphrase (invites carry only the salt; joiners type the passphrase).
     Passphrase(String),
-}
-
-enum RootMsg {}
-
-struct ClientRoot;
-
-struct RootArgs {
-    encryptor: EncryptorArgs,
-    coordinator: Box<dyn FnOnce(ActorRef<EncryptorMsg>) -> CoordinatorArgs + Send>,
-    coordinator_ref: Arc<Mutex<Option<ActorRef<CoordMsg>>>>,
-}
-
-impl Actor for ClientRoot {
-    type Msg = RootMsg;
-    type State = ();
-    type Arguments = RootArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: RootArgs,
-    ) -> Result<(), ActorProcessingErr> {
-        let (encryptor, _) =
-            Actor::spawn_linked(None, EncryptorActor, args.encryptor, myself.get_cell()).await?;
-        let (coordinator, _) = Actor::spawn_linked(
-            None,
-            CoordinatorActor,
-            (args.coordinator)(encryptor),
-            myself.get_cell(),
-        )
-        .await?;
-        *args
-            .coordinator_ref
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(coordinator);
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        _state: &mut (),
-    ) -> Result<(), ActorProcessingErr> {
-        match event {
-            SupervisionEvent::ActorFailed(_, err) => {
-                error!(error = %err, "client actor failed; the client stops");
-                myself.stop(Some("child failed".into()));
-            }
-            SupervisionEvent::ActorTerminated(_, _, reason) => {
-                if reason.as_deref() != Some("shutdown") {
-                    error!("client actor stopped; the client stops");
-                }
-                myself.stop(reason);
-            }
-            _ => {}
-        }
-        Ok(())
-    }
 }
 
 /// A running client. Cheap calls, all async; drop or [`Client::shutdown`] to stop.
@@ -301,6 +234,7 @@ impl Client {
             epoch: Epoch(record.epoch),
             expires_at_unix_secs: self.clock.now_unix_secs() + valid_for.as_secs(),
             group_name: record.name.clone(),
+            group_id: Some(group.0),
         };
         Ok(invite.encode())
     }
@@ -333,13 +267,21 @@ impl Client {
             }
         };
         let record = GroupRecord {
-            name: invite.group_name,
+            name: invite.group_name.clone(),
             secret,
             epoch: invite.epoch.0,
             relays: invite.relays.iter().map(ToString::to_string).collect(),
             passphrase_salt: salt,
         };
         let id = group_id(&record);
+        if let Some(expected) = invite.group_id
+            && expected != id.0
+        {
+            return Err(match record.passphrase_salt {
+                Some(_) => ClientError::Passphrase("wrong passphrase for this group".into()),
+                None => ClientError::Invite("the invite's key does not match its group".into()),
+            });
+        }
         self.put_group(id, record).await?;
         Ok(id)
     }

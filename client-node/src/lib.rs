@@ -18,7 +18,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The tree is in [`client`]'s module doc. Several clients per process work: there is no
+//! The actor tree is in [`tree`]. Several clients per process work: there is no
 //! global state.
 
 pub mod client;
@@ -26,6 +26,7 @@ pub mod coordinator;
 pub mod encryptor;
 pub mod relay_conn;
 pub mod store;
+pub mod tree;
 pub mod types;
 
 pub use client::{Client, ClientConfig, NewSecret};

@@ -194,3 +194,54 @@ async fn a_client_killed_mid_push_loses_nothing_acked_and_delivers_nothing_twice
         "a second pull prints nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_records_as_they_arrive() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let addr_text = std::fs::read_to_string(relay.data_dir().join("relay.addr")).unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ok(&zerok(&a, &["init", "--relay", addr_text.trim()]));
+    let token = ok(&zerok(&a, &["invite"]))
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    ok(&zerok(&b, &["join", &token]));
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_zerok"))
+        .arg("--home")
+        .arg(&b)
+        .args(["watch", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
+    });
+    // Give the watcher a moment to connect; records pushed before it is live arrive by catch-up.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    ok(&zerok(&a, &["push", "first"]));
+    ok(&zerok(&a, &["push", "second"]));
+    let lines = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    watcher.kill().unwrap();
+    let _ = watcher.wait();
+    let payloads: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(payloads, ["first", "second"]);
+}

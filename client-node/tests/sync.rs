@@ -39,10 +39,11 @@ async fn two_devices_a_thousand_records_exactly_once_in_order() {
     assert_eq!(receipt.acked_by, vec![relay.addr.id]);
 
     let (received, _) = receive(&mut events, 1000, Duration::from_secs(60)).await;
-    assert_eq!(
-        payloads(&received),
-        (0..1000).map(|n| format!("record {n}")).collect::<Vec<_>>()
-    );
+    let expected: Vec<String> = (0..1000).map(|n| format!("record {n}")).collect();
+    let got = payloads(&received);
+    assert_eq!(got.len(), 1000);
+    let first_wrong = got.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(first_wrong, None, "out of order from {first_wrong:?}");
     assert_eq!(seqs(&received), (1..=1000).collect::<Vec<u64>>());
     assert!(
         received
@@ -59,6 +60,28 @@ async fn two_devices_a_thousand_records_exactly_once_in_order() {
     assert!(drained(&alice, group, Duration::from_secs(10)).await);
     alice.shutdown().await;
     bob.shutdown().await;
+
+    // A third device joins with the CLI: `zerok pull` prints exactly those records.
+    let carol = dir.path().join("carol");
+    let zerok = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zerok"))
+            .arg("--home")
+            .arg(&carol)
+            .args(args)
+            .env_remove("ZEROK_HOME")
+            .output()
+            .unwrap()
+    };
+    assert!(zerok(&["join", &token]).status.success());
+    let pulled = zerok(&["pull"]);
+    assert!(pulled.status.success(), "{pulled:?}");
+    let lines: Vec<String> = String::from_utf8(pulled.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 1000);
+    assert!(lines.iter().zip(&expected).all(|(a, b)| a == b));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,4 +303,45 @@ async fn two_clients_in_one_process_do_not_interfere() {
     assert!(clients[1].push(groups[1], b"x".to_vec()).await.is_err());
     let (extra, _) = receive(&mut events_b1, 1, Duration::from_millis(500)).await;
     assert!(extra.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passphrase_groups_join_with_the_passphrase_and_refuse_a_wrong_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let alice = client(dir.path(), "alice").await;
+    let bob = client(dir.path(), "bob").await;
+    let group = alice
+        .create_group(
+            "secretive",
+            NewSecret::Passphrase("correct horse battery staple".into()),
+            vec![relay.addr.clone()],
+        )
+        .await
+        .unwrap();
+    let token = alice.invite(group, Duration::from_secs(60)).await.unwrap();
+    assert!(bob.invite_needs_passphrase(&token).unwrap());
+    assert!(matches!(
+        bob.join(&token, None).await,
+        Err(zerok_client::ClientError::Passphrase(_))
+    ));
+    assert!(matches!(
+        bob.join(&token, Some("wrong horse battery staple".into()))
+            .await,
+        Err(zerok_client::ClientError::Passphrase(_))
+    ));
+    assert!(bob.groups().await.unwrap().is_empty(), "nothing joined");
+    assert_eq!(
+        bob.join(&token, Some("  correct horse battery staple\n".into()))
+            .await
+            .unwrap(),
+        group
+    );
+    let mut events = bob.events().unwrap();
+    alice
+        .push(group, b"for passphrase holders".to_vec())
+        .await
+        .unwrap();
+    let (received, _) = receive(&mut events, 1, Duration::from_secs(20)).await;
+    assert_eq!(payloads(&received), ["for passphrase holders"]);
 }

@@ -14,7 +14,7 @@
 use super::keys::{GroupSecret, KdfParams, SALT_BYTES};
 use serde::{Deserialize, Serialize};
 use zerok_messages::addr::RELAY_ADDR_SOCKETS_MAX;
-use zerok_messages::{Epoch, RelayAddr};
+use zerok_messages::{Epoch, MailboxId, RelayAddr};
 
 /// Token prefix of version 1.
 const PREFIX: &str = "ZK1";
@@ -58,6 +58,9 @@ pub struct Invite {
     pub expires_at_unix_secs: u64,
     /// A human label for the group (not secret, not unique).
     pub group_name: String,
+    /// The group's id (its epoch-0 mailbox id, public), so a joiner can tell a mistyped
+    /// passphrase from the right one before joining a group nobody else is in.
+    pub group_id: Option<MailboxId>,
 }
 
 /// Why a token was refused.
@@ -101,6 +104,8 @@ struct InviteWire {
     exp: u64,
     #[serde(default)]
     name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes32")]
+    gid: Option<[u8; 32]>,
 }
 
 mod opt_bytes32 {
@@ -154,6 +159,7 @@ impl Invite {
             epoch: self.epoch,
             exp: self.expires_at_unix_secs,
             name: self.group_name.clone(),
+            gid: self.group_id.map(|id| id.0),
         };
         let mut body = zeroize::Zeroizing::new(Vec::new());
         ciborium::into_writer(&wire, &mut *body).expect("writing CBOR to a Vec cannot fail");
@@ -250,6 +256,7 @@ impl Invite {
             epoch: wire.epoch,
             expires_at_unix_secs: wire.exp,
             group_name: wire.name,
+            group_id: wire.gid.map(MailboxId),
         })
     }
 }
@@ -273,6 +280,7 @@ mod tests {
             epoch: Epoch(0),
             expires_at_unix_secs: 2_000_000_000,
             group_name: "family".into(),
+            group_id: None,
         }
     }
 
@@ -294,6 +302,7 @@ mod tests {
                 salt: [9; 16],
                 kdf: KdfParams::V1,
             },
+            group_id: Some(zerok_messages::MailboxId([4; 32])),
             ..invite()
         };
         assert_eq!(Invite::decode(&passphrase.encode(), 0).unwrap(), passphrase);
@@ -342,6 +351,7 @@ mod tests {
             epoch: Epoch(0),
             exp: u64::MAX,
             name: String::new(),
+            gid: None,
         };
         let one = vec![relay(1).to_string()];
         assert_eq!(
