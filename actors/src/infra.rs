@@ -159,12 +159,10 @@ impl Actor for InfraActor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let cell = match &event {
-            SupervisionEvent::ActorFailed(cell, _)
-            | SupervisionEvent::ActorTerminated(cell, _, _) => cell.clone(),
-            _ => return Ok(()),
+        let Some((id, _)) = crate::supervision::ended(&event) else {
+            return Ok(());
         };
-        if cell.get_id() == state.store.get().get_id() {
+        if id == state.store.get().get_id() {
             let delay = state.store_restarts.on_crash();
             state.restarts += 1;
             state
@@ -181,7 +179,7 @@ impl Actor for InfraActor {
         } else if state
             .sweeper
             .as_ref()
-            .is_some_and(|sweeper| sweeper.get_id() == cell.get_id())
+            .is_some_and(|sweeper| sweeper.get_id() == id)
         {
             state.sweeper = None;
             let delay = state.sweeper_restarts.on_crash();

@@ -5,7 +5,19 @@
 //! the first delay. So a child that keeps crashing costs at most one restart per
 //! [`BACKOFF_MAX`], and a rare crash is repaired within a second.
 
+use ractor::{ActorId, SupervisionEvent};
 use std::time::Duration;
+
+/// The child an event says has ended (failed or stopped), with why; `None` for other events.
+pub fn ended(event: &SupervisionEvent) -> Option<(ActorId, String)> {
+    match event {
+        SupervisionEvent::ActorFailed(cell, err) => Some((cell.get_id(), err.to_string())),
+        SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            Some((cell.get_id(), reason.clone().unwrap_or_default()))
+        }
+        _ => None,
+    }
+}
 
 /// First restart delay.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);

@@ -714,17 +714,13 @@ impl Actor for CoordinatorActor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match &event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.clone().unwrap_or_default())
-            }
-            _ => return Ok(()),
+        let Some((actor, reason)) = zerok_actors::supervision::ended(&event) else {
+            return Ok(());
         };
         let dead = state
             .conns
             .iter()
-            .find(|(_, c)| c.actor.get_id() == cell.get_id())
+            .find(|(_, c)| c.actor.get_id() == actor)
             .map(|(id, _)| *id);
         // A connection that was removed (or is stopping with the client) is not restarted.
         if let Some(id) = dead

@@ -220,6 +220,21 @@ struct GroupSync {
     queued: VecDeque<(u64, BlobId, Bytes)>,
 }
 
+impl GroupSync {
+    fn new(group: ConnGroup) -> Self {
+        Self {
+            keys: group.keys,
+            have: group.cursor,
+            joined: false,
+            accepting: false,
+            pulling: false,
+            pull_again: false,
+            waiters: Vec::new(),
+            queued: VecDeque::new(),
+        }
+    }
+}
+
 struct Conn {
     sender: LinkSender,
     nonce: [u8; 32],
@@ -648,21 +663,7 @@ impl Actor for RelayConnActor {
         let groups = args
             .groups
             .into_iter()
-            .map(|g| {
-                (
-                    g.group,
-                    GroupSync {
-                        keys: g.keys,
-                        have: g.cursor,
-                        joined: false,
-                        accepting: false,
-                        pulling: false,
-                        pull_again: false,
-                        waiters: Vec::new(),
-                        queued: VecDeque::new(),
-                    },
-                )
-            })
+            .map(|g| (g.group, GroupSync::new(g)))
             .collect();
         myself.send_message(RelayConnMsg::ConnectDue)?;
         myself.send_interval(PING_EVERY, || RelayConnMsg::PingDue);
@@ -765,17 +766,12 @@ impl Actor for RelayConnActor {
             RelayConnMsg::SetGroups(groups) => {
                 let mut next = HashMap::new();
                 for g in groups {
-                    let sync = state.groups.remove(&g.group).unwrap_or(GroupSync {
-                        keys: g.keys,
-                        have: g.cursor,
-                        joined: false,
-                        accepting: false,
-                        pulling: false,
-                        pull_again: false,
-                        waiters: Vec::new(),
-                        queued: VecDeque::new(),
-                    });
-                    next.insert(g.group, sync);
+                    let group = g.group;
+                    let sync = match state.groups.remove(&group) {
+                        Some(sync) => sync,
+                        None => GroupSync::new(g),
+                    };
+                    next.insert(group, sync);
                 }
                 state.groups = next;
                 state.join_all().await;

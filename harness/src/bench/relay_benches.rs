@@ -69,7 +69,14 @@ impl Bench {
         RelayProcess::start_logging(
             &self.relay_bin,
             &self.dir.join(format!("relay-{n}")),
-            &["--config", &config, "--bind", &bind, "--http", "off"],
+            &[
+                "--config",
+                &config,
+                "--bind",
+                &bind,
+                "--http",
+                "127.0.0.1:0",
+            ],
             "warn",
         )
         .await
@@ -171,7 +178,7 @@ pub async fn push(
     let acked = acked.load(Ordering::Relaxed) as f64;
     let per_s = acked / duration.as_secs_f64();
     let base_latency = base.rtt_p50 + base.fsync_p50;
-    let results = vec![
+    let mut results = vec![
         BenchResult::new("push", "acked_per_s", per_s, "1/s", Better::Higher)
             .against("sled_batch_flush_items_per_s", base.sled_items_per_s),
         BenchResult::new(
@@ -198,6 +205,7 @@ pub async fn push(
             Better::Lower,
         ),
     ];
+    results.extend(commit_figures(&relay, "push").await);
     Ok(results
         .into_iter()
         .map(|r| {
@@ -206,6 +214,53 @@ pub async fn push(
                 .param("record_bytes", 1024)
         })
         .collect())
+}
+
+/// Sum and count of a Prometheus histogram of the relay's `/metrics`.
+async fn histogram(relay: &RelayProcess, name: &str) -> Option<(f64, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(relay.http?).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    let value = |suffix: &str| {
+        let prefix = format!("{name}_{suffix} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Some((value("sum")?, value("count")?))
+}
+
+/// The relay's average group-commit size and flush time, as informational results.
+async fn commit_figures(relay: &RelayProcess, bench: &str) -> Vec<BenchResult> {
+    let mut out = Vec::new();
+    if let Some((sum, count)) = histogram(relay, "zerok_relay_batch_size").await
+        && count > 0.0
+    {
+        out.push(BenchResult::new(
+            bench,
+            "relay_avg_commit_items",
+            sum / count,
+            "items",
+            Better::Higher,
+        ));
+    }
+    if let Some((sum, count)) = histogram(relay, "zerok_relay_flush_latency_seconds").await
+        && count > 0.0
+    {
+        out.push(BenchResult::new(
+            bench,
+            "relay_avg_commit_ms",
+            sum / count * 1000.0,
+            "ms",
+            Better::Lower,
+        ));
+    }
+    out
 }
 
 /// `fanout`: one pusher, N subscribers; push → delivered latency.
