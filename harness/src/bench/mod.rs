@@ -84,3 +84,83 @@ impl BenchResult {
         format!("{}/{}/{params}", self.bench, self.metric)
     }
 }
+
+/// The ratios of `now` more than 10% worse than the same figures (same bench, metric and
+/// params) in `saved`, each as one line, and how many ratios were compared.
+pub fn regressions(saved: &[BenchResult], now: &[BenchResult]) -> (Vec<String>, usize) {
+    let saved: std::collections::HashMap<String, &BenchResult> =
+        saved.iter().map(|r| (r.key(), r)).collect();
+    let mut worse = Vec::new();
+    let mut compared = 0;
+    for result in now {
+        let (Some(ratio), Some(old)) =
+            (result.ratio, saved.get(&result.key()).and_then(|r| r.ratio))
+        else {
+            continue;
+        };
+        compared += 1;
+        let change = ratio / old;
+        let is_worse = match result.better {
+            Better::Higher => change < 0.9,
+            Better::Lower => change > 1.1,
+        };
+        if is_worse {
+            worse.push(format!(
+                "{} {} {:?}: ratio {ratio:.3} vs {old:.3} ({:+.0}%)",
+                result.bench,
+                result.metric,
+                result.params,
+                (change - 1.0) * 100.0
+            ));
+        }
+    }
+    (worse, compared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figure(metric: &str, better: Better, ratio_of: f64) -> BenchResult {
+        BenchResult::new("push", metric, ratio_of, "x", better)
+            .param("clients", 8)
+            .against("base", 1.0)
+    }
+
+    #[test]
+    fn only_ratios_worse_by_more_than_ten_percent_are_regressions() {
+        let saved = [
+            figure("per_s", Better::Higher, 100.0),
+            figure("latency", Better::Lower, 10.0),
+            figure("other", Better::Lower, 10.0),
+        ];
+        let now = [
+            figure("per_s", Better::Higher, 89.0),
+            figure("latency", Better::Lower, 10.9),
+            figure("other", Better::Lower, 11.5),
+            figure("unmatched", Better::Lower, 99.0),
+        ];
+        let (worse, compared) = regressions(&saved, &now);
+        assert_eq!(compared, 3);
+        assert_eq!(worse.len(), 2, "{worse:?}");
+        assert!(worse[0].starts_with("push per_s"));
+        assert!(worse[1].starts_with("push other"));
+        // A different parameter set is another figure.
+        let (_, compared) = regressions(
+            &saved,
+            &[figure("per_s", Better::Higher, 1.0).param("clients", 64)],
+        );
+        assert_eq!(compared, 0);
+    }
+
+    #[test]
+    fn results_round_trip_through_json_lines() {
+        let result = figure("per_s", Better::Higher, 5.0);
+        let line = serde_json::to_string(&result).expect("json");
+        assert!(line.contains("\"baseline_metric\":\"base\""));
+        assert_eq!(
+            serde_json::from_str::<BenchResult>(&line).expect("parse"),
+            result
+        );
+    }
+}

@@ -4,9 +4,9 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use zerok_harness::bench::BenchResult;
 use zerok_harness::bench::baseline::Baseline;
 use zerok_harness::bench::relay_benches::{self, Bench};
-use zerok_harness::bench::{BenchResult, Better};
 
 #[derive(Parser)]
 #[command(
@@ -175,45 +175,23 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 fn compare(path: &std::path::Path, results: &[BenchResult]) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let saved: std::collections::HashMap<String, BenchResult> = text
+    let saved = text
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(serde_json::from_str::<BenchResult>)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .map(|r| (r.key(), r))
-        .collect();
-    let mut worse = 0;
-    let mut compared = 0;
-    for result in results {
-        let (Some(ratio), Some(old)) =
-            (result.ratio, saved.get(&result.key()).and_then(|r| r.ratio))
-        else {
-            continue;
-        };
-        compared += 1;
-        let change = ratio / old;
-        let is_worse = match result.better {
-            Better::Higher => change < 0.9,
-            Better::Lower => change > 1.1,
-        };
-        if is_worse {
-            worse += 1;
-            eprintln!(
-                "zerok-bench: regression: {} {} ratio {ratio:.3} vs {old:.3} ({:+.0}%)",
-                result.bench,
-                result.metric,
-                (change - 1.0) * 100.0
-            );
-        }
+        .collect::<Result<Vec<_>, _>>()?;
+    let (worse, compared) = zerok_harness::bench::regressions(&saved, results);
+    for line in &worse {
+        eprintln!("zerok-bench: regression: {line}");
     }
     eprintln!(
-        "zerok-bench: compared {compared} ratios with {}, {worse} worse by more than 10%",
-        path.display()
+        "zerok-bench: compared {compared} ratios with {}, {} worse by more than 10%",
+        path.display(),
+        worse.len()
     );
-    Ok(if worse > 0 {
-        ExitCode::from(1)
-    } else {
+    Ok(if worse.is_empty() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }
