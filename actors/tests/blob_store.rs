@@ -725,3 +725,33 @@ async fn the_sweeper_evicts_on_its_interval_in_slices() {
     assert_eq!(stats(&store.get()).await.items, 0);
     assert_eq!(metrics.items_stored.get(), 0);
 }
+
+#[tokio::test]
+async fn lookups_of_empty_mailboxes_do_not_grow_memory() {
+    let store = start(StoreLimits::default()).await;
+    for n in 0..500u32 {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        let mailbox = MailboxId(id);
+        let latest = ractor::call!(store.actor, |reply| BlobStoreMsg::GetLatest {
+            mailbox,
+            reply
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(latest, Cursor(0));
+        let page = ractor::call!(store.actor, |reply| BlobStoreMsg::Read {
+            mailbox,
+            after: Cursor(0),
+            max_items: 10,
+            max_bytes: 1000,
+            reply,
+        })
+        .unwrap()
+        .unwrap();
+        assert!(page.items.is_empty());
+    }
+    assert_eq!(stats(&store.actor).await.cached_metas, 0);
+    append(&store.actor, vec![request(0, MAILBOX, b"real", None)]).await;
+    assert_eq!(stats(&store.actor).await.cached_metas, 1);
+}

@@ -31,7 +31,9 @@ pub struct ClientConfig {
     pub home: PathBuf,
     /// Relays that must durably ack a push before its receipt (capped by the group's count).
     pub ack_quorum: usize,
-    /// Whether to subscribe and pull records (false for push-only use).
+    /// Whether to subscribe and pull records (false for push-only use). With it on, the app
+    /// must read [`Client::events`]: records wait for the app (back-pressure, nothing is
+    /// dropped), and while the event buffer is full the client handles nothing else.
     pub receive: bool,
     /// UDP address of the client's endpoint.
     pub bind: SocketAddr,

@@ -109,6 +109,8 @@ pub struct StoreStats {
     pub bytes: u64,
     /// Group commits (one flush each) since the store started.
     pub commits: u64,
+    /// Mailbox metas cached in memory (only mailboxes that hold or held items).
+    pub cached_metas: u64,
 }
 
 /// Result of one sweep slice.

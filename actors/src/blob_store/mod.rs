@@ -160,7 +160,11 @@ impl BlobStoreState {
             return Ok(*meta);
         }
         let meta = load_meta(&self.db, mailbox)?;
-        self.metas.insert(*mailbox, meta);
+        // Only mailboxes that exist are cached: joins and reads of mailboxes that never held
+        // an item (anyone can mint a mailbox key) must not grow memory.
+        if meta != MailboxMeta::default() {
+            self.metas.insert(*mailbox, meta);
+        }
         Ok(meta)
     }
 
@@ -611,7 +615,10 @@ impl Actor for BlobStoreActor {
                 let _ = reply.send(report);
             }
             BlobStoreMsg::GetStats { reply } => {
-                let _ = reply.send(state.stats);
+                let _ = reply.send(StoreStats {
+                    cached_metas: state.metas.len() as u64,
+                    ..state.stats
+                });
             }
         }
         Ok(())

@@ -13,6 +13,9 @@ use zerok_messages::{BlobId, Cursor, DeviceId, ErrorCode, Frame, Limits, Mailbox
 /// Protocol errors a connection may make before it is closed: enough to survive a client
 /// bug or a newer client probing, few enough that garbage floods end quickly.
 pub const PROTOCOL_ERRORS_MAX: u32 = 16;
+/// Mailboxes one connection may join: a device is in a handful of groups; the bound keeps a
+/// client that mints keys from making one connection hold unbounded state.
+pub const JOINED_MAX: usize = 256;
 
 /// What the actor should do with one frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -196,6 +199,13 @@ impl SessionCore {
                     &self.nonce,
                 ) {
                     let mailbox = mailbox_key.mailbox_id();
+                    if self.joined.len() >= JOINED_MAX && !self.joined.contains(&mailbox) {
+                        return Action::Reply(error(
+                            Some(req),
+                            ErrorCode::BadRequest,
+                            "too many mailboxes joined on one connection",
+                        ));
+                    }
                     self.joined.insert(mailbox);
                     Action::Joined { req, mailbox }
                 } else {
@@ -483,5 +493,35 @@ mod tests {
             core.on_frame(Frame::Unsubscribed { req: ReqId(0) }),
             Action::ReplyAndClose(_)
         ));
+    }
+
+    #[test]
+    fn joins_are_bounded_per_connection() {
+        let mut core = ready();
+        for n in 0..=JOINED_MAX as u32 {
+            let mut secret = [0u8; 32];
+            secret[..4].copy_from_slice(&n.to_be_bytes());
+            let keys = GroupSecret::from_bytes(secret).epoch_keys(Epoch(0));
+            let proof = sign_join(&keys, &RELAY, &PEER, &NONCE);
+            let action = core.on_frame(Frame::Join {
+                req: ReqId(u64::from(n)),
+                mailbox_key: keys.mailbox_key(),
+                proof,
+            });
+            if (n as usize) < JOINED_MAX {
+                assert!(matches!(action, Action::Joined { .. }), "join {n}");
+            } else {
+                assert!(
+                    matches!(
+                        action,
+                        Action::Reply(Frame::Error {
+                            code: ErrorCode::BadRequest,
+                            ..
+                        })
+                    ),
+                    "join {n} over the bound"
+                );
+            }
+        }
     }
 }
