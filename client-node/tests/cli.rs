@@ -41,6 +41,23 @@ fn failed(output: &Output, code: i32) -> String {
     stderr
 }
 
+/// Home `a` inits a group on `relay`, home `b` joins it, both with the CLI.
+fn cli_pair(
+    dir: &Path,
+    relay: &zerok_harness::process::RelayProcess,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let addr_text = std::fs::read_to_string(relay.data_dir().join("relay.addr")).unwrap();
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    ok(&zerok(&a, &["init", "--relay", addr_text.trim()]));
+    let token = ok(&zerok(&a, &["invite"]))
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    ok(&zerok(&b, &["join", &token]));
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_invite_join_push_pull_on_two_home_dirs() {
     let dir = tempfile::tempdir().unwrap();
@@ -134,15 +151,7 @@ async fn init_invite_join_push_pull_on_two_home_dirs() {
 async fn a_client_killed_mid_push_loses_nothing_acked_and_delivers_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path(), "relay").await;
-    let addr_text = std::fs::read_to_string(relay.data_dir().join("relay.addr")).unwrap();
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    ok(&zerok(&a, &["init", "--relay", addr_text.trim()]));
-    let token = ok(&zerok(&a, &["invite"]))
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
-    ok(&zerok(&b, &["join", &token]));
+    let (a, b) = cli_pair(dir.path(), &relay);
 
     let mut acked = Vec::new();
     let mut killed = Vec::new();
@@ -200,15 +209,7 @@ async fn watch_prints_records_as_they_arrive() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path(), "relay").await;
-    let addr_text = std::fs::read_to_string(relay.data_dir().join("relay.addr")).unwrap();
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    ok(&zerok(&a, &["init", "--relay", addr_text.trim()]));
-    let token = ok(&zerok(&a, &["invite"]))
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
-    ok(&zerok(&b, &["join", &token]));
+    let (a, b) = cli_pair(dir.path(), &relay);
     let mut watcher = Command::new(env!("CARGO_BIN_EXE_zerok"))
         .arg("--home")
         .arg(&b)

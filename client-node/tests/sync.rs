@@ -12,14 +12,7 @@ use zerok_client::{Event, NewSecret};
 async fn two_devices_a_thousand_records_exactly_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path(), "relay").await;
-    let alice = client(dir.path(), "alice").await;
-    let bob = client(dir.path(), "bob").await;
-    let group = alice
-        .create_group("family", NewSecret::Random, vec![relay.addr.clone()])
-        .await
-        .unwrap();
-    let token = alice.invite(group, Duration::from_secs(600)).await.unwrap();
-    assert_eq!(bob.join(&token, None).await.unwrap(), group);
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
     let mut events = bob.events().unwrap();
 
     let mut blob_ids = Vec::new();
@@ -58,6 +51,7 @@ async fn two_devices_a_thousand_records_exactly_once_in_order() {
     let (echo, _) = receive(&mut own, 1, Duration::from_millis(300)).await;
     assert!(echo.is_empty());
     assert!(drained(&alice, group, Duration::from_secs(10)).await);
+    let token = alice.invite(group, Duration::from_secs(600)).await.unwrap();
     alice.shutdown().await;
     bob.shutdown().await;
 
@@ -88,14 +82,7 @@ async fn two_devices_a_thousand_records_exactly_once_in_order() {
 async fn live_records_arrive_without_polling() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path(), "relay").await;
-    let alice = client(dir.path(), "alice").await;
-    let bob = client(dir.path(), "bob").await;
-    let group = alice
-        .create_group("live", NewSecret::Random, vec![relay.addr.clone()])
-        .await
-        .unwrap();
-    let token = alice.invite(group, Duration::from_secs(60)).await.unwrap();
-    bob.join(&token, None).await.unwrap();
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
     let mut events = bob.events().unwrap();
     // Bob is connected and subscribed before Alice writes.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -123,18 +110,7 @@ async fn live_records_arrive_without_polling() {
 async fn pushes_made_while_the_relay_is_down_arrive_when_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = relay(dir.path(), "relay").await;
-    let alice = client(dir.path(), "alice").await;
-    let bob = client(dir.path(), "bob").await;
-    let group = alice
-        .create_group("offline", NewSecret::Random, vec![relay.addr.clone()])
-        .await
-        .unwrap();
-    bob.join(
-        &alice.invite(group, Duration::from_secs(60)).await.unwrap(),
-        None,
-    )
-    .await
-    .unwrap();
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
     let mut events = bob.events().unwrap();
     relay.kill();
     let mut queued = Vec::new();
@@ -183,18 +159,7 @@ async fn three_relays_one_killed_one_wiped_every_record_once() {
         relays.push(relay(dir.path(), name).await);
     }
     let addrs: Vec<_> = relays.iter().map(|r| r.addr.clone()).collect();
-    let alice = client(dir.path(), "alice").await;
-    let bob = client(dir.path(), "bob").await;
-    let group = alice
-        .create_group("multi", NewSecret::Random, addrs.clone())
-        .await
-        .unwrap();
-    bob.join(
-        &alice.invite(group, Duration::from_secs(60)).await.unwrap(),
-        None,
-    )
-    .await
-    .unwrap();
+    let (alice, bob, group) = pair(dir.path(), addrs.clone()).await;
     let mut events = bob.events().unwrap();
 
     let mut pushed = 0;

@@ -5,8 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use zerok_client::{Client, ClientConfig, Event, GroupId};
+use zerok_client::{Client, ClientConfig, Event, GroupId, NewSecret};
 use zerok_harness::process::RelayProcess;
+use zerok_messages::RelayAddr;
 
 /// The relay binary, built next to `zerok` by `cargo test --workspace`.
 pub fn relay_binary() -> PathBuf {
@@ -101,4 +102,17 @@ pub async fn drained(client: &Client, group: GroupId, within: Duration) -> bool 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Alice (home `dir/alice`) creates a group on `relays`; Bob (`dir/bob`) joins it by invite.
+pub async fn pair(dir: &Path, relays: Vec<RelayAddr>) -> (Client, Client, GroupId) {
+    let alice = client(dir, "alice").await;
+    let bob = client(dir, "bob").await;
+    let group = alice
+        .create_group("pair", NewSecret::Random, relays)
+        .await
+        .unwrap();
+    let token = alice.invite(group, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(bob.join(&token, None).await.unwrap(), group);
+    (alice, bob, group)
 }
