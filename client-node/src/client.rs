@@ -31,10 +31,13 @@ pub struct ClientConfig {
     pub home: PathBuf,
     /// Relays that must durably ack a push before its receipt (capped by the group's count).
     pub ack_quorum: usize,
-    /// Whether to subscribe and pull records (false for push-only use). With it on, the app
-    /// must read [`Client::events`]: records wait for the app (back-pressure, nothing is
-    /// dropped), and while the event buffer is full the client handles nothing else.
+    /// Whether to subscribe and pull records (false for push-only use). With it on, records
+    /// wait for the app to read [`Client::events`] (nothing is dropped; past
+    /// `events_backlog_max` they wait on the relay); pushes and other calls keep working.
     pub receive: bool,
+    /// Received items held for an app that is not reading its events; beyond it the client
+    /// stops taking items from relays (they wait there) until the app catches up.
+    pub events_backlog_max: usize,
     /// UDP address of the client's endpoint.
     pub bind: SocketAddr,
     /// Wall time (HLC timestamps, invite expiry).
@@ -50,6 +53,7 @@ impl ClientConfig {
             home: home.into(),
             ack_quorum: 1,
             receive: true,
+            events_backlog_max: 8192,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             clock: Clock::system(),
             rng: None,
@@ -118,6 +122,7 @@ impl Client {
         let coordinator_rng = rng.fork();
         let clock = config.clock.clone();
         let (ack_quorum, receive) = (config.ack_quorum, config.receive);
+        let backlog_max = config.events_backlog_max;
         let args = RootArgs {
             encryptor: EncryptorArgs {
                 device,
@@ -130,6 +135,7 @@ impl Client {
                 events: events_tx,
                 ack_quorum,
                 receive,
+                backlog_max,
                 clock,
                 rng: coordinator_rng,
             }),

@@ -107,6 +107,8 @@ pub enum CoordMsg {
     },
     /// Resend refused pushes.
     RetryDue,
+    /// The app's event channel has room again.
+    EventRoom,
 }
 
 /// The coordinator's actor type.
@@ -126,6 +128,8 @@ pub struct CoordinatorArgs {
     pub ack_quorum: usize,
     /// Whether to subscribe and pull.
     pub receive: bool,
+    /// Received items held for an app that is not reading, beyond which relays are paused.
+    pub backlog_max: usize,
     /// Wall time for HLC timestamps.
     pub clock: Clock,
     /// Randomness (reconnect jitter).
@@ -159,6 +163,11 @@ pub struct CoordinatorState {
     recent_order: VecDeque<BlobId>,
     refused: HashSet<(DeviceId, GroupId, u64)>,
     is_retry_scheduled: bool,
+    backlog: VecDeque<Backlog>,
+    backlog_items: usize,
+    is_waiting_for_room: bool,
+    paused: HashSet<(DeviceId, GroupId)>,
+    barriers: Vec<RpcReplyPort<()>>,
 }
 
 fn parse_relays(record: &GroupRecord) -> Vec<RelayAddr> {
@@ -337,8 +346,10 @@ impl CoordinatorState {
         Ok(())
     }
 
+    /// Queue a relay's items for delivery and deliver what the app has room for.
     async fn on_items(
         &mut self,
+        myself: &ActorRef<CoordMsg>,
         relay: DeviceId,
         group: GroupId,
         items: Vec<zerok_messages::Item>,
@@ -347,76 +358,168 @@ impl CoordinatorState {
         if !self.groups.contains_key(&group) {
             return Ok(());
         }
-        let mut batch = ReceivedBatch::default();
-        let mut seen_now: HashSet<BlobId> = HashSet::new();
-        let mut tracker_changed = false;
-        for item in items {
-            if seen_now.contains(&item.blob_id) || self.args.store.is_seen(&group, &item.blob_id)? {
-                continue;
-            }
-            let opened = ractor::call_t!(
-                self.args.encryptor,
-                |reply| EncryptorMsg::Open {
+        if !self.backlog.is_empty() && self.backlog_items + items.len() > self.args.backlog_max {
+            // The app is not reading: stop taking this relay's items for the group. Its
+            // connection rewinds to what is persisted and waits until the backlog drained
+            // (a batch is always taken when the backlog is empty, so it drains and resumes).
+            let to = self.args.store.cursor(&group, &relay)?;
+            if let Some(conn) = self.conns.get(&relay) {
+                let _ = conn.actor.cast(RelayConnMsg::Pause {
                     group,
-                    blob_id: item.blob_id,
-                    envelope: item.ciphertext.clone(),
-                    reply,
-                },
-                10_000
-            );
-            let record = match opened {
-                Ok(Ok(record)) => record,
-                Ok(Err(err)) => {
-                    self.emit(Event::Undecryptable {
+                    rewind_to: to,
+                });
+                self.paused.insert((relay, group));
+            }
+            return Ok(());
+        }
+        self.backlog_items += items.len();
+        self.backlog.push_back(Backlog {
+            relay,
+            group,
+            items: items.into(),
+            upto,
+            batch: ReceivedBatch::default(),
+        });
+        self.drain(myself).await
+    }
+
+    /// Deliver backlog items while the event channel has room; never waits for the app. A
+    /// batch's cursor is persisted once all its items were handed over.
+    async fn drain(&mut self, myself: &ActorRef<CoordMsg>) -> Result<(), ClientError> {
+        let events = self.args.events.clone();
+        while let Some(mut front) = self.backlog.pop_front() {
+            while let Some(item) = front.items.pop_front() {
+                // Up to two events per item (a gap and the record).
+                if !events.is_closed() && events.capacity() < 2 {
+                    front.items.push_front(item);
+                    // What was handed over so far is persisted now (not the cursor).
+                    let partial = std::mem::take(&mut front.batch);
+                    self.persist(front.group, partial).await?;
+                    self.backlog.push_front(front);
+                    self.wait_for_room(myself);
+                    return Ok(());
+                }
+                self.backlog_items = self.backlog_items.saturating_sub(1);
+                self.deliver(&events, front.relay, front.group, item, &mut front.batch)
+                    .await?;
+            }
+            let mut batch = std::mem::take(&mut front.batch);
+            batch.cursor = Some((front.relay, front.upto));
+            self.persist(front.group, batch).await?;
+        }
+        // Everything delivered: barriers pass, paused connections may read again.
+        for barrier in self.barriers.drain(..) {
+            let _ = barrier.send(());
+        }
+        for (relay, group) in std::mem::take(&mut self.paused) {
+            if let Some(conn) = self.conns.get(&relay) {
+                let _ = conn.actor.cast(RelayConnMsg::Resume { group });
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_for_room(&mut self, myself: &ActorRef<CoordMsg>) {
+        if self.is_waiting_for_room {
+            return;
+        }
+        self.is_waiting_for_room = true;
+        let events = self.args.events.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            if let Ok(permits) = events.reserve_many(2).await {
+                drop(permits);
+            }
+            let _ = myself.cast(CoordMsg::EventRoom);
+        });
+    }
+
+    async fn persist(
+        &mut self,
+        group: GroupId,
+        mut batch: ReceivedBatch,
+    ) -> Result<(), ClientError> {
+        if batch.seen.is_empty() && batch.cursor.is_none() {
+            return Ok(());
+        }
+        if !batch.seen.is_empty() {
+            batch.tracker = self.groups.get(&group).map(|g| g.tracker.clone());
+        }
+        self.args.store.received(&group, &batch).await
+    }
+
+    /// Open, check and hand one item to the app (the channel has room for two events).
+    async fn deliver(
+        &mut self,
+        events: &mpsc::Sender<Event>,
+        relay: DeviceId,
+        group: GroupId,
+        item: zerok_messages::Item,
+        batch: &mut ReceivedBatch,
+    ) -> Result<(), ClientError> {
+        if batch.seen.contains(&item.blob_id) || self.args.store.is_seen(&group, &item.blob_id)? {
+            return Ok(());
+        }
+        let opened = ractor::call_t!(
+            self.args.encryptor,
+            |reply| EncryptorMsg::Open {
+                group,
+                blob_id: item.blob_id,
+                envelope: item.ciphertext.clone(),
+                reply,
+            },
+            10_000
+        );
+        let record = match opened {
+            Ok(Ok(record)) => record,
+            Ok(Err(err)) => {
+                hand_over(
+                    events,
+                    Event::Undecryptable {
                         group,
                         relay,
                         blob_id: item.blob_id,
                         reason: err.to_string(),
-                    })
-                    .await;
-                    continue;
-                }
-                Err(err) => return Err(ClientError::Store(format!("encryptor: {err}"))),
-            };
-            let Some(state) = self.groups.get_mut(&group) else {
+                    },
+                );
                 return Ok(());
-            };
-            let verdict = state.tracker.observe(record.sender, record.seq);
-            state.hlc.observe(record.hlc);
-            tracker_changed = true;
-            seen_now.insert(item.blob_id);
-            batch.seen.push(item.blob_id);
-            match verdict {
-                SeqVerdict::Replay => {
-                    debug!(sender = %record.sender.short(), seq = record.seq, "replayed record dropped");
-                    continue;
-                }
-                SeqVerdict::Gap { from, to } => {
-                    self.emit(Event::GapDetected {
-                        group,
-                        sender: record.sender,
-                        from,
-                        to,
-                    })
-                    .await;
-                }
-                SeqVerdict::New => {}
             }
-            self.emit(Event::Received {
+            Err(err) => return Err(ClientError::Store(format!("encryptor: {err}"))),
+        };
+        let Some(state) = self.groups.get_mut(&group) else {
+            return Ok(());
+        };
+        let verdict = state.tracker.observe(record.sender, record.seq);
+        state.hlc.observe(record.hlc);
+        batch.seen.push(item.blob_id);
+        match verdict {
+            SeqVerdict::Replay => {
+                debug!(sender = %record.sender.short(), seq = record.seq, "replayed record dropped");
+                return Ok(());
+            }
+            SeqVerdict::Gap { from, to } => hand_over(
+                events,
+                Event::GapDetected {
+                    group,
+                    sender: record.sender,
+                    from,
+                    to,
+                },
+            ),
+            SeqVerdict::New => {}
+        }
+        hand_over(
+            events,
+            Event::Received {
                 group,
                 sender: record.sender,
                 seq: record.seq,
                 hlc: record.hlc,
                 blob_id: item.blob_id,
                 payload: record.payload,
-            })
-            .await;
-        }
-        batch.cursor = Some((relay, upto));
-        if tracker_changed {
-            batch.tracker = self.groups.get(&group).map(|g| g.tracker.clone());
-        }
-        self.args.store.received(&group, &batch).await
+            },
+        );
+        Ok(())
     }
 
     async fn emit(&self, event: Event) {
@@ -509,6 +612,23 @@ impl CoordinatorState {
     }
 }
 
+/// Queue an event for the app; the caller made sure there is room. A closed stream (the app
+/// dropped it) swallows events.
+fn hand_over(events: &mpsc::Sender<Event>, event: Event) {
+    if let Err(err) = events.try_send(event) {
+        debug!(error = %err, "event not handed over");
+    }
+}
+
+/// A relay's batch of items not yet fully handed to the app.
+struct Backlog {
+    relay: DeviceId,
+    group: GroupId,
+    items: VecDeque<zerok_messages::Item>,
+    upto: u64,
+    batch: ReceivedBatch,
+}
+
 impl Actor for CoordinatorActor {
     type Msg = CoordMsg;
     type State = CoordinatorState;
@@ -528,6 +648,11 @@ impl Actor for CoordinatorActor {
             recent_order: VecDeque::new(),
             refused: HashSet::new(),
             is_retry_scheduled: false,
+            backlog: VecDeque::new(),
+            backlog_items: 0,
+            is_waiting_for_room: false,
+            paused: HashSet::new(),
+            barriers: Vec::new(),
         };
         for (id, record) in state.args.store.groups()? {
             let group = state.load_group(id, record)?;
@@ -600,7 +725,7 @@ impl Actor for CoordinatorActor {
                     group,
                     items,
                     upto,
-                } => state.on_items(relay, group, items, upto).await?,
+                } => state.on_items(&myself, relay, group, items, upto).await?,
             },
             CoordMsg::Enqueue {
                 group,
@@ -666,7 +791,16 @@ impl Actor for CoordinatorActor {
                 });
             }
             CoordMsg::Barrier { reply } => {
-                let _ = reply.send(());
+                // Answered once everything received before it is in the app's hands.
+                if state.backlog.is_empty() {
+                    let _ = reply.send(());
+                } else {
+                    state.barriers.push(reply);
+                }
+            }
+            CoordMsg::EventRoom => {
+                state.is_waiting_for_room = false;
+                state.drain(&myself).await?;
             }
             CoordMsg::Status { reply } => {
                 let _ = reply.send(state.status());

@@ -174,6 +174,19 @@ pub enum RelayConnMsg {
     },
     /// Keep-alive tick.
     PingDue,
+    /// The app is not keeping up: forget items after `rewind_to` (they are fetched again)
+    /// and take no more of the group until `Resume`.
+    Pause {
+        /// The group.
+        group: GroupId,
+        /// The persisted cursor.
+        rewind_to: u64,
+    },
+    /// Take items of the group again, catching up from the cursor.
+    Resume {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 impl From<LinkEvent> for RelayConnMsg {
@@ -214,6 +227,7 @@ struct GroupSync {
     have: u64,
     joined: bool,
     accepting: bool,
+    paused: bool,
     pulling: bool,
     pull_again: bool,
     waiters: Vec<RpcReplyPort<Result<(), String>>>,
@@ -227,6 +241,7 @@ impl GroupSync {
             have: group.cursor,
             joined: false,
             accepting: false,
+            paused: false,
             pulling: false,
             pull_again: false,
             waiters: Vec::new(),
@@ -413,7 +428,7 @@ impl RelayConnState {
         let Some(sync) = self.groups.get_mut(&group) else {
             return;
         };
-        if !sync.joined {
+        if !sync.joined || sync.paused {
             return;
         }
         if sync.pulling {
@@ -558,6 +573,10 @@ impl RelayConnState {
                 let Some(sync) = self.groups.get_mut(&group) else {
                     return;
                 };
+                if sync.paused {
+                    sync.pulling = false;
+                    return;
+                }
                 let upto = sync.have.max(next.0);
                 let items: Vec<Item> = items
                     .into_iter()
@@ -589,6 +608,9 @@ impl RelayConnState {
                 let Some(sync) = self.groups.get_mut(&group) else {
                     return;
                 };
+                if sync.paused {
+                    return;
+                }
                 if item.cursor.0 == sync.have + 1 && !sync.pulling {
                     sync.have = item.cursor.0;
                     let upto = sync.have;
@@ -813,6 +835,20 @@ impl Actor for RelayConnActor {
                     state.start_pull(group).await;
                 } else if state.conn.is_none() {
                     state.start_dial(&myself);
+                }
+            }
+            RelayConnMsg::Pause { group, rewind_to } => {
+                if let Some(sync) = state.groups.get_mut(&group) {
+                    sync.paused = true;
+                    sync.have = sync.have.min(rewind_to);
+                }
+            }
+            RelayConnMsg::Resume { group } => {
+                if let Some(sync) = state.groups.get_mut(&group)
+                    && sync.paused
+                {
+                    sync.paused = false;
+                    state.start_pull(group).await;
                 }
             }
             RelayConnMsg::PingDue => {

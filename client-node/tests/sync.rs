@@ -310,3 +310,75 @@ async fn passphrase_groups_join_with_the_passphrase_and_refuse_a_wrong_one() {
     let (received, _) = receive(&mut events, 1, Duration::from_secs(20)).await;
     assert_eq!(payloads(&received), ["for passphrase holders"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_does_not_read_events_stalls_nothing_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    let records = zerok_client::client::EVENTS_BUFFER + 500;
+    for n in 0..records {
+        alice
+            .enqueue(group, format!("r{n}").into_bytes())
+            .await
+            .unwrap();
+    }
+    // Bob has not taken his events: they pile up, yet his client keeps serving calls.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let receipt = tokio::time::timeout(
+        Duration::from_secs(20),
+        bob.push(group, b"bob still pushes".to_vec()),
+    )
+    .await
+    .expect("push completes while the app is not reading")
+    .unwrap();
+    assert_eq!(receipt.acked_by.len(), 1);
+    tokio::time::timeout(Duration::from_secs(5), bob.status())
+        .await
+        .expect("status answers")
+        .unwrap();
+    // Now the app reads: every record arrives once, in order.
+    let mut events = bob.events().unwrap();
+    let (received, _) = receive(&mut events, records, Duration::from_secs(60)).await;
+    assert_eq!(received.len(), records);
+    assert!(seqs(&received).iter().copied().eq(1..=records as u64));
+    let (extra, _) = receive(&mut events, 1, Duration::from_millis(500)).await;
+    assert!(extra.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_pauses_relays_and_resumes_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let alice = client(dir.path(), "alice").await;
+    let mut config = zerok_client::ClientConfig::new(dir.path().join("bob"));
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.events_backlog_max = 50;
+    let bob = zerok_client::Client::start(config).await.unwrap();
+    let group = alice
+        .create_group("slow reader", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    bob.join(
+        &alice.invite(group, Duration::from_secs(60)).await.unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let records = zerok_client::client::EVENTS_BUFFER + 300;
+    for n in 0..records {
+        alice
+            .enqueue(group, format!("r{n}").into_bytes())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // More than buffer + backlog arrived: the relay's items wait on the relay meanwhile.
+    assert!(bob.status().await.unwrap().groups[0].relays[0].cursor < records as u64);
+    let mut events = bob.events().unwrap();
+    let (received, _) = receive(&mut events, records, Duration::from_secs(60)).await;
+    assert_eq!(received.len(), records, "resumed and caught up");
+    assert!(seqs(&received).iter().copied().eq(1..=records as u64));
+    let (extra, _) = receive(&mut events, 1, Duration::from_millis(500)).await;
+    assert!(extra.is_empty());
+}
