@@ -9,18 +9,23 @@
 //! | `i` ‖ mailbox ‖ cursor_be | stored_at_ms ‖ expires_at_ms ‖ blob_id ‖ ciphertext |
 //! | `b` ‖ mailbox ‖ blob_id | cursor_be ‖ stored_at_ms (idempotency) |
 //! | `m` ‖ mailbox | latest_cursor ‖ bytes ‖ count |
-//! | `e` ‖ expires_at_ms_be ‖ mailbox ‖ cursor_be | (empty: the expiry index) |
+//! | `e` ‖ expires_at_ms_be ‖ mailbox ‖ first_cursor_be | cursors_be… (the expiry index) |
 //! | `v` | format version |
 //!
 //! Big-endian numbers make sled's byte order the cursor (and expiry) order. A mailbox's meta
 //! is never deleted, so its cursors keep increasing even after every item expired.
+//!
+//! The expiry index has one entry per mailbox and expiry time per group commit, listing the
+//! cursors that expire then: items of one commit share `stored_at`, so items with the same
+//! TTL share their expiry and one index write covers them all (a profile showed sled's
+//! per-insert cost dominating the commit; this saves one insert per item).
 
 use std::collections::HashMap;
 use zerok_messages::relay::{AppendRequest, StoreError, StoreOutcome};
 use zerok_messages::{BlobId, Cursor, MailboxId};
 
 /// Value of the format-version key.
-pub const FORMAT_VERSION: &[u8] = b"zerok-store-1";
+pub const FORMAT_VERSION: &[u8] = b"zerok-store-2";
 /// Key of the format version.
 pub const VERSION_KEY: &[u8] = b"v";
 /// Prefix of item keys.
@@ -150,7 +155,20 @@ pub fn expiry_key(expires_at_ms: u64, mailbox: &MailboxId, cursor: u64) -> [u8; 
     key
 }
 
-/// Parts of an expiry key: (expires_at_ms, mailbox, cursor).
+/// The cursors listed in an expiry entry's value.
+pub fn parse_expiry_cursors(value: &[u8]) -> Vec<u64> {
+    value
+        .chunks_exact(8)
+        .filter_map(|c| c.try_into().ok().map(u64::from_be_bytes))
+        .collect()
+}
+
+/// An expiry entry's value for `cursors`.
+pub fn expiry_value(cursors: &[u64]) -> Vec<u8> {
+    cursors.iter().flat_map(|c| c.to_be_bytes()).collect()
+}
+
+/// Parts of an expiry key: (expires_at_ms, mailbox, first cursor).
 pub fn parse_expiry_key(key: &[u8]) -> Option<(u64, MailboxId, u64)> {
     if key.len() != 49 || key[0] != EXPIRY_PREFIX {
         return None;
@@ -238,6 +256,8 @@ pub struct CommitPlan {
     pub new_bytes: u64,
     /// Mailboxes that held nothing before and hold items after.
     pub new_mailboxes: u64,
+    /// New cursors by (expiry, mailbox), written as one expiry entry each.
+    pub expiring: HashMap<(u64, MailboxId), Vec<u64>>,
 }
 
 /// Plan a group commit: assign cursors, answer duplicates with their original cursor (also
@@ -263,6 +283,14 @@ pub fn plan_commit(
             &mut existing,
         )?;
         plan.outcomes.push(outcome);
+    }
+    for ((expires_at_ms, mailbox), cursors) in &plan.expiring {
+        if let Some(first) = cursors.first() {
+            plan.writes.push(Write::Put(
+                expiry_key(*expires_at_ms, mailbox, *first).to_vec(),
+                expiry_value(cursors),
+            ));
+        }
     }
     for (mailbox, after) in &plan.metas {
         plan.writes.push(Write::Put(
@@ -327,10 +355,10 @@ fn plan_one(
         blob_key(&mailbox, &request.blob_id).to_vec(),
         blob_value(cursor, now_ms).to_vec(),
     ));
-    plan.writes.push(Write::Put(
-        expiry_key(expires_at_ms, &mailbox, cursor).to_vec(),
-        Vec::new(),
-    ));
+    plan.expiring
+        .entry((expires_at_ms, mailbox))
+        .or_default()
+        .push(cursor);
     if current.count == 0 {
         plan.new_mailboxes += 1;
     }
@@ -427,6 +455,30 @@ mod tests {
             StoreOutcome::Rejected(StoreError::QuotaExceeded { quota_bytes: 6 })
         ));
         assert_eq!(cursor(&plan.outcomes[3]), (2, false));
+    }
+
+    #[test]
+    fn one_expiry_entry_per_mailbox_and_ttl_in_a_commit() {
+        let mut requests: Vec<AppendRequest> =
+            (0..5u64).map(|n| request(n, 1, &n.to_be_bytes())).collect();
+        requests[2].ttl_secs = Some(60);
+        requests.push(request(9, 2, b"other mailbox"));
+        let plan = plan(&requests, &StoreLimits::default());
+        let expiry: Vec<(Vec<u8>, Vec<u8>)> = plan
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Put(k, v) if k[0] == EXPIRY_PREFIX => Some((k.clone(), v.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(expiry.len(), 3, "default TTL, 60 s TTL, other mailbox");
+        let mut lists: Vec<Vec<u64>> = expiry
+            .iter()
+            .map(|(_, v)| parse_expiry_cursors(v))
+            .collect();
+        lists.sort();
+        assert_eq!(lists, vec![vec![1], vec![1, 2, 4, 5], vec![3]]);
     }
 
     #[test]

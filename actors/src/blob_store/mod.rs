@@ -279,22 +279,27 @@ impl BlobStoreState {
         let scanned = tokio::task::spawn_blocking(move || scan_expired(&db, now_ms, max_items))
             .await
             .unwrap_or_else(|err| Err(unavailable(err)));
-        let (expired, more) = match scanned {
+        let (slice, more) = match scanned {
             Ok(found) => found,
             Err(err) => {
                 warn!(error = %err, "sweep scan failed");
                 return SweepReport::default();
             }
         };
-        if expired.is_empty() {
+        if slice.items.is_empty() && slice.removed.is_empty() {
             return SweepReport::default();
         }
         let mut batch = sled::Batch::default();
+        for key in &slice.removed {
+            batch.remove(key.as_slice());
+        }
+        if let Some((key, rest)) = &slice.rewritten {
+            batch.insert(key.as_slice(), core::expiry_value(rest));
+        }
         let mut metas: HashMap<MailboxId, MailboxMeta> = HashMap::new();
         let mut evicted = 0u64;
         let mut evicted_bytes = 0u64;
-        for entry in &expired {
-            batch.remove(entry.expiry_key.as_slice());
+        for entry in &slice.items {
             let Some(size) = entry.size else { continue };
             let meta = match metas.get(&entry.mailbox) {
                 Some(meta) => *meta,
@@ -412,7 +417,6 @@ fn write_batch(
 }
 
 struct Expired {
-    expiry_key: Vec<u8>,
     mailbox: MailboxId,
     cursor: u64,
     blob_id: BlobId,
@@ -422,49 +426,78 @@ struct Expired {
     owns_blob_key: bool,
 }
 
-/// Up to `max_items` expiry-index entries due at `now_ms`, and whether more are due.
+/// What one sweep slice changes in the expiry index.
+#[derive(Default)]
+struct ExpiredSlice {
+    items: Vec<Expired>,
+    /// Index entries fully taken.
+    removed: Vec<Vec<u8>>,
+    /// An entry partly taken: its key and the cursors left in it.
+    rewritten: Option<(Vec<u8>, Vec<u64>)>,
+}
+
+/// Up to `max_items` items due at `now_ms` by the expiry index, and whether more are due.
 fn scan_expired(
     db: &sled::Db,
     now_ms: u64,
     max_items: u32,
-) -> Result<(Vec<Expired>, bool), StoreError> {
+) -> Result<(ExpiredSlice, bool), StoreError> {
+    let budget = max_items.max(1) as usize;
     let end = core::expiry_key(now_ms, &MailboxId([0xff; 32]), u64::MAX);
-    let mut found = Vec::new();
+    let mut slice = ExpiredSlice::default();
     for entry in db.range([EXPIRY_PREFIX].as_slice()..=end.as_slice()) {
-        let (key, _) = entry.map_err(unavailable)?;
-        if found.len() >= max_items.max(1) as usize {
-            return Ok((found, true));
+        let (key, value) = entry.map_err(unavailable)?;
+        if slice.items.len() >= budget {
+            return Ok((slice, true));
         }
-        let Some((_, mailbox, cursor)) = core::parse_expiry_key(&key) else {
+        let Some((_, mailbox, _)) = core::parse_expiry_key(&key) else {
             continue;
         };
-        let item = db
-            .get(core::item_key(&mailbox, cursor))
-            .map_err(unavailable)?;
-        let parsed = item
-            .as_deref()
-            .and_then(core::parse_item_value)
-            .map(|v| (v.blob_id, v.ciphertext.len() as u64));
-        let (blob_id, size) = match parsed {
-            Some((blob_id, size)) => (blob_id, Some(size)),
-            None => (BlobId([0; 32]), None),
+        let mut cursors = core::parse_expiry_cursors(&value);
+        let room = budget - slice.items.len();
+        let rest = if cursors.len() > room {
+            cursors.split_off(room)
+        } else {
+            Vec::new()
         };
-        let owns_blob_key = size.is_some()
-            && db
-                .get(core::blob_key(&mailbox, &blob_id))
-                .map_err(unavailable)?
-                .and_then(|v| core::parse_blob_value(&v))
-                .is_some_and(|(owner, _)| owner == cursor);
-        found.push(Expired {
-            expiry_key: key.to_vec(),
-            mailbox,
-            cursor,
-            blob_id,
-            size,
-            owns_blob_key,
-        });
+        for cursor in cursors {
+            slice.items.push(expired_item(db, mailbox, cursor)?);
+        }
+        if rest.is_empty() {
+            slice.removed.push(key.to_vec());
+        } else {
+            slice.rewritten = Some((key.to_vec(), rest));
+            return Ok((slice, true));
+        }
     }
-    Ok((found, false))
+    Ok((slice, false))
+}
+
+fn expired_item(db: &sled::Db, mailbox: MailboxId, cursor: u64) -> Result<Expired, StoreError> {
+    let item = db
+        .get(core::item_key(&mailbox, cursor))
+        .map_err(unavailable)?;
+    let parsed = item
+        .as_deref()
+        .and_then(core::parse_item_value)
+        .map(|v| (v.blob_id, v.ciphertext.len() as u64));
+    let (blob_id, size) = match parsed {
+        Some((blob_id, size)) => (blob_id, Some(size)),
+        None => (BlobId([0; 32]), None),
+    };
+    let owns_blob_key = size.is_some()
+        && db
+            .get(core::blob_key(&mailbox, &blob_id))
+            .map_err(unavailable)?
+            .and_then(|v| core::parse_blob_value(&v))
+            .is_some_and(|(owner, _)| owner == cursor);
+    Ok(Expired {
+        mailbox,
+        cursor,
+        blob_id,
+        size,
+        owns_blob_key,
+    })
 }
 
 /// Read a page of durable, unexpired items (on the blocking pool).
