@@ -755,3 +755,72 @@ async fn lookups_of_empty_mailboxes_do_not_grow_memory() {
     append(&store.actor, vec![request(0, MAILBOX, b"real", None)]).await;
     assert_eq!(stats(&store.actor).await.cached_metas, 1);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Sweeping in slices of any size evicts exactly the expired items, whatever mix of
+    /// TTLs and commits produced the expiry index, and the totals stay consistent.
+    #[test]
+    fn sweeps_evict_exactly_the_expired(
+        commits in proptest::collection::vec(proptest::collection::vec((0u8..2, 1u32..5), 1..20), 1..6),
+        slice in 1u32..9,
+        at in 1u64..6,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let clock = Clock::manual(1_000_000);
+            let store = start_in(
+                tempfile::tempdir().unwrap(),
+                StoreLimits::default(),
+                clock.clone(),
+                FaultPlan::none(),
+            )
+            .await;
+            let mut expected_left = 0u64;
+            let mut n = 0u64;
+            for requests in &commits {
+                let batch: Vec<AppendRequest> = requests
+                    .iter()
+                    .map(|(mailbox, ttl)| {
+                        n += 1;
+                        if u64::from(*ttl) > at {
+                            expected_left += 1;
+                        }
+                        request(n, MailboxId([*mailbox; 32]), &n.to_be_bytes(), Some(*ttl))
+                    })
+                    .collect();
+                append(&store.actor, batch).await;
+            }
+            // `at` seconds later, every item with a TTL of at most `at` seconds is due.
+            clock.set_unix_ms(1_000_000 + at * 1000);
+            let mut evicted = 0;
+            loop {
+                let report = sweep(&store.actor, slice).await;
+                assert!(report.evicted <= u64::from(slice));
+                evicted += report.evicted;
+                if !report.more {
+                    break;
+                }
+            }
+            assert_eq!(evicted, n - expected_left);
+            let totals = stats(&store.actor).await;
+            assert_eq!(totals.items, expected_left);
+            let mut readable = 0;
+            for mailbox in 0u8..2 {
+                let page = ractor::call!(store.actor, |reply| BlobStoreMsg::Read {
+                    mailbox: MailboxId([mailbox; 32]),
+                    after: Cursor(0),
+                    max_items: 10_000,
+                    max_bytes: u32::MAX,
+                    reply,
+                })
+                .unwrap()
+                .unwrap();
+                readable += page.items.len() as u64;
+            }
+            assert_eq!(readable, expected_left);
+            assert_eq!(sweep(&store.actor, slice).await.evicted, 0, "nothing left to sweep");
+        });
+    }
+}
