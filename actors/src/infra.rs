@@ -54,10 +54,6 @@ pub struct InfraState {
 }
 
 impl InfraState {
-    fn store_args(&self) -> BlobStoreArgs {
-        store_args(&self.args)
-    }
-
     async fn spawn_sweeper(
         &mut self,
         myself: &ActorRef<InfraMsg>,
@@ -120,7 +116,7 @@ impl Actor for InfraActor {
                 match Actor::spawn_linked(
                     None,
                     BlobStoreActor,
-                    state.store_args(),
+                    store_args(&state.args),
                     myself.get_cell(),
                 )
                 .await

@@ -24,12 +24,12 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 use zerok_actors::crypto::join::sign_join;
 use zerok_actors::crypto::keys::EpochKeys;
+use zerok_actors::link::hello::hello;
 use zerok_actors::link::{Dialer, LinkReceiver, LinkSender};
 use zerok_actors::link_reader::{LinkReaderActor, LinkReaderArgs};
 use zerok_actors::rng::Rng;
 use zerok_messages::link::LinkEvent;
 use zerok_messages::relay::LinkReaderMsg;
-use zerok_messages::wire::PROTOCOL_VERSION;
 use zerok_messages::{
     BlobId, Cursor, DeviceId, ErrorCode, Frame, Item, Limits, RelayAddr, ReqId, codec,
 };
@@ -44,6 +44,8 @@ pub const PING_EVERY: Duration = Duration::from_secs(15);
 pub const DEAD_AFTER: Duration = Duration::from_secs(45);
 /// Pushes one connection has in flight.
 pub const PUSHES_IN_FLIGHT_MAX: usize = 128;
+/// How long a relay may take to answer `Hello`.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames the client reads ahead of its processing.
 const READ_AHEAD: usize = 64;
 
@@ -292,34 +294,16 @@ async fn dial(
         .dial(&relay)
         .await
         .map_err(|e| (e.to_string(), None))?;
-    let (_, sender, mut receiver) = link.into_parts();
-    let hello = Frame::Hello {
-        versions: vec![PROTOCOL_VERSION],
-        client_agent: concat!("zerok-client/", env!("CARGO_PKG_VERSION")).into(),
-    };
-    let body = codec::encode(&hello).map_err(|e| (e.to_string(), None))?;
-    sender
-        .send(Bytes::from(body))
+    let agent = concat!("zerok-client/", env!("CARGO_PKG_VERSION"));
+    let welcomed = hello(link, agent, WELCOME_TIMEOUT)
         .await
-        .map_err(|e| (e.to_string(), None))?;
-    let first = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
-        .await
-        .map_err(|_| ("no welcome in time".to_owned(), None))?
-        .map_err(|e| (e.to_string(), None))?
-        .ok_or_else(|| ("closed before welcome".to_owned(), None))?;
-    match codec::decode(&first).map_err(|e| (e.to_string(), None))? {
-        Frame::Welcome { nonce, limits, .. } => Ok((sender, receiver, nonce, limits)),
-        Frame::Error {
-            code,
-            message,
-            retry_after_ms,
-            ..
-        } => Err((
-            format!("refused: {}: {message}", code.as_str()),
-            retry_after_ms.map(Duration::from_millis),
-        )),
-        other => Err((format!("unexpected {} before welcome", other.tag()), None)),
-    }
+        .map_err(|e| (e.to_string(), e.retry_after()))?;
+    Ok((
+        welcomed.sender,
+        welcomed.receiver,
+        welcomed.nonce,
+        welcomed.limits,
+    ))
 }
 
 impl RelayConnState {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use zerok_actors::crypto::join::sign_join;
 use zerok_actors::crypto::keys::EpochKeys;
+use zerok_actors::link::hello::{HelloError, Welcomed, hello};
 use zerok_actors::link::{Dialer, LinkError, LinkSender};
 use zerok_messages::{
     BlobId, Cursor, DeviceId, ErrorCode, Frame, Item, Limits, MailboxId, RelayAddr, ReqId, codec,
@@ -112,25 +113,29 @@ impl ProtoClient {
     pub async fn connect(dialer: &dyn Dialer, addr: &RelayAddr) -> Result<ProtoClient, ProtoError> {
         let link = dialer.dial(addr).await?;
         let device_id = dialer.local_id();
-        let (_, sender, mut receiver) = link.into_parts();
-        let hello = Frame::Hello {
-            versions: vec![zerok_messages::wire::PROTOCOL_VERSION],
-            client_agent: "zerok-harness".into(),
-        };
-        sender.send(encode(&hello)?).await?;
-        let welcome = tokio::time::timeout(REQUEST_TIMEOUT, receiver.recv())
+        let Welcomed {
+            sender,
+            mut receiver,
+            relay_id,
+            nonce,
+            limits,
+        } = hello(link, "zerok-harness", REQUEST_TIMEOUT)
             .await
-            .map_err(|_| ProtoError::Timeout(REQUEST_TIMEOUT))??
-            .ok_or(ProtoError::Closed)?;
-        let (relay_id, nonce, limits) = match decode(&welcome)? {
-            Frame::Welcome {
-                relay_id,
-                nonce,
-                limits,
-                ..
-            } => (relay_id, nonce, limits),
-            other => return Err(refused(other)),
-        };
+            .map_err(|err| match err {
+                HelloError::Link(err) => ProtoError::Link(err),
+                HelloError::Timeout(after) => ProtoError::Timeout(after),
+                HelloError::Closed => ProtoError::Closed,
+                HelloError::Refused {
+                    code,
+                    message,
+                    retry_after_ms,
+                } => ProtoError::Refused {
+                    code,
+                    message,
+                    retry_after_ms,
+                },
+                HelloError::Unexpected(what) => ProtoError::Unexpected(what),
+            })?;
         let waiters: Waiters = Arc::default();
         let (events_tx, events) = mpsc::unbounded_channel();
         let reader_waiters = Arc::clone(&waiters);
@@ -348,8 +353,4 @@ fn encode(frame: &Frame) -> Result<Bytes, ProtoError> {
     codec::encode(frame)
         .map(Bytes::from)
         .map_err(|err| ProtoError::Unexpected(err.to_string()))
-}
-
-fn decode(body: &[u8]) -> Result<Frame, ProtoError> {
-    codec::decode(body).map_err(|err| ProtoError::Unexpected(err.to_string()))
 }

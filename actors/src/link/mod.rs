@@ -16,6 +16,7 @@
 //! - Queues are bounded by [`LINK_QUEUE_FRAMES`]: a slow peer slows its sender down
 //!   (`send` waits; `try_send` says [`LinkError::Full`]).
 
+pub mod hello;
 pub mod iroh;
 pub mod memory;
 

@@ -218,14 +218,12 @@ pub async fn push(
 
 /// Sum and count of a Prometheus histogram of the relay's `/metrics`.
 async fn histogram(relay: &RelayProcess, name: &str) -> Option<(f64, f64)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(relay.http?).await.ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    let (status, text) = zerok_relay::http::client::http_get(relay.http?, "/metrics")
         .await
         .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.ok()?;
+    if status != 200 {
+        return None;
+    }
     let value = |suffix: &str| {
         let prefix = format!("{name}_{suffix} ");
         text.lines()
