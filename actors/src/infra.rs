@@ -1,7 +1,7 @@
 //! Infra supervisor: owns the BlobStore and the CleanupSweeper (DESIGN.md §2).
 //!
-//! It holds the sled `Db` and hands a clone to each BlobStore it spawns, so a restarted store
-//! finds everything durable where it was. Policy one-for-one with the shared backoff
+//! It holds the opened [`Store`] and hands it to each BlobStore it spawns, so a restarted
+//! store finds everything durable where it was. Policy one-for-one with the shared backoff
 //! ([`crate::supervision`]): a crashed store is respawned and the [`SharedRef`] everyone
 //! reaches it through is pointed at the new one; routers resend pushes that were queued in the
 //! dead store (they were never acked, and appends are idempotent). While the store is down,
@@ -9,7 +9,7 @@
 //! `actor_restarts_total{actor="blob_store"|"cleanup_sweeper"}`.
 
 use crate::blob_store::core::StoreLimits;
-use crate::blob_store::{BlobStoreActor, BlobStoreArgs};
+use crate::blob_store::{BlobStoreActor, BlobStoreArgs, Store};
 use crate::cleanup_sweeper::{CleanupSweeperActor, CleanupSweeperArgs};
 use crate::clock::Clock;
 use crate::fault::FaultPlan;
@@ -17,6 +17,7 @@ use crate::metrics::RelayMetrics;
 use crate::shared_ref::SharedRef;
 use crate::supervision::RestartTracker;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 use zerok_messages::relay::{BlobStoreMsg, CleanupSweeperMsg, InfraMsg};
@@ -27,8 +28,8 @@ pub struct InfraActor;
 /// What Infra needs.
 #[derive(Clone)]
 pub struct InfraArgs {
-    /// The opened store database.
-    pub db: sled::Db,
+    /// The opened store.
+    pub store: Arc<Store>,
     /// Store limits.
     pub limits: StoreLimits,
     /// Wall time.
@@ -73,7 +74,7 @@ impl InfraState {
 
 fn store_args(args: &InfraArgs) -> BlobStoreArgs {
     BlobStoreArgs {
-        db: args.db.clone(),
+        store: args.store.clone(),
         limits: args.limits,
         clock: args.clock.clone(),
         faults: args.faults.clone(),

@@ -30,11 +30,13 @@ pub struct RelayMetrics {
     pub bytes_stored: IntGauge,
     /// Mailboxes holding items now.
     pub mailboxes: IntGauge,
+    /// Bytes of the store's log on disk now.
+    pub store_disk_bytes: IntGauge,
     /// Seconds from a push frame to its ack.
     pub push_latency_seconds: Histogram,
     /// Pushes per group commit.
     pub batch_size: Histogram,
-    /// Seconds one group commit's apply + flush took.
+    /// Seconds one group commit's write + fdatasync took.
     pub flush_latency_seconds: Histogram,
     /// Live deliveries replaced by a `Notify` because a subscriber's queue was full.
     pub fanout_drops_total: IntCounter,
@@ -116,6 +118,7 @@ impl RelayMetrics {
             items_stored: gauge(r, "items_stored", "items stored now"),
             bytes_stored: gauge(r, "bytes_stored", "ciphertext bytes stored now"),
             mailboxes: gauge(r, "mailboxes", "mailboxes holding items now"),
+            store_disk_bytes: gauge(r, "store_disk_bytes", "bytes of the store's log on disk"),
             push_latency_seconds: histogram(
                 r,
                 "push_latency_seconds",
@@ -133,7 +136,7 @@ impl RelayMetrics {
             flush_latency_seconds: histogram(
                 r,
                 "flush_latency_seconds",
-                "group commit apply and flush",
+                "group commit write and fdatasync",
                 latency_buckets(),
             ),
             fanout_drops_total: counter(

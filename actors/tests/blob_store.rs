@@ -1,4 +1,4 @@
-//! BlobStore, CleanupSweeper and Infra tests on a real sled database in a temp dir: group
+//! BlobStore, CleanupSweeper and Infra tests on a real segment-log store in a temp dir: group
 //! commit, cursors, idempotency, quota and size limits, paging, TTL under virtual time,
 //! sweeping, injected write/flush faults, durability across a reopen, and a killed store
 //! restarted under Infra without losing an acked push. A property test checks the store
@@ -13,9 +13,11 @@ use common::collector;
 use proptest::prelude::*;
 use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use zerok_actors::blob_store::core::StoreLimits;
-use zerok_actors::blob_store::{BlobStoreActor, BlobStoreArgs, open_db};
+use zerok_actors::blob_store::segments::SEGMENT_BYTES_DEFAULT;
+use zerok_actors::blob_store::{BlobStoreActor, BlobStoreArgs, Store as LogStore};
 use zerok_actors::clock::Clock;
 use zerok_actors::fault::{FaultPlan, FaultPoint};
 use zerok_actors::infra::{InfraActor, InfraArgs};
@@ -32,7 +34,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 struct Store {
     actor: ActorRef<BlobStoreMsg>,
-    db: sled::Db,
+    store: Arc<LogStore>,
     _dir: tempfile::TempDir,
     metrics: RelayMetrics,
 }
@@ -43,13 +45,13 @@ async fn start_in(
     clock: Clock,
     faults: FaultPlan,
 ) -> Store {
-    let db = open_db(dir.path(), 8 << 20).unwrap();
+    let store = open(dir.path());
     let metrics = RelayMetrics::new();
     let (actor, _) = Actor::spawn(
         None,
         BlobStoreActor,
         BlobStoreArgs {
-            db: db.clone(),
+            store: store.clone(),
             limits,
             clock,
             faults,
@@ -60,10 +62,14 @@ async fn start_in(
     .unwrap();
     Store {
         actor,
-        db,
+        store,
         _dir: dir,
         metrics,
     }
+}
+
+fn open(dir: &std::path::Path) -> Arc<LogStore> {
+    Arc::new(LogStore::open(dir, SEGMENT_BYTES_DEFAULT).unwrap())
 }
 
 async fn start(limits: StoreLimits) -> Store {
@@ -341,14 +347,16 @@ async fn ttl_expiry_and_sweeping_in_virtual_hours() {
     // Cursors are never reused after eviction; an evicted blob can be stored again.
     let again = append(&store.actor, vec![request(3, MAILBOX, b"one-hour", None)]).await;
     assert_eq!(cursor(&again[0]), (4, false));
-    // Only the expiry index, item, idempotency and meta keys existed: nothing stale remains
-    // but the meta and the new item's keys.
-    let keys = store.db.iter().count();
+    // The segment that held the evicted items was deleted once nothing in it was live; what
+    // is on disk is a new segment with the mailbox's cursor mark and the new item.
+    let totals = stats(&store.actor).await;
+    assert_eq!(totals.segments, 1);
     assert_eq!(
-        keys,
-        1 + 1 + 3,
-        "version + meta + the new item's three keys"
+        totals.disk_bytes,
+        8 + (8 + 41) + (8 + 89 + 8),
+        "magic + mark + the new item's record"
     );
+    assert_eq!(store.store.stats().items, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -406,26 +414,26 @@ async fn acked_items_survive_a_reopen_and_cursors_continue() {
         .collect();
     append(&store.actor, requests).await;
     store.actor.stop(None);
-    let Store { db, _dir, .. } = store;
-    drop(db);
-    // Give the stopped actor's state (and its db clone) time to drop.
+    let Store { store, _dir, .. } = store;
+    drop(store);
+    // Give the stopped actor's state (and its store clone) time to drop.
     let mut reopened = None;
     for _ in 0..100 {
-        match open_db(&path, 8 << 20) {
-            Ok(db) => {
-                reopened = Some(db);
+        match LogStore::open(&path, SEGMENT_BYTES_DEFAULT) {
+            Ok(store) => {
+                reopened = Some(Arc::new(store));
                 break;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    let db = reopened.expect("the store reopens");
+    let store = reopened.expect("the store reopens");
     let metrics = RelayMetrics::new();
     let (actor, _) = Actor::spawn(
         None,
         BlobStoreActor,
         BlobStoreArgs {
-            db,
+            store,
             limits: StoreLimits::default(),
             clock: Clock::system(),
             faults: FaultPlan::none(),
@@ -458,13 +466,20 @@ async fn acked_items_survive_a_reopen_and_cursors_continue() {
 #[tokio::test]
 async fn a_different_store_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path()).unwrap();
-        db.insert(b"v", b"zerok-store-999".as_slice()).unwrap();
-        db.flush().unwrap();
-    }
-    let err = open_db(dir.path(), 8 << 20).unwrap_err();
+    std::fs::write(dir.path().join("FORMAT"), "zerok-store-999\n").unwrap();
+    let err = LogStore::open(dir.path(), SEGMENT_BYTES_DEFAULT)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("zerok-store-999"), "{err}");
+    // A sled directory of the relay before format 3 is named as such, and left alone.
+    let old = tempfile::tempdir().unwrap();
+    std::fs::write(old.path().join("conf"), "segment_size: 524288\n").unwrap();
+    std::fs::write(old.path().join("db"), b"sled").unwrap();
+    let err = LogStore::open(old.path(), SEGMENT_BYTES_DEFAULT)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("sled"), "{err}");
+    assert!(!old.path().join("FORMAT").exists());
 }
 
 #[tokio::test]
@@ -523,7 +538,7 @@ async fn infra(
     zerok_actors::shared_ref::SharedRef<BlobStoreMsg>,
 ) {
     let args = InfraArgs {
-        db: open_db(dir, 8 << 20).unwrap(),
+        store: open(dir),
         limits: StoreLimits::default(),
         clock: Clock::system(),
         faults: FaultPlan::none(),
@@ -697,7 +712,7 @@ async fn the_sweeper_evicts_on_its_interval_in_slices() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = RelayMetrics::new();
     let args = InfraArgs {
-        db: open_db(dir.path(), 8 << 20).unwrap(),
+        store: open(dir.path()),
         limits: StoreLimits::default(),
         clock: Clock::virtual_at(1_700_000_000_000),
         faults: FaultPlan::none(),

@@ -109,8 +109,12 @@ pub struct StoreStats {
     pub bytes: u64,
     /// Group commits (one flush each) since the store started.
     pub commits: u64,
-    /// Mailbox metas cached in memory (only mailboxes that hold or held items).
+    /// Mailbox metas in memory (only mailboxes that hold or held items).
     pub cached_metas: u64,
+    /// Segment files of the log.
+    pub segments: u64,
+    /// Bytes of the log on disk.
+    pub disk_bytes: u64,
 }
 
 /// Result of one sweep slice.

@@ -33,6 +33,8 @@ pub const INFLIGHT_MAX_LIMIT: u32 = 4096;
 /// Longest shutdown grace accepted. DESIGN.md §7 promises exit within 10 s by default;
 /// a minute is the most a supervisor (systemd, docker) should reasonably be told to wait.
 pub const GRACE_SECS_LIMIT: u64 = 60;
+/// Smallest `store.segment_bytes`.
+pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
 
 /// Upper bound of the CBOR encoding of one [`zerok_messages::Item`] beside its ciphertext:
 /// four field names, two `u64`s, a 32-byte id and a byte-string header come to 97 bytes.
@@ -70,7 +72,7 @@ pub struct RelayConfig {
     pub connections: ConnectionsConfig,
     /// Frame rates per device and for the whole relay.
     pub rate_limits: RateLimitsConfig,
-    /// The embedded store (sled) and its sweeper.
+    /// The embedded store (a segment log) and its sweeper.
     pub store: StoreConfig,
     /// How a stop signal is handled.
     pub shutdown: ShutdownConfig,
@@ -139,7 +141,7 @@ pub struct RateLimitsConfig {
     pub frames_global_burst: u32,
 }
 
-/// The embedded store (sled) and its sweeper.
+/// The embedded store (a segment log) and its sweeper.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
@@ -149,8 +151,9 @@ pub struct StoreConfig {
     pub sweep_interval_secs: u64,
     /// Most items one sweep slice evicts before letting pushes through again.
     pub sweep_slice_items: u32,
-    /// sled's page cache, in bytes.
-    pub cache_capacity_bytes: u64,
+    /// Size at which a log segment is closed and a new one started, in bytes (at least
+    /// 1 MiB). Disk space comes back a whole segment at a time.
+    pub segment_bytes: u64,
 }
 
 /// How a stop signal (SIGINT, SIGTERM) is handled.
@@ -244,7 +247,7 @@ impl Default for StoreConfig {
             // 1000 deletions take milliseconds, so a sweep never stalls pushes for long.
             sweep_slice_items: 1000,
             // 64 MiB: the hot mailbox heads of a small relay stay in memory.
-            cache_capacity_bytes: 64 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -490,7 +493,13 @@ impl StoreConfig {
         require_positive("store.commit_max_items", self.commit_max_items.into())?;
         require_positive("store.sweep_interval_secs", self.sweep_interval_secs)?;
         require_positive("store.sweep_slice_items", self.sweep_slice_items.into())?;
-        require_positive("store.cache_capacity_bytes", self.cache_capacity_bytes)
+        if self.segment_bytes < SEGMENT_BYTES_MIN {
+            return Err(invalid(
+                "store.segment_bytes",
+                format!("must be at least {SEGMENT_BYTES_MIN} (1 MiB)"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -972,7 +981,7 @@ mod tests {
             "commit_max_items",
             "sweep_interval_secs",
             "sweep_slice_items",
-            "cache_capacity_bytes",
+            "segment_bytes",
             "[shutdown]",
             "grace_secs",
         ] {

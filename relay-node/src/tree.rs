@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
+use zerok_actors::blob_store::Store;
 use zerok_actors::blob_store::core::StoreLimits;
-use zerok_actors::blob_store::open_db;
 use zerok_actors::clock::Clock;
 use zerok_actors::fault::FaultPlan;
 use zerok_actors::infra::{InfraActor, InfraArgs};
@@ -354,8 +354,8 @@ impl RelayNode {
         let secret = load_or_create_secret_key(&data_dir.join(NODE_KEY_FILE), &mut rng)
             .map_err(|err| data_dir_err(data_dir, err))?;
         let store_dir = data_dir.join(STORE_DIR);
-        let cache = config.store.cache_capacity_bytes;
-        let db = tokio::task::spawn_blocking(move || open_db(&store_dir, cache))
+        let segment_bytes = config.store.segment_bytes;
+        let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, segment_bytes))
             .await
             .map_err(|err| data_dir_err(data_dir, err))??;
         let endpoint = IrohNode::bind(IrohConfig::new(secret, config.bind))
@@ -397,7 +397,7 @@ impl RelayNode {
         let limits = &config.limits;
         let root_args = RootArgs {
             infra: InfraArgs {
-                db,
+                store: Arc::new(store),
                 limits: StoreLimits {
                     blob_bytes_max: limits.blob_bytes_max as usize,
                     mailbox_quota_bytes: limits.mailbox_quota_bytes,

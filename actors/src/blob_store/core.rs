@@ -1,43 +1,46 @@
-//! The BlobStore's pure core: the on-disk key layout and the group-commit plan.
+//! The BlobStore's pure core: limits, the group-commit plan, and the record format of the
+//! segment log.
 //!
-//! One sled tree holds four key spaces, so one push is one atomic `apply_batch` (DESIGN.md §5
-//! names four trees; one tree with prefixes gives the same atomicity without a cross-tree
-//! transaction — see docs/DECISIONS.md):
+//! The store is an append-only log of segment files (see [`super::log`]); each segment holds
+//! a header and then records, each framed as
 //!
-//! | key | value |
+//! | field | bytes |
 //! |---|---|
-//! | `i` ‖ mailbox ‖ cursor_be | stored_at_ms ‖ expires_at_ms ‖ blob_id ‖ ciphertext |
-//! | `b` ‖ mailbox ‖ blob_id | cursor_be ‖ stored_at_ms (idempotency) |
-//! | `m` ‖ mailbox | latest_cursor ‖ bytes ‖ count |
-//! | `e` ‖ expires_at_ms_be ‖ mailbox ‖ first_cursor_be | cursors_be… (the expiry index) |
-//! | `v` | format version |
+//! | body length (LE) | 4 |
+//! | CRC-32 of the body (LE) | 4 |
+//! | body | length |
 //!
-//! Big-endian numbers make sled's byte order the cursor (and expiry) order. A mailbox's meta
-//! is never deleted, so its cursors keep increasing even after every item expired.
+//! and each body is one of
 //!
-//! The expiry index has one entry per mailbox and expiry time per group commit, listing the
-//! cursors that expire then: items of one commit share `stored_at`, so items with the same
-//! TTL share their expiry and one index write covers them all (a profile showed sled's
-//! per-insert cost dominating the commit; this saves one insert per item).
+//! | kind | body |
+//! |---|---|
+//! | `1` item | mailbox ‖ cursor ‖ blob_id ‖ stored_at_ms ‖ expires_at_ms ‖ ciphertext |
+//! | `2` mark | mailbox ‖ latest cursor (keeps a mailbox's cursor when the segment that held its newest item is deleted) |
+//!
+//! Numbers are little-endian. A record is whole or absent: a torn tail (a crash in the middle
+//! of a write that was never acknowledged) fails its length or CRC and is cut off when the
+//! store opens.
 
 use std::collections::HashMap;
 use zerok_messages::relay::{AppendRequest, StoreError, StoreOutcome};
 use zerok_messages::{BlobId, Cursor, MailboxId};
 
-/// Value of the format-version key.
-pub const FORMAT_VERSION: &[u8] = b"zerok-store-2";
-/// Key of the format version.
-pub const VERSION_KEY: &[u8] = b"v";
-/// Prefix of item keys.
-pub const ITEM_PREFIX: u8 = b'i';
-/// Prefix of idempotency keys.
-pub const BLOB_PREFIX: u8 = b'b';
-/// Prefix of mailbox meta keys.
-pub const META_PREFIX: u8 = b'm';
-/// Prefix of expiry-index keys.
-pub const EXPIRY_PREFIX: u8 = b'e';
-
-const ITEM_HEADER: usize = 8 + 8 + 32;
+/// The store's format, written to the `FORMAT` file of its directory.
+pub const FORMAT_VERSION: &str = "zerok-store-3";
+/// First bytes of every segment file.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"zkseg03\n";
+/// Bytes of a record's frame before its body.
+pub const FRAME_HEADER: usize = 8;
+/// Body kind of an item.
+pub const KIND_ITEM: u8 = 1;
+/// Body kind of a mark.
+pub const KIND_MARK: u8 = 2;
+/// Bytes of an item body before its ciphertext.
+pub const ITEM_HEADER: usize = 1 + 32 + 8 + 32 + 8 + 8;
+/// Bytes of a mark body.
+pub const MARK_BODY: usize = 1 + 32 + 8;
+/// Largest body a record may declare (anything larger is corruption).
+pub const BODY_MAX: usize = ITEM_HEADER + 16 * 1024 * 1024;
 
 /// Limits the store enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +78,7 @@ impl StoreLimits {
     }
 }
 
-/// Per-mailbox totals, stored under `m` ‖ mailbox.
+/// Per-mailbox totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MailboxMeta {
     /// Newest cursor ever assigned (0 = none).
@@ -86,279 +89,109 @@ pub struct MailboxMeta {
     pub count: u64,
 }
 
-impl MailboxMeta {
-    /// Encoded value.
-    pub fn encode(&self) -> [u8; 24] {
-        let mut out = [0u8; 24];
-        out[..8].copy_from_slice(&self.latest.to_be_bytes());
-        out[8..16].copy_from_slice(&self.bytes.to_be_bytes());
-        out[16..].copy_from_slice(&self.count.to_be_bytes());
-        out
-    }
-
-    /// Decode a stored value; `None` when corrupt.
-    pub fn decode(value: &[u8]) -> Option<Self> {
-        let value: &[u8; 24] = value.try_into().ok()?;
-        Some(Self {
-            latest: be_u64(&value[..8])?,
-            bytes: be_u64(&value[8..16])?,
-            count: be_u64(&value[16..])?,
-        })
-    }
-}
-
-fn be_u64(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
-/// `i` ‖ mailbox ‖ cursor.
-pub fn item_key(mailbox: &MailboxId, cursor: u64) -> [u8; 41] {
-    let mut key = [0u8; 41];
-    key[0] = ITEM_PREFIX;
-    key[1..33].copy_from_slice(mailbox.as_bytes());
-    key[33..].copy_from_slice(&cursor.to_be_bytes());
-    key
-}
-
-/// The cursor of an item key.
-pub fn item_key_cursor(key: &[u8]) -> Option<u64> {
-    if key.len() != 41 || key[0] != ITEM_PREFIX {
-        return None;
-    }
-    be_u64(&key[33..])
-}
-
-/// `b` ‖ mailbox ‖ blob_id.
-pub fn blob_key(mailbox: &MailboxId, blob_id: &BlobId) -> [u8; 65] {
-    let mut key = [0u8; 65];
-    key[0] = BLOB_PREFIX;
-    key[1..33].copy_from_slice(mailbox.as_bytes());
-    key[33..].copy_from_slice(blob_id.as_bytes());
-    key
-}
-
-/// `m` ‖ mailbox.
-pub fn meta_key(mailbox: &MailboxId) -> [u8; 33] {
-    let mut key = [0u8; 33];
-    key[0] = META_PREFIX;
-    key[1..].copy_from_slice(mailbox.as_bytes());
-    key
-}
-
-/// `e` ‖ expires_at_ms ‖ mailbox ‖ cursor.
-pub fn expiry_key(expires_at_ms: u64, mailbox: &MailboxId, cursor: u64) -> [u8; 49] {
-    let mut key = [0u8; 49];
-    key[0] = EXPIRY_PREFIX;
-    key[1..9].copy_from_slice(&expires_at_ms.to_be_bytes());
-    key[9..41].copy_from_slice(mailbox.as_bytes());
-    key[41..].copy_from_slice(&cursor.to_be_bytes());
-    key
-}
-
-/// The cursors listed in an expiry entry's value.
-pub fn parse_expiry_cursors(value: &[u8]) -> Vec<u64> {
-    value
-        .chunks_exact(8)
-        .filter_map(|c| c.try_into().ok().map(u64::from_be_bytes))
-        .collect()
-}
-
-/// An expiry entry's value for `cursors`.
-pub fn expiry_value(cursors: &[u64]) -> Vec<u8> {
-    cursors.iter().flat_map(|c| c.to_be_bytes()).collect()
-}
-
-/// Parts of an expiry key: (expires_at_ms, mailbox, first cursor).
-pub fn parse_expiry_key(key: &[u8]) -> Option<(u64, MailboxId, u64)> {
-    if key.len() != 49 || key[0] != EXPIRY_PREFIX {
-        return None;
-    }
-    let mailbox: [u8; 32] = key[9..41].try_into().ok()?;
-    Some((be_u64(&key[1..9])?, MailboxId(mailbox), be_u64(&key[41..])?))
-}
-
-/// The idempotency value: cursor ‖ stored_at_ms.
-pub fn blob_value(cursor: u64, stored_at_ms: u64) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&cursor.to_be_bytes());
-    out[8..].copy_from_slice(&stored_at_ms.to_be_bytes());
-    out
-}
-
-/// Decode an idempotency value.
-pub fn parse_blob_value(value: &[u8]) -> Option<(u64, u64)> {
-    if value.len() != 16 {
-        return None;
-    }
-    Some((be_u64(&value[..8])?, be_u64(&value[8..])?))
-}
-
-/// A stored item's header and ciphertext.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ItemValue<'a> {
-    /// When it became durable.
-    pub stored_at_ms: u64,
+/// One item a commit adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewItem {
+    /// Index of its request in the batch.
+    pub request: usize,
+    /// Its cursor.
+    pub cursor: u64,
     /// When it expires.
     pub expires_at_ms: u64,
-    /// `BLAKE3(ciphertext)`.
-    pub blob_id: BlobId,
-    /// The sealed record.
-    pub ciphertext: &'a [u8],
-}
-
-impl ItemValue<'_> {
-    /// Encoded value.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(ITEM_HEADER + self.ciphertext.len());
-        out.extend_from_slice(&self.stored_at_ms.to_be_bytes());
-        out.extend_from_slice(&self.expires_at_ms.to_be_bytes());
-        out.extend_from_slice(self.blob_id.as_bytes());
-        out.extend_from_slice(self.ciphertext);
-        out
-    }
-}
-
-/// Decode a stored item value; `None` when corrupt.
-pub fn parse_item_value(value: &[u8]) -> Option<ItemValue<'_>> {
-    if value.len() < ITEM_HEADER {
-        return None;
-    }
-    let blob_id: [u8; 32] = value[16..48].try_into().ok()?;
-    Some(ItemValue {
-        stored_at_ms: be_u64(&value[..8])?,
-        expires_at_ms: be_u64(&value[8..16])?,
-        blob_id: BlobId(blob_id),
-        ciphertext: &value[ITEM_HEADER..],
-    })
-}
-
-/// One key write of a plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Write {
-    /// Insert or replace.
-    Put(Vec<u8>, Vec<u8>),
-    /// Delete.
-    Remove(Vec<u8>),
 }
 
 /// What one group commit writes and answers.
 #[derive(Debug, Default)]
 pub struct CommitPlan {
-    /// Writes for one atomic batch.
-    pub writes: Vec<Write>,
     /// One outcome per request, in request order (valid once the batch is durable).
     pub outcomes: Vec<StoreOutcome>,
+    /// Items to write, in request order.
+    pub new: Vec<NewItem>,
     /// Mailbox metas after the batch.
     pub metas: HashMap<MailboxId, MailboxMeta>,
-    /// New items written.
-    pub new_items: u64,
     /// New ciphertext bytes written.
     pub new_bytes: u64,
     /// Mailboxes that held nothing before and hold items after.
     pub new_mailboxes: u64,
-    /// New cursors by (expiry, mailbox), written as one expiry entry each.
-    pub expiring: HashMap<(u64, MailboxId), Vec<u64>>,
+    /// When the batch is stored.
+    pub now_ms: u64,
 }
 
 /// Plan a group commit: assign cursors, answer duplicates with their original cursor (also
 /// within the batch), and refuse what is too large or over quota. `meta` reads a mailbox's
-/// current meta; `existing` looks a blob up in the idempotency index.
+/// current meta; `existing` looks a blob up in the idempotency index and answers its cursor
+/// and `stored_at_ms`.
 pub fn plan_commit(
     requests: &[AppendRequest],
     now_ms: u64,
     limits: &StoreLimits,
-    mut meta: impl FnMut(&MailboxId) -> Result<MailboxMeta, StoreError>,
-    mut existing: impl FnMut(&MailboxId, &BlobId) -> Result<Option<(u64, u64)>, StoreError>,
-) -> Result<CommitPlan, StoreError> {
-    let mut plan = CommitPlan::default();
-    let mut in_batch: HashMap<(MailboxId, BlobId), (u64, u64)> = HashMap::new();
-    for request in requests {
+    mut meta: impl FnMut(&MailboxId) -> MailboxMeta,
+    mut existing: impl FnMut(&MailboxId, &BlobId) -> Option<(u64, u64)>,
+) -> CommitPlan {
+    let mut plan = CommitPlan {
+        now_ms,
+        ..CommitPlan::default()
+    };
+    let mut in_batch: HashMap<(MailboxId, BlobId), u64> = HashMap::new();
+    for (index, request) in requests.iter().enumerate() {
         let outcome = plan_one(
+            index,
             request,
-            now_ms,
             limits,
             &mut plan,
             &mut in_batch,
             &mut meta,
             &mut existing,
-        )?;
+        );
         plan.outcomes.push(outcome);
     }
-    for ((expires_at_ms, mailbox), cursors) in &plan.expiring {
-        if let Some(first) = cursors.first() {
-            plan.writes.push(Write::Put(
-                expiry_key(*expires_at_ms, mailbox, *first).to_vec(),
-                expiry_value(cursors),
-            ));
-        }
-    }
-    for (mailbox, after) in &plan.metas {
-        plan.writes.push(Write::Put(
-            meta_key(mailbox).to_vec(),
-            after.encode().to_vec(),
-        ));
-    }
-    Ok(plan)
+    plan
 }
 
 fn plan_one(
+    index: usize,
     request: &AppendRequest,
-    now_ms: u64,
     limits: &StoreLimits,
     plan: &mut CommitPlan,
-    in_batch: &mut HashMap<(MailboxId, BlobId), (u64, u64)>,
-    meta: &mut impl FnMut(&MailboxId) -> Result<MailboxMeta, StoreError>,
-    existing: &mut impl FnMut(&MailboxId, &BlobId) -> Result<Option<(u64, u64)>, StoreError>,
-) -> Result<StoreOutcome, StoreError> {
+    in_batch: &mut HashMap<(MailboxId, BlobId), u64>,
+    meta: &mut impl FnMut(&MailboxId) -> MailboxMeta,
+    existing: &mut impl FnMut(&MailboxId, &BlobId) -> Option<(u64, u64)>,
+) -> StoreOutcome {
     let mailbox = request.mailbox;
     let size = request.ciphertext.len();
     if size > limits.blob_bytes_max {
-        return Ok(StoreOutcome::Rejected(StoreError::TooLarge {
+        return StoreOutcome::Rejected(StoreError::TooLarge {
             bytes: size,
             limit: limits.blob_bytes_max,
-        }));
+        });
     }
     let seen = match in_batch.get(&(mailbox, request.blob_id)) {
-        Some(seen) => Some(*seen),
-        None => existing(&mailbox, &request.blob_id)?,
+        Some(cursor) => Some((*cursor, plan.now_ms)),
+        None => existing(&mailbox, &request.blob_id),
     };
     if let Some((cursor, stored_at_ms)) = seen {
-        return Ok(StoreOutcome::Stored {
+        return StoreOutcome::Stored {
             cursor: Cursor(cursor),
             duplicate: true,
             stored_at_ms,
-        });
+        };
     }
     let current = match plan.metas.get(&mailbox) {
         Some(current) => *current,
-        None => meta(&mailbox)?,
+        None => meta(&mailbox),
     };
     if current.bytes.saturating_add(size as u64) > limits.mailbox_quota_bytes {
-        return Ok(StoreOutcome::Rejected(StoreError::QuotaExceeded {
+        return StoreOutcome::Rejected(StoreError::QuotaExceeded {
             quota_bytes: limits.mailbox_quota_bytes,
-        }));
+        });
     }
     let cursor = current.latest + 1;
     let ttl_ms = u64::from(limits.ttl_secs(request.ttl_secs)) * 1000;
-    let expires_at_ms = now_ms.saturating_add(ttl_ms);
-    let value = ItemValue {
-        stored_at_ms: now_ms,
-        expires_at_ms,
-        blob_id: request.blob_id,
-        ciphertext: &request.ciphertext,
-    };
-    plan.writes.push(Write::Put(
-        item_key(&mailbox, cursor).to_vec(),
-        value.encode(),
-    ));
-    plan.writes.push(Write::Put(
-        blob_key(&mailbox, &request.blob_id).to_vec(),
-        blob_value(cursor, now_ms).to_vec(),
-    ));
-    plan.expiring
-        .entry((expires_at_ms, mailbox))
-        .or_default()
-        .push(cursor);
+    plan.new.push(NewItem {
+        request: index,
+        cursor,
+        expires_at_ms: plan.now_ms.saturating_add(ttl_ms),
+    });
     if current.count == 0 {
         plan.new_mailboxes += 1;
     }
@@ -370,14 +203,121 @@ fn plan_one(
             count: current.count + 1,
         },
     );
-    in_batch.insert((mailbox, request.blob_id), (cursor, now_ms));
-    plan.new_items += 1;
+    in_batch.insert((mailbox, request.blob_id), cursor);
     plan.new_bytes += size as u64;
-    Ok(StoreOutcome::Stored {
+    StoreOutcome::Stored {
         cursor: Cursor(cursor),
         duplicate: false,
-        stored_at_ms: now_ms,
-    })
+        stored_at_ms: plan.now_ms,
+    }
+}
+
+/// A stored item as its record holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemRecord<'a> {
+    /// Its mailbox.
+    pub mailbox: MailboxId,
+    /// Its cursor.
+    pub cursor: u64,
+    /// `BLAKE3(ciphertext)`.
+    pub blob_id: BlobId,
+    /// When it became durable.
+    pub stored_at_ms: u64,
+    /// When it expires.
+    pub expires_at_ms: u64,
+    /// The sealed record.
+    pub ciphertext: &'a [u8],
+}
+
+/// One decoded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// An item.
+    Item(ItemRecord<'a>),
+    /// A mailbox's latest cursor.
+    Mark {
+        /// The mailbox.
+        mailbox: MailboxId,
+        /// Its newest cursor ever assigned.
+        latest: u64,
+    },
+}
+
+/// Append the framed record of `item` to `out`; returns the frame's length.
+pub fn encode_item(out: &mut Vec<u8>, item: &ItemRecord<'_>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER]);
+    out.push(KIND_ITEM);
+    out.extend_from_slice(item.mailbox.as_bytes());
+    out.extend_from_slice(&item.cursor.to_le_bytes());
+    out.extend_from_slice(item.blob_id.as_bytes());
+    out.extend_from_slice(&item.stored_at_ms.to_le_bytes());
+    out.extend_from_slice(&item.expires_at_ms.to_le_bytes());
+    out.extend_from_slice(item.ciphertext);
+    seal_frame(out, start)
+}
+
+/// Append the framed mark record of `mailbox` to `out`; returns the frame's length.
+pub fn encode_mark(out: &mut Vec<u8>, mailbox: &MailboxId, latest: u64) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER]);
+    out.push(KIND_MARK);
+    out.extend_from_slice(mailbox.as_bytes());
+    out.extend_from_slice(&latest.to_le_bytes());
+    seal_frame(out, start)
+}
+
+/// Fill in the length and CRC of the frame starting at `start`.
+fn seal_frame(out: &mut [u8], start: usize) -> usize {
+    let body_len = out.len() - start - FRAME_HEADER;
+    let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
+    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    body_len + FRAME_HEADER
+}
+
+/// What a frame header declares: the body length and CRC; `None` when the length is
+/// impossible.
+pub fn parse_frame_header(header: &[u8; FRAME_HEADER]) -> Option<(usize, u32)> {
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    (1..=BODY_MAX).contains(&len).then_some((len, crc))
+}
+
+/// Decode a whole frame (header and body); `None` when it is short, fails its CRC or is not a
+/// known record.
+pub fn decode_frame(frame: &[u8]) -> Option<Record<'_>> {
+    let header: &[u8; FRAME_HEADER] = frame.get(..FRAME_HEADER)?.try_into().ok()?;
+    let (len, crc) = parse_frame_header(header)?;
+    let body = frame.get(FRAME_HEADER..FRAME_HEADER + len)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    decode_body(body)
+}
+
+/// Decode a record body whose CRC was checked.
+pub fn decode_body(body: &[u8]) -> Option<Record<'_>> {
+    let mailbox = MailboxId(body.get(1..33)?.try_into().ok()?);
+    match *body.first()? {
+        KIND_ITEM if body.len() >= ITEM_HEADER => Some(Record::Item(ItemRecord {
+            mailbox,
+            cursor: le_u64(&body[33..41])?,
+            blob_id: BlobId(body[41..73].try_into().ok()?),
+            stored_at_ms: le_u64(&body[73..81])?,
+            expires_at_ms: le_u64(&body[81..89])?,
+            ciphertext: &body[ITEM_HEADER..],
+        })),
+        KIND_MARK if body.len() == MARK_BODY => Some(Record::Mark {
+            mailbox,
+            latest: le_u64(&body[33..41])?,
+        }),
+        _ => None,
+    }
+}
+
+fn le_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -400,10 +340,9 @@ mod tests {
             requests,
             1_000,
             limits,
-            |_| Ok(MailboxMeta::default()),
-            |_, _| Ok(None),
+            |_| MailboxMeta::default(),
+            |_, _| None,
         )
-        .expect("plan")
     }
 
     fn cursor(outcome: &StoreOutcome) -> (u64, bool) {
@@ -426,9 +365,35 @@ mod tests {
         let plan = plan(&requests, &StoreLimits::default());
         let got: Vec<_> = plan.outcomes.iter().map(cursor).collect();
         assert_eq!(got, vec![(1, false), (1, false), (2, false), (1, true)]);
-        assert_eq!(plan.new_items, 3);
+        assert_eq!(plan.new.len(), 3);
         assert_eq!(plan.new_mailboxes, 2);
         assert_eq!(plan.metas[&MailboxId([1; 32])].latest, 2);
+    }
+
+    #[test]
+    fn an_existing_blob_is_answered_with_its_cursor_and_time() {
+        let requests = [request(0, 1, b"old"), request(1, 1, b"new")];
+        let plan = plan_commit(
+            &requests,
+            5_000,
+            &StoreLimits::default(),
+            |_| MailboxMeta {
+                latest: 7,
+                bytes: 3,
+                count: 1,
+            },
+            |_, blob| (*blob == BlobId::of_ciphertext(b"old")).then_some((7, 1_000)),
+        );
+        assert_eq!(
+            plan.outcomes[0],
+            StoreOutcome::Stored {
+                cursor: Cursor(7),
+                duplicate: true,
+                stored_at_ms: 1_000
+            }
+        );
+        assert_eq!(cursor(&plan.outcomes[1]), (8, false));
+        assert_eq!(plan.new_mailboxes, 0);
     }
 
     #[test]
@@ -455,30 +420,8 @@ mod tests {
             StoreOutcome::Rejected(StoreError::QuotaExceeded { quota_bytes: 6 })
         ));
         assert_eq!(cursor(&plan.outcomes[3]), (2, false));
-    }
-
-    #[test]
-    fn one_expiry_entry_per_mailbox_and_ttl_in_a_commit() {
-        let mut requests: Vec<AppendRequest> =
-            (0..5u64).map(|n| request(n, 1, &n.to_be_bytes())).collect();
-        requests[2].ttl_secs = Some(60);
-        requests.push(request(9, 2, b"other mailbox"));
-        let plan = plan(&requests, &StoreLimits::default());
-        let expiry: Vec<(Vec<u8>, Vec<u8>)> = plan
-            .writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Put(k, v) if k[0] == EXPIRY_PREFIX => Some((k.clone(), v.clone())),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(expiry.len(), 3, "default TTL, 60 s TTL, other mailbox");
-        let mut lists: Vec<Vec<u64>> = expiry
-            .iter()
-            .map(|(_, v)| parse_expiry_cursors(v))
-            .collect();
-        lists.sort();
-        assert_eq!(lists, vec![vec![1], vec![1, 2, 4, 5], vec![3]]);
+        let written: Vec<usize> = plan.new.iter().map(|n| n.request).collect();
+        assert_eq!(written, vec![0, 3]);
     }
 
     #[test]
@@ -491,33 +434,69 @@ mod tests {
         assert_eq!(limits.ttl_secs(None), 10);
         assert_eq!(limits.ttl_secs(Some(50)), 50);
         assert_eq!(limits.ttl_secs(Some(5000)), 100);
+        let mut short = request(0, 1, b"x");
+        short.ttl_secs = Some(60);
+        let plan = plan(&[short, request(1, 1, b"y")], &limits);
+        let expiries: Vec<u64> = plan.new.iter().map(|n| n.expires_at_ms).collect();
+        assert_eq!(expiries, vec![1_000 + 60_000, 1_000 + 10_000]);
+    }
+
+    fn item(ciphertext: &[u8]) -> ItemRecord<'_> {
+        ItemRecord {
+            mailbox: MailboxId([7; 32]),
+            cursor: 9,
+            blob_id: BlobId::of_ciphertext(ciphertext),
+            stored_at_ms: 11,
+            expires_at_ms: 12,
+            ciphertext,
+        }
     }
 
     #[test]
-    fn keys_round_trip_and_sort_by_number() {
-        let mailbox = MailboxId([7; 32]);
-        assert!(item_key(&mailbox, 255) < item_key(&mailbox, 256));
-        assert_eq!(item_key_cursor(&item_key(&mailbox, 9)), Some(9));
-        assert!(expiry_key(255, &mailbox, 1) < expiry_key(256, &MailboxId([0; 32]), 0));
+    fn records_round_trip() {
+        let mut out = Vec::new();
+        let first = encode_item(&mut out, &item(b"sealed bytes"));
+        assert_eq!(first, FRAME_HEADER + ITEM_HEADER + 12);
+        let second = encode_mark(&mut out, &MailboxId([3; 32]), 44);
+        assert_eq!(second, FRAME_HEADER + MARK_BODY);
+        assert_eq!(out.len(), first + second);
         assert_eq!(
-            parse_expiry_key(&expiry_key(5, &mailbox, 6)),
-            Some((5, mailbox, 6))
+            decode_frame(&out[..first]),
+            Some(Record::Item(item(b"sealed bytes")))
         );
-        let meta = MailboxMeta {
-            latest: 1,
-            bytes: 2,
-            count: 3,
-        };
-        assert_eq!(MailboxMeta::decode(&meta.encode()), Some(meta));
-        assert_eq!(MailboxMeta::decode(&[0; 23]), None);
-        let value = ItemValue {
-            stored_at_ms: 1,
-            expires_at_ms: 2,
-            blob_id: BlobId([3; 32]),
-            ciphertext: b"xyz",
-        };
-        assert_eq!(parse_item_value(&value.encode()), Some(value));
-        assert_eq!(parse_item_value(&[0; 47]), None);
-        assert_eq!(parse_blob_value(&blob_value(4, 5)), Some((4, 5)));
+        assert_eq!(
+            decode_frame(&out[first..]),
+            Some(Record::Mark {
+                mailbox: MailboxId([3; 32]),
+                latest: 44
+            })
+        );
+        let mut empty = Vec::new();
+        let len = encode_item(&mut empty, &item(b""));
+        assert_eq!(decode_frame(&empty[..len]), Some(Record::Item(item(b""))));
+    }
+
+    #[test]
+    fn torn_or_flipped_records_do_not_decode() {
+        let mut out = Vec::new();
+        let len = encode_item(&mut out, &item(b"sealed bytes"));
+        for cut in 0..len {
+            assert_eq!(decode_frame(&out[..cut]), None, "cut at {cut}");
+        }
+        for at in 0..len {
+            let mut flipped = out.clone();
+            flipped[at] ^= 0x10;
+            assert_eq!(decode_frame(&flipped), None, "flip at {at}");
+        }
+        assert_eq!(
+            parse_frame_header(&[0; FRAME_HEADER]),
+            None,
+            "zeros end a log"
+        );
+        let mut mark = Vec::new();
+        encode_mark(&mut mark, &MailboxId([1; 32]), 1);
+        mark[FRAME_HEADER] = 9;
+        let body = mark[FRAME_HEADER..].to_vec();
+        assert_eq!(decode_body(&body), None, "unknown kind");
     }
 }

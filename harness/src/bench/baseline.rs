@@ -1,6 +1,7 @@
 //! The machine's own limits, measured in the same run as the benchmarks they are compared
 //! with: raw iroh QUIC on loopback (round trip, one-stream throughput), the disk under test
-//! (4 KiB write + fdatasync, sled batches with a flush each), and the cipher
+//! (4 KiB write + fdatasync, batches of 64 × 1 KiB appended with one fdatasync each), and the
+//! cipher
 //! (XChaCha20-Poly1305 seal of 1 KiB).
 //!
 //! Each figure is an upper bound the relay or client cannot beat on this machine, so the
@@ -34,10 +35,10 @@ const THROUGHPUT_FRAME_BYTES: usize = 64 * 1024;
 const FSYNC_WRITE_BYTES: usize = 4096;
 /// fsyncs before sampling starts (the first writes allocate the file's blocks).
 const FSYNC_WARMUP: usize = 5;
-/// Inserts per sled batch.
-const SLED_BATCH_ITEMS: usize = 64;
-/// Size of each sled value.
-const SLED_VALUE_BYTES: usize = 1024;
+/// Records per appended batch.
+const APPEND_BATCH_ITEMS: usize = 64;
+/// Size of each appended record.
+const APPEND_RECORD_BYTES: usize = 1024;
 /// Sealed plaintext size.
 const SEAL_BYTES: usize = 1024;
 /// Bound on every iroh step (dial, accept, a whole phase), so a broken link fails the run
@@ -57,8 +58,9 @@ pub struct Baseline {
     pub fsync_p50: Duration,
     /// 4 KiB write + fdatasync in the data dir, 99th percentile.
     pub fsync_p99: Duration,
-    /// sled: batches of 64 × 1 KiB inserts, each batch followed by `flush()`.
-    pub sled_items_per_s: f64,
+    /// Batches of 64 × 1 KiB records appended to a file with one `write` and one
+    /// `fdatasync` each: the disk's limit for the store's group commit.
+    pub append_items_per_s: f64,
     /// XChaCha20-Poly1305 seals of 1 KiB per second.
     pub seal_per_s: f64,
 }
@@ -69,7 +71,7 @@ struct Plan {
     rtt_samples: usize,
     throughput_bytes: usize,
     fsync_samples: usize,
-    sled_batches: usize,
+    append_batches: usize,
     seal_for: Duration,
 }
 
@@ -80,7 +82,7 @@ impl Plan {
                 rtt_samples: 300,
                 throughput_bytes: 16 << 20,
                 fsync_samples: 50,
-                sled_batches: 30,
+                append_batches: 30,
                 seal_for: Duration::from_millis(200),
             }
         } else {
@@ -88,7 +90,7 @@ impl Plan {
                 rtt_samples: 2000,
                 throughput_bytes: 256 << 20,
                 fsync_samples: 200,
-                sled_batches: 200,
+                append_batches: 200,
                 seal_for: Duration::from_secs(1),
             }
         }
@@ -104,7 +106,9 @@ impl Baseline {
         let (rtt_p50, rtt_p99, throughput_mib_s) =
             measure_iroh(&plan).await.context("measuring raw iroh")?;
         let (fsync_p50, fsync_p99) = measure_fsync(dir, &plan).await.context("measuring fsync")?;
-        let sled_items_per_s = measure_sled(dir, &plan).await.context("measuring sled")?;
+        let append_items_per_s = measure_append(dir, &plan)
+            .await
+            .context("measuring appends")?;
         let seal_per_s = measure_seal(&plan).await.context("measuring seal")?;
         Ok(Baseline {
             rtt_p50,
@@ -112,7 +116,7 @@ impl Baseline {
             throughput_mib_s,
             fsync_p50,
             fsync_p99,
-            sled_items_per_s,
+            append_items_per_s,
             seal_per_s,
         })
     }
@@ -145,8 +149,8 @@ impl Baseline {
             ),
             BenchResult::new(
                 BENCH,
-                "sled_batch_flush_items_per_s",
-                self.sled_items_per_s,
+                "append_fdatasync_items_per_s",
+                self.append_items_per_s,
                 "1/s",
                 Better::Higher,
             ),
@@ -346,39 +350,36 @@ async fn measure_fsync(dir: &Path, plan: &Plan) -> anyhow::Result<(Duration, Dur
     .await?
 }
 
-/// sled inserts per second, in batches of 64 × 1 KiB each followed by `flush()`.
-async fn measure_sled(dir: &Path, plan: &Plan) -> anyhow::Result<f64> {
-    let path = dir.join("sled-baseline");
-    let batches = plan.sled_batches;
+/// Records per second appended in batches of 64 × 1 KiB, one `write` + `fdatasync` each.
+async fn measure_append(dir: &Path, plan: &Plan) -> anyhow::Result<f64> {
+    let path = dir.join("append-baseline");
+    let batches = plan.append_batches;
     tokio::task::spawn_blocking(move || {
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .with_context(|| format!("opening sled at {}", path.display()))?;
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         let mut rng = Rng::seeded(0xba5e_0006);
-        let mut value = vec![0u8; SLED_VALUE_BYTES];
-        rng.fill(&mut value);
-        // One untimed batch: the first flush creates the log's segments.
-        let mut key = 0u64;
-        let mut batch = |db: &sled::Db, rng: &mut Rng| -> anyhow::Result<()> {
-            for _ in 0..SLED_BATCH_ITEMS {
-                rng.fill(&mut value[..16]);
-                db.insert(key.to_be_bytes(), value.as_slice())?;
-                key += 1;
-            }
-            db.flush()?;
+        let mut batch = vec![0u8; APPEND_BATCH_ITEMS * APPEND_RECORD_BYTES];
+        rng.fill(&mut batch);
+        let mut append = |rng: &mut Rng| -> anyhow::Result<()> {
+            rng.fill(&mut batch[..16]);
+            file.write_all(&batch)?;
+            file.sync_data()?;
             Ok(())
         };
-        batch(&db, &mut rng)?;
+        // One untimed batch: the first write allocates the file.
+        append(&mut rng)?;
         let start = Instant::now();
         for _ in 0..batches {
-            batch(&db, &mut rng)?;
+            append(&mut rng)?;
         }
         let secs = start.elapsed().as_secs_f64();
-        drop(db);
-        let _ = std::fs::remove_dir_all(&path);
+        let _ = std::fs::remove_file(&path);
         ensure!(secs > 0.0, "no time elapsed");
-        Ok((batches * SLED_BATCH_ITEMS) as f64 / secs)
+        Ok((batches * APPEND_BATCH_ITEMS) as f64 / secs)
     })
     .await?
 }
@@ -436,7 +437,7 @@ mod tests {
         assert!(baseline.fsync_p99 >= baseline.fsync_p50, "{baseline:?}");
         for rate in [
             baseline.throughput_mib_s,
-            baseline.sled_items_per_s,
+            baseline.append_items_per_s,
             baseline.seal_per_s,
         ] {
             assert!(rate.is_finite() && rate > 0.0, "{baseline:?}");

@@ -180,7 +180,7 @@ pub async fn push(
     let base_latency = base.rtt_p50 + base.fsync_p50;
     let mut results = vec![
         BenchResult::new("push", "acked_per_s", per_s, "1/s", Better::Higher)
-            .against("sled_batch_flush_items_per_s", base.sled_items_per_s),
+            .against("append_fdatasync_items_per_s", base.append_items_per_s),
         BenchResult::new(
             "push",
             "ack_latency_p50_ms",

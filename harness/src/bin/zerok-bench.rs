@@ -36,7 +36,7 @@ struct Cli {
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
 enum Command {
-    /// The machine's limits: raw iroh RTT and throughput, fsync, sled, AEAD.
+    /// The machine's limits: raw iroh RTT and throughput, fsync, batched appends, AEAD.
     Baseline,
     /// Durable pushes/s and ack latency with 1, 8, 64 clients.
     Push,

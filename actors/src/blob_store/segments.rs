@@ -1,0 +1,956 @@
+//! The relay's durable item store: an append-only log of segment files and an in-memory
+//! index rebuilt from it at open.
+//!
+//! A group commit encodes its items as records (format in [`super::core`]), appends them to
+//! the active segment with one `write` and makes them durable with one `fdatasync`; only then
+//! does the index learn them, so every read and every duplicate answer sees durable items
+//! only. Reads take the index lock just long enough to find where their records lie and then
+//! read the files without it; commits hold the writer lock (never the index lock) through
+//! their `fdatasync`.
+//!
+//! Space comes back by segments: a segment whose items have all expired (or been copied
+//! forward by compaction) is deleted, after a `mark` record carries forward the newest
+//! cursor of every mailbox whose newest item it held, so cursors never go back. A mostly-dead
+//! segment is compacted: its live items are copied to the active segment and it is deleted.
+//!
+//! Opening reads every segment in order. A record that fails its length or CRC at the end of
+//! the newest segment is a write that was never acknowledged (a crash in the middle of it)
+//! and is cut off; anywhere else it is corruption and the store refuses to open, naming the
+//! file and offset.
+
+use super::core::{
+    self, CommitPlan, FORMAT_VERSION, FRAME_HEADER, ITEM_HEADER, ItemRecord, MailboxMeta, Record,
+    SEGMENT_MAGIC, StoreLimits,
+};
+use crate::fault::{FaultPlan, FaultPoint};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tracing::{error, info, warn};
+use zerok_messages::relay::{AppendRequest, Page, StoreError, StoreStats, SweepReport};
+use zerok_messages::{BlobId, Cursor, Item, MailboxId};
+
+/// Name of the file holding the store's format.
+pub const FORMAT_FILE: &str = "FORMAT";
+/// Name of the lock file (held while a relay has the store open).
+pub const LOCK_FILE: &str = "LOCK";
+/// Suffix of segment files (`<20-digit id>.seg`).
+pub const SEGMENT_SUFFIX: &str = ".seg";
+/// Default size at which the active segment is closed and a new one started.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// A closed segment whose live bytes fall below this fraction of its size is compacted.
+const COMPACT_LIVE_FRACTION: u64 = 4;
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory or a file in it cannot be read or written.
+    #[error("cannot open the store at {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Another process holds the store.
+    #[error("the store at {path} is in use by another process")]
+    Locked {
+        /// The directory.
+        path: String,
+    },
+    /// The directory holds a store of another format.
+    #[error("the store at {path} has format {found:?}, this relay reads {FORMAT_VERSION:?}")]
+    Format {
+        /// The directory.
+        path: String,
+        /// The format found.
+        found: String,
+    },
+    /// A record in the middle of the log is damaged.
+    #[error(
+        "the store file {path} is damaged at byte {offset}; move the file away to start without the items after that point"
+    )]
+    Corrupt {
+        /// The segment file.
+        path: String,
+        /// Where the damaged record starts.
+        offset: u64,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn unavailable(what: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {err}"))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(rw: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    rw.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(rw: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    rw.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where an item's record lies, and what the index needs of it without reading it.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    segment: u32,
+    offset: u32,
+    /// Frame length (header, item header, ciphertext).
+    len: u32,
+    stored_at_ms: u64,
+    expires_at_ms: u64,
+    blob_id: BlobId,
+}
+
+impl Loc {
+    fn ciphertext_len(&self) -> u64 {
+        u64::from(self.len).saturating_sub((FRAME_HEADER + ITEM_HEADER) as u64)
+    }
+}
+
+struct Mailbox {
+    id: MailboxId,
+    meta: MailboxMeta,
+    /// The segment holding the record that set `meta.latest`.
+    latest_segment: u32,
+    items: BTreeMap<u64, Loc>,
+    /// Idempotency: blob id → cursor.
+    blobs: HashMap<BlobId, u64>,
+}
+
+struct Segment {
+    /// Read handle (reads run without the writer lock).
+    file: Arc<File>,
+    size: u64,
+    /// Items indexed in it, and their frame bytes.
+    live: u64,
+    live_bytes: u64,
+    /// Item records ever written to it.
+    item_records: u64,
+}
+
+#[derive(Default)]
+struct Index {
+    slots: HashMap<MailboxId, u32>,
+    mailboxes: Vec<Mailbox>,
+    /// expires_at_ms → (mailbox slot, cursor): one list per expiry, filled in commit order.
+    expiry: BTreeMap<u64, Vec<(u32, u64)>>,
+    segments: BTreeMap<u32, Segment>,
+    /// Non-empty mailboxes, items and ciphertext bytes.
+    mailboxes_used: u64,
+    items: u64,
+    bytes: u64,
+}
+
+impl Index {
+    fn mailbox(&self, id: &MailboxId) -> Option<&Mailbox> {
+        self.slots
+            .get(id)
+            .map(|slot| &self.mailboxes[*slot as usize])
+    }
+
+    fn meta(&self, id: &MailboxId) -> MailboxMeta {
+        self.mailbox(id).map(|m| m.meta).unwrap_or_default()
+    }
+
+    fn existing(&self, id: &MailboxId, blob_id: &BlobId) -> Option<(u64, u64)> {
+        let mailbox = self.mailbox(id)?;
+        let cursor = *mailbox.blobs.get(blob_id)?;
+        let loc = mailbox.items.get(&cursor)?;
+        Some((cursor, loc.stored_at_ms))
+    }
+
+    fn slot(&mut self, id: &MailboxId, segment: u32) -> u32 {
+        if let Some(slot) = self.slots.get(id) {
+            return *slot;
+        }
+        let slot = self.mailboxes.len() as u32;
+        self.mailboxes.push(Mailbox {
+            id: *id,
+            meta: MailboxMeta::default(),
+            latest_segment: segment,
+            items: BTreeMap::new(),
+            blobs: HashMap::new(),
+        });
+        self.slots.insert(*id, slot);
+        slot
+    }
+
+    fn insert_item(&mut self, segment: u32, offset: u64, len: usize, item: &ItemRecord<'_>) {
+        let slot = self.slot(&item.mailbox, segment);
+        // A record written again (compaction) replaces the older copy.
+        self.remove_item(slot, item.cursor);
+        let loc = Loc {
+            segment,
+            offset: offset as u32,
+            len: len as u32,
+            stored_at_ms: item.stored_at_ms,
+            expires_at_ms: item.expires_at_ms,
+            blob_id: item.blob_id,
+        };
+        let mailbox = &mut self.mailboxes[slot as usize];
+        mailbox.items.insert(item.cursor, loc);
+        mailbox.blobs.insert(item.blob_id, item.cursor);
+        if mailbox.meta.count == 0 {
+            self.mailboxes_used += 1;
+        }
+        mailbox.meta.count += 1;
+        mailbox.meta.bytes += loc.ciphertext_len();
+        if item.cursor >= mailbox.meta.latest {
+            mailbox.meta.latest = item.cursor;
+            mailbox.latest_segment = segment;
+        }
+        self.items += 1;
+        self.bytes += loc.ciphertext_len();
+        self.expiry
+            .entry(item.expires_at_ms)
+            .or_default()
+            .push((slot, item.cursor));
+        if let Some(seg) = self.segments.get_mut(&segment) {
+            seg.live += 1;
+            seg.live_bytes += len as u64;
+        }
+    }
+
+    fn mark(&mut self, segment: u32, id: &MailboxId, latest: u64) {
+        let slot = self.slot(id, segment);
+        let mailbox = &mut self.mailboxes[slot as usize];
+        if latest >= mailbox.meta.latest {
+            mailbox.meta.latest = latest;
+            mailbox.latest_segment = segment;
+        }
+    }
+
+    /// Drop an item from the index; false when it was not there.
+    fn remove_item(&mut self, slot: u32, cursor: u64) -> bool {
+        let Some(mailbox) = self.mailboxes.get_mut(slot as usize) else {
+            return false;
+        };
+        let Some(loc) = mailbox.items.remove(&cursor) else {
+            return false;
+        };
+        if mailbox.blobs.get(&loc.blob_id) == Some(&cursor) {
+            mailbox.blobs.remove(&loc.blob_id);
+        }
+        let size = loc.ciphertext_len();
+        mailbox.meta.count = mailbox.meta.count.saturating_sub(1);
+        mailbox.meta.bytes = mailbox.meta.bytes.saturating_sub(size);
+        if mailbox.meta.count == 0 {
+            self.mailboxes_used = self.mailboxes_used.saturating_sub(1);
+        }
+        self.items = self.items.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(size);
+        if let Some(seg) = self.segments.get_mut(&loc.segment) {
+            seg.live = seg.live.saturating_sub(1);
+            seg.live_bytes = seg.live_bytes.saturating_sub(u64::from(loc.len));
+        }
+        true
+    }
+
+    /// Evict up to `budget` items due at `now_ms`; answers (evicted, more due).
+    fn evict_expired(&mut self, now_ms: u64, budget: u64) -> (u64, bool) {
+        let mut evicted = 0;
+        while evicted < budget {
+            let Some((at, mut due)) = self.expiry.pop_first() else {
+                break;
+            };
+            if at > now_ms {
+                self.expiry.insert(at, due);
+                break;
+            }
+            while evicted < budget
+                && let Some((slot, cursor)) = due.pop()
+            {
+                if self.remove_item(slot, cursor) {
+                    evicted += 1;
+                }
+            }
+            if !due.is_empty() {
+                self.expiry.insert(at, due);
+            }
+        }
+        let more = self
+            .expiry
+            .first_key_value()
+            .is_some_and(|(at, _)| *at <= now_ms);
+        (evicted, more)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+}
+
+/// The active segment, appended to under the writer lock.
+struct Writer {
+    file: File,
+    id: u32,
+    len: u64,
+    /// Set when a failed write could not be cut back off: no more writes until a restart.
+    poisoned: Option<String>,
+}
+
+/// The store: segment files plus the index. Shared (`Arc`) by the Infra supervisor and every
+/// BlobStore actor it starts, so a restarted actor finds everything durable where it was.
+pub struct Store {
+    dir: PathBuf,
+    segment_bytes: u64,
+    writer: Mutex<Writer>,
+    index: RwLock<Index>,
+    /// Held (flock) while the store is open.
+    _lock: File,
+}
+
+fn segment_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:020}{SEGMENT_SUFFIX}"))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Create segment `id`: magic written and durable, directory entry durable. Answers the
+/// append handle and a read handle.
+fn create_segment(dir: &Path, id: u32) -> std::io::Result<(File, File)> {
+    let path = segment_path(dir, id);
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)?;
+    file.write_all(SEGMENT_MAGIC)?;
+    file.sync_data()?;
+    sync_dir(dir)?;
+    let reader = File::open(&path)?;
+    Ok((file, reader))
+}
+
+/// What reading one segment found.
+struct Scanned {
+    /// Bytes of whole records (and the magic) from the start.
+    good_len: u64,
+    /// Whether something after `good_len` failed to decode.
+    damaged: bool,
+}
+
+/// Read every record of a segment into the index.
+fn scan_segment(index: &mut Index, id: u32, file: &File) -> std::io::Result<Scanned> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    if let Err(err) = reader.read_exact(&mut magic) {
+        if err.kind() == ErrorKind::UnexpectedEof {
+            return Ok(Scanned {
+                good_len: 0,
+                damaged: true,
+            });
+        }
+        return Err(err);
+    }
+    if &magic != SEGMENT_MAGIC {
+        return Ok(Scanned {
+            good_len: 0,
+            damaged: true,
+        });
+    }
+    let mut offset = SEGMENT_MAGIC.len() as u64;
+    let mut frame = Vec::new();
+    loop {
+        let mut header = [0u8; FRAME_HEADER];
+        match read_full(&mut reader, &mut header)? {
+            0 => {
+                return Ok(Scanned {
+                    good_len: offset,
+                    damaged: false,
+                });
+            }
+            n if n < FRAME_HEADER => break,
+            _ => {}
+        }
+        let Some((len, _)) = core::parse_frame_header(&header) else {
+            break;
+        };
+        frame.clear();
+        frame.extend_from_slice(&header);
+        frame.resize(FRAME_HEADER + len, 0);
+        if read_full(&mut reader, &mut frame[FRAME_HEADER..])? < len {
+            break;
+        }
+        match core::decode_frame(&frame) {
+            Some(Record::Item(item)) => {
+                index.insert_item(id, offset, frame.len(), &item);
+                if let Some(seg) = index.segments.get_mut(&id) {
+                    seg.item_records += 1;
+                }
+            }
+            Some(Record::Mark { mailbox, latest }) => index.mark(id, &mailbox, latest),
+            None => break,
+        }
+        offset += frame.len() as u64;
+    }
+    Ok(Scanned {
+        good_len: offset,
+        damaged: true,
+    })
+}
+
+/// Read until `buf` is full or the file ends; answers the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
+
+/// The format check: a new directory gets the format file; a directory of another store is
+/// refused.
+fn check_format(dir: &Path) -> Result<(), OpenError> {
+    let path = dir.join(FORMAT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found.trim() == FORMAT_VERSION => Ok(()),
+        Ok(found) => Err(OpenError::Format {
+            path: dir.display().to_string(),
+            found: found.trim().to_string(),
+        }),
+        Err(err) if err.kind() == ErrorKind::NotFound => {
+            // A sled directory of an older relay (format 2) has `conf` and `db`.
+            if dir.join("conf").exists() || dir.join("db").exists() {
+                return Err(OpenError::Format {
+                    path: dir.display().to_string(),
+                    found: "zerok-store-2 (sled)".to_string(),
+                });
+            }
+            let tmp = dir.join("FORMAT.tmp");
+            std::fs::write(&tmp, format!("{FORMAT_VERSION}\n")).map_err(io_err(&tmp))?;
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            sync_dir(dir).map_err(io_err(dir))
+        }
+        Err(err) => Err(io_err(&path)(err)),
+    }
+}
+
+/// Segment ids in `dir`, ascending.
+fn segment_ids(dir: &Path) -> Result<Vec<u32>, OpenError> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else {
+            continue;
+        };
+        if let Ok(id) = stem.parse::<u32>() {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`, rebuilding the index from its segments. Closes
+    /// the active segment at `segment_bytes` (at least 4 KiB).
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<Store, OpenError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        if lock_file.try_lock().is_err() {
+            return Err(OpenError::Locked {
+                path: dir.display().to_string(),
+            });
+        }
+        check_format(dir)?;
+        let ids = segment_ids(dir)?;
+        let mut index = Index::default();
+        let mut active = None;
+        for (n, id) in ids.iter().enumerate() {
+            let path = segment_path(dir, *id);
+            let file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let reader = File::open(&path).map_err(io_err(&path))?;
+            index.segments.insert(
+                *id,
+                Segment {
+                    file: Arc::new(reader),
+                    size: 0,
+                    live: 0,
+                    live_bytes: 0,
+                    item_records: 0,
+                },
+            );
+            let scanned = scan_segment(&mut index, *id, &file).map_err(io_err(&path))?;
+            let is_last = n + 1 == ids.len();
+            let mut len = scanned.good_len;
+            if scanned.damaged {
+                if !is_last {
+                    return Err(OpenError::Corrupt {
+                        path: path.display().to_string(),
+                        offset: scanned.good_len,
+                    });
+                }
+                let size = file.metadata().map_err(io_err(&path))?.len();
+                warn!(
+                    segment = id,
+                    offset = scanned.good_len,
+                    cut_bytes = size - scanned.good_len.min(size),
+                    "cutting off an unacknowledged torn write at the end of the log"
+                );
+                if scanned.good_len == 0 {
+                    file.set_len(0).map_err(io_err(&path))?;
+                    (&file).write_all(SEGMENT_MAGIC).map_err(io_err(&path))?;
+                    len = SEGMENT_MAGIC.len() as u64;
+                } else {
+                    file.set_len(len).map_err(io_err(&path))?;
+                }
+                file.sync_data().map_err(io_err(&path))?;
+            }
+            if let Some(seg) = index.segments.get_mut(id) {
+                seg.size = len;
+            }
+            if is_last {
+                active = Some((file, *id, len));
+            }
+        }
+        let (file, id, len) = match active {
+            Some(active) => active,
+            None => {
+                let (file, reader) = create_segment(dir, 1).map_err(io_err(dir))?;
+                index.segments.insert(
+                    1,
+                    Segment {
+                        file: Arc::new(reader),
+                        size: SEGMENT_MAGIC.len() as u64,
+                        live: 0,
+                        live_bytes: 0,
+                        item_records: 0,
+                    },
+                );
+                (file, 1, SEGMENT_MAGIC.len() as u64)
+            }
+        };
+        info!(
+            segments = index.segments.len(),
+            items = index.items,
+            mailboxes = index.mailboxes.len(),
+            "store opened"
+        );
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            segment_bytes: segment_bytes.max(4096),
+            writer: Mutex::new(Writer {
+                file,
+                id,
+                len,
+                poisoned: None,
+            }),
+            index: RwLock::new(index),
+            _lock: lock_file,
+        })
+    }
+
+    /// A mailbox's meta as of the last durable commit.
+    pub fn meta(&self, mailbox: &MailboxId) -> MailboxMeta {
+        read(&self.index).meta(mailbox)
+    }
+
+    /// Totals (without `commits`, which the actor counts).
+    pub fn stats(&self) -> StoreStats {
+        let index = read(&self.index);
+        StoreStats {
+            mailboxes: index.mailboxes_used,
+            items: index.items,
+            bytes: index.bytes,
+            commits: 0,
+            cached_metas: index.mailboxes.len() as u64,
+            segments: index.segments.len() as u64,
+            disk_bytes: index.disk_bytes(),
+        }
+    }
+
+    /// One group commit: plan, append, `fdatasync`, then index. An error means nothing of the
+    /// batch is stored (a failed write is cut back off).
+    pub fn commit(
+        &self,
+        requests: &[AppendRequest],
+        now_ms: u64,
+        limits: &StoreLimits,
+        faults: &FaultPlan,
+    ) -> Result<CommitPlan, StoreError> {
+        let mut writer = lock(&self.writer);
+        if let Some(why) = &writer.poisoned {
+            return Err(StoreError::Unavailable(why.clone()));
+        }
+        let plan = {
+            let index = read(&self.index);
+            core::plan_commit(
+                requests,
+                now_ms,
+                limits,
+                |m| index.meta(m),
+                |m, b| index.existing(m, b),
+            )
+        };
+        if plan.new.is_empty() {
+            return Ok(plan);
+        }
+        if faults.should_fail(FaultPoint::BeforeStoreWrite) {
+            return Err(StoreError::Unavailable("write failed (injected)".into()));
+        }
+        let frame_bytes: u64 = plan
+            .new
+            .iter()
+            .map(|n| (FRAME_HEADER + ITEM_HEADER + requests[n.request].ciphertext.len()) as u64)
+            .sum();
+        self.roll_if_full(&mut writer, frame_bytes)?;
+        let mut buf = Vec::with_capacity(frame_bytes as usize);
+        let mut placed = Vec::with_capacity(plan.new.len());
+        for new in &plan.new {
+            let request = &requests[new.request];
+            let offset = writer.len + buf.len() as u64;
+            let item = ItemRecord {
+                mailbox: request.mailbox,
+                cursor: new.cursor,
+                blob_id: request.blob_id,
+                stored_at_ms: now_ms,
+                expires_at_ms: new.expires_at_ms,
+                ciphertext: &request.ciphertext,
+            };
+            let len = core::encode_item(&mut buf, &item);
+            placed.push((offset, len, item));
+        }
+        append(&mut writer, &buf, faults)?;
+        let mut index = write(&self.index);
+        for (offset, len, item) in &placed {
+            index.insert_item(writer.id, *offset, *len, item);
+        }
+        if let Some(seg) = index.segments.get_mut(&writer.id) {
+            seg.size = writer.len;
+            seg.item_records += placed.len() as u64;
+        }
+        Ok(plan)
+    }
+
+    /// Close the active segment when it is full (or the batch would overflow its offsets).
+    fn roll_if_full(&self, writer: &mut Writer, adding: u64) -> Result<(), StoreError> {
+        let has_records = writer.len > SEGMENT_MAGIC.len() as u64;
+        let is_full = writer.len >= self.segment_bytes
+            || writer.len.saturating_add(adding) > u64::from(u32::MAX);
+        if has_records && is_full {
+            self.roll(writer)?;
+        }
+        Ok(())
+    }
+
+    /// Start a new active segment.
+    fn roll(&self, writer: &mut Writer) -> Result<(), StoreError> {
+        let id = writer.id + 1;
+        let (file, reader) =
+            create_segment(&self.dir, id).map_err(|err| unavailable("new segment", err))?;
+        write(&self.index).segments.insert(
+            id,
+            Segment {
+                file: Arc::new(reader),
+                size: SEGMENT_MAGIC.len() as u64,
+                live: 0,
+                live_bytes: 0,
+                item_records: 0,
+            },
+        );
+        *writer = Writer {
+            file,
+            id,
+            len: SEGMENT_MAGIC.len() as u64,
+            poisoned: None,
+        };
+        Ok(())
+    }
+
+    /// Evict up to `max_items` items due at `now_ms`, then give back the space of segments
+    /// left without live items and compact one mostly-dead segment.
+    pub fn sweep(&self, now_ms: u64, max_items: u32) -> Result<SweepReport, StoreError> {
+        let mut writer = lock(&self.writer);
+        let (evicted, more) = write(&self.index).evict_expired(now_ms, u64::from(max_items.max(1)));
+        if writer.poisoned.is_none() {
+            self.compact_one(&mut writer)?;
+            self.release_segments(&mut writer)?;
+        }
+        Ok(SweepReport { evicted, more })
+    }
+
+    /// Delete segments without live items (the active one is first closed when it is such).
+    fn release_segments(&self, writer: &mut Writer) -> Result<(), StoreError> {
+        let active_is_dead = read(&self.index)
+            .segments
+            .get(&writer.id)
+            .is_some_and(|s| s.live == 0 && s.item_records > 0);
+        if active_is_dead {
+            self.roll(writer)?;
+        }
+        let (dead, marks) = {
+            let index = read(&self.index);
+            let dead: Vec<u32> = index
+                .segments
+                .iter()
+                .filter(|(id, s)| **id != writer.id && s.live == 0)
+                .map(|(id, _)| *id)
+                .collect();
+            let marks: Vec<(MailboxId, u64)> = index
+                .mailboxes
+                .iter()
+                .filter(|m| dead.contains(&m.latest_segment))
+                .map(|m| (m.id, m.meta.latest))
+                .collect();
+            (dead, marks)
+        };
+        if dead.is_empty() {
+            return Ok(());
+        }
+        if !marks.is_empty() {
+            let mut buf = Vec::with_capacity(marks.len() * (FRAME_HEADER + core::MARK_BODY));
+            for (mailbox, latest) in &marks {
+                core::encode_mark(&mut buf, mailbox, *latest);
+            }
+            append(writer, &buf, &FaultPlan::none())?;
+            let mut index = write(&self.index);
+            for (mailbox, latest) in &marks {
+                index.mark(writer.id, mailbox, *latest);
+            }
+            if let Some(seg) = index.segments.get_mut(&writer.id) {
+                seg.size = writer.len;
+            }
+        }
+        for id in &dead {
+            let path = segment_path(&self.dir, *id);
+            if let Err(err) = std::fs::remove_file(&path)
+                && err.kind() != ErrorKind::NotFound
+            {
+                return Err(unavailable("deleting a segment", err));
+            }
+            write(&self.index).segments.remove(id);
+        }
+        sync_dir(&self.dir).map_err(|err| unavailable("syncing the store directory", err))?;
+        info!(
+            segments = dead.len(),
+            marks = marks.len(),
+            "released segments"
+        );
+        Ok(())
+    }
+
+    /// Copy the live items of the emptiest closed segment whose live bytes are under a quarter
+    /// of its size to the active segment, leaving it dead (released right after).
+    fn compact_one(&self, writer: &mut Writer) -> Result<(), StoreError> {
+        let candidate = {
+            let index = read(&self.index);
+            index
+                .segments
+                .iter()
+                .filter(|(id, s)| {
+                    **id != writer.id
+                        && s.live > 0
+                        && s.size >= self.segment_bytes / 2
+                        && s.live_bytes * COMPACT_LIVE_FRACTION < s.size
+                })
+                .min_by_key(|(_, s)| s.live_bytes)
+                .map(|(id, s)| (*id, s.file.clone()))
+        };
+        let Some((id, file)) = candidate else {
+            return Ok(());
+        };
+        let locs: Vec<Loc> = {
+            let index = read(&self.index);
+            index
+                .mailboxes
+                .iter()
+                .flat_map(|m| m.items.values().filter(|l| l.segment == id).copied())
+                .collect()
+        };
+        let mut buf = Vec::new();
+        for loc in &locs {
+            let mut frame = vec![0u8; loc.len as usize];
+            file.read_exact_at(&mut frame, u64::from(loc.offset))
+                .map_err(|err| unavailable("compaction read", err))?;
+            if core::decode_frame(&frame).is_none() {
+                return Err(StoreError::Unavailable(format!(
+                    "segment {id} is damaged at byte {}",
+                    loc.offset
+                )));
+            }
+            buf.extend_from_slice(&frame);
+        }
+        self.roll_if_full(writer, buf.len() as u64)?;
+        let base = writer.len;
+        append(writer, &buf, &FaultPlan::none())?;
+        let mut index = write(&self.index);
+        let mut at = 0usize;
+        while at < buf.len() {
+            let Some((len, _)) = buf
+                .get(at..at + FRAME_HEADER)
+                .and_then(|h| h.try_into().ok())
+                .and_then(core::parse_frame_header)
+            else {
+                break;
+            };
+            let frame = &buf[at..at + FRAME_HEADER + len];
+            if let Some(Record::Item(item)) = core::decode_frame(frame) {
+                index.insert_item(writer.id, base + at as u64, frame.len(), &item);
+            }
+            at += frame.len();
+        }
+        if let Some(seg) = index.segments.get_mut(&writer.id) {
+            seg.size = writer.len;
+            seg.item_records += locs.len() as u64;
+        }
+        info!(segment = id, items = locs.len(), "compacted a segment");
+        Ok(())
+    }
+
+    /// A page of durable, unexpired items of `mailbox` after `after`.
+    pub fn read_page(
+        &self,
+        mailbox: &MailboxId,
+        after: u64,
+        max_items: u32,
+        max_bytes: u32,
+        now_ms: u64,
+    ) -> Result<Page, StoreError> {
+        let mut page = Page {
+            items: Vec::new(),
+            next: Cursor(after),
+            has_more: false,
+        };
+        // Where the records lie, found under the index lock; read without it.
+        let mut wanted: Vec<(u64, Loc, Arc<File>)> = Vec::new();
+        {
+            let index = read(&self.index);
+            let Some(found) = index.mailbox(mailbox) else {
+                return Ok(page);
+            };
+            let mut bytes = 0u64;
+            for (cursor, loc) in found.items.range(after.saturating_add(1)..) {
+                if loc.expires_at_ms <= now_ms {
+                    page.next = Cursor(*cursor);
+                    continue;
+                }
+                let is_full = wanted.len() >= max_items.max(1) as usize
+                    || (!wanted.is_empty() && bytes + loc.ciphertext_len() > u64::from(max_bytes));
+                if is_full {
+                    page.has_more = true;
+                    break;
+                }
+                let Some(segment) = index.segments.get(&loc.segment) else {
+                    continue;
+                };
+                bytes += loc.ciphertext_len();
+                page.next = Cursor(*cursor);
+                wanted.push((*cursor, *loc, segment.file.clone()));
+            }
+        }
+        // Records next to each other in one segment are read with one call.
+        let mut start = 0;
+        while start < wanted.len() {
+            let mut end = start + 1;
+            while end < wanted.len()
+                && wanted[end].1.segment == wanted[end - 1].1.segment
+                && u64::from(wanted[end].1.offset)
+                    == u64::from(wanted[end - 1].1.offset) + u64::from(wanted[end - 1].1.len)
+            {
+                end += 1;
+            }
+            let run = &wanted[start..end];
+            let first = run[0].1;
+            let total: usize = run.iter().map(|(_, loc, _)| loc.len as usize).sum();
+            let mut buf = vec![0u8; total];
+            run[0]
+                .2
+                .read_exact_at(&mut buf, u64::from(first.offset))
+                .map_err(|err| unavailable("reading the store", err))?;
+            let buf = Bytes::from(buf);
+            let mut at = 0usize;
+            for (cursor, loc, _) in run {
+                let frame = buf.slice(at..at + loc.len as usize);
+                at += loc.len as usize;
+                match core::decode_frame(&frame) {
+                    Some(Record::Item(item)) if item.cursor == *cursor => {
+                        let body_start = FRAME_HEADER + ITEM_HEADER;
+                        page.items.push(Item {
+                            cursor: Cursor(*cursor),
+                            blob_id: item.blob_id,
+                            ciphertext: frame.slice(body_start..),
+                            stored_at_ms: item.stored_at_ms,
+                        });
+                    }
+                    _ => error!(cursor, segment = loc.segment, "skipping a damaged item"),
+                }
+            }
+            start = end;
+        }
+        Ok(page)
+    }
+}
+
+/// Append `buf` to the active segment and make it durable; on failure cut it back off (or,
+/// when even that fails, refuse further writes).
+fn append(writer: &mut Writer, buf: &[u8], faults: &FaultPlan) -> Result<(), StoreError> {
+    let result = writer
+        .file
+        .write_all(buf)
+        .map_err(|err| unavailable("write failed", err))
+        .and_then(|()| {
+            if faults.should_fail(FaultPoint::BeforeFlush) {
+                return Err(StoreError::Unavailable("flush failed (injected)".into()));
+            }
+            writer
+                .file
+                .sync_data()
+                .map_err(|err| unavailable("fdatasync failed", err))
+        });
+    match result {
+        Ok(()) => {
+            writer.len += buf.len() as u64;
+            Ok(())
+        }
+        Err(err) => {
+            let cut = writer
+                .file
+                .set_len(writer.len)
+                .and_then(|()| writer.file.sync_data());
+            if let Err(cut) = cut {
+                error!(error = %cut, "cannot cut a failed write off the log; refusing writes until restart");
+                writer.poisoned = Some(format!(
+                    "the store could not undo a failed write ({cut}); restart the relay"
+                ));
+            }
+            Err(err)
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The segment-log store on its own, on real files in a temp dir: segments roll and their
+//! space comes back when their items expire, compaction keeps what is live, the cursor of a
+//! mailbox survives the deletion of every segment that held it, a torn tail left by a crash
+//! is cut off, damage anywhere else refuses to open, a store in use is refused, and a
+//! property test checks commits, sweeps and reopens against a model.
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use zerok_actors::blob_store::OpenError;
+use zerok_actors::blob_store::core::StoreLimits;
+use zerok_actors::blob_store::segments::{SEGMENT_SUFFIX, Store};
+use zerok_actors::fault::FaultPlan;
+use zerok_messages::relay::{AppendRequest, StoreOutcome};
+use zerok_messages::{BlobId, MailboxId};
+
+const SMALL_SEGMENT: u64 = 4096;
+const T0: u64 = 1_700_000_000_000;
+const MAILBOX: MailboxId = MailboxId([4; 32]);
+
+fn request(mailbox: MailboxId, payload: &[u8], ttl_secs: u32) -> AppendRequest {
+    AppendRequest {
+        token: 0,
+        mailbox,
+        blob_id: BlobId::of_ciphertext(payload),
+        ciphertext: Bytes::copy_from_slice(payload),
+        ttl_secs: Some(ttl_secs),
+    }
+}
+
+/// A unique payload of at least `len` bytes.
+fn payload(n: u64, len: usize) -> Vec<u8> {
+    let mut out = format!("item-{n:06}-").into_bytes();
+    out.resize(len.max(out.len()), b'.');
+    out
+}
+
+/// Commit `requests` at `now_ms`; answers the cursors of stored items.
+fn commit(store: &Store, requests: &[AppendRequest], now_ms: u64) -> Vec<u64> {
+    let plan = store
+        .commit(
+            requests,
+            now_ms,
+            &StoreLimits::default(),
+            &FaultPlan::none(),
+        )
+        .unwrap();
+    plan.outcomes
+        .iter()
+        .map(|o| match o {
+            StoreOutcome::Stored { cursor, .. } => cursor.0,
+            StoreOutcome::Rejected(err) => panic!("rejected: {err}"),
+        })
+        .collect()
+}
+
+/// Every readable (cursor, ciphertext) of `mailbox` at `now_ms`, page by page.
+fn read_all(store: &Store, mailbox: &MailboxId, now_ms: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_page(mailbox, after, 7, 2000, now_ms).unwrap();
+        out.extend(
+            page.items
+                .iter()
+                .map(|i| (i.cursor.0, i.ciphertext.to_vec())),
+        );
+        assert!(page.next.0 >= after, "pages never go back");
+        after = page.next.0;
+        if !page.has_more {
+            return out;
+        }
+    }
+}
+
+fn sweep_all(store: &Store, now_ms: u64) -> u64 {
+    let mut evicted = 0;
+    loop {
+        let report = store.sweep(now_ms, 50).unwrap();
+        evicted += report.evicted;
+        if !report.more {
+            return evicted;
+        }
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(SEGMENT_SUFFIX))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn segments_roll_and_their_space_comes_back_and_cursors_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), SMALL_SEGMENT).unwrap();
+    let mut n = 0;
+    for _ in 0..10 {
+        let batch: Vec<AppendRequest> = (0..10)
+            .map(|_| {
+                n += 1;
+                request(MAILBOX, &payload(n, 200), 60)
+            })
+            .collect();
+        commit(&store, &batch, T0);
+    }
+    let full = store.stats();
+    assert_eq!(full.items, 100);
+    assert!(full.segments >= 5, "{} segments", full.segments);
+    assert_eq!(segment_files(dir.path()).len() as u64, full.segments);
+
+    assert_eq!(sweep_all(&store, T0 + 61_000), 100);
+    let empty = store.stats();
+    assert_eq!((empty.items, empty.bytes, empty.mailboxes), (0, 0, 0));
+    assert_eq!(empty.segments, 1, "only a new active segment is left");
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    assert!(
+        empty.disk_bytes < 200,
+        "{} bytes left on disk",
+        empty.disk_bytes
+    );
+    drop(store);
+
+    // Every segment that held the mailbox is gone; its cursor is not.
+    let store = Store::open(dir.path(), SMALL_SEGMENT).unwrap();
+    assert_eq!(store.meta(&MAILBOX).latest, 100);
+    assert_eq!(
+        commit(&store, &[request(MAILBOX, b"after", 60)], T0 + 62_000),
+        vec![101]
+    );
+}
+
+#[test]
+fn compaction_keeps_the_live_items_and_frees_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), SMALL_SEGMENT).unwrap();
+    let mut n = 0;
+    let mut long_lived = Vec::new();
+    for _ in 0..20 {
+        let batch: Vec<AppendRequest> = (0..10)
+            .map(|i| {
+                n += 1;
+                let data = payload(n, 150);
+                let ttl = if i == 0 { 3600 } else { 60 };
+                if i == 0 {
+                    long_lived.push(data.clone());
+                }
+                request(MAILBOX, &data, ttl)
+            })
+            .collect();
+        commit(&store, &batch, T0);
+    }
+    let before = store.stats();
+    let now = T0 + 61_000;
+    assert_eq!(sweep_all(&store, now), 180);
+    // Each sweep compacts at most one segment; a few more passes finish the job.
+    for _ in 0..before.segments {
+        store.sweep(now, 50).unwrap();
+    }
+    let after = store.stats();
+    assert_eq!(after.items, 20);
+    assert!(
+        after.disk_bytes * 3 < before.disk_bytes,
+        "{} bytes before, {} after",
+        before.disk_bytes,
+        after.disk_bytes
+    );
+    let check = |store: &Store| {
+        let got = read_all(store, &MAILBOX, now);
+        let cursors: Vec<u64> = got.iter().map(|(c, _)| *c).collect();
+        let expected: Vec<u64> = (0..20).map(|k| k * 10 + 1).collect();
+        assert_eq!(cursors, expected);
+        let data: Vec<Vec<u8>> = got.into_iter().map(|(_, d)| d).collect();
+        assert_eq!(data, long_lived);
+    };
+    check(&store);
+    drop(store);
+    let store = Store::open(dir.path(), SMALL_SEGMENT).unwrap();
+    check(&store);
+    assert_eq!(store.stats().items, 20);
+    assert_eq!(store.meta(&MAILBOX).latest, 200);
+    // A duplicate of a compacted item is still recognised.
+    let again = store
+        .commit(
+            &[request(MAILBOX, &long_lived[3], 60)],
+            now,
+            &StoreLimits::default(),
+            &FaultPlan::none(),
+        )
+        .unwrap();
+    assert!(matches!(
+        again.outcomes[0],
+        StoreOutcome::Stored {
+            duplicate: true,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_and_nothing_acked_is_lost() {
+    // A crash in the middle of an unacknowledged write leaves part of a record at the end of
+    // the newest segment, cut anywhere.
+    let mut record = Vec::new();
+    zerok_actors::blob_store::core::encode_item(
+        &mut record,
+        &zerok_actors::blob_store::core::ItemRecord {
+            mailbox: MAILBOX,
+            cursor: 11,
+            blob_id: BlobId::of_ciphertext(b"never acked"),
+            stored_at_ms: T0,
+            expires_at_ms: T0 + 60_000,
+            ciphertext: b"never acked",
+        },
+    );
+    for cut in [1, 4, 8, 9, 50, record.len() - 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let batch: Vec<AppendRequest> = (0..10)
+            .map(|n| request(MAILBOX, &payload(n, 40), 60))
+            .collect();
+        commit(&store, &batch, T0);
+        let acked = read_all(&store, &MAILBOX, T0);
+        drop(store);
+        let last = segment_files(dir.path()).pop().unwrap();
+        let good_len = std::fs::metadata(&last).unwrap().len();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&last)
+            .unwrap();
+        file.write_all(&record[..cut]).unwrap();
+        drop(file);
+
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(read_all(&store, &MAILBOX, T0), acked, "cut at {cut}");
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), good_len);
+        assert_eq!(
+            commit(&store, &[request(MAILBOX, b"next", 60)], T0),
+            vec![11]
+        );
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(read_all(&store, &MAILBOX, T0).len(), 11);
+    }
+}
+
+#[test]
+fn damage_in_a_closed_segment_is_refused_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), SMALL_SEGMENT).unwrap();
+    for n in 0..60 {
+        commit(&store, &[request(MAILBOX, &payload(n, 200), 60)], T0);
+    }
+    drop(store);
+    let first = segment_files(dir.path()).remove(0);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[300] ^= 0x40;
+    std::fs::write(&first, &bytes).unwrap();
+    let err = Store::open(dir.path(), SMALL_SEGMENT).err().unwrap();
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&first.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        bytes,
+        "nothing is changed on a refused open"
+    );
+}
+
+#[test]
+fn a_store_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), SMALL_SEGMENT).unwrap();
+    let err = Store::open(dir.path(), SMALL_SEGMENT).err().unwrap();
+    assert!(matches!(err, OpenError::Locked { .. }), "{err}");
+    drop(store);
+    Store::open(dir.path(), SMALL_SEGMENT).unwrap();
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Commit items (mailbox, payload length, TTL in seconds).
+    Commit(Vec<(u8, usize, u32)>),
+    /// Move the clock by this many seconds and sweep in slices of this size.
+    Sweep(u64, u32),
+    /// Close and reopen the store.
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => proptest::collection::vec((0u8..3, 1usize..400, 1u32..40), 1..12).prop_map(Op::Commit),
+        2 => (1u64..30, 1u32..20).prop_map(|(secs, slice)| Op::Sweep(secs, slice)),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Against a model, through segment rolls, sweeps, compaction and reopens: every unexpired
+    /// item is readable with its cursor and bytes, cursors only go up, and totals add up.
+    #[test]
+    fn the_log_matches_a_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Some(Store::open(dir.path(), SMALL_SEGMENT).unwrap());
+        // mailbox → cursor → (bytes, expires_at_ms); latest cursor per mailbox.
+        let mut model: BTreeMap<u8, BTreeMap<u64, (Vec<u8>, u64)>> = BTreeMap::new();
+        let mut latest: BTreeMap<u8, u64> = BTreeMap::new();
+        let mut now = T0;
+        let mut n = 0u64;
+        for op in ops {
+            match op {
+                Op::Commit(items) => {
+                    let s = store.as_ref().unwrap();
+                    let requests: Vec<AppendRequest> = items
+                        .iter()
+                        .map(|(mailbox, len, ttl)| {
+                            n += 1;
+                            request(MailboxId([*mailbox; 32]), &payload(n, *len), *ttl)
+                        })
+                        .collect();
+                    let cursors = commit(s, &requests, now);
+                    for ((mailbox, _, ttl), (request, cursor)) in
+                        items.iter().zip(requests.iter().zip(cursors))
+                    {
+                        let last = latest.entry(*mailbox).or_default();
+                        prop_assert_eq!(cursor, *last + 1);
+                        *last = cursor;
+                        model.entry(*mailbox).or_default().insert(
+                            cursor,
+                            (request.ciphertext.to_vec(), now + u64::from(*ttl) * 1000),
+                        );
+                    }
+                }
+                Op::Sweep(secs, slice) => {
+                    now += secs * 1000;
+                    let s = store.as_ref().unwrap();
+                    loop {
+                        let report = s.sweep(now, slice).unwrap();
+                        prop_assert!(report.evicted <= u64::from(slice));
+                        if !report.more {
+                            break;
+                        }
+                    }
+                    for items in model.values_mut() {
+                        items.retain(|_, (_, expires)| *expires > now);
+                    }
+                }
+                Op::Reopen => {
+                    drop(store.take());
+                    store = Some(Store::open(dir.path(), SMALL_SEGMENT).unwrap());
+                }
+            }
+            let s = store.as_ref().unwrap();
+            for mailbox in 0u8..3 {
+                let id = MailboxId([mailbox; 32]);
+                let expected: Vec<(u64, Vec<u8>)> = model
+                    .get(&mailbox)
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter(|(_, (_, expires))| *expires > now)
+                            .map(|(c, (d, _))| (*c, d.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                prop_assert_eq!(read_all(s, &id, now), expected);
+                prop_assert_eq!(s.meta(&id).latest, latest.get(&mailbox).copied().unwrap_or(0));
+            }
+            let stats = s.stats();
+            prop_assert_eq!(stats.segments as usize, segment_files(dir.path()).len());
+        }
+    }
+}
