@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use zerok_actors::blob_store::OpenError;
 use zerok_actors::blob_store::core::StoreLimits;
@@ -229,19 +229,22 @@ fn a_torn_tail_is_cut_off_and_nothing_acked_is_lost() {
             .collect();
         commit(&store, &batch, T0);
         let acked = read_all(&store, &MAILBOX, T0);
+        let data_len = store.stats().disk_bytes;
         drop(store);
         let last = segment_files(dir.path()).pop().unwrap();
-        let good_len = std::fs::metadata(&last).unwrap().len();
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&last)
-            .unwrap();
-        file.write_all(&record[..cut]).unwrap();
+        let before = std::fs::read(&last).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+        file.write_all_at(&record[..cut], data_len).unwrap();
         drop(file);
 
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(read_all(&store, &MAILBOX, T0), acked, "cut at {cut}");
-        assert_eq!(std::fs::metadata(&last).unwrap().len(), good_len);
+        let after = std::fs::read(&last).unwrap();
+        assert_eq!(after[..data_len as usize], before[..data_len as usize]);
+        assert!(
+            after[data_len as usize..].iter().all(|b| *b == 0),
+            "the torn record is gone"
+        );
         assert_eq!(
             commit(&store, &[request(MAILBOX, b"next", 60)], T0),
             vec![11]

@@ -114,10 +114,19 @@ impl BlobStoreState {
         let now_ms = self.clock.now_unix_ms();
         let faults = self.faults.clone();
         let started = tokio::time::Instant::now();
-        let result =
-            tokio::task::spawn_blocking(move || store.commit(&requests, now_ms, &limits, &faults))
+        let run = move || store.commit(&requests, now_ms, &limits, &faults);
+        // On a multi-thread runtime (the relay) the commit runs right here and the runtime
+        // moves this worker's other tasks to another thread: no hand-off to the blocking pool
+        // and back on the push path. Elsewhere (single-threaded tests) it goes to the pool.
+        let result = if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::task::block_in_place(run)
+        } else {
+            tokio::task::spawn_blocking(run)
                 .await
-                .unwrap_or_else(|err| Err(unavailable(format!("commit task failed: {err}"))));
+                .unwrap_or_else(|err| Err(unavailable(format!("commit task failed: {err}"))))
+        };
         self.metrics
             .flush_latency_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -26,7 +26,7 @@ use crate::fault::{FaultPlan, FaultPoint};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -324,16 +324,20 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Create segment `id`: magic written and durable, directory entry durable. Answers the
-/// append handle and a read handle.
-fn create_segment(dir: &Path, id: u32) -> std::io::Result<(File, File)> {
+/// Create segment `id`: magic written, file presized to `presize` bytes (sparse; an
+/// `fdatasync` after a write that does not grow the file is about half the cost of one after
+/// an append on ext4), all durable, directory entry durable. Answers the write handle and a
+/// read handle.
+fn create_segment(dir: &Path, id: u32, presize: u64) -> std::io::Result<(File, File)> {
     let path = segment_path(dir, id);
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .read(true)
+        .write(true)
         .open(&path)?;
-    file.write_all(SEGMENT_MAGIC)?;
-    file.sync_data()?;
+    file.write_all_at(SEGMENT_MAGIC, 0)?;
+    file.set_len(presize.max(SEGMENT_MAGIC.len() as u64))?;
+    file.sync_all()?;
     sync_dir(dir)?;
     let reader = File::open(&path)?;
     Ok((file, reader))
@@ -343,7 +347,8 @@ fn create_segment(dir: &Path, id: u32) -> std::io::Result<(File, File)> {
 struct Scanned {
     /// Bytes of whole records (and the magic) from the start.
     good_len: u64,
-    /// Whether something after `good_len` failed to decode.
+    /// Whether something after `good_len` failed to decode (and is not the zeros of a
+    /// presized segment).
     damaged: bool,
 }
 
@@ -381,7 +386,13 @@ fn scan_segment(index: &mut Index, id: u32, file: &File) -> std::io::Result<Scan
             _ => {}
         }
         let Some((len, _)) = core::parse_frame_header(&header) else {
-            break;
+            // Zeros where a header should be: the unused, presized end of the segment, unless
+            // anything after them is not zero.
+            let is_zero = header.iter().all(|b| *b == 0) && rest_is_zero(&mut reader)?;
+            return Ok(Scanned {
+                good_len: offset,
+                damaged: !is_zero,
+            });
         };
         frame.clear();
         frame.extend_from_slice(&header);
@@ -405,6 +416,20 @@ fn scan_segment(index: &mut Index, id: u32, file: &File) -> std::io::Result<Scan
         good_len: offset,
         damaged: true,
     })
+}
+
+/// Whether everything left to read is zero.
+fn rest_is_zero(reader: &mut impl Read) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = read_full(reader, &mut buf)?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        if n < buf.len() {
+            return Ok(true);
+        }
+    }
 }
 
 /// Read until `buf` is full or the file ends; answers the bytes read.
@@ -472,6 +497,7 @@ impl Store {
     /// Open (or create) the store in `dir`, rebuilding the index from its segments. Closes
     /// the active segment at `segment_bytes` (at least 4 KiB).
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<Store, OpenError> {
+        let segment_bytes = segment_bytes.max(4096);
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock_file = OpenOptions::new()
@@ -493,7 +519,7 @@ impl Store {
             let path = segment_path(dir, *id);
             let file = OpenOptions::new()
                 .read(true)
-                .append(true)
+                .write(true)
                 .open(&path)
                 .map_err(io_err(&path))?;
             let reader = File::open(&path).map_err(io_err(&path))?;
@@ -526,12 +552,20 @@ impl Store {
                 );
                 if scanned.good_len == 0 {
                     file.set_len(0).map_err(io_err(&path))?;
-                    (&file).write_all(SEGMENT_MAGIC).map_err(io_err(&path))?;
+                    file.write_all_at(SEGMENT_MAGIC, 0).map_err(io_err(&path))?;
                     len = SEGMENT_MAGIC.len() as u64;
                 } else {
                     file.set_len(len).map_err(io_err(&path))?;
                 }
-                file.sync_data().map_err(io_err(&path))?;
+                file.sync_all().map_err(io_err(&path))?;
+            }
+            if is_last {
+                // The active segment is written in place: presize it again.
+                let size = file.metadata().map_err(io_err(&path))?.len();
+                if size < segment_bytes {
+                    file.set_len(segment_bytes).map_err(io_err(&path))?;
+                    file.sync_all().map_err(io_err(&path))?;
+                }
             }
             if let Some(seg) = index.segments.get_mut(id) {
                 seg.size = len;
@@ -543,7 +577,7 @@ impl Store {
         let (file, id, len) = match active {
             Some(active) => active,
             None => {
-                let (file, reader) = create_segment(dir, 1).map_err(io_err(dir))?;
+                let (file, reader) = create_segment(dir, 1, segment_bytes).map_err(io_err(dir))?;
                 index.segments.insert(
                     1,
                     Segment {
@@ -565,7 +599,7 @@ impl Store {
         );
         Ok(Store {
             dir: dir.to_path_buf(),
-            segment_bytes: segment_bytes.max(4096),
+            segment_bytes,
             writer: Mutex::new(Writer {
                 file,
                 id,
@@ -670,11 +704,16 @@ impl Store {
         Ok(())
     }
 
-    /// Start a new active segment.
+    /// Close the active segment (cut to its records, durable) and start a new one.
     fn roll(&self, writer: &mut Writer) -> Result<(), StoreError> {
+        writer
+            .file
+            .set_len(writer.len)
+            .and_then(|()| writer.file.sync_all())
+            .map_err(|err| unavailable("closing a segment", err))?;
         let id = writer.id + 1;
-        let (file, reader) =
-            create_segment(&self.dir, id).map_err(|err| unavailable("new segment", err))?;
+        let (file, reader) = create_segment(&self.dir, id, self.segment_bytes)
+            .map_err(|err| unavailable("new segment", err))?;
         write(&self.index).segments.insert(
             id,
             Segment {
@@ -923,7 +962,7 @@ impl Store {
 fn append(writer: &mut Writer, buf: &[u8], faults: &FaultPlan) -> Result<(), StoreError> {
     let result = writer
         .file
-        .write_all(buf)
+        .write_all_at(buf, writer.len)
         .map_err(|err| unavailable("write failed", err))
         .and_then(|()| {
             if faults.should_fail(FaultPoint::BeforeFlush) {
@@ -940,10 +979,11 @@ fn append(writer: &mut Writer, buf: &[u8], faults: &FaultPlan) -> Result<(), Sto
             Ok(())
         }
         Err(err) => {
+            // Cut what may have been written (a presized segment then grows on its own).
             let cut = writer
                 .file
                 .set_len(writer.len)
-                .and_then(|()| writer.file.sync_data());
+                .and_then(|()| writer.file.sync_all());
             if let Err(cut) = cut {
                 error!(error = %cut, "cannot cut a failed write off the log; refusing writes until restart");
                 writer.poisoned = Some(format!(

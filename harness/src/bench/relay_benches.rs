@@ -258,6 +258,17 @@ async fn commit_figures(relay: &RelayProcess, bench: &str) -> Vec<BenchResult> {
             Better::Lower,
         ));
     }
+    if let Some((sum, count)) = histogram(relay, "zerok_relay_push_latency_seconds").await
+        && count > 0.0
+    {
+        out.push(BenchResult::new(
+            bench,
+            "relay_avg_push_to_ack_ms",
+            sum / count * 1000.0,
+            "ms",
+            Better::Lower,
+        ));
+    }
     out
 }
 
@@ -292,13 +303,16 @@ pub async fn fanout(
             got
         }));
     }
+    let mut acks = Samples::new();
     for n in 0..records as u64 {
         let body = record(n, 77);
         let blob_id = BlobId::of_ciphertext(&body);
+        let sent_at = Instant::now();
         sent.lock()
             .map_err(|_| anyhow!("poisoned"))?
-            .insert(blob_id, Instant::now());
+            .insert(blob_id, sent_at);
         pusher.push(mailbox, body).await?;
+        acks.push(sent_at.elapsed());
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let mut samples = Samples::new();
@@ -337,9 +351,21 @@ pub async fn fanout(
             "deliveries",
             Better::Lower,
         ),
+        // Where the time goes: the pusher's own round trip to its ack, and (means, from the
+        // relay's /metrics) push frame → ack inside the relay and the group commit in it.
+        BenchResult::new(
+            "fanout",
+            "push_to_ack_p50_ms",
+            ms(acks.percentile(50.0)),
+            "ms",
+            Better::Lower,
+        )
+        .against("rtt_p50_ms", ms(base.rtt_p50)),
     ];
+    let relay_figures = commit_figures(&relay, "fanout").await;
     Ok(results
         .into_iter()
+        .chain(relay_figures)
         .map(|r| {
             r.param("subscribers", subscribers)
                 .param("records", records)
@@ -349,7 +375,11 @@ pub async fn fanout(
 
 /// `catchup`: a fresh device pulls every stored record.
 pub async fn catchup(bench: &Bench, base: &Baseline) -> anyhow::Result<Vec<BenchResult>> {
-    let relay = bench.relay(None).await?;
+    let mut relay = bench.relay(None).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_kib = relay
+        .rss_kib()
+        .ok_or_else(|| anyhow!("no /proc RSS for the relay"))?;
     let keys = group(9);
     let mailbox = keys.mailbox_id();
     let records: u64 = if bench.quick { 5_000 } else { 100_000 };
@@ -400,6 +430,18 @@ pub async fn catchup(bench: &Bench, base: &Baseline) -> anyhow::Result<Vec<Bench
         return Err(anyhow!("pulled {count} of {records} records"));
     }
     let mib_s = bytes as f64 / (1024.0 * 1024.0) / seconds;
+    // The store's index is rebuilt from the log at start: time a restart with every record
+    // stored, and weigh the index by the relay's memory after it (nothing else is loaded).
+    drop(reader);
+    relay.terminate(Duration::from_secs(15)).await?;
+    let reopen_started = Instant::now();
+    relay.restart().await?;
+    let reopen_seconds = reopen_started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored_kib = relay
+        .rss_kib()
+        .ok_or_else(|| anyhow!("no /proc RSS for the relay"))?;
+    let index_bytes = stored_kib.saturating_sub(idle_kib) as f64 * 1024.0 / records as f64;
     let results = vec![
         BenchResult::new("catchup", "seconds", seconds, "s", Better::Lower),
         BenchResult::new(
@@ -411,6 +453,27 @@ pub async fn catchup(bench: &Bench, base: &Baseline) -> anyhow::Result<Vec<Bench
         ),
         BenchResult::new("catchup", "mib_per_s", mib_s, "MiB/s", Better::Higher)
             .against("throughput_mib_s", base.throughput_mib_s),
+        BenchResult::new(
+            "catchup",
+            "restart_seconds",
+            reopen_seconds,
+            "s",
+            Better::Lower,
+        ),
+        BenchResult::new(
+            "catchup",
+            "relay_rss_stored_mib",
+            stored_kib as f64 / 1024.0,
+            "MiB",
+            Better::Lower,
+        ),
+        BenchResult::new(
+            "catchup",
+            "index_bytes_per_item",
+            index_bytes,
+            "B",
+            Better::Lower,
+        ),
     ];
     Ok(results
         .into_iter()
