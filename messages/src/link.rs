@@ -14,7 +14,12 @@ use tokio::sync::mpsc;
 pub const LINK_QUEUE_FRAMES: usize = 64;
 
 /// What a link transports in each direction: a frame body, or the reason the link broke.
-pub type Wire = Result<Bytes, LinkError>;
+///
+/// The error is boxed so that a queue slot is one `Bytes` (32 bytes) instead of a
+/// `LinkError` (72): tokio allocates a channel's slots 32 at a time when it is created, and
+/// every connection has two of these queues, so a slot's size is paid on every idle
+/// connection while errors are sent at most once per link.
+pub type Wire = Result<Bytes, Box<LinkError>>;
 
 /// Why a link operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,7 +129,7 @@ impl LinkSender {
         // the pump is stuck on a slow peer; spawning the abort lets it through once there is
         // room, and dropping the connection happens either way when the pump exits.
         let reason = LinkError::Reset(reason.to_owned());
-        if let Err(mpsc::error::TrySendError::Full(err)) = self.tx.try_send(Err(reason)) {
+        if let Err(mpsc::error::TrySendError::Full(err)) = self.tx.try_send(Err(Box::new(reason))) {
             let tx = self.tx.clone();
             tokio::spawn(async move {
                 let _ = tx.send(err).await;
@@ -150,7 +155,7 @@ impl LinkReceiver {
     pub async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
         match self.rx.recv().await {
             Some(Ok(body)) => Ok(Some(body)),
-            Some(Err(err)) => Err(err),
+            Some(Err(err)) => Err(*err),
             None => Ok(None),
         }
     }
@@ -177,4 +182,23 @@ pub enum LinkEvent {
         /// Why, if it broke.
         error: Option<LinkError>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_slot_is_one_frame_body() {
+        // Every idle connection pays 2 × 32 slots of this (see `Wire`).
+        assert_eq!(std::mem::size_of::<Wire>(), std::mem::size_of::<Bytes>());
+    }
+
+    #[tokio::test]
+    async fn an_abort_reaches_the_receiver_as_its_error() {
+        let (tx, rx) = channel();
+        let (sender, mut receiver) = (LinkSender::new(tx), LinkReceiver::new(rx));
+        sender.abort("gone");
+        assert_eq!(receiver.recv().await, Err(LinkError::Reset("gone".into())));
+    }
 }

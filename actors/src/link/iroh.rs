@@ -331,21 +331,27 @@ async fn read_pump(connection: Connection, mut recv: RecvStream, frames: mpsc::S
             Ok(()) => {}
             Err(iroh::endpoint::ReadExactError::FinishedEarly(0)) => return,
             Err(err) => {
-                let _ = frames.send(Err(LinkError::Reset(err.to_string()))).await;
+                let _ = frames
+                    .send(Err(Box::new(LinkError::Reset(err.to_string()))))
+                    .await;
                 return;
             }
         }
         let len = match body_len(prefix) {
             Ok(len) => len,
             Err(err) => {
-                let _ = frames.send(Err(LinkError::Protocol(err.to_string()))).await;
+                let _ = frames
+                    .send(Err(Box::new(LinkError::Protocol(err.to_string()))))
+                    .await;
                 connection.close(VarInt::from_u32(CLOSE_ABORT), b"frame too large");
                 return;
             }
         };
         let mut body = vec![0u8; len];
         if let Err(err) = recv.read_exact(&mut body).await {
-            let _ = frames.send(Err(LinkError::Reset(err.to_string()))).await;
+            let _ = frames
+                .send(Err(Box::new(LinkError::Reset(err.to_string()))))
+                .await;
             return;
         }
         if frames.send(Ok(Bytes::from(body))).await.is_err() {
