@@ -41,6 +41,12 @@ const APPEND_BATCH_ITEMS: usize = 64;
 const APPEND_RECORD_BYTES: usize = 1024;
 /// Sealed plaintext size.
 const SEAL_BYTES: usize = 1024;
+/// Time between two pushes of the `fanout` bench, and so between two samples of the paced
+/// baselines: a lone push on an otherwise idle machine pays wake-ups (threads, vCPUs, the
+/// disk) that back-to-back samples do not, so it is compared with limits measured at its pace.
+pub const PACE: Duration = Duration::from_millis(2);
+/// Paced samples (round trips, fdatasyncs) in a full run; a quarter of it in a quick one.
+const PACED_SAMPLES: usize = 400;
 /// Bound on every iroh step (dial, accept, a whole phase), so a broken link fails the run
 /// instead of hanging it.
 const IROH_BOUND: Duration = Duration::from_secs(120);
@@ -52,12 +58,17 @@ pub struct Baseline {
     pub rtt_p50: Duration,
     /// Raw iroh round trip of a 1 KiB frame on one stream, 99th percentile.
     pub rtt_p99: Duration,
+    /// The same round trip, one every [`PACE`], median.
+    pub rtt_paced_p50: Duration,
     /// Raw iroh one-stream throughput, one direction.
     pub throughput_mib_s: f64,
     /// 4 KiB write + fdatasync in the data dir, median.
     pub fsync_p50: Duration,
     /// 4 KiB write + fdatasync in the data dir, 99th percentile.
     pub fsync_p99: Duration,
+    /// A 1 KiB append to a presized file + fdatasync, one every [`PACE`], median: what the
+    /// store's commit of a lone push costs at best.
+    pub fsync_paced_p50: Duration,
     /// Batches of 64 × 1 KiB records appended to a file with one `write` and one
     /// `fdatasync` each: the disk's limit for the store's group commit.
     pub append_items_per_s: f64,
@@ -69,6 +80,7 @@ pub struct Baseline {
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     rtt_samples: usize,
+    paced_samples: usize,
     throughput_bytes: usize,
     fsync_samples: usize,
     append_batches: usize,
@@ -80,6 +92,7 @@ impl Plan {
         if quick {
             Self {
                 rtt_samples: 300,
+                paced_samples: PACED_SAMPLES / 4,
                 throughput_bytes: 16 << 20,
                 fsync_samples: 50,
                 append_batches: 30,
@@ -88,6 +101,7 @@ impl Plan {
         } else {
             Self {
                 rtt_samples: 2000,
+                paced_samples: PACED_SAMPLES,
                 throughput_bytes: 256 << 20,
                 fsync_samples: 200,
                 append_batches: 200,
@@ -103,9 +117,12 @@ impl Baseline {
     /// the disk under test.
     pub async fn measure(dir: &Path, quick: bool) -> anyhow::Result<Baseline> {
         let plan = Plan::new(quick);
-        let (rtt_p50, rtt_p99, throughput_mib_s) =
+        let (rtt_p50, rtt_p99, rtt_paced_p50, throughput_mib_s) =
             measure_iroh(&plan).await.context("measuring raw iroh")?;
         let (fsync_p50, fsync_p99) = measure_fsync(dir, &plan).await.context("measuring fsync")?;
+        let fsync_paced_p50 = measure_fsync_paced(dir, &plan)
+            .await
+            .context("measuring paced fsync")?;
         let append_items_per_s = measure_append(dir, &plan)
             .await
             .context("measuring appends")?;
@@ -113,9 +130,11 @@ impl Baseline {
         Ok(Baseline {
             rtt_p50,
             rtt_p99,
+            rtt_paced_p50,
             throughput_mib_s,
             fsync_p50,
             fsync_p99,
+            fsync_paced_p50,
             append_items_per_s,
             seal_per_s,
         })
@@ -126,6 +145,13 @@ impl Baseline {
         vec![
             BenchResult::new(BENCH, "rtt_p50_us", us(self.rtt_p50), "us", Better::Lower),
             BenchResult::new(BENCH, "rtt_p99_us", us(self.rtt_p99), "us", Better::Lower),
+            BenchResult::new(
+                BENCH,
+                "rtt_paced_p50_us",
+                us(self.rtt_paced_p50),
+                "us",
+                Better::Lower,
+            ),
             BenchResult::new(
                 BENCH,
                 "throughput_mib_s",
@@ -144,6 +170,13 @@ impl Baseline {
                 BENCH,
                 "fsync_p99_us",
                 us(self.fsync_p99),
+                "us",
+                Better::Lower,
+            ),
+            BenchResult::new(
+                BENCH,
+                "fsync_paced_p50_us",
+                us(self.fsync_paced_p50),
                 "us",
                 Better::Lower,
             ),
@@ -209,8 +242,8 @@ async fn next(receiver: &mut LinkReceiver) -> anyhow::Result<Bytes> {
         .ok_or_else(|| anyhow!("link closed early"))
 }
 
-/// Raw iroh round trip (p50, p99) and one-direction throughput in MiB/s.
-async fn measure_iroh(plan: &Plan) -> anyhow::Result<(Duration, Duration, f64)> {
+/// Raw iroh round trip (p50, p99, paced p50) and one-direction throughput in MiB/s.
+async fn measure_iroh(plan: &Plan) -> anyhow::Result<(Duration, Duration, Duration, f64)> {
     let server = iroh_node(0xba5e_0001).await?;
     let client = iroh_node(0xba5e_0002).await?;
     let mut listener = server.listen();
@@ -225,7 +258,7 @@ async fn measure_iroh(plan: &Plan) -> anyhow::Result<(Duration, Duration, f64)> 
             measure_throughput(&client, &server, &mut listener, plan),
         )
         .await??;
-        Ok::<_, anyhow::Error>((rtt.0, rtt.1, throughput))
+        Ok::<_, anyhow::Error>((rtt.0, rtt.1, rtt.2, throughput))
     }
     .await;
     drop(listener);
@@ -239,7 +272,7 @@ async fn measure_rtt(
     server: &IrohNode,
     listener: &mut LinkListener,
     plan: &Plan,
-) -> anyhow::Result<(Duration, Duration)> {
+) -> anyhow::Result<(Duration, Duration, Duration)> {
     let (mut near, far) = connect(client, server, listener, b"echo").await?;
     let (_, echo_sender, mut echo_receiver) = far.into_parts();
     let echo = tokio::spawn(async move {
@@ -252,8 +285,7 @@ async fn measure_rtt(
     let mut payload = vec![0u8; RTT_FRAME_BYTES];
     Rng::seeded(0xba5e_0003).fill(&mut payload);
     let frame = Bytes::from(payload);
-    let mut samples = Samples::new();
-    for i in 0..RTT_WARMUP + plan.rtt_samples {
+    let mut round_trip = async || -> anyhow::Result<Duration> {
         let start = Instant::now();
         near.sender.send(frame.clone()).await?;
         let back = next(&mut near.receiver).await?;
@@ -263,13 +295,27 @@ async fn measure_rtt(
             "echo of {} bytes",
             back.len()
         );
+        Ok(elapsed)
+    };
+    let mut samples = Samples::new();
+    for i in 0..RTT_WARMUP + plan.rtt_samples {
+        let elapsed = round_trip().await?;
         if i >= RTT_WARMUP {
             samples.push(elapsed);
         }
     }
+    let mut paced = Samples::new();
+    for _ in 0..plan.paced_samples {
+        tokio::time::sleep(PACE).await;
+        paced.push(round_trip().await?);
+    }
     near.sender.finish();
     let _ = echo.await;
-    Ok((samples.percentile(50.0), samples.percentile(99.0)))
+    Ok((
+        samples.percentile(50.0),
+        samples.percentile(99.0),
+        paced.percentile(50.0),
+    ))
 }
 
 async fn measure_throughput(
@@ -350,6 +396,40 @@ async fn measure_fsync(dir: &Path, plan: &Plan) -> anyhow::Result<(Duration, Dur
     .await?
 }
 
+/// 1 KiB appends to a presized file, each followed by `fdatasync`, one every [`PACE`]: p50.
+async fn measure_fsync_paced(dir: &Path, plan: &Plan) -> anyhow::Result<Duration> {
+    let path = dir.join("fsync-paced-baseline");
+    let _ = std::fs::remove_file(&path);
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.set_len(64 << 20)?;
+    file.sync_all()?;
+    let file = std::sync::Arc::new(file);
+    let mut samples = Samples::new();
+    for i in 0..plan.paced_samples {
+        tokio::time::sleep(PACE).await;
+        let file = file.clone();
+        let elapsed = tokio::task::spawn_blocking(move || -> std::io::Result<Duration> {
+            use std::os::unix::fs::FileExt;
+            let mut record = [0u8; RTT_FRAME_BYTES];
+            Rng::seeded(i as u64).fill(&mut record[..16]);
+            let start = Instant::now();
+            file.write_all_at(&record, (i * RTT_FRAME_BYTES) as u64)?;
+            file.sync_data()?;
+            Ok(start.elapsed())
+        })
+        .await??;
+        samples.push(elapsed);
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    Ok(samples.percentile(50.0))
+}
+
 /// Records per second appended in batches of 64 × 1 KiB, one `write` + `fdatasync` each.
 async fn measure_append(dir: &Path, plan: &Plan) -> anyhow::Result<f64> {
     let path = dir.join("append-baseline");
@@ -428,6 +508,8 @@ mod tests {
         for duration in [
             baseline.rtt_p50,
             baseline.rtt_p99,
+            baseline.rtt_paced_p50,
+            baseline.fsync_paced_p50,
             baseline.fsync_p50,
             baseline.fsync_p99,
         ] {
@@ -450,7 +532,7 @@ mod tests {
             assert!(result.value.is_finite() && result.value > 0.0, "{result:?}");
         }
         let metrics: BTreeSet<&str> = results.iter().map(|r| r.metric.as_str()).collect();
-        assert_eq!(results.len(), 7);
-        assert_eq!(metrics.len(), 7, "{metrics:?}");
+        assert_eq!(results.len(), 9);
+        assert_eq!(metrics.len(), 9, "{metrics:?}");
     }
 }
