@@ -2,7 +2,8 @@
 //! 127.0.0.1 and spoken to over iroh QUIC: push/subscribe/pull between two devices, a
 //! restart keeping the relay id and the data, SIGKILL while pushing losing no acked push,
 //! zero knowledge of the data dir and logs, authorization, hostile frames, rate and
-//! connection limits, the HTTP endpoints, graceful SIGTERM and bad configurations.
+//! connection limits, the HTTP endpoints, graceful SIGTERM, bad configurations, and a store
+//! with small segments rolling, releasing and compacting under load and then SIGKILLed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -599,4 +600,146 @@ async fn json_logs_are_one_object_per_line_and_rust_log_filters() {
         logs.contains("\"DEBUG\""),
         "RUST_LOG=debug reaches the relay: {logs}"
     );
+}
+
+/// A gauge's value in a `/metrics` text.
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_segments_roll_release_compact_and_survive_sigkill() {
+    // 1 MiB segments, a sweep every second: with 8 KiB items the log rolls every ~128 items,
+    // and when the short-lived seven eighths expire every closed segment is mostly dead, so
+    // the real binary releases and compacts while clients keep pushing and then dies by SIGKILL.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "[store]\nsegment_bytes = 1048576\nsweep_interval_secs = 1\n\
+         [rate_limits]\nframes_per_device_per_sec = 100000\nframes_per_device_burst = 100000\n",
+    )
+    .unwrap();
+    let mut relay = relay(&dir, &["--config", config.to_str().unwrap()]).await;
+    let (_, keys) = group(4);
+    let keys = Arc::new(keys);
+    let mailbox = keys.mailbox_id();
+    let body = |n: u64| {
+        let mut data = blob(n).to_vec();
+        data.resize(8 * 1024, b'.');
+        Bytes::from(data)
+    };
+    // Phase 1: 4 pushers × 200 items, every eighth kept for a week, the rest for 2 s.
+    let long_lived: Arc<std::sync::Mutex<BTreeMap<u64, Bytes>>> = Arc::default();
+    let mut pushers = Vec::new();
+    for p in 0..4u64 {
+        let client = client(30 + p, &relay).await;
+        client.join(&keys).await.unwrap();
+        let long_lived = Arc::clone(&long_lived);
+        pushers.push(tokio::spawn(async move {
+            for n in 0..200u64 {
+                let data = body(p * 1_000_000 + n);
+                let keep = n % 8 == 0;
+                let ttl = if keep { None } else { Some(2) };
+                let blob_id = BlobId::of_ciphertext(&data);
+                let (cursor, duplicate) = client
+                    .push_as(mailbox, blob_id, data.clone(), ttl)
+                    .await
+                    .unwrap();
+                assert!(!duplicate);
+                if keep {
+                    long_lived.lock().unwrap().insert(cursor.0, data);
+                }
+            }
+            client
+        }));
+    }
+    let mut clients = Vec::new();
+    for pusher in pushers {
+        clients.push(pusher.await.unwrap());
+    }
+    let store_dir = relay.data_dir().join("store");
+    let segments = || {
+        files_under(&store_dir)
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".seg"))
+            .count()
+    };
+    assert!(segments() >= 6, "{} segments after 6.4 MiB", segments());
+    let http = relay.http.unwrap();
+    let kept = long_lived.lock().unwrap().len() as f64;
+    let mut settled = None;
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_, metrics) = http_get(http, "/metrics").await.unwrap();
+        let items = gauge(&metrics, "zerok_relay_items_stored");
+        let disk = gauge(&metrics, "zerok_relay_store_disk_bytes").unwrap_or(f64::MAX);
+        // 100 live items of 8 KiB are 0.8 MiB: expired items evicted, dead segments released
+        // and mostly-dead ones compacted leave about that on disk.
+        if items == Some(kept) && disk < 2.5 * 1024.0 * 1024.0 {
+            settled = Some(disk);
+            break;
+        }
+    }
+    assert!(settled.is_some(), "store did not shrink to its live items");
+    assert!(segments() <= 4, "{} segments left", segments());
+
+    // Phase 2: keep pushing week-long items and SIGKILL the relay in the middle.
+    let acked: Arc<std::sync::Mutex<BTreeMap<u64, Bytes>>> =
+        Arc::new(std::sync::Mutex::new(long_lived.lock().unwrap().clone()));
+    let mut pushers = Vec::new();
+    for (p, client) in clients.into_iter().enumerate() {
+        let acked = Arc::clone(&acked);
+        pushers.push(tokio::spawn(async move {
+            for n in 0.. {
+                let data = body(9_000_000 + p as u64 * 100_000 + n);
+                match client.push(mailbox, data.clone()).await {
+                    Ok((cursor, false)) => {
+                        assert!(acked.lock().unwrap().insert(cursor.0, data).is_none());
+                    }
+                    Ok((_, true)) => panic!("fresh blob reported duplicate"),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    while acked.lock().unwrap().len() < kept as usize + 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.kill();
+    for pusher in pushers {
+        pusher.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    relay.restart().await.unwrap();
+    let reader = client(40, &relay).await;
+    let latest = reader.join(&keys).await.unwrap();
+    let stored: BTreeMap<u64, Bytes> = reader
+        .pull_all(mailbox, Cursor(0))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| (item.cursor.0, item.ciphertext))
+        .collect();
+    for (cursor, data) in &acked {
+        assert_eq!(
+            stored.get(cursor),
+            Some(data),
+            "acked push at cursor {cursor} lost"
+        );
+    }
+    assert!(
+        stored.len() <= acked.len() + 4,
+        "expired items came back: {} stored, {} acked",
+        stored.len(),
+        acked.len()
+    );
+    let (next, _) = reader.push(mailbox, blob(u64::MAX)).await.unwrap();
+    assert!(latest.0 >= *acked.keys().last().unwrap());
+    assert!(next.0 > latest.0, "cursor {next:?} reused");
 }
