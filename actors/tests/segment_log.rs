@@ -280,6 +280,59 @@ fn damage_in_a_closed_segment_is_refused_and_named() {
     );
 }
 
+/// (duplicate?, cursor) of one commit of `request`.
+fn commit_one(store: &Store, request: AppendRequest, now_ms: u64) -> (bool, u64) {
+    let plan = store
+        .commit(
+            &[request],
+            now_ms,
+            &StoreLimits::default(),
+            &FaultPlan::none(),
+        )
+        .unwrap();
+    match &plan.outcomes[0] {
+        StoreOutcome::Stored {
+            cursor, duplicate, ..
+        } => (*duplicate, cursor.0),
+        StoreOutcome::Rejected(err) => panic!("rejected: {err}"),
+    }
+}
+
+#[test]
+fn an_expired_blob_pushed_again_is_stored_again_even_before_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), SMALL_SEGMENT).unwrap();
+    let data = b"the same ciphertext";
+    assert_eq!(
+        commit_one(&store, request(MAILBOX, data, 1), T0),
+        (false, 1)
+    );
+    assert_eq!(
+        commit_one(&store, request(MAILBOX, data, 60), T0 + 500),
+        (true, 1)
+    );
+    // Expired but not yet swept: never served, so not a duplicate either.
+    let later = T0 + 2_000;
+    assert_eq!(
+        commit_one(&store, request(MAILBOX, data, 60), later),
+        (false, 2)
+    );
+    assert_eq!(read_all(&store, &MAILBOX, later), vec![(2, data.to_vec())]);
+    // Sweeping the old copy leaves the new one, and its idempotency, alone.
+    assert_eq!(sweep_all(&store, later), 1);
+    assert_eq!(
+        commit_one(&store, request(MAILBOX, data, 60), later),
+        (true, 2)
+    );
+    drop(store);
+    let store = Store::open(dir.path(), SMALL_SEGMENT).unwrap();
+    assert_eq!(
+        commit_one(&store, request(MAILBOX, data, 60), later),
+        (true, 2)
+    );
+    assert_eq!(read_all(&store, &MAILBOX, later), vec![(2, data.to_vec())]);
+}
+
 #[test]
 fn a_store_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -168,11 +168,14 @@ impl Index {
         self.mailbox(id).map(|m| m.meta).unwrap_or_default()
     }
 
-    fn existing(&self, id: &MailboxId, blob_id: &BlobId) -> Option<(u64, u64)> {
+    /// The cursor and `stored_at_ms` of `blob_id` in mailbox `id`, unless it has expired at
+    /// `now_ms` (an expired item not yet swept is never served, so a push of the same
+    /// ciphertext must be stored again, not answered with the expired cursor).
+    fn existing(&self, id: &MailboxId, blob_id: &BlobId, now_ms: u64) -> Option<(u64, u64)> {
         let mailbox = self.mailbox(id)?;
         let cursor = *mailbox.blobs.get(blob_id)?;
         let loc = mailbox.items.get(&cursor)?;
-        Some((cursor, loc.stored_at_ms))
+        (loc.expires_at_ms > now_ms).then_some((cursor, loc.stored_at_ms))
     }
 
     fn slot(&mut self, id: &MailboxId, segment: u32) -> u32 {
@@ -506,10 +509,14 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        if lock_file.try_lock().is_err() {
-            return Err(OpenError::Locked {
-                path: dir.display().to_string(),
-            });
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked {
+                    path: dir.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(io_err(&lock_path)(err)),
         }
         check_format(dir)?;
         let ids = segment_ids(dir)?;
@@ -650,7 +657,7 @@ impl Store {
                 now_ms,
                 limits,
                 |m| index.meta(m),
-                |m, b| index.existing(m, b),
+                |m, b| index.existing(m, b, now_ms),
             )
         };
         if plan.new.is_empty() {
