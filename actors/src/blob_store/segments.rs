@@ -144,6 +144,19 @@ struct Segment {
     item_records: u64,
 }
 
+impl Segment {
+    /// A segment of `size` bytes read through `reader`, nothing indexed in it yet.
+    fn new(reader: File, size: u64) -> Self {
+        Self {
+            file: Arc::new(reader),
+            size,
+            live: 0,
+            live_bytes: 0,
+            item_records: 0,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Index {
     slots: HashMap<MailboxId, u32>,
@@ -530,16 +543,7 @@ impl Store {
                 .open(&path)
                 .map_err(io_err(&path))?;
             let reader = File::open(&path).map_err(io_err(&path))?;
-            index.segments.insert(
-                *id,
-                Segment {
-                    file: Arc::new(reader),
-                    size: 0,
-                    live: 0,
-                    live_bytes: 0,
-                    item_records: 0,
-                },
-            );
+            index.segments.insert(*id, Segment::new(reader, 0));
             let scanned = scan_segment(&mut index, *id, &file).map_err(io_err(&path))?;
             let is_last = n + 1 == ids.len();
             let mut len = scanned.good_len;
@@ -585,16 +589,9 @@ impl Store {
             Some(active) => active,
             None => {
                 let (file, reader) = create_segment(dir, 1, segment_bytes).map_err(io_err(dir))?;
-                index.segments.insert(
-                    1,
-                    Segment {
-                        file: Arc::new(reader),
-                        size: SEGMENT_MAGIC.len() as u64,
-                        live: 0,
-                        live_bytes: 0,
-                        item_records: 0,
-                    },
-                );
+                index
+                    .segments
+                    .insert(1, Segment::new(reader, SEGMENT_MAGIC.len() as u64));
                 (file, 1, SEGMENT_MAGIC.len() as u64)
             }
         };
@@ -721,16 +718,9 @@ impl Store {
         let id = writer.id + 1;
         let (file, reader) = create_segment(&self.dir, id, self.segment_bytes)
             .map_err(|err| unavailable("new segment", err))?;
-        write(&self.index).segments.insert(
-            id,
-            Segment {
-                file: Arc::new(reader),
-                size: SEGMENT_MAGIC.len() as u64,
-                live: 0,
-                live_bytes: 0,
-                item_records: 0,
-            },
-        );
+        write(&self.index)
+            .segments
+            .insert(id, Segment::new(reader, SEGMENT_MAGIC.len() as u64));
         *writer = Writer {
             file,
             id,

@@ -4,14 +4,16 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use zerok_actors::crypto::keys::{EpochKeys, GroupSecret};
 use zerok_actors::link::iroh::{IrohConfig, IrohNode};
 use zerok_actors::rng::Rng;
 use zerok_harness::process::RelayProcess;
 use zerok_harness::proto::ProtoClient;
-use zerok_messages::{Epoch, Frame, Item};
+use zerok_messages::{Cursor, Epoch, Frame, Item, MailboxId};
 
 /// The binary under test.
 pub fn binary() -> &'static Path {
@@ -97,4 +99,67 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Acked pushes by cursor.
+pub type Acked = Arc<Mutex<BTreeMap<u64, Bytes>>>;
+
+/// Push `body(n)` for n = 0, 1, … until the relay stops answering, recording every acked
+/// push in `acked` (a cursor acked twice or a fresh blob called a duplicate fails the test).
+pub fn push_until_refused(
+    client: ProtoClient,
+    mailbox: MailboxId,
+    acked: Acked,
+    body: impl Fn(u64) -> Bytes + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for n in 0.. {
+            let data = body(n);
+            match client.push(mailbox, data.clone()).await {
+                Ok((cursor, false)) => {
+                    let previous = acked.lock().unwrap().insert(cursor.0, data);
+                    assert!(previous.is_none(), "cursor {cursor:?} acked twice");
+                }
+                Ok((_, true)) => panic!("fresh blob reported duplicate"),
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// Start a killed `relay` again and check as a fresh device (`seed`) that every `acked` push
+/// is stored at its cursor and that the next push gets a cursor past all of them. Answers
+/// everything stored.
+pub async fn restart_and_check_acked(
+    relay: &mut RelayProcess,
+    seed: u64,
+    keys: &EpochKeys,
+    acked: &BTreeMap<u64, Bytes>,
+) -> BTreeMap<u64, Bytes> {
+    relay.restart().await.unwrap();
+    let reader = client(seed, relay).await;
+    let mailbox = keys.mailbox_id();
+    let latest = reader.join(keys).await.unwrap();
+    let stored: BTreeMap<u64, Bytes> = reader
+        .pull_all(mailbox, Cursor(0))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| (item.cursor.0, item.ciphertext))
+        .collect();
+    for (cursor, data) in acked {
+        assert_eq!(
+            stored.get(cursor),
+            Some(data),
+            "acked push at cursor {cursor} lost"
+        );
+    }
+    let max_acked = *acked.keys().last().unwrap();
+    assert!(latest.0 >= max_acked);
+    let (next, _) = reader.push(mailbox, blob(u64::MAX)).await.unwrap();
+    assert!(
+        next.0 > latest.0,
+        "cursor {next:?} reused (latest {latest:?})"
+    );
+    stored
 }
