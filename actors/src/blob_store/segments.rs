@@ -24,8 +24,10 @@ use super::core::{
 };
 use crate::fault::{FaultPlan, FaultPoint};
 use bytes::Bytes;
+use hashbrown::HashTable;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, RandomState};
 use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -129,8 +131,10 @@ struct Mailbox {
     /// The segment holding the record that set `meta.latest`.
     latest_segment: u32,
     items: BTreeMap<u64, Loc>,
-    /// Idempotency: blob id → cursor.
-    blobs: HashMap<BlobId, u64>,
+    /// Idempotency: the cursors of `items`, found by blob id. The table holds cursors only and
+    /// hashes each by its item's blob id (in `items`), so the 32-byte id is kept once per
+    /// item, not twice.
+    blobs: HashTable<u64>,
 }
 
 struct Segment {
@@ -159,6 +163,9 @@ impl Segment {
 
 #[derive(Default)]
 struct Index {
+    /// Keyed hashing of blob ids for the idempotency tables (random per process: a member
+    /// cannot craft ids that collide in it).
+    hasher: RandomState,
     slots: HashMap<MailboxId, u32>,
     mailboxes: Vec<Mailbox>,
     /// expires_at_ms → (mailbox slot, cursor): one list per expiry, filled in commit order.
@@ -186,8 +193,11 @@ impl Index {
     /// ciphertext must be stored again, not answered with the expired cursor).
     fn existing(&self, id: &MailboxId, blob_id: &BlobId, now_ms: u64) -> Option<(u64, u64)> {
         let mailbox = self.mailbox(id)?;
-        let cursor = *mailbox.blobs.get(blob_id)?;
-        let loc = mailbox.items.get(&cursor)?;
+        let items = &mailbox.items;
+        let cursor = *mailbox.blobs.find(self.hasher.hash_one(blob_id), |c| {
+            items.get(c).is_some_and(|loc| loc.blob_id == *blob_id)
+        })?;
+        let loc = items.get(&cursor)?;
         (loc.expires_at_ms > now_ms).then_some((cursor, loc.stored_at_ms))
     }
 
@@ -201,7 +211,7 @@ impl Index {
             meta: MailboxMeta::default(),
             latest_segment: segment,
             items: BTreeMap::new(),
-            blobs: HashMap::new(),
+            blobs: HashTable::new(),
         });
         self.slots.insert(*id, slot);
         slot
@@ -221,7 +231,19 @@ impl Index {
         };
         let mailbox = &mut self.mailboxes[slot as usize];
         mailbox.items.insert(item.cursor, loc);
-        mailbox.blobs.insert(item.blob_id, item.cursor);
+        let hasher = &self.hasher;
+        let items = &mailbox.items;
+        let blob_id = item.blob_id;
+        match mailbox.blobs.entry(
+            hasher.hash_one(blob_id),
+            |c| items.get(c).is_some_and(|loc| loc.blob_id == blob_id),
+            |c| items.get(c).map_or(0, |loc| hasher.hash_one(loc.blob_id)),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut entry) => *entry.get_mut() = item.cursor,
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                entry.insert(item.cursor);
+            }
+        }
         if mailbox.meta.count == 0 {
             self.mailboxes_used += 1;
         }
@@ -260,8 +282,11 @@ impl Index {
         let Some(loc) = mailbox.items.remove(&cursor) else {
             return false;
         };
-        if mailbox.blobs.get(&loc.blob_id) == Some(&cursor) {
-            mailbox.blobs.remove(&loc.blob_id);
+        if let Ok(entry) = mailbox
+            .blobs
+            .find_entry(self.hasher.hash_one(loc.blob_id), |c| *c == cursor)
+        {
+            entry.remove();
         }
         let size = loc.ciphertext_len();
         mailbox.meta.count = mailbox.meta.count.saturating_sub(1);
