@@ -642,7 +642,7 @@ async fn small_segments_roll_release_compact_and_survive_sigkill() {
     let http = relay.http.unwrap();
     let kept = long_lived.lock().unwrap().len() as f64;
     let mut settled = None;
-    for _ in 0..150 {
+    for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (_, metrics) = http_get(http, "/metrics").await.unwrap();
         let items = gauge(&metrics, "zerok_relay_items_stored");

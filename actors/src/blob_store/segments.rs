@@ -46,6 +46,10 @@ pub const SEGMENT_SUFFIX: &str = ".seg";
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// A closed segment whose live bytes fall below this fraction of its size is compacted.
 const COMPACT_LIVE_FRACTION: u64 = 4;
+/// One sweep copies at most `segment_bytes / COMPACT_SLICE_FRACTION` of live items forward
+/// (at least one item), so a sweep, which commits wait behind, stays short: compacting a whole
+/// 64 MiB segment with 13 MiB live in one sweep measured 120–127 ms.
+const COMPACT_SLICE_FRACTION: u64 = 16;
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -827,8 +831,9 @@ impl Store {
         Ok(())
     }
 
-    /// Copy the live items of the emptiest closed segment whose live bytes are under a quarter
-    /// of its size to the active segment, leaving it dead (released right after).
+    /// Copy live items of the emptiest closed segment whose live bytes are under a quarter of
+    /// its size to the active segment, a bounded slice per call; once none are left in it, it
+    /// is dead and released right after.
     fn compact_one(&self, writer: &mut Writer) -> Result<(), StoreError> {
         let candidate = {
             let index = read(&self.index);
@@ -847,7 +852,7 @@ impl Store {
         let Some((id, file)) = candidate else {
             return Ok(());
         };
-        let locs: Vec<Loc> = {
+        let mut locs: Vec<Loc> = {
             let index = read(&self.index);
             index
                 .mailboxes
@@ -855,6 +860,19 @@ impl Store {
                 .flat_map(|m| m.items.values().filter(|l| l.segment == id).copied())
                 .collect()
         };
+        // In file order (sequential reads), a bounded slice per sweep.
+        locs.sort_unstable_by_key(|loc| loc.offset);
+        let budget = self.segment_bytes / COMPACT_SLICE_FRACTION;
+        let mut taken = 0u64;
+        let keep = locs
+            .iter()
+            .take_while(|loc| {
+                let fits = taken == 0 || taken + u64::from(loc.len) <= budget;
+                taken += u64::from(loc.len);
+                fits
+            })
+            .count();
+        locs.truncate(keep);
         let mut buf = Vec::new();
         for loc in &locs {
             let mut frame = vec![0u8; loc.len as usize];
@@ -891,7 +909,11 @@ impl Store {
             seg.size = writer.len;
             seg.item_records += locs.len() as u64;
         }
-        info!(segment = id, items = locs.len(), "compacted a segment");
+        info!(
+            segment = id,
+            items = locs.len(),
+            "copied live items forward"
+        );
         Ok(())
     }
 
