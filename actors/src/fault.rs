@@ -9,6 +9,7 @@
 use crate::rng::Rng;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use zerok_messages::sync::lock;
 
 /// Named places where actors consult the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,13 +97,6 @@ impl FaultPlan {
     pub fn is_active(&self) -> bool {
         self.active.is_some()
     }
-}
-
-fn lock(active: &Mutex<Active>) -> std::sync::MutexGuard<'_, Active> {
-    // A poisoned plan only means a test panicked mid-draw; the counters are still valid.
-    active
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use zerok_messages::link::LinkError;
 use zerok_messages::relay::{
     AppendRequest, BlobStoreMsg, GroupRouterMsg, PushAcked, StoreError, StoreOutcome, SubscriberId,
 };
+use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, Cursor, Frame, Item, LinkSender, MailboxId};
 
 /// Pushes one router holds while waiting for the store: at 1 KiB per push this bounds a
@@ -94,12 +95,6 @@ pub struct GroupRouterState {
     /// The store the pending pushes were sent to.
     store_id: ractor::ActorId,
     idle_since: tokio::time::Instant,
-}
-
-fn lock(table: &SubscriberTable) -> std::sync::MutexGuard<'_, BTreeMap<SubscriberId, Subscriber>> {
-    table
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl GroupRouterState {

@@ -17,6 +17,7 @@ use zerok_actors::crypto::invite::{Invite, InviteSecret};
 use zerok_actors::crypto::keys::{GroupSecret, KdfParams, SALT_BYTES};
 use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
 use zerok_actors::rng::Rng;
+use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, Epoch, RelayAddr};
 
 /// Events buffered for the app before the client waits for it to read.
@@ -151,11 +152,7 @@ impl Client {
                 ));
             }
         };
-        let coordinator = coordinator_ref
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-            .ok_or(ClientError::Stopped)?;
+        let coordinator = lock(&coordinator_ref).take().ok_or(ClientError::Stopped)?;
         Ok(Client {
             coordinator,
             root,
@@ -175,10 +172,7 @@ impl Client {
 
     /// The event stream. Taken once; later calls return `None`.
     pub fn events(&self) -> Option<mpsc::Receiver<Event>> {
-        self.events
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        lock(&self.events).take()
     }
 
     /// Create a group on `relays`. Passphrase groups derive their secret with Argon2id (off
@@ -421,11 +415,7 @@ impl Client {
             .root
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
             .await;
-        let handle = self
-            .root_handle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let handle = lock(&self.root_handle).take();
         if let Some(handle) = handle {
             let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
         }
@@ -433,9 +423,7 @@ impl Client {
     }
 
     fn lock_rng(&self) -> std::sync::MutexGuard<'_, Rng> {
-        self.rng
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.rng)
     }
 
     async fn group(&self, id: GroupId) -> Result<GroupRecord, ClientError> {

@@ -54,10 +54,7 @@ impl Actor for ClientRoot {
             myself.get_cell(),
         )
         .await?;
-        *args
-            .coordinator_ref
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(coordinator);
+        *zerok_messages::sync::lock(&args.coordinator_ref) = Some(coordinator);
         Ok(())
     }
 

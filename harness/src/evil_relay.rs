@@ -25,7 +25,7 @@
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use zerok_actors::Clock;
@@ -232,7 +232,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        zerok_messages::sync::lock(&self.state)
     }
 }
 

@@ -15,6 +15,7 @@ use zerok_actors::crypto::join::sign_join;
 use zerok_actors::crypto::keys::EpochKeys;
 use zerok_actors::link::hello::{HelloError, Welcomed, hello};
 use zerok_actors::link::{Dialer, LinkError, LinkSender};
+use zerok_messages::sync::lock;
 use zerok_messages::{
     BlobId, Cursor, DeviceId, ErrorCode, Frame, Item, Limits, MailboxId, RelayAddr, ReqId, codec,
 };
@@ -84,12 +85,6 @@ impl Drop for ProtoClient {
     fn drop(&mut self) {
         self.reader.abort();
     }
-}
-
-fn lock(waiters: &Waiters) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Frame>>> {
-    waiters
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn refused(frame: Frame) -> ProtoError {

@@ -15,6 +15,7 @@ pub mod ids;
 pub mod link;
 pub mod relay;
 pub mod shared_ref;
+pub mod sync;
 pub mod wire;
 
 pub use addr::RelayAddr;

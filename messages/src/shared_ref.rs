@@ -31,17 +31,11 @@ impl<M> SharedRef<M> {
 
     /// The current actor.
     pub fn get(&self) -> ActorRef<M> {
-        self.inner
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::read(&self.inner).clone()
     }
 
     /// Point everyone at a new actor.
     pub fn set(&self, actor: ActorRef<M>) {
-        *self
-            .inner
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = actor;
+        *crate::sync::write(&self.inner) = actor;
     }
 }

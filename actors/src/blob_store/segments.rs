@@ -31,9 +31,10 @@ use std::hash::{BuildHasher, RandomState};
 use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use tracing::{error, info, warn};
 use zerok_messages::relay::{AppendRequest, Page, StoreError, StoreStats, SweepReport};
+use zerok_messages::sync::{lock, read, write};
 use zerok_messages::{BlobId, Cursor, Item, MailboxId};
 
 /// Name of the file holding the store's format.
@@ -97,18 +98,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
 
 fn unavailable(what: &str, err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {err}"))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn read<T>(rw: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    rw.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(rw: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    rw.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Where an item's record lies, and what the index needs of it without reading it.

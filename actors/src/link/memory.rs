@@ -46,11 +46,7 @@ impl MemoryNetwork {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<DeviceId, mpsc::Sender<Link>>> {
-        // A panic while holding this lock can only come from a bug in a test; the map
-        // itself stays consistent, so keep using it.
-        self.listeners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        zerok_messages::sync::lock(&self.listeners)
     }
 }
 
