@@ -862,33 +862,27 @@ impl Store {
             })
             .count();
         locs.truncate(keep);
+        // The frames, back to back, each checked before anything is copied.
         let mut buf = Vec::new();
         for loc in &locs {
-            let mut frame = vec![0u8; loc.len as usize];
-            file.read_exact_at(&mut frame, u64::from(loc.offset))
+            let at = buf.len();
+            buf.resize(at + loc.len as usize, 0);
+            file.read_exact_at(&mut buf[at..], u64::from(loc.offset))
                 .map_err(|err| unavailable("compaction read", err))?;
-            if core::decode_frame(&frame).is_none() {
+            if core::decode_frame(&buf[at..]).is_none() {
                 return Err(StoreError::Unavailable(format!(
                     "segment {id} is damaged at byte {}",
                     loc.offset
                 )));
             }
-            buf.extend_from_slice(&frame);
         }
         self.roll_if_full(writer, buf.len() as u64)?;
         let base = writer.len;
         append(writer, &buf, &FaultPlan::none())?;
         let mut index = write(&self.index);
         let mut at = 0usize;
-        while at < buf.len() {
-            let Some((len, _)) = buf
-                .get(at..at + FRAME_HEADER)
-                .and_then(|h| h.try_into().ok())
-                .and_then(core::parse_frame_header)
-            else {
-                break;
-            };
-            let frame = &buf[at..at + FRAME_HEADER + len];
+        for loc in &locs {
+            let frame = &buf[at..at + loc.len as usize];
             if let Some(Record::Item(item)) = core::decode_frame(frame) {
                 index.insert_item(writer.id, base + at as u64, frame.len(), &item);
             }
