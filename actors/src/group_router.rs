@@ -6,8 +6,9 @@
 //! stored item out to the mailbox's subscribers, in cursor order.
 //!
 //! Bounds: pending pushes per router ([`PENDING_PUSHES_MAX`]; beyond it a push is answered
-//! `Unavailable` at once). Fan-out never waits: it `try_send`s one pre-encoded `Deliver` frame
-//! on each subscriber's bounded link queue; a full queue marks the subscriber lagging, the
+//! `Unavailable` at once). Fan-out never waits: it `try_send_bulk`s one pre-encoded `Deliver`
+//! frame on each subscriber's link queue, which deliveries may fill only half of (the rest is
+//! kept for replies to the subscriber's requests); a full share marks the subscriber lagging, the
 //! delivery is counted as dropped, and the subscriber gets a `Notify{latest}` as soon as its
 //! queue has room (retried every [`NOTIFY_RETRY`]) so it pulls what it missed.
 //!
@@ -108,7 +109,7 @@ impl GroupRouterState {
                 self.metrics.fanout_drops_total.inc();
                 continue;
             }
-            match subscriber.sink.try_send(frame.clone()) {
+            match subscriber.sink.try_send_bulk(frame.clone()) {
                 Ok(()) => {}
                 Err(LinkError::Full) => {
                     subscriber.lagging = true;

@@ -2,16 +2,18 @@
 //! RelayConnection), linked to it so either's exit stops the other.
 //!
 //! Bound: before reading each frame it takes a permit from the connection's in-flight
-//! semaphore and hands it over with the frame; the owner releases it when the request is
-//! answered. With all permits taken the reader stops reading, QUIC flow control pushes back
-//! on the peer, and a flooding client slows itself down instead of growing the relay's
-//! memory.
+//! semaphore, and after reading it, where the owner bounds bytes, as many byte permits as the
+//! frame is long; it hands both over with the frame ([`FramePermit`]) and the owner releases
+//! them when the request is answered. With all permits taken the reader stops reading, QUIC
+//! flow control pushes back on the peer, and a flooding client slows itself down instead of
+//! growing the relay's memory: a connection holds at most `inflight` requests and
+//! `inflight_bytes` of their frames.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use zerok_messages::link::{LinkEvent, LinkReceiver};
+use zerok_messages::link::{FramePermit, LinkEvent, LinkReceiver};
 use zerok_messages::relay::LinkReaderMsg;
 
 /// The reader's actor type, for an owner with messages `M`.
@@ -31,6 +33,10 @@ pub struct LinkReaderArgs<M> {
     pub owner: ActorRef<M>,
     /// In-flight slots of the connection.
     pub inflight: Arc<Semaphore>,
+    /// Byte budgets the connection's frames in flight count against, in the order they are
+    /// taken (the connection's own, then one shared by every connection); empty: only slots
+    /// count.
+    pub inflight_bytes: Vec<Arc<Semaphore>>,
 }
 
 /// Reader state: the args.
@@ -38,6 +44,7 @@ pub struct LinkReaderState<M> {
     receiver: LinkReceiver,
     owner: ActorRef<M>,
     inflight: Arc<Semaphore>,
+    inflight_bytes: Vec<(Arc<Semaphore>, u32)>,
 }
 
 impl<M> Actor for LinkReaderActor<M>
@@ -54,10 +61,19 @@ where
         args: LinkReaderArgs<M>,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_message(LinkReaderMsg::ReadNext)?;
+        let inflight_bytes = args
+            .inflight_bytes
+            .into_iter()
+            .map(|bytes| {
+                let capacity = u32::try_from(bytes.available_permits()).unwrap_or(u32::MAX);
+                (bytes, capacity)
+            })
+            .collect();
         Ok(LinkReaderState {
             receiver: args.receiver,
             owner: args.owner,
             inflight: args.inflight,
+            inflight_bytes,
         })
     }
 
@@ -75,6 +91,20 @@ where
                 };
                 match state.receiver.recv().await {
                     Ok(Some(body)) => {
+                        let mut bytes = Vec::with_capacity(state.inflight_bytes.len());
+                        for (budget, capacity) in &state.inflight_bytes {
+                            // A frame larger than a whole budget waits for all of it.
+                            let wanted = u32::try_from(body.len())
+                                .unwrap_or(u32::MAX)
+                                .clamp(1, *capacity);
+                            let Ok(permit) = Arc::clone(budget).acquire_many_owned(wanted).await
+                            else {
+                                myself.stop(None);
+                                return Ok(());
+                            };
+                            bytes.push(permit);
+                        }
+                        let permit = FramePermit::new(permit, bytes);
                         if state
                             .owner
                             .send_message(LinkEvent::Frame { body, permit }.into())

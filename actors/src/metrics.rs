@@ -48,6 +48,13 @@ pub struct RelayMetrics {
     pub actor_restarts_total: IntCounterVec,
     /// Error frames sent, by code.
     pub errors_total: IntCounterVec,
+    /// Connections aborted because the peer left more than its budget unread.
+    pub slow_peers_disconnected_total: IntCounter,
+    /// Connections refused before or right after their handshake, by reason (`source`,
+    /// `handshakes`, `device`).
+    pub connection_slots_refused_total: IntCounterVec,
+    /// Bytes queued towards peers and not yet taken by the transport, over all sessions.
+    pub unread_bytes: IntGauge,
 }
 
 impl Default for RelayMetrics {
@@ -158,6 +165,22 @@ impl RelayMetrics {
                 "actor",
             ),
             errors_total: counter_vec(r, "errors_total", "error frames sent by code", "code"),
+            slow_peers_disconnected_total: counter(
+                r,
+                "slow_peers_disconnected_total",
+                "connections aborted because the peer left too much unread",
+            ),
+            connection_slots_refused_total: counter_vec(
+                r,
+                "connection_slots_refused_total",
+                "connections refused by per-source or per-device slots",
+                "reason",
+            ),
+            unread_bytes: gauge(
+                r,
+                "unread_bytes",
+                "bytes queued towards peers, not yet sent",
+            ),
             registry,
         }
     }

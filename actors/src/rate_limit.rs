@@ -1,5 +1,7 @@
-//! Relay rate limits (governor, GCRA): connections per IP, frames per device, frames for the
-//! whole relay (DESIGN.md §7). A refused connection or frame is answered with
+//! Relay rate limits (governor, GCRA): connections per source, frames per device, frames per
+//! source, frames for the whole relay (DESIGN.md §7). A source is an IPv4 address or an IPv6
+//! /64 ([`SourceKey`]); the per-source frame limit keeps one host (with any number of device
+//! keys) to a share of the relay's global frame budget, so others always find some. A refused connection or frame is answered with
 //! `Error{rate_limited, retry_after_ms}` so well-behaved clients know exactly how long to wait.
 //!
 //! Keyed limiters keep one small state per recent key; the SessionsSupervisor calls
@@ -13,6 +15,8 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 use zerok_messages::DeviceId;
 
+pub use crate::link::slots::SourceKey;
+
 /// Rates and bursts; zero is not allowed (use a large value to effectively disable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitConfig {
@@ -24,6 +28,10 @@ pub struct RateLimitConfig {
     pub frames_per_device_per_sec: u32,
     /// Burst of frames from one device.
     pub frames_per_device_burst: u32,
+    /// Frames per second from one source (all its devices together).
+    pub frames_per_source_per_sec: u32,
+    /// Burst of frames from one source.
+    pub frames_per_source_burst: u32,
     /// Frames per second for the whole relay.
     pub frames_global_per_sec: u32,
     /// Burst of frames for the whole relay.
@@ -37,6 +45,8 @@ impl Default for RateLimitConfig {
             connections_per_ip_burst: 50,
             frames_per_device_per_sec: 2_000,
             frames_per_device_burst: 4_000,
+            frames_per_source_per_sec: 25_000,
+            frames_per_source_burst: 50_000,
             frames_global_per_sec: 100_000,
             frames_global_burst: 200_000,
         }
@@ -50,6 +60,8 @@ pub enum Scope {
     Ip,
     /// Frames per device.
     Device,
+    /// Frames per source.
+    Source,
     /// Frames for the relay.
     Global,
 }
@@ -60,6 +72,7 @@ impl Scope {
         match self {
             Scope::Ip => "ip",
             Scope::Device => "device",
+            Scope::Source => "source",
             Scope::Global => "global",
         }
     }
@@ -85,8 +98,9 @@ impl Limited {
 /// The relay's limiters, shared by the listener and every session.
 #[derive(Debug)]
 pub struct RelayLimiters {
-    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    per_ip: DefaultKeyedRateLimiter<SourceKey>,
     per_device: DefaultKeyedRateLimiter<DeviceId>,
+    per_source: DefaultKeyedRateLimiter<SourceKey>,
     global: DefaultDirectRateLimiter,
     clock: DefaultClock,
 }
@@ -109,6 +123,10 @@ impl RelayLimiters {
                 config.frames_per_device_per_sec,
                 config.frames_per_device_burst,
             )),
+            per_source: RateLimiter::keyed(quota(
+                config.frames_per_source_per_sec,
+                config.frames_per_source_burst,
+            )),
             global: RateLimiter::direct(quota(
                 config.frames_global_per_sec,
                 config.frames_global_burst,
@@ -117,22 +135,33 @@ impl RelayLimiters {
         }
     }
 
-    /// May `ip` open another connection now?
+    /// May `ip` (its source) open another connection now?
     pub fn check_connection(&self, ip: IpAddr) -> Result<(), Limited> {
-        self.per_ip.check_key(&ip).map_err(|not_until| Limited {
-            scope: Scope::Ip,
-            retry_after: not_until.wait_time_from(self.clock.now()),
-        })
+        self.per_ip
+            .check_key(&SourceKey::of(ip))
+            .map_err(|not_until| Limited {
+                scope: Scope::Ip,
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            })
     }
 
-    /// May `device` send another frame now? Checks the device's limit, then the relay's.
-    pub fn check_frame(&self, device: &DeviceId) -> Result<(), Limited> {
+    /// May `device`, connected from `source`, send another frame now? Checks the device's
+    /// limit, its source's, then the relay's.
+    pub fn check_frame(&self, device: &DeviceId, source: Option<IpAddr>) -> Result<(), Limited> {
         self.per_device
             .check_key(device)
             .map_err(|not_until| Limited {
                 scope: Scope::Device,
                 retry_after: not_until.wait_time_from(self.clock.now()),
             })?;
+        if let Some(ip) = source {
+            self.per_source
+                .check_key(&SourceKey::of(ip))
+                .map_err(|not_until| Limited {
+                    scope: Scope::Source,
+                    retry_after: not_until.wait_time_from(self.clock.now()),
+                })?;
+        }
         self.global.check().map_err(|not_until| Limited {
             scope: Scope::Global,
             retry_after: not_until.wait_time_from(self.clock.now()),
@@ -143,13 +172,15 @@ impl RelayLimiters {
     pub fn shrink(&self) {
         self.per_ip.retain_recent();
         self.per_device.retain_recent();
+        self.per_source.retain_recent();
         self.per_ip.shrink_to_fit();
         self.per_device.shrink_to_fit();
+        self.per_source.shrink_to_fit();
     }
 
-    /// Keys tracked now (IPs + devices).
+    /// Keys tracked now (sources connecting + devices + sources sending frames).
     pub fn tracked_keys(&self) -> usize {
-        self.per_ip.len() + self.per_device.len()
+        self.per_ip.len() + self.per_device.len() + self.per_source.len()
     }
 }
 
@@ -188,17 +219,61 @@ mod tests {
         });
         let a = DeviceId([1; 32]);
         let b = DeviceId([2; 32]);
-        limiters.check_frame(&a).expect("a 1");
-        limiters.check_frame(&a).expect("a 2");
+        limiters.check_frame(&a, None).expect("a 1");
+        limiters.check_frame(&a, None).expect("a 2");
         assert_eq!(
-            limiters.check_frame(&a).map_err(|l| l.scope),
+            limiters.check_frame(&a, None).map_err(|l| l.scope),
             Err(Scope::Device)
         );
-        limiters.check_frame(&b).expect("b 1 (global 3)");
+        limiters.check_frame(&b, None).expect("b 1 (global 3)");
         assert_eq!(
-            limiters.check_frame(&b).map_err(|l| l.scope),
+            limiters.check_frame(&b, None).map_err(|l| l.scope),
             Err(Scope::Global)
         );
         assert_eq!(limiters.tracked_keys(), 2);
+    }
+
+    #[test]
+    fn one_source_with_many_devices_gets_only_its_share_of_the_global_budget() {
+        let limiters = RelayLimiters::new(&RateLimitConfig {
+            frames_per_source_per_sec: 1,
+            frames_per_source_burst: 3,
+            ..RateLimitConfig::default()
+        });
+        let host: IpAddr = "2001:db8::1".parse().unwrap();
+        let same_host_other_address: IpAddr = "2001:db8::2".parse().unwrap();
+        for n in 0..3u8 {
+            limiters
+                .check_frame(&DeviceId([n; 32]), Some(host))
+                .expect("within the source's burst");
+        }
+        assert_eq!(
+            limiters
+                .check_frame(&DeviceId([9; 32]), Some(same_host_other_address))
+                .map_err(|l| l.scope),
+            Err(Scope::Source),
+            "a fresh device key from the same /64 is the same source"
+        );
+        limiters
+            .check_frame(&DeviceId([9; 32]), Some("192.0.2.1".parse().unwrap()))
+            .expect("another source has its own share");
+    }
+
+    #[test]
+    fn connections_are_limited_per_source_not_per_address() {
+        let limiters = RelayLimiters::new(&RateLimitConfig {
+            connections_per_ip_per_sec: 1,
+            connections_per_ip_burst: 1,
+            ..RateLimitConfig::default()
+        });
+        limiters
+            .check_connection("2001:db8::1".parse().unwrap())
+            .expect("first");
+        assert!(
+            limiters
+                .check_connection("2001:db8::ffff".parse().unwrap())
+                .is_err(),
+            "same /64"
+        );
     }
 }

@@ -40,6 +40,10 @@ pub struct SessionsConfig {
     pub max_connections: usize,
     /// Close a session after this long without a frame.
     pub idle_timeout: Duration,
+    /// Bytes of request frames one connection may hold in flight.
+    pub inflight_bytes_max: usize,
+    /// Bytes of request frames all connections together may hold in flight.
+    pub inflight_bytes_total: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// The supervisor's actor type.
@@ -155,6 +159,9 @@ impl SessionsSupervisorState {
             store: self.args.store.clone(),
             routers: self.args.routers.clone(),
             subscriber_id: self.next_subscriber,
+            source: remote_addr.map(|addr| addr.ip()),
+            inflight_bytes_max: self.args.config.inflight_bytes_max,
+            inflight_bytes_total: self.args.config.inflight_bytes_total.clone(),
             idle_timeout: self.args.config.idle_timeout,
             limiters: Arc::clone(&self.args.limiters),
             metrics: metrics.clone(),

@@ -13,7 +13,9 @@ use std::time::Duration;
 use zerok_actors::metrics::RelayMetrics;
 use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
 use zerok_actors::shared_ref::SharedRef;
-use zerok_messages::link::{LINK_QUEUE_FRAMES, LinkReceiver, LinkSender, channel};
+use zerok_messages::link::{
+    FRAME_QUEUE_COST_BYTES, LINK_QUEUE_BYTES, LinkReceiver, LinkSender, channel,
+};
 use zerok_messages::relay::{GroupRouterMsg, RoutersMsg};
 use zerok_messages::{BlobId, Cursor, Frame, MailboxId, codec};
 
@@ -44,8 +46,8 @@ async fn router(routers: &ActorRef<RoutersMsg>) -> ActorRef<GroupRouterMsg> {
     .unwrap()
 }
 
-async fn push(router: &ActorRef<GroupRouterMsg>, n: u8) -> Cursor {
-    let ciphertext = Bytes::from(vec![n; 32]);
+async fn push(router: &ActorRef<GroupRouterMsg>, n: u64) -> Cursor {
+    let ciphertext = Bytes::from(n.to_be_bytes().repeat(4));
     let acked = ractor::call!(router, |reply| GroupRouterMsg::Push {
         blob_id: BlobId::of_ciphertext(&ciphertext),
         ciphertext,
@@ -58,8 +60,7 @@ async fn push(router: &ActorRef<GroupRouterMsg>, n: u8) -> Cursor {
 }
 
 fn subscriber() -> (LinkSender, LinkReceiver) {
-    let (tx, rx) = channel();
-    (LinkSender::new(tx), LinkReceiver::new(rx))
+    channel()
 }
 
 async fn next_frame(rx: &mut LinkReceiver) -> Frame {
@@ -83,8 +84,8 @@ async fn pushes_are_acked_and_delivered_live_in_cursor_order() {
     })
     .unwrap();
     assert_eq!(latest, Cursor(0));
-    for n in 1..=5u8 {
-        assert_eq!(push(&router, n).await, Cursor(n as u64));
+    for n in 1..=5u64 {
+        assert_eq!(push(&router, n).await, Cursor(n));
     }
     for n in 1..=5u64 {
         match next_frame(&mut rx).await {
@@ -109,18 +110,37 @@ async fn a_slow_subscriber_gets_notify_instead_of_unbounded_queueing() {
         reply
     })
     .unwrap();
-    // The subscriber reads nothing while 10 more items than its queue holds are pushed.
-    let total = LINK_QUEUE_FRAMES as u64 + 10;
+    // The subscriber reads nothing while more items than its queue's bulk share (half of
+    // its byte budget) holds are pushed.
+    let total = 3_000u64;
     for n in 0..total {
-        push(&router, n as u8).await;
+        push(&router, n).await;
     }
-    assert_eq!(metrics.fanout_drops_total.get(), 10);
-    // The queue holds exactly the first LINK_QUEUE_FRAMES deliveries...
-    for n in 1..=LINK_QUEUE_FRAMES as u64 {
+    let dropped = metrics.fanout_drops_total.get();
+    assert!(dropped > 0, "the queue must have filled");
+    let fitting = total - dropped;
+    // The queue holds exactly the first deliveries, in order, and no more bytes than the
+    // bulk share...
+    let mut queued_bytes = 0;
+    for n in 1..=fitting {
+        let body = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        queued_bytes += body.len() + FRAME_QUEUE_COST_BYTES;
         assert!(
-            matches!(next_frame(&mut rx).await, Frame::Deliver { item, .. } if item.cursor == Cursor(n))
+            matches!(codec::decode(&body).unwrap(), Frame::Deliver { item, .. } if item.cursor == Cursor(n))
         );
     }
+    assert!(
+        queued_bytes <= LINK_QUEUE_BYTES / 2,
+        "{queued_bytes} queued"
+    );
+    assert!(
+        queued_bytes > LINK_QUEUE_BYTES / 2 - 200,
+        "the share was used"
+    );
     // ...and once there is room, a Notify tells it to pull up to the latest cursor.
     tokio::time::advance(Duration::from_millis(50)).await;
     match next_frame(&mut rx).await {
@@ -128,7 +148,7 @@ async fn a_slow_subscriber_gets_notify_instead_of_unbounded_queueing() {
         other => panic!("expected notify, got {other:?}"),
     }
     // Live delivery resumes after the notify.
-    push(&router, 200).await;
+    push(&router, 100_000).await;
     assert!(
         matches!(next_frame(&mut rx).await, Frame::Deliver { item, .. } if item.cursor == Cursor(total + 1))
     );

@@ -82,7 +82,7 @@ impl Relay {
             ..
         } = listener.accept().await.unwrap();
         self.next_subscriber += 1;
-        Actor::spawn(
+        let (session, _) = Actor::spawn(
             None,
             SessionActor,
             SessionArgs {
@@ -95,6 +95,9 @@ impl Relay {
                 store: self.store.clone(),
                 routers: self.routers.clone(),
                 subscriber_id: self.next_subscriber,
+                source: None,
+                inflight_bytes_max: 16 * 1024 * 1024,
+                inflight_bytes_total: None,
                 idle_timeout: Duration::from_secs(60),
                 limiters: std::sync::Arc::new(RelayLimiters::new(&RateLimitConfig::default())),
                 metrics: RelayMetrics::new(),
@@ -105,6 +108,7 @@ impl Relay {
         Client {
             link: client,
             nonce,
+            session,
         }
     }
 }
@@ -112,6 +116,7 @@ impl Relay {
 struct Client {
     link: Link,
     nonce: [u8; 32],
+    session: ActorRef<zerok_messages::relay::SessionMsg>,
 }
 
 impl Client {
@@ -358,5 +363,55 @@ async fn garbage_unknown_and_wrong_version_frames_get_errors_not_crashes() {
     assert!(
         saw_bye,
         "the relay closes a connection that keeps sending garbage"
+    );
+}
+
+/// A peer that keeps sending but never reads its answers is disconnected once it holds more
+/// than its reply budget unread: the session never waits on the link, so it notices, aborts
+/// the link and ends, instead of blocking on a full queue forever.
+#[tokio::test]
+async fn a_peer_that_never_reads_is_disconnected_not_waited_for() {
+    let mut relay = Relay::start().await;
+    let mut client = relay.connect(DeviceId([3; 32]), [33; 32]).await;
+    client.hello().await;
+    // Pings answered by pongs (and, past the rate limit, by errors) that are never read:
+    // far more than the link's 1 MiB reply budget.
+    let mut sent = 0u64;
+    while sent < 40_000 && client.session.get_status() == ractor::ActorStatus::Running {
+        let ping = Bytes::from(codec::encode(&Frame::Ping { req: ReqId(sent) }).unwrap());
+        if client.link.sender.send(ping).await.is_err() {
+            break;
+        }
+        sent += 1;
+        if sent % 1000 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for _ in 0..500 {
+        if client.session.get_status() != ractor::ActorStatus::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_ne!(
+        client.session.get_status(),
+        ractor::ActorStatus::Running,
+        "the session still runs after {sent} unread replies"
+    );
+    // What was queued is still there to read, then the link says why it ended.
+    let mut replies = 0;
+    let ended = loop {
+        match client.link.receiver.recv().await {
+            Ok(Some(_)) => replies += 1,
+            Ok(None) => break None,
+            Err(err) => break Some(err),
+        }
+    };
+    assert!(replies > 1000, "{replies} replies queued");
+    assert_eq!(
+        ended,
+        Some(zerok_actors::link::LinkError::Reset(
+            "peer is not reading".into()
+        ))
     );
 }

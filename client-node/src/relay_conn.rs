@@ -734,6 +734,7 @@ impl Actor for RelayConnActor {
                         receiver,
                         owner: myself.clone(),
                         inflight: Arc::new(Semaphore::new(READ_AHEAD)),
+                        inflight_bytes: Vec::new(),
                     },
                     myself.get_cell(),
                 )

@@ -290,8 +290,8 @@ pub enum SessionMsg {
     FrameReceived {
         /// The CBOR frame body.
         body: Bytes,
-        /// The in-flight slot this request holds.
-        permit: tokio::sync::OwnedSemaphorePermit,
+        /// The in-flight slot (and bytes) this request holds.
+        permit: crate::link::FramePermit,
     },
     /// The link ended: cleanly (`None`) or with an error.
     LinkClosed {

@@ -33,6 +33,11 @@ pub const INFLIGHT_MAX_LIMIT: u32 = 4096;
 /// Longest shutdown grace accepted. DESIGN.md §7 promises exit within 10 s by default;
 /// a minute is the most a supervisor (systemd, docker) should reasonably be told to wait.
 pub const GRACE_SECS_LIMIT: u64 = 60;
+/// Smallest `connections.unread_bytes_max`: room for a few replies and one page share.
+pub const UNREAD_BYTES_MIN: u64 = 64 * 1024;
+/// Largest byte budget accepted (connections.*_bytes_*): permits are counted in `u32`
+/// and 4 GiB of queued frames is a misconfiguration anyway.
+pub const BYTE_BUDGET_LIMIT: u64 = u32::MAX as u64;
 /// Smallest `store.segment_bytes`.
 pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
 
@@ -124,6 +129,28 @@ pub struct ConnectionsConfig {
     pub per_ip_per_sec: u32,
     /// New connections one IP address may open at once before `per_ip_per_sec` applies.
     pub per_ip_burst: u32,
+    /// Connections (handshaking or open) one source may hold at once: an IPv4 address or an
+    /// IPv6 /64. Checked before the handshake, so one host cannot take every slot.
+    pub per_source_max: u32,
+    /// Of those, handshakes that have not opened their stream yet.
+    pub handshakes_per_source_max: u32,
+    /// Connections one device (endpoint id) may hold at once.
+    pub per_device_max: u32,
+    /// A connection must finish its handshake and open its stream within this long, in
+    /// milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Bytes of replies one connection may leave unread (queued, not yet taken by QUIC); a
+    /// peer that holds more is disconnected. At least 64 KiB.
+    pub unread_bytes_max: u64,
+    /// Bytes of replies all connections together may leave unread; at least
+    /// `unread_bytes_max`.
+    pub unread_bytes_total_max: u64,
+    /// Bytes of request frames one connection may have in flight (read, not yet answered);
+    /// at least one frame (1 MiB + 4 KiB).
+    pub inflight_bytes_max: u64,
+    /// Bytes of request frames all connections together may have in flight; at least
+    /// `inflight_bytes_max`.
+    pub inflight_bytes_total_max: u64,
 }
 
 /// Frame rates per device and for the whole relay (token buckets). A limited request is
@@ -135,6 +162,11 @@ pub struct RateLimitsConfig {
     pub frames_per_device_per_sec: u32,
     /// Frames one device may send at once.
     pub frames_per_device_burst: u32,
+    /// Frames per second one source (IPv4 address or IPv6 /64) may send, all its devices
+    /// together (sustained): one host's share of the global budget.
+    pub frames_per_source_per_sec: u32,
+    /// Frames one source may send at once.
+    pub frames_per_source_burst: u32,
     /// Frames per second the relay accepts from everyone together (sustained).
     pub frames_global_per_sec: u32,
     /// Frames the relay accepts at once from everyone together.
@@ -219,6 +251,26 @@ impl Default for ConnectionsConfig {
             // gets through within seconds, a flood from one address does not.
             per_ip_per_sec: 20,
             per_ip_burst: 50,
+            // A household or office behind one NAT: a few devices per person, a connection
+            // per relay each, reconnects overlapping old connections. 32 × (1 MiB QUIC window
+            // + budgets below) keeps one host far from the relay's memory budget.
+            per_source_max: 32,
+            // Handshakes take a round trip or two; 8 at once is a burst of reconnects.
+            handshakes_per_source_max: 8,
+            // One connection per relay, a reconnect overlapping the old one, a CLI beside
+            // the app.
+            per_device_max: 4,
+            // A handshake is one or two round trips: 5 s covers a slow mobile link, and a
+            // half-open dial holds its slot no longer.
+            handshake_timeout_ms: 5_000,
+            // 2 MiB: a pull page (512 KiB) streaming plus a thousand live deliveries.
+            unread_bytes_max: 2 * 1024 * 1024,
+            // 64 MiB for everyone: what the relay's memory budget can give to slow readers.
+            unread_bytes_total_max: 64 * 1024 * 1024,
+            // 4 MiB: 256 pipelined 1 KiB pushes, or 3 full-size items at once.
+            inflight_bytes_max: 4 * 1024 * 1024,
+            // 64 MiB for everyone: pushes wait for the disk in here.
+            inflight_bytes_total_max: 64 * 1024 * 1024,
         }
     }
 }
@@ -230,6 +282,10 @@ impl Default for RateLimitsConfig {
             // headroom for catch-up pulls and pipelined pushes.
             frames_per_device_per_sec: 2000,
             frames_per_device_burst: 4000,
+            // A quarter of the global budget: one host with any number of device keys
+            // leaves three quarters for everyone else.
+            frames_per_source_per_sec: 25_000,
+            frames_per_source_burst: 50_000,
             // Around what one machine's store commits; beyond it, queueing only adds latency.
             frames_global_per_sec: 100_000,
             frames_global_burst: 200_000,
@@ -463,7 +519,62 @@ impl ConnectionsConfig {
         require_positive("connections.max", self.max.into())?;
         require_positive("connections.idle_timeout_secs", self.idle_timeout_secs)?;
         require_positive("connections.per_ip_per_sec", self.per_ip_per_sec.into())?;
-        require_positive("connections.per_ip_burst", self.per_ip_burst.into())
+        require_positive("connections.per_ip_burst", self.per_ip_burst.into())?;
+        require_positive("connections.per_source_max", self.per_source_max.into())?;
+        require_positive(
+            "connections.handshakes_per_source_max",
+            self.handshakes_per_source_max.into(),
+        )?;
+        require_positive("connections.per_device_max", self.per_device_max.into())?;
+        require_positive(
+            "connections.handshake_timeout_ms",
+            self.handshake_timeout_ms,
+        )?;
+        if self.unread_bytes_max < UNREAD_BYTES_MIN {
+            return Err(invalid(
+                "connections.unread_bytes_max",
+                format!("must be at least {UNREAD_BYTES_MIN} (64 KiB)"),
+            ));
+        }
+        if self.unread_bytes_total_max < self.unread_bytes_max {
+            return Err(invalid(
+                "connections.unread_bytes_total_max",
+                "must be >= unread_bytes_max",
+            ));
+        }
+        let frame = FRAME_BYTES_MAX as u64;
+        if self.inflight_bytes_max < frame {
+            return Err(invalid(
+                "connections.inflight_bytes_max",
+                format!("must be at least one frame ({frame} bytes)"),
+            ));
+        }
+        if self.inflight_bytes_total_max < self.inflight_bytes_max {
+            return Err(invalid(
+                "connections.inflight_bytes_total_max",
+                "must be >= inflight_bytes_max",
+            ));
+        }
+        for (field, value) in [
+            ("connections.unread_bytes_max", self.unread_bytes_max),
+            (
+                "connections.unread_bytes_total_max",
+                self.unread_bytes_total_max,
+            ),
+            ("connections.inflight_bytes_max", self.inflight_bytes_max),
+            (
+                "connections.inflight_bytes_total_max",
+                self.inflight_bytes_total_max,
+            ),
+        ] {
+            if value > BYTE_BUDGET_LIMIT {
+                return Err(invalid(
+                    field,
+                    format!("must be at most {BYTE_BUDGET_LIMIT}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -476,6 +587,14 @@ impl RateLimitsConfig {
         require_positive(
             "rate_limits.frames_per_device_burst",
             self.frames_per_device_burst.into(),
+        )?;
+        require_positive(
+            "rate_limits.frames_per_source_per_sec",
+            self.frames_per_source_per_sec.into(),
+        )?;
+        require_positive(
+            "rate_limits.frames_per_source_burst",
+            self.frames_per_source_burst.into(),
         )?;
         require_positive(
             "rate_limits.frames_global_per_sec",
@@ -972,9 +1091,19 @@ mod tests {
             "idle_timeout_secs",
             "per_ip_per_sec",
             "per_ip_burst",
+            "per_source_max",
+            "handshakes_per_source_max",
+            "per_device_max",
+            "handshake_timeout_ms",
+            "unread_bytes_max",
+            "unread_bytes_total_max",
+            "inflight_bytes_max",
+            "inflight_bytes_total_max",
             "[rate_limits]",
             "frames_per_device_per_sec",
             "frames_per_device_burst",
+            "frames_per_source_per_sec",
+            "frames_per_source_burst",
             "frames_global_per_sec",
             "frames_global_burst",
             "[store]",

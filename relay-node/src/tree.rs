@@ -40,7 +40,9 @@ use zerok_actors::clock::Clock;
 use zerok_actors::fault::FaultPlan;
 use zerok_actors::infra::{InfraActor, InfraArgs};
 use zerok_actors::link::LinkListener;
+use zerok_actors::link::QueuePool;
 use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
+use zerok_actors::link::slots::{ConnectionSlots, SlotLimits};
 use zerok_actors::listener::{ListenerActor, ListenerArgs};
 use zerok_actors::metrics::RelayMetrics;
 use zerok_actors::rate_limit::{RateLimitConfig, RelayLimiters};
@@ -59,6 +61,9 @@ pub const NODE_KEY_FILE: &str = "node.key";
 pub const ADDR_FILE: &str = "relay.addr";
 /// Directory in the data dir holding the store.
 pub const STORE_DIR: &str = "store";
+/// How often the `unread_bytes` gauge is refreshed: often enough for a scrape to see an
+/// attack, rarely enough to cost nothing.
+const UNREAD_GAUGE_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait for one step of the shutdown that is not bounded by the grace time.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -344,7 +349,7 @@ impl RelayNode {
     /// Start a relay from `config`: data dir, node key, store, QUIC endpoint, HTTP, tree.
     pub async fn start(config: &RelayConfig, seams: Seams) -> Result<RelayNode, StartError> {
         let data_dir = &config.data_dir;
-        std::fs::create_dir_all(data_dir).map_err(|err| data_dir_err(data_dir, err))?;
+        create_private_dir(data_dir).map_err(|err| data_dir_err(data_dir, err))?;
         let mut rng = seams.rng.unwrap_or_else(Rng::system);
         let clock = seams.clock.unwrap_or_else(Clock::system);
         let endpoint_err = |message: String| StartError::Endpoint {
@@ -358,15 +363,35 @@ impl RelayNode {
         let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, segment_bytes))
             .await
             .map_err(|err| data_dir_err(data_dir, err))??;
-        let endpoint = IrohNode::bind(IrohConfig::new(secret, config.bind))
+        let metrics = RelayMetrics::new();
+        let connections = &config.connections;
+        let unread_pool = QueuePool::new(byte_budget(connections.unread_bytes_total_max));
+        let iroh_config = IrohConfig {
+            first_frame_timeout: Duration::from_millis(connections.handshake_timeout_ms),
+            slots: Some(ConnectionSlots::with_metric(
+                SlotLimits {
+                    per_source_max: connections.per_source_max,
+                    handshakes_per_source_max: connections.handshakes_per_source_max,
+                    per_device_max: connections.per_device_max,
+                },
+                Some(metrics.connection_slots_refused_total.clone()),
+            )),
+            accepted_queue_bytes: byte_budget(connections.unread_bytes_max),
+            accepted_queue_pool: Some(Arc::clone(&unread_pool)),
+            ..IrohConfig::new(secret, config.bind)
+        };
+        let endpoint = IrohNode::bind(iroh_config)
             .await
             .map_err(|err| endpoint_err(err.to_string()))?;
+        tokio::spawn(publish_unread_bytes(
+            Arc::downgrade(&unread_pool),
+            metrics.clone(),
+        ));
         let relay_id = endpoint.local_id();
         let mut addr = endpoint.local_addr();
         if !config.advertise.is_empty() {
             addr.addrs = config.advertise.clone();
         }
-        let metrics = RelayMetrics::new();
         let ready = Arc::new(AtomicBool::new(false));
         let http = match config.http {
             Some(http_addr) => {
@@ -416,12 +441,18 @@ impl RelayNode {
                 limits: limits.to_wire(),
                 max_connections: config.connections.max as usize,
                 idle_timeout: Duration::from_secs(config.connections.idle_timeout_secs),
+                inflight_bytes_max: byte_budget(connections.inflight_bytes_max),
+                inflight_bytes_total: Some(Arc::new(tokio::sync::Semaphore::new(byte_budget(
+                    connections.inflight_bytes_total_max,
+                )))),
             },
             rate_limits: RateLimitConfig {
                 connections_per_ip_per_sec: config.connections.per_ip_per_sec,
                 connections_per_ip_burst: config.connections.per_ip_burst,
                 frames_per_device_per_sec: config.rate_limits.frames_per_device_per_sec,
                 frames_per_device_burst: config.rate_limits.frames_per_device_burst,
+                frames_per_source_per_sec: config.rate_limits.frames_per_source_per_sec,
+                frames_per_source_burst: config.rate_limits.frames_per_source_burst,
                 frames_global_per_sec: config.rate_limits.frames_global_per_sec,
                 frames_global_burst: config.rate_limits.frames_global_burst,
             },
@@ -482,12 +513,37 @@ impl RelayNode {
     }
 }
 
-/// Write `bytes` to `path` through a temp file and a rename, so readers never see half.
+/// Keep the `unread_bytes` gauge current while the endpoint (which holds the pool) lives.
+async fn publish_unread_bytes(pool: std::sync::Weak<QueuePool>, metrics: RelayMetrics) {
+    let mut every = tokio::time::interval(UNREAD_GAUGE_EVERY);
+    loop {
+        every.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        metrics
+            .unread_bytes
+            .set(i64::try_from(pool.bytes()).unwrap_or(i64::MAX));
+    }
+}
+
+/// A configured byte budget as a count of permits (the config caps budgets at `u32::MAX`).
+fn byte_budget(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+/// Create the data dir (and its parents) if missing, and make it the relay user's alone
+/// (mode 0700): it holds the node's secret key and other people's ciphertext and metadata.
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Write `bytes` to `path` (mode 0600) through a temp file and a rename, so readers never see
+/// half, and sync the directory so the rename survives a power cut.
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)
+    zerok_actors::link::iroh::write_file_durably(path, bytes)
 }

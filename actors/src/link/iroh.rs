@@ -8,16 +8,27 @@
 //! Each link is one bi-directional QUIC stream (the dialer opens it and speaks first) pumped
 //! by two tasks: a writer that length-prefixes queued frames (coalescing what is queued into
 //! one write) and a reader that checks each length prefix against the frame limit before it
-//! buffers the body. Bounds: [`HANDSHAKES_IN_FLIGHT_MAX`] concurrent incoming handshakes,
-//! [`ACCEPT_BACKLOG`] established links waiting for the owner, `LINK_QUEUE_FRAMES` per
-//! direction, [`WRITE_BATCH_BYTES_MAX`] per write.
+//! buffers the body.
+//!
+//! Bounds, because anyone on the internet can dial a relay:
+//! - QUIC itself ([`transport_config`]): a peer may open exactly the one bidi stream the
+//!   protocol uses and no uni stream (opening more is a protocol violation that closes the
+//!   connection), datagrams are off, and receive buffering per stream and per connection is
+//!   [`RECEIVE_WINDOW_BYTES`], send buffering [`SEND_WINDOW_BYTES`].
+//! - Handshakes: at most [`HANDSHAKES_IN_FLIGHT_MAX`] at once; past half of that, a peer must
+//!   first prove its address with a QUIC retry (so spoofed sources cost one stateless
+//!   packet); per source, the [`ConnectionSlots`] of the config (checked before the handshake
+//!   starts, so one host cannot hold the handshake slots); a handshake must have its stream
+//!   within `first_frame_timeout`.
+//! - Links: [`ACCEPT_BACKLOG`] established links waiting for the owner; each direction's queue
+//!   by bytes (`LINK_QUEUE_BYTES`, or the config's budget and pool for accepted links);
+//!   [`WRITE_BATCH_BYTES_MAX`] per write.
 
-use super::{
-    BoxFuture, Dialer, Link, LinkError, LinkListener, LinkReceiver, LinkSender, Wire, channel,
-};
+use super::slots::{ConnectionSlots, SlotGuard};
+use super::{BoxFuture, Dialer, Link, LinkError, LinkListener, LinkReceiver, LinkSender, channel};
 use crate::rng::Rng;
 use bytes::{BufMut, Bytes, BytesMut};
-use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt, presets};
+use iroh::endpoint::{Connection, QuicTransportConfig, RecvStream, SendStream, VarInt, presets};
 use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -27,6 +38,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::debug;
 use zerok_messages::codec::{LENGTH_PREFIX_BYTES, body_len};
+use zerok_messages::link::{LINK_QUEUE_BYTES, QueuePool, channel_with};
 use zerok_messages::wire::ALPN;
 use zerok_messages::{DeviceId, RelayAddr};
 
@@ -40,6 +52,34 @@ pub const ACCEPT_BACKLOG: usize = 256;
 pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
 /// QUIC application close code of a local abort.
 const CLOSE_ABORT: u32 = 1;
+/// QUIC flow-control window per stream and per connection: what a peer may send that we have
+/// not read yet. 1 MiB moves 10 GB/s on loopback and ~20 MB/s per connection at 50 ms RTT; a
+/// larger window only lets a peer park more bytes in our memory (QUIC's default is 1.25 MB
+/// per stream times 100 streams per connection). Frames larger than the window still pass:
+/// the reader consumes as it goes.
+pub const RECEIVE_WINDOW_BYTES: u32 = 1024 * 1024;
+/// What QUIC keeps of our sent, not yet acknowledged data per connection: a pull page in
+/// flight. (QUIC's default is eight times the receive window.)
+pub const SEND_WINDOW_BYTES: u64 = 1024 * 1024;
+/// Streams a peer may open: the protocol uses one bidi stream per connection, opened by the
+/// dialer; a second one is refused by flow control and opening it anyway closes the
+/// connection.
+const BIDI_STREAMS_MAX: u32 = 1;
+/// How long a half-closed link waits for its peer to take the last frames (a `Bye`) before
+/// the connection is dropped.
+const LINGER: Duration = Duration::from_secs(10);
+
+/// The QUIC settings of every zerok endpoint (see the module doc for why each bound).
+pub fn transport_config() -> QuicTransportConfig {
+    QuicTransportConfig::builder()
+        .max_concurrent_bidi_streams(VarInt::from_u32(BIDI_STREAMS_MAX))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW_BYTES))
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW_BYTES))
+        .send_window(SEND_WINDOW_BYTES)
+        .datagram_receive_buffer_size(None)
+        .build()
+}
 
 /// How an [`IrohNode`] is set up.
 #[derive(Clone)]
@@ -50,8 +90,16 @@ pub struct IrohConfig {
     pub bind_addr: SocketAddr,
     /// Bound on dialling a peer.
     pub dial_timeout: Duration,
-    /// Bound on an incoming connection's first frame.
+    /// Bound on an incoming connection's handshake and stream (a peer that has not opened
+    /// its stream by then is dropped, so half-open dials cannot hold handshake slots).
     pub first_frame_timeout: Duration,
+    /// Per-source and per-device slots of incoming connections (`None`: unlimited).
+    pub slots: Option<Arc<ConnectionSlots>>,
+    /// Queue budget of each accepted link towards its peer: what a peer may leave unread
+    /// before the owner is told the queue is full.
+    pub accepted_queue_bytes: usize,
+    /// Budget shared by the queues of every accepted link (`None`: no shared bound).
+    pub accepted_queue_pool: Option<Arc<QueuePool>>,
 }
 
 impl std::fmt::Debug for IrohConfig {
@@ -60,18 +108,23 @@ impl std::fmt::Debug for IrohConfig {
             .field("bind_addr", &self.bind_addr)
             .field("dial_timeout", &self.dial_timeout)
             .field("first_frame_timeout", &self.first_frame_timeout)
+            .field("slots", &self.slots.as_ref().map(|slots| slots.limits()))
+            .field("accepted_queue_bytes", &self.accepted_queue_bytes)
             .finish_non_exhaustive()
     }
 }
 
 impl IrohConfig {
-    /// Defaults: dial within 10 s, first frame within 10 s.
+    /// Defaults: dial within 10 s, stream within 10 s, no slot limits, default queues.
     pub fn new(secret_key: [u8; 32], bind_addr: SocketAddr) -> Self {
         Self {
             secret_key,
             bind_addr,
             dial_timeout: Duration::from_secs(10),
             first_frame_timeout: Duration::from_secs(10),
+            slots: None,
+            accepted_queue_bytes: LINK_QUEUE_BYTES,
+            accepted_queue_pool: None,
         }
     }
 }
@@ -95,6 +148,7 @@ impl IrohNode {
             .alpns(vec![ALPN.to_vec()])
             .relay_mode(RelayMode::Disabled)
             .clear_address_lookup()
+            .transport_config(transport_config())
             .bind_addr(config.bind_addr)
             .map_err(setup)?
             .bind()
@@ -161,32 +215,92 @@ async fn accept_loop(endpoint: Endpoint, config: Arc<IrohConfig>, links: mpsc::S
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { return };
-        let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
-            return;
-        };
-        let links = links.clone();
-        let first_frame_timeout = config.first_frame_timeout;
         let remote_addr = match incoming.remote_addr() {
             iroh::endpoint::IncomingAddr::Ip(addr) => Some(addr),
             _ => None,
         };
+        // Under load, a peer proves it can receive at its address before it costs a
+        // handshake: a spoofed flood then costs one stateless retry packet each.
+        if handshakes.available_permits() < HANDSHAKES_IN_FLIGHT_MAX / 2
+            && !incoming.remote_addr_validated()
+        {
+            if let Err(err) = incoming.retry() {
+                err.into_incoming().refuse();
+            }
+            continue;
+        }
+        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+            debug!("handshake slots full, connection refused");
+            incoming.refuse();
+            continue;
+        };
+        let slot = match (&config.slots, remote_addr) {
+            (Some(slots), Some(addr)) => match slots.enter_handshake(addr.ip()) {
+                Ok(slot) => Some(slot),
+                Err(why) => {
+                    debug!(
+                        reason = why.as_str(),
+                        "connection refused before its handshake"
+                    );
+                    incoming.refuse();
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        let links = links.clone();
+        let config = Arc::clone(&config);
         tokio::spawn(async move {
             let _permit = permit;
-            let accepted = tokio::time::timeout(first_frame_timeout, async {
+            let accepted = tokio::time::timeout(config.first_frame_timeout, async {
                 let connection = incoming.await.map_err(|err| err.to_string())?;
                 let (send, recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((connection, send, recv))
             })
             .await;
-            match accepted {
-                Ok(Ok((connection, send, recv))) => {
-                    let link = start_link(connection.clone(), send, recv, remote_addr);
-                    if links.try_send(link).is_err() {
-                        connection.close(VarInt::from_u32(CLOSE_ABORT), b"busy");
+            let (connection, send, recv) = match accepted {
+                Ok(Ok(accepted)) => accepted,
+                Ok(Err(err)) => {
+                    debug!(error = %err, "incoming connection failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!("incoming connection opened no stream in time");
+                    return;
+                }
+            };
+            let guards = match (&config.slots, slot) {
+                (Some(slots), Some(slot)) => {
+                    let device = DeviceId(*connection.remote_id().as_bytes());
+                    match slots.established(slot, device) {
+                        Ok(guards) => guards.into_iter().collect(),
+                        Err(why) => {
+                            debug!(
+                                reason = why.as_str(),
+                                "connection refused after its handshake"
+                            );
+                            connection
+                                .close(VarInt::from_u32(CLOSE_ABORT), why.to_string().as_bytes());
+                            return;
+                        }
                     }
                 }
-                Ok(Err(err)) => debug!(error = %err, "incoming connection failed"),
-                Err(_) => debug!("incoming connection sent no frame in time"),
+                _ => Vec::new(),
+            };
+            let (out_tx, out_rx) = channel_with(
+                config.accepted_queue_bytes,
+                config.accepted_queue_pool.clone(),
+            );
+            let link = start_link(
+                connection.clone(),
+                send,
+                recv,
+                remote_addr,
+                (out_tx, out_rx),
+                guards,
+            );
+            if links.try_send(link).is_err() {
+                connection.close(VarInt::from_u32(CLOSE_ABORT), b"busy");
             }
         });
     }
@@ -238,7 +352,14 @@ impl IrohDialer {
                 actual,
             });
         }
-        Ok(start_link(connection, send, recv, None))
+        Ok(start_link(
+            connection,
+            send,
+            recv,
+            None,
+            channel(),
+            Vec::new(),
+        ))
     }
 }
 
@@ -257,17 +378,26 @@ fn start_link(
     send: SendStream,
     recv: RecvStream,
     remote_addr: Option<SocketAddr>,
+    (out_tx, out_rx): (LinkSender, LinkReceiver),
+    slots: Vec<SlotGuard>,
 ) -> Link {
     let peer = DeviceId(*connection.remote_id().as_bytes());
-    let (out_tx, out_rx) = channel();
     let (in_tx, in_rx) = channel();
-    tokio::spawn(write_pump(connection.clone(), send, out_rx));
-    tokio::spawn(read_pump(connection, recv, in_tx));
+    // The slots are the connection's until both pumps ended: then no handle of the
+    // connection is left and it is closed.
+    let slots = Arc::new(slots);
+    tokio::spawn(write_pump(
+        connection.clone(),
+        send,
+        out_rx,
+        Arc::clone(&slots),
+    ));
+    tokio::spawn(read_pump(connection, recv, in_tx, slots));
     Link {
         peer,
         remote_addr,
-        sender: LinkSender::new(out_tx),
-        receiver: LinkReceiver::new(in_rx),
+        sender: out_tx,
+        receiver: in_rx,
     }
 }
 
@@ -279,12 +409,14 @@ fn put_frame(buffer: &mut BytesMut, body: &Bytes) {
 async fn write_pump(
     connection: Connection,
     mut send: SendStream,
-    mut frames: mpsc::Receiver<Wire>,
+    mut frames: LinkReceiver,
+    _slots: Arc<Vec<SlotGuard>>,
 ) {
     let mut buffer = BytesMut::new();
-    while let Some(item) = frames.recv().await {
-        let body = match item {
-            Ok(body) => body,
+    loop {
+        let body = match frames.recv().await {
+            Ok(Some(body)) => body,
+            Ok(None) => break,
             Err(reason) => {
                 connection.close(VarInt::from_u32(CLOSE_ABORT), reason.to_string().as_bytes());
                 return;
@@ -295,15 +427,22 @@ async fn write_pump(
         let mut abort = None;
         while buffer.len() < WRITE_BATCH_BYTES_MAX {
             match frames.try_recv() {
-                Ok(Ok(body)) => put_frame(&mut buffer, &body),
-                Ok(Err(reason)) => {
+                Some(Ok(body)) => put_frame(&mut buffer, &body),
+                Some(Err(reason)) => {
                     abort = Some(reason);
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
-        if send.write_all(&buffer).await.is_err() {
+        let written = tokio::select! {
+            biased;
+            () = frames.aborted() => Err(()),
+            written = send.write_all(&buffer) => written.map_err(|_| ()),
+        };
+        if written.is_err() {
+            // A peer that stopped reading is aborted without waiting for the write.
+            connection.close(VarInt::from_u32(CLOSE_ABORT), b"aborted");
             return;
         }
         if let Some(reason) = abort {
@@ -311,12 +450,18 @@ async fn write_pump(
             return;
         }
     }
-    // Every sender is gone: half-close, and keep the connection open until the peer is done.
+    // Every sender is gone: half-close, and keep the connection open until the peer is done,
+    // or for LINGER at most (a peer that does not read must not keep it forever).
     let _ = send.finish();
-    let _ = send.stopped().await;
+    let _ = tokio::time::timeout(LINGER, send.stopped()).await;
 }
 
-async fn read_pump(connection: Connection, mut recv: RecvStream, frames: mpsc::Sender<Wire>) {
+async fn read_pump(
+    connection: Connection,
+    mut recv: RecvStream,
+    frames: LinkSender,
+    _slots: Arc<Vec<SlotGuard>>,
+) {
     loop {
         let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
         let read = tokio::select! {
@@ -331,30 +476,24 @@ async fn read_pump(connection: Connection, mut recv: RecvStream, frames: mpsc::S
             Ok(()) => {}
             Err(iroh::endpoint::ReadExactError::FinishedEarly(0)) => return,
             Err(err) => {
-                let _ = frames
-                    .send(Err(Box::new(LinkError::Reset(err.to_string()))))
-                    .await;
+                frames.abort(&err.to_string());
                 return;
             }
         }
         let len = match body_len(prefix) {
             Ok(len) => len,
             Err(err) => {
-                let _ = frames
-                    .send(Err(Box::new(LinkError::Protocol(err.to_string()))))
-                    .await;
+                frames.fail(LinkError::Protocol(err.to_string()));
                 connection.close(VarInt::from_u32(CLOSE_ABORT), b"frame too large");
                 return;
             }
         };
         let mut body = vec![0u8; len];
         if let Err(err) = recv.read_exact(&mut body).await {
-            let _ = frames
-                .send(Err(Box::new(LinkError::Reset(err.to_string()))))
-                .await;
+            frames.abort(&err.to_string());
             return;
         }
-        if frames.send(Ok(Bytes::from(body))).await.is_err() {
+        if frames.send(Bytes::from(body)).await.is_err() {
             let _ = recv.stop(VarInt::from_u32(0));
             return;
         }
@@ -383,18 +522,27 @@ pub fn load_or_create_secret_key(path: &Path, rng: &mut Rng) -> Result<[u8; 32],
         }
     }
     let key: [u8; 32] = rng.bytes();
-    let temp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&temp)?;
-        file.write_all(&key)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        Ok(())
-    };
-    write().map_err(|err| LinkError::Setup(format!("writing {}: {err}", path.display())))?;
+    write_file_durably(path, &key)
+        .map_err(|err| LinkError::Setup(format!("writing {}: {err}", path.display())))?;
     Ok(key)
+}
+
+/// Write `bytes` to `path` with mode 0600: into a temporary file beside it, synced, renamed
+/// over `path`, and the directory synced, so after a crash or power cut `path` holds either
+/// the old content or all of the new, and the rename itself is durable.
+pub fn write_file_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -3,7 +3,7 @@
 //! Used by actor tests and as the reference for link semantics. Identity is whatever id a
 //! dialer was created with: the network is a test fixture, not a security boundary.
 
-use super::{BoxFuture, Dialer, Link, LinkError, LinkListener, LinkReceiver, LinkSender, channel};
+use super::{BoxFuture, Dialer, Link, LinkError, LinkListener, channel};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -74,8 +74,8 @@ impl MemoryDialer {
         let theirs = Link {
             peer: self.local_id,
             remote_addr: None,
-            sender: LinkSender::new(to_us_tx),
-            receiver: LinkReceiver::new(to_peer_rx),
+            sender: to_us_tx,
+            receiver: to_peer_rx,
         };
         accept.try_send(theirs).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => unreachable("accept backlog full"),
@@ -84,8 +84,8 @@ impl MemoryDialer {
         Ok(Link {
             peer: addr.id,
             remote_addr: None,
-            sender: LinkSender::new(to_peer_tx),
-            receiver: LinkReceiver::new(to_us_rx),
+            sender: to_peer_tx,
+            receiver: to_us_rx,
         })
     }
 }

@@ -13,12 +13,14 @@
 //! - [`LinkSender::abort`] tears the connection down: the peer receives an error.
 //! - The dialer speaks first: a listener hands out a connection once its first frame is there
 //!   (bounded by a timeout), so a half-open dial cannot hold an accept slot.
-//! - Queues are bounded by [`LINK_QUEUE_FRAMES`]: a slow peer slows its sender down
-//!   (`send` waits; `try_send` says [`LinkError::Full`]).
+//! - Queues are bounded by bytes ([`LINK_QUEUE_BYTES`] by default): a slow peer slows its
+//!   sender down (`send` waits; `try_send` says [`LinkError::Full`]). Bulk frames (live
+//!   deliveries, pull pages) may fill only half of a queue, so replies always find room.
 
 pub mod hello;
 pub mod iroh;
 pub mod memory;
+pub mod slots;
 
 pub use memory::{MemoryDialer, MemoryNetwork};
 
@@ -29,7 +31,8 @@ use tokio::sync::mpsc;
 use zerok_messages::{DeviceId, RelayAddr};
 
 pub use zerok_messages::link::{
-    LINK_QUEUE_FRAMES, LinkError, LinkReceiver, LinkSender, Wire, channel,
+    FramePermit, LINK_QUEUE_BYTES, LinkError, LinkReceiver, LinkSender, QueuePool, Wire, channel,
+    channel_with,
 };
 
 /// A boxed future, for the object-safe dial trait.

@@ -1,12 +1,19 @@
 //! Session: one per client connection, under the SessionsSupervisor (DESIGN.md §2).
 //!
 //! It owns the link's sending half and a linked [`LinkReader`](crate::link_reader) that feeds
-//! it frames with an in-flight permit each ([`Limits::inflight_max`] per connection). The
-//! pure [`core::SessionCore`] decides; `handle` carries out: pushes are cast to the mailbox's
-//! GroupRouter in frame order (so one connection's pushes keep their order), their acks are
-//! awaited in a task with [`REQUEST_TIMEOUT`]; pulls go to the BlobStore from a task. Every
-//! response goes straight onto the link. A session is never restarted: its death is a closed
-//! connection, and the client reconnects.
+//! it frames with an in-flight permit each ([`Limits::inflight_max`] requests and
+//! `inflight_bytes_max` of their frames per connection). The pure [`core::SessionCore`]
+//! decides; `handle` carries out: pushes are cast to the mailbox's GroupRouter in frame order
+//! (so one connection's pushes keep their order), their acks are awaited in a task with
+//! [`REQUEST_TIMEOUT`]; pulls go to the BlobStore from a task.
+//!
+//! Output is bounded by bytes and never awaited in `handle`, so idle checks and shutdown
+//! always run: replies are queued with `try_send` on the link, whose budget is what the peer
+//! may leave unread; a reply that does not fit means the peer stopped reading, and the
+//! connection is aborted. Pull pages are bulk: at most [`PULL_PAGES_PREPARED_MAX`] are read
+//! from the store at once per connection, each waits at most [`SLOW_READER_TIMEOUT`] for its
+//! share of the queue, and a peer that lets that pass is aborted. A session is never
+//! restarted: its death is a closed connection, and the client reconnects.
 
 pub mod core;
 
@@ -19,11 +26,12 @@ use bytes::Bytes;
 use core::{Action, SessionCore};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, oneshot};
 use tracing::{debug, warn};
 use zerok_messages::codec;
-use zerok_messages::link::{LinkReceiver, LinkSender};
+use zerok_messages::link::{FramePermit, LinkError, LinkReceiver, LinkSender};
 use zerok_messages::relay::{
     BlobStoreMsg, GroupRouterMsg, RoutersMsg, SessionMsg, StoreError, SubscriberId,
 };
@@ -34,6 +42,13 @@ use zerok_messages::{DeviceId, ErrorCode, Frame, Limits, MailboxId, ReqId};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a call to the routers supervisor may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pull pages read from the store and waiting for room on one connection at once: two keep a
+/// catch-up streaming (one page is written while the next is read) and bound what pulls that
+/// are never read can pin to two pages (today's pages are ≤ 1 MiB).
+pub const PULL_PAGES_PREPARED_MAX: usize = 2;
+/// How long a pull page may wait for room in the connection's queue: a peer that has not
+/// read half its budget in this long is not reading, and is disconnected.
+pub const SLOW_READER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The session's actor type.
 pub struct SessionActor;
@@ -58,6 +73,13 @@ pub struct SessionArgs {
     pub routers: ActorRef<RoutersMsg>,
     /// This session's subscriber id (unique per relay process).
     pub subscriber_id: SubscriberId,
+    /// The peer's IP address, when the transport knows it (per-source frame limits).
+    pub source: Option<IpAddr>,
+    /// Bytes of request frames the connection may hold in flight.
+    pub inflight_bytes_max: usize,
+    /// Bytes of request frames every connection together may hold in flight (`None`: no
+    /// shared bound).
+    pub inflight_bytes_total: Option<Arc<Semaphore>>,
     /// Close after this long without a frame.
     pub idle_timeout: Duration,
     /// Frame rate limits (per device, global), shared by all sessions.
@@ -75,6 +97,8 @@ pub struct SessionState {
     routers: ActorRef<RoutersMsg>,
     router_cache: BTreeMap<MailboxId, ActorRef<GroupRouterMsg>>,
     subscriber_id: SubscriberId,
+    source: Option<IpAddr>,
+    pages: Arc<Semaphore>,
     idle_timeout: Duration,
     last_frame_at: tokio::time::Instant,
     limits: Limits,
@@ -82,20 +106,50 @@ pub struct SessionState {
     metrics: RelayMetrics,
 }
 
-/// Encode and queue a frame on the link without waiting; a full queue means the client is
-/// not reading its responses, which the in-flight bound already limits.
-async fn send_frame(sender: &LinkSender, metrics: &RelayMetrics, frame: Frame) {
-    if let Frame::Error { code, .. } = &frame {
+fn encode(frame: &Frame, metrics: &RelayMetrics) -> Option<Bytes> {
+    if let Frame::Error { code, .. } = frame {
         metrics
             .errors_total
             .with_label_values(&[code.as_str()])
             .inc();
     }
-    match codec::encode(&frame) {
-        Ok(body) => {
-            let _ = sender.send(Bytes::from(body)).await;
+    match codec::encode(frame) {
+        Ok(body) => Some(Bytes::from(body)),
+        Err(err) => {
+            warn!(error = %err, tag = frame.tag(), "response not encodable");
+            None
         }
-        Err(err) => warn!(error = %err, tag = frame.tag(), "response not encodable"),
+    }
+}
+
+/// Where a session's replies go, cheap to clone into the tasks that answer requests.
+#[derive(Clone)]
+struct Replies {
+    sender: LinkSender,
+    metrics: RelayMetrics,
+    session: ActorRef<SessionMsg>,
+}
+
+impl Replies {
+    /// Queue a reply without waiting. A full queue means the peer holds more than its
+    /// budget unread: it is disconnected.
+    fn queue(&self, frame: Frame) {
+        let Some(body) = encode(&frame, &self.metrics) else {
+            return;
+        };
+        match self.sender.try_send(body) {
+            Ok(()) | Err(LinkError::Closed) => {}
+            Err(LinkError::Full) => self.not_reading(),
+            Err(err) => warn!(error = %err, tag = frame.tag(), "reply not queued"),
+        }
+    }
+
+    /// The peer left more than its budget unread: tear the connection down (the transport
+    /// stops writing at once) and end the session.
+    fn not_reading(&self) {
+        self.metrics.slow_peers_disconnected_total.inc();
+        self.sender.clone().abort("peer is not reading");
+        self.session.stop(Some("peer is not reading".into()));
     }
 }
 
@@ -135,22 +189,25 @@ impl SessionState {
         Ok(router)
     }
 
+    fn replies(&self, myself: &ActorRef<SessionMsg>) -> Replies {
+        Replies {
+            sender: self.sender.clone(),
+            metrics: self.metrics.clone(),
+            session: myself.clone(),
+        }
+    }
+
     /// Queue a `Bye` for the peer.
-    async fn say_bye(&self, reason: ByeReason) {
-        send_frame(&self.sender, &self.metrics, SessionCore::bye(reason)).await;
+    fn say_bye(&self, myself: &ActorRef<SessionMsg>, reason: ByeReason) {
+        self.replies(myself).queue(SessionCore::bye(reason));
     }
 
     /// Decode one frame, apply the rate limits, and carry out what the core decides.
-    async fn on_frame(
-        &mut self,
-        myself: &ActorRef<SessionMsg>,
-        body: Bytes,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    async fn on_frame(&mut self, myself: &ActorRef<SessionMsg>, body: Bytes, permit: FramePermit) {
         self.last_frame_at = tokio::time::Instant::now();
         let action = match codec::decode(&body) {
             Ok(frame) => {
-                if let Err(limited) = self.limiters.check_frame(&self.peer) {
+                if let Err(limited) = self.limiters.check_frame(&self.peer, self.source) {
                     self.metrics
                         .rate_limited_total
                         .with_label_values(&[limited.scope.as_str()])
@@ -162,7 +219,7 @@ impl SessionState {
                             message: format!("{} frame rate exceeded", limited.scope.as_str()),
                             retry_after_ms: Some(limited.retry_after_ms()),
                         };
-                        send_frame(&self.sender, &self.metrics, refusal).await;
+                        self.replies(myself).queue(refusal);
                     }
                     drop(permit);
                     return;
@@ -181,21 +238,16 @@ impl SessionState {
         &mut self,
         myself: &ActorRef<SessionMsg>,
         action: Action,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: FramePermit,
     ) {
-        let sender = self.sender.clone();
+        let replies = self.replies(myself);
         let metrics = self.metrics.clone();
         match action {
             Action::Nothing => {}
-            Action::Reply(frame) => send_frame(&sender, &metrics, frame).await,
+            Action::Reply(frame) => replies.queue(frame),
             Action::ReplyAndClose(frame) => {
-                send_frame(&sender, &metrics, frame).await;
-                send_frame(
-                    &sender,
-                    &metrics,
-                    SessionCore::bye(ByeReason::ProtocolViolation),
-                )
-                .await;
+                replies.queue(frame);
+                replies.queue(SessionCore::bye(ByeReason::ProtocolViolation));
                 myself.stop(Some("protocol violation".into()));
             }
             Action::Close => myself.stop(Some("peer said bye".into())),
@@ -216,7 +268,7 @@ impl SessionState {
                         Ok(Err(err)) => store_error_frame(req, &err),
                         Err(_) => unavailable(req, "store did not answer"),
                     };
-                    send_frame(&sender, &metrics, frame).await;
+                    replies.queue(frame);
                     drop(permit);
                 });
             }
@@ -243,7 +295,7 @@ impl SessionState {
                 if let Err(err) = cast {
                     self.router_cache.remove(&mailbox);
                     metrics.pushes_total.with_label_values(&["failed"]).inc();
-                    send_frame(&sender, &metrics, store_error_frame(req, &err)).await;
+                    replies.queue(store_error_frame(req, &err));
                     return;
                 }
                 tokio::spawn(async move {
@@ -273,7 +325,7 @@ impl SessionState {
                             unavailable(req, "push not confirmed; retry")
                         }
                     };
-                    send_frame(&sender, &metrics, frame).await;
+                    replies.queue(frame);
                     drop(permit);
                 });
             }
@@ -285,7 +337,16 @@ impl SessionState {
                 max_bytes,
             } => {
                 let store = self.store.get();
+                let pages = Arc::clone(&self.pages);
                 tokio::spawn(async move {
+                    // Wait for one of the connection's page slots before reading a page, so
+                    // pulls that are never read pin at most that many pages.
+                    let Ok(_page_slot) = pages.acquire_owned().await else {
+                        return;
+                    };
+                    if replies.sender.is_closed() {
+                        return;
+                    }
                     let page = ractor::call_t!(
                         store,
                         |reply| BlobStoreMsg::Read {
@@ -310,7 +371,16 @@ impl SessionState {
                         Ok(Err(err)) => store_error_frame(req, &err),
                         Err(_) => unavailable(req, "store did not answer"),
                     };
-                    send_frame(&sender, &metrics, frame).await;
+                    let Some(body) = encode(&frame, &replies.metrics) else {
+                        return;
+                    };
+                    let queued =
+                        tokio::time::timeout(SLOW_READER_TIMEOUT, replies.sender.send_bulk(body));
+                    match queued.await {
+                        Ok(Ok(())) | Ok(Err(LinkError::Closed)) => {}
+                        Ok(Err(err)) => warn!(error = %err, "pull page not queued"),
+                        Err(_) => replies.not_reading(),
+                    }
                     drop(permit);
                 });
             }
@@ -326,7 +396,7 @@ impl SessionState {
                             router,
                             |reply| GroupRouterMsg::Subscribe {
                                 subscriber: self.subscriber_id,
-                                sink: sender.clone(),
+                                sink: replies.sender.clone(),
                                 reply,
                             },
                             LOOKUP_TIMEOUT.as_millis() as u64
@@ -351,9 +421,9 @@ impl SessionState {
                     }
                     Err(err) => store_error_frame(req, &err),
                 };
-                send_frame(&sender, &metrics, frame).await;
+                replies.queue(frame);
                 if let Some(notify) = catch_up {
-                    send_frame(&sender, &metrics, notify).await;
+                    replies.queue(notify);
                 }
             }
             Action::Unsubscribe { req, mailbox } => {
@@ -363,7 +433,7 @@ impl SessionState {
                     });
                 }
                 self.core.set_subscribed(mailbox, false);
-                send_frame(&sender, &metrics, Frame::Unsubscribed { req }).await;
+                replies.queue(Frame::Unsubscribed { req });
             }
         }
     }
@@ -380,6 +450,7 @@ impl Actor for SessionActor {
         args: SessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let inflight = Arc::new(Semaphore::new(args.limits.inflight_max.max(1) as usize));
+        let inflight_bytes = Arc::new(Semaphore::new(args.inflight_bytes_max.max(1)));
         Actor::spawn_linked(
             None,
             LinkReaderActor::<SessionMsg>::default(),
@@ -387,6 +458,9 @@ impl Actor for SessionActor {
                 receiver: args.receiver,
                 owner: myself.clone(),
                 inflight,
+                inflight_bytes: std::iter::once(inflight_bytes)
+                    .chain(args.inflight_bytes_total)
+                    .collect(),
             },
             myself.get_cell(),
         )
@@ -402,6 +476,8 @@ impl Actor for SessionActor {
             routers: args.routers,
             router_cache: BTreeMap::new(),
             subscriber_id: args.subscriber_id,
+            source: args.source,
+            pages: Arc::new(Semaphore::new(PULL_PAGES_PREPARED_MAX)),
             idle_timeout: args.idle_timeout,
             last_frame_at: tokio::time::Instant::now(),
             limits: args.limits,
@@ -431,12 +507,12 @@ impl Actor for SessionActor {
             }
             SessionMsg::IdleCheckDue => {
                 if state.last_frame_at.elapsed() >= state.idle_timeout {
-                    Box::pin(state.say_bye(ByeReason::Idle)).await;
+                    state.say_bye(&myself, ByeReason::Idle);
                     myself.stop(Some("idle".into()));
                 }
             }
             SessionMsg::Shutdown => {
-                Box::pin(state.say_bye(ByeReason::Shutdown)).await;
+                state.say_bye(&myself, ByeReason::Shutdown);
                 myself.stop(Some("relay shutdown".into()));
             }
         }
