@@ -383,7 +383,7 @@ async fn a_peer_that_never_reads_is_disconnected_not_waited_for() {
             break;
         }
         sent += 1;
-        if sent % 1000 == 0 {
+        if sent.is_multiple_of(1000) {
             tokio::task::yield_now().await;
         }
     }

@@ -160,11 +160,11 @@ impl Queue {
         if !take_within(&self.bytes, cost, self.bytes_max / share_divisor) {
             return Err(NoRoom::Link);
         }
-        if let Some(pool) = &self.pool {
-            if !take_within(&pool.bytes, cost, pool.bytes_max / share_divisor) {
-                self.bytes.fetch_sub(cost, Ordering::AcqRel);
-                return Err(NoRoom::Pool);
-            }
+        if let Some(pool) = &self.pool
+            && !take_within(&pool.bytes, cost, pool.bytes_max / share_divisor)
+        {
+            self.bytes.fetch_sub(cost, Ordering::AcqRel);
+            return Err(NoRoom::Pool);
         }
         Ok(())
     }

@@ -327,7 +327,7 @@ mod tests {
         );
         drop(h3);
         drop(c1);
-        assert_eq!(slots.held().1, 1 + 0, "one connection left of this source");
+        assert_eq!(slots.held().1, 1, "one connection left of this source");
         let _h = slots.enter_handshake(ip).expect("slots came back");
         drop((c2, other));
         assert_eq!(slots.refused(), (1, 1, 0));
