@@ -15,7 +15,7 @@ use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use zerok_actors::blob_store::core::StoreLimits;
+use zerok_actors::blob_store::core::{ITEM_CHARGE_BYTES, StoreLimits};
 use zerok_actors::blob_store::segments::SEGMENT_BYTES_DEFAULT;
 use zerok_actors::blob_store::{BlobStoreActor, BlobStoreArgs, Store as LogStore};
 use zerok_actors::clock::Clock;
@@ -228,9 +228,11 @@ async fn duplicates_keep_their_cursor_and_store_nothing() {
 
 #[tokio::test]
 async fn quota_and_blob_size_are_refused_and_change_nothing() {
+    // 250 bytes of ciphertext in three items, each also charged its overhead.
+    const QUOTA: u64 = 250 + 3 * ITEM_CHARGE_BYTES;
     let store = start(StoreLimits {
         blob_bytes_max: 100,
-        mailbox_quota_bytes: 250,
+        mailbox_quota_bytes: QUOTA,
         ..StoreLimits::default()
     })
     .await;
@@ -256,7 +258,7 @@ async fn quota_and_blob_size_are_refused_and_change_nothing() {
     assert_eq!(cursor(&outcomes[2]), (2, false));
     assert_eq!(
         outcomes[3],
-        StoreOutcome::Rejected(StoreError::QuotaExceeded { quota_bytes: 250 })
+        StoreOutcome::Rejected(StoreError::QuotaExceeded { quota_bytes: QUOTA })
     );
     assert_eq!(cursor(&outcomes[4]), (3, false));
     let page = read(&store.actor, 0, 100, u32::MAX).await;
