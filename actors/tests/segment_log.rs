@@ -2,7 +2,10 @@
 //! space comes back when their items expire, compaction keeps what is live, the cursor of a
 //! mailbox survives the deletion of every segment that held it, a torn tail left by a crash
 //! is cut off, damage anywhere else refuses to open, a store in use is refused, and a
-//! property test checks commits, sweeps and reopens against a model.
+//! property test checks commits, sweeps and reopens against a model. Budgets: the relay-wide
+//! byte and entry budgets and the free-disk floor refuse with `StorageFull` and give room
+//! back after expiry; a full disk (injected `ENOSPC` on every write) frees dead segments
+//! without any write succeeding first and recovers when space is back.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,10 +15,12 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use zerok_actors::blob_store::OpenError;
-use zerok_actors::blob_store::core::StoreLimits;
-use zerok_actors::blob_store::segments::{SEGMENT_SUFFIX, Store};
-use zerok_actors::fault::FaultPlan;
-use zerok_messages::relay::{AppendRequest, StoreOutcome};
+use zerok_actors::blob_store::core::{
+    ITEM_CHARGE_BYTES, MAILBOX_INDEX_ENTRIES, StoreBudget, StoreLimits, charged_bytes,
+};
+use zerok_actors::blob_store::segments::{RESERVE_FILE, SEGMENT_SUFFIX, Store, StoreOptions};
+use zerok_actors::fault::{FaultPlan, FaultPoint};
+use zerok_messages::relay::{AppendRequest, StoreError, StoreOutcome};
 use zerok_messages::{BlobId, MailboxId};
 
 const SMALL_SEGMENT: u64 = 4096;
@@ -447,4 +452,252 @@ proptest! {
             prop_assert_eq!(stats.segments as usize, segment_files(dir.path()).len());
         }
     }
+}
+
+/// A store of small segments with `budget` and `faults`.
+fn open_budgeted(dir: &Path, budget: StoreBudget, faults: &FaultPlan) -> Store {
+    Store::open_with(
+        dir,
+        StoreOptions {
+            segment_bytes: SMALL_SEGMENT,
+            budget,
+            faults: faults.clone(),
+        },
+    )
+    .unwrap()
+}
+
+/// Commit `requests` and answer every outcome.
+fn outcomes(
+    store: &Store,
+    requests: &[AppendRequest],
+    now_ms: u64,
+    faults: &FaultPlan,
+) -> Result<Vec<StoreOutcome>, StoreError> {
+    store
+        .commit(requests, now_ms, &StoreLimits::default(), faults)
+        .map(|plan| plan.outcomes)
+}
+
+const RETRY_MS: u64 = 5_000;
+
+#[test]
+fn the_byte_budget_refuses_when_spent_and_expiry_gives_room_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultPlan::none();
+    let budget = StoreBudget {
+        bytes_max: 10 * charged_bytes(200) + 100,
+        full_retry_after_ms: RETRY_MS,
+        ..StoreBudget::unlimited()
+    };
+    let store = open_budgeted(dir.path(), budget, &faults);
+    let requests: Vec<AppendRequest> = (0..15)
+        .map(|n| request(MAILBOX, &payload(n, 200), 60))
+        .collect();
+    let got = outcomes(&store, &requests, T0, &faults).unwrap();
+    let stored = got
+        .iter()
+        .filter(|o| matches!(o, StoreOutcome::Stored { .. }))
+        .count();
+    assert_eq!(stored, 10, "ten items of 200 B fit, each charged its overhead");
+    assert_eq!(
+        got[10],
+        StoreOutcome::Rejected(StoreError::StorageFull {
+            retry_after_ms: RETRY_MS
+        })
+    );
+    let stats = store.stats();
+    assert!(stats.is_full);
+    assert_eq!(stats.charged_bytes, 10 * (200 + ITEM_CHARGE_BYTES));
+    // Another mailbox is refused too: the budget is the relay's.
+    let other = MailboxId([9; 32]);
+    let got = outcomes(&store, &[request(other, b"tiny", 60)], T0, &faults).unwrap();
+    assert!(matches!(
+        got[0],
+        StoreOutcome::Rejected(StoreError::StorageFull { .. })
+    ));
+    // A duplicate writes nothing and is answered with its cursor.
+    let got = outcomes(&store, &requests[..1], T0, &faults).unwrap();
+    assert!(matches!(
+        got[0],
+        StoreOutcome::Stored {
+            duplicate: true,
+            ..
+        }
+    ));
+    // Nothing expired yet: a sweep frees nothing and the store stays full.
+    store.sweep(T0 + 1_000, 100).unwrap();
+    assert!(store.stats().is_full);
+
+    assert_eq!(sweep_all(&store, T0 + 61_000), 10);
+    assert!(!store.stats().is_full, "expiry gave the budget back");
+    assert_eq!(
+        commit(&store, &[request(other, b"tiny", 60)], T0 + 61_000),
+        vec![1]
+    );
+    assert_eq!(
+        commit(&store, &[request(MAILBOX, b"after", 60)], T0 + 61_000),
+        vec![11],
+        "cursors go on after the refusals"
+    );
+}
+
+#[test]
+fn the_entry_budget_counts_items_and_mailboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultPlan::none();
+    let budget = StoreBudget {
+        index_entries_max: MAILBOX_INDEX_ENTRIES + 10,
+        ..StoreBudget::unlimited()
+    };
+    let store = open_budgeted(dir.path(), budget, &faults);
+    let requests: Vec<AppendRequest> = (0..6)
+        .map(|n| request(MAILBOX, &payload(n, 10), 60))
+        .collect();
+    commit(&store, &requests, T0);
+    assert_eq!(store.stats().index_entries, MAILBOX_INDEX_ENTRIES + 6);
+    // A new mailbox costs its own entries beside its item's: 4 + 6 + 4 + 1 > 4 + 10.
+    let got = outcomes(
+        &store,
+        &[request(MailboxId([8; 32]), b"new mailbox", 60)],
+        T0,
+        &faults,
+    )
+    .unwrap();
+    assert!(
+        matches!(got[0], StoreOutcome::Rejected(StoreError::StorageFull { .. })),
+        "{got:?}"
+    );
+    // The known mailbox takes items up to the budget, then is refused.
+    let more: Vec<AppendRequest> = (6..10)
+        .map(|n| request(MAILBOX, &payload(n, 10), 60))
+        .collect();
+    assert_eq!(commit(&store, &more, T0), vec![7, 8, 9, 10]);
+    let got = outcomes(
+        &store,
+        &[request(MAILBOX, &payload(11, 10), 60)],
+        T0,
+        &faults,
+    )
+    .unwrap();
+    assert!(matches!(
+        got[0],
+        StoreOutcome::Rejected(StoreError::StorageFull { .. })
+    ));
+    assert!(store.stats().is_full);
+}
+
+#[test]
+fn a_disk_below_the_floor_refuses_pushes_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultPlan::none();
+    let budget = StoreBudget {
+        min_free_disk_bytes: u64::MAX / 2,
+        full_retry_after_ms: RETRY_MS,
+        ..StoreBudget::unlimited()
+    };
+    let store = open_budgeted(dir.path(), budget, &faults);
+    assert!(store.stats().is_full, "full from the start");
+    assert!(store.stats().free_disk_bytes < u64::MAX / 2);
+    let got = outcomes(&store, &[request(MAILBOX, b"x", 60)], T0, &faults).unwrap();
+    assert_eq!(
+        got[0],
+        StoreOutcome::Rejected(StoreError::StorageFull {
+            retry_after_ms: RETRY_MS
+        })
+    );
+    let stats = store.stats();
+    assert_eq!((stats.items, stats.disk_bytes), (0, 8), "nothing written");
+    assert!(!dir.path().join(RESERVE_FILE).exists() || stats.free_disk_bytes > 0);
+    drop(store);
+
+    // A floor the disk is above: pushes go through and the store keeps its reserve.
+    let store = open_budgeted(
+        dir.path(),
+        StoreBudget {
+            min_free_disk_bytes: 1,
+            ..StoreBudget::unlimited()
+        },
+        &faults,
+    );
+    assert!(!store.stats().is_full);
+    assert_eq!(commit(&store, &[request(MAILBOX, b"x", 60)], T0), vec![1]);
+    assert!(dir.path().join(RESERVE_FILE).exists());
+}
+
+#[test]
+fn a_full_disk_frees_dead_segments_without_writing_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultPlan::seeded(3);
+    let store = open_budgeted(
+        dir.path(),
+        StoreBudget {
+            full_retry_after_ms: RETRY_MS,
+            ..StoreBudget::unlimited()
+        },
+        &faults,
+    );
+    // Short-lived items of one mailbox over several segments, then a long-lived one of
+    // another mailbox, so the old segments die and hold no mailbox's newest cursor but the
+    // last one of the short-lived mailbox.
+    for batch in 0..10u64 {
+        let requests: Vec<AppendRequest> = (0..10)
+            .map(|i| request(MAILBOX, &payload(batch * 10 + i, 200), 60))
+            .collect();
+        commit(&store, &requests, T0);
+    }
+    let keeper = MailboxId([6; 32]);
+    for n in 0..20u64 {
+        commit(&store, &[request(keeper, &payload(1000 + n, 200), 3600)], T0);
+    }
+    let before = store.stats();
+    let files_before = segment_files(dir.path()).len();
+    assert!(files_before >= 6, "{files_before} segments");
+
+    // The disk is full: every write fails.
+    faults.set(FaultPoint::StoreDiskFull, 1.0);
+    let refused = outcomes(&store, &[request(keeper, b"while full", 3600)], T0, &faults);
+    assert_eq!(
+        refused.unwrap_err(),
+        StoreError::StorageFull {
+            retry_after_ms: RETRY_MS
+        },
+        "a full disk is StorageFull, never the OS text"
+    );
+    assert!(store.stats().is_full);
+    let fired_before_sweep = faults.fired(FaultPoint::StoreDiskFull);
+
+    // The items expire; the sweep frees the dead segments although no write succeeds.
+    let now = T0 + 61_000;
+    assert_eq!(sweep_all(&store, now), 100);
+    let after = store.stats();
+    let files_after = segment_files(dir.path()).len();
+    assert!(
+        files_after < files_before && after.disk_bytes < before.disk_bytes,
+        "{files_before} -> {files_after} segments, {} -> {} bytes",
+        before.disk_bytes,
+        after.disk_bytes
+    );
+    assert!(
+        faults.fired(FaultPoint::StoreDiskFull) > fired_before_sweep,
+        "the sweep did try to write (its marks) and was refused"
+    );
+    assert_eq!(read_all(&store, &keeper, now).len(), 20);
+
+    // Space is back: the next sweep releases the rest and pushes go through.
+    faults.set(FaultPoint::StoreDiskFull, 0.0);
+    store.sweep(now, 100).unwrap();
+    assert!(!store.stats().is_full);
+    assert_eq!(
+        commit(&store, &[request(MAILBOX, b"after", 60)], now),
+        vec![101]
+    );
+    assert_eq!(
+        commit(&store, &[request(keeper, b"after", 3600)], now),
+        vec![21]
+    );
+    drop(store);
+    let store = Store::open(dir.path(), SMALL_SEGMENT).unwrap();
+    assert_eq!(store.meta(&MAILBOX).latest, 101);
+    assert_eq!(read_all(&store, &keeper, now).len(), 21);
 }
