@@ -1081,7 +1081,7 @@ impl Store {
         let mut writer = lock(&self.writer);
         let (evicted, more) = write(&self.index).evict_expired(now_ms, u64::from(max_items.max(1)));
         // A write refused for space is tried again once per sweep.
-        writer.disk.is_full_latched = false;
+        let was_latched = std::mem::replace(&mut writer.disk.is_full_latched, false);
         let mut released = 0;
         if writer.poisoned.is_none() {
             released += self.release_segments(&mut writer);
@@ -1104,11 +1104,12 @@ impl Store {
         }
         let room = self.room(&writer);
         let was_full = self.is_full();
-        // Without anything freed a full store stays full (a large push may have been refused
-        // with room left for small ones); a commit that stores clears it.
+        // Full for a refused write: the fresh disk check above decides. Full for the budget:
+        // without anything freed it stays full (a large push may have been refused with room
+        // left for small ones); a commit that stores clears it.
         let is_full = writer.disk.is_full_latched
             || is_out_of_room(&room)
-            || (was_full && evicted == 0 && released == 0);
+            || (was_full && !was_latched && evicted == 0 && released == 0);
         self.is_full.store(is_full, Ordering::Relaxed);
         if was_full && !is_full {
             info!(evicted, released, "store has room again");
