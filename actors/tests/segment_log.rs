@@ -701,3 +701,115 @@ fn a_full_disk_frees_dead_segments_without_writing_and_recovers() {
     assert_eq!(store.meta(&MAILBOX).latest, 101);
     assert_eq!(read_all(&store, &keeper, now).len(), 21);
 }
+
+/// A tmpfs of `bytes` mounted on a fresh dir, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(bytes: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount needs root (CAP_SYS_ADMIN)");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// Fill the filesystem of `dir` with a file until the disk refuses (`ENOSPC`).
+fn fill_disk(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("hog");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![1u8; 64 * 1024];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) => {
+                assert!(
+                    zerok_actors::blob_store::segments::is_disk_full(&err),
+                    "{err}"
+                );
+                break;
+            }
+        }
+    }
+    // Whatever a partial block left: fill it byte by byte.
+    while file.write(&[1]).is_ok_and(|n| n == 1) {}
+    path
+}
+
+#[test]
+#[ignore = "mounts a tmpfs: needs root (run with --ignored)"]
+fn a_really_full_disk_releases_through_the_reserve_and_recovers() {
+    let tmpfs = Tmpfs::mount(16 * 1024 * 1024);
+    let dir = tmpfs.0.path().join("store");
+    let faults = FaultPlan::none();
+    let store = Store::open_with(
+        &dir,
+        StoreOptions {
+            segment_bytes: 256 * 1024,
+            budget: StoreBudget {
+                min_free_disk_bytes: 64 * 1024,
+                full_retry_after_ms: RETRY_MS,
+                ..StoreBudget::unlimited()
+            },
+            faults: faults.clone(),
+        },
+    )
+    .unwrap();
+    assert!(dir.join(RESERVE_FILE).exists());
+    // One mailbox per segment, so every dead segment holds some mailbox's newest cursor and
+    // needs a mark written before it may go.
+    for m in 0..8u8 {
+        let mailbox = MailboxId([m + 10; 32]);
+        let requests: Vec<AppendRequest> = (0..60)
+            .map(|n| request(mailbox, &payload(u64::from(m) * 1000 + n, 4000), 60))
+            .collect();
+        commit(&store, &requests, T0);
+    }
+    let files_before = segment_files(&dir).len();
+    assert!(files_before >= 8, "{files_before} segments");
+    // Something else fills the disk to the last byte.
+    let hog = fill_disk(tmpfs.0.path());
+    let got = outcomes(&store, &[request(MAILBOX, &payload(1, 4000), 60)], T0, &faults);
+    assert!(
+        matches!(
+            got.as_deref(),
+            Ok([StoreOutcome::Rejected(StoreError::StorageFull { .. })])
+                | Err(StoreError::StorageFull { .. })
+        ),
+        "{got:?}"
+    );
+    // Everything expires: the sweep must write marks on a full disk to free anything.
+    let now = T0 + 61_000;
+    assert_eq!(sweep_all(&store, now), 480);
+    assert!(
+        segment_files(&dir).len() < files_before,
+        "nothing released on a full disk"
+    );
+    assert!(!dir.join(RESERVE_FILE).exists(), "the reserve paid for the marks");
+    assert!(!store.stats().is_full);
+    assert_eq!(
+        commit(&store, &[request(MailboxId([10; 32]), b"after", 60)], now),
+        vec![61]
+    );
+    // With the hog gone the reserve comes back.
+    std::fs::remove_file(hog).unwrap();
+    store.sweep(now, 10).unwrap();
+    assert!(dir.join(RESERVE_FILE).exists());
+    drop(store);
+    let store = Store::open(&dir, 256 * 1024).unwrap();
+    for m in 1..8u8 {
+        assert_eq!(store.meta(&MailboxId([m + 10; 32])).latest, 60, "mark of {m} kept");
+    }
+}

@@ -36,8 +36,10 @@ use zerok_messages::relay::{
 };
 
 /// Ciphertext bytes the store may hold queued for the next commit; beyond it appends are
-/// answered `Unavailable` at once (the disk is far behind; clients back off).
-pub const PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// answered `Unavailable` at once (the disk is far behind; clients back off). 64 MiB is a
+/// quarter of the 256 MiB a relay with default settings may use under attack (issue 10), and
+/// still ~64 of the largest items or ~60,000 small ones per commit, more than a commit takes.
+pub const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// The store's actor type.
 pub struct BlobStoreActor;

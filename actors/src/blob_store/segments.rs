@@ -41,7 +41,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tracing::{error, info, warn};
 use zerok_messages::relay::{AppendRequest, Page, StoreError, StoreStats, SweepReport};
@@ -443,6 +443,8 @@ pub struct Store {
     index: RwLock<Index>,
     /// Whether pushes are being refused for lack of space (read by `stats` without locks).
     is_full: AtomicBool,
+    /// The free-disk estimate as of the last commit or sweep, for `stats`.
+    free_disk_bytes: AtomicU64,
     /// Held (flock) while the store is open.
     _lock: File,
 }
@@ -829,6 +831,7 @@ impl Store {
             }),
             index: RwLock::new(index),
             is_full: AtomicBool::new(false),
+            free_disk_bytes: AtomicU64::new(u64::MAX),
             _lock: lock_file,
         };
         if store.has_floor() {
@@ -883,6 +886,10 @@ impl Store {
 
     /// Room the budget and the disk leave now.
     fn room(&self, writer: &Writer) -> Room {
+        if self.has_floor() {
+            self.free_disk_bytes
+                .store(writer.disk.estimate(), Ordering::Relaxed);
+        }
         let index = read(&self.index);
         let disk_bytes = if writer.disk.is_full_latched {
             0
@@ -918,11 +925,7 @@ impl Store {
 
     /// Totals (without `commits`, which the actor counts).
     pub fn stats(&self) -> StoreStats {
-        let free_disk_bytes = if self.has_floor() {
-            lock(&self.writer).disk.estimate()
-        } else {
-            u64::MAX
-        };
+        let free_disk_bytes = self.free_disk_bytes.load(Ordering::Relaxed);
         let index = read(&self.index);
         StoreStats {
             mailboxes: index.mailboxes_used,
