@@ -898,7 +898,10 @@ async fn tiny_items_are_charged_their_overhead_and_a_mailbox_has_an_item_cap() {
         other => panic!("{other:?}"),
     };
     assert!(matches!(refused, StoreError::QuotaExceeded { .. }));
-    assert!(refused.retry_after_ms().is_some(), "a quota refusal says when to retry");
+    assert!(
+        refused.retry_after_ms().is_some(),
+        "a quota refusal says when to retry"
+    );
 
     // The item cap bounds a mailbox of even smaller items.
     let other = MailboxId([2; 32]);
@@ -964,7 +967,11 @@ async fn a_full_relay_says_so_and_recovers_after_expiry() {
 
     tokio::time::advance(Duration::from_secs(61)).await;
     assert_eq!(sweep(&store.actor, 1000).await.evicted, 30);
-    assert_eq!(store.metrics.store_full.get(), 0, "expiry gave the room back");
+    assert_eq!(
+        store.metrics.store_full.get(),
+        0,
+        "expiry gave the room back"
+    );
     let again = append(
         &store.actor,
         vec![request(50, MAILBOX, b"after the sweep", Some(60))],
@@ -1005,7 +1012,11 @@ async fn a_full_disk_is_storage_full_for_clients_and_a_sweep_recovers() {
             retry_after_ms: 3_000
         }
     );
-    assert_eq!(err.to_string(), "relay storage full", "no OS text for the client");
+    assert_eq!(
+        err.to_string(),
+        "relay storage full",
+        "no OS text for the client"
+    );
     assert_eq!(err.code(), zerok_messages::ErrorCode::QuotaExceeded);
     assert_eq!(store.metrics.store_full.get(), 1);
     assert_eq!(stats(&store.actor).await.items, 1);

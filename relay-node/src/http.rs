@@ -309,7 +309,10 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["storage"], "full");
         let (_, metrics) = http_get(server.addr, "/metrics").await.unwrap();
-        assert!(metrics.contains("\nzerok_relay_store_full 1\n"), "{metrics}");
+        assert!(
+            metrics.contains("\nzerok_relay_store_full 1\n"),
+            "{metrics}"
+        );
         server.state.metrics.store_full.set(0);
         let (_, body) = http_get(server.addr, "/health").await.unwrap();
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -364,9 +364,10 @@ impl RelayNode {
             },
             faults: seams.faults.clone(),
         };
-        let store = tokio::task::spawn_blocking(move || Store::open_with(&store_dir, store_options))
-            .await
-            .map_err(|err| data_dir_err(data_dir, err))??;
+        let store =
+            tokio::task::spawn_blocking(move || Store::open_with(&store_dir, store_options))
+                .await
+                .map_err(|err| data_dir_err(data_dir, err))??;
         let endpoint = IrohNode::bind(IrohConfig::new(secret, config.bind))
             .await
             .map_err(|err| endpoint_err(err.to_string()))?;

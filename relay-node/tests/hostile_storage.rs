@@ -136,7 +136,11 @@ async fn a_relay_over_its_byte_budget_refuses_then_recovers_after_expiry_by_itse
     .await;
     let (code, retry_after_ms, message) = refusal(&refused);
     assert_eq!(code, ErrorCode::QuotaExceeded, "{message}");
-    assert_eq!(retry_after_ms, Some(1_000), "the sweep interval is the hint");
+    assert_eq!(
+        retry_after_ms,
+        Some(1_000),
+        "the sweep interval is the hint"
+    );
     assert_eq!(message, "relay storage full");
     assert!(
         short.len() > 300,
@@ -152,11 +156,12 @@ async fn a_relay_over_its_byte_budget_refuses_then_recovers_after_expiry_by_itse
         metric(&metrics, "zerok_relay_store_charged_bytes_max"),
         Some(4_194_304.0)
     );
-    // Another client on another mailbox is refused the same way: the budget is the relay's.
+    // Another client on another mailbox is refused an item of the same size the same way:
+    // the budget is the relay's.
     let (_, other_keys) = group(22);
     let other = client_for(&relay, 22, &other_keys).await;
     let err = other
-        .push(other_keys.mailbox_id(), sized("other", 0, 100))
+        .push(other_keys.mailbox_id(), sized("other", 0, 8 * 1024))
         .await
         .unwrap_err();
     assert_eq!(refusal(&err).0, ErrorCode::QuotaExceeded);
@@ -236,7 +241,13 @@ async fn a_disk_below_the_floor_refuses_every_push_and_stores_nothing() {
         assert_eq!(retry_after_ms, Some(2_000));
         assert_eq!(message, "relay storage full");
     }
-    assert!(client.pull_all(mailbox, Cursor(0)).await.unwrap().is_empty());
+    assert!(
+        client
+            .pull_all(mailbox, Cursor(0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let (_, metrics) = http_get(http, "/metrics").await.unwrap();
     assert_eq!(metric(&metrics, "zerok_relay_items_stored"), Some(0.0));
     assert_eq!(metric(&metrics, "zerok_relay_store_full"), Some(1.0));
@@ -307,7 +318,11 @@ async fn an_attacker_flooding_tiny_items_is_capped_and_others_still_push() {
         metric(&metrics, "zerok_relay_items_stored"),
         Some(3.0 * ITEMS_MAX as f64)
     );
-    assert_eq!(health_storage(http).await, "ok", "capped mailboxes are not a full relay");
+    assert_eq!(
+        health_storage(http).await,
+        "ok",
+        "capped mailboxes are not a full relay"
+    );
 
     // A legitimate client pushes and reads back, during what is left of the attack.
     let (_, keys) = group(120);

@@ -585,7 +585,7 @@ mod tests {
             plan.outcomes[10],
             StoreOutcome::Rejected(StoreError::QuotaExceeded { .. })
         ));
-        assert!(ITEM_CHARGE_BYTES >= RECORD_OVERHEAD_BYTES + 180);
+        const { assert!(ITEM_CHARGE_BYTES >= RECORD_OVERHEAD_BYTES + 180) };
     }
 
     #[test]
@@ -628,9 +628,8 @@ mod tests {
     #[test]
     fn the_relay_budget_bounds_bytes_entries_and_disk() {
         let full = |room: Room, known: bool| {
-            let requests: Vec<AppendRequest> = (0..20u64)
-                .map(|n| request(n, 1, &[n as u8; 100]))
-                .collect();
+            let requests: Vec<AppendRequest> =
+                (0..20u64).map(|n| request(n, 1, &[n as u8; 100])).collect();
             plan_commit(
                 &requests,
                 1_000,

@@ -95,13 +95,19 @@ impl BlobStoreState {
         self.metrics.mailboxes.set(stats.mailboxes as i64);
         self.metrics.store_disk_bytes.set(stats.disk_bytes as i64);
         self.metrics.store_full.set(i64::from(stats.is_full));
-        self.metrics.store_charged_bytes.set(gauge_value(stats.charged_bytes));
-        self.metrics.store_index_entries.set(gauge_value(stats.index_entries));
-        self.metrics.store_free_disk_bytes.set(if stats.free_disk_bytes == u64::MAX {
-            -1
-        } else {
-            gauge_value(stats.free_disk_bytes)
-        });
+        self.metrics
+            .store_charged_bytes
+            .set(gauge_value(stats.charged_bytes));
+        self.metrics
+            .store_index_entries
+            .set(gauge_value(stats.index_entries));
+        self.metrics
+            .store_free_disk_bytes
+            .set(if stats.free_disk_bytes == u64::MAX {
+                -1
+            } else {
+                gauge_value(stats.free_disk_bytes)
+            });
     }
 
     fn schedule_commit(&mut self, myself: &ActorRef<BlobStoreMsg>) {

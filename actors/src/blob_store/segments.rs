@@ -395,9 +395,8 @@ impl Index {
 
     /// Entries charged against the relay's index budget.
     fn index_entries(&self) -> u64 {
-        self.items.saturating_add(
-            (self.mailboxes.len() as u64).saturating_mul(MAILBOX_INDEX_ENTRIES),
-        )
+        self.items
+            .saturating_add((self.mailboxes.len() as u64).saturating_mul(MAILBOX_INDEX_ENTRIES))
     }
 }
 
@@ -798,8 +797,8 @@ impl Store {
         let (file, id, len) = match active {
             Some(active) => active,
             None => {
-                let (file, reader) =
-                    create_segment(dir, 1, segment_bytes, &FaultPlan::none()).map_err(io_err(dir))?;
+                let (file, reader) = create_segment(dir, 1, segment_bytes, &FaultPlan::none())
+                    .map_err(io_err(dir))?;
                 index
                     .segments
                     .insert(1, Segment::new(reader, SEGMENT_MAGIC.len() as u64));
@@ -841,7 +840,9 @@ impl Store {
             let mut writer = lock(&store.writer);
             store.check_disk(&mut writer, 0, true);
             let room = store.room(&writer);
-            store.is_full.store(is_out_of_room(&room), Ordering::Relaxed);
+            store
+                .is_full
+                .store(is_out_of_room(&room), Ordering::Relaxed);
         }
         Ok(store)
     }
@@ -863,9 +864,7 @@ impl Store {
         }
         let is_due = match writer.disk.checked_at_ms {
             None => true,
-            Some(at) => {
-                force || now_ms < at || now_ms - at >= DISK_CHECK_INTERVAL_MS
-            }
+            Some(at) => force || now_ms < at || now_ms - at >= DISK_CHECK_INTERVAL_MS,
         };
         if !is_due {
             return;
@@ -1210,7 +1209,11 @@ impl Store {
         if let Err(err) = sync_dir(&self.dir) {
             error!(error = %err, "cannot sync the store directory");
         }
-        info!(segments = released, marks = marks.len(), "released segments");
+        info!(
+            segments = released,
+            marks = marks.len(),
+            "released segments"
+        );
         released
     }
 
@@ -1389,7 +1392,12 @@ fn is_out_of_room(room: &Room) -> bool {
 impl Store {
     /// Append `buf` to the active segment and make it durable; on failure cut it back off
     /// (or, when even that fails, refuse further writes).
-    fn append(&self, writer: &mut Writer, buf: &[u8], faults: &FaultPlan) -> Result<(), StoreError> {
+    fn append(
+        &self,
+        writer: &mut Writer,
+        buf: &[u8],
+        faults: &FaultPlan,
+    ) -> Result<(), StoreError> {
         let retry = self.budget.full_retry_after_ms;
         let result = injected_disk_full(faults)
             .and_then(|()| writer.file.write_all_at(buf, writer.len))
@@ -1406,7 +1414,8 @@ impl Store {
         match result {
             Ok(()) => {
                 writer.len += buf.len() as u64;
-                writer.disk.written_since = writer.disk.written_since.saturating_add(buf.len() as u64);
+                writer.disk.written_since =
+                    writer.disk.written_since.saturating_add(buf.len() as u64);
                 Ok(())
             }
             Err(err) => {
