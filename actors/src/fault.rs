@@ -25,6 +25,9 @@ pub enum FaultPoint {
     FrameReceive,
     /// Before a sweep evicts expired items.
     Sweep,
+    /// Before every write of the store to its files (records, marks, a new segment, the
+    /// reserve): the write fails as on a full disk (`ENOSPC`).
+    StoreDiskFull,
 }
 
 #[derive(Debug)]

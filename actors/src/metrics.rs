@@ -32,6 +32,20 @@ pub struct RelayMetrics {
     pub mailboxes: IntGauge,
     /// Bytes of the store's log on disk now.
     pub store_disk_bytes: IntGauge,
+    /// 1 while the store refuses pushes for lack of space (budget, disk floor, full disk).
+    pub store_full: IntGauge,
+    /// Bytes charged against the relay's byte budget now (ciphertext plus per-item charge).
+    pub store_charged_bytes: IntGauge,
+    /// The relay's byte budget (`store.max_bytes`).
+    pub store_charged_bytes_max: IntGauge,
+    /// Index entries charged against the relay's item budget now.
+    pub store_index_entries: IntGauge,
+    /// The relay's item budget (`store.max_items`).
+    pub store_index_entries_max: IntGauge,
+    /// Free bytes of the store's filesystem at the last check (-1 when not checked).
+    pub store_free_disk_bytes: IntGauge,
+    /// The free-disk floor below which pushes are refused (`store.min_free_disk_bytes`).
+    pub store_min_free_disk_bytes: IntGauge,
     /// Seconds from a push frame to its ack.
     pub push_latency_seconds: Histogram,
     /// Pushes per group commit.
@@ -126,6 +140,33 @@ impl RelayMetrics {
             bytes_stored: gauge(r, "bytes_stored", "ciphertext bytes stored now"),
             mailboxes: gauge(r, "mailboxes", "mailboxes holding items now"),
             store_disk_bytes: gauge(r, "store_disk_bytes", "bytes of the store's log on disk"),
+            store_full: gauge(
+                r,
+                "store_full",
+                "1 while the store refuses pushes for lack of space",
+            ),
+            store_charged_bytes: gauge(
+                r,
+                "store_charged_bytes",
+                "bytes charged against the store byte budget",
+            ),
+            store_charged_bytes_max: gauge(r, "store_charged_bytes_max", "store byte budget"),
+            store_index_entries: gauge(
+                r,
+                "store_index_entries",
+                "index entries charged against the store item budget",
+            ),
+            store_index_entries_max: gauge(r, "store_index_entries_max", "store item budget"),
+            store_free_disk_bytes: gauge(
+                r,
+                "store_free_disk_bytes",
+                "free bytes of the store filesystem at the last check",
+            ),
+            store_min_free_disk_bytes: gauge(
+                r,
+                "store_min_free_disk_bytes",
+                "free-disk floor below which pushes are refused",
+            ),
             push_latency_seconds: histogram(
                 r,
                 "push_latency_seconds",

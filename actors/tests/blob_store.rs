@@ -2,7 +2,9 @@
 //! commit, cursors, idempotency, quota and size limits, paging, TTL under virtual time,
 //! sweeping, injected write/flush faults, durability across a reopen, and a killed store
 //! restarted under Infra without losing an acked push. A property test checks the store
-//! against a model.
+//! against a model. Budgets through the actor: the per-item charge, the per-mailbox item cap,
+//! a full relay answered `StorageFull` with a retry hint and shown in `store_full`, and an
+//! injected full disk that a sweep recovers from.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,9 +17,9 @@ use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use zerok_actors::blob_store::core::StoreLimits;
+use zerok_actors::blob_store::core::{ITEM_CHARGE_BYTES, StoreBudget, StoreLimits, charged_bytes};
 use zerok_actors::blob_store::segments::SEGMENT_BYTES_DEFAULT;
-use zerok_actors::blob_store::{BlobStoreActor, BlobStoreArgs, Store as LogStore};
+use zerok_actors::blob_store::{BlobStoreActor, BlobStoreArgs, Store as LogStore, StoreOptions};
 use zerok_actors::clock::Clock;
 use zerok_actors::fault::{FaultPlan, FaultPoint};
 use zerok_actors::infra::{InfraActor, InfraArgs};
@@ -46,6 +48,37 @@ async fn start_in(
     faults: FaultPlan,
 ) -> Store {
     let store = open(dir.path());
+    let metrics = RelayMetrics::new();
+    let (actor, _) = Actor::spawn(
+        None,
+        BlobStoreActor,
+        BlobStoreArgs {
+            store: store.clone(),
+            limits,
+            clock,
+            faults,
+            metrics: metrics.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    Store {
+        actor,
+        store,
+        _dir: dir,
+        metrics,
+    }
+}
+
+/// A store actor on a store opened with `options` (its faults are the actor's too).
+async fn start_with(
+    dir: tempfile::TempDir,
+    options: StoreOptions,
+    limits: StoreLimits,
+    clock: Clock,
+) -> Store {
+    let faults = options.faults.clone();
+    let store = Arc::new(LogStore::open_with(dir.path(), options).unwrap());
     let metrics = RelayMetrics::new();
     let (actor, _) = Actor::spawn(
         None,
@@ -228,9 +261,11 @@ async fn duplicates_keep_their_cursor_and_store_nothing() {
 
 #[tokio::test]
 async fn quota_and_blob_size_are_refused_and_change_nothing() {
+    // 250 bytes of ciphertext in three items, each also charged its overhead.
+    const QUOTA: u64 = 250 + 3 * ITEM_CHARGE_BYTES;
     let store = start(StoreLimits {
         blob_bytes_max: 100,
-        mailbox_quota_bytes: 250,
+        mailbox_quota_bytes: QUOTA,
         ..StoreLimits::default()
     })
     .await;
@@ -256,7 +291,7 @@ async fn quota_and_blob_size_are_refused_and_change_nothing() {
     assert_eq!(cursor(&outcomes[2]), (2, false));
     assert_eq!(
         outcomes[3],
-        StoreOutcome::Rejected(StoreError::QuotaExceeded { quota_bytes: 250 })
+        StoreOutcome::Rejected(StoreError::QuotaExceeded { quota_bytes: QUOTA })
     );
     assert_eq!(cursor(&outcomes[4]), (3, false));
     let page = read(&store.actor, 0, 100, u32::MAX).await;
@@ -838,4 +873,170 @@ proptest! {
             assert_eq!(sweep(&store.actor, slice).await.evicted, 0, "nothing left to sweep");
         });
     }
+}
+
+#[tokio::test]
+async fn tiny_items_are_charged_their_overhead_and_a_mailbox_has_an_item_cap() {
+    let store = start(StoreLimits {
+        mailbox_quota_bytes: 20 * charged_bytes(8),
+        mailbox_items_max: 50,
+        ..StoreLimits::default()
+    })
+    .await;
+    // 8-byte items: the quota holds 20 of them (not 20 * 297 / 8 = 742).
+    let requests = (0..40u64)
+        .map(|n| request(n, MAILBOX, &n.to_le_bytes(), None))
+        .collect();
+    let outcomes = append(&store.actor, requests).await;
+    let stored = outcomes
+        .iter()
+        .filter(|o| matches!(o, StoreOutcome::Stored { .. }))
+        .count();
+    assert_eq!(stored, 20);
+    let refused = match &outcomes[20] {
+        StoreOutcome::Rejected(err) => err.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(refused, StoreError::QuotaExceeded { .. }));
+    assert!(
+        refused.retry_after_ms().is_some(),
+        "a quota refusal says when to retry"
+    );
+
+    // The item cap bounds a mailbox of even smaller items.
+    let other = MailboxId([2; 32]);
+    let store = start(StoreLimits {
+        mailbox_items_max: 5,
+        ..StoreLimits::default()
+    })
+    .await;
+    let requests = (0..8u64)
+        .map(|n| request(n, other, &[n as u8], None))
+        .collect();
+    let outcomes = append(&store.actor, requests).await;
+    assert!(matches!(outcomes[4], StoreOutcome::Stored { .. }));
+    let StoreOutcome::Rejected(err) = &outcomes[5] else {
+        panic!("{:?}", outcomes[5]);
+    };
+    assert_eq!(*err, StoreError::MailboxItemsExceeded { items_max: 5 });
+    assert_eq!(err.code(), zerok_messages::ErrorCode::QuotaExceeded);
+    assert!(err.retry_after_ms().is_some());
+    assert_eq!(stats(&store.actor).await.items, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_relay_says_so_and_recovers_after_expiry() {
+    let clock = Clock::virtual_at(1_700_000_000_000);
+    let budget = StoreBudget {
+        bytes_max: 30 * charged_bytes(100),
+        full_retry_after_ms: 7_000,
+        ..StoreBudget::unlimited()
+    };
+    let store = start_with(
+        tempfile::tempdir().unwrap(),
+        StoreOptions {
+            budget,
+            ..StoreOptions::new(SEGMENT_BYTES_DEFAULT)
+        },
+        StoreLimits::default(),
+        clock,
+    )
+    .await;
+    assert_eq!(
+        store.metrics.store_charged_bytes_max.get(),
+        (30 * charged_bytes(100)) as i64
+    );
+    assert_eq!(store.metrics.store_full.get(), 0);
+    let requests = (0..40u64)
+        .map(|n| request(n, MAILBOX, &[n as u8; 100], Some(60)))
+        .collect();
+    let outcomes = append(&store.actor, requests).await;
+    assert!(matches!(outcomes[29], StoreOutcome::Stored { .. }));
+    assert_eq!(
+        outcomes[30],
+        StoreOutcome::Rejected(StoreError::StorageFull {
+            retry_after_ms: 7_000
+        })
+    );
+    assert_eq!(outcomes[30].clone(), outcomes[39]);
+    assert_eq!(store.metrics.store_full.get(), 1);
+    assert_eq!(
+        store.metrics.store_charged_bytes.get(),
+        (30 * charged_bytes(100)) as i64
+    );
+
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(sweep(&store.actor, 1000).await.evicted, 30);
+    assert_eq!(
+        store.metrics.store_full.get(),
+        0,
+        "expiry gave the room back"
+    );
+    let again = append(
+        &store.actor,
+        vec![request(50, MAILBOX, b"after the sweep", Some(60))],
+    )
+    .await;
+    assert_eq!(cursor(&again[0]), (31, false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_disk_is_storage_full_for_clients_and_a_sweep_recovers() {
+    let clock = Clock::virtual_at(1_700_000_000_000);
+    let faults = FaultPlan::seeded(11);
+    let store = start_with(
+        tempfile::tempdir().unwrap(),
+        StoreOptions {
+            budget: StoreBudget {
+                full_retry_after_ms: 3_000,
+                ..StoreBudget::unlimited()
+            },
+            faults: faults.clone(),
+            ..StoreOptions::new(SEGMENT_BYTES_DEFAULT)
+        },
+        StoreLimits::default(),
+        clock,
+    )
+    .await;
+    let first = append(&store.actor, vec![request(0, MAILBOX, b"before", None)]).await;
+    assert_eq!(cursor(&first[0]), (1, false));
+
+    faults.set(FaultPoint::StoreDiskFull, 1.0);
+    let outcome = append(&store.actor, vec![request(1, MAILBOX, b"while full", None)]).await;
+    let StoreOutcome::Rejected(err) = &outcome[0] else {
+        panic!("{:?}", outcome[0]);
+    };
+    assert_eq!(
+        *err,
+        StoreError::StorageFull {
+            retry_after_ms: 3_000
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "relay storage full",
+        "no OS text for the client"
+    );
+    assert_eq!(err.code(), zerok_messages::ErrorCode::QuotaExceeded);
+    assert_eq!(store.metrics.store_full.get(), 1);
+    assert_eq!(stats(&store.actor).await.items, 1);
+
+    // Refused without a write until a sweep lets the store try again.
+    let fired = faults.fired(FaultPoint::StoreDiskFull);
+    let outcome = append(&store.actor, vec![request(2, MAILBOX, b"again", None)]).await;
+    assert!(matches!(
+        outcome[0],
+        StoreOutcome::Rejected(StoreError::StorageFull { .. })
+    ));
+    assert_eq!(
+        faults.fired(FaultPoint::StoreDiskFull),
+        fired,
+        "a full store does not hammer the disk"
+    );
+
+    faults.set(FaultPoint::StoreDiskFull, 0.0);
+    sweep(&store.actor, 100).await;
+    assert_eq!(store.metrics.store_full.get(), 0);
+    let outcome = append(&store.actor, vec![request(3, MAILBOX, b"while full", None)]).await;
+    assert_eq!(cursor(&outcome[0]), (2, false));
 }

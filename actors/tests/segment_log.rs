@@ -2,7 +2,10 @@
 //! space comes back when their items expire, compaction keeps what is live, the cursor of a
 //! mailbox survives the deletion of every segment that held it, a torn tail left by a crash
 //! is cut off, damage anywhere else refuses to open, a store in use is refused, and a
-//! property test checks commits, sweeps and reopens against a model.
+//! property test checks commits, sweeps and reopens against a model. Budgets: the relay-wide
+//! byte and entry budgets and the free-disk floor refuse with `StorageFull` and give room
+//! back after expiry; a full disk (injected `ENOSPC` on every write) frees dead segments
+//! without any write succeeding first and recovers when space is back.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,10 +15,12 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use zerok_actors::blob_store::OpenError;
-use zerok_actors::blob_store::core::StoreLimits;
-use zerok_actors::blob_store::segments::{SEGMENT_SUFFIX, Store};
-use zerok_actors::fault::FaultPlan;
-use zerok_messages::relay::{AppendRequest, StoreOutcome};
+use zerok_actors::blob_store::core::{
+    ITEM_CHARGE_BYTES, MAILBOX_INDEX_ENTRIES, StoreBudget, StoreLimits, charged_bytes,
+};
+use zerok_actors::blob_store::segments::{RESERVE_FILE, SEGMENT_SUFFIX, Store, StoreOptions};
+use zerok_actors::fault::{FaultPlan, FaultPoint};
+use zerok_messages::relay::{AppendRequest, StoreError, StoreOutcome};
 use zerok_messages::{BlobId, MailboxId};
 
 const SMALL_SEGMENT: u64 = 4096;
@@ -445,6 +450,396 @@ proptest! {
             }
             let stats = s.stats();
             prop_assert_eq!(stats.segments as usize, segment_files(dir.path()).len());
+        }
+    }
+}
+
+/// A store of small segments with `budget` and `faults`.
+fn open_budgeted(dir: &Path, budget: StoreBudget, faults: &FaultPlan) -> Store {
+    Store::open_with(
+        dir,
+        StoreOptions {
+            segment_bytes: SMALL_SEGMENT,
+            budget,
+            faults: faults.clone(),
+        },
+    )
+    .unwrap()
+}
+
+/// Commit `requests` and answer every outcome.
+fn outcomes(
+    store: &Store,
+    requests: &[AppendRequest],
+    now_ms: u64,
+    faults: &FaultPlan,
+) -> Result<Vec<StoreOutcome>, StoreError> {
+    store
+        .commit(requests, now_ms, &StoreLimits::default(), faults)
+        .map(|plan| plan.outcomes)
+}
+
+const RETRY_MS: u64 = 5_000;
+
+#[test]
+fn the_byte_budget_refuses_when_spent_and_expiry_gives_room_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultPlan::none();
+    let budget = StoreBudget {
+        bytes_max: 10 * charged_bytes(200) + 100,
+        full_retry_after_ms: RETRY_MS,
+        ..StoreBudget::unlimited()
+    };
+    let store = open_budgeted(dir.path(), budget, &faults);
+    let requests: Vec<AppendRequest> = (0..15)
+        .map(|n| request(MAILBOX, &payload(n, 200), 60))
+        .collect();
+    let got = outcomes(&store, &requests, T0, &faults).unwrap();
+    let stored = got
+        .iter()
+        .filter(|o| matches!(o, StoreOutcome::Stored { .. }))
+        .count();
+    assert_eq!(
+        stored, 10,
+        "ten items of 200 B fit, each charged its overhead"
+    );
+    assert_eq!(
+        got[10],
+        StoreOutcome::Rejected(StoreError::StorageFull {
+            retry_after_ms: RETRY_MS
+        })
+    );
+    let stats = store.stats();
+    assert!(stats.is_full);
+    assert_eq!(stats.charged_bytes, 10 * (200 + ITEM_CHARGE_BYTES));
+    // Another mailbox is refused too: the budget is the relay's.
+    let other = MailboxId([9; 32]);
+    let got = outcomes(&store, &[request(other, b"tiny", 60)], T0, &faults).unwrap();
+    assert!(matches!(
+        got[0],
+        StoreOutcome::Rejected(StoreError::StorageFull { .. })
+    ));
+    // A duplicate writes nothing and is answered with its cursor.
+    let got = outcomes(&store, &requests[..1], T0, &faults).unwrap();
+    assert!(matches!(
+        got[0],
+        StoreOutcome::Stored {
+            duplicate: true,
+            ..
+        }
+    ));
+    // Nothing expired yet: a sweep frees nothing and the store stays full.
+    store.sweep(T0 + 1_000, 100).unwrap();
+    assert!(store.stats().is_full);
+
+    assert_eq!(sweep_all(&store, T0 + 61_000), 10);
+    assert!(!store.stats().is_full, "expiry gave the budget back");
+    assert_eq!(
+        commit(&store, &[request(other, b"tiny", 60)], T0 + 61_000),
+        vec![1]
+    );
+    assert_eq!(
+        commit(&store, &[request(MAILBOX, b"after", 60)], T0 + 61_000),
+        vec![11],
+        "cursors go on after the refusals"
+    );
+}
+
+#[test]
+fn the_entry_budget_counts_items_and_mailboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultPlan::none();
+    let budget = StoreBudget {
+        index_entries_max: MAILBOX_INDEX_ENTRIES + 10,
+        ..StoreBudget::unlimited()
+    };
+    let store = open_budgeted(dir.path(), budget, &faults);
+    let requests: Vec<AppendRequest> = (0..6)
+        .map(|n| request(MAILBOX, &payload(n, 10), 60))
+        .collect();
+    commit(&store, &requests, T0);
+    assert_eq!(store.stats().index_entries, MAILBOX_INDEX_ENTRIES + 6);
+    // A new mailbox costs its own entries beside its item's: 4 + 6 + 4 + 1 > 4 + 10.
+    let got = outcomes(
+        &store,
+        &[request(MailboxId([8; 32]), b"new mailbox", 60)],
+        T0,
+        &faults,
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            got[0],
+            StoreOutcome::Rejected(StoreError::StorageFull { .. })
+        ),
+        "{got:?}"
+    );
+    // The known mailbox takes items up to the budget, then is refused.
+    let more: Vec<AppendRequest> = (6..10)
+        .map(|n| request(MAILBOX, &payload(n, 10), 60))
+        .collect();
+    assert_eq!(commit(&store, &more, T0), vec![7, 8, 9, 10]);
+    let got = outcomes(
+        &store,
+        &[request(MAILBOX, &payload(11, 10), 60)],
+        T0,
+        &faults,
+    )
+    .unwrap();
+    assert!(matches!(
+        got[0],
+        StoreOutcome::Rejected(StoreError::StorageFull { .. })
+    ));
+    assert!(store.stats().is_full);
+}
+
+#[test]
+fn a_disk_below_the_floor_refuses_pushes_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultPlan::none();
+    let budget = StoreBudget {
+        min_free_disk_bytes: u64::MAX / 2,
+        full_retry_after_ms: RETRY_MS,
+        ..StoreBudget::unlimited()
+    };
+    let store = open_budgeted(dir.path(), budget, &faults);
+    assert!(store.stats().is_full, "full from the start");
+    assert!(store.stats().free_disk_bytes < u64::MAX / 2);
+    let got = outcomes(&store, &[request(MAILBOX, b"x", 60)], T0, &faults).unwrap();
+    assert_eq!(
+        got[0],
+        StoreOutcome::Rejected(StoreError::StorageFull {
+            retry_after_ms: RETRY_MS
+        })
+    );
+    let stats = store.stats();
+    assert_eq!((stats.items, stats.disk_bytes), (0, 8), "nothing written");
+    assert!(!dir.path().join(RESERVE_FILE).exists() || stats.free_disk_bytes > 0);
+    drop(store);
+
+    // A floor the disk is above: pushes go through and the store keeps its reserve.
+    let store = open_budgeted(
+        dir.path(),
+        StoreBudget {
+            min_free_disk_bytes: 1,
+            ..StoreBudget::unlimited()
+        },
+        &faults,
+    );
+    assert!(!store.stats().is_full);
+    assert_eq!(commit(&store, &[request(MAILBOX, b"x", 60)], T0), vec![1]);
+    assert!(dir.path().join(RESERVE_FILE).exists());
+}
+
+#[test]
+fn a_full_disk_frees_dead_segments_without_writing_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultPlan::seeded(3);
+    let store = open_budgeted(
+        dir.path(),
+        StoreBudget {
+            full_retry_after_ms: RETRY_MS,
+            ..StoreBudget::unlimited()
+        },
+        &faults,
+    );
+    // Short-lived items of one mailbox over several segments, then a long-lived one of
+    // another mailbox, so the old segments die and hold no mailbox's newest cursor but the
+    // last one of the short-lived mailbox.
+    for batch in 0..10u64 {
+        let requests: Vec<AppendRequest> = (0..10)
+            .map(|i| request(MAILBOX, &payload(batch * 10 + i, 200), 60))
+            .collect();
+        commit(&store, &requests, T0);
+    }
+    let keeper = MailboxId([6; 32]);
+    for n in 0..20u64 {
+        commit(
+            &store,
+            &[request(keeper, &payload(1000 + n, 200), 3600)],
+            T0,
+        );
+    }
+    let before = store.stats();
+    let files_before = segment_files(dir.path()).len();
+    assert!(files_before >= 6, "{files_before} segments");
+
+    // The disk is full: every write fails.
+    faults.set(FaultPoint::StoreDiskFull, 1.0);
+    let refused = outcomes(&store, &[request(keeper, b"while full", 3600)], T0, &faults);
+    assert_eq!(
+        refused.unwrap_err(),
+        StoreError::StorageFull {
+            retry_after_ms: RETRY_MS
+        },
+        "a full disk is StorageFull, never the OS text"
+    );
+    assert!(store.stats().is_full);
+    let fired_before_sweep = faults.fired(FaultPoint::StoreDiskFull);
+
+    // The items expire; the sweep frees the dead segments although no write succeeds.
+    let now = T0 + 61_000;
+    assert_eq!(sweep_all(&store, now), 100);
+    let after = store.stats();
+    let files_after = segment_files(dir.path()).len();
+    assert!(
+        files_after < files_before && after.disk_bytes < before.disk_bytes,
+        "{files_before} -> {files_after} segments, {} -> {} bytes",
+        before.disk_bytes,
+        after.disk_bytes
+    );
+    assert!(
+        faults.fired(FaultPoint::StoreDiskFull) > fired_before_sweep,
+        "the sweep did try to write (its marks) and was refused"
+    );
+    assert_eq!(read_all(&store, &keeper, now).len(), 20);
+
+    // Space is back: the next sweep releases the rest and pushes go through.
+    faults.set(FaultPoint::StoreDiskFull, 0.0);
+    store.sweep(now, 100).unwrap();
+    assert!(!store.stats().is_full);
+    assert_eq!(
+        commit(&store, &[request(MAILBOX, b"after", 60)], now),
+        vec![101]
+    );
+    assert_eq!(
+        commit(&store, &[request(keeper, b"after", 3600)], now),
+        vec![21]
+    );
+    drop(store);
+    let store = Store::open(dir.path(), SMALL_SEGMENT).unwrap();
+    assert_eq!(store.meta(&MAILBOX).latest, 101);
+    assert_eq!(read_all(&store, &keeper, now).len(), 21);
+}
+
+/// A tmpfs of `bytes` mounted on a fresh dir, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(bytes: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount needs root (CAP_SYS_ADMIN)");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Fill the filesystem of `dir` with a file until the disk refuses (`ENOSPC`).
+fn fill_disk(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("hog");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![1u8; 64 * 1024];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) => {
+                assert!(
+                    zerok_actors::blob_store::segments::is_disk_full(&err),
+                    "{err}"
+                );
+                break;
+            }
+        }
+    }
+    // Whatever a partial block left: fill it byte by byte.
+    while file.write(&[1]).is_ok_and(|n| n == 1) {}
+    path
+}
+
+#[test]
+fn a_really_full_disk_releases_through_the_reserve_and_recovers() {
+    let tmpfs = Tmpfs::mount(16 * 1024 * 1024);
+    let dir = tmpfs.0.path().join("store");
+    let faults = FaultPlan::none();
+    let store = Store::open_with(
+        &dir,
+        StoreOptions {
+            segment_bytes: 256 * 1024,
+            budget: StoreBudget {
+                min_free_disk_bytes: 64 * 1024,
+                full_retry_after_ms: RETRY_MS,
+                ..StoreBudget::unlimited()
+            },
+            faults: faults.clone(),
+        },
+    )
+    .unwrap();
+    assert!(dir.join(RESERVE_FILE).exists());
+    // A hundred mailboxes per segment (one 2.6 KB item each overflow a 256 KiB segment), so
+    // every dead segment holds the newest cursor of a hundred mailboxes: their marks (~5 KB a
+    // segment) do not fit the page the active segment has already allocated.
+    let mailbox = |segment: u8, m: u8| {
+        let mut id = [0u8; 32];
+        id[0] = segment + 1;
+        id[1] = m;
+        MailboxId(id)
+    };
+    for segment in 0..8u8 {
+        let requests: Vec<AppendRequest> = (0..100u8)
+            .map(|m| {
+                let n = u64::from(segment) * 1000 + u64::from(m);
+                request(mailbox(segment, m), &payload(n, 2600), 60)
+            })
+            .collect();
+        commit(&store, &requests, T0);
+    }
+    let files_before = segment_files(&dir).len();
+    assert!(files_before >= 8, "{files_before} segments");
+    // Something else fills the disk to the last byte.
+    let hog = fill_disk(tmpfs.0.path());
+    let got = outcomes(
+        &store,
+        &[request(MAILBOX, &payload(1, 4000), 60)],
+        T0,
+        &faults,
+    );
+    assert!(
+        matches!(
+            got.as_deref(),
+            Ok([StoreOutcome::Rejected(StoreError::StorageFull { .. })])
+                | Err(StoreError::StorageFull { .. })
+        ),
+        "{got:?}"
+    );
+    // Everything expires: the sweep must write marks on a full disk to free anything.
+    let now = T0 + 61_000;
+    assert_eq!(sweep_all(&store, now), 800);
+    assert!(
+        segment_files(&dir).len() < files_before,
+        "nothing released on a full disk"
+    );
+    assert!(
+        !dir.join(RESERVE_FILE).exists(),
+        "the reserve paid for the marks"
+    );
+    assert!(!store.stats().is_full);
+    assert_eq!(
+        commit(&store, &[request(mailbox(0, 0), b"after", 60)], now),
+        vec![2]
+    );
+    // With the hog gone the reserve comes back.
+    std::fs::remove_file(hog).unwrap();
+    store.sweep(now, 10).unwrap();
+    assert!(dir.join(RESERVE_FILE).exists());
+    drop(store);
+    let store = Store::open(&dir, 256 * 1024).unwrap();
+    for segment in 0..8u8 {
+        for m in [1, 50, 99] {
+            assert_eq!(store.meta(&mailbox(segment, m)).latest, 1, "mark kept");
         }
     }
 }

@@ -71,18 +71,55 @@ pub enum StoreError {
         /// The limit.
         limit: usize,
     },
-    /// The store cannot serve right now (I/O error, restarting); retry later.
+    /// The store cannot serve right now (I/O error, restarting); retry later. The text goes
+    /// to the client: it never carries an OS error (those go to the relay's log).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The mailbox holds as many items as one mailbox may.
+    #[error("mailbox item limit of {items_max} reached")]
+    MailboxItemsExceeded {
+        /// The limit.
+        items_max: u64,
+    },
+    /// The relay's storage is full: its byte or item budget is spent, its disk is below the
+    /// free-space floor, or the disk refused a write (`ENOSPC`, `EDQUOT`). Space comes back
+    /// when items expire and the sweeper runs.
+    #[error("relay storage full")]
+    StorageFull {
+        /// When to try again: about when the next sweep may have freed space.
+        retry_after_ms: u64,
+    },
 }
+
+/// Retry hint of a refusal that only expiry can lift (a mailbox at its quota or item cap):
+/// the relay's default sweep interval, when expired items give their space back. Clients
+/// cap what they wait anyway.
+pub const QUOTA_RETRY_AFTER_MS: u64 = 60_000;
+/// Retry hint of a transient failure (a write failed, the store is restarting).
+pub const UNAVAILABLE_RETRY_AFTER_MS: u64 = 1_000;
 
 impl StoreError {
     /// The wire error code for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {
-            StoreError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            StoreError::QuotaExceeded { .. }
+            | StoreError::MailboxItemsExceeded { .. }
+            | StoreError::StorageFull { .. } => ErrorCode::QuotaExceeded,
             StoreError::TooLarge { .. } => ErrorCode::TooLarge,
             StoreError::Unavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+
+    /// The `retry_after_ms` of the error frame: every refusal that may succeed later
+    /// without change says when; `None` only for a request that never will (too large).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            StoreError::StorageFull { retry_after_ms } => Some(*retry_after_ms),
+            StoreError::QuotaExceeded { .. } | StoreError::MailboxItemsExceeded { .. } => {
+                Some(QUOTA_RETRY_AFTER_MS)
+            }
+            StoreError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_MS),
+            StoreError::TooLarge { .. } => None,
         }
     }
 }
@@ -115,6 +152,14 @@ pub struct StoreStats {
     pub segments: u64,
     /// Bytes of the log on disk.
     pub disk_bytes: u64,
+    /// Bytes charged against the relay's byte budget: ciphertext plus a per-item charge.
+    pub charged_bytes: u64,
+    /// Index entries charged against the relay's item budget: items plus mailboxes known.
+    pub index_entries: u64,
+    /// Free bytes of the store's filesystem at the last check (`u64::MAX` when unknown).
+    pub free_disk_bytes: u64,
+    /// Whether the store refuses pushes for lack of space (budget, disk floor, disk full).
+    pub is_full: bool,
 }
 
 /// Result of one sweep slice.

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use zerok_actors::blob_store::core::{ITEM_CHARGE_BYTES, MAILBOX_INDEX_ENTRIES, charged_bytes};
 use zerok_messages::wire::{BLOB_BYTES_MAX, FRAME_BYTES_MAX, Limits};
 
 /// Data directory when neither the file nor `--data-dir` names one: beside the working
@@ -40,6 +41,16 @@ pub const UNREAD_BYTES_MIN: u64 = 64 * 1024;
 pub const BYTE_BUDGET_LIMIT: u64 = u32::MAX as u64;
 /// Smallest `store.segment_bytes`.
 pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
+/// Default `store.max_bytes`: 10 GiB, a hundred full mailboxes at the default quota; a
+/// relay on a bigger disk raises it, the free-disk floor guards a smaller one.
+pub const STORE_MAX_BYTES_DEFAULT: u64 = 10 * 1024 * 1024 * 1024;
+/// Default `store.max_items`: 500,000 index entries at ~200 B each keep the index near
+/// 100 MiB, so a relay with default settings stays under 256 MiB of memory when someone
+/// fills it with tiny items.
+pub const STORE_MAX_ITEMS_DEFAULT: u64 = 500_000;
+/// Default `store.min_free_disk_bytes`: 512 MiB left for the system (logs, package updates)
+/// and for the relay's own segment rolls and marks.
+pub const STORE_MIN_FREE_DISK_BYTES_DEFAULT: u64 = 512 * 1024 * 1024;
 
 /// Upper bound of the CBOR encoding of one [`zerok_messages::Item`] beside its ciphertext:
 /// four field names, two `u64`s, a 32-byte id and a byte-string header come to 97 bytes.
@@ -101,8 +112,12 @@ pub enum LogFormat {
 pub struct LimitsConfig {
     /// Largest ciphertext of one item, 1..=1 MiB (the protocol's `BLOB_BYTES_MAX`).
     pub blob_bytes_max: u32,
-    /// Ciphertext bytes one mailbox may hold; at least `blob_bytes_max`.
+    /// Bytes one mailbox may be charged: its ciphertext plus a fixed charge per item for
+    /// what an item costs beside it (`ITEM_CHARGE_BYTES`, 289 B: its record header on disk
+    /// and its index memory); at least one largest item.
     pub mailbox_quota_bytes: u64,
+    /// Items one mailbox may hold; at least 1.
+    pub mailbox_items_max: u64,
     /// TTL of a push that names none, in seconds; at least 1.
     pub ttl_default_secs: u32,
     /// Largest TTL a push may ask for (larger ones are capped); at least `ttl_default_secs`.
@@ -186,6 +201,15 @@ pub struct StoreConfig {
     /// Size at which a log segment is closed and a new one started, in bytes (at least
     /// 1 MiB). Disk space comes back a whole segment at a time.
     pub segment_bytes: u64,
+    /// Bytes all mailboxes together may be charged (ciphertext plus the per-item charge);
+    /// pushes beyond it are refused `quota_exceeded` with a retry hint until items expire.
+    pub max_bytes: u64,
+    /// Index entries all mailboxes together may hold: one per item plus 4 per mailbox the
+    /// relay knows. Bounds the index's memory (~200 B per entry).
+    pub max_items: u64,
+    /// Pushes are refused while the store's filesystem has less free space than this, in
+    /// bytes; 0 turns the floor off.
+    pub min_free_disk_bytes: u64,
 }
 
 /// How a stop signal (SIGINT, SIGTERM) is handled.
@@ -226,6 +250,8 @@ impl Default for LimitsConfig {
             blob_bytes_max: 1024 * 1024,
             // 100 MiB: a small team's backlog of a week without one group filling the disk.
             mailbox_quota_bytes: 100 * 1024 * 1024,
+            // 100,000: a busy group's week; a fifth of the relay's default item budget.
+            mailbox_items_max: zerok_actors::blob_store::core::MAILBOX_ITEMS_MAX_DEFAULT,
             // A week: a laptop that was off over a holiday still catches up.
             ttl_default_secs: 7 * 24 * 3600,
             // A month: long enough for any sync gap, short enough that a relay forgets.
@@ -304,6 +330,9 @@ impl Default for StoreConfig {
             sweep_slice_items: 1000,
             // 64 MiB: the hot mailbox heads of a small relay stay in memory.
             segment_bytes: 64 * 1024 * 1024,
+            max_bytes: STORE_MAX_BYTES_DEFAULT,
+            max_items: STORE_MAX_ITEMS_DEFAULT,
+            min_free_disk_bytes: STORE_MIN_FREE_DISK_BYTES_DEFAULT,
         }
     }
 }
@@ -444,15 +473,17 @@ impl LimitsConfig {
                 format!("must be in 1..={blob_bytes_max_limit}"),
             ));
         }
-        if self.mailbox_quota_bytes < u64::from(self.blob_bytes_max) {
+        let one_item = charged_bytes(u64::from(self.blob_bytes_max));
+        if self.mailbox_quota_bytes < one_item {
             return Err(invalid(
                 "limits.mailbox_quota_bytes",
                 format!(
-                    "must be >= blob_bytes_max ({}) so a mailbox holds at least one item",
-                    self.blob_bytes_max
+                    "must be >= {one_item} (blob_bytes_max plus the per-item charge of \
+                     {ITEM_CHARGE_BYTES}) so a mailbox holds at least one item"
                 ),
             ));
         }
+        require_positive("limits.mailbox_items_max", self.mailbox_items_max)?;
         require_positive("limits.ttl_default_secs", self.ttl_default_secs.into())?;
         if self.ttl_max_secs < self.ttl_default_secs {
             return Err(invalid(
@@ -616,6 +647,20 @@ impl StoreConfig {
             return Err(invalid(
                 "store.segment_bytes",
                 format!("must be at least {SEGMENT_BYTES_MIN} (1 MiB)"),
+            ));
+        }
+        let one_item = charged_bytes(BLOB_BYTES_MAX as u64);
+        if self.max_bytes < one_item {
+            return Err(invalid(
+                "store.max_bytes",
+                format!("must be >= {one_item} so the relay holds at least one largest item"),
+            ));
+        }
+        let one_mailbox = 1 + MAILBOX_INDEX_ENTRIES;
+        if self.max_items < one_mailbox {
+            return Err(invalid(
+                "store.max_items",
+                format!("must be >= {one_mailbox} so the relay holds at least one item"),
             ));
         }
         Ok(())
@@ -796,6 +841,10 @@ mod tests {
         assert_eq!(config.connections.max, 10_000);
         assert_eq!(config.rate_limits.frames_global_burst, 200_000);
         assert_eq!(config.store.commit_max_items, 4096);
+        assert_eq!(config.limits.mailbox_items_max, 100_000);
+        assert_eq!(config.store.max_bytes, 10 * 1024 * 1_048_576);
+        assert_eq!(config.store.max_items, 500_000);
+        assert_eq!(config.store.min_free_disk_bytes, 512 * 1_048_576);
         assert_eq!(config.shutdown.grace_secs, 8);
         // An empty file is the defaults too.
         assert_eq!(parse("").unwrap(), RelayConfig::default());
@@ -1000,6 +1049,17 @@ mod tests {
             "store.commit_max_items"
         );
         assert_eq!(field("data_dir = \"\"\n"), "data_dir");
+        assert_eq!(
+            field("[limits]\nmailbox_quota_bytes = 1048576\n"),
+            "limits.mailbox_quota_bytes"
+        );
+        assert_eq!(
+            field("[limits]\nmailbox_items_max = 0\n"),
+            "limits.mailbox_items_max"
+        );
+        assert_eq!(field("[store]\nmax_bytes = 1048576\n"), "store.max_bytes");
+        assert_eq!(field("[store]\nmax_items = 4\n"), "store.max_items");
+        assert!(parse("[store]\nmax_items = 5\nmin_free_disk_bytes = 0\n").is_ok());
         assert!(parse("[limits]\nblob_bytes_max = 1048576\ninflight_max = 4096\n").is_ok());
         assert!(parse("[shutdown]\ngrace_secs = 60\n").is_ok());
         // A negative number does not fit the unsigned field: a parse error, not a wrap.
@@ -1111,6 +1171,10 @@ mod tests {
             "sweep_interval_secs",
             "sweep_slice_items",
             "segment_bytes",
+            "max_bytes",
+            "max_items",
+            "min_free_disk_bytes",
+            "mailbox_items_max",
             "[shutdown]",
             "grace_secs",
         ] {

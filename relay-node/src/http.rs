@@ -1,8 +1,9 @@
 //! The operator HTTP endpoints of a relay (DESIGN.md §7), served by the tree's HttpServer on
 //! the `http` address of the config (localhost by default):
 //!
-//! - `GET /health`: liveness JSON `{status, version, relay_id, uptime_secs}`; 200 while the
-//!   process serves HTTP at all.
+//! - `GET /health`: liveness JSON `{status, version, relay_id, uptime_secs, storage}`; 200
+//!   while the process serves HTTP at all. `storage` is `"full"` while the store refuses
+//!   pushes for lack of space (budget, free-disk floor, a full disk), else `"ok"`.
 //! - `GET /ready`: 200 `{"ready":true}` once the store is open and the endpoint bound (the
 //!   tree sets [`HttpState::ready`]), 503 `{"ready":false}` before that and while shutting
 //!   down, so load balancers stop sending clients.
@@ -49,6 +50,8 @@ struct Health<'a> {
     version: &'static str,
     relay_id: &'a str,
     uptime_secs: u64,
+    /// `"ok"`, or `"full"` while the store refuses pushes for lack of space.
+    storage: &'static str,
 }
 
 /// Body of `/ready`.
@@ -72,6 +75,11 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
         version: state.version,
         relay_id: &state.relay_id,
         uptime_secs: state.started.elapsed().as_secs(),
+        storage: if state.metrics.store_full.get() > 0 {
+            "full"
+        } else {
+            "ok"
+        },
     })
     .into_response()
 }
@@ -287,8 +295,28 @@ mod tests {
         assert_eq!(body["status"], "ok");
         assert_eq!(body["version"], "9.8.7");
         assert_eq!(body["relay_id"], "ab".repeat(32));
+        assert_eq!(body["storage"], "ok");
         let uptime_secs = body["uptime_secs"].as_u64().unwrap();
         assert!((90..3600).contains(&uptime_secs), "{uptime_secs}");
+    }
+
+    #[tokio::test]
+    async fn health_says_full_while_the_store_is_full() {
+        let server = start_now().await;
+        server.state.metrics.store_full.set(1);
+        let (status, body) = http_get(server.addr, "/health").await.unwrap();
+        assert_eq!(status, 200, "a full relay is alive");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["storage"], "full");
+        let (_, metrics) = http_get(server.addr, "/metrics").await.unwrap();
+        assert!(
+            metrics.contains("\nzerok_relay_store_full 1\n"),
+            "{metrics}"
+        );
+        server.state.metrics.store_full.set(0);
+        let (_, body) = http_get(server.addr, "/health").await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["storage"], "ok");
     }
 
     #[tokio::test]

@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
-use zerok_actors::blob_store::Store;
-use zerok_actors::blob_store::core::StoreLimits;
+use zerok_actors::blob_store::core::{StoreBudget, StoreLimits};
+use zerok_actors::blob_store::{Store, StoreOptions};
 use zerok_actors::clock::Clock;
 use zerok_actors::fault::FaultPlan;
 use zerok_actors::infra::{InfraActor, InfraArgs};
@@ -359,10 +359,20 @@ impl RelayNode {
         let secret = load_or_create_secret_key(&data_dir.join(NODE_KEY_FILE), &mut rng)
             .map_err(|err| data_dir_err(data_dir, err))?;
         let store_dir = data_dir.join(STORE_DIR);
-        let segment_bytes = config.store.segment_bytes;
-        let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, segment_bytes))
-            .await
-            .map_err(|err| data_dir_err(data_dir, err))??;
+        let store_options = StoreOptions {
+            segment_bytes: config.store.segment_bytes,
+            budget: StoreBudget {
+                bytes_max: config.store.max_bytes,
+                index_entries_max: config.store.max_items,
+                min_free_disk_bytes: config.store.min_free_disk_bytes,
+                full_retry_after_ms: config.store.sweep_interval_secs.saturating_mul(1000),
+            },
+            faults: seams.faults.clone(),
+        };
+        let store =
+            tokio::task::spawn_blocking(move || Store::open_with(&store_dir, store_options))
+                .await
+                .map_err(|err| data_dir_err(data_dir, err))??;
         let metrics = RelayMetrics::new();
         let connections = &config.connections;
         let unread_pool = QueuePool::new(byte_budget(connections.unread_bytes_total_max));
@@ -426,6 +436,7 @@ impl RelayNode {
                 limits: StoreLimits {
                     blob_bytes_max: limits.blob_bytes_max as usize,
                     mailbox_quota_bytes: limits.mailbox_quota_bytes,
+                    mailbox_items_max: limits.mailbox_items_max,
                     ttl_default_secs: limits.ttl_default_secs,
                     ttl_max_secs: limits.ttl_max_secs,
                     commit_max_items: config.store.commit_max_items as usize,

@@ -42,13 +42,37 @@ pub const MARK_BODY: usize = 1 + 32 + 8;
 /// Largest body a record may declare (anything larger is corruption).
 pub const BODY_MAX: usize = ITEM_HEADER + 16 * 1024 * 1024;
 
+/// Memory the index keeps per stored item beside its ciphertext, rounded up: its location
+/// (64 B) in a B-tree node (~60% full, so ~120 B), its idempotency slot (~10 B) and its
+/// expiry entry (16 B); measured at about 180 B per item (`index_bytes_per_item` of the
+/// catch-up bench, 100,000 items; docs/DECISIONS.md).
+pub const INDEX_BYTES_PER_ITEM: u64 = 192;
+/// Disk bytes of an item's record beside its ciphertext: frame header and item header.
+pub const RECORD_OVERHEAD_BYTES: u64 = (FRAME_HEADER + ITEM_HEADER) as u64;
+/// What one item costs beside its ciphertext, charged to its mailbox's quota and to the
+/// relay's byte budget: its record header on disk plus its index memory (97 + 192 = 289 B).
+/// Without it an 8-byte item was charged 8 B but cost ~280 B, so a quota bounded nothing
+/// for tiny items.
+pub const ITEM_CHARGE_BYTES: u64 = RECORD_OVERHEAD_BYTES + INDEX_BYTES_PER_ITEM;
+/// Index entries a mailbox the index knows is charged to the relay's item budget, beside
+/// one per item: its meta, its slot in the id map and the smallest B-tree node and
+/// idempotency table of its first item come to ~1 KiB, about five items' worth of index.
+pub const MAILBOX_INDEX_ENTRIES: u64 = 4;
+
+/// What one item is charged: its ciphertext plus [`ITEM_CHARGE_BYTES`].
+pub fn charged_bytes(ciphertext_bytes: u64) -> u64 {
+    ciphertext_bytes.saturating_add(ITEM_CHARGE_BYTES)
+}
+
 /// Limits the store enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreLimits {
     /// Largest ciphertext of one item.
     pub blob_bytes_max: usize,
-    /// Ciphertext bytes one mailbox may hold.
+    /// Bytes one mailbox may be charged: ciphertext plus [`ITEM_CHARGE_BYTES`] per item.
     pub mailbox_quota_bytes: u64,
+    /// Items one mailbox may hold.
+    pub mailbox_items_max: u64,
     /// TTL of a push that names none.
     pub ttl_default_secs: u32,
     /// Largest TTL; larger requests are capped to it.
@@ -62,9 +86,68 @@ impl Default for StoreLimits {
         Self {
             blob_bytes_max: zerok_messages::wire::BLOB_BYTES_MAX,
             mailbox_quota_bytes: 100 * 1024 * 1024,
+            mailbox_items_max: MAILBOX_ITEMS_MAX_DEFAULT,
             ttl_default_secs: 7 * 24 * 3600,
             ttl_max_secs: 30 * 24 * 3600,
             commit_max_items: 4096,
+        }
+    }
+}
+
+/// Default of [`StoreLimits::mailbox_items_max`]: 100,000 items is a busy group's week
+/// (DESIGN.md §8 sizes a group at thousands of records a day) and keeps one mailbox's index
+/// near 20 MiB, a fifth of the relay's default item budget.
+pub const MAILBOX_ITEMS_MAX_DEFAULT: u64 = 100_000;
+
+/// The relay-wide budget of the store, fixed when it opens: what all mailboxes together may
+/// hold, and how much of its filesystem the store leaves free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreBudget {
+    /// Charged bytes (ciphertext plus [`ITEM_CHARGE_BYTES`] per item) of all mailboxes.
+    pub bytes_max: u64,
+    /// Index entries (one per item plus [`MAILBOX_INDEX_ENTRIES`] per mailbox the index
+    /// knows) of all mailboxes; bounds the index's memory.
+    pub index_entries_max: u64,
+    /// Pushes are refused while the store's filesystem has less free space than this.
+    pub min_free_disk_bytes: u64,
+    /// The retry hint of a refusal for lack of space: the sweep interval, since space only
+    /// comes back when the sweeper evicts.
+    pub full_retry_after_ms: u64,
+}
+
+impl StoreBudget {
+    /// No relay-wide budget and no disk floor (tools and tests of other things).
+    pub fn unlimited() -> Self {
+        Self {
+            bytes_max: u64::MAX,
+            index_entries_max: u64::MAX,
+            min_free_disk_bytes: 0,
+            full_retry_after_ms: 1_000,
+        }
+    }
+}
+
+/// Room the relay-wide budget leaves for one commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Charged bytes that may still be stored.
+    pub bytes: u64,
+    /// Index entries that may still be added.
+    pub index_entries: u64,
+    /// Bytes that may still be written before the disk reaches its free-space floor.
+    pub disk_bytes: u64,
+    /// The retry hint of a refusal for lack of room.
+    pub retry_after_ms: u64,
+}
+
+impl Room {
+    /// Room without bounds.
+    pub fn unlimited() -> Self {
+        Self {
+            bytes: u64::MAX,
+            index_entries: u64::MAX,
+            disk_bytes: u64::MAX,
+            retry_after_ms: 1_000,
         }
     }
 }
@@ -87,6 +170,14 @@ pub struct MailboxMeta {
     pub bytes: u64,
     /// Items stored now.
     pub count: u64,
+}
+
+impl MailboxMeta {
+    /// What the mailbox is charged against its quota: ciphertext plus the per-item charge.
+    pub fn charged_bytes(&self) -> u64 {
+        self.bytes
+            .saturating_add(self.count.saturating_mul(ITEM_CHARGE_BYTES))
+    }
 }
 
 /// One item a commit adds.
@@ -113,19 +204,33 @@ pub struct CommitPlan {
     pub new_bytes: u64,
     /// Mailboxes that held nothing before and hold items after.
     pub new_mailboxes: u64,
+    /// Whether a request was refused for lack of relay-wide room (the store is full).
+    pub is_refused_full: bool,
     /// When the batch is stored.
     pub now_ms: u64,
 }
 
+/// What a mailbox looks like to a commit: its meta, and whether the index knows it at all
+/// (a mailbox it does not know costs index entries of its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailboxState {
+    /// Its meta.
+    pub meta: MailboxMeta,
+    /// Whether the index holds an entry for it (even with no items).
+    pub is_known: bool,
+}
+
 /// Plan a group commit: assign cursors, answer duplicates with their original cursor (also
-/// within the batch), and refuse what is too large or over quota. `meta` reads a mailbox's
-/// current meta; `existing` looks a blob up in the idempotency index and answers its cursor
-/// and `stored_at_ms`.
+/// within the batch), and refuse what is too large, over its mailbox's quota or item cap, or
+/// beyond the relay-wide `room`. `mailbox` reads a mailbox's current state; `existing` looks
+/// a blob up in the idempotency index and answers its cursor and `stored_at_ms`.
+/// Duplicates are answered even when the store is full: they write nothing.
 pub fn plan_commit(
     requests: &[AppendRequest],
     now_ms: u64,
     limits: &StoreLimits,
-    mut meta: impl FnMut(&MailboxId) -> MailboxMeta,
+    mut room: Room,
+    mut mailbox: impl FnMut(&MailboxId) -> MailboxState,
     mut existing: impl FnMut(&MailboxId, &BlobId) -> Option<(u64, u64)>,
 ) -> CommitPlan {
     let mut plan = CommitPlan {
@@ -138,9 +243,10 @@ pub fn plan_commit(
             index,
             request,
             limits,
+            &mut room,
             &mut plan,
             &mut in_batch,
-            &mut meta,
+            &mut mailbox,
             &mut existing,
         );
         plan.outcomes.push(outcome);
@@ -148,13 +254,15 @@ pub fn plan_commit(
     plan
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan_one(
     index: usize,
     request: &AppendRequest,
     limits: &StoreLimits,
+    room: &mut Room,
     plan: &mut CommitPlan,
     in_batch: &mut HashMap<(MailboxId, BlobId), u64>,
-    meta: &mut impl FnMut(&MailboxId) -> MailboxMeta,
+    mailbox_state: &mut impl FnMut(&MailboxId) -> MailboxState,
     existing: &mut impl FnMut(&MailboxId, &BlobId) -> Option<(u64, u64)>,
 ) -> StoreOutcome {
     let mailbox = request.mailbox;
@@ -176,15 +284,35 @@ fn plan_one(
             stored_at_ms,
         };
     }
-    let current = match plan.metas.get(&mailbox) {
-        Some(current) => *current,
-        None => meta(&mailbox),
+    let (current, is_known) = match plan.metas.get(&mailbox) {
+        Some(current) => (*current, true),
+        None => {
+            let state = mailbox_state(&mailbox);
+            (state.meta, state.is_known)
+        }
     };
-    if current.bytes.saturating_add(size as u64) > limits.mailbox_quota_bytes {
+    let charge = charged_bytes(size as u64);
+    if current.charged_bytes().saturating_add(charge) > limits.mailbox_quota_bytes {
         return StoreOutcome::Rejected(StoreError::QuotaExceeded {
             quota_bytes: limits.mailbox_quota_bytes,
         });
     }
+    if current.count >= limits.mailbox_items_max {
+        return StoreOutcome::Rejected(StoreError::MailboxItemsExceeded {
+            items_max: limits.mailbox_items_max,
+        });
+    }
+    let entries = 1 + if is_known { 0 } else { MAILBOX_INDEX_ENTRIES };
+    let disk = RECORD_OVERHEAD_BYTES + size as u64;
+    if charge > room.bytes || entries > room.index_entries || disk > room.disk_bytes {
+        plan.is_refused_full = true;
+        return StoreOutcome::Rejected(StoreError::StorageFull {
+            retry_after_ms: room.retry_after_ms,
+        });
+    }
+    room.bytes -= charge;
+    room.index_entries -= entries;
+    room.disk_bytes -= disk;
     let cursor = current.latest + 1;
     let ttl_ms = u64::from(limits.ttl_secs(request.ttl_secs)) * 1000;
     plan.new.push(NewItem {
@@ -340,7 +468,8 @@ mod tests {
             requests,
             1_000,
             limits,
-            |_| MailboxMeta::default(),
+            Room::unlimited(),
+            |_| MailboxState::default(),
             |_, _| None,
         )
     }
@@ -377,10 +506,14 @@ mod tests {
             &requests,
             5_000,
             &StoreLimits::default(),
-            |_| MailboxMeta {
-                latest: 7,
-                bytes: 3,
-                count: 1,
+            Room::unlimited(),
+            |_| MailboxState {
+                meta: MailboxMeta {
+                    latest: 7,
+                    bytes: 3,
+                    count: 1,
+                },
+                is_known: true,
             },
             |_, blob| (*blob == BlobId::of_ciphertext(b"old")).then_some((7, 1_000)),
         );
@@ -398,9 +531,10 @@ mod tests {
 
     #[test]
     fn quota_and_size_are_enforced_within_a_batch() {
+        // Room for 6 bytes of ciphertext in two items.
         let limits = StoreLimits {
             blob_bytes_max: 4,
-            mailbox_quota_bytes: 6,
+            mailbox_quota_bytes: 6 + 2 * ITEM_CHARGE_BYTES,
             ..StoreLimits::default()
         };
         let requests = [
@@ -417,11 +551,188 @@ mod tests {
         ));
         assert!(matches!(
             plan.outcomes[2],
-            StoreOutcome::Rejected(StoreError::QuotaExceeded { quota_bytes: 6 })
+            StoreOutcome::Rejected(StoreError::QuotaExceeded { quota_bytes }) if quota_bytes == 6 + 2 * ITEM_CHARGE_BYTES
         ));
         assert_eq!(cursor(&plan.outcomes[3]), (2, false));
         let written: Vec<usize> = plan.new.iter().map(|n| n.request).collect();
         assert_eq!(written, vec![0, 3]);
+    }
+
+    fn stored(outcomes: &[StoreOutcome]) -> usize {
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, StoreOutcome::Stored { .. }))
+            .count()
+    }
+
+    #[test]
+    fn tiny_items_are_charged_what_they_cost() {
+        // A quota of ten 8-byte items' real cost holds ten of them, not a quota / 8.
+        let limits = StoreLimits {
+            mailbox_quota_bytes: 10 * charged_bytes(8),
+            ..StoreLimits::default()
+        };
+        let requests: Vec<AppendRequest> = (0..50u64)
+            .map(|n| request(n, 1, &n.to_le_bytes()))
+            .collect();
+        let plan = plan(&requests, &limits);
+        assert_eq!(stored(&plan.outcomes), 10);
+        assert_eq!(
+            plan.metas[&MailboxId([1; 32])].charged_bytes(),
+            10 * (8 + ITEM_CHARGE_BYTES)
+        );
+        assert!(matches!(
+            plan.outcomes[10],
+            StoreOutcome::Rejected(StoreError::QuotaExceeded { .. })
+        ));
+        const { assert!(ITEM_CHARGE_BYTES >= RECORD_OVERHEAD_BYTES + 180) };
+    }
+
+    #[test]
+    fn a_mailbox_holds_at_most_its_item_cap() {
+        let limits = StoreLimits {
+            mailbox_items_max: 3,
+            ..StoreLimits::default()
+        };
+        let requests: Vec<AppendRequest> = (0..5u64)
+            .map(|n| request(n, 1, &n.to_le_bytes()))
+            .chain([request(9, 2, b"other mailbox")])
+            .collect();
+        let plan = plan(&requests, &limits);
+        assert_eq!(stored(&plan.outcomes), 4);
+        assert_eq!(
+            plan.outcomes[3],
+            StoreOutcome::Rejected(StoreError::MailboxItemsExceeded { items_max: 3 })
+        );
+        assert_eq!(plan.outcomes[3].clone(), plan.outcomes[4]);
+        assert!(!plan.is_refused_full, "a mailbox cap is not a full relay");
+        // A duplicate of a stored item is still answered at the cap.
+        let again = plan_commit(
+            &[request(0, 1, &0u64.to_le_bytes())],
+            1_000,
+            &limits,
+            Room::unlimited(),
+            |_| MailboxState {
+                meta: MailboxMeta {
+                    latest: 3,
+                    bytes: 24,
+                    count: 3,
+                },
+                is_known: true,
+            },
+            |_, _| Some((1, 500)),
+        );
+        assert_eq!(cursor(&again.outcomes[0]), (1, true));
+    }
+
+    #[test]
+    fn the_relay_budget_bounds_bytes_entries_and_disk() {
+        let full = |room: Room, known: bool| {
+            let requests: Vec<AppendRequest> =
+                (0..20u64).map(|n| request(n, 1, &[n as u8; 100])).collect();
+            plan_commit(
+                &requests,
+                1_000,
+                &StoreLimits::default(),
+                room,
+                |_| MailboxState {
+                    is_known: known,
+                    ..MailboxState::default()
+                },
+                |_, _| None,
+            )
+        };
+        let retry_after_ms = 7_000;
+        let bytes = full(
+            Room {
+                bytes: 3 * charged_bytes(100) + 5,
+                retry_after_ms,
+                ..Room::unlimited()
+            },
+            true,
+        );
+        assert_eq!(stored(&bytes.outcomes), 3);
+        assert_eq!(
+            bytes.outcomes[3],
+            StoreOutcome::Rejected(StoreError::StorageFull { retry_after_ms })
+        );
+        assert!(bytes.is_refused_full);
+        // A mailbox the index does not know costs its own entries first.
+        let entries = full(
+            Room {
+                index_entries: MAILBOX_INDEX_ENTRIES + 2,
+                ..Room::unlimited()
+            },
+            false,
+        );
+        assert_eq!(stored(&entries.outcomes), 2);
+        let known = full(
+            Room {
+                index_entries: MAILBOX_INDEX_ENTRIES + 2,
+                ..Room::unlimited()
+            },
+            true,
+        );
+        assert_eq!(stored(&known.outcomes), MAILBOX_INDEX_ENTRIES as usize + 2);
+        // The disk floor counts record bytes as written.
+        let disk = full(
+            Room {
+                disk_bytes: 5 * (RECORD_OVERHEAD_BYTES + 100),
+                ..Room::unlimited()
+            },
+            true,
+        );
+        assert_eq!(stored(&disk.outcomes), 5);
+        let none = full(
+            Room {
+                disk_bytes: 0,
+                ..Room::unlimited()
+            },
+            true,
+        );
+        assert_eq!(stored(&none.outcomes), 0);
+        assert!(none.new.is_empty());
+        // A duplicate writes nothing, so it is answered even with no room at all.
+        let dup = plan_commit(
+            &[request(0, 1, b"old")],
+            1_000,
+            &StoreLimits::default(),
+            Room {
+                bytes: 0,
+                index_entries: 0,
+                disk_bytes: 0,
+                retry_after_ms,
+            },
+            |_| MailboxState::default(),
+            |_, _| Some((4, 10)),
+        );
+        assert_eq!(cursor(&dup.outcomes[0]), (4, true));
+        assert!(!dup.is_refused_full);
+    }
+
+    #[test]
+    fn every_refusal_but_too_large_has_a_retry_hint() {
+        let hints = [
+            StoreError::QuotaExceeded { quota_bytes: 1 },
+            StoreError::MailboxItemsExceeded { items_max: 1 },
+            StoreError::StorageFull { retry_after_ms: 5 },
+            StoreError::Unavailable("x".into()),
+        ];
+        for err in &hints {
+            assert!(err.retry_after_ms().is_some(), "{err:?}");
+        }
+        assert_eq!(
+            StoreError::StorageFull { retry_after_ms: 5 }.retry_after_ms(),
+            Some(5)
+        );
+        assert_eq!(
+            StoreError::StorageFull { retry_after_ms: 5 }.code(),
+            zerok_messages::ErrorCode::QuotaExceeded
+        );
+        assert_eq!(
+            StoreError::TooLarge { bytes: 2, limit: 1 }.retry_after_ms(),
+            None
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!
 //! Reads never wait for commits: `Read` runs on the blocking pool and sees only indexed, that
 //! is durable, items, skipping expired ones. `Sweep` evicts expired items in a bounded slice
-//! (the CleanupSweeper drives it) and gives back disk space by segments. The [`Store`] belongs
+//! (the CleanupSweeper drives it) and gives back disk space by segments. Refusals for lack
+//! of space (budget, disk floor, a full disk) are `StorageFull` with a retry hint, and the
+//! `store_full` gauge says so (`/health` reads it). The [`Store`] belongs
 //! to the Infra supervisor, so a restarted actor reopens nothing and loses only un-acked
 //! pending pushes.
 
@@ -24,7 +26,7 @@ use crate::metrics::RelayMetrics;
 use ::core::time::Duration;
 use core::StoreLimits;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
-pub use segments::{OpenError, Store};
+pub use segments::{OpenError, Store, StoreOptions};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::{debug, warn};
@@ -34,8 +36,10 @@ use zerok_messages::relay::{
 };
 
 /// Ciphertext bytes the store may hold queued for the next commit; beyond it appends are
-/// answered `Unavailable` at once (the disk is far behind; clients back off).
-pub const PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// answered `Unavailable` at once (the disk is far behind; clients back off). 64 MiB is a
+/// quarter of the 256 MiB a relay with default settings may use under attack (issue 10), and
+/// still ~64 of the largest items or ~60,000 small ones per commit, more than a commit takes.
+pub const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// The store's actor type.
 pub struct BlobStoreActor;
@@ -72,8 +76,15 @@ pub struct BlobStoreState {
     commits: u64,
 }
 
+/// A task of the store panicked or was cancelled: logged, answered generically.
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(err.to_string())
+    warn!(error = %err, "store task failed");
+    StoreError::Unavailable("store task failed".into())
+}
+
+/// A count as a gauge value (an unlimited budget, `u64::MAX`, shows as `i64::MAX`).
+fn gauge_value(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 impl BlobStoreState {
@@ -83,6 +94,20 @@ impl BlobStoreState {
         self.metrics.bytes_stored.set(stats.bytes as i64);
         self.metrics.mailboxes.set(stats.mailboxes as i64);
         self.metrics.store_disk_bytes.set(stats.disk_bytes as i64);
+        self.metrics.store_full.set(i64::from(stats.is_full));
+        self.metrics
+            .store_charged_bytes
+            .set(gauge_value(stats.charged_bytes));
+        self.metrics
+            .store_index_entries
+            .set(gauge_value(stats.index_entries));
+        self.metrics
+            .store_free_disk_bytes
+            .set(if stats.free_disk_bytes == u64::MAX {
+                -1
+            } else {
+                gauge_value(stats.free_disk_bytes)
+            });
     }
 
     fn schedule_commit(&mut self, myself: &ActorRef<BlobStoreMsg>) {
@@ -125,7 +150,7 @@ impl BlobStoreState {
         } else {
             tokio::task::spawn_blocking(run)
                 .await
-                .unwrap_or_else(|err| Err(unavailable(format!("commit task failed: {err}"))))
+                .unwrap_or_else(|err| Err(unavailable(err)))
         };
         self.metrics
             .flush_latency_seconds
@@ -144,6 +169,7 @@ impl BlobStoreState {
             }
             Err(err) => {
                 warn!(error = %err, items = batch.len(), "group commit failed");
+                self.publish_gauges();
                 self.answer_all(batch, &err);
             }
         }
@@ -202,6 +228,17 @@ impl Actor for BlobStoreActor {
             is_commit_scheduled: false,
             commits: 0,
         };
+        let budget = state.store.budget();
+        let metrics = &state.metrics;
+        metrics
+            .store_charged_bytes_max
+            .set(gauge_value(budget.bytes_max));
+        metrics
+            .store_index_entries_max
+            .set(gauge_value(budget.index_entries_max));
+        metrics
+            .store_min_free_disk_bytes
+            .set(gauge_value(budget.min_free_disk_bytes));
         state.publish_gauges();
         Ok(state)
     }

@@ -13,14 +13,24 @@
 //! cursor of every mailbox whose newest item it held, so cursors never go back. A mostly-dead
 //! segment is compacted: its live items are copied to the active segment and it is deleted.
 //!
+//! Budgets ([`StoreBudget`]): a commit refuses (`StorageFull`, with a retry hint) what would
+//! take the store past its charged-byte or index-entry budget or its filesystem below the
+//! free-space floor (checked with `statvfs` at most once per [`DISK_CHECK_INTERVAL_MS`],
+//! less what was written since). A full disk frees itself: a sweep first deletes dead
+//! segments that need no mark (no write at all), then writes the marks of the others (if
+//! the disk refuses even those, it deletes the [`RESERVE_FILE`] ballast first), and compacts
+//! only while the disk is above its floor. OS errors go to the log; a client only ever sees
+//! `StorageFull` or a generic `Unavailable`.
+//!
 //! Opening reads every segment in order. A record that fails its length or CRC at the end of
 //! the newest segment is a write that was never acknowledged (a crash in the middle of it)
 //! and is cut off; anywhere else it is corruption and the store refuses to open, naming the
 //! file and offset.
 
 use super::core::{
-    self, CommitPlan, FORMAT_VERSION, FRAME_HEADER, ITEM_HEADER, ItemRecord, MailboxMeta, Record,
-    SEGMENT_MAGIC, StoreLimits,
+    self, CommitPlan, FORMAT_VERSION, FRAME_HEADER, ITEM_CHARGE_BYTES, ITEM_HEADER, ItemRecord,
+    MAILBOX_INDEX_ENTRIES, MailboxMeta, MailboxState, Record, Room, SEGMENT_MAGIC, StoreBudget,
+    StoreLimits,
 };
 use crate::fault::{FaultPlan, FaultPoint};
 use bytes::Bytes;
@@ -31,6 +41,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tracing::{error, info, warn};
 use zerok_messages::relay::{AppendRequest, Page, StoreError, StoreStats, SweepReport};
@@ -45,6 +56,19 @@ pub const LOCK_FILE: &str = "LOCK";
 pub const SEGMENT_SUFFIX: &str = ".seg";
 /// Default size at which the active segment is closed and a new one started.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Name of the reserve file: [`RESERVE_BYTES`] of written zeros (real blocks, not a sparse
+/// file) that a sweep deletes when the disk is too full to take the marks that let it delete
+/// dead segments, and writes again once the disk is above its floor. Kept only when the
+/// store has a free-disk floor.
+pub const RESERVE_FILE: &str = "RESERVE";
+/// Size of the reserve: the marks (49 B each) of ~85,000 mailboxes, more mailboxes than the
+/// default index budget holds with items, so one sweep can always release.
+pub const RESERVE_BYTES: u64 = 4 * 1024 * 1024;
+/// Longest time between two `statvfs` checks of the free disk space on the commit path: a
+/// check is a syscall of a few microseconds, a commit's `fdatasync` hundreds, so once a
+/// second costs nothing; between checks the bytes written are subtracted from the estimate,
+/// and every sweep checks again.
+pub const DISK_CHECK_INTERVAL_MS: u64 = 1_000;
 /// A closed segment whose live bytes fall below this fraction of its size is compacted.
 const COMPACT_LIVE_FRACTION: u64 = 4;
 /// One sweep copies at most `segment_bytes / COMPACT_SLICE_FRACTION` of live items forward
@@ -96,8 +120,42 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
     }
 }
 
-fn unavailable(what: &str, err: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("{what}: {err}"))
+/// The client-facing error of a failed file operation: `StorageFull` when the disk (or the
+/// user's disk quota) is full, else a generic `Unavailable`. The OS error is logged here and
+/// never sent to a client.
+fn io_failure(what: &'static str, err: &std::io::Error, retry_after_ms: u64) -> StoreError {
+    if is_disk_full(err) {
+        warn!(error = %err, what, "store disk full");
+        StoreError::StorageFull { retry_after_ms }
+    } else {
+        error!(error = %err, what, "store i/o failed");
+        StoreError::Unavailable(format!("{what} failed"))
+    }
+}
+
+/// Whether `err` says the disk or the user's disk quota is full (`ENOSPC`, `EDQUOT`).
+pub fn is_disk_full(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded
+    )
+}
+
+/// The error an injected [`FaultPoint::StoreDiskFull`] writes fail with.
+fn injected_disk_full(faults: &FaultPlan) -> std::io::Result<()> {
+    if faults.should_fail(FaultPoint::StoreDiskFull) {
+        return Err(std::io::Error::new(
+            ErrorKind::StorageFull,
+            "no space left on device (injected)",
+        ));
+    }
+    Ok(())
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `dir`.
+fn free_disk_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Where an item's record lies, and what the index needs of it without reading it.
@@ -328,6 +386,37 @@ impl Index {
     fn disk_bytes(&self) -> u64 {
         self.segments.values().map(|s| s.size).sum()
     }
+
+    /// Bytes charged against the relay's byte budget.
+    fn charged_bytes(&self) -> u64 {
+        self.bytes
+            .saturating_add(self.items.saturating_mul(ITEM_CHARGE_BYTES))
+    }
+
+    /// Entries charged against the relay's index budget.
+    fn index_entries(&self) -> u64 {
+        self.items
+            .saturating_add((self.mailboxes.len() as u64).saturating_mul(MAILBOX_INDEX_ENTRIES))
+    }
+}
+
+/// What the store knows of its filesystem's free space.
+#[derive(Debug, Clone, Copy)]
+struct DiskSpace {
+    /// Free bytes at the last check (`u64::MAX` without a floor).
+    free_bytes: u64,
+    /// When the last check ran (`None`: never).
+    checked_at_ms: Option<u64>,
+    /// Bytes written since the last check.
+    written_since: u64,
+    /// A write failed for lack of space since the last sweep: refuse pushes until a sweep.
+    is_full_latched: bool,
+}
+
+impl DiskSpace {
+    fn estimate(&self) -> u64 {
+        self.free_bytes.saturating_sub(self.written_since)
+    }
 }
 
 /// The active segment, appended to under the writer lock.
@@ -337,6 +426,8 @@ struct Writer {
     len: u64,
     /// Set when a failed write could not be cut back off: no more writes until a restart.
     poisoned: Option<String>,
+    /// Free space of the disk, as far as the store knows.
+    disk: DiskSpace,
 }
 
 /// The store: segment files plus the index. Shared (`Arc`) by the Infra supervisor and every
@@ -344,10 +435,39 @@ struct Writer {
 pub struct Store {
     dir: PathBuf,
     segment_bytes: u64,
+    budget: StoreBudget,
+    /// Fault injection for the writes sweeps do (commits get the caller's plan).
+    faults: FaultPlan,
     writer: Mutex<Writer>,
     index: RwLock<Index>,
+    /// Whether pushes are being refused for lack of space (read by `stats` without locks).
+    is_full: AtomicBool,
+    /// The free-disk estimate as of the last commit or sweep, for `stats`.
+    free_disk_bytes: AtomicU64,
     /// Held (flock) while the store is open.
     _lock: File,
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Size at which the active segment is closed (at least 4 KiB).
+    pub segment_bytes: u64,
+    /// The relay-wide budget.
+    pub budget: StoreBudget,
+    /// Fault injection for the store's own writes (sweeps, the reserve).
+    pub faults: FaultPlan,
+}
+
+impl StoreOptions {
+    /// Segments of `segment_bytes`, no budget, no faults.
+    pub fn new(segment_bytes: u64) -> Self {
+        Self {
+            segment_bytes,
+            budget: StoreBudget::unlimited(),
+            faults: FaultPlan::none(),
+        }
+    }
 }
 
 fn segment_path(dir: &Path, id: u32) -> PathBuf {
@@ -362,19 +482,80 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// `fdatasync` after a write that does not grow the file is about half the cost of one after
 /// an append on ext4), all durable, directory entry durable. Answers the write handle and a
 /// read handle.
-fn create_segment(dir: &Path, id: u32, presize: u64) -> std::io::Result<(File, File)> {
+fn create_segment(
+    dir: &Path,
+    id: u32,
+    presize: u64,
+    faults: &FaultPlan,
+) -> std::io::Result<(File, File)> {
+    injected_disk_full(faults)?;
     let path = segment_path(dir, id);
     let file = OpenOptions::new()
         .create_new(true)
         .read(true)
         .write(true)
         .open(&path)?;
-    file.write_all_at(SEGMENT_MAGIC, 0)?;
-    file.set_len(presize.max(SEGMENT_MAGIC.len() as u64))?;
-    file.sync_all()?;
-    sync_dir(dir)?;
-    let reader = File::open(&path)?;
-    Ok((file, reader))
+    let prepared = file
+        .write_all_at(SEGMENT_MAGIC, 0)
+        .and_then(|()| file.set_len(presize.max(SEGMENT_MAGIC.len() as u64)))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| sync_dir(dir))
+        .and_then(|()| File::open(&path));
+    match prepared {
+        Ok(reader) => Ok((file, reader)),
+        Err(err) => {
+            // Leave no half-made segment behind: the next attempt creates the same id.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            Err(err)
+        }
+    }
+}
+
+/// Write the reserve file (`RESERVE_BYTES` of zeros, durable) unless it is already whole;
+/// answers whether it is there. A failure leaves no partial reserve behind.
+fn ensure_reserve(dir: &Path, faults: &FaultPlan) -> bool {
+    let path = dir.join(RESERVE_FILE);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+        return true;
+    }
+    let written = injected_disk_full(faults).and_then(|()| {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = 0u64;
+        while at < RESERVE_BYTES {
+            let n = (RESERVE_BYTES - at).min(zeros.len() as u64);
+            file.write_all_at(&zeros[..n as usize], at)?;
+            at += n;
+        }
+        file.sync_all()?;
+        sync_dir(dir)
+    });
+    match written {
+        Ok(()) => true,
+        Err(err) => {
+            warn!(error = %err, "cannot write the store's reserve file");
+            let _ = std::fs::remove_file(&path);
+            false
+        }
+    }
+}
+
+/// Delete the reserve file (durably); answers whether there was one.
+fn release_reserve(dir: &Path) -> bool {
+    let path = dir.join(RESERVE_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            let _ = sync_dir(dir);
+            warn!("disk full: released the store's reserve to free space");
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// What reading one segment found.
@@ -529,8 +710,18 @@ fn segment_ids(dir: &Path) -> Result<Vec<u32>, OpenError> {
 
 impl Store {
     /// Open (or create) the store in `dir`, rebuilding the index from its segments. Closes
-    /// the active segment at `segment_bytes` (at least 4 KiB).
+    /// the active segment at `segment_bytes` (at least 4 KiB). No relay-wide budget.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<Store, OpenError> {
+        Self::open_with(dir, StoreOptions::new(segment_bytes))
+    }
+
+    /// [`Store::open`] with a budget and fault injection.
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, OpenError> {
+        let StoreOptions {
+            segment_bytes,
+            budget,
+            faults,
+        } = options;
         let segment_bytes = segment_bytes.max(4096);
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -606,7 +797,8 @@ impl Store {
         let (file, id, len) = match active {
             Some(active) => active,
             None => {
-                let (file, reader) = create_segment(dir, 1, segment_bytes).map_err(io_err(dir))?;
+                let (file, reader) = create_segment(dir, 1, segment_bytes, &FaultPlan::none())
+                    .map_err(io_err(dir))?;
                 index
                     .segments
                     .insert(1, Segment::new(reader, SEGMENT_MAGIC.len() as u64));
@@ -619,18 +811,110 @@ impl Store {
             mailboxes = index.mailboxes.len(),
             "store opened"
         );
-        Ok(Store {
+        let store = Store {
             dir: dir.to_path_buf(),
             segment_bytes,
+            budget,
+            faults,
             writer: Mutex::new(Writer {
                 file,
                 id,
                 len,
                 poisoned: None,
+                disk: DiskSpace {
+                    free_bytes: u64::MAX,
+                    checked_at_ms: None,
+                    written_since: 0,
+                    is_full_latched: false,
+                },
             }),
             index: RwLock::new(index),
+            is_full: AtomicBool::new(false),
+            free_disk_bytes: AtomicU64::new(u64::MAX),
             _lock: lock_file,
-        })
+        };
+        if store.has_floor() {
+            ensure_reserve(dir, &store.faults);
+        }
+        {
+            let mut writer = lock(&store.writer);
+            store.check_disk(&mut writer, 0, true);
+            let room = store.room(&writer);
+            store
+                .is_full
+                .store(is_out_of_room(&room), Ordering::Relaxed);
+        }
+        Ok(store)
+    }
+
+    /// The relay-wide budget the store was opened with.
+    pub fn budget(&self) -> StoreBudget {
+        self.budget
+    }
+
+    fn has_floor(&self) -> bool {
+        self.budget.min_free_disk_bytes > 0
+    }
+
+    /// Refresh the free-space estimate with `statvfs` when it is older than
+    /// [`DISK_CHECK_INTERVAL_MS`] (or `force`). Without a floor there is nothing to check.
+    fn check_disk(&self, writer: &mut Writer, now_ms: u64, force: bool) {
+        if !self.has_floor() {
+            return;
+        }
+        let is_due = match writer.disk.checked_at_ms {
+            None => true,
+            Some(at) => force || now_ms < at || now_ms - at >= DISK_CHECK_INTERVAL_MS,
+        };
+        if !is_due {
+            return;
+        }
+        match free_disk_bytes(&self.dir) {
+            Ok(free) => {
+                writer.disk.free_bytes = free;
+                writer.disk.written_since = 0;
+                writer.disk.checked_at_ms = Some(now_ms);
+            }
+            Err(err) => {
+                // Keep the old estimate (less what was written since); try again next time.
+                warn!(error = %err, "cannot read the store's free disk space");
+                writer.disk.checked_at_ms = Some(now_ms);
+            }
+        }
+    }
+
+    /// Room the budget and the disk leave now.
+    fn room(&self, writer: &Writer) -> Room {
+        if self.has_floor() {
+            self.free_disk_bytes
+                .store(writer.disk.estimate(), Ordering::Relaxed);
+        }
+        let index = read(&self.index);
+        let disk_bytes = if writer.disk.is_full_latched {
+            0
+        } else if self.has_floor() {
+            writer
+                .disk
+                .estimate()
+                .saturating_sub(self.budget.min_free_disk_bytes)
+        } else {
+            u64::MAX
+        };
+        Room {
+            bytes: self.budget.bytes_max.saturating_sub(index.charged_bytes()),
+            index_entries: self
+                .budget
+                .index_entries_max
+                .saturating_sub(index.index_entries()),
+            disk_bytes,
+            retry_after_ms: self.budget.full_retry_after_ms,
+        }
+    }
+
+    /// Whether pushes are refused for lack of space: the last commit refused one, or the
+    /// budget or disk has no room for the smallest item (cleared when space comes back).
+    pub fn is_full(&self) -> bool {
+        self.is_full.load(Ordering::Relaxed)
     }
 
     /// A mailbox's meta as of the last durable commit.
@@ -640,6 +924,7 @@ impl Store {
 
     /// Totals (without `commits`, which the actor counts).
     pub fn stats(&self) -> StoreStats {
+        let free_disk_bytes = self.free_disk_bytes.load(Ordering::Relaxed);
         let index = read(&self.index);
         StoreStats {
             mailboxes: index.mailboxes_used,
@@ -649,6 +934,10 @@ impl Store {
             cached_metas: index.mailboxes.len() as u64,
             segments: index.segments.len() as u64,
             disk_bytes: index.disk_bytes(),
+            charged_bytes: index.charged_bytes(),
+            index_entries: index.index_entries(),
+            free_disk_bytes,
+            is_full: self.is_full(),
         }
     }
 
@@ -665,16 +954,37 @@ impl Store {
         if let Some(why) = &writer.poisoned {
             return Err(StoreError::Unavailable(why.clone()));
         }
+        self.check_disk(&mut writer, now_ms, false);
+        let room = self.room(&writer);
         let plan = {
             let index = read(&self.index);
             core::plan_commit(
                 requests,
                 now_ms,
                 limits,
-                |m| index.meta(m),
+                room,
+                |m| match index.mailbox(m) {
+                    Some(found) => MailboxState {
+                        meta: found.meta,
+                        is_known: true,
+                    },
+                    None => MailboxState::default(),
+                },
                 |m, b| index.existing(m, b, now_ms),
             )
         };
+        if plan.is_refused_full {
+            if !self.is_full.swap(true, Ordering::Relaxed) {
+                warn!(
+                    room_bytes = room.bytes,
+                    room_index_entries = room.index_entries,
+                    room_disk_bytes = room.disk_bytes,
+                    "store full: refusing pushes until expired items are swept"
+                );
+            }
+        } else if !plan.new.is_empty() {
+            self.is_full.store(false, Ordering::Relaxed);
+        }
         if plan.new.is_empty() {
             return Ok(plan);
         }
@@ -686,7 +996,8 @@ impl Store {
             .iter()
             .map(|n| (FRAME_HEADER + ITEM_HEADER + requests[n.request].ciphertext.len()) as u64)
             .sum();
-        self.roll_if_full(&mut writer, frame_bytes)?;
+        self.roll_if_full(&mut writer, frame_bytes, faults)
+            .inspect_err(|err| self.note_failure(&mut writer, err))?;
         let mut buf = Vec::with_capacity(frame_bytes as usize);
         let mut placed = Vec::with_capacity(plan.new.len());
         for new in &plan.new {
@@ -703,7 +1014,8 @@ impl Store {
             let len = core::encode_item(&mut buf, &item);
             placed.push((offset, len, item));
         }
-        append(&mut writer, &buf, faults)?;
+        self.append(&mut writer, &buf, faults)
+            .inspect_err(|err| self.note_failure(&mut writer, err))?;
         let mut index = write(&self.index);
         for (offset, len, item) in &placed {
             index.insert_item(writer.id, *offset, *len, item);
@@ -715,85 +1027,163 @@ impl Store {
         Ok(plan)
     }
 
+    /// After a failed write: a full disk refuses pushes until the next sweep.
+    fn note_failure(&self, writer: &mut Writer, err: &StoreError) {
+        if matches!(err, StoreError::StorageFull { .. }) {
+            writer.disk.is_full_latched = true;
+            self.is_full.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Close the active segment when it is full (or the batch would overflow its offsets).
-    fn roll_if_full(&self, writer: &mut Writer, adding: u64) -> Result<(), StoreError> {
+    fn roll_if_full(
+        &self,
+        writer: &mut Writer,
+        adding: u64,
+        faults: &FaultPlan,
+    ) -> Result<(), StoreError> {
         let has_records = writer.len > SEGMENT_MAGIC.len() as u64;
         let is_full = writer.len >= self.segment_bytes
             || writer.len.saturating_add(adding) > u64::from(u32::MAX);
         if has_records && is_full {
-            self.roll(writer)?;
+            self.roll(writer, faults)?;
         }
         Ok(())
     }
 
     /// Close the active segment (cut to its records, durable) and start a new one.
-    fn roll(&self, writer: &mut Writer) -> Result<(), StoreError> {
+    fn roll(&self, writer: &mut Writer, faults: &FaultPlan) -> Result<(), StoreError> {
+        let retry = self.budget.full_retry_after_ms;
         writer
             .file
             .set_len(writer.len)
             .and_then(|()| writer.file.sync_all())
-            .map_err(|err| unavailable("closing a segment", err))?;
+            .map_err(|err| io_failure("closing a segment", &err, retry))?;
         let id = writer.id + 1;
-        let (file, reader) = create_segment(&self.dir, id, self.segment_bytes)
-            .map_err(|err| unavailable("new segment", err))?;
+        let (file, reader) = create_segment(&self.dir, id, self.segment_bytes, faults)
+            .map_err(|err| io_failure("creating a segment", &err, retry))?;
         write(&self.index)
             .segments
             .insert(id, Segment::new(reader, SEGMENT_MAGIC.len() as u64));
-        *writer = Writer {
-            file,
-            id,
-            len: SEGMENT_MAGIC.len() as u64,
-            poisoned: None,
-        };
+        writer.file = file;
+        writer.id = id;
+        writer.len = SEGMENT_MAGIC.len() as u64;
+        writer.disk.written_since = writer
+            .disk
+            .written_since
+            .saturating_add(SEGMENT_MAGIC.len() as u64);
         Ok(())
     }
 
     /// Evict up to `max_items` items due at `now_ms`, then give back the space of segments
-    /// left without live items and compact one mostly-dead segment.
+    /// left without live items (first those that need no write to go), and, only while the
+    /// disk is above its floor, compact one mostly-dead segment. A failure to release or
+    /// compact is logged and retried by the next sweep; the evictions stand.
     pub fn sweep(&self, now_ms: u64, max_items: u32) -> Result<SweepReport, StoreError> {
         let mut writer = lock(&self.writer);
         let (evicted, more) = write(&self.index).evict_expired(now_ms, u64::from(max_items.max(1)));
+        // A write refused for space is tried again once per sweep.
+        let was_latched = std::mem::replace(&mut writer.disk.is_full_latched, false);
+        let mut released = 0;
         if writer.poisoned.is_none() {
-            self.compact_one(&mut writer)?;
-            self.release_segments(&mut writer)?;
+            released += self.release_segments(&mut writer);
+            self.check_disk(&mut writer, now_ms, true);
+            let slice = self.segment_bytes / COMPACT_SLICE_FRACTION;
+            // Compaction writes before it frees: only with room to spare above the floor.
+            if self.room(&writer).disk_bytes >= slice.saturating_mul(2) {
+                match self.compact_one(&mut writer) {
+                    Ok(()) => released += self.release_segments(&mut writer),
+                    Err(err) => {
+                        self.note_failure(&mut writer, &err);
+                        warn!(error = %err, "compaction failed");
+                    }
+                }
+            }
+            if self.has_floor() && self.room(&writer).disk_bytes >= RESERVE_BYTES.saturating_mul(2)
+            {
+                ensure_reserve(&self.dir, &self.faults);
+            }
+        }
+        let room = self.room(&writer);
+        let was_full = self.is_full();
+        // Full for a refused write: the fresh disk check above decides. Full for the budget:
+        // without anything freed it stays full (a large push may have been refused with room
+        // left for small ones); a commit that stores clears it.
+        let is_full = writer.disk.is_full_latched
+            || is_out_of_room(&room)
+            || (was_full && !was_latched && evicted == 0 && released == 0);
+        self.is_full.store(is_full, Ordering::Relaxed);
+        if was_full && !is_full {
+            info!(evicted, released, "store has room again");
         }
         Ok(SweepReport { evicted, more })
     }
 
-    /// Delete segments without live items (the active one is first closed when it is such).
-    fn release_segments(&self, writer: &mut Writer) -> Result<(), StoreError> {
+    /// Delete segments without live items (the active one is first closed when it is such):
+    /// first those no mailbox's newest cursor lives in, which needs no write at all, then the
+    /// others after their marks are written (deleting the reserve when even that finds the
+    /// disk full). Answers how many were deleted; failures are logged.
+    fn release_segments(&self, writer: &mut Writer) -> usize {
+        let mut released = self.release_dead(writer, false);
         let active_is_dead = read(&self.index)
             .segments
             .get(&writer.id)
             .is_some_and(|s| s.live == 0 && s.item_records > 0);
         if active_is_dead {
-            self.roll(writer)?;
+            match self.roll(writer, &self.faults) {
+                Ok(()) => released += self.release_dead(writer, false),
+                Err(err) => {
+                    self.note_failure(writer, &err);
+                    warn!(error = %err, "cannot close the dead active segment");
+                }
+            }
         }
+        released + self.release_dead(writer, true)
+    }
+
+    /// Delete dead closed segments; with `with_marks`, also those that need marks written
+    /// first. Answers how many were deleted.
+    fn release_dead(&self, writer: &mut Writer, with_marks: bool) -> usize {
         let (dead, marks) = {
             let index = read(&self.index);
-            let dead: Vec<u32> = index
+            let mut dead: BTreeMap<u32, Vec<(MailboxId, u64)>> = index
                 .segments
                 .iter()
                 .filter(|(id, s)| **id != writer.id && s.live == 0)
-                .map(|(id, _)| *id)
+                .map(|(id, _)| (*id, Vec::new()))
                 .collect();
-            let marks: Vec<(MailboxId, u64)> = index
-                .mailboxes
-                .iter()
-                .filter(|m| dead.contains(&m.latest_segment))
-                .map(|m| (m.id, m.meta.latest))
-                .collect();
-            (dead, marks)
+            if dead.is_empty() {
+                return 0;
+            }
+            for mailbox in &index.mailboxes {
+                if let Some(marks) = dead.get_mut(&mailbox.latest_segment) {
+                    marks.push((mailbox.id, mailbox.meta.latest));
+                }
+            }
+            if !with_marks {
+                dead.retain(|_, marks| marks.is_empty());
+            }
+            let marks: Vec<(MailboxId, u64)> = dead.values().flatten().copied().collect();
+            (dead.into_keys().collect::<Vec<u32>>(), marks)
         };
         if dead.is_empty() {
-            return Ok(());
+            return 0;
         }
         if !marks.is_empty() {
             let mut buf = Vec::with_capacity(marks.len() * (FRAME_HEADER + core::MARK_BODY));
             for (mailbox, latest) in &marks {
                 core::encode_mark(&mut buf, mailbox, *latest);
             }
-            append(writer, &buf, &FaultPlan::none())?;
+            let mut written = self.append(writer, &buf, &self.faults);
+            if matches!(written, Err(StoreError::StorageFull { .. })) && release_reserve(&self.dir)
+            {
+                written = self.append(writer, &buf, &self.faults);
+            }
+            if let Err(err) = written {
+                self.note_failure(writer, &err);
+                warn!(error = %err, segments = dead.len(), "cannot write marks; dead segments stay until the next sweep");
+                return 0;
+            }
             let mut index = write(&self.index);
             for (mailbox, latest) in &marks {
                 index.mark(writer.id, mailbox, *latest);
@@ -802,28 +1192,36 @@ impl Store {
                 seg.size = writer.len;
             }
         }
+        let mut released = 0;
         for id in &dead {
             let path = segment_path(&self.dir, *id);
-            if let Err(err) = std::fs::remove_file(&path)
-                && err.kind() != ErrorKind::NotFound
-            {
-                return Err(unavailable("deleting a segment", err));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == ErrorKind::NotFound => {}
+                Err(err) => {
+                    error!(error = %err, segment = id, "cannot delete a dead segment");
+                    continue;
+                }
             }
             write(&self.index).segments.remove(id);
+            released += 1;
         }
-        sync_dir(&self.dir).map_err(|err| unavailable("syncing the store directory", err))?;
+        if let Err(err) = sync_dir(&self.dir) {
+            error!(error = %err, "cannot sync the store directory");
+        }
         info!(
-            segments = dead.len(),
+            segments = released,
             marks = marks.len(),
             "released segments"
         );
-        Ok(())
+        released
     }
 
     /// Copy live items of the emptiest closed segment whose live bytes are under a quarter of
     /// its size to the active segment, a bounded slice per call; once none are left in it, it
     /// is dead and released right after.
     fn compact_one(&self, writer: &mut Writer) -> Result<(), StoreError> {
+        let retry = self.budget.full_retry_after_ms;
         let candidate = {
             let index = read(&self.index);
             index
@@ -868,7 +1266,7 @@ impl Store {
             let at = buf.len();
             buf.resize(at + loc.len as usize, 0);
             file.read_exact_at(&mut buf[at..], u64::from(loc.offset))
-                .map_err(|err| unavailable("compaction read", err))?;
+                .map_err(|err| io_failure("compaction read", &err, retry))?;
             if core::decode_frame(&buf[at..]).is_none() {
                 return Err(StoreError::Unavailable(format!(
                     "segment {id} is damaged at byte {}",
@@ -876,9 +1274,9 @@ impl Store {
                 )));
             }
         }
-        self.roll_if_full(writer, buf.len() as u64)?;
+        self.roll_if_full(writer, buf.len() as u64, &self.faults)?;
         let base = writer.len;
-        append(writer, &buf, &FaultPlan::none())?;
+        self.append(writer, &buf, &self.faults)?;
         let mut index = write(&self.index);
         let mut at = 0usize;
         for loc in &locs {
@@ -959,7 +1357,7 @@ impl Store {
             run[0]
                 .2
                 .read_exact_at(&mut buf, u64::from(first.offset))
-                .map_err(|err| unavailable("reading the store", err))?;
+                .map_err(|err| io_failure("reading the store", &err, 1_000))?;
             let buf = Bytes::from(buf);
             let mut at = 0usize;
             for (cursor, loc, _) in run {
@@ -984,40 +1382,55 @@ impl Store {
     }
 }
 
-/// Append `buf` to the active segment and make it durable; on failure cut it back off (or,
-/// when even that fails, refuse further writes).
-fn append(writer: &mut Writer, buf: &[u8], faults: &FaultPlan) -> Result<(), StoreError> {
-    let result = writer
-        .file
-        .write_all_at(buf, writer.len)
-        .map_err(|err| unavailable("write failed", err))
-        .and_then(|()| {
-            if faults.should_fail(FaultPoint::BeforeFlush) {
-                return Err(StoreError::Unavailable("flush failed (injected)".into()));
+/// Whether `room` cannot take even the smallest item of a mailbox the index knows.
+fn is_out_of_room(room: &Room) -> bool {
+    room.bytes < ITEM_CHARGE_BYTES
+        || room.index_entries == 0
+        || room.disk_bytes < core::RECORD_OVERHEAD_BYTES
+}
+
+impl Store {
+    /// Append `buf` to the active segment and make it durable; on failure cut it back off
+    /// (or, when even that fails, refuse further writes).
+    fn append(
+        &self,
+        writer: &mut Writer,
+        buf: &[u8],
+        faults: &FaultPlan,
+    ) -> Result<(), StoreError> {
+        let retry = self.budget.full_retry_after_ms;
+        let result = injected_disk_full(faults)
+            .and_then(|()| writer.file.write_all_at(buf, writer.len))
+            .map_err(|err| io_failure("write", &err, retry))
+            .and_then(|()| {
+                if faults.should_fail(FaultPoint::BeforeFlush) {
+                    return Err(StoreError::Unavailable("flush failed (injected)".into()));
+                }
+                writer
+                    .file
+                    .sync_data()
+                    .map_err(|err| io_failure("fdatasync", &err, retry))
+            });
+        match result {
+            Ok(()) => {
+                writer.len += buf.len() as u64;
+                writer.disk.written_since =
+                    writer.disk.written_since.saturating_add(buf.len() as u64);
+                Ok(())
             }
-            writer
-                .file
-                .sync_data()
-                .map_err(|err| unavailable("fdatasync failed", err))
-        });
-    match result {
-        Ok(()) => {
-            writer.len += buf.len() as u64;
-            Ok(())
-        }
-        Err(err) => {
-            // Cut what may have been written (a presized segment then grows on its own).
-            let cut = writer
-                .file
-                .set_len(writer.len)
-                .and_then(|()| writer.file.sync_all());
-            if let Err(cut) = cut {
-                error!(error = %cut, "cannot cut a failed write off the log; refusing writes until restart");
-                writer.poisoned = Some(format!(
-                    "the store could not undo a failed write ({cut}); restart the relay"
-                ));
+            Err(err) => {
+                // Cut what may have been written (a presized segment then grows on its own).
+                let cut = writer
+                    .file
+                    .set_len(writer.len)
+                    .and_then(|()| writer.file.sync_all());
+                if let Err(cut) = cut {
+                    error!(error = %cut, "cannot cut a failed write off the log; refusing writes until restart");
+                    writer.poisoned =
+                        Some("the store could not undo a failed write; restart the relay".into());
+                }
+                Err(err)
             }
-            Err(err)
         }
     }
 }

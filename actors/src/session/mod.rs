@@ -159,7 +159,7 @@ fn store_error_frame(req: ReqId, err: &StoreError) -> Frame {
         req: Some(req),
         code,
         message: err.to_string(),
-        retry_after_ms: code.is_retryable().then_some(1000),
+        retry_after_ms: err.retry_after_ms(),
     }
 }
 

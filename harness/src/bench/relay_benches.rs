@@ -40,6 +40,10 @@ frames_global_per_sec = 100000000
 frames_global_burst = 100000000
 [limits]
 mailbox_quota_bytes = 4294967296
+mailbox_items_max = 100000000
+[store]
+max_bytes = 1099511627776
+max_items = 100000000
 ";
 
 /// Where benchmarks run: the relay binary and a scratch dir.

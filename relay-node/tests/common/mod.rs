@@ -163,3 +163,29 @@ pub async fn restart_and_check_acked(
     );
     stored
 }
+
+/// The value of the unlabelled metric `name` in a Prometheus text page.
+pub fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+}
+
+/// The `storage` field of the relay's `/health` (`"ok"` or `"full"`).
+pub async fn health_storage(http: std::net::SocketAddr) -> String {
+    let (status, body) = zerok_relay::http::client::http_get(http, "/health")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    body["storage"].as_str().unwrap_or("missing").to_owned()
+}
+
+/// A relay on a fresh data dir (kept in `dir`) with the config file text `toml`.
+pub async fn relay_with_config(dir: &tempfile::TempDir, toml: &str) -> RelayProcess {
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, toml).unwrap();
+    relay(dir, &["--config", config.to_str().unwrap()]).await
+}
