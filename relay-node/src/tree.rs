@@ -388,6 +388,7 @@ impl RelayNode {
             )),
             accepted_queue_bytes: byte_budget(connections.unread_bytes_max),
             accepted_queue_pool: Some(Arc::clone(&unread_pool)),
+            is_bind_exact: true,
             ..IrohConfig::new(secret, config.bind)
         };
         let endpoint = IrohNode::bind(iroh_config)

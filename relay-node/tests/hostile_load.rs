@@ -317,7 +317,7 @@ async fn one_source_cannot_hold_every_session_slot() {
         )
         .await
         {
-            Ok(Ok(client)) => held.push(client.owning(node)),
+            Ok(Ok(client)) => held.push((client, node)),
             _ => refused += 1,
         }
     }
@@ -340,7 +340,10 @@ async fn one_source_cannot_hold_every_session_slot() {
     // Everyone else still gets in.
     legitimate_client_works(&relay, 20).await;
     // Slots come back when connections end.
-    drop(held);
+    for (client, node) in held {
+        drop(client);
+        node.close().await;
+    }
     let mut back = false;
     for _ in 0..50 {
         let node = endpoint_at(900, [127, 0, 0, 4]).await;

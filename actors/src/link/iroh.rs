@@ -100,6 +100,10 @@ pub struct IrohConfig {
     pub accepted_queue_bytes: usize,
     /// Budget shared by the queues of every accepted link (`None`: no shared bound).
     pub accepted_queue_pool: Option<Arc<QueuePool>>,
+    /// Bind `bind_addr` only (a relay listens where its operator said, and per-source limits
+    /// see one address family per client); otherwise iroh also binds its default sockets of
+    /// the other address family (a client reaching relays over IPv4 and IPv6).
+    pub is_bind_exact: bool,
 }
 
 impl std::fmt::Debug for IrohConfig {
@@ -125,6 +129,7 @@ impl IrohConfig {
             slots: None,
             accepted_queue_bytes: LINK_QUEUE_BYTES,
             accepted_queue_pool: None,
+            is_bind_exact: false,
         }
     }
 }
@@ -143,12 +148,16 @@ fn setup(err: impl std::fmt::Display) -> LinkError {
 impl IrohNode {
     /// Bind the endpoint.
     pub async fn bind(config: IrohConfig) -> Result<IrohNode, LinkError> {
-        let endpoint = Endpoint::builder(presets::Minimal)
+        let mut builder = Endpoint::builder(presets::Minimal)
             .secret_key(SecretKey::from_bytes(&config.secret_key))
             .alpns(vec![ALPN.to_vec()])
             .relay_mode(RelayMode::Disabled)
             .clear_address_lookup()
-            .transport_config(transport_config())
+            .transport_config(transport_config());
+        if config.is_bind_exact {
+            builder = builder.clear_ip_transports();
+        }
+        let endpoint = builder
             .bind_addr(config.bind_addr)
             .map_err(setup)?
             .bind()
