@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
+use zerok_actors::admission::Admission;
 use zerok_actors::blob_store::Store;
 use zerok_actors::blob_store::core::StoreLimits;
 use zerok_actors::clock::Clock;
@@ -95,6 +96,9 @@ pub enum StartError {
     /// An actor failed to start.
     #[error("actor tree: {0}")]
     Actors(String),
+    /// The admission ledger cannot be read.
+    #[error("{0}")]
+    Admission(#[from] zerok_actors::admission::LedgerError),
 }
 
 /// Seams a test or the simulation can replace; the binary uses [`Seams::default`].
@@ -131,6 +135,7 @@ pub struct ShutdownReport {
 
 struct RootArgs {
     infra: InfraArgs,
+    admission: Arc<Admission>,
     sessions: SessionsConfig,
     rate_limits: RateLimitConfig,
     rng: Rng,
@@ -187,6 +192,7 @@ impl Actor for RelayRootActor {
                 store: store.clone(),
                 routers: routers.clone(),
                 limiters: Arc::new(RelayLimiters::new(&args.rate_limits)),
+                admission: args.admission,
                 rng: args.rng,
                 metrics,
             },
@@ -362,6 +368,18 @@ impl RelayNode {
             .await
             .map_err(|err| endpoint_err(err.to_string()))?;
         let relay_id = endpoint.local_id();
+        let admission = match Admission::load(
+            relay_id,
+            &config.admission.to_config(),
+            clock.clone(),
+            data_dir,
+        ) {
+            Ok(admission) => Arc::new(admission),
+            Err(err) => {
+                endpoint.close().await;
+                return Err(err.into());
+            }
+        };
         let mut addr = endpoint.local_addr();
         if !config.advertise.is_empty() {
             addr.addrs = config.advertise.clone();
@@ -396,6 +414,7 @@ impl RelayNode {
         };
         let limits = &config.limits;
         let root_args = RootArgs {
+            admission,
             infra: InfraArgs {
                 store: Arc::new(store),
                 limits: StoreLimits {
