@@ -78,13 +78,19 @@ async fn init_with_an_admission_token_creates_the_group_on_a_token_relay() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 
     let token = admit(&relay, 1);
-    ok(&zerok(&a, &["init", "--relay", addr, "--admission", &token]));
+    ok(&zerok(
+        &a,
+        &["init", "--relay", addr, "--admission", &token],
+    ));
     let out = ok(&zerok(&a, &["push", "hello from a"]));
     assert!(out.contains("durable on 1 relay"), "{out}");
 
     let invite = ok(&zerok(&a, &["invite"]));
     let invite = invite.lines().last().unwrap().trim();
-    assert!(!invite.contains(&token[4..]), "the invite must not carry the token");
+    assert!(
+        !invite.contains(&token[4..]),
+        "the invite must not carry the token"
+    );
     ok(&zerok(&b, &["join", invite]));
     let out = ok(&zerok(&b, &["pull"]));
     assert_eq!(out.lines().collect::<Vec<_>>(), ["hello from a"]);

@@ -17,7 +17,9 @@
 //! Wiring: Infra spawns the store and hands out a [`SharedRef`] to it; routers, sessions and
 //! the sweeper reach the store only through it, so a restarted store is picked up without
 //! anyone holding a stale ref. The Listener casts each accepted link to the
-//! SessionsSupervisor; sessions ask the RoutersSupervisor for a mailbox's router.
+//! SessionsSupervisor; sessions ask the RoutersSupervisor for a mailbox's router. Sessions
+//! share one [`Admission`] (open or token mode, creation rates, the admission ledger in the
+//! data dir), which decides every Join that would create a mailbox.
 //!
 //! Shutdown ([`RelayNode::shutdown`]): `/ready` turns 503; the Listener stops (no new
 //! connections); every Session says `Bye{shutdown}`; the store drains its queue (every push

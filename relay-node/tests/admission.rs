@@ -93,7 +93,10 @@ async fn token_mode_creates_mailboxes_only_with_a_valid_token_and_remembers_acro
     );
     let mut forged = AdmissionToken::decode(&foreign).unwrap();
     forged.relay_id = relay.addr.id;
-    assert_unauthorized(alice.join_admitted(&keys, &forged.encode()).await, "invalid");
+    assert_unauthorized(
+        alice.join_admitted(&keys, &forged.encode()).await,
+        "invalid",
+    );
     // Nothing was created by any of that: a token holder finds the mailbox empty.
     let budget_one = mint(&secret, 4, 1, now_secs() + 3600);
     assert_eq!(

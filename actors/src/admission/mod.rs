@@ -25,49 +25,28 @@
 //! source address) and ask it in their `Join` path after reading the mailbox's latest cursor.
 
 use crate::clock::Clock;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use serde::{Deserialize, Serialize};
+use ledger::{LedgerFile, record_bytes};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
 use zerok_messages::sync::lock;
-use zerok_messages::wire::{ADMISSION_CHARS_MAX, AdmissionText};
+use zerok_messages::wire::AdmissionText;
 use zerok_messages::{Cursor, DeviceId, ErrorCode, Frame, MailboxId, ReqId};
 
-/// Token prefix of version 1 ("ZK" + "A"dmission + version).
-pub const TOKEN_PREFIX: &str = "ZKA1";
-/// Version number inside the CBOR.
-const TOKEN_VERSION: u8 = 1;
-/// Domain string of the relay's signature over a token.
-const SIGN_DOMAIN: &[u8] = b"zerok admission v1";
-/// Checksum domain string.
-const CHECKSUM_DOMAIN: &[u8] = b"zerok admission checksum v1";
-/// Checksum length: 32 bits make an undetected typo a one-in-four-billion event.
-const CHECKSUM_BYTES: usize = 4;
-/// Length of a token id: 128 random bits never collide between tokens of one relay.
-pub const TOKEN_ID_BYTES: usize = 16;
-/// Largest budget of one token: a token is for a person or an app's groups, not a relay's
-/// worth of mailboxes; the bound also bounds the ledger a leaked token can grow.
-pub const TOKEN_MAILBOXES_MAX: u32 = 100_000;
-/// Longest validity of one token, in days: ten years; longer is a mistake.
-pub const TOKEN_VALID_DAYS_MAX: u64 = 3650;
+mod ledger;
+mod token;
 
-/// File in the data dir holding admitted mailboxes and token usage (token mode).
-pub const LEDGER_FILE: &str = "admission.ledger";
-/// First bytes of the ledger: what it is and its layout version.
-const LEDGER_MAGIC: &[u8; 8] = b"ZKADM\x00\x00\x01";
-/// Bytes of one ledger record: mailbox 32, token id 16, budget 4, expiry 8, CRC-32 4.
-const LEDGER_RECORD_BYTES: usize = 64;
-/// Largest ledger accepted at start: 1 GiB is 16M admissions, far beyond any budget an
-/// operator hands out; a bigger file is not ours.
-const LEDGER_BYTES_MAX: u64 = 1 << 30;
+pub use ledger::{LEDGER_FILE, LedgerError};
+pub use token::{
+    AdmissionToken, MintError, TOKEN_ID_BYTES, TOKEN_MAILBOXES_MAX, TOKEN_PREFIX,
+    TOKEN_VALID_DAYS_MAX, TokenError, TokenRefusal, relay_id_of, token_id_hex,
+};
 
 /// Admissions open mode remembers (≈64 B each, so ~4 MiB): enough that reconnecting devices
 /// of recently created, still empty mailboxes are not charged again; the oldest is forgotten
@@ -84,293 +63,6 @@ pub const MAILBOXES_PER_SOURCE_PER_HOUR_DEFAULT: u32 = 256;
 const RATE_KEYS_SHRINK_AT: usize = 4096;
 /// Retry hint when the ledger could not be written.
 const UNAVAILABLE_RETRY_MS: u64 = 1000;
-
-// ---------------------------------------------------------------------------------------
-// Tokens
-
-/// An admission token: the relay's permission to create up to `mailboxes` mailboxes on it
-/// until `expires_at_unix_secs`. Verified against the relay's id (its public key).
-#[derive(Clone, PartialEq, Eq)]
-pub struct AdmissionToken {
-    /// The relay that signed it (and the only one that accepts it).
-    pub relay_id: DeviceId,
-    /// Random id; usage is counted per id.
-    pub token_id: [u8; TOKEN_ID_BYTES],
-    /// Mailboxes it may create.
-    pub mailboxes: u32,
-    /// Unix time after which it is refused.
-    pub expires_at_unix_secs: u64,
-    signature: [u8; 64],
-}
-
-impl std::fmt::Debug for AdmissionToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdmissionToken")
-            .field("relay_id", &self.relay_id.short())
-            .field("token_id", &token_id_hex(&self.token_id))
-            .field("mailboxes", &self.mailboxes)
-            .field("expires_at_unix_secs", &self.expires_at_unix_secs)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a token's text could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TokenError {
-    /// Not an admission token.
-    #[error("not an admission token (it should start with {TOKEN_PREFIX})")]
-    Prefix,
-    /// Longer than any valid token.
-    #[error("admission token is too long")]
-    TooLong,
-    /// Characters outside the token alphabet.
-    #[error("admission token contains characters that are not part of a token")]
-    Encoding,
-    /// Mistyped or truncated.
-    #[error("admission token checksum does not match: it was mistyped or cut short")]
-    Checksum,
-    /// Made by a newer version.
-    #[error("admission token version {0} is not supported by this version")]
-    Version(u8),
-    /// Well-formed text, invalid content.
-    #[error("admission token content is invalid: {0}")]
-    Malformed(String),
-}
-
-/// Why a token does not admit here and now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TokenRefusal {
-    /// Signed for another relay.
-    #[error("admission token is for another relay")]
-    OtherRelay,
-    /// The signature does not check out.
-    #[error("admission token invalid: bad signature")]
-    BadSignature,
-    /// Past its expiry.
-    #[error("admission token expired")]
-    Expired,
-}
-
-/// Why a token could not be minted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum MintError {
-    /// Budget out of range.
-    #[error("mailboxes must be in 1..={TOKEN_MAILBOXES_MAX}")]
-    Mailboxes,
-    /// Validity out of range.
-    #[error("valid days must be in 1..={TOKEN_VALID_DAYS_MAX}")]
-    ValidDays,
-}
-
-#[derive(Serialize, Deserialize)]
-struct TokenWire {
-    v: u8,
-    #[serde(with = "serde_bytes")]
-    relay: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    id: Vec<u8>,
-    n: u32,
-    exp: u64,
-    #[serde(with = "serde_bytes")]
-    sig: Vec<u8>,
-}
-
-#[derive(Deserialize)]
-struct VersionPeek {
-    v: u8,
-}
-
-fn checksum(body: &[u8]) -> [u8; CHECKSUM_BYTES] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(CHECKSUM_DOMAIN);
-    hasher.update(body);
-    let mut out = [0; CHECKSUM_BYTES];
-    out.copy_from_slice(&hasher.finalize().as_bytes()[..CHECKSUM_BYTES]);
-    out
-}
-
-fn signed_bytes(
-    relay_id: &DeviceId,
-    token_id: &[u8; TOKEN_ID_BYTES],
-    mailboxes: u32,
-    expires_at_unix_secs: u64,
-) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(SIGN_DOMAIN.len() + 1 + 32 + TOKEN_ID_BYTES + 12);
-    bytes.extend_from_slice(SIGN_DOMAIN);
-    bytes.push(TOKEN_VERSION);
-    bytes.extend_from_slice(relay_id.as_bytes());
-    bytes.extend_from_slice(token_id);
-    bytes.extend_from_slice(&mailboxes.to_be_bytes());
-    bytes.extend_from_slice(&expires_at_unix_secs.to_be_bytes());
-    bytes
-}
-
-/// Lower-case hex of a token id, for logs and the operator.
-pub fn token_id_hex(token_id: &[u8; TOKEN_ID_BYTES]) -> String {
-    data_encoding::HEXLOWER.encode(token_id)
-}
-
-/// The relay id (Ed25519 public key) of a node secret key.
-pub fn relay_id_of(node_secret: &[u8; 32]) -> DeviceId {
-    DeviceId(
-        SigningKey::from_bytes(node_secret)
-            .verifying_key()
-            .to_bytes(),
-    )
-}
-
-impl AdmissionToken {
-    /// Sign a token with the relay's node secret key: `mailboxes` new mailboxes until
-    /// `expires_at_unix_secs`. `token_id` must be random.
-    pub fn mint(
-        node_secret: &[u8; 32],
-        token_id: [u8; TOKEN_ID_BYTES],
-        mailboxes: u32,
-        expires_at_unix_secs: u64,
-    ) -> Result<AdmissionToken, MintError> {
-        if !(1..=TOKEN_MAILBOXES_MAX).contains(&mailboxes) {
-            return Err(MintError::Mailboxes);
-        }
-        let key = SigningKey::from_bytes(node_secret);
-        let relay_id = DeviceId(key.verifying_key().to_bytes());
-        let signature = key
-            .sign(&signed_bytes(
-                &relay_id,
-                &token_id,
-                mailboxes,
-                expires_at_unix_secs,
-            ))
-            .to_bytes();
-        Ok(AdmissionToken {
-            relay_id,
-            token_id,
-            mailboxes,
-            expires_at_unix_secs,
-            signature,
-        })
-    }
-
-    /// Mint a token valid for `valid_days` from `now_unix_secs`.
-    pub fn mint_for_days(
-        node_secret: &[u8; 32],
-        token_id: [u8; TOKEN_ID_BYTES],
-        mailboxes: u32,
-        now_unix_secs: u64,
-        valid_days: u64,
-    ) -> Result<AdmissionToken, MintError> {
-        if !(1..=TOKEN_VALID_DAYS_MAX).contains(&valid_days) {
-            return Err(MintError::ValidDays);
-        }
-        let expires = now_unix_secs.saturating_add(valid_days * 24 * 3600);
-        Self::mint(node_secret, token_id, mailboxes, expires)
-    }
-
-    /// The token's text. A secret: show it only to whom it is for.
-    pub fn encode(&self) -> String {
-        let wire = TokenWire {
-            v: TOKEN_VERSION,
-            relay: self.relay_id.as_bytes().to_vec(),
-            id: self.token_id.to_vec(),
-            n: self.mailboxes,
-            exp: self.expires_at_unix_secs,
-            sig: self.signature.to_vec(),
-        };
-        let mut body = Vec::new();
-        ciborium::into_writer(&wire, &mut body).expect("writing CBOR to a Vec cannot fail");
-        let sum = checksum(&body);
-        body.extend_from_slice(&sum);
-        format!(
-            "{TOKEN_PREFIX}{}",
-            data_encoding::BASE32_NOPAD.encode(&body)
-        )
-    }
-
-    /// Parse a token's text (case, whitespace and `-` are ignored). Does not verify it: see
-    /// [`AdmissionToken::verify`].
-    pub fn decode(text: &str) -> Result<AdmissionToken, TokenError> {
-        if text.len() > ADMISSION_CHARS_MAX {
-            return Err(TokenError::TooLong);
-        }
-        let cleaned: String = text
-            .chars()
-            .filter(|c| !c.is_whitespace() && *c != '-')
-            .map(|c| c.to_ascii_uppercase())
-            .collect();
-        let data = cleaned
-            .strip_prefix(TOKEN_PREFIX)
-            .ok_or(TokenError::Prefix)?;
-        let raw = data_encoding::BASE32_NOPAD
-            .decode(data.as_bytes())
-            .map_err(|_| TokenError::Encoding)?;
-        if raw.len() < CHECKSUM_BYTES {
-            return Err(TokenError::Checksum);
-        }
-        let (body, sum) = raw.split_at(raw.len() - CHECKSUM_BYTES);
-        if checksum(body) != sum {
-            return Err(TokenError::Checksum);
-        }
-        let malformed = |err: &dyn std::fmt::Display| TokenError::Malformed(err.to_string());
-        let peek: VersionPeek = ciborium::from_reader(body).map_err(|e| malformed(&e))?;
-        if peek.v != TOKEN_VERSION {
-            return Err(TokenError::Version(peek.v));
-        }
-        let wire: TokenWire = ciborium::from_reader(body).map_err(|e| malformed(&e))?;
-        let relay: [u8; 32] = wire
-            .relay
-            .as_slice()
-            .try_into()
-            .map_err(|_| malformed(&"relay id must be 32 bytes"))?;
-        let token_id: [u8; TOKEN_ID_BYTES] = wire
-            .id
-            .as_slice()
-            .try_into()
-            .map_err(|_| malformed(&"token id must be 16 bytes"))?;
-        let signature: [u8; 64] = wire
-            .sig
-            .as_slice()
-            .try_into()
-            .map_err(|_| malformed(&"signature must be 64 bytes"))?;
-        if !(1..=TOKEN_MAILBOXES_MAX).contains(&wire.n) {
-            return Err(malformed(&"budget out of range"));
-        }
-        Ok(AdmissionToken {
-            relay_id: DeviceId(relay),
-            token_id,
-            mailboxes: wire.n,
-            expires_at_unix_secs: wire.exp,
-            signature,
-        })
-    }
-
-    /// Whether this token admits on relay `relay_id` at `now_unix_secs`: its relay, its
-    /// signature (strict Ed25519 by the relay's key), its expiry — in that order, so a token
-    /// of another relay says so rather than "bad signature".
-    pub fn verify(&self, relay_id: &DeviceId, now_unix_secs: u64) -> Result<(), TokenRefusal> {
-        if self.relay_id != *relay_id {
-            return Err(TokenRefusal::OtherRelay);
-        }
-        let key = VerifyingKey::from_bytes(relay_id.as_bytes())
-            .map_err(|_| TokenRefusal::BadSignature)?;
-        let message = signed_bytes(
-            &self.relay_id,
-            &self.token_id,
-            self.mailboxes,
-            self.expires_at_unix_secs,
-        );
-        key.verify_strict(&message, &Signature::from_bytes(&self.signature))
-            .map_err(|_| TokenRefusal::BadSignature)?;
-        if now_unix_secs >= self.expires_at_unix_secs {
-            return Err(TokenRefusal::Expired);
-        }
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Configuration and refusals
 
 /// Who may create mailboxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -496,205 +188,6 @@ impl From<TokenRefusal> for Refusal {
         }
     }
 }
-
-/// Why the admission state could not be loaded at start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LedgerError {
-    /// Reading or creating the ledger failed.
-    #[error("admission ledger {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The file is not an admission ledger (never overwritten).
-    #[error("admission ledger {}: {reason}", path.display())]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-// ---------------------------------------------------------------------------------------
-// The ledger
-
-struct LedgerFile {
-    path: PathBuf,
-    file: Option<std::fs::File>,
-    /// Bytes of the file that hold whole, valid records (and the header).
-    len: u64,
-    /// A write failed and could not be undone: refuse creations rather than misalign.
-    is_broken: bool,
-}
-
-fn record_bytes(mailbox: &MailboxId, token: &AdmissionToken) -> [u8; LEDGER_RECORD_BYTES] {
-    let mut record = [0u8; LEDGER_RECORD_BYTES];
-    record[..32].copy_from_slice(mailbox.as_bytes());
-    record[32..48].copy_from_slice(&token.token_id);
-    record[48..52].copy_from_slice(&token.mailboxes.to_be_bytes());
-    record[52..60].copy_from_slice(&token.expires_at_unix_secs.to_be_bytes());
-    let crc = crc32fast::hash(&record[..60]);
-    record[60..].copy_from_slice(&crc.to_be_bytes());
-    record
-}
-
-/// `(mailbox, token id)` of a valid record.
-fn parse_record(record: &[u8]) -> Option<(MailboxId, [u8; TOKEN_ID_BYTES])> {
-    if record.len() != LEDGER_RECORD_BYTES {
-        return None;
-    }
-    let crc = u32::from_be_bytes(record[60..].try_into().ok()?);
-    if crc32fast::hash(&record[..60]) != crc {
-        return None;
-    }
-    let mailbox = MailboxId(record[..32].try_into().ok()?);
-    let token_id = record[32..48].try_into().ok()?;
-    Some((mailbox, token_id))
-}
-
-fn open_options() -> std::fs::OpenOptions {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    std::fs::File::open(dir)?.sync_all()?;
-    let _ = dir;
-    Ok(())
-}
-
-impl LedgerFile {
-    /// Read `path` (absent: empty) into `admitted` and `usage`; cut a torn tail.
-    fn load(
-        path: &Path,
-        admitted: &mut HashSet<MailboxId>,
-        usage: &mut HashMap<[u8; TOKEN_ID_BYTES], u32>,
-    ) -> Result<LedgerFile, LedgerError> {
-        let io = |source| LedgerError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let corrupt = |reason: &str| LedgerError::Corrupt {
-            path: path.to_path_buf(),
-            reason: reason.to_owned(),
-        };
-        let mut file = match open_options().open(path) {
-            Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(LedgerFile {
-                    path: path.to_path_buf(),
-                    file: None,
-                    len: 0,
-                    is_broken: false,
-                });
-            }
-            Err(err) => return Err(io(err)),
-        };
-        let size = file.metadata().map_err(io)?.len();
-        if size > LEDGER_BYTES_MAX {
-            return Err(corrupt("larger than any ledger this relay writes"));
-        }
-        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        file.read_to_end(&mut bytes).map_err(io)?;
-        if bytes.len() < LEDGER_MAGIC.len() {
-            // Created but the header never made it: start it again.
-            file.set_len(0).map_err(io)?;
-            return Ok(LedgerFile {
-                path: path.to_path_buf(),
-                file: Some(file),
-                len: 0,
-                is_broken: false,
-            });
-        }
-        if &bytes[..LEDGER_MAGIC.len()] != LEDGER_MAGIC {
-            return Err(corrupt("not an admission ledger of this version"));
-        }
-        let mut good = LEDGER_MAGIC.len();
-        for record in bytes[LEDGER_MAGIC.len()..].chunks(LEDGER_RECORD_BYTES) {
-            let Some((mailbox, token_id)) = parse_record(record) else {
-                break;
-            };
-            if admitted.insert(mailbox) {
-                *usage.entry(token_id).or_insert(0) += 1;
-            }
-            good += LEDGER_RECORD_BYTES;
-        }
-        if good < bytes.len() {
-            warn!(
-                path = %path.display(),
-                dropped_bytes = bytes.len() - good,
-                "admission ledger had a torn or damaged tail; cut it off"
-            );
-            file.set_len(good as u64).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
-        Ok(LedgerFile {
-            path: path.to_path_buf(),
-            file: Some(file),
-            len: good as u64,
-            is_broken: false,
-        })
-    }
-
-    /// Append one record durably; on failure nothing is appended (or the ledger is marked
-    /// broken when even that cannot be ensured).
-    fn append(&mut self, record: &[u8; LEDGER_RECORD_BYTES]) -> std::io::Result<()> {
-        if self.is_broken {
-            return Err(std::io::Error::other("ledger broken by an earlier failure"));
-        }
-        if self.file.is_none() {
-            let file = open_options()
-                .create(true)
-                .truncate(false)
-                .open(&self.path)?;
-            self.file = Some(file);
-            self.len = 0;
-            if let Some(dir) = self.path.parent() {
-                sync_dir(dir)?;
-            }
-        }
-        let Some(file) = self.file.as_mut() else {
-            return Err(std::io::Error::other("ledger not open"));
-        };
-        let mut bytes = Vec::with_capacity(LEDGER_MAGIC.len() + LEDGER_RECORD_BYTES);
-        if self.len == 0 {
-            bytes.extend_from_slice(LEDGER_MAGIC);
-        }
-        bytes.extend_from_slice(record);
-        let result = (|| {
-            std::io::Seek::seek(file, std::io::SeekFrom::Start(self.len))?;
-            file.write_all(&bytes)?;
-            file.sync_data()
-        })();
-        match result {
-            Ok(()) => {
-                self.len += bytes.len() as u64;
-                Ok(())
-            }
-            Err(err) => {
-                if file
-                    .set_len(self.len)
-                    .and_then(|()| file.sync_data())
-                    .is_err()
-                {
-                    self.is_broken = true;
-                }
-                Err(err)
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The relay's admission state
 
 struct Ledger {
     /// Admitted mailboxes (token mode: all, from the file; open mode: the recent ones).
@@ -826,6 +319,9 @@ impl Admission {
         self.mode == AdmissionMode::Token
     }
 
+    /// Charge one creation to `device` and then to `source`. The device goes first: a device
+    /// over its own bound then costs its address nothing, so it cannot use up its NAT
+    /// neighbours' share; a creation refused by the address bound still counts for the device.
     fn check_rates(&self, device: &DeviceId, source: Option<IpAddr>) -> Result<(), Refusal> {
         if self.per_device.len() > RATE_KEYS_SHRINK_AT {
             self.per_device.retain_recent();
@@ -962,7 +458,9 @@ impl SessionAdmission {
 
 #[cfg(test)]
 mod tests {
+    use super::ledger::{LEDGER_MAGIC, LEDGER_RECORD_BYTES};
     use super::*;
+    use std::io::Write;
 
     const SECRET: [u8; 32] = [7; 32];
     const NOW: u64 = 1_700_000_000;
@@ -992,79 +490,6 @@ mod tests {
     }
 
     const DEVICE: DeviceId = DeviceId([3; 32]);
-
-    #[test]
-    fn the_node_key_signs_for_the_iroh_id() {
-        let iroh = iroh::SecretKey::from_bytes(&SECRET).public();
-        assert_eq!(relay().as_bytes(), iroh.as_bytes());
-    }
-
-    #[test]
-    fn tokens_round_trip_and_verify_only_on_their_relay_before_expiry() {
-        let minted = AdmissionToken::mint(&SECRET, [1; 16], 5, NOW + 10).unwrap();
-        let text = minted.encode();
-        assert!(text.starts_with(TOKEN_PREFIX), "{text}");
-        assert!(text.len() < ADMISSION_CHARS_MAX, "{}", text.len());
-        let decoded = AdmissionToken::decode(&text).unwrap();
-        assert_eq!(decoded, minted);
-        // Lower case, wrapped with spaces and dashes, still reads.
-        let sloppy = format!("{} - {}", &text[..20].to_lowercase(), &text[20..]);
-        assert_eq!(AdmissionToken::decode(&sloppy).unwrap(), minted);
-        decoded.verify(&relay(), NOW).unwrap();
-        assert_eq!(
-            decoded.verify(&relay(), NOW + 10),
-            Err(TokenRefusal::Expired)
-        );
-        let other = relay_id_of(&[8; 32]);
-        assert_eq!(decoded.verify(&other, NOW), Err(TokenRefusal::OtherRelay));
-        // A token claiming this relay but signed by another key fails its signature.
-        let mut forged = AdmissionToken::mint(&[8; 32], [1; 16], 5, NOW + 10).unwrap();
-        forged.relay_id = relay();
-        assert_eq!(
-            forged.verify(&relay(), NOW),
-            Err(TokenRefusal::BadSignature)
-        );
-        // A raised budget breaks the signature.
-        let mut raised = minted.clone();
-        raised.mailboxes = 500;
-        let raised = AdmissionToken::decode(&raised.encode()).unwrap();
-        assert_eq!(
-            raised.verify(&relay(), NOW),
-            Err(TokenRefusal::BadSignature)
-        );
-    }
-
-    #[test]
-    fn bad_token_text_is_a_typed_error() {
-        let text = AdmissionToken::mint(&SECRET, [1; 16], 5, NOW)
-            .unwrap()
-            .encode();
-        assert_eq!(AdmissionToken::decode("ZK1AAAA"), Err(TokenError::Prefix));
-        assert_eq!(AdmissionToken::decode("ZKA1!!!"), Err(TokenError::Encoding));
-        assert_eq!(
-            AdmissionToken::decode(&"A".repeat(ADMISSION_CHARS_MAX + 1)),
-            Err(TokenError::TooLong)
-        );
-        let mut typo = text.clone().into_bytes();
-        let at = typo.len() / 2;
-        typo[at] = if typo[at] == b'A' { b'B' } else { b'A' };
-        assert_eq!(
-            AdmissionToken::decode(std::str::from_utf8(&typo).unwrap()),
-            Err(TokenError::Checksum)
-        );
-        assert_eq!(
-            AdmissionToken::decode(&text[..text.len() - 8]),
-            Err(TokenError::Checksum)
-        );
-        assert_eq!(
-            AdmissionToken::mint(&SECRET, [1; 16], 0, NOW),
-            Err(MintError::Mailboxes)
-        );
-        assert_eq!(
-            AdmissionToken::mint_for_days(&SECRET, [1; 16], 1, NOW, 0),
-            Err(MintError::ValidDays)
-        );
-    }
 
     #[test]
     fn token_mode_refuses_without_a_valid_token_and_counts_the_budget() {
@@ -1211,10 +636,11 @@ mod tests {
                 ..
             })
         ));
-        // Another /64 is another source.
+        // Another /64 is another source (a third device: b's refused try was charged to b).
         let other: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let c = DeviceId([4; 32]);
         assert_eq!(
-            admission.admit(mailbox(6), &b, Some(other), None),
+            admission.admit(mailbox(6), &c, Some(other), None),
             Ok(Admitted::Created)
         );
     }
