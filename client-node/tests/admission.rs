@@ -118,7 +118,12 @@ async fn the_api_checks_that_a_token_is_for_one_of_the_groups_relays() {
             .parse()
             .unwrap();
     let refused = client
-        .create_group_admitted("g", NewSecret::Random, vec![elsewhere], &[token.clone()])
+        .create_group_admitted(
+            "g",
+            NewSecret::Random,
+            vec![elsewhere],
+            std::slice::from_ref(&token),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -132,7 +137,7 @@ async fn the_api_checks_that_a_token_is_for_one_of_the_groups_relays() {
             "g",
             NewSecret::Random,
             vec![relay.addr.clone()],
-            &[token.clone()],
+            std::slice::from_ref(&token),
         )
         .await
         .unwrap();
