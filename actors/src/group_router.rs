@@ -38,8 +38,11 @@ use zerok_messages::{BlobId, Cursor, Frame, Item, LinkSender, MailboxId};
 pub const PENDING_PUSHES_MAX: usize = 4096;
 /// How often lagging subscribers are retried for their `Notify`.
 pub const NOTIFY_RETRY: Duration = Duration::from_millis(20);
-/// Idle time after which a router without subscribers or pending pushes stops.
-pub const IDLE_STOP_AFTER: Duration = Duration::from_secs(300);
+/// Idle time after which a router without subscribers or pending pushes stops: a minute.
+/// Starting one again costs a single store lookup, so keeping an idle router longer saves
+/// nothing worth its memory when many mailboxes were pushed to once (10k mailboxes created in
+/// seconds held ~100 MiB of routers for the old five minutes).
+pub const IDLE_STOP_AFTER: Duration = Duration::from_secs(60);
 /// The stop reason of a router that ended because it was idle (not a crash).
 pub const IDLE_STOP_REASON: &str = "idle";
 /// How often a router with pending pushes checks whether the store was restarted.

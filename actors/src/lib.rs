@@ -11,6 +11,7 @@
 //! Actors (session, group router, blob store, sweeper, relay connection, encryptor, ...) join
 //! as the node trees are built; see DESIGN.md §2.
 
+pub mod admission;
 pub mod blob_store;
 pub mod cleanup_sweeper;
 pub mod clock;

@@ -97,6 +97,15 @@ impl Actor for RoutersSupervisorActor {
         match message {
             RoutersMsg::GetRouter { mailbox, reply } => {
                 let entry = state.mailboxes.entry(mailbox).or_default();
+                // A router that stopped itself (idle) but whose end this supervisor has not
+                // handled yet is replaced now rather than handed out dead; its late
+                // termination event finds no entry in `by_actor` and is ignored.
+                if let Some(router) = &entry.router
+                    && router.get_status() != ractor::ActorStatus::Running
+                {
+                    state.by_actor.remove(&router.get_id());
+                    entry.router = None;
+                }
                 let answer = if let Some(router) = &entry.router {
                     Ok(router.clone())
                 } else if entry.is_backing_off {

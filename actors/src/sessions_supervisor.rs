@@ -8,6 +8,7 @@
 //! connection and the client reconnects. On `Shutdown` every session says `Bye{shutdown}`
 //! and the supervisor answers once all have ended or the grace time passed.
 
+use crate::admission::{Admission, SessionAdmission};
 use crate::metrics::RelayMetrics;
 use crate::rate_limit::RelayLimiters;
 use crate::rng::Rng;
@@ -59,6 +60,8 @@ pub struct SessionsSupervisorArgs {
     pub routers: ActorRef<RoutersMsg>,
     /// Rate limiters shared with every session.
     pub limiters: Arc<RelayLimiters>,
+    /// Who may create mailboxes (shared by every session).
+    pub admission: Arc<Admission>,
     /// Randomness for join nonces.
     pub rng: Rng,
     /// Metrics.
@@ -165,6 +168,10 @@ impl SessionsSupervisorState {
             idle_timeout: self.args.config.idle_timeout,
             limiters: Arc::clone(&self.args.limiters),
             metrics: metrics.clone(),
+            admission: SessionAdmission::new(
+                Arc::clone(&self.args.admission),
+                remote_addr.map(|addr| addr.ip()),
+            ),
         };
         match Actor::spawn_linked(None, SessionActor, session_args, myself.get_cell()).await {
             Ok((session, _)) => {

@@ -1,6 +1,7 @@
 //! Actor tests of the GroupRouter and RoutersSupervisor under paused time, with a probe
-//! BlobStore that commits instantly: live fan-out, the slow-subscriber `Notify` path, and a
-//! crashed router restarted with its subscribers.
+//! BlobStore that commits instantly: live fan-out, the slow-subscriber `Notify` path, a
+//! crashed router restarted with its subscribers, and idle routers stopping and coming back
+//! on demand.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,6 +11,7 @@ use bytes::Bytes;
 use common::ProbeStore;
 use ractor::{Actor, ActorRef};
 use std::time::Duration;
+use zerok_actors::group_router::IDLE_STOP_AFTER;
 use zerok_actors::metrics::RelayMetrics;
 use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
 use zerok_actors::shared_ref::SharedRef;
@@ -195,4 +197,50 @@ async fn a_crashed_router_is_restarted_with_its_subscribers() {
     assert!(
         matches!(next_frame(&mut rx).await, Frame::Deliver { item, .. } if item.cursor == Cursor(2))
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_router_stops_and_is_respawned_on_demand_with_its_cursor() {
+    let (routers, metrics) = setup().await;
+    let first = router(&routers).await;
+    assert_eq!(push(&first, 1).await, Cursor(1));
+    // Idle (no subscriber, nothing pending) for longer than the bound plus one check.
+    tokio::time::sleep(IDLE_STOP_AFTER + IDLE_STOP_AFTER / 2).await;
+    assert_eq!(first.get_status(), ractor::ActorStatus::Stopped);
+    // The next lookup starts a new router, which picks up the mailbox where it was.
+    let second = router(&routers).await;
+    assert_ne!(second.get_id(), first.get_id());
+    assert_eq!(push(&second, 2).await, Cursor(2));
+    // Stopping for idleness is not a crash.
+    assert_eq!(
+        metrics
+            .actor_restarts_total
+            .with_label_values(&["group_router"])
+            .get(),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_router_with_a_subscriber_does_not_stop() {
+    let (routers, _) = setup().await;
+    let first = router(&routers).await;
+    let (sink, mut rx) = subscriber();
+    ractor::call!(first, |reply| GroupRouterMsg::Subscribe {
+        subscriber: 1,
+        sink,
+        reply
+    })
+    .unwrap();
+    tokio::time::sleep(IDLE_STOP_AFTER * 3).await;
+    assert_eq!(first.get_status(), ractor::ActorStatus::Running);
+    assert_eq!(router(&routers).await.get_id(), first.get_id());
+    push(&first, 1).await;
+    assert!(matches!(next_frame(&mut rx).await, Frame::Deliver { .. }));
+    // Once the subscriber leaves, the router goes idle and stops.
+    first
+        .cast(GroupRouterMsg::Unsubscribe { subscriber: 1 })
+        .unwrap();
+    tokio::time::sleep(IDLE_STOP_AFTER + IDLE_STOP_AFTER / 2).await;
+    assert_eq!(first.get_status(), ractor::ActorStatus::Stopped);
 }

@@ -101,6 +101,7 @@ impl Relay {
                 idle_timeout: Duration::from_secs(60),
                 limiters: std::sync::Arc::new(RelayLimiters::new(&RateLimitConfig::default())),
                 metrics: RelayMetrics::new(),
+                admission: zerok_actors::admission::SessionAdmission::unlimited(RELAY),
             },
         )
         .await
@@ -198,6 +199,7 @@ async fn join_push_subscribe_and_deliver_between_two_devices() {
                 req: ReqId(1),
                 mailbox_key: keys.mailbox_key(),
                 proof,
+                admission: None,
             })
             .await;
         assert!(
@@ -284,6 +286,7 @@ async fn without_a_valid_join_nothing_is_allowed_and_nothing_changes() {
             req: ReqId(4),
             mailbox_key: keys.mailbox_key(),
             proof: replayed,
+            admission: None,
         })
         .await;
     assert_eq!(error_code(mallory.recv().await), ErrorCode::Unauthorized);

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use zerok_actors::admission::AdmissionToken;
 use zerok_actors::clock::Clock;
 use zerok_actors::crypto::envelope::DeviceKey;
 use zerok_actors::crypto::invite::{Invite, InviteSecret};
@@ -183,11 +184,25 @@ impl Client {
         secret: NewSecret,
         relays: Vec<RelayAddr>,
     ) -> Result<GroupId, ClientError> {
+        self.create_group_admitted(name, secret, relays, &[]).await
+    }
+
+    /// [`Client::create_group`] on relays that admit by token: `admissions` are tokens from
+    /// `zerok-relay admit`, each for one of `relays` (it names its relay). They are kept with
+    /// the group and sent with this device's Joins, so the group's mailbox may be created.
+    pub async fn create_group_admitted(
+        &self,
+        name: &str,
+        secret: NewSecret,
+        relays: Vec<RelayAddr>,
+        admissions: &[String],
+    ) -> Result<GroupId, ClientError> {
         if relays.is_empty() {
             return Err(ClientError::Invalid(
                 "a group needs at least one relay".into(),
             ));
         }
+        let admissions = self.check_admissions(&relays, admissions)?;
         let (secret, salt) = match secret {
             NewSecret::Random => {
                 let secret = GroupSecret::random(&mut self.lock_rng());
@@ -205,10 +220,61 @@ impl Client {
             epoch: 0,
             relays: relays.iter().map(ToString::to_string).collect(),
             passphrase_salt: salt,
+            admissions,
         };
         let id = group_id(&record);
         self.put_group(id, record).await?;
         Ok(id)
+    }
+
+    /// Keep an admission token (from `zerok-relay admit`) for one of `group`'s relays; its
+    /// Joins carry it from now on. Returns the relay it is for.
+    pub async fn set_admission(
+        &self,
+        group: GroupId,
+        token: &str,
+    ) -> Result<DeviceId, ClientError> {
+        let mut record = self.group(group).await?;
+        let relays: Vec<RelayAddr> = record
+            .relays
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .collect();
+        let admissions = self.check_admissions(&relays, &[token.to_owned()])?;
+        let relay = admissions
+            .keys()
+            .next()
+            .and_then(|hex| relays.iter().find(|r| r.id.to_hex() == *hex))
+            .map(|r| r.id)
+            .ok_or_else(|| ClientError::Invalid("admission token names no relay".into()))?;
+        record.admissions.extend(admissions);
+        self.put_group(group, record).await?;
+        Ok(relay)
+    }
+
+    /// Admission tokens by relay id, each checked: readable, for one of `relays`, signed by
+    /// that relay, not expired.
+    fn check_admissions(
+        &self,
+        relays: &[RelayAddr],
+        tokens: &[String],
+    ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+        let mut admissions = std::collections::BTreeMap::new();
+        for text in tokens {
+            let token = AdmissionToken::decode(text)
+                .map_err(|err| ClientError::Invalid(err.to_string()))?;
+            if !relays.iter().any(|r| r.id == token.relay_id) {
+                return Err(ClientError::Invalid(format!(
+                    "admission token is for relay {}, which is not one of the group's relays",
+                    token.relay_id.short()
+                )));
+            }
+            token
+                .verify(&token.relay_id, self.clock.now_unix_secs())
+                .map_err(|err| ClientError::Invalid(err.to_string()))?;
+            admissions.insert(token.relay_id.to_hex(), text.trim().to_owned());
+        }
+        Ok(admissions)
     }
 
     /// An invite token for `group`, valid for `valid_for`. It is a secret (unless the group
@@ -274,6 +340,7 @@ impl Client {
             epoch: invite.epoch.0,
             relays: invite.relays.iter().map(ToString::to_string).collect(),
             passphrase_salt: salt,
+            admissions: Default::default(),
         };
         let id = group_id(&record);
         if let Some(expected) = invite.group_id

@@ -32,6 +32,7 @@ use zerok_actors::crypto::keys::{EpochKeys, GroupSecret};
 use zerok_actors::crypto::seq::{Hlc, SeqTracker, SeqVerdict};
 use zerok_actors::link::Dialer;
 use zerok_actors::rng::Rng;
+use zerok_messages::wire::AdmissionText;
 use zerok_messages::{BlobId, DeviceId, Epoch, RelayAddr};
 
 /// How long a sync of one relay may take.
@@ -223,6 +224,12 @@ impl CoordinatorState {
                         group: *id,
                         keys: Arc::clone(&group.keys),
                         cursor,
+                        admission: group
+                            .record
+                            .admissions
+                            .get(&relay.id.to_hex())
+                            .cloned()
+                            .map(AdmissionText),
                     });
             }
         }

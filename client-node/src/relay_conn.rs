@@ -30,6 +30,7 @@ use zerok_actors::link_reader::{LinkReaderActor, LinkReaderArgs};
 use zerok_actors::rng::Rng;
 use zerok_messages::link::LinkEvent;
 use zerok_messages::relay::LinkReaderMsg;
+use zerok_messages::wire::AdmissionText;
 use zerok_messages::{
     BlobId, Cursor, DeviceId, ErrorCode, Frame, Item, Limits, RelayAddr, ReqId, codec,
 };
@@ -58,6 +59,9 @@ pub struct ConnGroup {
     pub keys: Arc<EpochKeys>,
     /// Items of the group already received from this relay.
     pub cursor: u64,
+    /// This relay's admission token for the group, sent with every Join (a relay in `token`
+    /// mode needs it to create the mailbox; others ignore it).
+    pub admission: Option<AdmissionText>,
 }
 
 /// What a connection tells the coordinator.
@@ -226,6 +230,7 @@ enum Pending {
 
 struct GroupSync {
     keys: Arc<EpochKeys>,
+    admission: Option<AdmissionText>,
     have: u64,
     joined: bool,
     accepting: bool,
@@ -240,6 +245,7 @@ impl GroupSync {
     fn new(group: ConnGroup) -> Self {
         Self {
             keys: group.keys,
+            admission: group.admission,
             have: group.cursor,
             joined: false,
             accepting: false,
@@ -389,15 +395,17 @@ impl RelayConnState {
                     *id,
                     g.keys.mailbox_key(),
                     sign_join(&g.keys, &relay, &device, &nonce),
+                    g.admission.clone(),
                 )
             })
             .collect();
-        for (group, mailbox_key, proof) in joins {
+        for (group, mailbox_key, proof, admission) in joins {
             self.send(
                 |req| Frame::Join {
                     req,
                     mailbox_key,
                     proof,
+                    admission,
                 },
                 Pending::Join(group),
             )
@@ -775,7 +783,10 @@ impl Actor for RelayConnActor {
                 for g in groups {
                     let group = g.group;
                     let sync = match state.groups.remove(&group) {
-                        Some(sync) => sync,
+                        Some(mut sync) => {
+                            sync.admission = g.admission;
+                            sync
+                        }
                         None => GroupSync::new(g),
                     };
                     next.insert(group, sync);

@@ -38,6 +38,10 @@ pub struct GroupRecord {
     /// For passphrase groups: the Argon2id salt (invites carry it instead of the secret).
     #[serde(default, with = "serde_bytes")]
     pub passphrase_salt: Option<Vec<u8>>,
+    /// Admission tokens by relay id (hex), sent with this device's Joins so a relay in
+    /// `token` mode lets it create the group's mailbox. Secrets, like `secret`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub admissions: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for GroupRecord {
@@ -352,6 +356,7 @@ mod tests {
             epoch: 0,
             relays: vec!["x".into()],
             passphrase_salt: None,
+            admissions: Default::default(),
         };
         store.put_group(&group(), &record).await.expect("put");
         let groups = store.groups().expect("groups");

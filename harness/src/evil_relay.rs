@@ -477,6 +477,7 @@ impl Session<'_> {
                 req,
                 mailbox_key,
                 proof,
+                ..
             } => {
                 if !verify_join(
                     &mailbox_key,

@@ -16,6 +16,7 @@ use zerok_actors::crypto::keys::EpochKeys;
 use zerok_actors::link::hello::{HelloError, Welcomed, hello};
 use zerok_actors::link::{Dialer, LinkError, LinkSender};
 use zerok_messages::sync::lock;
+use zerok_messages::wire::AdmissionText;
 use zerok_messages::{
     BlobId, Cursor, DeviceId, ErrorCode, Frame, Item, Limits, MailboxId, RelayAddr, ReqId, codec,
 };
@@ -205,12 +206,29 @@ impl ProtoClient {
         keys: &EpochKeys,
         proof: zerok_messages::Signature64,
     ) -> Result<Cursor, ProtoError> {
+        self.join_full(keys, proof, None).await
+    }
+
+    /// Join carrying an admission token (`token` admission relays need one to create).
+    pub async fn join_admitted(&self, keys: &EpochKeys, token: &str) -> Result<Cursor, ProtoError> {
+        let proof = sign_join(keys, &self.relay_id, &self.device_id, &self.nonce);
+        self.join_full(keys, proof, Some(AdmissionText(token.to_owned())))
+            .await
+    }
+
+    async fn join_full(
+        &self,
+        keys: &EpochKeys,
+        proof: zerok_messages::Signature64,
+        admission: Option<AdmissionText>,
+    ) -> Result<Cursor, ProtoError> {
         let mailbox_key = keys.mailbox_key();
         match self
             .request(|req| Frame::Join {
                 req,
                 mailbox_key,
                 proof,
+                admission,
             })
             .await?
         {

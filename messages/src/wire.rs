@@ -59,6 +59,22 @@ fn pull_bytes_max_default() -> u32 {
     PULL_BYTES_MAX_DEFAULT
 }
 
+/// Longest admission token a `Join` may carry, in characters: a token is ~200 characters;
+/// the bound lets a relay refuse a padded one before parsing it.
+pub const ADMISSION_CHARS_MAX: usize = 512;
+
+/// An admission token as text (`zerok-relay admit` prints it). It is a secret: whoever holds
+/// it may create mailboxes on the relay, so its `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AdmissionText(pub String);
+
+impl std::fmt::Debug for AdmissionText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdmissionText(<{} chars>)", self.0.len())
+    }
+}
+
 /// One item of a mailbox, as returned by a pull or a live delivery.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
@@ -192,6 +208,10 @@ pub enum Frame {
         mailbox_key: MailboxKey,
         /// Signature by the mailbox key over the join transcript (DESIGN.md §4).
         proof: Signature64,
+        /// The relay's admission token, for a Join that creates the mailbox on a relay that
+        /// admits by token; absent otherwise (and in frames of older clients).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        admission: Option<AdmissionText>,
     },
     /// r→c: the join proof was valid.
     #[serde(rename = "joined")]
@@ -418,5 +438,55 @@ impl Frame {
             message: message.into(),
             retry_after_ms: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn join(admission: Option<AdmissionText>) -> Frame {
+        Frame::Join {
+            req: ReqId(7),
+            mailbox_key: MailboxKey([1; 32]),
+            proof: Signature64([2; 64]),
+            admission,
+        }
+    }
+
+    #[test]
+    fn join_with_and_without_an_admission_token_round_trips() {
+        for frame in [join(None), join(Some(AdmissionText("ZKA1TOKEN".into())))] {
+            let body = codec::encode(&frame).expect("encodes");
+            assert_eq!(codec::decode(&body).expect("decodes"), frame);
+        }
+        // Without a token the field is left out, so older relays see the frame they know.
+        let without = codec::encode(&join(None)).expect("encodes");
+        let with = codec::encode(&join(Some(AdmissionText("x".into())))).expect("encodes");
+        assert!(!without.windows(9).any(|w| w == b"admission"));
+        assert!(with.windows(9).any(|w| w == b"admission"));
+    }
+
+    #[test]
+    fn a_join_of_an_older_client_without_the_field_still_decodes() {
+        use ciborium::Value;
+        let old = Value::Map(vec![(
+            Value::Text("join".into()),
+            Value::Map(vec![
+                (Value::Text("req".into()), Value::Integer(7.into())),
+                (Value::Text("mailbox_key".into()), Value::Bytes(vec![1; 32])),
+                (Value::Text("proof".into()), Value::Bytes(vec![2; 64])),
+            ]),
+        )]);
+        let mut body = Vec::new();
+        ciborium::into_writer(&old, &mut body).expect("writes");
+        assert_eq!(codec::decode(&body).expect("decodes"), join(None));
+    }
+
+    #[test]
+    fn an_admission_token_is_redacted_in_debug() {
+        let text = format!("{:?}", join(Some(AdmissionText("ZKA1SECRET".into()))));
+        assert!(!text.contains("SECRET"), "{text}");
     }
 }

@@ -84,16 +84,24 @@ fn frame() -> impl Strategy<Value = Frame> {
                 limits,
             }
         }),
-        (req.clone(), id32(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(req, key, a, b)| {
-            let mut proof = [0; 64];
-            proof[..32].copy_from_slice(&a);
-            proof[32..].copy_from_slice(&b);
-            Frame::Join {
-                req,
-                mailbox_key: MailboxKey(key),
-                proof: Signature64(proof),
-            }
-        }),
+        (
+            req.clone(),
+            id32(),
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>(),
+            proptest::option::of("[A-Z2-7]{0,300}")
+        )
+            .prop_map(|(req, key, a, b, admission)| {
+                let mut proof = [0; 64];
+                proof[..32].copy_from_slice(&a);
+                proof[32..].copy_from_slice(&b);
+                Frame::Join {
+                    req,
+                    mailbox_key: MailboxKey(key),
+                    proof: Signature64(proof),
+                    admission: admission.map(zerok_messages::wire::AdmissionText),
+                }
+            }),
         (req.clone(), id32(), any::<u64>()).prop_map(|(req, mailbox, latest)| Frame::Joined {
             req,
             mailbox: MailboxId(mailbox),

@@ -92,6 +92,8 @@ pub struct RelayConfig {
     pub store: StoreConfig,
     /// How a stop signal is handled.
     pub shutdown: ShutdownConfig,
+    /// Who may create mailboxes, and how fast.
+    pub admission: AdmissionSettings,
 }
 
 /// How log lines are written.
@@ -212,6 +214,70 @@ pub struct StoreConfig {
     pub min_free_disk_bytes: u64,
 }
 
+/// Who may create mailboxes on this relay, and how fast (a mailbox is created by the first
+/// Join of a group key the relay holds nothing for).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionSettings {
+    /// `open`: any device may create mailboxes (a personal or LAN relay); `token`: only Joins
+    /// carrying an admission token from `zerok-relay admit` (a public relay).
+    pub mode: AdmissionModeArg,
+    /// New mailboxes one device may create per hour (both modes); at least 1.
+    pub mailboxes_per_device_per_hour: u32,
+    /// New mailboxes one source address (IPv6: its /64) may create per hour; at least 1.
+    pub mailboxes_per_source_per_hour: u32,
+}
+
+/// `admission.mode` and `--admission`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AdmissionModeArg {
+    /// Any device may create mailboxes.
+    #[default]
+    Open,
+    /// Only holders of this relay's admission tokens may create mailboxes.
+    Token,
+}
+
+impl AdmissionSettings {
+    /// The settings as the admission component takes them.
+    pub fn to_config(&self) -> zerok_actors::admission::AdmissionConfig {
+        zerok_actors::admission::AdmissionConfig {
+            mode: match self.mode {
+                AdmissionModeArg::Open => zerok_actors::admission::AdmissionMode::Open,
+                AdmissionModeArg::Token => zerok_actors::admission::AdmissionMode::Token,
+            },
+            mailboxes_per_device_per_hour: self.mailboxes_per_device_per_hour,
+            mailboxes_per_source_per_hour: self.mailboxes_per_source_per_hour,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        require_positive(
+            "admission.mailboxes_per_device_per_hour",
+            self.mailboxes_per_device_per_hour.into(),
+        )?;
+        require_positive(
+            "admission.mailboxes_per_source_per_hour",
+            self.mailboxes_per_source_per_hour.into(),
+        )
+    }
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        // Open: the embedded default is a personal relay; a public one sets `token`. The rates
+        // are the admission component's documented defaults.
+        Self {
+            mode: AdmissionModeArg::Open,
+            mailboxes_per_device_per_hour:
+                zerok_actors::admission::MAILBOXES_PER_DEVICE_PER_HOUR_DEFAULT,
+            mailboxes_per_source_per_hour:
+                zerok_actors::admission::MAILBOXES_PER_SOURCE_PER_HOUR_DEFAULT,
+        }
+    }
+}
+
 /// How a stop signal (SIGINT, SIGTERM) is handled.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -239,6 +305,7 @@ impl Default for RelayConfig {
             rate_limits: RateLimitsConfig::default(),
             store: StoreConfig::default(),
             shutdown: ShutdownConfig::default(),
+            admission: AdmissionSettings::default(),
         }
     }
 }
@@ -442,7 +509,8 @@ impl RelayConfig {
         self.connections.validate()?;
         self.rate_limits.validate()?;
         self.store.validate()?;
-        self.shutdown.validate()
+        self.shutdown.validate()?;
+        self.admission.validate()
     }
 }
 
@@ -743,10 +811,10 @@ impl FromStr for HttpAddrArg {
 )]
 pub struct Cli {
     /// TOML configuration file; without it every option has its default.
-    #[arg(long, value_name = "PATH", env = "ZEROK_RELAY_CONFIG")]
+    #[arg(long, global = true, value_name = "PATH", env = "ZEROK_RELAY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Data directory (store, node key, relay.addr).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// UDP address of the QUIC endpoint.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -760,6 +828,27 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Who may create mailboxes: `open` (personal or LAN relay) or `token` (public relay).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub admission: Option<AdmissionModeArg>,
+    /// Run a command instead of the relay.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands besides running the relay.
+#[derive(Debug, Clone, PartialEq, clap::Subcommand)]
+pub enum Command {
+    /// Print an admission token (a secret) that lets its holder create mailboxes on this
+    /// relay in `token` mode. Signed with the relay's node key in the data dir.
+    Admit {
+        /// How many mailboxes the token may create (a group uses one per key epoch).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        mailboxes: u32,
+        /// Days until the token expires (mailboxes it created stay).
+        #[arg(long, default_value_t = 30, value_name = "D")]
+        valid_days: u64,
+    },
 }
 
 impl Cli {
@@ -781,6 +870,9 @@ impl Cli {
         }
         if let Some(log_format) = self.log_format {
             config.log_format = log_format;
+        }
+        if let Some(mode) = self.admission {
+            config.admission.mode = mode;
         }
         config.validate().map_err(|err| err.in_file(path))?;
         Ok(config)
@@ -1177,6 +1269,10 @@ mod tests {
             "mailbox_items_max",
             "[shutdown]",
             "grace_secs",
+            "[admission]",
+            "mode",
+            "mailboxes_per_device_per_hour",
+            "mailboxes_per_source_per_hour",
         ] {
             let set = text.lines().any(|line| {
                 let line = line.trim();
@@ -1266,5 +1362,70 @@ mod tests {
         }
         // The default page is within the bound too.
         LimitsConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn admission_is_open_by_default_and_token_by_file_or_flag() {
+        assert_eq!(
+            RelayConfig::default().admission.mode,
+            AdmissionModeArg::Open
+        );
+        let file =
+            parse("[admission]\nmode = \"token\"\nmailboxes_per_device_per_hour = 3\n").unwrap();
+        assert_eq!(file.admission.mode, AdmissionModeArg::Token);
+        assert_eq!(file.admission.mailboxes_per_device_per_hour, 3);
+        assert_eq!(
+            file.admission.mailboxes_per_source_per_hour,
+            zerok_actors::admission::MAILBOXES_PER_SOURCE_PER_HOUR_DEFAULT
+        );
+        assert_eq!(
+            cli(&["--admission", "token"])
+                .resolve()
+                .unwrap()
+                .admission
+                .mode,
+            AdmissionModeArg::Token
+        );
+        assert!(parse("[admission]\nmode = \"closed\"\n").is_err());
+        assert!(
+            Cli::try_parse_from(["zerok-relay", "--admission", "closed"]).is_err(),
+            "clap accepts an unknown mode"
+        );
+        let zero = parse("[admission]\nmailboxes_per_source_per_hour = 0\n").unwrap_err();
+        assert!(
+            zero.to_string()
+                .contains("admission.mailboxes_per_source_per_hour"),
+            "{zero}"
+        );
+    }
+
+    #[test]
+    fn admit_is_a_subcommand_that_takes_the_global_data_dir() {
+        let parsed = cli(&[
+            "admit",
+            "--data-dir",
+            "/d",
+            "--mailboxes",
+            "3",
+            "--valid-days",
+            "7",
+        ]);
+        assert_eq!(
+            parsed.command,
+            Some(Command::Admit {
+                mailboxes: 3,
+                valid_days: 7
+            })
+        );
+        assert_eq!(parsed.resolve().unwrap().data_dir, PathBuf::from("/d"));
+        let defaults = cli(&["admit"]);
+        assert_eq!(
+            defaults.command,
+            Some(Command::Admit {
+                mailboxes: 1,
+                valid_days: 30
+            })
+        );
+        assert_eq!(cli(&[]).command, None);
     }
 }

@@ -1,6 +1,10 @@
 //! `zerok-relay`: run a relay. With no arguments it uses the embedded defaults (data dir
 //! `./zerok-relay-data`, QUIC on UDP `0.0.0.0:7340`, HTTP on `127.0.0.1:7341`).
 //!
+//! `zerok-relay admit [--data-dir DIR] [--mailboxes N] [--valid-days D]` prints an admission
+//! token for `token` mode instead, signed with the node key of the data dir (created if the
+//! relay never ran there). The token is the last line of its output and is a secret.
+//!
 //! Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 when the relay cannot start or a
 //! top-level actor died, 2 for bad usage or a bad configuration (one line on stderr).
 
@@ -9,7 +13,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 use tracing::{error, info, warn};
-use zerok_relay::config::{Cli, LogFormat, RelayConfig};
+use zerok_relay::config::{Cli, Command, LogFormat, RelayConfig};
 use zerok_relay::tree::{RelayNode, Seams};
 
 fn main() -> ExitCode {
@@ -31,6 +35,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Admit {
+        mailboxes,
+        valid_days,
+    }) = &cli.command
+    {
+        return admit(&config, *mailboxes, *valid_days);
+    }
     init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -43,6 +54,59 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(config))
+}
+
+/// `zerok-relay admit`: mint and print one admission token.
+fn admit(config: &RelayConfig, mailboxes: u32, valid_days: u64) -> ExitCode {
+    use zerok_actors::admission::{AdmissionToken, token_id_hex};
+    let mut rng = zerok_actors::rng::Rng::system();
+    let data_dir = &config.data_dir;
+    if let Err(err) = std::fs::create_dir_all(data_dir) {
+        eprintln!("zerok-relay: data dir {}: {err}", data_dir.display());
+        return ExitCode::from(1);
+    }
+    let key_path = data_dir.join(zerok_relay::tree::NODE_KEY_FILE);
+    let secret = match zerok_actors::link::iroh::load_or_create_secret_key(&key_path, &mut rng) {
+        Ok(secret) => secret,
+        Err(err) => {
+            eprintln!("zerok-relay: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let now = zerok_actors::clock::Clock::system().now_unix_secs();
+    let token =
+        match AdmissionToken::mint_for_days(&secret, rng.bytes(), mailboxes, now, valid_days) {
+            Ok(token) => token,
+            Err(err) => {
+                eprintln!("zerok-relay: admit: {err}");
+                return ExitCode::from(2);
+            }
+        };
+    let mut out = std::io::stdout().lock();
+    let lines = [
+        format!("admission token for relay {}", token.relay_id),
+        format!("token id:  {}", token_id_hex(&token.token_id)),
+        format!("mailboxes: {}", token.mailboxes),
+        format!(
+            "expires:   unix {} (in {valid_days} days)",
+            token.expires_at_unix_secs
+        ),
+        "it is a secret: whoever holds it may create mailboxes on this relay".to_owned(),
+        token.encode(),
+    ];
+    for line in lines {
+        if writeln!(out, "{line}").is_err() {
+            return ExitCode::from(1);
+        }
+    }
+    let _ = out.flush();
+    if config.admission.mode != zerok_relay::config::AdmissionModeArg::Token {
+        eprintln!(
+            "zerok-relay: note: admission.mode is \"open\" in this configuration; tokens are \
+             only needed in \"token\" mode"
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging(format: LogFormat) {

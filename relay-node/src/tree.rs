@@ -17,7 +17,9 @@
 //! Wiring: Infra spawns the store and hands out a [`SharedRef`] to it; routers, sessions and
 //! the sweeper reach the store only through it, so a restarted store is picked up without
 //! anyone holding a stale ref. The Listener casts each accepted link to the
-//! SessionsSupervisor; sessions ask the RoutersSupervisor for a mailbox's router.
+//! SessionsSupervisor; sessions ask the RoutersSupervisor for a mailbox's router. Sessions
+//! share one [`Admission`] (open or token mode, creation rates, the admission ledger in the
+//! data dir), which decides every Join that would create a mailbox.
 //!
 //! Shutdown ([`RelayNode::shutdown`]): `/ready` turns 503; the Listener stops (no new
 //! connections); every Session says `Bye{shutdown}`; the store drains its queue (every push
@@ -34,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
+use zerok_actors::admission::Admission;
 use zerok_actors::blob_store::core::{StoreBudget, StoreLimits};
 use zerok_actors::blob_store::{Store, StoreOptions};
 use zerok_actors::clock::Clock;
@@ -100,6 +103,9 @@ pub enum StartError {
     /// An actor failed to start.
     #[error("actor tree: {0}")]
     Actors(String),
+    /// The admission ledger cannot be read.
+    #[error("{0}")]
+    Admission(#[from] zerok_actors::admission::LedgerError),
 }
 
 /// Seams a test or the simulation can replace; the binary uses [`Seams::default`].
@@ -136,6 +142,7 @@ pub struct ShutdownReport {
 
 struct RootArgs {
     infra: InfraArgs,
+    admission: Arc<Admission>,
     sessions: SessionsConfig,
     rate_limits: RateLimitConfig,
     rng: Rng,
@@ -192,6 +199,7 @@ impl Actor for RelayRootActor {
                 store: store.clone(),
                 routers: routers.clone(),
                 limiters: Arc::new(RelayLimiters::new(&args.rate_limits)),
+                admission: args.admission,
                 rng: args.rng,
                 metrics,
             },
@@ -399,6 +407,18 @@ impl RelayNode {
             metrics.clone(),
         ));
         let relay_id = endpoint.local_id();
+        let admission = match Admission::load(
+            relay_id,
+            &config.admission.to_config(),
+            clock.clone(),
+            data_dir,
+        ) {
+            Ok(admission) => Arc::new(admission),
+            Err(err) => {
+                endpoint.close().await;
+                return Err(err.into());
+            }
+        };
         let mut addr = endpoint.local_addr();
         if !config.advertise.is_empty() {
             addr.addrs = config.advertise.clone();
@@ -432,6 +452,7 @@ impl RelayNode {
         };
         let limits = &config.limits;
         let root_args = RootArgs {
+            admission,
             infra: InfraArgs {
                 store: Arc::new(store),
                 limits: StoreLimits {

@@ -189,6 +189,7 @@ async fn pulls_never_read_pin_a_bounded_amount_and_the_reader_is_disconnected() 
                 req: ReqId(1),
                 mailbox_key: keys.mailbox_key(),
                 proof,
+                admission: None,
             }))
             .await
             .unwrap();

@@ -7,7 +7,7 @@
 use crate::crypto::join::verify_join;
 use std::collections::BTreeSet;
 use zerok_messages::codec::DecodeError;
-use zerok_messages::wire::{ByeReason, PROTOCOL_VERSION};
+use zerok_messages::wire::{AdmissionText, ByeReason, PROTOCOL_VERSION};
 use zerok_messages::{BlobId, Cursor, DeviceId, ErrorCode, Frame, Limits, MailboxId, ReqId};
 
 /// Protocol errors a connection may make before it is closed: enough to survive a client
@@ -28,12 +28,18 @@ pub enum Action {
     Close,
     /// Nothing to do (e.g. a `Pong`).
     Nothing,
-    /// The join proof checked out: answer `Joined` with the mailbox's latest cursor.
+    /// The join proof checked out: if the Join creates the mailbox, admit it
+    /// ([`crate::admission`]; on refusal call [`SessionCore::on_join_refused`]), then answer
+    /// `Joined` with the mailbox's latest cursor.
     Joined {
         /// Request id.
         req: ReqId,
         /// The mailbox joined.
         mailbox: MailboxId,
+        /// The admission token the Join carried.
+        admission: Option<AdmissionText>,
+        /// False when this connection had joined the mailbox already (so it was admitted).
+        is_new_on_connection: bool,
     },
     /// Store a push.
     Push {
@@ -132,6 +138,11 @@ impl SessionCore {
         }
     }
 
+    /// The Join of `mailbox` was refused admission: the connection is not a member.
+    pub fn on_join_refused(&mut self, mailbox: &MailboxId) {
+        self.joined.remove(mailbox);
+    }
+
     /// A frame body that did not decode.
     pub fn on_decode_error(&mut self, err: &DecodeError) -> Action {
         let (code, message) = match err {
@@ -190,6 +201,7 @@ impl SessionCore {
                 req,
                 mailbox_key,
                 proof,
+                admission,
             } => {
                 if verify_join(
                     &mailbox_key,
@@ -206,8 +218,13 @@ impl SessionCore {
                             "too many mailboxes joined on one connection",
                         ));
                     }
-                    self.joined.insert(mailbox);
-                    Action::Joined { req, mailbox }
+                    let is_new_on_connection = self.joined.insert(mailbox);
+                    Action::Joined {
+                        req,
+                        mailbox,
+                        admission,
+                        is_new_on_connection,
+                    }
                 } else {
                     Action::Reply(error(
                         Some(req),
@@ -397,6 +414,7 @@ mod tests {
             req: ReqId(4),
             mailbox_key: keys.mailbox_key(),
             proof,
+            admission: None,
         };
         assert!(is_error(
             &core.on_frame(join(replayed)),
@@ -418,7 +436,9 @@ mod tests {
             core.on_frame(join(proof)),
             Action::Joined {
                 req: ReqId(4),
-                mailbox
+                mailbox,
+                admission: None,
+                is_new_on_connection: true,
             }
         );
         assert!(matches!(
@@ -445,6 +465,7 @@ mod tests {
             req: ReqId(1),
             mailbox_key: keys.mailbox_key(),
             proof,
+            admission: None,
         });
         let mailbox = keys.mailbox_id();
         assert!(is_error(
@@ -507,6 +528,7 @@ mod tests {
                 req: ReqId(u64::from(n)),
                 mailbox_key: keys.mailbox_key(),
                 proof,
+                admission: None,
             });
             if (n as usize) < JOINED_MAX {
                 assert!(matches!(action, Action::Joined { .. }), "join {n}");
@@ -523,5 +545,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_join_carries_its_token_and_a_refused_join_is_no_membership() {
+        let keys = GroupSecret::from_bytes([7; 32]).epoch_keys(Epoch(0));
+        let mailbox = keys.mailbox_id();
+        let mut core = ready();
+        let token = AdmissionText("ZKA1TOKEN".into());
+        let join = |admission: Option<AdmissionText>| Frame::Join {
+            req: ReqId(1),
+            mailbox_key: keys.mailbox_key(),
+            proof: sign_join(&keys, &RELAY, &PEER, &NONCE),
+            admission,
+        };
+        assert_eq!(
+            core.on_frame(join(Some(token.clone()))),
+            Action::Joined {
+                req: ReqId(1),
+                mailbox,
+                admission: Some(token),
+                is_new_on_connection: true,
+            }
+        );
+        core.on_join_refused(&mailbox);
+        assert!(is_error(
+            &core.on_frame(push(mailbox, b"x")),
+            ErrorCode::Unauthorized
+        ));
+        // Admitted this time; a second Join on the same connection is not new.
+        assert!(matches!(
+            core.on_frame(join(None)),
+            Action::Joined {
+                is_new_on_connection: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            core.on_frame(join(None)),
+            Action::Joined {
+                is_new_on_connection: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            core.on_frame(push(mailbox, b"x")),
+            Action::Push { .. }
+        ));
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod core;
 
+use crate::admission::SessionAdmission;
 use crate::link_reader::{LinkReaderActor, LinkReaderArgs};
 use crate::metrics::RelayMetrics;
 use crate::rate_limit::RelayLimiters;
@@ -86,6 +87,8 @@ pub struct SessionArgs {
     pub limiters: Arc<RelayLimiters>,
     /// Metrics.
     pub metrics: RelayMetrics,
+    /// Who may create mailboxes, for this connection's source.
+    pub admission: SessionAdmission,
 }
 
 /// Session state.
@@ -104,6 +107,7 @@ pub struct SessionState {
     limits: Limits,
     limiters: Arc<RelayLimiters>,
     metrics: RelayMetrics,
+    admission: SessionAdmission,
 }
 
 fn encode(frame: &Frame, metrics: &RelayMetrics) -> Option<Bytes> {
@@ -251,26 +255,68 @@ impl SessionState {
                 myself.stop(Some("protocol violation".into()));
             }
             Action::Close => myself.stop(Some("peer said bye".into())),
-            Action::Joined { req, mailbox } => {
+            Action::Joined {
+                req,
+                mailbox,
+                admission,
+                is_new_on_connection,
+            } => {
+                // Decided inline (not in a task), so a frame pipelined after the Join is
+                // judged only once the Join is: a refused Join never lets a Push through.
                 let store = self.store.get();
-                tokio::spawn(async move {
-                    let latest = ractor::call_t!(
-                        store,
-                        |reply| BlobStoreMsg::GetLatest { mailbox, reply },
-                        REQUEST_TIMEOUT.as_millis() as u64
-                    );
-                    let frame = match latest {
-                        Ok(Ok(latest)) => Frame::Joined {
-                            req,
-                            mailbox,
-                            latest,
-                        },
-                        Ok(Err(err)) => store_error_frame(req, &err),
-                        Err(_) => unavailable(req, "store did not answer"),
-                    };
-                    replies.queue(frame);
-                    drop(permit);
-                });
+                let latest = ractor::call_t!(
+                    store,
+                    |reply| BlobStoreMsg::GetLatest { mailbox, reply },
+                    LOOKUP_TIMEOUT.as_millis() as u64
+                );
+                let frame = match latest {
+                    Ok(Ok(latest)) if !is_new_on_connection => Frame::Joined {
+                        req,
+                        mailbox,
+                        latest,
+                    },
+                    Ok(Ok(latest)) => {
+                        let decided = Box::pin(
+                            self.admission
+                                .check_join(mailbox, latest, self.peer, admission),
+                        )
+                        .await;
+                        match decided {
+                            Ok(_) => Frame::Joined {
+                                req,
+                                mailbox,
+                                latest,
+                            },
+                            Err(refusal) => {
+                                self.core.on_join_refused(&mailbox);
+                                if let crate::admission::Refusal::RateLimited { scope, .. } =
+                                    &refusal
+                                {
+                                    metrics
+                                        .rate_limited_total
+                                        .with_label_values(&[scope.as_str()])
+                                        .inc();
+                                }
+                                debug!(peer = %self.peer.short(), mailbox = %mailbox.short(), refusal = %refusal, "mailbox creation refused");
+                                refusal.to_frame(req)
+                            }
+                        }
+                    }
+                    Ok(Err(err)) => {
+                        if is_new_on_connection {
+                            self.core.on_join_refused(&mailbox);
+                        }
+                        store_error_frame(req, &err)
+                    }
+                    Err(_) => {
+                        if is_new_on_connection {
+                            self.core.on_join_refused(&mailbox);
+                        }
+                        unavailable(req, "store did not answer")
+                    }
+                };
+                replies.queue(frame);
+                drop(permit);
             }
             Action::Push {
                 req,
@@ -483,6 +529,7 @@ impl Actor for SessionActor {
             limits: args.limits,
             limiters: args.limiters,
             metrics: args.metrics,
+            admission: args.admission,
         })
     }
 

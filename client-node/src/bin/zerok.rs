@@ -44,6 +44,10 @@ enum Command {
         /// A label for the group.
         #[arg(long, default_value = "default")]
         name: String,
+        /// An admission token from `zerok-relay admit`, for a relay that admits by token (it
+        /// names its relay, which must be one of --relay; repeatable). It is a secret.
+        #[arg(long = "admission", value_name = "TOKEN")]
+        admissions: Vec<String>,
     },
     /// Print an invite token for the group (it is a secret).
     Invite {
@@ -285,6 +289,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             relays,
             passphrase,
             name,
+            admissions,
         } => {
             let client = start(&home, false).await?;
             let existing = client.groups().await?;
@@ -300,7 +305,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 NewSecret::Random
             };
-            let result = client.create_group(&name, secret, relays).await;
+            let result = client
+                .create_group_admitted(&name, secret, relays, &admissions)
+                .await;
             let device = client.device_id();
             client.shutdown().await;
             let group = result?;
