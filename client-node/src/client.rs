@@ -2,7 +2,7 @@
 
 use crate::coordinator::{CoordMsg, CoordinatorArgs};
 use crate::encryptor::EncryptorArgs;
-use crate::store::{GroupRecord, LocalStore};
+use crate::store::{GroupRecord, KeyFileIdentity, LocalStore};
 use crate::tree::{ClientRoot, RootArgs, RootMsg};
 use crate::types::{ClientError, Event, GroupId, Receipt, Status, SyncReport};
 use ractor::{Actor, ActorRef};
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tracing::warn;
 use zerok_actors::admission::AdmissionToken;
 use zerok_actors::clock::Clock;
 use zerok_actors::crypto::envelope::DeviceKey;
@@ -106,13 +107,17 @@ impl Client {
                 .map_err(|e| home_err(&home, e))?;
         }
         let mut rng = config.rng.unwrap_or_else(Rng::system);
-        let secret = load_or_create_secret_key(&home.join("device.key"), &mut rng)
-            .map_err(|e| home_err(&home, e))?;
-        let device = Arc::new(DeviceKey::from_secret_bytes(&secret));
+        let key_path = home.join("device.key");
+        let mut secret =
+            load_or_create_secret_key(&key_path, &mut rng).map_err(|e| home_err(&home, e))?;
         let store_dir = home.join("store");
         let store = tokio::task::spawn_blocking(move || LocalStore::open(&store_dir))
             .await
             .map_err(|e| home_err(&home, e))??;
+        if let Some(fresh) = take_new_key_if_copied(&home, &key_path, &store, &mut rng).await? {
+            secret = fresh;
+        }
+        let device = Arc::new(DeviceKey::from_secret_bytes(&secret));
         let endpoint = IrohNode::bind(IrohConfig::new(secret, config.bind))
             .await
             .map_err(|e| home_err(&home, format!("cannot bind {}: {e}", config.bind)))?;
@@ -510,6 +515,43 @@ impl Client {
             CALL_TIMEOUT_MS
         )
         .map_err(stopped)?
+    }
+}
+
+/// A home dir that was copied, or restored from a backup, must not reuse the sequence
+/// numbers its key already signed: receivers would drop the second record of a `(sender,
+/// seq)` as a replay. `device.key` in a copy is a new file (new inode and birth time) with the
+/// old bytes; when it is not the file the store recorded, this copy takes a new device key
+/// (its records then start at seq 1 under a new sender id) and the store is told so. The
+/// original, whose key file is unchanged, keeps its key. Returns the new key, if one was made.
+async fn take_new_key_if_copied(
+    home: &Path,
+    key_path: &Path,
+    store: &LocalStore,
+    rng: &mut Rng,
+) -> Result<Option<[u8; 32]>, ClientError> {
+    let found = KeyFileIdentity::of(key_path).map_err(|e| home_err(home, e))?;
+    match store.key_file()? {
+        None => {
+            store.set_key_file(&found).await?;
+            Ok(None)
+        }
+        Some(recorded) if recorded.is_same_file(&found) => Ok(None),
+        Some(_) => {
+            let old_secret =
+                load_or_create_secret_key(key_path, rng).map_err(|e| home_err(home, e))?;
+            let old = DeviceKey::from_secret_bytes(&old_secret).device_id();
+            warn!(
+                home = %home.display(),
+                old_device = %old.short(),
+                "home dir was copied or restored from a backup; taking a new device key"
+            );
+            std::fs::remove_file(key_path).map_err(|e| home_err(home, e))?;
+            let secret = load_or_create_secret_key(key_path, rng).map_err(|e| home_err(home, e))?;
+            let identity = KeyFileIdentity::of(key_path).map_err(|e| home_err(home, e))?;
+            store.new_device_key(old, &identity).await?;
+            Ok(Some(secret))
+        }
     }
 }
 

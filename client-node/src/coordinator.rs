@@ -145,6 +145,8 @@ struct GroupState {
     outbox: BTreeMap<u64, OutboxEntry>,
     by_blob: HashMap<BlobId, u64>,
     next_seq: u64,
+    /// Own records are sealed with `outbox seq - seq_base` (see `LocalStore::new_device_key`).
+    seq_base: u64,
     hlc: Hlc,
 }
 
@@ -192,8 +194,10 @@ impl CoordinatorState {
         let outbox: BTreeMap<u64, OutboxEntry> = store.outbox(&id)?.into_iter().collect();
         let by_blob = outbox.iter().map(|(seq, e)| (e.blob_id, *seq)).collect();
         let (next_seq, last_hlc) = store.own_seq(&id)?;
+        // Our own last timestamp goes through the same bound: a clock that was pinned far
+        // ahead (before remote timestamps were bounded) recovers.
         let mut hlc = Hlc::new();
-        hlc.observe(last_hlc);
+        hlc.observe(last_hlc, self.args.clock.now_unix_ms());
         Ok(GroupState {
             relays: parse_relays(&record),
             tracker: store.tracker(&id)?,
@@ -202,6 +206,7 @@ impl CoordinatorState {
             outbox,
             by_blob,
             next_seq,
+            seq_base: store.seq_base(&id)?,
             hlc,
         })
     }
@@ -497,7 +502,7 @@ impl CoordinatorState {
             return Ok(());
         };
         let verdict = state.tracker.observe(record.sender, record.seq);
-        state.hlc.observe(record.hlc);
+        state.hlc.observe(record.hlc, self.args.clock.now_unix_ms());
         batch.seen.push(item.blob_id);
         match verdict {
             SeqVerdict::Replay => {
@@ -551,12 +556,13 @@ impl CoordinatorState {
             return Err(ClientError::UnknownGroup(group));
         };
         let seq = state.next_seq;
+        let record_seq = seq.saturating_sub(state.seq_base);
         let hlc = state.hlc.tick(self.args.clock.now_unix_ms());
         let sealed = ractor::call_t!(
             self.args.encryptor,
             |reply| EncryptorMsg::Seal {
                 group,
-                seq,
+                seq: record_seq,
                 hlc,
                 payload,
                 reply,

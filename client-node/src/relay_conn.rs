@@ -10,17 +10,25 @@
 //! On loss it reconnects with jittered exponential backoff ([`BACKOFF_FIRST`] doubling to
 //! [`BACKOFF_MAX`], drawn from the client's seeded rng), never sooner than a relay's
 //! `retry_after_ms`; the coordinator resends what this relay has not acked. A keep-alive
-//! `Ping` every [`PING_EVERY`] detects a dead path; after [`DEAD_AFTER`] without any frame the
-//! link is dropped and redialled.
+//! `Ping` every [`PING_EVERY`] detects a dead path; after [`DEAD_AFTER`] without any frame, or
+//! with a `Ping` unanswered that long, the link is dropped and redialled.
+//!
+//! The actor never waits for its relay to read: frames go into a [`SendQueue`] bounded by
+//! bytes ([`SEND_QUEUE_BYTES_MAX`]) that a task of the connection writes to the link. Pushes
+//! wait in the connection while the queue holds [`PUSH_QUEUE_BYTES_MAX`]; any other frame that
+//! does not fit means the relay stopped reading, and the link is dropped and redialled. So a
+//! relay that stops reading can delay this relay's pushes, never wedge the actor: keep-alive,
+//! `SyncNow` answers and every other relay keep working.
 
 use crate::coordinator::CoordMsg;
 use crate::types::GroupId;
 use bytes::Bytes;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 use zerok_actors::crypto::join::sign_join;
 use zerok_actors::crypto::keys::EpochKeys;
@@ -45,6 +53,17 @@ pub const PING_EVERY: Duration = Duration::from_secs(15);
 pub const DEAD_AFTER: Duration = Duration::from_secs(45);
 /// Pushes one connection has in flight.
 pub const PUSHES_IN_FLIGHT_MAX: usize = 128;
+/// Bytes of frames a connection queues for its relay beyond what the link took. A relay that
+/// reads drains it within a round trip; one that stopped reading lets it fill, and a frame
+/// that does not fit then means the relay is not reading (the link is dropped and redialled).
+/// 8 MiB is the push budget below plus room for several maximal frames (1 MiB + 4 KiB), so
+/// keep-alives, pulls and joins always fit while the relay reads at all.
+pub const SEND_QUEUE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Queued bytes at which pushes stop being queued and wait, in order, in the connection (they
+/// go out as acks come back): pushes are the only large frames, and holding them back keeps
+/// a slow but honest relay from looking like one that stopped reading. 4 MiB keeps a 10 MB/s
+/// path busy for 400 ms, more than a round trip.
+pub const PUSH_QUEUE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// How long a relay may take to answer `Hello`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames the client reads ahead of its processing.
@@ -258,15 +277,99 @@ impl GroupSync {
     }
 }
 
+/// The frames of one connection on their way to the link: queued without waiting, counted
+/// in bytes, written in order by a task that alone waits for the link to take them.
+struct SendQueue {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued_bytes: Arc<AtomicUsize>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+/// The queue holds [`SEND_QUEUE_BYTES_MAX`] already: the relay is not reading.
+#[derive(Debug)]
+struct QueueFull;
+
+impl SendQueue {
+    fn start(sender: LinkSender) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&queued_bytes);
+        let writer = tokio::spawn(async move {
+            while let Some(body) = rx.recv().await {
+                let len = body.len();
+                let sent = sender.send(body).await;
+                counter.fetch_sub(len, Ordering::AcqRel);
+                if sent.is_err() {
+                    // The link is gone; the reader reports why.
+                    break;
+                }
+            }
+        });
+        Self {
+            tx,
+            queued_bytes,
+            writer,
+        }
+    }
+
+    /// Bytes queued and not yet taken by the link.
+    fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
+    /// Queue a frame body unless the queue is full (an empty queue takes any frame).
+    fn try_queue(&self, body: Bytes) -> Result<(), QueueFull> {
+        let len = body.len();
+        let queued = self.queued_bytes();
+        if queued > 0 && queued.saturating_add(len) > SEND_QUEUE_BYTES_MAX {
+            return Err(QueueFull);
+        }
+        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if self.tx.send(body).is_err() {
+            // The writer stopped because the link closed; the reader reports the loss.
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SendQueue {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
 struct Conn {
+    /// Kept to abort the link; frames go through `queue`.
     sender: LinkSender,
+    queue: SendQueue,
+    /// A frame did not fit the queue: the relay is not reading.
+    is_stalled: bool,
     nonce: [u8; 32],
     limits: Limits,
     pending: HashMap<u64, Pending>,
     next_req: u64,
     pushes_in_flight: usize,
     last_frame: tokio::time::Instant,
+    /// When the oldest unanswered `Ping` was sent.
+    ping_sent_at: Option<tokio::time::Instant>,
     reader: ActorRef<LinkReaderMsg>,
+}
+
+impl Conn {
+    /// Why the link counts as dead at `now`, if it does.
+    fn dead_reason(&self, now: tokio::time::Instant) -> Option<&'static str> {
+        if now.duration_since(self.last_frame) > DEAD_AFTER {
+            return Some("keep-alive timeout");
+        }
+        if self
+            .ping_sent_at
+            .is_some_and(|sent| now.duration_since(sent) > DEAD_AFTER)
+        {
+            return Some("relay stopped answering");
+        }
+        None
+    }
 }
 
 /// Connection state.
@@ -281,6 +384,19 @@ pub struct RelayConnState {
     generation: u64,
     attempts: u32,
     is_dialing: bool,
+}
+
+/// Where a pull page leaves the connection's cursor of the group: at the page's `next`, but
+/// never beyond the last item it actually carried (`last_received`). A relay's `next` is only
+/// its word: trusted as is, a page of 3 items with `next = 1000` would skip cursors 4..=1000
+/// for good, and `next = u64::MAX` would stop this relay from ever serving the group again.
+/// An empty page advances nothing (an honest relay says `next > after` there only when the
+/// items in between expired; reading that range again costs one empty page).
+fn page_upto(have: u64, next: u64, last_received: Option<u64>) -> u64 {
+    match last_received {
+        Some(last) => have.max(next.min(last)),
+        None => have,
+    }
 }
 
 fn backoff(attempts: u32, rng: &mut Rng) -> Duration {
@@ -360,26 +476,53 @@ impl RelayConnState {
         myself.send_after(delay, || RelayConnMsg::ConnectDue);
     }
 
-    async fn send(&mut self, make: impl FnOnce(ReqId) -> Frame, pending: Pending) {
+    /// Queue a request; never waits. A frame that does not fit marks the connection stalled
+    /// (the caller's `handle` then drops the link).
+    fn send(&mut self, make: impl FnOnce(ReqId) -> Frame, pending: Pending) {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
+        if conn.is_stalled {
+            return;
+        }
         let req = conn.next_req;
         conn.next_req += 1;
         let frame = make(ReqId(req));
         match codec::encode(&frame) {
             Ok(body) => {
-                if matches!(pending, Pending::Push { .. }) {
-                    conn.pushes_in_flight += 1;
+                if conn.queue.try_queue(Bytes::from(body)).is_err() {
+                    conn.is_stalled = true;
+                    return;
+                }
+                match pending {
+                    Pending::Push { .. } => conn.pushes_in_flight += 1,
+                    Pending::Ping => {
+                        conn.ping_sent_at
+                            .get_or_insert_with(tokio::time::Instant::now);
+                    }
+                    _ => {}
                 }
                 conn.pending.insert(req, pending);
-                let _ = conn.sender.send(Bytes::from(body)).await;
             }
             Err(err) => warn!(error = %err, "frame not encodable"),
         }
     }
 
-    async fn join_all(&mut self) {
+    /// Drop the link when the relay stopped reading (a frame did not fit the queue).
+    fn drop_if_stalled(&mut self, myself: &ActorRef<RelayConnMsg>) {
+        let Some(conn) = self.conn.as_ref().filter(|c| c.is_stalled) else {
+            return;
+        };
+        warn!(
+            relay = %self.relay.id.short(),
+            queued_bytes = conn.queue.queued_bytes(),
+            "relay is not reading; dropping the link"
+        );
+        conn.sender.clone().abort("relay is not reading");
+        self.lost(myself, "relay is not reading".into());
+    }
+
+    fn join_all(&mut self) {
         let Some(conn) = self.conn.as_ref() else {
             return;
         };
@@ -408,12 +551,11 @@ impl RelayConnState {
                     admission,
                 },
                 Pending::Join(group),
-            )
-            .await;
+            );
         }
     }
 
-    async fn start_pull(&mut self, group: GroupId) {
+    fn start_pull(&mut self, group: GroupId) {
         let Some(limits) = self.conn.as_ref().map(|c| c.limits.clone()) else {
             return;
         };
@@ -440,16 +582,18 @@ impl RelayConnState {
                 max_bytes: limits.pull_bytes_max,
             },
             Pending::Pull(group),
-        )
-        .await;
+        );
     }
 
-    async fn flush_pushes(&mut self, group: GroupId) {
+    fn flush_pushes(&mut self, group: GroupId) {
         loop {
             let Some(conn) = self.conn.as_ref() else {
                 return;
             };
-            if conn.pushes_in_flight >= PUSHES_IN_FLIGHT_MAX {
+            if conn.pushes_in_flight >= PUSHES_IN_FLIGHT_MAX
+                || conn.queue.queued_bytes() >= PUSH_QUEUE_BYTES_MAX
+                || conn.is_stalled
+            {
                 return;
             }
             let Some(sync) = self.groups.get_mut(&group) else {
@@ -471,8 +615,7 @@ impl RelayConnState {
                     ttl_secs: None,
                 },
                 Pending::Push { group, seq },
-            )
-            .await;
+            );
         }
     }
 
@@ -483,9 +626,11 @@ impl RelayConnState {
             .map(|(id, _)| *id)
     }
 
-    async fn lost(&mut self, myself: &ActorRef<RelayConnMsg>, reason: String) {
+    fn lost(&mut self, myself: &ActorRef<RelayConnMsg>, reason: String) {
         let Some(conn) = self.conn.take() else { return };
-        conn.reader.stop(None);
+        // Killed, not stopped: a stop waits for the reader's pending read, which a relay
+        // that went quiet never completes.
+        conn.reader.kill();
         for sync in self.groups.values_mut() {
             sync.joined = false;
             sync.accepting = false;
@@ -503,15 +648,20 @@ impl RelayConnState {
         self.schedule_redial(myself, None);
     }
 
-    async fn on_frame(&mut self, myself: &ActorRef<RelayConnMsg>, frame: Frame) {
+    fn on_frame(&mut self, myself: &ActorRef<RelayConnMsg>, frame: Frame) {
         let relay = self.relay_id();
         let pending = frame
             .req()
             .and_then(|req| self.conn.as_mut().and_then(|c| c.pending.remove(&req.0)));
-        if let Some(Pending::Push { .. }) = pending
-            && let Some(conn) = self.conn.as_mut()
-        {
-            conn.pushes_in_flight = conn.pushes_in_flight.saturating_sub(1);
+        if let Some(conn) = self.conn.as_mut() {
+            match pending {
+                Some(Pending::Push { .. }) => {
+                    conn.pushes_in_flight = conn.pushes_in_flight.saturating_sub(1);
+                }
+                // Pings are answered in order: the oldest unanswered one is answered now.
+                Some(Pending::Ping) => conn.ping_sent_at = None,
+                _ => {}
+            }
         }
         match (frame, pending) {
             (Frame::Joined { latest, .. }, Some(Pending::Join(group))) => {
@@ -530,7 +680,7 @@ impl RelayConnState {
                     .get(&group)
                     .is_some_and(|g| !g.waiters.is_empty())
                 {
-                    self.start_pull(group).await;
+                    self.start_pull(group);
                 }
                 if self.receive {
                     let Some(sync) = self.groups.get(&group) else {
@@ -544,14 +694,13 @@ impl RelayConnState {
                             after,
                         },
                         Pending::Subscribe,
-                    )
-                    .await;
+                    );
                 }
-                self.flush_pushes(group).await;
+                self.flush_pushes(group);
             }
             (Frame::PushAck { .. }, Some(Pending::Push { group, seq })) => {
                 self.emit(RelayEvent::Acked { relay, group, seq });
-                self.flush_pushes(group).await;
+                self.flush_pushes(group);
             }
             (
                 Frame::PullPage {
@@ -569,14 +718,17 @@ impl RelayConnState {
                     sync.pulling = false;
                     return;
                 }
-                let upto = sync.have.max(next.0);
                 let items: Vec<Item> = items
                     .into_iter()
                     .filter(|i| i.cursor.0 > sync.have)
                     .collect();
+                let last_received = items.iter().map(|i| i.cursor.0).max();
+                let upto = page_upto(sync.have, next.0, last_received);
                 sync.have = upto;
                 sync.pulling = false;
-                let again = has_more || sync.pull_again;
+                // A page with nothing new cannot have more to follow: asking again would let
+                // a relay keep us pulling empty pages forever.
+                let again = (has_more && last_received.is_some()) || sync.pull_again;
                 if !items.is_empty() || upto > 0 {
                     self.emit(RelayEvent::Items {
                         relay,
@@ -586,7 +738,7 @@ impl RelayConnState {
                     });
                 }
                 if again {
-                    self.start_pull(group).await;
+                    self.start_pull(group);
                 } else if let Some(sync) = self.groups.get_mut(&group) {
                     for waiter in sync.waiters.drain(..) {
                         let _ = waiter.send(Ok(()));
@@ -613,14 +765,14 @@ impl RelayConnState {
                         upto,
                     });
                 } else if item.cursor.0 > sync.have {
-                    self.start_pull(group).await;
+                    self.start_pull(group);
                 }
             }
             (Frame::Notify { mailbox, latest }, _) => {
                 if let Some(group) = self.group_of_mailbox(&mailbox)
                     && self.groups.get(&group).is_some_and(|g| latest.0 > g.have)
                 {
-                    self.start_pull(group).await;
+                    self.start_pull(group);
                 }
             }
             (
@@ -640,7 +792,7 @@ impl RelayConnState {
                         code,
                         retry_after_ms,
                     });
-                    self.flush_pushes(group).await;
+                    self.flush_pushes(group);
                 }
                 Some(Pending::Pull(group)) => {
                     if let Some(sync) = self.groups.get_mut(&group) {
@@ -656,8 +808,7 @@ impl RelayConnState {
                 _ => debug!(relay = %relay.short(), code = code.as_str(), "relay error"),
             },
             (Frame::Bye { reason }, _) => {
-                self.lost(myself, format!("relay said bye ({reason:?})"))
-                    .await;
+                self.lost(myself, format!("relay said bye ({reason:?})"));
             }
             _ => {}
         }
@@ -748,7 +899,10 @@ impl Actor for RelayConnActor {
                 )
                 .await?;
                 state.conn = Some(Conn {
+                    queue: SendQueue::start(sender.clone()),
                     sender,
+                    is_stalled: false,
+                    ping_sent_at: None,
                     nonce,
                     limits,
                     pending: HashMap::new(),
@@ -762,7 +916,7 @@ impl Actor for RelayConnActor {
                 state.emit(RelayEvent::Up {
                     relay: state.relay_id(),
                 });
-                state.join_all().await;
+                state.join_all();
             }
             RelayConnMsg::Link(LinkEvent::Frame { body, permit }) => {
                 drop(permit);
@@ -770,13 +924,13 @@ impl Actor for RelayConnActor {
                     conn.last_frame = tokio::time::Instant::now();
                 }
                 match codec::decode(&body) {
-                    Ok(frame) => state.on_frame(&myself, frame).await,
+                    Ok(frame) => state.on_frame(&myself, frame),
                     Err(err) => debug!(error = %err, "undecodable frame from relay"),
                 }
             }
             RelayConnMsg::Link(LinkEvent::Closed { error }) => {
                 let reason = error.map_or_else(|| "closed".to_owned(), |e| e.to_string());
-                state.lost(&myself, reason).await;
+                state.lost(&myself, reason);
             }
             RelayConnMsg::SetGroups(groups) => {
                 let mut next = HashMap::new();
@@ -792,7 +946,7 @@ impl Actor for RelayConnActor {
                     next.insert(group, sync);
                 }
                 state.groups = next;
-                state.join_all().await;
+                state.join_all();
             }
             RelayConnMsg::Push {
                 group,
@@ -807,7 +961,7 @@ impl Actor for RelayConnActor {
                     && sync.accepting
                 {
                     sync.queued.push_back((seq, blob_id, ciphertext));
-                    state.flush_pushes(group).await;
+                    state.flush_pushes(group);
                 }
             }
             RelayConnMsg::Resend { group, entries } => {
@@ -816,7 +970,7 @@ impl Actor for RelayConnActor {
                 {
                     sync.accepting = true;
                     sync.queued = entries.into_iter().collect();
-                    state.flush_pushes(group).await;
+                    state.flush_pushes(group);
                 }
             }
             RelayConnMsg::SyncNow { group, reply } => {
@@ -828,7 +982,7 @@ impl Actor for RelayConnActor {
                 };
                 sync.waiters.push(reply);
                 if sync.joined {
-                    state.start_pull(group).await;
+                    state.start_pull(group);
                 } else if state.conn.is_none() {
                     state.start_dial(&myself);
                 }
@@ -844,23 +998,47 @@ impl Actor for RelayConnActor {
                     && sync.paused
                 {
                     sync.paused = false;
-                    state.start_pull(group).await;
+                    state.start_pull(group);
                 }
             }
             RelayConnMsg::PingDue => {
-                let is_dead = state
+                let now = tokio::time::Instant::now();
+                let dead = state.conn.as_ref().and_then(|c| c.dead_reason(now));
+                if let Some(reason) = dead {
+                    if let Some(conn) = state.conn.as_ref() {
+                        conn.sender.clone().abort(reason);
+                    }
+                    state.lost(&myself, reason.into());
+                } else if state
                     .conn
                     .as_ref()
-                    .is_some_and(|c| c.last_frame.elapsed() > DEAD_AFTER);
-                if is_dead {
-                    if let Some(conn) = state.conn.as_ref() {
-                        conn.sender.clone().abort("keep-alive timeout");
-                    }
-                    state.lost(&myself, "keep-alive timeout".into()).await;
-                } else if state.conn.is_some() {
-                    state.send(|req| Frame::Ping { req }, Pending::Ping).await;
+                    .is_some_and(|c| c.ping_sent_at.is_none())
+                {
+                    state.send(|req| Frame::Ping { req }, Pending::Ping);
                 }
             }
+        }
+        state.drop_if_stalled(&myself);
+        Ok(())
+    }
+
+    /// A LinkReader ends with its link: after `Closed` (handled as a message) or because
+    /// `lost` killed it. Either way the loss is handled here, with backoff; ractor's default
+    /// (stop with the child) would throw the backoff away and have the coordinator restart
+    /// this connection at once, a tight loop against a relay that drops every connection.
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = &event
+            && state
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.reader.get_id() == cell.get_id())
+        {
+            state.lost(&myself, format!("link reader failed: {error}"));
         }
         Ok(())
     }

@@ -10,6 +10,14 @@
 //! | `s` ‖ group ‖ blob_id | (empty): blob ids already handed to the app (dedupe across relays) |
 //! | `q` ‖ group | the group's [`SeqTracker`] (CBOR) |
 //! | `n` ‖ group | next own seq ‖ last hlc |
+//! | `b` ‖ group | seq_base_be: own pushes numbered above it are sealed with seq − base |
+//! | `k` | [`KeyFileIdentity`] of `device.key` (CBOR): tells a copied home dir |
+//!
+//! Own pushes are numbered 1, 2, 3, ... per group in the outbox; the record inside carries
+//! that number minus the group's seq base, which is 0 until the device takes a new key (a
+//! copied or restored home dir, see [`LocalStore::new_device_key`]), when the new key's records
+//! start again at seq 1 while the outbox numbering, and what the old key still has queued,
+//! goes on.
 //!
 //! It belongs to the SyncCoordinator, its only user: every write happens in the coordinator's
 //! order, and flushes are awaited with `flush_async` so the runtime is never blocked.
@@ -70,6 +78,47 @@ pub struct OutboxEntry {
     pub ciphertext: Vec<u8>,
     /// Relays that acked it as durable.
     pub acked_by: Vec<DeviceId>,
+}
+
+/// Which file `device.key` is on disk. A copy of a home dir, or a restore from a backup,
+/// holds the same key bytes in a new file: a new inode and a new birth time (neither can be
+/// set by a copying tool). Comparing them at start tells that this home dir is not the one
+/// whose sequence numbers the store remembers, so it must not reuse them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyFileIdentity {
+    /// Inode number (unix).
+    pub inode: Option<u64>,
+    /// Birth time, unix nanoseconds, where the filesystem keeps one.
+    pub created_unix_ns: Option<u64>,
+}
+
+impl KeyFileIdentity {
+    /// Read it from the file at `path`.
+    pub fn of(path: &Path) -> std::io::Result<KeyFileIdentity> {
+        let meta = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let inode = Some(std::os::unix::fs::MetadataExt::ino(&meta));
+        #[cfg(not(unix))]
+        let inode = None;
+        let created_unix_ns = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_nanos()).ok());
+        Ok(KeyFileIdentity {
+            inode,
+            created_unix_ns,
+        })
+    }
+
+    /// Whether `other` is this same file (as far as both tell; nothing known = the same).
+    pub fn is_same_file(&self, other: &KeyFileIdentity) -> bool {
+        let same = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        same(self.inode, other.inode) && same(self.created_unix_ns, other.created_unix_ns)
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> ClientError {
@@ -183,6 +232,55 @@ impl LocalStore {
             Some(v) if v.len() == 16 => (be_u64(&v[..8]), be_u64(&v[8..])),
             _ => (1, 0),
         })
+    }
+
+    /// The group's seq base: own pushes are sealed with their outbox number minus this.
+    pub fn seq_base(&self, group: &GroupId) -> Result<u64, ClientError> {
+        Ok(self
+            .db
+            .get(key(b'b', group, &[]))
+            .map_err(err)?
+            .map_or(0, |v| be_u64(&v)))
+    }
+
+    /// The identity of `device.key` this store was last used with (`None` before the first
+    /// start that recorded it).
+    pub fn key_file(&self) -> Result<Option<KeyFileIdentity>, ClientError> {
+        match self.db.get(b"k").map_err(err)? {
+            Some(v) => Ok(Some(uncbor(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Record the identity of `device.key` (durable on return).
+    pub async fn set_key_file(&self, identity: &KeyFileIdentity) -> Result<(), ClientError> {
+        self.db.insert(b"k", cbor(identity)?).map_err(err)?;
+        self.flush().await
+    }
+
+    /// The device took a new key (`identity` is its file) instead of `old` (atomic, durable):
+    /// every group's own records start again at seq 1 (the seq base moves to the last own
+    /// push; the outbox numbering goes on, so what `old` still has queued keeps its place),
+    /// and `old`'s seqs so far count as seen, so its later records (another copy's now) are
+    /// received without a false gap.
+    pub async fn new_device_key(
+        &self,
+        old: DeviceId,
+        identity: &KeyFileIdentity,
+    ) -> Result<(), ClientError> {
+        let mut batch = sled::Batch::default();
+        for (group, _) in self.groups()? {
+            let (next_seq, _) = self.own_seq(&group)?;
+            let last_own = next_seq.saturating_sub(1);
+            let old_base = self.seq_base(&group)?;
+            batch.insert(key(b'b', &group, &[]), last_own.to_be_bytes().to_vec());
+            let mut tracker = self.tracker(&group)?;
+            tracker.mark_seen_through(old, last_own.saturating_sub(old_base));
+            batch.insert(key(b'q', &group, &[]), cbor(&tracker)?);
+        }
+        batch.insert(b"k".as_slice(), cbor(identity)?);
+        self.db.apply_batch(batch).map_err(err)?;
+        self.flush().await
     }
 
     /// Queue a sealed push and advance the own seq, atomically and durably.

@@ -163,3 +163,24 @@ async fn reordered_pages_still_deliver_each_record_once() {
     let unique = assert_only_honest_once(&received);
     assert_eq!(unique.len(), 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_page_cursors_never_skip_records() {
+    // Pages of 3 items that each claim 1000 cursors more than they carry (empty pages too):
+    // the client's cursor follows the items it got, so it keeps pulling and misses nothing.
+    let (received, other) = run(
+        Misbehaviour {
+            page_items_max: 3,
+            forge_next_by: 1000,
+            ..Misbehaviour::default()
+        },
+        5,
+    )
+    .await;
+    let unique = assert_only_honest_once(&received);
+    assert_eq!(unique.len(), 40, "every record arrives: {other:?}");
+    assert!(
+        !other.iter().any(|e| matches!(e, Event::GapDetected { .. })),
+        "{other:?}"
+    );
+}

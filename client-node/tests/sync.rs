@@ -382,3 +382,181 @@ async fn a_full_backlog_pauses_relays_and_resumes_without_loss() {
     let (extra, _) = receive(&mut events, 1, Duration::from_millis(500)).await;
     assert!(extra.is_empty());
 }
+
+/// `cp -r src dst`.
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
+
+/// A client on `dir/name` again, once the previous one there let go of its store.
+async fn restarted(dir: &std::path::Path, name: &str) -> zerok_client::Client {
+    for _ in 0..100 {
+        let mut config = zerok_client::ClientConfig::new(dir.join(name));
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        match zerok_client::Client::start(config).await {
+            Ok(client) => return client,
+            Err(err) if err.to_string().contains("lock") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+    panic!("the store of {name} stays locked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_home_dir_never_reuses_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    let mut events = bob.events().unwrap();
+    for n in 0..3 {
+        alice
+            .push(group, format!("before {n}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let old_id = alice.device_id();
+    alice.shutdown().await;
+    // A backup of Alice's home; Alice goes on, then the backup is started too.
+    copy_dir(&dir.path().join("alice"), &dir.path().join("alice-copy"));
+    let alice = restarted(dir.path(), "alice").await;
+    assert_eq!(alice.device_id(), old_id, "the original keeps its key");
+    for n in 0..3 {
+        alice
+            .push(group, format!("original {n}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let copy = client(dir.path(), "alice-copy").await;
+    assert_ne!(copy.device_id(), old_id, "the copy takes a new key");
+    let mut copy_events = copy.events().unwrap();
+    for n in 0..3 {
+        copy.push(group, format!("copy {n}").into_bytes())
+            .await
+            .unwrap();
+    }
+
+    let (received, other) = receive(&mut events, 9, Duration::from_secs(30)).await;
+    let mut got = payloads(&received);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "before 0",
+            "before 1",
+            "before 2",
+            "copy 0",
+            "copy 1",
+            "copy 2",
+            "original 0",
+            "original 1",
+            "original 2"
+        ],
+        "{other:?}"
+    );
+    let copy_seqs: Vec<u64> = received
+        .iter()
+        .filter_map(|e| match e {
+            Event::Received { sender, seq, .. } if *sender == copy.device_id() => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copy_seqs, [1, 2, 3], "the new key counts from 1");
+    assert!(
+        !other.iter().any(|e| matches!(e, Event::GapDetected { .. })),
+        "{other:?}"
+    );
+    // The copy receives what the original wrote after the copy, without a false gap.
+    copy.sync_now(group).await.unwrap();
+    let (from_original, other) = receive(&mut copy_events, 3, Duration::from_secs(30)).await;
+    assert_eq!(
+        payloads(&from_original),
+        ["original 0", "original 1", "original 2"]
+    );
+    assert!(
+        !other.iter().any(|e| matches!(e, Event::GapDetected { .. })),
+        "{other:?}"
+    );
+    // Started again, the copy keeps its new key.
+    let copy_id = copy.device_id();
+    copy.shutdown().await;
+    let copy = restarted(dir.path(), "alice-copy").await;
+    assert_eq!(copy.device_id(), copy_id);
+    copy.shutdown().await;
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_from_the_far_future_does_not_pin_the_clock() {
+    use zerok_actors::crypto::envelope::{DeviceKey, RecordKind, seal};
+    use zerok_actors::crypto::invite::{Invite, InviteSecret};
+    use zerok_actors::crypto::seq::{HLC_DRIFT_MAX_MS, Hlc};
+    use zerok_actors::link::iroh::{IrohConfig, IrohNode};
+    use zerok_messages::Epoch;
+
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    let mut alice_events = alice.events().unwrap();
+    let mut bob_events = bob.events().unwrap();
+    // A member with a broken (or hostile) clock writes `hlc = u64::MAX`.
+    let token = alice.invite(group, Duration::from_secs(600)).await.unwrap();
+    let now_secs = zerok_actors::Clock::system().now_unix_secs();
+    let InviteSecret::Key(secret) = Invite::decode(&token, now_secs).unwrap().secret else {
+        panic!("a key invite");
+    };
+    let keys = secret.epoch_keys(Epoch(0));
+    let sealed = seal(
+        &keys,
+        &DeviceKey::from_secret_bytes(&[42; 32]),
+        1,
+        u64::MAX,
+        RecordKind::APP,
+        b"from the future",
+        [7; 24],
+    )
+    .unwrap();
+    let node = IrohNode::bind(IrohConfig::new([43; 32], "127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let mallory = zerok_harness::proto::ProtoClient::connect(&node.dialer(), &relay.addr)
+        .await
+        .unwrap();
+    mallory.join(&keys).await.unwrap();
+    mallory
+        .push(keys.mailbox_id(), bytes::Bytes::from(sealed.envelope))
+        .await
+        .unwrap();
+    let (future, _) = receive(&mut bob_events, 1, Duration::from_secs(30)).await;
+    assert!(matches!(
+        &future[..],
+        [Event::Received { hlc: u64::MAX, .. }]
+    ));
+
+    // Bob's next record carries a timestamp near his wall time, not the maximum.
+    bob.push(group, b"now".to_vec()).await.unwrap();
+    let (got, _) = receive(&mut alice_events, 2, Duration::from_secs(30)).await;
+    let Some(Event::Received { hlc, .. }) = got
+        .iter()
+        .find(|e| matches!(e, Event::Received { payload, .. } if payload == b"now"))
+    else {
+        panic!("bob's record arrives: {got:?}");
+    };
+    let now_ms = zerok_actors::Clock::system().now_unix_ms();
+    assert!(Hlc::unix_ms(*hlc) <= now_ms + HLC_DRIFT_MAX_MS + 1, "{hlc}");
+    drop(mallory);
+    node.close().await;
+    alice.shutdown().await;
+    bob.shutdown().await;
+}

@@ -56,6 +56,12 @@ pub struct Misbehaviour {
     /// Flip one byte of the ciphertext of every n-th item served, keeping its blob id;
     /// 0 = never.
     pub flip_every: u64,
+    /// Serve at most this many honest items per pull page (then `has_more`); 0 = the
+    /// client's and the relay's limits only.
+    pub page_items_max: u32,
+    /// Claim in every pull page a `next` this far beyond the page's real end (empty pages
+    /// too), as if the items in between had been served; 0 = honest.
+    pub forge_next_by: u64,
 }
 
 /// Most items one pull page holds.
@@ -630,12 +636,16 @@ impl Session<'_> {
             return Frame::PullPage {
                 req,
                 items,
-                next,
+                next: Cursor(next.0.saturating_add(misbehaviour.forge_next_by)),
                 has_more,
             };
         };
         let serving = conn.serving.entry(mailbox).or_default();
         let total = stored.items.len() as u64;
+        let max_items = match misbehaviour.page_items_max {
+            0 => max_items,
+            cap => max_items.min(cap),
+        };
         let first = after.0 / 2 + 1;
         let frame_budget = FRAME_BYTES_MAX - PAGE_OVERHEAD_BYTES;
         let (mut honest, mut ciphertext_bytes, mut frame_bytes) = (0u32, 0usize, 0usize);
@@ -674,6 +684,7 @@ impl Session<'_> {
         if misbehaviour.reorder {
             items.reverse();
         }
+        let next = Cursor(next.0.saturating_add(misbehaviour.forge_next_by));
         Frame::PullPage {
             req,
             items,

@@ -139,6 +139,32 @@ async fn dropped_items_are_missing_from_pulls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_pages_claim_more_than_they_carry() {
+    let relay = EvilRelay::start(10, Misbehaviour::default()).await;
+    let (client, mailbox, acked) = pushed(&relay, 10).await;
+    relay.set_misbehaviour(Misbehaviour {
+        page_items_max: 3,
+        forge_next_by: 1000,
+        ..Misbehaviour::default()
+    });
+    let (items, next, has_more) = client
+        .pull(mailbox, Cursor::START, 100, u32::MAX)
+        .await
+        .unwrap();
+    let first_three: Vec<Cursor> = acked[..3].iter().map(|(cursor, _)| *cursor).collect();
+    assert_eq!(cursors(&items), first_three);
+    assert_eq!((next, has_more), (Cursor(acked[2].0.0 + 1000), true));
+    // Past the end: an empty page that still claims progress.
+    let (items, next, has_more) = client
+        .pull(mailbox, acked[9].0, 100, u32::MAX)
+        .await
+        .unwrap();
+    assert!(items.is_empty());
+    assert_eq!((next, has_more), (Cursor(acked[9].0.0 + 1000), false));
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_items_come_twice() {
     let relay = EvilRelay::start(3, Misbehaviour::default()).await;
     let (client, mailbox, acked) = pushed(&relay, 10).await;

@@ -103,6 +103,24 @@ impl SeqTracker {
         }
     }
 
+    /// Count every seq of `sender` up to `seq` as seen (a device that takes a new key marks
+    /// what its old key wrote, so the old key's later records, now another device's, arrive
+    /// without a false gap).
+    pub fn mark_seen_through(&mut self, sender: DeviceId, seq: u64) {
+        let state = self.senders.entry(sender).or_insert_with(|| SenderSeqs {
+            next_expected: 1,
+            seen_above: BTreeSet::new(),
+        });
+        if seq < state.next_expected {
+            return;
+        }
+        state.next_expected = seq.saturating_add(1);
+        state.seen_above = state.seen_above.split_off(&state.next_expected);
+        while state.seen_above.remove(&state.next_expected) {
+            state.next_expected += 1;
+        }
+    }
+
     /// The highest seq seen from `sender` with nothing missing below it.
     pub fn contiguous(&self, sender: &DeviceId) -> u64 {
         self.senders
@@ -112,9 +130,19 @@ impl SeqTracker {
     }
 }
 
+/// How far ahead of local wall time a remote timestamp may pull this device's clock: 5
+/// minutes. Larger than the skew of any clock that is synchronised at all (NTP keeps devices
+/// within a second; an unsynchronised quartz clock drifts ~2 minutes a month), so honest
+/// devices keep following each other exactly; small enough that a broken clock or a hostile
+/// group member writing `hlc = u64::MAX` moves every receiver's clock at most 5 minutes
+/// ahead, instead of pinning it at the maximum forever (every later local timestamp would
+/// then be `u64::MAX`). A record from further ahead is still delivered with its own
+/// timestamp; only this device's clock does not follow it past the bound.
+pub const HLC_DRIFT_MAX_MS: u64 = 5 * 60 * 1000;
+
 /// A hybrid logical clock: `unix_ms << 16 | counter`. Strictly increasing per device and
-/// never behind any timestamp it has observed, so records order sensibly across devices even
-/// with skewed wall clocks.
+/// never behind any timestamp it has observed up to [`HLC_DRIFT_MAX_MS`] ahead of its own
+/// wall time, so records order sensibly across devices even with skewed wall clocks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hlc {
     last: u64,
@@ -136,9 +164,24 @@ impl Hlc {
         self.last
     }
 
-    /// Take a remote timestamp into account.
-    pub fn observe(&mut self, remote: u64) {
-        self.last = self.last.max(remote);
+    /// Take a remote timestamp into account, at local wall time `now_unix_ms`: the clock
+    /// follows it up to [`HLC_DRIFT_MAX_MS`] ahead of `now_unix_ms`, no further.
+    pub fn observe(&mut self, remote: u64, now_unix_ms: u64) {
+        self.last = self.last.max(remote.min(Self::ceiling(now_unix_ms)));
+    }
+
+    /// The highest timestamp the clock may adopt at wall time `now_unix_ms`.
+    pub fn ceiling(now_unix_ms: u64) -> u64 {
+        let limit_ms = now_unix_ms.saturating_add(HLC_DRIFT_MAX_MS);
+        if limit_ms >= 1 << (u64::BITS - Self::COUNTER_BITS) {
+            return u64::MAX;
+        }
+        (limit_ms << Self::COUNTER_BITS) | ((1 << Self::COUNTER_BITS) - 1)
+    }
+
+    /// The last timestamp issued or adopted.
+    pub fn last(&self) -> u64 {
+        self.last
     }
 
     /// The wall-clock milliseconds of a timestamp.
@@ -197,6 +240,22 @@ mod tests {
     }
 
     #[test]
+    fn marking_a_prefix_seen_makes_it_replays_and_the_next_seq_new() {
+        let mut tracker = SeqTracker::new();
+        assert_eq!(tracker.observe(A, 5), SeqVerdict::Gap { from: 1, to: 5 });
+        tracker.mark_seen_through(A, 3);
+        assert_eq!(tracker.contiguous(&A), 3);
+        assert_eq!(tracker.observe(A, 2), SeqVerdict::Replay);
+        assert_eq!(tracker.observe(A, 4), SeqVerdict::New);
+        assert_eq!(tracker.contiguous(&A), 5);
+        // Marking less than is known changes nothing.
+        tracker.mark_seen_through(A, 1);
+        assert_eq!(tracker.contiguous(&A), 5);
+        tracker.mark_seen_through(B, 3);
+        assert_eq!(tracker.observe(B, 4), SeqVerdict::New);
+    }
+
+    #[test]
     fn hlc_is_monotonic_and_follows_remote() {
         let mut hlc = Hlc::new();
         let t1 = hlc.tick(1000);
@@ -204,11 +263,54 @@ mod tests {
         let t3 = hlc.tick(999);
         assert!(t1 < t2 && t2 < t3);
         assert_eq!(Hlc::unix_ms(t1), 1000);
-        hlc.observe(Hlc::new().tick(5000));
+        hlc.observe(Hlc::new().tick(5000), 1000);
         assert!(hlc.tick(1001) > (5000 << 16));
     }
 
+    #[test]
+    fn a_remote_far_ahead_is_clamped_not_adopted() {
+        let now = 1_700_000_000_000;
+        let mut hlc = Hlc::new();
+        hlc.observe(u64::MAX, now);
+        let next = hlc.tick(now);
+        assert!(next < u64::MAX);
+        assert!(Hlc::unix_ms(next) <= now + HLC_DRIFT_MAX_MS + 1);
+        // Once wall time passes the clamp, local time leads again.
+        let later = now + HLC_DRIFT_MAX_MS + 60_000;
+        assert_eq!(Hlc::unix_ms(hlc.tick(later)), later);
+        // Within the bound a remote is followed exactly.
+        let mut hlc = Hlc::new();
+        let ahead = (now + 60_000) << 16;
+        hlc.observe(ahead, now);
+        assert_eq!(hlc.tick(now), ahead + 1);
+    }
+
     proptest! {
+        #[test]
+        fn the_clock_never_runs_past_the_drift_bound(
+            steps in prop::collection::vec((any::<bool>(), any::<u64>(), 0u64..1_000_000), 1..200),
+        ) {
+            // Wall time moves forward by up to a second a step; remotes are arbitrary.
+            let mut now: u64 = 1_700_000_000_000;
+            let mut hlc = Hlc::new();
+            let mut previous_tick = 0;
+            for (is_tick, remote, advance_ms) in steps {
+                now += advance_ms / 1000;
+                if is_tick {
+                    let t = hlc.tick(now);
+                    prop_assert!(t > previous_tick, "ticks strictly increase");
+                    previous_tick = t;
+                } else {
+                    let before = hlc.last();
+                    hlc.observe(remote, now);
+                    prop_assert!(hlc.last() >= before, "observing never goes back");
+                    prop_assert!(hlc.last() >= remote.min(Hlc::ceiling(now)), "follows within the bound");
+                }
+                // Never further ahead than the bound, plus one per local event.
+                prop_assert!(Hlc::unix_ms(hlc.last()) <= now + HLC_DRIFT_MAX_MS + 1);
+            }
+        }
+
         #[test]
         fn any_delivery_order_gives_each_seq_once(mut order in Just((1u64..=200).collect::<Vec<_>>()).prop_shuffle(), dups in prop::collection::vec(1u64..=200, 0..50)) {
             let mut tracker = SeqTracker::new();
