@@ -8,32 +8,9 @@
 mod common;
 
 use common::*;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use zerok_client::{ClientError, NewSecret};
 use zerok_harness::process::RelayProcess;
-
-fn zerok(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zerok"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("ZEROK_HOME")
-        .env_remove("ZEROK_PASSPHRASE")
-        .output()
-        .unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// `zerok-relay admit` on the relay's data dir: the token (last line).
 fn admit(relay: &RelayProcess, mailboxes: u32) -> String {

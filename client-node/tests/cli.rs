@@ -9,28 +9,6 @@ use common::*;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn zerok(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zerok"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("ZEROK_HOME")
-        .env_remove("ZEROK_PASSPHRASE")
-        .output()
-        .unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn failed(output: &Output, code: i32) -> String {
     assert_eq!(output.status.code(), Some(code), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();

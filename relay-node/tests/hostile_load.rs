@@ -58,6 +58,18 @@ async fn legitimate_client_works(relay: &RelayProcess, seed: u64) {
     assert_eq!(items[0].ciphertext, data);
 }
 
+/// The relay's address for a raw iroh endpoint.
+fn iroh_target(relay: &RelayProcess) -> iroh::EndpointAddr {
+    let relay_key = iroh::PublicKey::from_bytes(relay.addr.id.as_bytes()).unwrap();
+    relay
+        .addr
+        .addrs
+        .iter()
+        .fold(iroh::EndpointAddr::new(relay_key), |addr, socket| {
+            addr.with_ip_addr(*socket)
+        })
+}
+
 fn rss_kib(relay: &RelayProcess) -> u64 {
     relay.rss_kib().expect("relay running")
 }
@@ -84,14 +96,7 @@ async fn extra_quic_streams_are_refused_and_buffer_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(&dir, &[]).await;
     let rss_before = rss_kib(&relay);
-    let relay_key = iroh::PublicKey::from_bytes(relay.addr.id.as_bytes()).unwrap();
-    let target = relay
-        .addr
-        .addrs
-        .iter()
-        .fold(iroh::EndpointAddr::new(relay_key), |addr, socket| {
-            addr.with_ip_addr(*socket)
-        });
+    let target = iroh_target(&relay);
     let mut opened_extra = 0;
     let mut endpoints = Vec::new();
     for n in 0..4u8 {
@@ -249,14 +254,7 @@ async fn pulls_never_read_pin_a_bounded_amount_and_the_reader_is_disconnected() 
 async fn handshakes_without_a_stream_cannot_lock_others_out() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(&dir, &[]).await;
-    let relay_key = iroh::PublicKey::from_bytes(relay.addr.id.as_bytes()).unwrap();
-    let target = relay
-        .addr
-        .addrs
-        .iter()
-        .fold(iroh::EndpointAddr::new(relay_key), |addr, socket| {
-            addr.with_ip_addr(*socket)
-        });
+    let target = iroh_target(&relay);
     // 300 half-open dials from one source, as fast as they go, none ever opening a stream.
     let attacker = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
         .secret_key(iroh::SecretKey::from_bytes(&[9; 32]))

@@ -116,3 +116,27 @@ pub async fn pair(dir: &Path, relays: Vec<RelayAddr>) -> (Client, Client, GroupI
     assert_eq!(bob.join(&token, None).await.unwrap(), group);
     (alice, bob, group)
 }
+
+/// Run the `zerok` CLI on `home` with `args` (no inherited home or passphrase).
+pub fn zerok(home: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_zerok"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("ZEROK_HOME")
+        .env_remove("ZEROK_PASSPHRASE")
+        .output()
+        .unwrap()
+}
+
+/// The stdout of a command that must have succeeded.
+pub fn ok(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
