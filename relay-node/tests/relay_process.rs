@@ -328,7 +328,9 @@ async fn garbage_wrong_version_bad_ids_and_oversize_frames_hurt_no_one_else() {
         .unwrap();
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
     send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    send.write_all(&[0u8; 1024]).await.unwrap();
+    // The relay may already have closed the connection on the prefix alone: then this
+    // write fails, which is what is tested below.
+    let _ = send.write_all(&[0u8; 1024]).await;
     let closed = tokio::time::timeout(Duration::from_secs(15), recv.read_to_end(1 << 20)).await;
     assert!(
         matches!(closed, Ok(Err(_)) | Ok(Ok(_))),
