@@ -48,6 +48,17 @@ async fn start_in(
     faults: FaultPlan,
 ) -> Store {
     let store = open(dir.path());
+    spawn_on(store, dir, limits, clock, faults).await
+}
+
+/// A store actor on `store` (kept in `dir`).
+async fn spawn_on(
+    store: Arc<LogStore>,
+    dir: tempfile::TempDir,
+    limits: StoreLimits,
+    clock: Clock,
+    faults: FaultPlan,
+) -> Store {
     let metrics = RelayMetrics::new();
     let (actor, _) = Actor::spawn(
         None,
@@ -79,26 +90,7 @@ async fn start_with(
 ) -> Store {
     let faults = options.faults.clone();
     let store = Arc::new(LogStore::open_with(dir.path(), options).unwrap());
-    let metrics = RelayMetrics::new();
-    let (actor, _) = Actor::spawn(
-        None,
-        BlobStoreActor,
-        BlobStoreArgs {
-            store: store.clone(),
-            limits,
-            clock,
-            faults,
-            metrics: metrics.clone(),
-        },
-    )
-    .await
-    .unwrap();
-    Store {
-        actor,
-        store,
-        _dir: dir,
-        metrics,
-    }
+    spawn_on(store, dir, limits, clock, faults).await
 }
 
 fn open(dir: &std::path::Path) -> Arc<LogStore> {

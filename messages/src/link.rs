@@ -85,8 +85,9 @@ pub enum LinkError {
     Setup(String),
 }
 
-/// A byte budget shared by many links (all of a relay's sessions): what every peer together
-/// may hold unread. A link checks its own budget and then the pool's.
+/// A byte budget with waiters: one per direction of a link, and optionally one shared by many
+/// links (all of a relay's sessions: what every peer together may hold unread). A link takes
+/// from its own budget and then from the shared one.
 #[derive(Debug)]
 pub struct QueuePool {
     bytes: AtomicUsize,
@@ -98,12 +99,16 @@ pub struct QueuePool {
 impl QueuePool {
     /// A pool of `bytes_max` bytes.
     pub fn new(bytes_max: usize) -> Arc<QueuePool> {
-        Arc::new(QueuePool {
+        Arc::new(Self::budget(bytes_max))
+    }
+
+    fn budget(bytes_max: usize) -> QueuePool {
+        QueuePool {
             bytes: AtomicUsize::new(0),
-            bytes_max,
+            bytes_max: bytes_max.max(1),
             waiters: AtomicUsize::new(0),
             room: Notify::new(),
-        })
+        }
     }
 
     /// Bytes queued now on every link of the pool.
@@ -116,6 +121,22 @@ impl QueuePool {
         self.bytes_max
     }
 
+    /// Take `cost` if it stays within `1 / share_divisor` of the budget, or if nothing is
+    /// taken yet (so a frame larger than the budget passes alone).
+    fn try_take(&self, cost: usize, share_divisor: usize) -> bool {
+        let limit = self.bytes_max / share_divisor;
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued == 0 || queued + cost <= limit).then_some(queued + cost)
+            })
+            .is_ok()
+    }
+
+    /// Take `cost` whatever the budget (errors that end a link).
+    fn force_take(&self, cost: usize) {
+        self.bytes.fetch_add(cost, Ordering::AcqRel);
+    }
+
     fn give_back(&self, cost: usize) {
         self.bytes.fetch_sub(cost, Ordering::AcqRel);
         if self.waiters.load(Ordering::Acquire) > 0 {
@@ -124,56 +145,41 @@ impl QueuePool {
     }
 }
 
-/// Take `cost` from `counter` if it stays within `limit`, or if nothing is taken yet (so a
-/// frame larger than the budget passes alone).
-fn take_within(counter: &AtomicUsize, cost: usize, limit: usize) -> bool {
-    counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-            (queued == 0 || queued + cost <= limit).then_some(queued + cost)
-        })
-        .is_ok()
-}
-
 /// The byte accounting of one direction of a link, shared by its halves.
 #[derive(Debug)]
 struct Queue {
-    bytes: AtomicUsize,
-    bytes_max: usize,
-    waiters: AtomicUsize,
-    room: Notify,
+    own: QueuePool,
     pool: Option<Arc<QueuePool>>,
     /// Signalled by an abort, so a transport blocked writing to a peer that does not read
     /// learns of it without first reading the queue.
     aborted: Notify,
 }
 
-/// Why a reservation did not fit.
-enum NoRoom {
-    Link,
-    Pool,
-}
-
 impl Queue {
     /// Take `cost` bytes if they fit in `1 / share_divisor` of the link's budget and of
-    /// the pool's.
-    fn try_take(&self, cost: usize, share_divisor: usize) -> Result<(), NoRoom> {
-        if !take_within(&self.bytes, cost, self.bytes_max / share_divisor) {
-            return Err(NoRoom::Link);
+    /// the pool's; on failure, the budget that was short.
+    fn try_take(&self, cost: usize, share_divisor: usize) -> Result<(), &QueuePool> {
+        if !self.own.try_take(cost, share_divisor) {
+            return Err(&self.own);
         }
         if let Some(pool) = &self.pool
-            && !take_within(&pool.bytes, cost, pool.bytes_max / share_divisor)
+            && !pool.try_take(cost, share_divisor)
         {
-            self.bytes.fetch_sub(cost, Ordering::AcqRel);
-            return Err(NoRoom::Pool);
+            self.own.give_back(cost);
+            return Err(pool);
         }
         Ok(())
     }
 
-    fn give_back(&self, cost: usize) {
-        self.bytes.fetch_sub(cost, Ordering::AcqRel);
-        if self.waiters.load(Ordering::Acquire) > 0 {
-            self.room.notify_waiters();
+    fn force_take(&self, cost: usize) {
+        self.own.force_take(cost);
+        if let Some(pool) = &self.pool {
+            pool.force_take(cost);
         }
+    }
+
+    fn give_back(&self, cost: usize) {
+        self.own.give_back(cost);
         if let Some(pool) = &self.pool {
             pool.give_back(cost);
         }
@@ -221,47 +227,26 @@ impl LinkSender {
             if self.tx.is_closed() {
                 return Err(LinkError::Closed);
             }
-            let link_room = self.queue.room.notified();
-            let pool_room = self.queue.pool.as_ref().map(|pool| pool.room.notified());
-            tokio::pin!(link_room);
-            link_room.as_mut().enable();
-            let waiting = match self.queue.try_take(cost, share_divisor) {
+            let short = match self.queue.try_take(cost, share_divisor) {
                 Ok(()) => break,
-                Err(NoRoom::Link) => &self.queue.waiters,
-                Err(NoRoom::Pool) => {
-                    &self
-                        .queue
-                        .pool
-                        .as_ref()
-                        .expect("pool full needs a pool")
-                        .waiters
-                }
+                Err(short) => short,
             };
-            waiting.fetch_add(1, Ordering::AcqRel);
+            let room = short.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            short.waiters.fetch_add(1, Ordering::AcqRel);
             // Re-check after registering: a release between the failed take and the
             // registration saw no waiter and notified no one.
             if self.queue.try_take(cost, share_divisor).is_ok() {
-                waiting.fetch_sub(1, Ordering::AcqRel);
+                short.waiters.fetch_sub(1, Ordering::AcqRel);
                 break;
             }
-            match pool_room {
-                Some(pool_room) => {
-                    tokio::select! {
-                        biased;
-                        () = &mut link_room => {}
-                        () = pool_room => {}
-                        () = self.tx.closed() => {}
-                    }
-                }
-                None => {
-                    tokio::select! {
-                        biased;
-                        () = &mut link_room => {}
-                        () = self.tx.closed() => {}
-                    }
-                }
+            tokio::select! {
+                biased;
+                () = &mut room => {}
+                () = self.tx.closed() => {}
             }
-            waiting.fetch_sub(1, Ordering::AcqRel);
+            short.waiters.fetch_sub(1, Ordering::AcqRel);
         }
         self.tx.send(Ok(body)).map_err(|_| {
             self.queue.give_back(cost);
@@ -297,7 +282,7 @@ impl LinkSender {
 
     /// Bytes queued now and not yet taken by the transport.
     pub fn queued_bytes(&self) -> usize {
-        self.queue.bytes.load(Ordering::Relaxed)
+        self.queue.own.bytes()
     }
 
     /// Whether the link can no longer carry frames.
@@ -328,10 +313,7 @@ impl LinkSender {
         self.queue.aborted.notify_one();
         let wire: Wire = Err(Box::new(error));
         let cost = cost(&wire);
-        self.queue.bytes.fetch_add(cost, Ordering::AcqRel);
-        if let Some(pool) = &self.queue.pool {
-            pool.bytes.fetch_add(cost, Ordering::AcqRel);
-        }
+        self.queue.force_take(cost);
         if self.tx.send(wire).is_err() {
             self.queue.give_back(cost);
         }
@@ -386,7 +368,7 @@ impl Drop for LinkReceiver {
         while let Ok(wire) = self.rx.try_recv() {
             self.queue.give_back(cost(&wire));
         }
-        self.queue.room.notify_waiters();
+        self.queue.own.room.notify_waiters();
     }
 }
 
@@ -400,10 +382,7 @@ pub fn channel() -> (LinkSender, LinkReceiver) {
 pub fn channel_with(bytes_max: usize, pool: Option<Arc<QueuePool>>) -> (LinkSender, LinkReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queue = Arc::new(Queue {
-        bytes: AtomicUsize::new(0),
-        bytes_max: bytes_max.max(1),
-        waiters: AtomicUsize::new(0),
-        room: Notify::new(),
+        own: QueuePool::budget(bytes_max),
         pool,
         aborted: Notify::new(),
     });

@@ -195,13 +195,7 @@ async fn a_relay_over_its_byte_budget_refuses_then_recovers_after_expiry_by_itse
     );
     kept.insert(cursor.0, data);
     // Every acked push that has not expired is there, and nothing expired is served.
-    let stored: BTreeMap<u64, Bytes> = client
-        .pull_all(mailbox, Cursor(0))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|item| (item.cursor.0, item.ciphertext))
-        .collect();
+    let stored = stored_by_cursor(&client, mailbox).await;
     assert_eq!(stored, kept);
     relay.kill();
 }

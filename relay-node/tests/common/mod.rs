@@ -140,13 +140,7 @@ pub async fn restart_and_check_acked(
     let reader = client(seed, relay).await;
     let mailbox = keys.mailbox_id();
     let latest = reader.join(keys).await.unwrap();
-    let stored: BTreeMap<u64, Bytes> = reader
-        .pull_all(mailbox, Cursor(0))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|item| (item.cursor.0, item.ciphertext))
-        .collect();
+    let stored = stored_by_cursor(&reader, mailbox).await;
     for (cursor, data) in acked {
         assert_eq!(
             stored.get(cursor),
@@ -188,4 +182,15 @@ pub async fn relay_with_config(dir: &tempfile::TempDir, toml: &str) -> RelayProc
     let config = dir.path().join("relay.toml");
     std::fs::write(&config, toml).unwrap();
     relay(dir, &["--config", config.to_str().unwrap()]).await
+}
+
+/// Everything `client` can pull from `mailbox`, by cursor.
+pub async fn stored_by_cursor(client: &ProtoClient, mailbox: MailboxId) -> BTreeMap<u64, Bytes> {
+    client
+        .pull_all(mailbox, Cursor(0))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| (item.cursor.0, item.ciphertext))
+        .collect()
 }
