@@ -61,8 +61,17 @@ async fn push(router: &ActorRef<GroupRouterMsg>, n: u64) -> Cursor {
     acked.cursor
 }
 
-fn subscriber() -> (LinkSender, LinkReceiver) {
-    channel()
+/// Subscribe a fresh link (subscriber 1) to `router`: its latest cursor and the link's
+/// receiving end.
+async fn subscribe(router: &ActorRef<GroupRouterMsg>) -> (Cursor, LinkReceiver) {
+    let (sink, rx): (LinkSender, LinkReceiver) = channel();
+    let latest = ractor::call!(router, |reply| GroupRouterMsg::Subscribe {
+        subscriber: 1,
+        sink,
+        reply
+    })
+    .unwrap();
+    (latest, rx)
 }
 
 async fn next_frame(rx: &mut LinkReceiver) -> Frame {
@@ -78,13 +87,7 @@ async fn next_frame(rx: &mut LinkReceiver) -> Frame {
 async fn pushes_are_acked_and_delivered_live_in_cursor_order() {
     let (routers, _) = setup().await;
     let router = router(&routers).await;
-    let (sink, mut rx) = subscriber();
-    let latest = ractor::call!(router, |reply| GroupRouterMsg::Subscribe {
-        subscriber: 1,
-        sink,
-        reply
-    })
-    .unwrap();
+    let (latest, mut rx) = subscribe(&router).await;
     assert_eq!(latest, Cursor(0));
     for n in 1..=5u64 {
         assert_eq!(push(&router, n).await, Cursor(n));
@@ -105,13 +108,7 @@ async fn pushes_are_acked_and_delivered_live_in_cursor_order() {
 async fn a_slow_subscriber_gets_notify_instead_of_unbounded_queueing() {
     let (routers, metrics) = setup().await;
     let router = router(&routers).await;
-    let (sink, mut rx) = subscriber();
-    ractor::call!(router, |reply| GroupRouterMsg::Subscribe {
-        subscriber: 1,
-        sink,
-        reply
-    })
-    .unwrap();
+    let (_, mut rx) = subscribe(&router).await;
     // The subscriber reads nothing while more items than its queue's bulk share (half of
     // its byte budget) holds are pushed.
     let total = 3_000u64;
@@ -160,13 +157,7 @@ async fn a_slow_subscriber_gets_notify_instead_of_unbounded_queueing() {
 async fn a_crashed_router_is_restarted_with_its_subscribers() {
     let (routers, metrics) = setup().await;
     let first = router(&routers).await;
-    let (sink, mut rx) = subscriber();
-    ractor::call!(first, |reply| GroupRouterMsg::Subscribe {
-        subscriber: 1,
-        sink,
-        reply
-    })
-    .unwrap();
+    let (_, mut rx) = subscribe(&first).await;
     push(&first, 1).await;
     assert!(matches!(next_frame(&mut rx).await, Frame::Deliver { .. }));
     first.kill();
@@ -225,13 +216,7 @@ async fn an_idle_router_stops_and_is_respawned_on_demand_with_its_cursor() {
 async fn a_router_with_a_subscriber_does_not_stop() {
     let (routers, _) = setup().await;
     let first = router(&routers).await;
-    let (sink, mut rx) = subscriber();
-    ractor::call!(first, |reply| GroupRouterMsg::Subscribe {
-        subscriber: 1,
-        sink,
-        reply
-    })
-    .unwrap();
+    let (_, mut rx) = subscribe(&first).await;
     tokio::time::sleep(IDLE_STOP_AFTER * 3).await;
     assert_eq!(first.get_status(), ractor::ActorStatus::Running);
     assert_eq!(router(&routers).await.get_id(), first.get_id());
