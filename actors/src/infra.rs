@@ -9,7 +9,7 @@
 //! `actor_restarts_total{actor="blob_store"|"cleanup_sweeper"}`.
 
 use crate::blob_store::core::StoreLimits;
-use crate::blob_store::{BlobStoreActor, BlobStoreArgs, Store};
+use crate::blob_store::{BlobStoreActor, BlobStoreArgs, ItemStore};
 use crate::cleanup_sweeper::{CleanupSweeperActor, CleanupSweeperArgs};
 use crate::clock::Clock;
 use crate::fault::FaultPlan;
@@ -29,7 +29,7 @@ pub struct InfraActor;
 #[derive(Clone)]
 pub struct InfraArgs {
     /// The opened store.
-    pub store: Arc<Store>,
+    pub store: Arc<dyn ItemStore>,
     /// Store limits.
     pub limits: StoreLimits,
     /// Wall time.

@@ -30,10 +30,76 @@ pub use segments::{OpenError, Store, StoreOptions};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::{debug, warn};
-use zerok_messages::Cursor;
 use zerok_messages::relay::{
-    AppendRequest, BlobStoreMsg, GroupRouterMsg, StoreError, StoreOutcome, StoreStats,
+    AppendRequest, BlobStoreMsg, GroupRouterMsg, Page, StoreError, StoreOutcome, StoreStats,
+    SweepReport,
 };
+use zerok_messages::{Cursor, MailboxId};
+
+/// What the BlobStore actor needs of a storage engine: the segment log ([`Store`]) is the
+/// relay's; `zerok-bench store` puts other engines behind it to compare them
+/// (docs/DECISIONS.md). Calls block (file I/O); the actor runs them off its own thread.
+pub trait ItemStore: Send + Sync + 'static {
+    /// The relay-wide budget the store was opened with.
+    fn budget(&self) -> core::StoreBudget;
+    /// A mailbox's meta as of the last durable commit.
+    fn meta(&self, mailbox: &MailboxId) -> core::MailboxMeta;
+    /// Totals (without `commits`, which the actor counts).
+    fn stats(&self) -> StoreStats;
+    /// One group commit: durable before it returns `Ok`; an error stores nothing.
+    fn commit(
+        &self,
+        requests: &[AppendRequest],
+        now_ms: u64,
+        limits: &StoreLimits,
+        faults: &FaultPlan,
+    ) -> Result<core::CommitPlan, StoreError>;
+    /// A page of durable, unexpired items of `mailbox` after `after`.
+    fn read_page(
+        &self,
+        mailbox: &MailboxId,
+        after: u64,
+        max_items: u32,
+        max_bytes: u32,
+        now_ms: u64,
+    ) -> Result<Page, StoreError>;
+    /// Evict up to `max_items` expired items and give back space.
+    fn sweep(&self, now_ms: u64, max_items: u32) -> Result<SweepReport, StoreError>;
+}
+
+impl ItemStore for Store {
+    fn budget(&self) -> core::StoreBudget {
+        Store::budget(self)
+    }
+    fn meta(&self, mailbox: &MailboxId) -> core::MailboxMeta {
+        Store::meta(self, mailbox)
+    }
+    fn stats(&self) -> StoreStats {
+        Store::stats(self)
+    }
+    fn commit(
+        &self,
+        requests: &[AppendRequest],
+        now_ms: u64,
+        limits: &StoreLimits,
+        faults: &FaultPlan,
+    ) -> Result<core::CommitPlan, StoreError> {
+        Store::commit(self, requests, now_ms, limits, faults)
+    }
+    fn read_page(
+        &self,
+        mailbox: &MailboxId,
+        after: u64,
+        max_items: u32,
+        max_bytes: u32,
+        now_ms: u64,
+    ) -> Result<Page, StoreError> {
+        Store::read_page(self, mailbox, after, max_items, max_bytes, now_ms)
+    }
+    fn sweep(&self, now_ms: u64, max_items: u32) -> Result<SweepReport, StoreError> {
+        Store::sweep(self, now_ms, max_items)
+    }
+}
 
 /// Ciphertext bytes the store may hold queued for the next commit; beyond it appends are
 /// answered `Unavailable` at once (the disk is far behind; clients back off). 64 MiB is a
@@ -47,7 +113,7 @@ pub struct BlobStoreActor;
 /// What a store needs.
 pub struct BlobStoreArgs {
     /// The store, opened with [`Store::open`] by the supervisor.
-    pub store: Arc<Store>,
+    pub store: Arc<dyn ItemStore>,
     /// Limits.
     pub limits: StoreLimits,
     /// Wall time for `stored_at` and expiry.
@@ -65,7 +131,7 @@ struct Pending {
 
 /// Store state.
 pub struct BlobStoreState {
-    store: Arc<Store>,
+    store: Arc<dyn ItemStore>,
     limits: StoreLimits,
     clock: Clock,
     faults: FaultPlan,
