@@ -26,7 +26,7 @@ use crate::metrics::RelayMetrics;
 use ::core::time::Duration;
 use core::StoreLimits;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
-pub use segments::{OpenError, Store, StoreOptions};
+pub use segments::{OpenError, OpenReport, Store, StoreOptions};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::{debug, warn};

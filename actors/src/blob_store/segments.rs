@@ -34,10 +34,9 @@ use super::core::{
 };
 use crate::fault::{FaultPlan, FaultPoint};
 use bytes::Bytes;
-use hashbrown::HashTable;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::hash::{BuildHasher, RandomState};
+
 use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -69,6 +68,9 @@ pub const RESERVE_BYTES: u64 = 4 * 1024 * 1024;
 /// second costs nothing; between checks the bytes written are subtracted from the estimate,
 /// and every sweep checks again.
 pub const DISK_CHECK_INTERVAL_MS: u64 = 1_000;
+/// Free disk space below which a sweep deletes the reserve before it writes to the index (an
+/// eviction slice writes a few hundred bytes per item to the index's journal).
+const INDEX_HEADROOM_BYTES: u64 = RESERVE_BYTES / 2;
 /// A closed segment whose live bytes fall below this fraction of its size is compacted.
 const COMPACT_LIVE_FRACTION: u64 = 4;
 /// One sweep copies at most `segment_bytes / COMPACT_SLICE_FRACTION` of live items forward
@@ -111,6 +113,48 @@ pub enum OpenError {
         /// Where the damaged record starts.
         offset: u64,
     },
+    /// The index cannot be opened or written, even after rebuilding it.
+    #[error("cannot open the store index at {path}: {message}")]
+    Index {
+        /// The index directory.
+        path: String,
+        /// The cause.
+        message: String,
+    },
+}
+
+/// Open the index in `dir`; one that cannot be opened (damaged) is moved aside and rebuilt.
+fn open_index(dir: &Path) -> Result<(Index, Saved), OpenError> {
+    match Index::open(dir) {
+        Ok(opened) => Ok(opened),
+        Err(err) => {
+            warn!(error = %err, "the store index cannot be opened; rebuilding it from the segments");
+            std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+            Index::open(dir).map_err(|err| OpenError::Index {
+                path: dir.display().to_string(),
+                message: err.to_string(),
+            })
+        }
+    }
+}
+
+/// Whether an index with `saved` counts and `checkpoint` describes the segments `ids` of
+/// `dir`: the checkpoint's segment is there and at least as long as the checkpoint, every
+/// segment before it is known to the index, and every segment the index has live items in is
+/// there.
+fn index_agrees(saved: &Saved, ids: &[u32], checkpoint: (u32, u64), dir: &Path) -> bool {
+    let (segment, offset) = checkpoint;
+    let has_checkpoint_segment = ids.contains(&segment)
+        && std::fs::metadata(segment_path(dir, segment)).is_ok_and(|m| m.len() >= offset);
+    has_checkpoint_segment
+        && ids
+            .iter()
+            .filter(|id| **id < segment)
+            .all(|id| saved.segments.contains_key(id))
+        && saved
+            .segments
+            .iter()
+            .all(|(id, counts)| counts.live == 0 || ids.contains(id))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
@@ -202,8 +246,20 @@ pub struct Store {
     is_full: AtomicBool,
     /// The free-disk estimate as of the last commit or sweep, for `stats`.
     free_disk_bytes: AtomicU64,
+    /// What opening found.
+    opened: OpenReport,
     /// Held (flock) while the store is open.
     _lock: File,
+}
+
+/// What opening the store found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Whether the index was rebuilt from every segment (new, missing, damaged or
+    /// inconsistent index); otherwise only the log after its checkpoint was read.
+    pub is_rebuilt: bool,
+    /// Bytes of records read from the segments to bring the index up to date.
+    pub replayed_bytes: u64,
 }
 
 /// How a store is opened.
@@ -269,8 +325,32 @@ impl Store {
         }
         check_format(dir)?;
         let ids = segment_ids(dir)?;
-        let mut index = Index::default();
+        let index_dir = dir.join(INDEX_DIR);
+        let (mut index, saved) = open_index(&index_dir)?;
+        let index_failed = |err: IndexError| OpenError::Index {
+            path: index_dir.display().to_string(),
+            message: err.to_string(),
+        };
+        // Replay the log after the index's checkpoint when the index agrees with the segments
+        // on disk; otherwise rebuild it from every segment.
+        let replay_from = saved
+            .checkpoint
+            .filter(|checkpoint| index_agrees(&saved, &ids, *checkpoint, dir));
+        if replay_from.is_none() {
+            if saved.checkpoint.is_some() {
+                warn!("the store index does not match the segments; rebuilding it");
+            }
+            index.clear().map_err(index_failed)?;
+        }
+        for id in saved.segments.keys() {
+            if replay_from.is_some() && !ids.contains(id) {
+                // Deleted after the index was made durable: forget its counts.
+                index.remove_segment(*id);
+            }
+        }
+        let (start_segment, start_offset) = replay_from.unwrap_or((0, 0));
         let mut active = None;
+        let mut replayed_bytes = 0u64;
         for (n, id) in ids.iter().enumerate() {
             let path = segment_path(dir, *id);
             let file = OpenOptions::new()
@@ -279,9 +359,24 @@ impl Store {
                 .open(&path)
                 .map_err(io_err(&path))?;
             let reader = File::open(&path).map_err(io_err(&path))?;
-            index.segments.insert(*id, Segment::new(reader, 0));
-            let scanned = scan_segment(&mut index, *id, &file).map_err(io_err(&path))?;
+            let size_on_disk = file.metadata().map_err(io_err(&path))?.len();
+            let counts = match replay_from {
+                Some(_) => saved.segments.get(id).copied().unwrap_or_default(),
+                None => SegmentCounts::default(),
+            };
+            index.add_segment(*id, Segment::new(reader, size_on_disk, counts));
             let is_last = n + 1 == ids.len();
+            if *id < start_segment {
+                // Closed, cut to its records at its roll, and covered by the index.
+                continue;
+            }
+            let from = if *id == start_segment {
+                start_offset
+            } else {
+                0
+            };
+            let scanned = scan_segment(&mut index, *id, &file, from).map_err(io_err(&path))?;
+            replayed_bytes += scanned.good_len.saturating_sub(from);
             let mut len = scanned.good_len;
             if scanned.damaged {
                 if !is_last {
@@ -317,6 +412,7 @@ impl Store {
             if let Some(seg) = index.segments.get_mut(id) {
                 seg.size = len;
             }
+            index.apply(Some((*id, len))).map_err(index_failed)?;
             if is_last {
                 active = Some((file, *id, len));
             }
@@ -326,14 +422,17 @@ impl Store {
             None => {
                 let (file, reader) = create_segment(dir, 1, segment_bytes, &FaultPlan::none())
                     .map_err(io_err(dir))?;
-                index
-                    .segments
-                    .insert(1, Segment::new(reader, SEGMENT_MAGIC.len() as u64));
-                (file, 1, SEGMENT_MAGIC.len() as u64)
+                let magic = SEGMENT_MAGIC.len() as u64;
+                index.add_segment(1, Segment::new(reader, magic, SegmentCounts::default()));
+                index.apply(Some((1, magic))).map_err(index_failed)?;
+                (file, 1, magic)
             }
         };
+        index.persist().map_err(index_failed)?;
         info!(
             segments = index.segments.len(),
+            replayed_bytes,
+            is_rebuilt = replay_from.is_none(),
             items = index.items,
             mailboxes = index.mailboxes.len(),
             "store opened"
@@ -358,6 +457,10 @@ impl Store {
             index: RwLock::new(index),
             is_full: AtomicBool::new(false),
             free_disk_bytes: AtomicU64::new(u64::MAX),
+            opened: OpenReport {
+                is_rebuilt: replay_from.is_none(),
+                replayed_bytes,
+            },
             _lock: lock_file,
         };
         if store.has_floor() {
@@ -372,6 +475,11 @@ impl Store {
                 .store(is_out_of_room(&room), Ordering::Relaxed);
         }
         Ok(store)
+    }
+
+    /// What opening found.
+    pub fn open_report(&self) -> OpenReport {
+        self.opened
     }
 
     /// The relay-wide budget the store was opened with.
@@ -483,6 +591,7 @@ impl Store {
         }
         self.check_disk(&mut writer, now_ms, false);
         let room = self.room(&writer);
+        let mut lookup_failed = None;
         let plan = {
             let index = read(&self.index);
             core::plan_commit(
@@ -497,9 +606,18 @@ impl Store {
                     },
                     None => MailboxState::default(),
                 },
-                |m, b| index.existing(m, b, now_ms),
+                |m, b| {
+                    index.existing(m, b, now_ms).unwrap_or_else(|err| {
+                        lookup_failed = Some(err);
+                        None
+                    })
+                },
             )
         };
+        if let Some(err) = lookup_failed {
+            error!(error = %err, "store index lookup failed");
+            return Err(StoreError::Unavailable("index lookup failed".into()));
+        }
         if plan.is_refused_full {
             if !self.is_full.swap(true, Ordering::Relaxed) {
                 warn!(
@@ -544,14 +662,31 @@ impl Store {
         self.append(&mut writer, &buf, faults)
             .inspect_err(|err| self.note_failure(&mut writer, err))?;
         let mut index = write(&self.index);
-        for (offset, len, item) in &placed {
-            index.insert_item(writer.id, *offset, *len, item);
-        }
-        if let Some(seg) = index.segments.get_mut(&writer.id) {
-            seg.size = writer.len;
-            seg.item_records += placed.len() as u64;
+        let indexed = placed
+            .iter()
+            .try_for_each(|(offset, len, item)| {
+                index.insert_item(writer.id, *offset, *len, item, false)
+            })
+            .and_then(|()| {
+                index.count_records(writer.id, placed.len() as u64);
+                if let Some(seg) = index.segments.get_mut(&writer.id) {
+                    seg.size = writer.len;
+                }
+                index.apply(Some((writer.id, writer.len)))
+            });
+        if let Err(err) = indexed {
+            return Err(self.index_failed(&mut writer, &err));
         }
         Ok(plan)
+    }
+
+    /// After the index failed to take what the log holds durably: no more writes until a
+    /// restart, which replays the log into the index.
+    fn index_failed(&self, writer: &mut Writer, err: &IndexError) -> StoreError {
+        error!(error = %err, "store index write failed; refusing writes until restart");
+        let why = "the store index failed; restart the relay".to_string();
+        writer.poisoned = Some(why.clone());
+        StoreError::Unavailable(why)
     }
 
     /// After a failed write: a full disk refuses pushes until the next sweep.
@@ -589,16 +724,21 @@ impl Store {
         let id = writer.id + 1;
         let (file, reader) = create_segment(&self.dir, id, self.segment_bytes, faults)
             .map_err(|err| io_failure("creating a segment", &err, retry))?;
-        write(&self.index)
-            .segments
-            .insert(id, Segment::new(reader, SEGMENT_MAGIC.len() as u64));
+        let magic = SEGMENT_MAGIC.len() as u64;
         writer.file = file;
         writer.id = id;
-        writer.len = SEGMENT_MAGIC.len() as u64;
-        writer.disk.written_since = writer
-            .disk
-            .written_since
-            .saturating_add(SEGMENT_MAGIC.len() as u64);
+        writer.len = magic;
+        writer.disk.written_since = writer.disk.written_since.saturating_add(magic);
+        // The index is made durable at every roll, so a power loss replays at most about one
+        // segment at the next open.
+        let mut index = write(&self.index);
+        index.add_segment(id, Segment::new(reader, magic, SegmentCounts::default()));
+        if let Err(err) = index
+            .apply(Some((id, magic)))
+            .and_then(|()| index.persist())
+        {
+            return Err(self.index_failed(writer, &err));
+        }
         Ok(())
     }
 
@@ -608,7 +748,24 @@ impl Store {
     /// compact is logged and retried by the next sweep; the evictions stand.
     pub fn sweep(&self, now_ms: u64, max_items: u32) -> Result<SweepReport, StoreError> {
         let mut writer = lock(&self.writer);
-        let (evicted, more) = write(&self.index).evict_expired(now_ms, u64::from(max_items.max(1)));
+        if self.has_floor() {
+            // The index writes before anything is freed: on a disk filled by something else,
+            // give it the reserve's room first (fjall refuses all writes after a failed one).
+            self.check_disk(&mut writer, now_ms, true);
+            if writer.disk.estimate() < INDEX_HEADROOM_BYTES && release_reserve(&self.dir) {
+                self.check_disk(&mut writer, now_ms, true);
+            }
+        }
+        let (evicted, more) = if writer.poisoned.is_some() {
+            (0, false)
+        } else {
+            let mut index = write(&self.index);
+            let evicted = index
+                .evict_expired(now_ms, u64::from(max_items.max(1)))
+                .and_then(|report| index.apply(None).map(|()| report));
+            drop(index);
+            evicted.map_err(|err| self.index_failed(&mut writer, &err))?
+        };
         // A write refused for space is tried again once per sweep.
         let was_latched = std::mem::replace(&mut writer.disk.is_full_latched, false);
         let mut released = 0;
@@ -655,7 +812,7 @@ impl Store {
         let active_is_dead = read(&self.index)
             .segments
             .get(&writer.id)
-            .is_some_and(|s| s.live == 0 && s.item_records > 0);
+            .is_some_and(|s| s.counts.live == 0 && s.counts.item_records > 0);
         if active_is_dead {
             match self.roll(writer, &self.faults) {
                 Ok(()) => released += self.release_dead(writer, false),
@@ -676,7 +833,7 @@ impl Store {
             let mut dead: BTreeMap<u32, Vec<(MailboxId, u64)>> = index
                 .segments
                 .iter()
-                .filter(|(id, s)| **id != writer.id && s.live == 0)
+                .filter(|(id, s)| **id != writer.id && s.counts.live == 0)
                 .map(|(id, _)| (*id, Vec::new()))
                 .collect();
             if dead.is_empty() {
@@ -719,6 +876,19 @@ impl Store {
                 seg.size = writer.len;
             }
         }
+        // The index is durable before any segment goes: after a crash no item it knows can
+        // point into a deleted segment.
+        {
+            let mut index = write(&self.index);
+            let applied = index
+                .apply(Some((writer.id, writer.len)))
+                .and_then(|()| index.persist());
+            drop(index);
+            if let Err(err) = applied {
+                self.index_failed(writer, &err);
+                return 0;
+            }
+        }
         let mut released = 0;
         for id in &dead {
             let path = segment_path(&self.dir, *id);
@@ -730,11 +900,14 @@ impl Store {
                     continue;
                 }
             }
-            write(&self.index).segments.remove(id);
+            write(&self.index).remove_segment(*id);
             released += 1;
         }
         if let Err(err) = sync_dir(&self.dir) {
             error!(error = %err, "cannot sync the store directory");
+        }
+        if let Err(err) = write(&self.index).apply(None) {
+            self.index_failed(writer, &err);
         }
         info!(
             segments = released,
@@ -749,6 +922,7 @@ impl Store {
     /// is dead and released right after.
     fn compact_one(&self, writer: &mut Writer) -> Result<(), StoreError> {
         let retry = self.budget.full_retry_after_ms;
+        let magic = SEGMENT_MAGIC.len() as u64;
         let candidate = {
             let index = read(&self.index);
             index
@@ -756,72 +930,133 @@ impl Store {
                 .iter()
                 .filter(|(id, s)| {
                     **id != writer.id
-                        && s.live > 0
+                        && s.counts.live > 0
                         && s.size >= self.segment_bytes / 2
-                        && s.live_bytes * COMPACT_LIVE_FRACTION < s.size
+                        && s.counts.live_bytes * COMPACT_LIVE_FRACTION < s.size
                 })
-                .min_by_key(|(_, s)| s.live_bytes)
-                .map(|(id, s)| (*id, s.file.clone()))
+                .min_by_key(|(_, s)| s.counts.live_bytes)
+                .map(|(id, s)| (*id, s.file.clone(), s.size, s.compacted_upto.max(magic)))
         };
-        let Some((id, file)) = candidate else {
+        let Some((id, file, size, from)) = candidate else {
             return Ok(());
         };
-        let mut locs: Vec<Loc> = {
-            let index = read(&self.index);
-            index
-                .mailboxes
-                .iter()
-                .flat_map(|m| m.items.values().filter(|l| l.segment == id).copied())
-                .collect()
-        };
-        // In file order (sequential reads), a bounded slice per sweep.
-        locs.sort_unstable_by_key(|loc| loc.offset);
+        // The segment's records are walked in file order from where the last slice stopped,
+        // a window at a time; the records the index still places here are the live ones. At
+        // most a quarter is live, so a window of four slices holds about one slice of them.
         let budget = self.segment_bytes / COMPACT_SLICE_FRACTION;
-        let mut taken = 0u64;
-        let keep = locs
-            .iter()
-            .take_while(|loc| {
-                let fits = taken == 0 || taken + u64::from(loc.len) <= budget;
-                taken += u64::from(loc.len);
-                fits
-            })
-            .count();
-        locs.truncate(keep);
-        // The frames, back to back, each checked before anything is copied.
+        let window = budget
+            .saturating_mul(COMPACT_LIVE_FRACTION)
+            .max((FRAME_HEADER + core::BODY_MAX) as u64)
+            .min(size - from.min(size));
+        let mut area = vec![0u8; window as usize];
+        file.read_exact_at(&mut area, from)
+            .map_err(|err| io_failure("compaction read", &err, retry))?;
         let mut buf = Vec::new();
-        for loc in &locs {
-            let at = buf.len();
-            buf.resize(at + loc.len as usize, 0);
-            file.read_exact_at(&mut buf[at..], u64::from(loc.offset))
-                .map_err(|err| io_failure("compaction read", &err, retry))?;
-            if core::decode_frame(&buf[at..]).is_none() {
-                return Err(StoreError::Unavailable(format!(
-                    "segment {id} is damaged at byte {}",
-                    loc.offset
-                )));
-            }
-        }
-        self.roll_if_full(writer, buf.len() as u64, &self.faults)?;
-        let base = writer.len;
-        self.append(writer, &buf, &self.faults)?;
-        let mut index = write(&self.index);
+        let mut copied = 0usize;
         let mut at = 0usize;
-        for loc in &locs {
-            let frame = &buf[at..at + loc.len as usize];
-            if let Some(Record::Item(item)) = core::decode_frame(frame) {
-                index.insert_item(writer.id, base + at as u64, frame.len(), &item);
+        let mut is_damaged = false;
+        {
+            let index = read(&self.index);
+            while (buf.len() as u64) < budget {
+                let Some(header) = area.get(at..at + FRAME_HEADER) else {
+                    break;
+                };
+                let header: &[u8; FRAME_HEADER] = header
+                    .try_into()
+                    .map_err(|_| StoreError::Unavailable("compaction: bad frame header".into()))?;
+                let Some((len, _)) = core::parse_frame_header(header) else {
+                    is_damaged = true;
+                    break;
+                };
+                let Some(frame) = area.get(at..at + FRAME_HEADER + len) else {
+                    break;
+                };
+                match core::decode_frame(frame) {
+                    Some(Record::Item(item)) => {
+                        let offset = from + at as u64;
+                        let slot = index.slots.get(&item.mailbox).copied();
+                        let is_live = match slot {
+                            Some(slot) => index
+                                .loc(slot, item.cursor)
+                                .map_err(|err| {
+                                    error!(error = %err, "store index lookup failed");
+                                    StoreError::Unavailable("index lookup failed".into())
+                                })?
+                                .is_some_and(|loc| {
+                                    loc.segment == id && u64::from(loc.offset) == offset
+                                }),
+                            None => false,
+                        };
+                        if is_live {
+                            buf.extend_from_slice(frame);
+                            copied += 1;
+                        }
+                    }
+                    Some(Record::Mark { .. }) => {}
+                    None => {
+                        is_damaged = true;
+                        break;
+                    }
+                }
+                at += frame.len();
             }
-            at += frame.len();
         }
-        if let Some(seg) = index.segments.get_mut(&writer.id) {
-            seg.size = writer.len;
-            seg.item_records += locs.len() as u64;
+        let upto = if is_damaged {
+            warn!(
+                segment = id,
+                offset = from + at as u64,
+                "compaction stopped at a damaged record"
+            );
+            size
+        } else if from + (at as u64) >= size {
+            // Walked to the end: start over if anything is left (nothing should be).
+            magic
+        } else {
+            from + at as u64
+        };
+        if !buf.is_empty() {
+            self.roll_if_full(writer, buf.len() as u64, &self.faults)?;
+            let base = writer.len;
+            self.append(writer, &buf, &self.faults)?;
+            let mut index = write(&self.index);
+            let mut at = 0usize;
+            let mut indexed = Ok(());
+            while at < buf.len() && indexed.is_ok() {
+                let frame = &buf[at..];
+                let Some((len, _)) = frame
+                    .get(..FRAME_HEADER)
+                    .and_then(|h| <&[u8; FRAME_HEADER]>::try_from(h).ok())
+                    .and_then(core::parse_frame_header)
+                else {
+                    break;
+                };
+                if let Some(Record::Item(item)) = core::decode_frame(&frame[..FRAME_HEADER + len]) {
+                    indexed = index.insert_item(
+                        writer.id,
+                        base + at as u64,
+                        FRAME_HEADER + len,
+                        &item,
+                        true,
+                    );
+                }
+                at += FRAME_HEADER + len;
+            }
+            index.count_records(writer.id, copied as u64);
+            if let Some(seg) = index.segments.get_mut(&writer.id) {
+                seg.size = writer.len;
+            }
+            let applied = indexed.and_then(|()| index.apply(Some((writer.id, writer.len))));
+            drop(index);
+            if let Err(err) = applied {
+                return Err(self.index_failed(writer, &err));
+            }
         }
-        info!(
-            segment = id,
-            items = locs.len(),
-            "copied live items forward"
-        );
+        if let Some(seg) = write(&self.index).segments.get_mut(&id) {
+            seg.compacted_upto = upto;
+        }
+        if copied > 0 {
+            info!(segment = id, items = copied, "copied live items forward");
+        }
         Ok(())
     }
 
@@ -843,28 +1078,31 @@ impl Store {
         let mut wanted: Vec<(u64, Loc, Arc<File>)> = Vec::new();
         {
             let index = read(&self.index);
-            let Some(found) = index.mailbox(mailbox) else {
-                return Ok(page);
-            };
             let mut bytes = 0u64;
-            for (cursor, loc) in found.items.range(after.saturating_add(1)..) {
-                if loc.expires_at_ms <= now_ms {
-                    page.next = Cursor(*cursor);
-                    continue;
-                }
-                let is_full = wanted.len() >= max_items.max(1) as usize
-                    || (!wanted.is_empty() && bytes + loc.ciphertext_len() > u64::from(max_bytes));
-                if is_full {
-                    page.has_more = true;
-                    break;
-                }
-                let Some(segment) = index.segments.get(&loc.segment) else {
-                    continue;
-                };
-                bytes += loc.ciphertext_len();
-                page.next = Cursor(*cursor);
-                wanted.push((*cursor, *loc, segment.file.clone()));
-            }
+            index
+                .items_after(mailbox, after, |cursor, loc| {
+                    if loc.expires_at_ms <= now_ms {
+                        page.next = Cursor(cursor);
+                        return true;
+                    }
+                    let is_full = wanted.len() >= max_items.max(1) as usize
+                        || (!wanted.is_empty()
+                            && bytes + loc.ciphertext_len() > u64::from(max_bytes));
+                    if is_full {
+                        page.has_more = true;
+                        return false;
+                    }
+                    if let Some(segment) = index.segments.get(&loc.segment) {
+                        bytes += loc.ciphertext_len();
+                        page.next = Cursor(cursor);
+                        wanted.push((cursor, loc, segment.file.clone()));
+                    }
+                    true
+                })
+                .map_err(|err| {
+                    error!(error = %err, "store index read failed");
+                    StoreError::Unavailable("index read failed".into())
+                })?;
         }
         // Records next to each other in one segment are read with one call.
         let mut start = 0;

@@ -1,9 +1,70 @@
-//! The in-memory index: where each item's record lies, per mailbox, by cursor and blob id,
-//! and when it expires.
+//! The store's index, on disk: where each item's record lies (by mailbox and cursor), its blob
+//! id (idempotency) and its expiry, in a fjall database (`index/` beside the segments). Only
+//! what grows with mailboxes and segments, not with items, is also kept in memory: mailbox
+//! metas and per-segment counts. So memory does not grow with the data, and opening reads the
+//! index, not the data (docs/DECISIONS.md, "an on-disk index").
+//!
+//! The log stays the truth; the index is a cache of it that never runs ahead of it. Every
+//! change goes into one fjall write batch, applied atomically, together with the
+//! **checkpoint**: the end of the log (segment, offset) the index covers, which only ever
+//! names records already `fdatasync`'d. fjall recovers a consistent prefix of its batches, so
+//! after any crash the index is the log up to its checkpoint, and opening replays the log from
+//! there. The index is made durable (fjall `SyncAll`) at every segment roll (so a power loss
+//! replays at most about one segment) and before a segment file is deleted (so no item can
+//! point into a deleted segment after a crash). An index that is missing, unreadable or
+//! inconsistent with the segments on disk is cleared and rebuilt by reading every segment.
+//!
+//! Layout (numbers big-endian in keys, little-endian in values; a mailbox is named by its
+//! slot, a number given in order of first use and kept in its meta):
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `items` | slot ‖ cursor | segment ‖ offset ‖ frame len ‖ stored_at_ms ‖ expires_at_ms ‖ blob id |
+//! | `blobs` | slot ‖ blob id | cursor |
+//! | `expiry` | expires_at_ms ‖ slot ‖ cursor | (empty) |
+//! | `meta` | `v` | index format |
+//! | `meta` | `c` | checkpoint: segment ‖ offset |
+//! | `meta` | `m` ‖ mailbox id | slot ‖ count ‖ bytes ‖ latest ‖ latest segment |
+//! | `meta` | `s` ‖ segment | live items ‖ live frame bytes ‖ item records written |
 
 use super::*;
+use fjall::{
+    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch, PersistMode,
+};
+use std::collections::BTreeSet;
+
+/// The index's directory inside the store's directory.
+pub const INDEX_DIR: &str = "index";
+/// The index's format, kept under `v`: another value means "rebuild".
+const INDEX_VERSION: &[u8] = b"zerok-index-1";
+/// Each keyspace's write buffer (memtable): bounds the index's memory beside the block cache.
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// fjall's block cache: what the index keeps of its files in memory.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// fjall's journal is rotated (its memtables flushed) past this, fjall's smallest: bounds what
+/// fjall replays at open.
+const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+/// Background threads of the index (flushes and compactions): one, so the relay's two cores
+/// are not both taken by index maintenance.
+const WORKER_THREADS: usize = 1;
+
+const ITEM_VALUE: usize = 4 + 4 + 4 + 8 + 8 + 32;
+const META_VALUE: usize = 4 + 8 + 8 + 8 + 4;
+const SEGMENT_VALUE: usize = 8 + 8 + 8;
+
+/// A failure of the index (fjall's error, as text for the log).
+#[derive(Debug, thiserror::Error)]
+#[error("store index: {0}")]
+pub struct IndexError(String);
+
+impl From<fjall::Error> for IndexError {
+    fn from(err: fjall::Error) -> Self {
+        IndexError(err.to_string())
+    }
+}
+
 /// Where an item's record lies, and what the index needs of it without reading it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Loc {
     pub(super) segment: u32,
     pub(super) offset: u32,
@@ -18,24 +79,104 @@ impl Loc {
     pub(super) fn ciphertext_len(&self) -> u64 {
         u64::from(self.len).saturating_sub((FRAME_HEADER + ITEM_HEADER) as u64)
     }
+
+    fn encode(&self) -> [u8; ITEM_VALUE] {
+        let mut out = [0u8; ITEM_VALUE];
+        out[0..4].copy_from_slice(&self.segment.to_le_bytes());
+        out[4..8].copy_from_slice(&self.offset.to_le_bytes());
+        out[8..12].copy_from_slice(&self.len.to_le_bytes());
+        out[12..20].copy_from_slice(&self.stored_at_ms.to_le_bytes());
+        out[20..28].copy_from_slice(&self.expires_at_ms.to_le_bytes());
+        out[28..60].copy_from_slice(&self.blob_id.0);
+        out
+    }
+
+    fn decode(value: &[u8]) -> Option<Loc> {
+        if value.len() != ITEM_VALUE {
+            return None;
+        }
+        Some(Loc {
+            segment: le_u32(&value[0..4]),
+            offset: le_u32(&value[4..8]),
+            len: le_u32(&value[8..12]),
+            stored_at_ms: le_u64(&value[12..20]),
+            expires_at_ms: le_u64(&value[20..28]),
+            blob_id: BlobId(value[28..60].try_into().ok()?),
+        })
+    }
 }
 
+fn le_u32(bytes: &[u8]) -> u32 {
+    let mut out = [0u8; 4];
+    out.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(out)
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(out)
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(out)
+}
+
+fn be_u32(bytes: &[u8]) -> u32 {
+    let mut out = [0u8; 4];
+    out.copy_from_slice(&bytes[..4]);
+    u32::from_be_bytes(out)
+}
+
+fn item_key(slot: u32, cursor: u64) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&slot.to_be_bytes());
+    key[4..].copy_from_slice(&cursor.to_be_bytes());
+    key
+}
+
+fn blob_key(slot: u32, blob_id: &BlobId) -> [u8; 36] {
+    let mut key = [0u8; 36];
+    key[..4].copy_from_slice(&slot.to_be_bytes());
+    key[4..].copy_from_slice(&blob_id.0);
+    key
+}
+
+fn expiry_key(expires_at_ms: u64, slot: u32, cursor: u64) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
+    key[8..12].copy_from_slice(&slot.to_be_bytes());
+    key[12..].copy_from_slice(&cursor.to_be_bytes());
+    key
+}
+
+fn meta_key(id: &MailboxId) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[0] = b'm';
+    key[1..].copy_from_slice(&id.0);
+    key
+}
+
+fn segment_key(id: u32) -> [u8; 5] {
+    let mut key = [0u8; 5];
+    key[0] = b's';
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// A mailbox the index knows: its meta, kept in memory.
 pub(super) struct Mailbox {
     pub(super) id: MailboxId,
     pub(super) meta: MailboxMeta,
     /// The segment holding the record that set `meta.latest`.
     pub(super) latest_segment: u32,
-    pub(super) items: BTreeMap<u64, Loc>,
-    /// Idempotency: the cursors of `items`, found by blob id. The table holds cursors only and
-    /// hashes each by its item's blob id (in `items`), so the 32-byte id is kept once per
-    /// item, not twice.
-    pub(super) blobs: HashTable<u64>,
 }
 
-pub(super) struct Segment {
-    /// Read handle (reads run without the writer lock).
-    pub(super) file: Arc<File>,
-    pub(super) size: u64,
+/// What the index keeps of a segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct SegmentCounts {
     /// Items indexed in it, and their frame bytes.
     pub(super) live: u64,
     pub(super) live_bytes: u64,
@@ -43,28 +184,48 @@ pub(super) struct Segment {
     pub(super) item_records: u64,
 }
 
+pub(super) struct Segment {
+    /// Read handle (reads run without the writer lock).
+    pub(super) file: Arc<File>,
+    pub(super) size: u64,
+    pub(super) counts: SegmentCounts,
+    /// Compaction has looked at the records before this offset.
+    pub(super) compacted_upto: u64,
+}
+
 impl Segment {
-    /// A segment of `size` bytes read through `reader`, nothing indexed in it yet.
-    pub(super) fn new(reader: File, size: u64) -> Self {
+    /// A segment of `size` bytes read through `reader`, with `counts`.
+    pub(super) fn new(reader: File, size: u64, counts: SegmentCounts) -> Self {
         Self {
             file: Arc::new(reader),
             size,
-            live: 0,
-            live_bytes: 0,
-            item_records: 0,
+            counts,
+            compacted_upto: 0,
         }
     }
 }
 
-#[derive(Default)]
+/// What the index held when it was opened.
+pub(super) struct Saved {
+    /// The end of the log it covers; `None`: a new or cleared index.
+    pub(super) checkpoint: Option<(u32, u64)>,
+    /// The counts of every segment it knows.
+    pub(super) segments: BTreeMap<u32, SegmentCounts>,
+}
+
 pub(super) struct Index {
-    /// Keyed hashing of blob ids for the idempotency tables (random per process: a member
-    /// cannot craft ids that collide in it).
-    pub(super) hasher: RandomState,
+    db: Database,
+    items_ks: Keyspace,
+    blobs_ks: Keyspace,
+    expiry_ks: Keyspace,
+    meta_ks: Keyspace,
+    /// Changes not yet applied to fjall; `pending` shows what they did to items (`None`: removed).
+    batch: WriteBatch,
+    pending: HashMap<(u32, u64), Option<Loc>>,
+    dirty_mailboxes: BTreeSet<u32>,
+    dirty_segments: BTreeSet<u32>,
     pub(super) slots: HashMap<MailboxId, u32>,
     pub(super) mailboxes: Vec<Mailbox>,
-    /// expires_at_ms → (mailbox slot, cursor): one list per expiry, filled in commit order.
-    pub(super) expiry: BTreeMap<u64, Vec<(u32, u64)>>,
     pub(super) segments: BTreeMap<u32, Segment>,
     /// Non-empty mailboxes, items and ciphertext bytes.
     pub(super) mailboxes_used: u64,
@@ -72,7 +233,155 @@ pub(super) struct Index {
     pub(super) bytes: u64,
 }
 
+fn keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+}
+
 impl Index {
+    /// Open (or create) the index in `dir`: the mailbox metas are loaded, the segment counts
+    /// and the checkpoint answered. An index of another format is cleared.
+    pub(super) fn open(dir: &Path) -> Result<(Index, Saved), IndexError> {
+        let db = Database::builder(dir)
+            .cache_size(CACHE_BYTES)
+            .max_journaling_size(JOURNAL_BYTES)
+            .worker_threads(WORKER_THREADS)
+            .manual_journal_persist(true)
+            .open()?;
+        let items_ks = db.keyspace("items", keyspace_options)?;
+        let blobs_ks = db.keyspace("blobs", keyspace_options)?;
+        let expiry_ks = db.keyspace("expiry", keyspace_options)?;
+        let meta_ks = db.keyspace("meta", keyspace_options)?;
+        let batch = db.batch();
+        let mut index = Index {
+            db,
+            items_ks,
+            blobs_ks,
+            expiry_ks,
+            meta_ks,
+            batch,
+            pending: HashMap::new(),
+            dirty_mailboxes: BTreeSet::new(),
+            dirty_segments: BTreeSet::new(),
+            slots: HashMap::new(),
+            mailboxes: Vec::new(),
+            segments: BTreeMap::new(),
+            mailboxes_used: 0,
+            items: 0,
+            bytes: 0,
+        };
+        let version = index.meta_ks.get(b"v")?;
+        if version.as_deref() != Some(INDEX_VERSION) {
+            if version.is_some() {
+                warn!("the store index has another format; rebuilding it from the segments");
+            }
+            index.clear()?;
+            return Ok((
+                index,
+                Saved {
+                    checkpoint: None,
+                    segments: BTreeMap::new(),
+                },
+            ));
+        }
+        let checkpoint = index
+            .meta_ks
+            .get(b"c")?
+            .filter(|v| v.len() == 12)
+            .map(|v| (le_u32(&v[0..4]), le_u64(&v[4..12])));
+        let mut segments = BTreeMap::new();
+        let mut metas: Vec<(u32, Mailbox)> = Vec::new();
+        for guard in index.meta_ks.iter() {
+            let (key, value) = guard.into_inner()?;
+            match key.first() {
+                Some(b'm') if key.len() == 33 && value.len() == META_VALUE => {
+                    let mut id = [0u8; 32];
+                    id.copy_from_slice(&key[1..]);
+                    metas.push((
+                        le_u32(&value[0..4]),
+                        Mailbox {
+                            id: MailboxId(id),
+                            meta: MailboxMeta {
+                                count: le_u64(&value[4..12]),
+                                bytes: le_u64(&value[12..20]),
+                                latest: le_u64(&value[20..28]),
+                            },
+                            latest_segment: le_u32(&value[28..32]),
+                        },
+                    ));
+                }
+                Some(b's') if key.len() == 5 && value.len() == SEGMENT_VALUE => {
+                    segments.insert(
+                        be_u32(&key[1..5]),
+                        SegmentCounts {
+                            live: le_u64(&value[0..8]),
+                            live_bytes: le_u64(&value[8..16]),
+                            item_records: le_u64(&value[16..24]),
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        metas.sort_unstable_by_key(|(slot, _)| *slot);
+        let is_dense = metas
+            .iter()
+            .enumerate()
+            .all(|(n, (slot, _))| *slot as usize == n);
+        if !is_dense {
+            warn!("the store index's mailbox slots are inconsistent; rebuilding it");
+            index.clear()?;
+            return Ok((
+                index,
+                Saved {
+                    checkpoint: None,
+                    segments: BTreeMap::new(),
+                },
+            ));
+        }
+        for (slot, mailbox) in metas {
+            index.slots.insert(mailbox.id, slot);
+            if mailbox.meta.count > 0 {
+                index.mailboxes_used += 1;
+            }
+            index.items += mailbox.meta.count;
+            index.bytes += mailbox.meta.bytes;
+            index.mailboxes.push(mailbox);
+        }
+        Ok((
+            index,
+            Saved {
+                checkpoint,
+                segments,
+            },
+        ))
+    }
+
+    /// Forget everything (to rebuild from the segments).
+    pub(super) fn clear(&mut self) -> Result<(), IndexError> {
+        self.batch = self.db.batch();
+        self.pending.clear();
+        self.dirty_mailboxes.clear();
+        self.dirty_segments.clear();
+        for keyspace in [
+            &self.items_ks,
+            &self.blobs_ks,
+            &self.expiry_ks,
+            &self.meta_ks,
+        ] {
+            keyspace.clear()?;
+        }
+        self.meta_ks.insert(b"v", INDEX_VERSION)?;
+        self.slots.clear();
+        self.mailboxes.clear();
+        for segment in self.segments.values_mut() {
+            segment.counts = SegmentCounts::default();
+        }
+        self.mailboxes_used = 0;
+        self.items = 0;
+        self.bytes = 0;
+        Ok(())
+    }
+
     pub(super) fn mailbox(&self, id: &MailboxId) -> Option<&Mailbox> {
         self.slots
             .get(id)
@@ -83,6 +392,17 @@ impl Index {
         self.mailbox(id).map(|m| m.meta).unwrap_or_default()
     }
 
+    /// Where item `cursor` of mailbox `slot` lies, as of the changes made so far.
+    pub(super) fn loc(&self, slot: u32, cursor: u64) -> Result<Option<Loc>, IndexError> {
+        if let Some(pending) = self.pending.get(&(slot, cursor)) {
+            return Ok(*pending);
+        }
+        Ok(self
+            .items_ks
+            .get(item_key(slot, cursor))?
+            .and_then(|v| Loc::decode(&v)))
+    }
+
     /// The cursor and `stored_at_ms` of `blob_id` in mailbox `id`, unless it has expired at
     /// `now_ms` (an expired item not yet swept is never served, so a push of the same
     /// ciphertext must be stored again, not answered with the expired cursor).
@@ -91,17 +411,24 @@ impl Index {
         id: &MailboxId,
         blob_id: &BlobId,
         now_ms: u64,
-    ) -> Option<(u64, u64)> {
-        let mailbox = self.mailbox(id)?;
-        let items = &mailbox.items;
-        let cursor = *mailbox.blobs.find(self.hasher.hash_one(blob_id), |c| {
-            items.get(c).is_some_and(|loc| loc.blob_id == *blob_id)
-        })?;
-        let loc = items.get(&cursor)?;
-        (loc.expires_at_ms > now_ms).then_some((cursor, loc.stored_at_ms))
+    ) -> Result<Option<(u64, u64)>, IndexError> {
+        let Some(slot) = self.slots.get(id) else {
+            return Ok(None);
+        };
+        let Some(value) = self.blobs_ks.get(blob_key(*slot, blob_id))? else {
+            return Ok(None);
+        };
+        if value.len() != 8 {
+            return Ok(None);
+        }
+        let cursor = le_u64(&value);
+        Ok(self
+            .loc(*slot, cursor)?
+            .filter(|loc| loc.blob_id == *blob_id && loc.expires_at_ms > now_ms)
+            .map(|loc| (cursor, loc.stored_at_ms)))
     }
 
-    pub(super) fn slot(&mut self, id: &MailboxId, segment: u32) -> u32 {
+    fn slot(&mut self, id: &MailboxId, segment: u32) -> u32 {
         if let Some(slot) = self.slots.get(id) {
             return *slot;
         }
@@ -110,23 +437,27 @@ impl Index {
             id: *id,
             meta: MailboxMeta::default(),
             latest_segment: segment,
-            items: BTreeMap::new(),
-            blobs: HashTable::new(),
         });
         self.slots.insert(*id, slot);
+        self.dirty_mailboxes.insert(slot);
         slot
     }
 
+    /// Index an item record at `offset` of `segment`. With `may_exist`, a record of the same
+    /// item written earlier (compaction copies an item forward; a replay meets items twice)
+    /// is replaced; without, the caller knows the cursor is new.
     pub(super) fn insert_item(
         &mut self,
         segment: u32,
         offset: u64,
         len: usize,
         item: &ItemRecord<'_>,
-    ) {
+        may_exist: bool,
+    ) -> Result<(), IndexError> {
         let slot = self.slot(&item.mailbox, segment);
-        // A record written again (compaction) replaces the older copy.
-        self.remove_item(slot, item.cursor);
+        if may_exist {
+            self.remove_item(slot, item.cursor)?;
+        }
         let loc = Loc {
             segment,
             offset: offset as u32,
@@ -135,21 +466,20 @@ impl Index {
             expires_at_ms: item.expires_at_ms,
             blob_id: item.blob_id,
         };
+        self.batch
+            .insert(&self.items_ks, item_key(slot, item.cursor), loc.encode());
+        self.batch.insert(
+            &self.blobs_ks,
+            blob_key(slot, &item.blob_id),
+            item.cursor.to_le_bytes(),
+        );
+        self.batch.insert(
+            &self.expiry_ks,
+            expiry_key(item.expires_at_ms, slot, item.cursor),
+            [],
+        );
+        self.pending.insert((slot, item.cursor), Some(loc));
         let mailbox = &mut self.mailboxes[slot as usize];
-        mailbox.items.insert(item.cursor, loc);
-        let hasher = &self.hasher;
-        let items = &mailbox.items;
-        let blob_id = item.blob_id;
-        match mailbox.blobs.entry(
-            hasher.hash_one(blob_id),
-            |c| items.get(c).is_some_and(|loc| loc.blob_id == blob_id),
-            |c| items.get(c).map_or(0, |loc| hasher.hash_one(loc.blob_id)),
-        ) {
-            hashbrown::hash_table::Entry::Occupied(mut entry) => *entry.get_mut() = item.cursor,
-            hashbrown::hash_table::Entry::Vacant(entry) => {
-                entry.insert(item.cursor);
-            }
-        }
         if mailbox.meta.count == 0 {
             self.mailboxes_used += 1;
         }
@@ -159,15 +489,22 @@ impl Index {
             mailbox.meta.latest = item.cursor;
             mailbox.latest_segment = segment;
         }
+        self.dirty_mailboxes.insert(slot);
         self.items += 1;
         self.bytes += loc.ciphertext_len();
-        self.expiry
-            .entry(item.expires_at_ms)
-            .or_default()
-            .push((slot, item.cursor));
         if let Some(seg) = self.segments.get_mut(&segment) {
-            seg.live += 1;
-            seg.live_bytes += len as u64;
+            seg.counts.live += 1;
+            seg.counts.live_bytes += len as u64;
+            self.dirty_segments.insert(segment);
+        }
+        Ok(())
+    }
+
+    /// Count an item record written to `segment` (whether or not it stays indexed).
+    pub(super) fn count_records(&mut self, segment: u32, records: u64) {
+        if let Some(seg) = self.segments.get_mut(&segment) {
+            seg.counts.item_records += records;
+            self.dirty_segments.insert(segment);
         }
     }
 
@@ -177,65 +514,171 @@ impl Index {
         if latest >= mailbox.meta.latest {
             mailbox.meta.latest = latest;
             mailbox.latest_segment = segment;
+            self.dirty_mailboxes.insert(slot);
         }
     }
 
     /// Drop an item from the index; false when it was not there.
-    pub(super) fn remove_item(&mut self, slot: u32, cursor: u64) -> bool {
+    pub(super) fn remove_item(&mut self, slot: u32, cursor: u64) -> Result<bool, IndexError> {
+        let Some(loc) = self.loc(slot, cursor)? else {
+            return Ok(false);
+        };
         let Some(mailbox) = self.mailboxes.get_mut(slot as usize) else {
-            return false;
+            return Ok(false);
         };
-        let Some(loc) = mailbox.items.remove(&cursor) else {
-            return false;
-        };
-        if let Ok(entry) = mailbox
-            .blobs
-            .find_entry(self.hasher.hash_one(loc.blob_id), |c| *c == cursor)
-        {
-            entry.remove();
+        self.batch.remove(&self.items_ks, item_key(slot, cursor));
+        self.batch
+            .remove(&self.expiry_ks, expiry_key(loc.expires_at_ms, slot, cursor));
+        // The blob entry names this cursor unless a later push of the same ciphertext (after
+        // this one expired) took it over.
+        let blob = blob_key(slot, &loc.blob_id);
+        let names_this = self
+            .blobs_ks
+            .get(blob)?
+            .is_some_and(|v| v.len() == 8 && le_u64(&v) == cursor);
+        if names_this {
+            self.batch.remove(&self.blobs_ks, blob);
         }
+        self.pending.insert((slot, cursor), None);
         let size = loc.ciphertext_len();
         mailbox.meta.count = mailbox.meta.count.saturating_sub(1);
         mailbox.meta.bytes = mailbox.meta.bytes.saturating_sub(size);
         if mailbox.meta.count == 0 {
             self.mailboxes_used = self.mailboxes_used.saturating_sub(1);
         }
+        self.dirty_mailboxes.insert(slot);
         self.items = self.items.saturating_sub(1);
         self.bytes = self.bytes.saturating_sub(size);
         if let Some(seg) = self.segments.get_mut(&loc.segment) {
-            seg.live = seg.live.saturating_sub(1);
-            seg.live_bytes = seg.live_bytes.saturating_sub(u64::from(loc.len));
+            seg.counts.live = seg.counts.live.saturating_sub(1);
+            seg.counts.live_bytes = seg.counts.live_bytes.saturating_sub(u64::from(loc.len));
+            self.dirty_segments.insert(loc.segment);
         }
-        true
+        Ok(true)
     }
 
-    /// Evict up to `budget` items due at `now_ms`; answers (evicted, more due).
-    pub(super) fn evict_expired(&mut self, now_ms: u64, budget: u64) -> (u64, bool) {
+    /// Evict up to `budget` items due at `now_ms`; answers (evicted, more due). The changes
+    /// are applied by the next [`Index::apply`].
+    pub(super) fn evict_expired(
+        &mut self,
+        now_ms: u64,
+        budget: u64,
+    ) -> Result<(u64, bool), IndexError> {
+        let upto = expiry_key(now_ms, u32::MAX, u64::MAX);
+        let mut due = Vec::new();
+        let mut more = false;
+        for guard in self.expiry_ks.range(..=upto) {
+            let key = guard.key()?;
+            if key.len() != 20 {
+                continue;
+            }
+            if due.len() as u64 >= budget {
+                more = true;
+                break;
+            }
+            due.push((
+                be_u64(&key[0..8]),
+                be_u32(&key[8..12]),
+                be_u64(&key[12..20]),
+            ));
+        }
         let mut evicted = 0;
-        while evicted < budget {
-            let Some((at, mut due)) = self.expiry.pop_first() else {
-                break;
-            };
-            if at > now_ms {
-                self.expiry.insert(at, due);
-                break;
-            }
-            while evicted < budget
-                && let Some((slot, cursor)) = due.pop()
-            {
-                if self.remove_item(slot, cursor) {
-                    evicted += 1;
-                }
-            }
-            if !due.is_empty() {
-                self.expiry.insert(at, due);
+        for (expires_at_ms, slot, cursor) in due {
+            let is_this = self
+                .loc(slot, cursor)?
+                .is_some_and(|loc| loc.expires_at_ms == expires_at_ms);
+            if is_this && self.remove_item(slot, cursor)? {
+                evicted += 1;
+            } else {
+                self.batch
+                    .remove(&self.expiry_ks, expiry_key(expires_at_ms, slot, cursor));
             }
         }
-        let more = self
-            .expiry
-            .first_key_value()
-            .is_some_and(|(at, _)| *at <= now_ms);
-        (evicted, more)
+        Ok((evicted, more))
+    }
+
+    /// Items of mailbox `id` after `after`, in cursor order, as long as `take` says so.
+    pub(super) fn items_after(
+        &self,
+        id: &MailboxId,
+        after: u64,
+        mut take: impl FnMut(u64, Loc) -> bool,
+    ) -> Result<(), IndexError> {
+        let Some(slot) = self.slots.get(id) else {
+            return Ok(());
+        };
+        let Some(from) = after.checked_add(1) else {
+            return Ok(());
+        };
+        let range = item_key(*slot, from)..=item_key(*slot, u64::MAX);
+        for guard in self.items_ks.range(range) {
+            let (key, value) = guard.into_inner()?;
+            let Some(loc) = Loc::decode(&value) else {
+                continue;
+            };
+            if key.len() != 12 || !take(be_u64(&key[4..12]), loc) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply the changes made since the last call atomically, with the checkpoint `upto` (the
+    /// end of the log they cover, all of it durable).
+    pub(super) fn apply(&mut self, upto: Option<(u32, u64)>) -> Result<(), IndexError> {
+        let mut batch = std::mem::replace(&mut self.batch, self.db.batch());
+        for slot in std::mem::take(&mut self.dirty_mailboxes) {
+            let Some(mailbox) = self.mailboxes.get(slot as usize) else {
+                continue;
+            };
+            let mut value = [0u8; META_VALUE];
+            value[0..4].copy_from_slice(&slot.to_le_bytes());
+            value[4..12].copy_from_slice(&mailbox.meta.count.to_le_bytes());
+            value[12..20].copy_from_slice(&mailbox.meta.bytes.to_le_bytes());
+            value[20..28].copy_from_slice(&mailbox.meta.latest.to_le_bytes());
+            value[28..32].copy_from_slice(&mailbox.latest_segment.to_le_bytes());
+            batch.insert(&self.meta_ks, meta_key(&mailbox.id), value);
+        }
+        for id in std::mem::take(&mut self.dirty_segments) {
+            let key = segment_key(id);
+            match self.segments.get(&id) {
+                Some(seg) => {
+                    let mut value = [0u8; SEGMENT_VALUE];
+                    value[0..8].copy_from_slice(&seg.counts.live.to_le_bytes());
+                    value[8..16].copy_from_slice(&seg.counts.live_bytes.to_le_bytes());
+                    value[16..24].copy_from_slice(&seg.counts.item_records.to_le_bytes());
+                    batch.insert(&self.meta_ks, key, value);
+                }
+                None => batch.remove(&self.meta_ks, key),
+            }
+        }
+        if let Some((segment, offset)) = upto {
+            let mut value = [0u8; 12];
+            value[0..4].copy_from_slice(&segment.to_le_bytes());
+            value[4..12].copy_from_slice(&offset.to_le_bytes());
+            batch.insert(&self.meta_ks, b"c", value);
+        }
+        self.pending.clear();
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Know segment `id` (its counts are written with the next [`Index::apply`]).
+    pub(super) fn add_segment(&mut self, id: u32, segment: Segment) {
+        self.segments.insert(id, segment);
+        self.dirty_segments.insert(id);
+    }
+
+    /// Forget segment `id` (deleted): its counts go with the next [`Index::apply`].
+    pub(super) fn remove_segment(&mut self, id: u32) {
+        self.segments.remove(&id);
+        self.dirty_segments.insert(id);
+    }
+
+    /// Make everything applied durable.
+    pub(super) fn persist(&self) -> Result<(), IndexError> {
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(())
     }
 
     pub(super) fn disk_bytes(&self) -> u64 {

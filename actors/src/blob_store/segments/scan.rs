@@ -10,8 +10,14 @@ pub(super) struct Scanned {
     pub(super) damaged: bool,
 }
 
-/// Read every record of a segment into the index.
-pub(super) fn scan_segment(index: &mut Index, id: u32, file: &File) -> std::io::Result<Scanned> {
+/// Read the records of a segment from `from` (0, or the end of a record: the index's
+/// checkpoint) into the index.
+pub(super) fn scan_segment(
+    index: &mut Index,
+    id: u32,
+    file: &File,
+    from: u64,
+) -> std::io::Result<Scanned> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
     if let Err(err) = reader.read_exact(&mut magic) {
@@ -30,6 +36,11 @@ pub(super) fn scan_segment(index: &mut Index, id: u32, file: &File) -> std::io::
         });
     }
     let mut offset = SEGMENT_MAGIC.len() as u64;
+    if from > offset {
+        use std::io::{Seek, SeekFrom};
+        reader.seek(SeekFrom::Start(from))?;
+        offset = from;
+    }
     let mut frame = Vec::new();
     loop {
         let mut header = [0u8; FRAME_HEADER];
@@ -60,10 +71,10 @@ pub(super) fn scan_segment(index: &mut Index, id: u32, file: &File) -> std::io::
         }
         match core::decode_frame(&frame) {
             Some(Record::Item(item)) => {
-                index.insert_item(id, offset, frame.len(), &item);
-                if let Some(seg) = index.segments.get_mut(&id) {
-                    seg.item_records += 1;
-                }
+                index
+                    .insert_item(id, offset, frame.len(), &item, true)
+                    .map_err(std::io::Error::other)?;
+                index.count_records(id, 1);
             }
             Some(Record::Mark { mailbox, latest }) => index.mark(id, &mailbox, latest),
             None => break,
