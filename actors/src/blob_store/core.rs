@@ -1,7 +1,7 @@
 //! The BlobStore's pure core: limits, the group-commit plan, and the record format of the
 //! segment log.
 //!
-//! The store is an append-only log of segment files (see [`super::log`]); each segment holds
+//! The store is an append-only log of segment files (see [`super::segments`]); each segment holds
 //! a header and then records, each framed as
 //!
 //! | field | bytes |
@@ -42,10 +42,11 @@ pub const MARK_BODY: usize = 1 + 32 + 8;
 /// Largest body a record may declare (anything larger is corruption).
 pub const BODY_MAX: usize = ITEM_HEADER + 16 * 1024 * 1024;
 
-/// Memory the index keeps per stored item beside its ciphertext, rounded up: its location
-/// (64 B) in a B-tree node (~60% full, so ~120 B), its idempotency slot (~10 B) and its
-/// expiry entry (16 B); measured at about 180 B per item (`index_bytes_per_item` of the
-/// catch-up bench, 100,000 items; docs/DECISIONS.md).
+/// What the index costs per stored item beside its ciphertext, rounded up: its three
+/// entries in the on-disk index (location 72 B, idempotency 44 B, expiry 20 B, before the LSM
+/// tree's own overhead and space amplification). It was the in-memory index's cost (measured
+/// ~185 B per item) until the index moved to disk; the charge stays, so quotas and budgets
+/// mean what they meant (docs/DECISIONS.md).
 pub const INDEX_BYTES_PER_ITEM: u64 = 192;
 /// Disk bytes of an item's record beside its ciphertext: frame header and item header.
 pub const RECORD_OVERHEAD_BYTES: u64 = (FRAME_HEADER + ITEM_HEADER) as u64;

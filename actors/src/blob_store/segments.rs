@@ -1,17 +1,18 @@
-//! The relay's durable item store: an append-only log of segment files and an in-memory
-//! index rebuilt from it at open.
+//! The relay's durable item store: an append-only log of segment files and an on-disk index
+//! of it ([`index`]: fjall, beside the segments).
 //!
 //! A group commit encodes its items as records (format in [`super::core`]), appends them to
 //! the active segment with one `write` and makes them durable with one `fdatasync`; only then
-//! does the index learn them, so every read and every duplicate answer sees durable items
-//! only. Reads take the index lock just long enough to find where their records lie and then
-//! read the files without it; commits hold the writer lock (never the index lock) through
-//! their `fdatasync`.
+//! does the index learn them (one atomic index batch, not synced), so every read and every
+//! duplicate answer sees durable items only. Reads take the index lock just long enough to
+//! find where their records lie and then read the files without it; commits hold the writer
+//! lock through their `fdatasync`.
 //!
 //! Space comes back by segments: a segment whose items have all expired (or been copied
 //! forward by compaction) is deleted, after a `mark` record carries forward the newest
 //! cursor of every mailbox whose newest item it held, so cursors never go back. A mostly-dead
-//! segment is compacted: its live items are copied to the active segment and it is deleted.
+//! segment is compacted: its records are walked, those the index still places there are
+//! copied to the active segment, and it is deleted once none is left.
 //!
 //! Budgets ([`StoreBudget`]): a commit refuses (`StorageFull`, with a retry hint) what would
 //! take the store past its charged-byte or index-entry budget or its filesystem below the
@@ -22,10 +23,11 @@
 //! only while the disk is above its floor. OS errors go to the log; a client only ever sees
 //! `StorageFull` or a generic `Unavailable`.
 //!
-//! Opening reads every segment in order. A record that fails its length or CRC at the end of
-//! the newest segment is a write that was never acknowledged (a crash in the middle of it)
-//! and is cut off; anywhere else it is corruption and the store refuses to open, naming the
-//! file and offset.
+//! Opening reads the index and replays only the log after the index's checkpoint (nothing
+//! after a clean close; about one segment at most after a power cut); a missing or
+//! inconsistent index is rebuilt from every segment. A record that fails its length or CRC at
+//! the end of the newest segment is a write that was never acknowledged (a crash in the
+//! middle of it) and is cut off.
 
 use super::core::{
     self, CommitPlan, FORMAT_VERSION, FRAME_HEADER, ITEM_CHARGE_BYTES, ITEM_HEADER, ItemRecord,

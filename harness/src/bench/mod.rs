@@ -8,6 +8,7 @@
 pub mod baseline;
 pub mod relay_benches;
 pub mod stats;
+pub mod stored;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

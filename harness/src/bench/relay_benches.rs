@@ -72,14 +72,24 @@ impl Bench {
 
     /// Start a relay with the bench config on a fresh data dir.
     pub async fn relay(&self, bind_port: Option<u16>) -> anyhow::Result<RelayProcess> {
+        let n = self.relays.fetch_add(1, Ordering::Relaxed);
+        self.relay_on(&self.dir.join(format!("relay-{n}")), bind_port)
+            .await
+    }
+
+    /// Start a relay with the bench config on `data_dir`.
+    pub async fn relay_on(
+        &self,
+        data_dir: &std::path::Path,
+        bind_port: Option<u16>,
+    ) -> anyhow::Result<RelayProcess> {
         let config = self.dir.join("bench-relay.toml");
         std::fs::write(&config, BENCH_CONFIG)?;
-        let n = self.relays.fetch_add(1, Ordering::Relaxed);
         let bind = format!("127.0.0.1:{}", bind_port.unwrap_or(0));
         let config = config.display().to_string();
         RelayProcess::start_logging(
             &self.relay_bin,
-            &self.dir.join(format!("relay-{n}")),
+            data_dir,
             &[
                 "--config",
                 &config,
@@ -109,14 +119,16 @@ impl Bench {
     }
 }
 
-fn group(n: u64) -> EpochKeys {
+/// The keys of benchmark group `n`.
+pub fn group(n: u64) -> EpochKeys {
     let mut secret = [0u8; 32];
     secret[..8].copy_from_slice(&n.to_be_bytes());
     secret[8] = 0xb5;
     GroupSecret::from_bytes(secret).epoch_keys(Epoch(0))
 }
 
-fn record(n: u64, tag: u64) -> Bytes {
+/// A 1 KiB record body, unique for (`n`, `tag`).
+pub fn record(n: u64, tag: u64) -> Bytes {
     let mut body = vec![0u8; 1024];
     body[..8].copy_from_slice(&n.to_be_bytes());
     body[8..16].copy_from_slice(&tag.to_be_bytes());
@@ -131,6 +143,17 @@ pub async fn push(
     clients: usize,
 ) -> anyhow::Result<Vec<BenchResult>> {
     let relay = bench.relay(None).await?;
+    push_on(bench, base, clients, &relay, "push").await
+}
+
+/// The push benchmark against `relay`, its figures named `name`.
+pub async fn push_on(
+    bench: &Bench,
+    base: &Baseline,
+    clients: usize,
+    relay: &RelayProcess,
+    name: &str,
+) -> anyhow::Result<Vec<BenchResult>> {
     let window = 16usize;
     let duration = if bench.quick {
         Duration::from_millis(1500)
@@ -140,7 +163,7 @@ pub async fn push(
     let warmup = Duration::from_millis(500);
     let mut connected = Vec::new();
     for c in 0..clients {
-        let client = Arc::new(bench.client(&relay).await?);
+        let client = Arc::new(bench.client(relay).await?);
         let keys = group(1000 + c as u64);
         client.join(&keys).await?;
         connected.push((client, keys.mailbox_id()));
@@ -190,10 +213,10 @@ pub async fn push(
     let per_s = acked / duration.as_secs_f64();
     let base_latency = base.rtt_p50 + base.fsync_p50;
     let mut results = vec![
-        BenchResult::new("push", "acked_per_s", per_s, "1/s", Better::Higher)
+        BenchResult::new(name, "acked_per_s", per_s, "1/s", Better::Higher)
             .against("append_fdatasync_items_per_s", base.append_items_per_s),
         BenchResult::new(
-            "push",
+            name,
             "ack_latency_p50_ms",
             ms(samples.percentile(50.0)),
             "ms",
@@ -201,7 +224,7 @@ pub async fn push(
         )
         .against("rtt_p50+fsync_p50_ms", ms(base_latency)),
         BenchResult::new(
-            "push",
+            name,
             "ack_latency_p99_ms",
             ms(samples.percentile(99.0)),
             "ms",
@@ -209,14 +232,14 @@ pub async fn push(
         )
         .against("rtt_p50+fsync_p50_ms", ms(base_latency)),
         BenchResult::new(
-            "push",
+            name,
             "failed",
             failed.load(Ordering::Relaxed) as f64,
             "pushes",
             Better::Lower,
         ),
     ];
-    results.extend(commit_figures(&relay, "push").await);
+    results.extend(commit_figures(relay, name).await);
     Ok(results
         .into_iter()
         .map(|r| {

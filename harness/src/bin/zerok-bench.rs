@@ -27,6 +27,9 @@ struct Cli {
     /// Compare ratios with a saved run (JSON lines); exit 1 when one is >10% worse.
     #[arg(long, global = true, value_name = "FILE")]
     compare: Option<PathBuf>,
+    /// Items stored before `stored` starts the relay (default 1,000,000; 20,000 with --quick).
+    #[arg(long, global = true, value_name = "N")]
+    items: Option<u64>,
     /// Largest connection count tried by `connections`.
     #[arg(long, global = true, default_value_t = 10_000)]
     max_connections: usize,
@@ -48,6 +51,8 @@ enum Command {
     Connections,
     /// Three relays, one killed during a push stream.
     Failover,
+    /// A relay with N items stored: start → ready, memory, pushes, catch-up, restart.
+    Stored,
     /// Everything.
     All,
 }
@@ -163,6 +168,13 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         if wants(Command::Failover) {
             emit(relay_benches::failover(&bench).await?, &mut results);
+        }
+        if wants(Command::Stored) {
+            let items = cli.items.unwrap_or(if quick { 20_000 } else { 1_000_000 });
+            emit(
+                zerok_harness::bench::stored::stored(&bench, &base, items).await?,
+                &mut results,
+            );
         }
     }
     if let Some(path) = &cli.compare {
