@@ -44,10 +44,11 @@ pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
 /// Default `store.max_bytes`: 10 GiB, a hundred full mailboxes at the default quota; a
 /// relay on a bigger disk raises it, the free-disk floor guards a smaller one.
 pub const STORE_MAX_BYTES_DEFAULT: u64 = 10 * 1024 * 1024 * 1024;
-/// Default `store.max_items`: 500,000 index entries at ~200 B each keep the index near
-/// 100 MiB, so a relay with default settings stays under 256 MiB of memory when someone
-/// fills it with tiny items.
-pub const STORE_MAX_ITEMS_DEFAULT: u64 = 500_000;
+/// Default `store.max_items`: 20,000,000 index entries. The index is on disk (~140 B per
+/// item before the LSM tree's overhead, ~3 GiB at the limit); what stays in memory is one
+/// meta per mailbox (~150 B), and a mailbox is charged 64 entries, so at most 312,500
+/// mailboxes (~50 MiB) fit.
+pub const STORE_MAX_ITEMS_DEFAULT: u64 = 20_000_000;
 /// Default `store.min_free_disk_bytes`: 512 MiB left for the system (logs, package updates)
 /// and for the relay's own segment rolls and marks.
 pub const STORE_MIN_FREE_DISK_BYTES_DEFAULT: u64 = 512 * 1024 * 1024;
@@ -935,7 +936,7 @@ mod tests {
         assert_eq!(config.store.commit_max_items, 4096);
         assert_eq!(config.limits.mailbox_items_max, 100_000);
         assert_eq!(config.store.max_bytes, 10 * 1024 * 1_048_576);
-        assert_eq!(config.store.max_items, 500_000);
+        assert_eq!(config.store.max_items, 20_000_000);
         assert_eq!(config.store.min_free_disk_bytes, 512 * 1_048_576);
         assert_eq!(config.shutdown.grace_secs, 8);
         // An empty file is the defaults too.
@@ -1150,8 +1151,8 @@ mod tests {
             "limits.mailbox_items_max"
         );
         assert_eq!(field("[store]\nmax_bytes = 1048576\n"), "store.max_bytes");
-        assert_eq!(field("[store]\nmax_items = 4\n"), "store.max_items");
-        assert!(parse("[store]\nmax_items = 5\nmin_free_disk_bytes = 0\n").is_ok());
+        assert_eq!(field("[store]\nmax_items = 64\n"), "store.max_items");
+        assert!(parse("[store]\nmax_items = 65\nmin_free_disk_bytes = 0\n").is_ok());
         assert!(parse("[limits]\nblob_bytes_max = 1048576\ninflight_max = 4096\n").is_ok());
         assert!(parse("[shutdown]\ngrace_secs = 60\n").is_ok());
         // A negative number does not fit the unsigned field: a parse error, not a wrap.

@@ -56,9 +56,11 @@ pub const RECORD_OVERHEAD_BYTES: u64 = (FRAME_HEADER + ITEM_HEADER) as u64;
 /// for tiny items.
 pub const ITEM_CHARGE_BYTES: u64 = RECORD_OVERHEAD_BYTES + INDEX_BYTES_PER_ITEM;
 /// Index entries a mailbox the index knows is charged to the relay's item budget, beside
-/// one per item: its meta, its slot in the id map and the smallest B-tree node and
-/// idempotency table of its first item come to ~1 KiB, about five items' worth of index.
-pub const MAILBOX_INDEX_ENTRIES: u64 = 4;
+/// one per item. Items are indexed on disk; a mailbox's meta (id, counts, newest cursor,
+/// its slot in the id map: ~150 B) stays in memory for as long as the relay runs, so the
+/// budget bounds mailboxes tightly: at the default 20,000,000 entries, at most 312,500
+/// mailboxes, ~50 MiB of memory.
+pub const MAILBOX_INDEX_ENTRIES: u64 = 64;
 
 /// What one item is charged: its ciphertext plus [`ITEM_CHARGE_BYTES`].
 pub fn charged_bytes(ciphertext_bytes: u64) -> u64 {
