@@ -18,6 +18,7 @@
 //! pending pushes.
 
 pub mod core;
+pub mod fs;
 pub mod segments;
 
 use crate::clock::Clock;

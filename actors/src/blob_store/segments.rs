@@ -32,14 +32,13 @@ use super::core::{
     MAILBOX_INDEX_ENTRIES, MailboxMeta, MailboxState, Record, Room, SEGMENT_MAGIC, StoreBudget,
     StoreLimits,
 };
+use super::fs::{self, OpenMode, SeqReader, StoreFile, StoreFs};
 use crate::fault::{FaultPlan, FaultPoint};
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, RandomState};
 use std::io::{BufReader, ErrorKind, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -152,12 +151,6 @@ fn injected_disk_full(faults: &FaultPlan) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Free bytes for unprivileged writers on the filesystem holding `dir`.
-fn free_disk_bytes(dir: &Path) -> std::io::Result<u64> {
-    let stat = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
-
 /// What the store knows of its filesystem's free space.
 #[derive(Debug, Clone, Copy)]
 struct DiskSpace {
@@ -179,7 +172,7 @@ impl DiskSpace {
 
 /// The active segment, appended to under the writer lock.
 struct Writer {
-    file: File,
+    file: Box<dyn StoreFile>,
     id: u32,
     len: u64,
     /// Set when a failed write could not be cut back off: no more writes until a restart.
@@ -192,6 +185,8 @@ struct Writer {
 /// BlobStore actor it starts, so a restarted actor finds everything durable where it was.
 pub struct Store {
     dir: PathBuf,
+    /// Every file operation goes through it.
+    fs: Arc<dyn StoreFs>,
     segment_bytes: u64,
     budget: StoreBudget,
     /// Fault injection for the writes sweeps do (commits get the caller's plan).
@@ -203,7 +198,7 @@ pub struct Store {
     /// The free-disk estimate as of the last commit or sweep, for `stats`.
     free_disk_bytes: AtomicU64,
     /// Held (flock) while the store is open.
-    _lock: File,
+    _lock: Box<dyn StoreFile>,
 }
 
 /// How a store is opened.
@@ -215,6 +210,9 @@ pub struct StoreOptions {
     pub budget: StoreBudget,
     /// Fault injection for the store's own writes (sweeps, the reserve).
     pub faults: FaultPlan,
+    /// The file system the store lives on: the real one ([`fs::OsFs`]) unless a test or
+    /// simulation gives a [`fs::SimFs`].
+    pub fs: Arc<dyn StoreFs>,
 }
 
 impl StoreOptions {
@@ -224,6 +222,7 @@ impl StoreOptions {
             segment_bytes,
             budget: StoreBudget::unlimited(),
             faults: FaultPlan::none(),
+            fs: fs::os_fs(),
         }
     }
 }
@@ -248,15 +247,23 @@ impl Store {
             segment_bytes,
             budget,
             faults,
+            fs,
         } = options;
         let segment_bytes = segment_bytes.max(4096);
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let is_new_dir = !fs.exists(dir);
+        fs.create_dir_all(dir).map_err(io_err(dir))?;
+        if is_new_dir {
+            // The new directory's own entry: without this sync a power cut can take the
+            // whole store, acknowledged items and all, with it.
+            let parent = match dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            fs.sync_dir(parent).map_err(io_err(parent))?;
+        }
         let lock_path = dir.join(LOCK_FILE);
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        let lock_file = fs
+            .open(&lock_path, OpenMode::CreateOrOpen)
             .map_err(io_err(&lock_path))?;
         match lock_file.try_lock() {
             Ok(()) => {}
@@ -267,20 +274,16 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(err)) => return Err(io_err(&lock_path)(err)),
         }
-        check_format(dir)?;
-        let ids = segment_ids(dir)?;
+        check_format(&*fs, dir)?;
+        let ids = segment_ids(&*fs, dir)?;
         let mut index = Index::default();
         let mut active = None;
         for (n, id) in ids.iter().enumerate() {
             let path = segment_path(dir, *id);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            let reader = File::open(&path).map_err(io_err(&path))?;
+            let file = fs.open(&path, OpenMode::ReadWrite).map_err(io_err(&path))?;
+            let reader = fs.open(&path, OpenMode::Read).map_err(io_err(&path))?;
             index.segments.insert(*id, Segment::new(reader, 0));
-            let scanned = scan_segment(&mut index, *id, &file).map_err(io_err(&path))?;
+            let scanned = scan_segment(&mut index, *id, &*file).map_err(io_err(&path))?;
             let is_last = n + 1 == ids.len();
             let mut len = scanned.good_len;
             if scanned.damaged {
@@ -290,7 +293,7 @@ impl Store {
                         offset: scanned.good_len,
                     });
                 }
-                let size = file.metadata().map_err(io_err(&path))?.len();
+                let size = file.len().map_err(io_err(&path))?;
                 warn!(
                     segment = id,
                     offset = scanned.good_len,
@@ -308,7 +311,7 @@ impl Store {
             }
             if is_last {
                 // The active segment is written in place: presize it again.
-                let size = file.metadata().map_err(io_err(&path))?.len();
+                let size = file.len().map_err(io_err(&path))?;
                 if size < segment_bytes {
                     file.set_len(segment_bytes).map_err(io_err(&path))?;
                     file.sync_all().map_err(io_err(&path))?;
@@ -324,8 +327,9 @@ impl Store {
         let (file, id, len) = match active {
             Some(active) => active,
             None => {
-                let (file, reader) = create_segment(dir, 1, segment_bytes, &FaultPlan::none())
-                    .map_err(io_err(dir))?;
+                let (file, reader) =
+                    create_segment(&*fs, dir, 1, segment_bytes, &FaultPlan::none())
+                        .map_err(io_err(dir))?;
                 index
                     .segments
                     .insert(1, Segment::new(reader, SEGMENT_MAGIC.len() as u64));
@@ -340,6 +344,7 @@ impl Store {
         );
         let store = Store {
             dir: dir.to_path_buf(),
+            fs,
             segment_bytes,
             budget,
             faults,
@@ -361,7 +366,7 @@ impl Store {
             _lock: lock_file,
         };
         if store.has_floor() {
-            ensure_reserve(dir, &store.faults);
+            ensure_reserve(&*store.fs, dir, &store.faults);
         }
         {
             let mut writer = lock(&store.writer);
@@ -396,7 +401,7 @@ impl Store {
         if !is_due {
             return;
         }
-        match free_disk_bytes(&self.dir) {
+        match self.fs.free_bytes(&self.dir) {
             Ok(free) => {
                 writer.disk.free_bytes = free;
                 writer.disk.written_since = 0;
@@ -587,7 +592,7 @@ impl Store {
             .and_then(|()| writer.file.sync_all())
             .map_err(|err| io_failure("closing a segment", &err, retry))?;
         let id = writer.id + 1;
-        let (file, reader) = create_segment(&self.dir, id, self.segment_bytes, faults)
+        let (file, reader) = create_segment(&*self.fs, &self.dir, id, self.segment_bytes, faults)
             .map_err(|err| io_failure("creating a segment", &err, retry))?;
         write(&self.index)
             .segments
@@ -628,7 +633,7 @@ impl Store {
             }
             if self.has_floor() && self.room(&writer).disk_bytes >= RESERVE_BYTES.saturating_mul(2)
             {
-                ensure_reserve(&self.dir, &self.faults);
+                ensure_reserve(&*self.fs, &self.dir, &self.faults);
             }
         }
         let room = self.room(&writer);
@@ -702,7 +707,8 @@ impl Store {
                 core::encode_mark(&mut buf, mailbox, *latest);
             }
             let mut written = self.append(writer, &buf, &self.faults);
-            if matches!(written, Err(StoreError::StorageFull { .. })) && release_reserve(&self.dir)
+            if matches!(written, Err(StoreError::StorageFull { .. }))
+                && release_reserve(&*self.fs, &self.dir)
             {
                 written = self.append(writer, &buf, &self.faults);
             }
@@ -722,7 +728,7 @@ impl Store {
         let mut released = 0;
         for id in &dead {
             let path = segment_path(&self.dir, *id);
-            match std::fs::remove_file(&path) {
+            match self.fs.remove_file(&path) {
                 Ok(()) => {}
                 Err(err) if err.kind() == ErrorKind::NotFound => {}
                 Err(err) => {
@@ -733,7 +739,7 @@ impl Store {
             write(&self.index).segments.remove(id);
             released += 1;
         }
-        if let Err(err) = sync_dir(&self.dir) {
+        if let Err(err) = self.fs.sync_dir(&self.dir) {
             error!(error = %err, "cannot sync the store directory");
         }
         info!(
@@ -840,7 +846,7 @@ impl Store {
             has_more: false,
         };
         // Where the records lie, found under the index lock; read without it.
-        let mut wanted: Vec<(u64, Loc, Arc<File>)> = Vec::new();
+        let mut wanted: Vec<(u64, Loc, Arc<dyn StoreFile>)> = Vec::new();
         {
             let index = read(&self.index);
             let Some(found) = index.mailbox(mailbox) else {

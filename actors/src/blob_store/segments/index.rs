@@ -34,7 +34,7 @@ pub(super) struct Mailbox {
 
 pub(super) struct Segment {
     /// Read handle (reads run without the writer lock).
-    pub(super) file: Arc<File>,
+    pub(super) file: Arc<dyn StoreFile>,
     pub(super) size: u64,
     /// Items indexed in it, and their frame bytes.
     pub(super) live: u64,
@@ -45,9 +45,9 @@ pub(super) struct Segment {
 
 impl Segment {
     /// A segment of `size` bytes read through `reader`, nothing indexed in it yet.
-    pub(super) fn new(reader: File, size: u64) -> Self {
+    pub(super) fn new(reader: Box<dyn StoreFile>, size: u64) -> Self {
         Self {
-            file: Arc::new(reader),
+            file: Arc::from(reader),
             size,
             live: 0,
             live_bytes: 0,

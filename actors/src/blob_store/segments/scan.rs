@@ -11,8 +11,12 @@ pub(super) struct Scanned {
 }
 
 /// Read every record of a segment into the index.
-pub(super) fn scan_segment(index: &mut Index, id: u32, file: &File) -> std::io::Result<Scanned> {
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+pub(super) fn scan_segment(
+    index: &mut Index,
+    id: u32,
+    file: &dyn StoreFile,
+) -> std::io::Result<Scanned> {
+    let mut reader = BufReader::with_capacity(1 << 20, SeqReader::new(file));
     let mut magic = [0u8; 8];
     if let Err(err) = reader.read_exact(&mut magic) {
         if err.kind() == ErrorKind::UnexpectedEof {
