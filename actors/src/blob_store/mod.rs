@@ -18,6 +18,7 @@
 //! pending pushes.
 
 pub mod core;
+pub mod durability;
 pub mod fs;
 pub mod segments;
 

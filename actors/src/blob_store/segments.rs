@@ -250,12 +250,13 @@ impl Store {
             fs,
         } = options;
         let segment_bytes = segment_bytes.max(4096);
-        let is_new_dir = !fs.exists(dir);
+        // Directories about to be made, outermost last.
+        let new_dirs: Vec<&Path> = dir.ancestors().take_while(|d| !fs.exists(d)).collect();
         fs.create_dir_all(dir).map_err(io_err(dir))?;
-        if is_new_dir {
-            // The new directory's own entry: without this sync a power cut can take the
-            // whole store, acknowledged items and all, with it.
-            let parent = match dir.parent() {
+        // Each new directory's entry in its parent: without these syncs a power cut can take
+        // the whole store, acknowledged items and all, with it.
+        for new_dir in new_dirs.iter().rev() {
+            let parent = match new_dir.parent() {
                 Some(parent) if !parent.as_os_str().is_empty() => parent,
                 _ => Path::new("."),
             };

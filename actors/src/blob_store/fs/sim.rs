@@ -248,6 +248,12 @@ impl SimFs {
         fs
     }
 
+    /// Break (or mend, with `None`) one kind of sync from now on, e.g. after a store was
+    /// opened on a healthy file system, so only what it does next lacks the sync.
+    pub fn set_flaw(&self, flaw: Option<SimFlaw>) {
+        lock(&self.world).flaw = flaw;
+    }
+
     /// This file system as the store's seam (sharing the files).
     pub fn shared(&self) -> Arc<dyn StoreFs> {
         Arc::new(self.clone())
