@@ -111,3 +111,74 @@ impl StoreFs for OsFs {
         Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob_store::core::{StoreLimits, charged_bytes};
+    use crate::blob_store::segments::Store;
+    use crate::fault::FaultPlan;
+    use bytes::Bytes;
+    use zerok_messages::relay::AppendRequest;
+    use zerok_messages::{BlobId, MailboxId};
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Every file and directory under `dir`, `dir` included.
+    fn tree(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = vec![dir.to_path_buf()];
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(tree(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    /// The store holds other people's ciphertext and who-talks-when metadata: no other local
+    /// user may read it, whatever the umask, and a store directory made loose is tightened.
+    #[test]
+    fn the_stores_files_are_not_world_readable() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data").join("store");
+        let loose = root.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, Permissions::from_mode(0o755)).unwrap();
+        for dir in [&dir, &loose] {
+            let store = Store::open(dir, 4096).unwrap();
+            // Enough items to roll a few segments.
+            for n in 0..20u32 {
+                let ciphertext = Bytes::from(vec![n as u8; 600]);
+                let request = AppendRequest {
+                    token: 0,
+                    mailbox: MailboxId([7; 32]),
+                    blob_id: BlobId::of_ciphertext(&ciphertext),
+                    ciphertext,
+                    ttl_secs: Some(60),
+                };
+                store
+                    .commit(
+                        &[request],
+                        1_000,
+                        &StoreLimits::default(),
+                        &FaultPlan::none(),
+                    )
+                    .unwrap();
+            }
+            assert!(store.stats().charged_bytes >= 20 * charged_bytes(600));
+            assert!(store.stats().segments >= 3, "{:?}", store.stats());
+            let paths = tree(dir);
+            assert!(paths.len() >= 6, "{paths:?}");
+            for path in paths {
+                let expected = if path.is_dir() { DIR_MODE } else { FILE_MODE };
+                assert_eq!(mode(&path), expected, "{}", path.display());
+            }
+        }
+        assert_eq!(mode(&root.path().join("data")), DIR_MODE);
+    }
+}
