@@ -251,7 +251,10 @@ impl Store {
         } = options;
         let segment_bytes = segment_bytes.max(4096);
         // Directories about to be made, outermost last.
-        let new_dirs: Vec<&Path> = dir.ancestors().take_while(|d| !fs.exists(d)).collect();
+        let new_dirs: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !fs.exists(d))
+            .collect();
         fs.create_dir_all(dir).map_err(io_err(dir))?;
         // Each new directory's entry in its parent: without these syncs a power cut can take
         // the whole store, acknowledged items and all, with it.
