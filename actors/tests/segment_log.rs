@@ -457,6 +457,7 @@ fn open_budgeted(dir: &Path, budget: StoreBudget, faults: &FaultPlan) -> Store {
             segment_bytes: SMALL_SEGMENT,
             budget,
             faults: faults.clone(),
+            ..StoreOptions::new(SMALL_SEGMENT)
         },
     )
     .unwrap()
@@ -770,6 +771,7 @@ fn a_really_full_disk_releases_through_the_reserve_and_recovers() {
                 ..StoreBudget::unlimited()
             },
             faults: faults.clone(),
+            ..StoreOptions::new(256 * 1024)
         },
     )
     .unwrap();

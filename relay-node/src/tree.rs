@@ -376,6 +376,7 @@ impl RelayNode {
                 full_retry_after_ms: config.store.sweep_interval_secs.saturating_mul(1000),
             },
             faults: seams.faults.clone(),
+            ..StoreOptions::new(config.store.segment_bytes)
         };
         let store =
             tokio::task::spawn_blocking(move || Store::open_with(&store_dir, store_options))

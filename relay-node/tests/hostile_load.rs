@@ -376,6 +376,16 @@ async fn the_data_dir_and_its_files_are_not_world_readable() {
     for file in ["node.key", "relay.addr"] {
         assert_eq!(mode(&data_dir.join(file)), 0o600, "{file}");
     }
+    // The store's directory and files (ciphertext, who pushed where and when) likewise.
+    let store_dir = data_dir.join("store");
+    assert_eq!(mode(&store_dir), 0o700, "store dir");
+    let mut store_files = 0;
+    for entry in std::fs::read_dir(&store_dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        store_files += 1;
+    }
+    assert!(store_files >= 3, "format, lock and a segment");
     // A data dir that existed with loose permissions is tightened at start.
     let loose = dir.path().join("loose");
     std::fs::create_dir_all(&loose).unwrap();

@@ -631,8 +631,9 @@ mod tests {
     #[test]
     fn the_relay_budget_bounds_bytes_entries_and_disk() {
         let full = |room: Room, known: bool| {
-            let requests: Vec<AppendRequest> =
-                (0..20u64).map(|n| request(n, 1, &[n as u8; 100])).collect();
+            let requests: Vec<AppendRequest> = (0..MAILBOX_INDEX_ENTRIES + 10)
+                .map(|n| request(n, 1, &[n as u8; 100]))
+                .collect();
             plan_commit(
                 &requests,
                 1_000,

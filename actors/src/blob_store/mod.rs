@@ -18,6 +18,8 @@
 //! pending pushes.
 
 pub mod core;
+pub mod durability;
+pub mod fs;
 pub mod segments;
 
 use crate::clock::Clock;

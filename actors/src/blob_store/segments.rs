@@ -34,13 +34,11 @@ use super::core::{
     MAILBOX_INDEX_ENTRIES, MailboxMeta, MailboxState, Record, Room, SEGMENT_MAGIC, StoreBudget,
     StoreLimits,
 };
+use super::fs::{self, OpenMode, SeqReader, StoreFile, StoreFs};
 use crate::fault::{FaultPlan, FaultPoint};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-
 use std::io::{BufReader, ErrorKind, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -125,8 +123,18 @@ pub enum OpenError {
     },
 }
 
-/// Open the index in `dir`; one that cannot be opened (damaged) is moved aside and rebuilt.
+/// Open the index in `dir` (made private: 0700, as the store's own files are); one that
+/// cannot be opened (damaged) is removed and rebuilt.
 fn open_index(dir: &Path) -> Result<(Index, Saved), OpenError> {
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(io_err(dir))?;
+    }
     match Index::open(dir) {
         Ok(opened) => Ok(opened),
         Err(err) => {
@@ -144,10 +152,18 @@ fn open_index(dir: &Path) -> Result<(Index, Saved), OpenError> {
 /// `dir`: the checkpoint's segment is there and at least as long as the checkpoint, every
 /// segment before it is known to the index, and every segment the index has live items in is
 /// there.
-fn index_agrees(saved: &Saved, ids: &[u32], checkpoint: (u32, u64), dir: &Path) -> bool {
+fn index_agrees(
+    saved: &Saved,
+    ids: &[u32],
+    checkpoint: (u32, u64),
+    fs: &dyn StoreFs,
+    dir: &Path,
+) -> bool {
     let (segment, offset) = checkpoint;
     let has_checkpoint_segment = ids.contains(&segment)
-        && std::fs::metadata(segment_path(dir, segment)).is_ok_and(|m| m.len() >= offset);
+        && fs
+            .file_len(&segment_path(dir, segment))
+            .is_ok_and(|len| len >= offset);
     has_checkpoint_segment
         && ids
             .iter()
@@ -198,12 +214,6 @@ fn injected_disk_full(faults: &FaultPlan) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Free bytes for unprivileged writers on the filesystem holding `dir`.
-fn free_disk_bytes(dir: &Path) -> std::io::Result<u64> {
-    let stat = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
-
 /// What the store knows of its filesystem's free space.
 #[derive(Debug, Clone, Copy)]
 struct DiskSpace {
@@ -225,7 +235,7 @@ impl DiskSpace {
 
 /// The active segment, appended to under the writer lock.
 struct Writer {
-    file: File,
+    file: Box<dyn StoreFile>,
     id: u32,
     len: u64,
     /// Set when a failed write could not be cut back off: no more writes until a restart.
@@ -238,6 +248,8 @@ struct Writer {
 /// BlobStore actor it starts, so a restarted actor finds everything durable where it was.
 pub struct Store {
     dir: PathBuf,
+    /// Every file operation goes through it.
+    fs: Arc<dyn StoreFs>,
     segment_bytes: u64,
     budget: StoreBudget,
     /// Fault injection for the writes sweeps do (commits get the caller's plan).
@@ -251,7 +263,7 @@ pub struct Store {
     /// What opening found.
     opened: OpenReport,
     /// Held (flock) while the store is open.
-    _lock: File,
+    _lock: Box<dyn StoreFile>,
 }
 
 /// What opening the store found.
@@ -273,6 +285,13 @@ pub struct StoreOptions {
     pub budget: StoreBudget,
     /// Fault injection for the store's own writes (sweeps, the reserve).
     pub faults: FaultPlan,
+    /// The file system the store lives on: the real one ([`fs::OsFs`]) unless a test or
+    /// simulation gives a [`fs::SimFs`].
+    pub fs: Arc<dyn StoreFs>,
+    /// Where the index lives (`index/` in the store's directory unless given). The index is a
+    /// fjall database on the real file system, whatever `fs` is: a store on a simulated file
+    /// system gives it a real directory here.
+    pub index_dir: Option<PathBuf>,
 }
 
 impl StoreOptions {
@@ -282,6 +301,8 @@ impl StoreOptions {
             segment_bytes,
             budget: StoreBudget::unlimited(),
             faults: FaultPlan::none(),
+            fs: fs::os_fs(),
+            index_dir: None,
         }
     }
 }
@@ -306,15 +327,28 @@ impl Store {
             segment_bytes,
             budget,
             faults,
+            fs,
+            index_dir,
         } = options;
         let segment_bytes = segment_bytes.max(4096);
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // Directories about to be made, outermost last.
+        let new_dirs: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !fs.exists(d))
+            .collect();
+        fs.create_dir_all(dir).map_err(io_err(dir))?;
+        // Each new directory's entry in its parent: without these syncs a power cut can take
+        // the whole store, acknowledged items and all, with it.
+        for new_dir in new_dirs.iter().rev() {
+            let parent = match new_dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            fs.sync_dir(parent).map_err(io_err(parent))?;
+        }
         let lock_path = dir.join(LOCK_FILE);
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        let lock_file = fs
+            .open(&lock_path, OpenMode::CreateOrOpen)
             .map_err(io_err(&lock_path))?;
         match lock_file.try_lock() {
             Ok(()) => {}
@@ -325,9 +359,9 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(err)) => return Err(io_err(&lock_path)(err)),
         }
-        check_format(dir)?;
-        let ids = segment_ids(dir)?;
-        let index_dir = dir.join(INDEX_DIR);
+        check_format(&*fs, dir)?;
+        let ids = segment_ids(&*fs, dir)?;
+        let index_dir = index_dir.unwrap_or_else(|| dir.join(INDEX_DIR));
         let (mut index, saved) = open_index(&index_dir)?;
         let index_failed = |err: IndexError| OpenError::Index {
             path: index_dir.display().to_string(),
@@ -337,7 +371,7 @@ impl Store {
         // on disk; otherwise rebuild it from every segment.
         let replay_from = saved
             .checkpoint
-            .filter(|checkpoint| index_agrees(&saved, &ids, *checkpoint, dir));
+            .filter(|checkpoint| index_agrees(&saved, &ids, *checkpoint, &*fs, dir));
         if replay_from.is_none() {
             if saved.checkpoint.is_some() {
                 warn!("the store index does not match the segments; rebuilding it");
@@ -355,13 +389,9 @@ impl Store {
         let mut replayed_bytes = 0u64;
         for (n, id) in ids.iter().enumerate() {
             let path = segment_path(dir, *id);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            let reader = File::open(&path).map_err(io_err(&path))?;
-            let size_on_disk = file.metadata().map_err(io_err(&path))?.len();
+            let file = fs.open(&path, OpenMode::ReadWrite).map_err(io_err(&path))?;
+            let reader = fs.open(&path, OpenMode::Read).map_err(io_err(&path))?;
+            let size_on_disk = file.len().map_err(io_err(&path))?;
             let counts = match replay_from {
                 Some(_) => saved.segments.get(id).copied().unwrap_or_default(),
                 None => SegmentCounts::default(),
@@ -377,7 +407,7 @@ impl Store {
             } else {
                 0
             };
-            let scanned = scan_segment(&mut index, *id, &file, from).map_err(io_err(&path))?;
+            let scanned = scan_segment(&mut index, *id, &*file, from).map_err(io_err(&path))?;
             replayed_bytes += scanned.good_len.saturating_sub(from);
             let mut len = scanned.good_len;
             if scanned.damaged {
@@ -387,7 +417,7 @@ impl Store {
                         offset: scanned.good_len,
                     });
                 }
-                let size = file.metadata().map_err(io_err(&path))?.len();
+                let size = file.len().map_err(io_err(&path))?;
                 warn!(
                     segment = id,
                     offset = scanned.good_len,
@@ -405,7 +435,7 @@ impl Store {
             }
             if is_last {
                 // The active segment is written in place: presize it again.
-                let size = file.metadata().map_err(io_err(&path))?.len();
+                let size = file.len().map_err(io_err(&path))?;
                 if size < segment_bytes {
                     file.set_len(segment_bytes).map_err(io_err(&path))?;
                     file.sync_all().map_err(io_err(&path))?;
@@ -422,8 +452,9 @@ impl Store {
         let (file, id, len) = match active {
             Some(active) => active,
             None => {
-                let (file, reader) = create_segment(dir, 1, segment_bytes, &FaultPlan::none())
-                    .map_err(io_err(dir))?;
+                let (file, reader) =
+                    create_segment(&*fs, dir, 1, segment_bytes, &FaultPlan::none())
+                        .map_err(io_err(dir))?;
                 let magic = SEGMENT_MAGIC.len() as u64;
                 index.add_segment(1, Segment::new(reader, magic, SegmentCounts::default()));
                 index.apply(Some((1, magic))).map_err(index_failed)?;
@@ -441,6 +472,7 @@ impl Store {
         );
         let store = Store {
             dir: dir.to_path_buf(),
+            fs,
             segment_bytes,
             budget,
             faults,
@@ -466,7 +498,7 @@ impl Store {
             _lock: lock_file,
         };
         if store.has_floor() {
-            ensure_reserve(dir, &store.faults);
+            ensure_reserve(&*store.fs, dir, &store.faults);
         }
         {
             let mut writer = lock(&store.writer);
@@ -506,7 +538,7 @@ impl Store {
         if !is_due {
             return;
         }
-        match free_disk_bytes(&self.dir) {
+        match self.fs.free_bytes(&self.dir) {
             Ok(free) => {
                 writer.disk.free_bytes = free;
                 writer.disk.written_since = 0;
@@ -724,7 +756,7 @@ impl Store {
             .and_then(|()| writer.file.sync_all())
             .map_err(|err| io_failure("closing a segment", &err, retry))?;
         let id = writer.id + 1;
-        let (file, reader) = create_segment(&self.dir, id, self.segment_bytes, faults)
+        let (file, reader) = create_segment(&*self.fs, &self.dir, id, self.segment_bytes, faults)
             .map_err(|err| io_failure("creating a segment", &err, retry))?;
         let magic = SEGMENT_MAGIC.len() as u64;
         writer.file = file;
@@ -754,7 +786,9 @@ impl Store {
             // The index writes before anything is freed: on a disk filled by something else,
             // give it the reserve's room first (fjall refuses all writes after a failed one).
             self.check_disk(&mut writer, now_ms, true);
-            if writer.disk.estimate() < INDEX_HEADROOM_BYTES && release_reserve(&self.dir) {
+            if writer.disk.estimate() < INDEX_HEADROOM_BYTES
+                && release_reserve(&*self.fs, &self.dir)
+            {
                 self.check_disk(&mut writer, now_ms, true);
             }
         }
@@ -787,7 +821,7 @@ impl Store {
             }
             if self.has_floor() && self.room(&writer).disk_bytes >= RESERVE_BYTES.saturating_mul(2)
             {
-                ensure_reserve(&self.dir, &self.faults);
+                ensure_reserve(&*self.fs, &self.dir, &self.faults);
             }
         }
         let room = self.room(&writer);
@@ -861,7 +895,8 @@ impl Store {
                 core::encode_mark(&mut buf, mailbox, *latest);
             }
             let mut written = self.append(writer, &buf, &self.faults);
-            if matches!(written, Err(StoreError::StorageFull { .. })) && release_reserve(&self.dir)
+            if matches!(written, Err(StoreError::StorageFull { .. }))
+                && release_reserve(&*self.fs, &self.dir)
             {
                 written = self.append(writer, &buf, &self.faults);
             }
@@ -894,7 +929,7 @@ impl Store {
         let mut released = 0;
         for id in &dead {
             let path = segment_path(&self.dir, *id);
-            match std::fs::remove_file(&path) {
+            match self.fs.remove_file(&path) {
                 Ok(()) => {}
                 Err(err) if err.kind() == ErrorKind::NotFound => {}
                 Err(err) => {
@@ -905,7 +940,7 @@ impl Store {
             write(&self.index).remove_segment(*id);
             released += 1;
         }
-        if let Err(err) = sync_dir(&self.dir) {
+        if let Err(err) = self.fs.sync_dir(&self.dir) {
             error!(error = %err, "cannot sync the store directory");
         }
         if let Err(err) = write(&self.index).apply(None) {
@@ -1077,7 +1112,7 @@ impl Store {
             has_more: false,
         };
         // Where the records lie, found under the index lock; read without it.
-        let mut wanted: Vec<(u64, Loc, Arc<File>)> = Vec::new();
+        let mut wanted: Vec<(u64, Loc, Arc<dyn StoreFile>)> = Vec::new();
         {
             let index = read(&self.index);
             let mut bytes = 0u64;

@@ -30,7 +30,6 @@ use crate::rng::Rng;
 use bytes::{BufMut, Bytes, BytesMut};
 use iroh::endpoint::{Connection, QuicTransportConfig, RecvStream, SendStream, VarInt, presets};
 use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey};
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -536,22 +535,43 @@ pub fn load_or_create_secret_key(path: &Path, rng: &mut Rng) -> Result<[u8; 32],
     Ok(key)
 }
 
-/// Write `bytes` to `path` with mode 0600: into a temporary file beside it, synced, renamed
-/// over `path`, and the directory synced, so after a crash or power cut `path` holds either
-/// the old content or all of the new, and the rename itself is durable.
+/// Write `bytes` to `path` with mode 0600: into a temporary file beside it (made anew, so a
+/// stale, looser one does not lend it its mode), synced, renamed over `path`, and the
+/// directory synced, so after a crash or power cut `path` holds either the old content or all
+/// of the new, and the rename itself is durable (`blob_store::fs::write_file_durably`, whose
+/// tests cut the power at each of its syncs).
 pub fn write_file_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)?.sync_all()
+    crate::blob_store::fs::write_file_durably(&crate::blob_store::fs::OsFs, path, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_durably_written_file_is_private_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.addr");
+        // A stale temp file of a crashed write, world-readable.
+        let temp = dir.path().join("relay.tmp");
+        std::fs::write(&temp, b"stale").unwrap();
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_file_durably(&path, b"first").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        assert_eq!(mode(&path), 0o600);
+        assert!(!temp.exists());
+        write_file_durably(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "only the file itself"
+        );
+    }
 }

@@ -5,39 +5,32 @@ pub(super) fn segment_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("{id:020}{SEGMENT_SUFFIX}"))
 }
 
-pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Create segment `id`: magic written, file presized to `presize` bytes (sparse; an
 /// `fdatasync` after a write that does not grow the file is about half the cost of one after
 /// an append on ext4), all durable, directory entry durable. Answers the write handle and a
 /// read handle.
 pub(super) fn create_segment(
+    fs: &dyn StoreFs,
     dir: &Path,
     id: u32,
     presize: u64,
     faults: &FaultPlan,
-) -> std::io::Result<(File, File)> {
+) -> std::io::Result<(Box<dyn StoreFile>, Box<dyn StoreFile>)> {
     injected_disk_full(faults)?;
     let path = segment_path(dir, id);
-    let file = OpenOptions::new()
-        .create_new(true)
-        .read(true)
-        .write(true)
-        .open(&path)?;
+    let file = fs.open(&path, OpenMode::CreateNew)?;
     let prepared = file
         .write_all_at(SEGMENT_MAGIC, 0)
         .and_then(|()| file.set_len(presize.max(SEGMENT_MAGIC.len() as u64)))
         .and_then(|()| file.sync_all())
-        .and_then(|()| sync_dir(dir))
-        .and_then(|()| File::open(&path));
+        .and_then(|()| fs.sync_dir(dir))
+        .and_then(|()| fs.open(&path, OpenMode::Read));
     match prepared {
         Ok(reader) => Ok((file, reader)),
         Err(err) => {
             // Leave no half-made segment behind: the next attempt creates the same id.
             drop(file);
-            let _ = std::fs::remove_file(&path);
+            let _ = fs.remove_file(&path);
             Err(err)
         }
     }
@@ -45,17 +38,13 @@ pub(super) fn create_segment(
 
 /// Write the reserve file (`RESERVE_BYTES` of zeros, durable) unless it is already whole;
 /// answers whether it is there. A failure leaves no partial reserve behind.
-pub(super) fn ensure_reserve(dir: &Path, faults: &FaultPlan) -> bool {
+pub(super) fn ensure_reserve(fs: &dyn StoreFs, dir: &Path, faults: &FaultPlan) -> bool {
     let path = dir.join(RESERVE_FILE);
-    if std::fs::metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+    if fs.file_len(&path).is_ok_and(|len| len == RESERVE_BYTES) {
         return true;
     }
     let written = injected_disk_full(faults).and_then(|()| {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)?;
+        let file = fs.open(&path, OpenMode::CreateOrTruncate)?;
         let zeros = vec![0u8; 64 * 1024];
         let mut at = 0u64;
         while at < RESERVE_BYTES {
@@ -64,24 +53,24 @@ pub(super) fn ensure_reserve(dir: &Path, faults: &FaultPlan) -> bool {
             at += n;
         }
         file.sync_all()?;
-        sync_dir(dir)
+        fs.sync_dir(dir)
     });
     match written {
         Ok(()) => true,
         Err(err) => {
             warn!(error = %err, "cannot write the store's reserve file");
-            let _ = std::fs::remove_file(&path);
+            let _ = fs.remove_file(&path);
             false
         }
     }
 }
 
 /// Delete the reserve file (durably); answers whether there was one.
-pub(super) fn release_reserve(dir: &Path) -> bool {
+pub(super) fn release_reserve(fs: &dyn StoreFs, dir: &Path) -> bool {
     let path = dir.join(RESERVE_FILE);
-    match std::fs::remove_file(&path) {
+    match fs.remove_file(&path) {
         Ok(()) => {
-            let _ = sync_dir(dir);
+            let _ = fs.sync_dir(dir);
             warn!("disk full: released the store's reserve to free space");
             true
         }
@@ -91,40 +80,40 @@ pub(super) fn release_reserve(dir: &Path) -> bool {
 
 /// The format check: a new directory gets the format file; a directory of another store is
 /// refused.
-pub(super) fn check_format(dir: &Path) -> Result<(), OpenError> {
+pub(super) fn check_format(fs: &dyn StoreFs, dir: &Path) -> Result<(), OpenError> {
     let path = dir.join(FORMAT_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(found) if found.trim() == FORMAT_VERSION => Ok(()),
+    match fs::read_whole(fs, &path) {
+        Ok(found) if String::from_utf8_lossy(&found).trim() == FORMAT_VERSION => Ok(()),
         Ok(found) => Err(OpenError::Format {
             path: dir.display().to_string(),
-            found: found.trim().to_string(),
+            found: String::from_utf8_lossy(&found).trim().to_string(),
         }),
         Err(err) if err.kind() == ErrorKind::NotFound => {
             // A sled directory of an older relay (format 2) has `conf` and `db`.
-            if dir.join("conf").exists() || dir.join("db").exists() {
+            if fs.exists(&dir.join("conf")) || fs.exists(&dir.join("db")) {
                 return Err(OpenError::Format {
                     path: dir.display().to_string(),
                     found: "zerok-store-2 (sled)".to_string(),
                 });
             }
             let tmp = dir.join("FORMAT.tmp");
-            std::fs::write(&tmp, format!("{FORMAT_VERSION}\n")).map_err(io_err(&tmp))?;
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
+            fs.open(&tmp, OpenMode::CreateOrTruncate)
+                .and_then(|f| {
+                    f.write_all_at(format!("{FORMAT_VERSION}\n").as_bytes(), 0)?;
+                    f.sync_all()
+                })
                 .map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-            sync_dir(dir).map_err(io_err(dir))
+            fs.rename(&tmp, &path).map_err(io_err(&path))?;
+            fs.sync_dir(dir).map_err(io_err(dir))
         }
         Err(err) => Err(io_err(&path)(err)),
     }
 }
 
 /// Segment ids in `dir`, ascending.
-pub(super) fn segment_ids(dir: &Path) -> Result<Vec<u32>, OpenError> {
+pub(super) fn segment_ids(fs: &dyn StoreFs, dir: &Path) -> Result<Vec<u32>, OpenError> {
     let mut ids = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
+    for name in fs.list_dir(dir).map_err(io_err(dir))? {
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else {
             continue;
         };

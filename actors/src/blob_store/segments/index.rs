@@ -186,7 +186,7 @@ pub(super) struct SegmentCounts {
 
 pub(super) struct Segment {
     /// Read handle (reads run without the writer lock).
-    pub(super) file: Arc<File>,
+    pub(super) file: Arc<dyn StoreFile>,
     pub(super) size: u64,
     pub(super) counts: SegmentCounts,
     /// Compaction has looked at the records before this offset.
@@ -195,9 +195,9 @@ pub(super) struct Segment {
 
 impl Segment {
     /// A segment of `size` bytes read through `reader`, with `counts`.
-    pub(super) fn new(reader: File, size: u64, counts: SegmentCounts) -> Self {
+    pub(super) fn new(reader: Box<dyn StoreFile>, size: u64, counts: SegmentCounts) -> Self {
         Self {
-            file: Arc::new(reader),
+            file: Arc::from(reader),
             size,
             counts,
             compacted_upto: 0,

@@ -15,10 +15,10 @@ pub(super) struct Scanned {
 pub(super) fn scan_segment(
     index: &mut Index,
     id: u32,
-    file: &File,
+    file: &dyn StoreFile,
     from: u64,
 ) -> std::io::Result<Scanned> {
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut reader = BufReader::with_capacity(1 << 20, SeqReader::new(file));
     let mut magic = [0u8; 8];
     if let Err(err) = reader.read_exact(&mut magic) {
         if err.kind() == ErrorKind::UnexpectedEof {
@@ -37,8 +37,7 @@ pub(super) fn scan_segment(
     }
     let mut offset = SEGMENT_MAGIC.len() as u64;
     if from > offset {
-        use std::io::{Seek, SeekFrom};
-        reader.seek(SeekFrom::Start(from))?;
+        reader = BufReader::with_capacity(1 << 20, SeqReader::at(file, from));
         offset = from;
     }
     let mut frame = Vec::new();
