@@ -380,8 +380,8 @@ async fn ttl_expiry_and_sweeping_in_virtual_hours() {
     assert_eq!(totals.segments, 1);
     assert_eq!(
         totals.disk_bytes,
-        8 + (8 + 41) + (8 + 89 + 8),
-        "magic + mark + the new item's record"
+        20 + (24 + 8 + 41) + (24 + 8 + 89 + 8),
+        "segment header + a batch of the mark + a batch of the new item's record"
     );
     assert_eq!(store.store.stats().items, 1);
 }

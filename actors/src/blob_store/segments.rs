@@ -22,15 +22,22 @@
 //! only while the disk is above its floor. OS errors go to the log; a client only ever sees
 //! `StorageFull` or a generic `Unavailable`.
 //!
-//! Opening reads every segment in order. A record that fails its length or CRC at the end of
-//! the newest segment is a write that was never acknowledged (a crash in the middle of it)
-//! and is cut off; anywhere else it is corruption and the store refuses to open, naming the
-//! file and offset.
+//! Opening reads every segment in order (see [`scan`]): every write is one batch, durable
+//! before the next, so only an incomplete last batch of the newest segment is a write that
+//! was never acknowledged, and it is cut off, unless the store was closed cleanly (a clean
+//! close writes an empty "closed" batch; opening for writes removes it again). Any other bad
+//! record or batch header is damage: the valid records around it are kept and served, the
+//! damaged range is logged (file and byte offset) and counted ([`StoreStats`]'s
+//! `damaged_records`), and writes go on in a new segment. Reads check each item's CRC and
+//! that its blob id is `BLAKE3` of its ciphertext; an item that fails is never served,
+//! logged, counted and dropped from the index. [`check_store`] runs the same scan offline
+//! (`zerok-relay check`). Segments of format 3 (no batches) are read as that format always
+//! was; their directory is upgraded to format 4 in place.
 
 use super::core::{
-    self, CommitPlan, FORMAT_VERSION, FRAME_HEADER, ITEM_CHARGE_BYTES, ITEM_HEADER, ItemRecord,
-    MAILBOX_INDEX_ENTRIES, MailboxMeta, MailboxState, Record, Room, SEGMENT_MAGIC, StoreBudget,
-    StoreLimits,
+    self, BATCH_FIXED, CommitPlan, FORMAT_VERSION, FORMAT_VERSION_3, FRAME_HEADER,
+    ITEM_CHARGE_BYTES, ITEM_HEADER, ItemRecord, MAILBOX_INDEX_ENTRIES, MailboxMeta, MailboxState,
+    Record, Room, SEGMENT_HEADER, SEGMENT_MAGIC_3, SYNC_BYTES, StoreBudget, StoreLimits,
 };
 use crate::fault::{FaultPlan, FaultPoint};
 use bytes::Bytes;
@@ -101,7 +108,14 @@ pub enum OpenError {
         /// The format found.
         found: String,
     },
-    /// A record in the middle of the log is damaged.
+    /// The directory holds no store (no format file).
+    #[error("no store at {path}")]
+    NotAStore {
+        /// The directory.
+        path: String,
+    },
+    /// A record in the middle of a segment of format 3 (which cannot re-synchronise) is
+    /// damaged.
     #[error(
         "the store file {path} is damaged at byte {offset}; move the file away to start without the items after that point"
     )]
@@ -186,6 +200,8 @@ struct Writer {
     poisoned: Option<String>,
     /// Free space of the disk, as far as the store knows.
     disk: DiskSpace,
+    /// Whether the last batch written is the "closed" marker (nothing written since).
+    is_closed: bool,
 }
 
 /// The store: segment files plus the index. Shared (`Arc`) by the Infra supervisor and every
@@ -202,6 +218,10 @@ pub struct Store {
     is_full: AtomicBool,
     /// The free-disk estimate as of the last commit or sweep, for `stats`.
     free_disk_bytes: AtomicU64,
+    /// The store's sync marker, which starts every batch header.
+    sync: [u8; SYNC_BYTES],
+    /// Damaged records found: by the scan at open, and by reads since.
+    damaged_records: AtomicU64,
     /// Held (flock) while the store is open.
     _lock: File,
 }
@@ -228,11 +248,14 @@ impl StoreOptions {
     }
 }
 
+mod check;
 mod files;
 mod index;
 mod scan;
+pub use check::{CheckReport, check_store};
 use files::*;
 use index::*;
+pub use scan::Damage;
 use scan::*;
 
 impl Store {
@@ -267,10 +290,17 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(err)) => return Err(io_err(&lock_path)(err)),
         }
-        check_format(dir)?;
+        let found_format = check_format(dir)?;
         let ids = segment_ids(dir)?;
+        let sync = store_sync(dir, &ids)?;
         let mut index = Index::default();
         let mut active = None;
+        let mut damaged_records = 0u64;
+        // Records that may be lost to damage, and what the damaged ones seem to say.
+        let mut lost_records_max = 0u64;
+        let mut cursor_hints = Vec::new();
+        let mut last_damaged_segment = None;
+        let mut needs_new_segment = ids.is_empty();
         for (n, id) in ids.iter().enumerate() {
             let path = segment_path(dir, *id);
             let file = OpenOptions::new()
@@ -280,58 +310,112 @@ impl Store {
                 .map_err(io_err(&path))?;
             let reader = File::open(&path).map_err(io_err(&path))?;
             index.segments.insert(*id, Segment::new(reader, 0));
-            let scanned = scan_segment(&mut index, *id, &file).map_err(io_err(&path))?;
             let is_last = n + 1 == ids.len();
+            let ctx = ScanContext {
+                sync,
+                is_newest: is_last,
+                verify_blob_ids: false,
+            };
+            let scanned = scan_segment(&mut index, *id, &file, 0, &ctx).map_err(io_err(&path))?;
+            if scanned.format == 3 && !scanned.damage.is_empty() {
+                // Format 3 cannot re-synchronise: refused, as it always was.
+                return Err(OpenError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: scanned.good_len,
+                });
+            }
+            for damage in &scanned.damage {
+                error!(
+                    file = %path.display(),
+                    offset = damage.offset,
+                    bytes = damage.bytes,
+                    what = damage.what,
+                    "store damage: skipped a damaged range, kept everything around it"
+                );
+            }
+            damaged_records += scanned.damage.len() as u64;
+            lost_records_max += scanned.damage.iter().map(records_in).sum::<u64>();
+            cursor_hints.extend(scanned.cursor_hints.iter().copied());
+            if !scanned.damage.is_empty() {
+                last_damaged_segment = Some(*id);
+            }
             let mut len = scanned.good_len;
-            if scanned.damaged {
-                if !is_last {
-                    return Err(OpenError::Corrupt {
-                        path: path.display().to_string(),
-                        offset: scanned.good_len,
-                    });
-                }
+            if let Some(torn_at) = scanned.torn_at {
                 let size = file.metadata().map_err(io_err(&path))?.len();
                 warn!(
-                    segment = id,
-                    offset = scanned.good_len,
-                    cut_bytes = size - scanned.good_len.min(size),
+                    file = %path.display(),
+                    offset = torn_at,
+                    cut_bytes = size.saturating_sub(torn_at),
                     "cutting off an unacknowledged torn write at the end of the log"
                 );
-                if scanned.good_len == 0 {
+                len = torn_at;
+                if scanned.format == 3 && torn_at < SEGMENT_MAGIC_3.len() as u64 {
                     file.set_len(0).map_err(io_err(&path))?;
-                    file.write_all_at(SEGMENT_MAGIC, 0).map_err(io_err(&path))?;
-                    len = SEGMENT_MAGIC.len() as u64;
+                    file.write_all_at(SEGMENT_MAGIC_3, 0)
+                        .map_err(io_err(&path))?;
+                    len = SEGMENT_MAGIC_3.len() as u64;
+                } else if scanned.format == 4 && torn_at < SEGMENT_HEADER as u64 {
+                    file.set_len(0).map_err(io_err(&path))?;
+                    file.write_all_at(&core::encode_segment_header(&sync), 0)
+                        .map_err(io_err(&path))?;
+                    len = SEGMENT_HEADER as u64;
                 } else {
                     file.set_len(len).map_err(io_err(&path))?;
                 }
                 file.sync_all().map_err(io_err(&path))?;
             }
             if is_last {
-                // The active segment is written in place: presize it again.
-                let size = file.metadata().map_err(io_err(&path))?.len();
-                if size < segment_bytes {
-                    file.set_len(segment_bytes).map_err(io_err(&path))?;
-                    file.sync_all().map_err(io_err(&path))?;
+                if scanned.format == 3 || !scanned.damage.is_empty() {
+                    // Never append to a damaged segment, nor batches to one of format 3.
+                    needs_new_segment = true;
+                } else {
+                    if let Some(closed_at) = scanned.closed_at {
+                        // Open for writes: the log is no longer closed cleanly, so a crash
+                        // from now on leaves a torn tail that is cut, as it should be.
+                        file.write_all_at(&[0u8; core::CLOSED_BATCH_BYTES], closed_at)
+                            .and_then(|()| file.sync_data())
+                            .map_err(io_err(&path))?;
+                        len = closed_at;
+                    }
+                    // The active segment is written in place: presize it again.
+                    let size = file.metadata().map_err(io_err(&path))?.len();
+                    if size < segment_bytes {
+                        file.set_len(segment_bytes).map_err(io_err(&path))?;
+                        file.sync_all().map_err(io_err(&path))?;
+                    }
+                    active = Some((file, *id, len));
                 }
             }
             if let Some(seg) = index.segments.get_mut(id) {
                 seg.size = len;
             }
-            if is_last {
-                active = Some((file, *id, len));
-            }
         }
         let (file, id, len) = match active {
-            Some(active) => active,
-            None => {
-                let (file, reader) = create_segment(dir, 1, segment_bytes, &FaultPlan::none())
-                    .map_err(io_err(dir))?;
+            Some(active) if !needs_new_segment => active,
+            _ => {
+                let id = ids.last().map_or(1, |last| last + 1);
+                let (file, reader) =
+                    create_segment(dir, id, segment_bytes, &sync, &FaultPlan::none())
+                        .map_err(io_err(dir))?;
                 index
                     .segments
-                    .insert(1, Segment::new(reader, SEGMENT_MAGIC.len() as u64));
-                (file, 1, SEGMENT_MAGIC.len() as u64)
+                    .insert(id, Segment::new(reader, SEGMENT_HEADER as u64));
+                (file, id, SEGMENT_HEADER as u64)
             }
         };
+        if found_format != FORMAT_VERSION {
+            write_format(dir)?;
+            info!(from = %found_format, to = FORMAT_VERSION, "store format upgraded");
+        }
+        if let Some(segment) = last_damaged_segment {
+            keep_cursors_ahead_of_damage(&mut index, segment, lost_records_max, &cursor_hints);
+        }
+        if damaged_records > 0 {
+            error!(
+                damaged_records,
+                "the store holds damaged records; they are not served (zerok-relay check lists them)"
+            );
+        }
         info!(
             segments = index.segments.len(),
             items = index.items,
@@ -354,10 +438,13 @@ impl Store {
                     written_since: 0,
                     is_full_latched: false,
                 },
+                is_closed: false,
             }),
             index: RwLock::new(index),
             is_full: AtomicBool::new(false),
             free_disk_bytes: AtomicU64::new(u64::MAX),
+            sync,
+            damaged_records: AtomicU64::new(damaged_records),
             _lock: lock_file,
         };
         if store.has_floor() {
@@ -465,6 +552,7 @@ impl Store {
             index_entries: index.index_entries(),
             free_disk_bytes,
             is_full: self.is_full(),
+            damaged_records: self.damaged_records(),
         }
     }
 
@@ -518,14 +606,18 @@ impl Store {
         if faults.should_fail(FaultPoint::BeforeStoreWrite) {
             return Err(StoreError::Unavailable("write failed (injected)".into()));
         }
-        let frame_bytes: u64 = plan
-            .new
-            .iter()
-            .map(|n| (FRAME_HEADER + ITEM_HEADER + requests[n.request].ciphertext.len()) as u64)
-            .sum();
-        self.roll_if_full(&mut writer, frame_bytes, faults)
+        let header_len = core::batch_header_len(plan.new.len());
+        let batch_bytes: u64 = header_len as u64
+            + plan
+                .new
+                .iter()
+                .map(|n| (FRAME_HEADER + ITEM_HEADER + requests[n.request].ciphertext.len()) as u64)
+                .sum::<u64>();
+        self.roll_if_full(&mut writer, batch_bytes, faults)
             .inspect_err(|err| self.note_failure(&mut writer, err))?;
-        let mut buf = Vec::with_capacity(frame_bytes as usize);
+        let mut buf = Vec::with_capacity(batch_bytes as usize);
+        buf.resize(header_len, 0);
+        let mut frame_lens = Vec::with_capacity(plan.new.len());
         let mut placed = Vec::with_capacity(plan.new.len());
         for new in &plan.new {
             let request = &requests[new.request];
@@ -539,8 +631,10 @@ impl Store {
                 ciphertext: &request.ciphertext,
             };
             let len = core::encode_item(&mut buf, &item);
+            frame_lens.push(len as u32);
             placed.push((offset, len, item));
         }
+        core::seal_batch_header(&mut buf, &self.sync, &frame_lens);
         self.append(&mut writer, &buf, faults)
             .inspect_err(|err| self.note_failure(&mut writer, err))?;
         let mut index = write(&self.index);
@@ -569,7 +663,7 @@ impl Store {
         adding: u64,
         faults: &FaultPlan,
     ) -> Result<(), StoreError> {
-        let has_records = writer.len > SEGMENT_MAGIC.len() as u64;
+        let has_records = writer.len > SEGMENT_HEADER as u64;
         let is_full = writer.len >= self.segment_bytes
             || writer.len.saturating_add(adding) > u64::from(u32::MAX);
         if has_records && is_full {
@@ -587,18 +681,18 @@ impl Store {
             .and_then(|()| writer.file.sync_all())
             .map_err(|err| io_failure("closing a segment", &err, retry))?;
         let id = writer.id + 1;
-        let (file, reader) = create_segment(&self.dir, id, self.segment_bytes, faults)
+        let (file, reader) = create_segment(&self.dir, id, self.segment_bytes, &self.sync, faults)
             .map_err(|err| io_failure("creating a segment", &err, retry))?;
         write(&self.index)
             .segments
-            .insert(id, Segment::new(reader, SEGMENT_MAGIC.len() as u64));
+            .insert(id, Segment::new(reader, SEGMENT_HEADER as u64));
         writer.file = file;
         writer.id = id;
-        writer.len = SEGMENT_MAGIC.len() as u64;
+        writer.len = SEGMENT_HEADER as u64;
         writer.disk.written_since = writer
             .disk
             .written_since
-            .saturating_add(SEGMENT_MAGIC.len() as u64);
+            .saturating_add(SEGMENT_HEADER as u64);
         Ok(())
     }
 
@@ -697,10 +791,13 @@ impl Store {
             return 0;
         }
         if !marks.is_empty() {
-            let mut buf = Vec::with_capacity(marks.len() * (FRAME_HEADER + core::MARK_BODY));
+            let mut frames = Vec::with_capacity(marks.len() * (FRAME_HEADER + core::MARK_BODY));
+            let mut frame_lens = Vec::with_capacity(marks.len());
             for (mailbox, latest) in &marks {
-                core::encode_mark(&mut buf, mailbox, *latest);
+                frame_lens.push(core::encode_mark(&mut frames, mailbox, *latest) as u32);
             }
+            let mut buf = Vec::with_capacity(core::batch_header_len(marks.len()) + frames.len());
+            core::encode_batch(&mut buf, &self.sync, &frames, &frame_lens);
             let mut written = self.append(writer, &buf, &self.faults);
             if matches!(written, Err(StoreError::StorageFull { .. })) && release_reserve(&self.dir)
             {
@@ -748,7 +845,6 @@ impl Store {
     /// its size to the active segment, a bounded slice per call; once none are left in it, it
     /// is dead and released right after.
     fn compact_one(&self, writer: &mut Writer) -> Result<(), StoreError> {
-        let retry = self.budget.full_retry_after_ms;
         let candidate = {
             let index = read(&self.index);
             index
@@ -787,25 +883,39 @@ impl Store {
             })
             .count();
         locs.truncate(keep);
-        // The frames, back to back, each checked before anything is copied.
-        let mut buf = Vec::new();
-        for loc in &locs {
+        // The frames, back to back after the batch header, each checked before anything is
+        // copied: a damaged item is dropped (and counted), never copied under a fresh CRC.
+        let header_len = core::batch_header_len(locs.len());
+        let mut buf = vec![0u8; header_len];
+        let mut damaged = Vec::new();
+        locs.retain(|loc| {
             let at = buf.len();
             buf.resize(at + loc.len as usize, 0);
-            file.read_exact_at(&mut buf[at..], u64::from(loc.offset))
-                .map_err(|err| io_failure("compaction read", &err, retry))?;
-            if core::decode_frame(&buf[at..]).is_none() {
-                return Err(StoreError::Unavailable(format!(
-                    "segment {id} is damaged at byte {}",
-                    loc.offset
-                )));
+            let read = file.read_exact_at(&mut buf[at..], u64::from(loc.offset));
+            if read.is_ok() && core::verify_item_frame(&buf[at..]).is_some() {
+                return true;
             }
+            buf.truncate(at);
+            damaged.push(*loc);
+            false
+        });
+        if !damaged.is_empty() {
+            self.drop_damaged(damaged.iter().map(|loc| (None, *loc)));
         }
+        if locs.is_empty() {
+            return Ok(());
+        }
+        // The header was sized for every candidate; a damaged one left out shrinks it.
+        if header_len != core::batch_header_len(locs.len()) {
+            buf.drain(core::batch_header_len(locs.len())..header_len);
+        }
+        let frame_lens: Vec<u32> = locs.iter().map(|loc| loc.len).collect();
+        core::seal_batch_header(&mut buf, &self.sync, &frame_lens);
         self.roll_if_full(writer, buf.len() as u64, &self.faults)?;
         let base = writer.len;
         self.append(writer, &buf, &self.faults)?;
         let mut index = write(&self.index);
-        let mut at = 0usize;
+        let mut at = core::batch_header_len(locs.len());
         for loc in &locs {
             let frame = &buf[at..at + loc.len as usize];
             if let Some(Record::Item(item)) = core::decode_frame(frame) {
@@ -867,6 +977,7 @@ impl Store {
             }
         }
         // Records next to each other in one segment are read with one call.
+        let mut damaged = Vec::new();
         let mut start = 0;
         while start < wanted.len() {
             let mut end = start + 1;
@@ -890,8 +1001,12 @@ impl Store {
             for (cursor, loc, _) in run {
                 let frame = buf.slice(at..at + loc.len as usize);
                 at += loc.len as usize;
-                match core::decode_frame(&frame) {
-                    Some(Record::Item(item)) if item.cursor == *cursor => {
+                match core::verify_item_frame(&frame) {
+                    Some(item)
+                        if item.cursor == *cursor
+                            && item.mailbox == *mailbox
+                            && item.blob_id == loc.blob_id =>
+                    {
                         let body_start = FRAME_HEADER + ITEM_HEADER;
                         page.items.push(Item {
                             cursor: Cursor(*cursor),
@@ -900,12 +1015,122 @@ impl Store {
                             stored_at_ms: item.stored_at_ms,
                         });
                     }
-                    _ => error!(cursor, segment = loc.segment, "skipping a damaged item"),
+                    _ => damaged.push((Some(*mailbox), *loc)),
                 }
             }
             start = end;
         }
+        if !damaged.is_empty() {
+            self.drop_damaged(damaged.into_iter());
+        }
         Ok(page)
+    }
+
+    /// Items found damaged on a read or a compaction (their CRC fails, or their blob id is not
+    /// `BLAKE3` of their ciphertext): logged with file and offset, counted once each, and
+    /// dropped from the index so they are never served. `mailbox` is the item's, when known.
+    fn drop_damaged(&self, damaged: impl Iterator<Item = (Option<MailboxId>, Loc)>) {
+        let mut index = write(&self.index);
+        for (mailbox, loc) in damaged {
+            let path = segment_path(&self.dir, loc.segment);
+            // The item's slot and cursor: the location is unique, so find who points at it.
+            let found = index
+                .mailboxes
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| mailbox.is_none_or(|id| m.id == id))
+                .find_map(|(slot, m)| {
+                    m.items
+                        .iter()
+                        .find(|(_, l)| l.segment == loc.segment && l.offset == loc.offset)
+                        .map(|(cursor, _)| (slot as u32, *cursor))
+                });
+            let Some((slot, cursor)) = found else {
+                // Another reader dropped it first.
+                continue;
+            };
+            if index.remove_item(slot, cursor) {
+                self.damaged_records.fetch_add(1, Ordering::Relaxed);
+                error!(
+                    file = %path.display(),
+                    offset = loc.offset,
+                    bytes = loc.len,
+                    what = "item",
+                    "store damage: an item failed its check on read; it is not served"
+                );
+            }
+        }
+    }
+
+    /// Damaged records found since the store opened (at open and on reads).
+    pub fn damaged_records(&self) -> u64 {
+        self.damaged_records.load(Ordering::Relaxed)
+    }
+
+    /// Write the "closed" marker (an empty batch) and make it durable, so the next open
+    /// knows the log ends where it should: a bad last batch is then damage, not a torn write.
+    /// Idempotent; a write after it makes the log open again. Also run by `Drop`.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let mut writer = lock(&self.writer);
+        if writer.poisoned.is_some() || writer.is_closed {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; core::CLOSED_BATCH_BYTES];
+        core::seal_batch_header(&mut buf, &self.sync, &[]);
+        self.append(&mut writer, &buf, &FaultPlan::none())?;
+        writer.is_closed = true;
+        if let Some(seg) = write(&self.index).segments.get_mut(&writer.id) {
+            seg.size = writer.len;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(err) = self.close() {
+            warn!(error = %err, "cannot mark the store closed; the next open treats its last write as possibly torn");
+        }
+    }
+}
+
+/// Most records a damaged range may have held: one for a record the batch header bounds,
+/// else one per smallest possible item record.
+fn records_in(damage: &Damage) -> u64 {
+    if damage.what == "record" {
+        return 1;
+    }
+    damage.bytes / (FRAME_HEADER + ITEM_HEADER + 1) as u64 + 1
+}
+
+/// Largest cursor a damaged record's unverified hint may set: far above any real cursor (a
+/// mailbox holds at most a few million items over its life), far below overflow.
+const CURSOR_HINT_MAX: u64 = 1 << 48;
+
+/// Cursors never go back, even when the record that set a mailbox's newest cursor is lost to
+/// damage: every mailbox's newest cursor moves ahead by the most records the damage may
+/// have held (a gap, which readers pass like an expired item), and a mailbox a damaged
+/// record seems to name gets a mark past that record's cursor. The marks live in the damaged
+/// segment, so releasing it writes them forward.
+fn keep_cursors_ahead_of_damage(
+    index: &mut Index,
+    segment: u32,
+    lost_records_max: u64,
+    hints: &[(MailboxId, u64)],
+) {
+    let ahead: Vec<(MailboxId, u64)> = index
+        .mailboxes
+        .iter()
+        .map(|m| (m.id, m.meta.latest.saturating_add(lost_records_max)))
+        .collect();
+    for (mailbox, latest) in ahead {
+        index.mark(segment, &mailbox, latest);
+    }
+    for (mailbox, cursor) in hints {
+        let latest = (*cursor)
+            .min(CURSOR_HINT_MAX)
+            .saturating_add(lost_records_max);
+        index.mark(segment, mailbox, latest);
     }
 }
 
@@ -940,6 +1165,7 @@ impl Store {
             });
         match result {
             Ok(()) => {
+                writer.is_closed = false;
                 writer.len += buf.len() as u64;
                 writer.disk.written_since =
                     writer.disk.written_since.saturating_add(buf.len() as u64);

@@ -9,7 +9,7 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Create segment `id`: magic written, file presized to `presize` bytes (sparse; an
+/// Create segment `id`: header (with the store's sync marker) written, file presized to `presize` bytes (sparse; an
 /// `fdatasync` after a write that does not grow the file is about half the cost of one after
 /// an append on ext4), all durable, directory entry durable. Answers the write handle and a
 /// read handle.
@@ -17,6 +17,7 @@ pub(super) fn create_segment(
     dir: &Path,
     id: u32,
     presize: u64,
+    sync: &[u8; SYNC_BYTES],
     faults: &FaultPlan,
 ) -> std::io::Result<(File, File)> {
     injected_disk_full(faults)?;
@@ -27,8 +28,8 @@ pub(super) fn create_segment(
         .write(true)
         .open(&path)?;
     let prepared = file
-        .write_all_at(SEGMENT_MAGIC, 0)
-        .and_then(|()| file.set_len(presize.max(SEGMENT_MAGIC.len() as u64)))
+        .write_all_at(&core::encode_segment_header(sync), 0)
+        .and_then(|()| file.set_len(presize.max(SEGMENT_HEADER as u64)))
         .and_then(|()| file.sync_all())
         .and_then(|()| sync_dir(dir))
         .and_then(|()| File::open(&path));
@@ -89,12 +90,15 @@ pub(super) fn release_reserve(dir: &Path) -> bool {
     }
 }
 
-/// The format check: a new directory gets the format file; a directory of another store is
-/// refused.
-pub(super) fn check_format(dir: &Path) -> Result<(), OpenError> {
+/// The format check: answers the format of the directory's store (a new directory gets the
+/// current one); a directory of another store is refused. Format 3 is answered as found; the
+/// caller upgrades it once its segments are read.
+pub(super) fn check_format(dir: &Path) -> Result<String, OpenError> {
     let path = dir.join(FORMAT_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(found) if found.trim() == FORMAT_VERSION => Ok(()),
+        Ok(found) if found.trim() == FORMAT_VERSION || found.trim() == FORMAT_VERSION_3 => {
+            Ok(found.trim().to_string())
+        }
         Ok(found) => Err(OpenError::Format {
             path: dir.display().to_string(),
             found: found.trim().to_string(),
@@ -107,16 +111,40 @@ pub(super) fn check_format(dir: &Path) -> Result<(), OpenError> {
                     found: "zerok-store-2 (sled)".to_string(),
                 });
             }
-            let tmp = dir.join("FORMAT.tmp");
-            std::fs::write(&tmp, format!("{FORMAT_VERSION}\n")).map_err(io_err(&tmp))?;
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-            sync_dir(dir).map_err(io_err(dir))
+            write_format(dir)?;
+            Ok(FORMAT_VERSION.to_string())
         }
         Err(err) => Err(io_err(&path)(err)),
     }
+}
+
+/// Write the current format to the directory's format file, durably (temp file, rename,
+/// directory sync).
+pub(super) fn write_format(dir: &Path) -> Result<(), OpenError> {
+    let path = dir.join(FORMAT_FILE);
+    let tmp = dir.join("FORMAT.tmp");
+    std::fs::write(&tmp, format!("{FORMAT_VERSION}\n")).map_err(io_err(&tmp))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir).map_err(io_err(dir))
+}
+
+/// The store's sync marker: the one its newest readable segment header holds; for a store
+/// without segments of the current format, a new random one.
+pub(super) fn store_sync(dir: &Path, ids: &[u32]) -> Result<[u8; SYNC_BYTES], OpenError> {
+    let mut guess = None;
+    for id in ids.iter().rev() {
+        let path = segment_path(dir, *id);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        match read_sync(&file).map_err(io_err(&path))? {
+            SyncFound::Verified(sync) => return Ok(sync),
+            SyncFound::Guess(sync) => guess = guess.or(Some(sync)),
+            SyncFound::None => {}
+        }
+    }
+    Ok(guess.unwrap_or_else(|| crate::rng::Rng::system().bytes()))
 }
 
 /// Segment ids in `dir`, ascending.
