@@ -65,6 +65,9 @@ pub trait ItemStore: Send + Sync + 'static {
     ) -> Result<Page, StoreError>;
     /// Evict up to `max_items` expired items and give back space.
     fn sweep(&self, now_ms: u64, max_items: u32) -> Result<SweepReport, StoreError>;
+    /// Mark the store closed cleanly (the relay's shutdown, after the last commit), so the
+    /// next open tells damage in its last write from a torn one. Nothing by default.
+    fn close(&self) {}
 }
 
 impl ItemStore for Store {
@@ -98,6 +101,11 @@ impl ItemStore for Store {
     }
     fn sweep(&self, now_ms: u64, max_items: u32) -> Result<SweepReport, StoreError> {
         Store::sweep(self, now_ms, max_items)
+    }
+    fn close(&self) {
+        if let Err(err) = Store::close(self) {
+            warn!(error = %err, "cannot mark the store closed");
+        }
     }
 }
 
@@ -161,6 +169,13 @@ impl BlobStoreState {
         self.metrics.mailboxes.set(stats.mailboxes as i64);
         self.metrics.store_disk_bytes.set(stats.disk_bytes as i64);
         self.metrics.store_full.set(i64::from(stats.is_full));
+        // A counter of what the store has counted since it opened: catch up to it.
+        let counted = self.metrics.store_damaged_records_total.get();
+        if stats.damaged_records > counted {
+            self.metrics
+                .store_damaged_records_total
+                .inc_by(stats.damaged_records - counted);
+        }
         self.metrics
             .store_charged_bytes
             .set(gauge_value(stats.charged_bytes));

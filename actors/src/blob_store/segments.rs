@@ -22,17 +22,17 @@
 //! only while the disk is above its floor. OS errors go to the log; a client only ever sees
 //! `StorageFull` or a generic `Unavailable`.
 //!
-//! Opening reads every segment in order (see [`scan`]): every write is one batch, durable
-//! before the next, so only an incomplete last batch of the newest segment is a write that
-//! was never acknowledged, and it is cut off, unless the store was closed cleanly (a clean
-//! close writes an empty "closed" batch; opening for writes removes it again). Any other bad
-//! record or batch header is damage: the valid records around it are kept and served, the
-//! damaged range is logged (file and byte offset) and counted ([`StoreStats`]'s
-//! `damaged_records`), and writes go on in a new segment. Reads check each item's CRC and
-//! that its blob id is `BLAKE3` of its ciphertext; an item that fails is never served,
-//! logged, counted and dropped from the index. [`check_store`] runs the same scan offline
-//! (`zerok-relay check`). Segments of format 3 (no batches) are read as that format always
-//! was; their directory is upgraded to format 4 in place.
+//! Opening reads every segment in order (`segments/scan.rs`): every write is one batch, durable
+//! before the next, so only an incomplete last batch of the newest segment is a write that was
+//! never acknowledged, and it is cut off, unless the store was closed cleanly (a clean close
+//! writes an empty "closed" batch; opening for writes removes it again). Any other bad record
+//! or batch header is damage: the valid records around it are kept and served, the damaged
+//! range is logged (file and byte offset) and counted ([`StoreStats`]'s `damaged_records`), and
+//! writes go on in a new segment. Reads check each item's CRC and that its blob id is `BLAKE3`
+//! of its ciphertext; an item that fails is never served, logged, counted and dropped from the
+//! index. [`check_store`] runs the same scan offline (`zerok-relay check`). Segments of format
+//! 3 (no batches) are read as that format always was; their directory is upgraded to format 4
+//! in place.
 
 use super::core::{
     self, BATCH_FIXED, CommitPlan, FORMAT_VERSION, FORMAT_VERSION_3, FRAME_HEADER,
@@ -883,22 +883,26 @@ impl Store {
             })
             .count();
         locs.truncate(keep);
+        let retry = self.budget.full_retry_after_ms;
         // The frames, back to back after the batch header, each checked before anything is
         // copied: a damaged item is dropped (and counted), never copied under a fresh CRC.
         let header_len = core::batch_header_len(locs.len());
         let mut buf = vec![0u8; header_len];
         let mut damaged = Vec::new();
-        locs.retain(|loc| {
+        let mut kept = Vec::with_capacity(locs.len());
+        for loc in locs {
             let at = buf.len();
             buf.resize(at + loc.len as usize, 0);
-            let read = file.read_exact_at(&mut buf[at..], u64::from(loc.offset));
-            if read.is_ok() && core::verify_item_frame(&buf[at..]).is_some() {
-                return true;
+            file.read_exact_at(&mut buf[at..], u64::from(loc.offset))
+                .map_err(|err| io_failure("compaction read", &err, retry))?;
+            if core::verify_item_frame(&buf[at..]).is_some() {
+                kept.push(loc);
+            } else {
+                buf.truncate(at);
+                damaged.push(loc);
             }
-            buf.truncate(at);
-            damaged.push(*loc);
-            false
-        });
+        }
+        let locs = kept;
         if !damaged.is_empty() {
             self.drop_damaged(damaged.iter().map(|loc| (None, *loc)));
         }

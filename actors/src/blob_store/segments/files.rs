@@ -9,10 +9,10 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Create segment `id`: header (with the store's sync marker) written, file presized to `presize` bytes (sparse; an
-/// `fdatasync` after a write that does not grow the file is about half the cost of one after
-/// an append on ext4), all durable, directory entry durable. Answers the write handle and a
-/// read handle.
+/// Create segment `id`: header (with the store's sync marker) written, file presized to
+/// `presize` bytes (sparse; an `fdatasync` after a write that does not grow the file is about
+/// half the cost of one after an append on ext4), all durable, directory entry durable.
+/// Answers the write handle and a read handle.
 pub(super) fn create_segment(
     dir: &Path,
     id: u32,
