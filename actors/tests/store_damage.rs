@@ -1,11 +1,11 @@
 //! Damage in the segment log, on real files: a flipped byte anywhere (a record's body, its
-//! length or CRC field, a batch header's length table, count or sync marker, the first,
-//! middle or last record of the newest segment after a clean close, a record of a closed
-//! segment) loses at most the damaged record, is reported (`damaged_records`,
+//! length or CRC field, a batch header's length table, count or sync marker, the first, middle
+//! or last record of the newest segment after a clean close, a record of a closed segment, the
+//! segment header) loses at most the damaged record, is reported (`damaged_records`,
 //! `check_store`) and never cuts anything valid; cursors never go back, even when the lost
-//! record was a mailbox's newest. A real torn tail (a crash in the middle of the last
-//! batch, no clean close) is still cut and everything before it served. Reads check blob
-//! ids; a store of format 3 is read and upgraded.
+//! record was a mailbox's newest. A real torn tail (a crash in the middle of the last batch, no
+//! clean close) is still cut and everything before it served. Reads check blob ids; a store of
+//! format 3 is read and upgraded.
 //!
 //! A crash is simulated by copying the store's files while it is open (the state a
 //! `kill -9` leaves: every acked batch is on disk, no "closed" marker), then editing the
@@ -261,6 +261,19 @@ fn a_flipped_byte_in_a_batch_header_loses_nothing_and_is_reported() {
         assert_eq!(read_all(&store, &MAILBOX), items, "{batch} {place:?}");
         assert_eq!(store.stats().damaged_records, 1);
     }
+}
+
+#[test]
+fn a_flipped_byte_in_the_segment_header_loses_nothing_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (items, segment) = thirty_items(dir.path());
+    flip(&segment, 10);
+    let report = check_store(dir.path()).unwrap();
+    assert_eq!(report.damage.len(), 1, "{report:?}");
+    assert_eq!(report.damage[0].1.offset, 0);
+    let store = Store::open(dir.path(), SEGMENT).unwrap();
+    assert_eq!(read_all(&store, &MAILBOX), items);
+    assert_eq!(store.stats().damaged_records, 1);
 }
 
 #[test]

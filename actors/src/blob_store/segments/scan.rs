@@ -299,12 +299,12 @@ fn commit_batch(
     index: &mut Index,
     id: u32,
     batch: CheckedBatch,
-    ctx: &ScanContext,
     scanned: &mut Scanned,
 ) -> std::io::Result<()> {
     for (at, len) in batch.good {
+        // Checked by `check_batch`: decode without checking the CRC again.
         if let Some(frame) = win.get(at, len as usize)?
-            && let Some(record) = verify_frame(frame, ctx.verify_blob_ids)
+            && let Some(record) = frame.get(FRAME_HEADER..).and_then(core::decode_body)
         {
             apply(index, id, at, &record, scanned);
         }
@@ -450,12 +450,12 @@ pub(super) fn scan_segment(
         };
         if let Some(header) = header {
             if let Some(batch) = pending.take() {
-                commit_batch(&mut win, index, id, batch, ctx, &mut scanned)?;
+                commit_batch(&mut win, index, id, batch, &mut scanned)?;
             }
             let batch = check_batch(&mut win, &header, ctx)?;
             scanned.closed_at = batch.is_closed_marker.then_some(header.start);
             if batch.failed.is_empty() || !ctx.is_newest {
-                commit_batch(&mut win, index, id, batch, ctx, &mut scanned)?;
+                commit_batch(&mut win, index, id, batch, &mut scanned)?;
             } else {
                 pending = Some(batch);
             }
@@ -472,7 +472,7 @@ pub(super) fn scan_segment(
         match next {
             Some(next) => {
                 if let Some(batch) = pending.take() {
-                    commit_batch(&mut win, index, id, batch, ctx, &mut scanned)?;
+                    commit_batch(&mut win, index, id, batch, &mut scanned)?;
                 }
                 salvage(
                     &mut win,
@@ -492,7 +492,7 @@ pub(super) fn scan_segment(
                     return Ok(scanned);
                 }
                 if let Some(batch) = pending.take() {
-                    commit_batch(&mut win, index, id, batch, ctx, &mut scanned)?;
+                    commit_batch(&mut win, index, id, batch, &mut scanned)?;
                 }
                 let end = win.data_end(pos)?.max(pos + 1).min(win.len);
                 salvage(
