@@ -1037,18 +1037,19 @@ impl Store {
         let mut index = write(&self.index);
         for (mailbox, loc) in damaged {
             let path = segment_path(&self.dir, loc.segment);
-            // The item's slot and cursor: the location is unique, so find who points at it.
-            let found = index
-                .mailboxes
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| mailbox.is_none_or(|id| m.id == id))
-                .find_map(|(slot, m)| {
-                    m.items
-                        .iter()
-                        .find(|(_, l)| l.segment == loc.segment && l.offset == loc.offset)
-                        .map(|(cursor, _)| (slot as u32, *cursor))
-                });
+            // The item's slot and cursor: the location is unique, so find who points at it
+            // (in its mailbox when known, else in all: a compaction's damage is rare).
+            let slots: Vec<u32> = match mailbox {
+                Some(id) => index.slots.get(&id).copied().into_iter().collect(),
+                None => (0..index.mailboxes.len() as u32).collect(),
+            };
+            let found = slots.into_iter().find_map(|slot| {
+                index.mailboxes[slot as usize]
+                    .items
+                    .iter()
+                    .find(|(_, l)| l.segment == loc.segment && l.offset == loc.offset)
+                    .map(|(cursor, _)| (slot, *cursor))
+            });
             let Some((slot, cursor)) = found else {
                 // Another reader dropped it first.
                 continue;
