@@ -34,6 +34,8 @@ pub struct RelayMetrics {
     pub store_disk_bytes: IntGauge,
     /// 1 while the store refuses pushes for lack of space (budget, disk floor, full disk).
     pub store_full: IntGauge,
+    /// Damaged records the store found (at open, and on reads) and does not serve.
+    pub store_damaged_records_total: IntCounter,
     /// Bytes charged against the relay's byte budget now (ciphertext plus per-item charge).
     pub store_charged_bytes: IntGauge,
     /// The relay's byte budget (`store.max_bytes`).
@@ -140,6 +142,11 @@ impl RelayMetrics {
             bytes_stored: gauge(r, "bytes_stored", "ciphertext bytes stored now"),
             mailboxes: gauge(r, "mailboxes", "mailboxes holding items now"),
             store_disk_bytes: gauge(r, "store_disk_bytes", "bytes of the store's log on disk"),
+            store_damaged_records_total: counter(
+                r,
+                "store_damaged_records_total",
+                "damaged records found in the store (never served); zerok-relay check lists them",
+            ),
             store_full: gauge(
                 r,
                 "store_full",

@@ -4,7 +4,8 @@
 //! restarted under Infra without losing an acked push. A property test checks the store
 //! against a model. Budgets through the actor: the per-item charge, the per-mailbox item cap,
 //! a full relay answered `StorageFull` with a retry hint and shown in `store_full`, and an
-//! injected full disk that a sweep recovers from.
+//! injected full disk that a sweep recovers from. An item damaged on disk is never served
+//! and shows in `store_damaged_records_total` right after the read that found it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -209,6 +210,41 @@ async fn group_commit_answers_a_burst_after_one_flush() {
 }
 
 #[tokio::test]
+async fn an_item_damaged_on_disk_is_never_served_and_counted_at_once() {
+    let store = start(StoreLimits::default()).await;
+    let requests = (0..3)
+        .map(|n| request(n, MAILBOX, &payload(n), None))
+        .collect();
+    append(&store.actor, requests).await;
+    // One byte of the second item's ciphertext goes bad on disk.
+    let segment = store._dir.path().join(format!("{:020}.seg", 1));
+    let bytes = std::fs::read(&segment).unwrap();
+    let second = payload(1);
+    let at = bytes
+        .windows(second.len())
+        .position(|w| w == second.as_slice())
+        .unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[bytes[at] ^ 0x20], at as u64).unwrap();
+
+    let page = read(&store.actor, 0, 10, u32::MAX).await;
+    let cursors: Vec<u64> = page.items.iter().map(|i| i.cursor.0).collect();
+    assert_eq!(cursors, vec![1, 3]);
+    assert_eq!(page.next, Cursor(3), "readers move past it");
+    assert_eq!(store.metrics.store_damaged_records_total.get(), 1);
+    assert_eq!(stats(&store.actor).await.damaged_records, 1);
+    read(&store.actor, 0, 10, u32::MAX).await;
+    assert_eq!(
+        store.metrics.store_damaged_records_total.get(),
+        1,
+        "counted once"
+    );
+}
+
+#[tokio::test]
 async fn commit_size_is_capped() {
     let store = start(StoreLimits {
         commit_max_items: 10,
@@ -380,8 +416,8 @@ async fn ttl_expiry_and_sweeping_in_virtual_hours() {
     assert_eq!(totals.segments, 1);
     assert_eq!(
         totals.disk_bytes,
-        8 + (8 + 41) + (8 + 89 + 8),
-        "magic + mark + the new item's record"
+        20 + (24 + 8 + 41) + (24 + 8 + 89 + 8),
+        "segment header + a batch of the mark + a batch of the new item's record"
     );
     assert_eq!(store.store.stats().items, 1);
 }

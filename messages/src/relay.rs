@@ -160,6 +160,8 @@ pub struct StoreStats {
     pub free_disk_bytes: u64,
     /// Whether the store refuses pushes for lack of space (budget, disk floor, disk full).
     pub is_full: bool,
+    /// Damaged records found (at open, and by reads since): never served.
+    pub damaged_records: u64,
 }
 
 /// Result of one sweep slice.

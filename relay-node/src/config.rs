@@ -850,6 +850,10 @@ pub enum Command {
         #[arg(long, default_value_t = 30, value_name = "D")]
         valid_days: u64,
     },
+    /// Verify the store of a stopped relay offline (every record's CRC and blob id) and print
+    /// what was found: exit 0 when it is clean, 1 when anything is damaged, 2 when the store
+    /// is in use by a running relay or cannot be read.
+    Check,
 }
 
 impl Cli {
@@ -1428,5 +1432,12 @@ mod tests {
             })
         );
         assert_eq!(cli(&[]).command, None);
+    }
+
+    #[test]
+    fn check_is_a_subcommand_that_takes_the_global_data_dir() {
+        let parsed = cli(&["check", "--data-dir", "/d"]);
+        assert_eq!(parsed.command, Some(Command::Check));
+        assert_eq!(parsed.resolve().unwrap().data_dir, PathBuf::from("/d"));
     }
 }

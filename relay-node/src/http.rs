@@ -3,7 +3,8 @@
 //!
 //! - `GET /health`: liveness JSON `{status, version, relay_id, uptime_secs, storage}`; 200
 //!   while the process serves HTTP at all. `storage` is `"full"` while the store refuses
-//!   pushes for lack of space (budget, free-disk floor, a full disk), else `"ok"`.
+//!   pushes for lack of space (budget, free-disk floor, a full disk), else `"damaged"` once
+//!   the store found damaged records (`damaged_records` says how many), else `"ok"`.
 //! - `GET /ready`: 200 `{"ready":true}` once the store is open and the endpoint bound (the
 //!   tree sets [`HttpState::ready`]), 503 `{"ready":false}` before that and while shutting
 //!   down, so load balancers stop sending clients.
@@ -50,8 +51,11 @@ struct Health<'a> {
     version: &'static str,
     relay_id: &'a str,
     uptime_secs: u64,
-    /// `"ok"`, or `"full"` while the store refuses pushes for lack of space.
+    /// `"ok"`; `"full"` while the store refuses pushes for lack of space; else `"damaged"`
+    /// once the store found damaged records.
     storage: &'static str,
+    /// Damaged records the store found (never served); `zerok-relay check` lists them.
+    damaged_records: u64,
 }
 
 /// Body of `/ready`.
@@ -77,9 +81,12 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
         uptime_secs: state.started.elapsed().as_secs(),
         storage: if state.metrics.store_full.get() > 0 {
             "full"
+        } else if state.metrics.store_damaged_records_total.get() > 0 {
+            "damaged"
         } else {
             "ok"
         },
+        damaged_records: state.metrics.store_damaged_records_total.get(),
     })
     .into_response()
 }
@@ -317,6 +324,25 @@ mod tests {
         let (_, body) = http_get(server.addr, "/health").await.unwrap();
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["storage"], "ok");
+    }
+
+    #[tokio::test]
+    async fn health_says_damaged_once_the_store_found_damage() {
+        let server = start_now().await;
+        let (_, body) = http_get(server.addr, "/health").await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["damaged_records"], 0);
+        server.state.metrics.store_damaged_records_total.inc_by(2);
+        let (status, body) = http_get(server.addr, "/health").await.unwrap();
+        assert_eq!(status, 200, "a relay with damage still serves the rest");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["storage"], "damaged");
+        assert_eq!(body["damaged_records"], 2);
+        let (_, metrics) = http_get(server.addr, "/metrics").await.unwrap();
+        assert!(
+            metrics.contains("\nzerok_relay_store_damaged_records_total 2\n"),
+            "{metrics}"
+        );
     }
 
     #[tokio::test]

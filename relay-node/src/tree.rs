@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 use zerok_actors::admission::Admission;
 use zerok_actors::blob_store::core::{StoreBudget, StoreLimits};
-use zerok_actors::blob_store::{Store, StoreOptions};
+use zerok_actors::blob_store::{ItemStore, Store, StoreOptions};
 use zerok_actors::clock::Clock;
 use zerok_actors::fault::FaultPlan;
 use zerok_actors::infra::{InfraActor, InfraArgs};
@@ -344,6 +344,8 @@ pub struct RelayNode {
     root_handle: tokio::task::JoinHandle<()>,
     endpoint: IrohNode,
     ready: Arc<AtomicBool>,
+    /// The store, closed cleanly at the end of a shutdown.
+    store: Arc<dyn ItemStore>,
 }
 
 fn data_dir_err(path: &std::path::Path, err: impl std::fmt::Display) -> StartError {
@@ -451,11 +453,12 @@ impl RelayNode {
             })?),
             None => None,
         };
+        let store: Arc<dyn ItemStore> = Arc::new(store);
         let limits = &config.limits;
         let root_args = RootArgs {
             admission,
             infra: InfraArgs {
-                store: Arc::new(store),
+                store: Arc::clone(&store),
                 limits: StoreLimits {
                     blob_bytes_max: limits.blob_bytes_max as usize,
                     mailbox_quota_bytes: limits.mailbox_quota_bytes,
@@ -519,6 +522,7 @@ impl RelayNode {
             root_handle,
             endpoint,
             ready,
+            store,
         })
     }
 
@@ -543,6 +547,12 @@ impl RelayNode {
         .unwrap_or_default();
         let _ = tokio::time::timeout(STEP_TIMEOUT, self.root_handle).await;
         self.endpoint.close().await;
+        // Every acked push is durable already; the "closed" marker lets the next open tell
+        // damage in the last write from a torn one.
+        let store = self.store;
+        if let Err(err) = tokio::task::spawn_blocking(move || store.close()).await {
+            warn!(error = %err, "closing the store failed");
+        }
         report
     }
 }

@@ -1,8 +1,28 @@
 //! The BlobStore's pure core: limits, the group-commit plan, and the record format of the
 //! segment log.
 //!
-//! The store is an append-only log of segment files (see [`super::segments`]); each segment holds
-//! a header and then records, each framed as
+//! The store is an append-only log of segment files (see [`super::segments`]). A segment of
+//! format 4 starts with a header (magic ‖ the store's sync marker ‖ CRC-32 of both) and then
+//! holds **batches**: every write the store makes (a group commit, the marks of a release, a
+//! compaction copy, the "closed" marker of a clean stop) is one batch, made durable with one
+//! `fdatasync` before the next is written, so only the last batch of the newest segment can
+//! ever be torn by a crash. A batch is a header and then its records:
+//!
+//! | batch header field | bytes |
+//! |---|---|
+//! | sync marker (random per store, [`SYNC_BYTES`]) | 8 |
+//! | record count (LE) | 4 |
+//! | bytes of its records (LE) | 4 |
+//! | each record's frame length (LE) | 4 × count |
+//! | CRC-32 of the fields above (LE) | 4 |
+//!
+//! An empty batch (no records) is the "closed" marker a clean stop writes. The lengths in the
+//! header mean a damaged length field inside a record never loses the records after it; the
+//! sync marker lets a reader find the next batch after a damaged header. It is random per
+//! store and never sent anywhere, so a member cannot plant a batch header inside its
+//! ciphertext for a re-synchronising reader to take.
+//!
+//! Each record is framed as
 //!
 //! | field | bytes |
 //! |---|---|
@@ -17,18 +37,31 @@
 //! | `1` item | mailbox ‖ cursor ‖ blob_id ‖ stored_at_ms ‖ expires_at_ms ‖ ciphertext |
 //! | `2` mark | mailbox ‖ latest cursor (keeps a mailbox's cursor when the segment that held its newest item is deleted) |
 //!
-//! Numbers are little-endian. A record is whole or absent: a torn tail (a crash in the middle
-//! of a write that was never acknowledged) fails its length or CRC and is cut off when the
-//! store opens.
+//! Numbers are little-endian. Segments of format 3 (`zkseg03`) hold records without batches
+//! and are still read.
 
 use std::collections::HashMap;
 use zerok_messages::relay::{AppendRequest, StoreError, StoreOutcome};
 use zerok_messages::{BlobId, Cursor, MailboxId};
 
 /// The store's format, written to the `FORMAT` file of its directory.
-pub const FORMAT_VERSION: &str = "zerok-store-3";
-/// First bytes of every segment file.
-pub const SEGMENT_MAGIC: &[u8; 8] = b"zkseg03\n";
+pub const FORMAT_VERSION: &str = "zerok-store-4";
+/// The previous format (records without batches); a directory of it is upgraded in place:
+/// its segments are read as they are and new writes go to segments of the current format.
+pub const FORMAT_VERSION_3: &str = "zerok-store-3";
+/// First bytes of every segment file of the current format.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"zkseg04\n";
+/// First bytes of a segment file of format 3.
+pub const SEGMENT_MAGIC_3: &[u8; 8] = b"zkseg03\n";
+/// Bytes of the store's sync marker, which starts every batch header: 64 random bits, so
+/// random ciphertext holds it by chance about once in 2^64 positions.
+pub const SYNC_BYTES: usize = 8;
+/// Bytes of a segment header: magic, sync marker, CRC-32 of both.
+pub const SEGMENT_HEADER: usize = 8 + SYNC_BYTES + 4;
+/// Bytes of a batch header before its length table: sync marker, count, bytes.
+pub const BATCH_FIXED: usize = SYNC_BYTES + 4 + 4;
+/// Bytes of the "closed" marker a clean stop writes (an empty batch).
+pub const CLOSED_BATCH_BYTES: usize = BATCH_FIXED + 4;
 /// Bytes of a record's frame before its body.
 pub const FRAME_HEADER: usize = 8;
 /// Body kind of an item.
@@ -427,6 +460,101 @@ pub fn decode_frame(frame: &[u8]) -> Option<Record<'_>> {
     decode_body(body)
 }
 
+/// Bytes of the header of a batch of `records` records.
+pub fn batch_header_len(records: usize) -> usize {
+    BATCH_FIXED + 4 * records + 4
+}
+
+/// Fill in the header of a batch whose frames follow it in `buf`: `buf` starts with
+/// [`batch_header_len`]`(frame_lens.len())` bytes reserved for it.
+pub fn seal_batch_header(buf: &mut [u8], sync: &[u8; SYNC_BYTES], frame_lens: &[u32]) {
+    let header_len = batch_header_len(frame_lens.len());
+    let total: u64 = frame_lens.iter().map(|l| u64::from(*l)).sum();
+    let header = &mut buf[..header_len];
+    header[..SYNC_BYTES].copy_from_slice(sync);
+    header[SYNC_BYTES..SYNC_BYTES + 4].copy_from_slice(&(frame_lens.len() as u32).to_le_bytes());
+    header[SYNC_BYTES + 4..BATCH_FIXED].copy_from_slice(&(total as u32).to_le_bytes());
+    for (i, len) in frame_lens.iter().enumerate() {
+        let at = BATCH_FIXED + 4 * i;
+        header[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&header[..header_len - 4]);
+    header[header_len - 4..].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Encode a whole batch of already framed records (back to back in `frames`, lengths in
+/// `frame_lens`) to `out`.
+pub fn encode_batch(out: &mut Vec<u8>, sync: &[u8; SYNC_BYTES], frames: &[u8], frame_lens: &[u32]) {
+    let start = out.len();
+    out.resize(start + batch_header_len(frame_lens.len()), 0);
+    seal_batch_header(&mut out[start..], sync, frame_lens);
+    out.extend_from_slice(frames);
+}
+
+/// What the fixed part of a batch header declares: (record count, bytes of the records);
+/// `None` when it does not start with `sync` or the sizes cannot be (each frame is at least
+/// [`FRAME_HEADER`] + 1 bytes).
+pub fn parse_batch_fixed(fixed: &[u8], sync: &[u8; SYNC_BYTES]) -> Option<(usize, u64)> {
+    if fixed.get(..SYNC_BYTES)? != sync {
+        return None;
+    }
+    let count = u64::from(u32::from_le_bytes(fixed.get(8..12)?.try_into().ok()?));
+    let total = u64::from(u32::from_le_bytes(fixed.get(12..16)?.try_into().ok()?));
+    (count * (FRAME_HEADER as u64 + 1) <= total).then_some((count as usize, total))
+}
+
+/// The frame lengths of a whole batch header (`header` is exactly its bytes), checked: its
+/// CRC holds and the lengths add up to the declared total.
+pub fn parse_batch_header(header: &[u8], sync: &[u8; SYNC_BYTES]) -> Option<Vec<u32>> {
+    let (count, total) = parse_batch_fixed(header, sync)?;
+    if header.len() != batch_header_len(count) {
+        return None;
+    }
+    let (fields, crc) = header.split_at(header.len() - 4);
+    if crc32fast::hash(fields) != u32::from_le_bytes(crc.try_into().ok()?) {
+        return None;
+    }
+    let lens: Vec<u32> = fields[BATCH_FIXED..]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let sum: u64 = lens.iter().map(|l| u64::from(*l)).sum();
+    let is_sane = sum == total && lens.iter().all(|l| *l as usize > FRAME_HEADER);
+    is_sane.then_some(lens)
+}
+
+/// The header of a segment of the current format, carrying the store's sync marker.
+pub fn encode_segment_header(sync: &[u8; SYNC_BYTES]) -> [u8; SEGMENT_HEADER] {
+    let mut header = [0u8; SEGMENT_HEADER];
+    header[..8].copy_from_slice(SEGMENT_MAGIC);
+    header[8..8 + SYNC_BYTES].copy_from_slice(sync);
+    let crc = crc32fast::hash(&header[..8 + SYNC_BYTES]);
+    header[8 + SYNC_BYTES..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// The sync marker of a segment header of the current format; `None` when the header is
+/// damaged or of another format.
+pub fn parse_segment_header(header: &[u8]) -> Option<[u8; SYNC_BYTES]> {
+    let header: &[u8; SEGMENT_HEADER] = header.get(..SEGMENT_HEADER)?.try_into().ok()?;
+    if &header[..8] != SEGMENT_MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(header[8 + SYNC_BYTES..].try_into().ok()?);
+    (crc32fast::hash(&header[..8 + SYNC_BYTES]) == crc)
+        .then(|| header[8..8 + SYNC_BYTES].try_into().ok())
+        .flatten()
+}
+
+/// Decode an item's frame and check it is what it claims: its CRC holds, and its blob id is
+/// `BLAKE3` of its ciphertext. `None` is damage.
+pub fn verify_item_frame(frame: &[u8]) -> Option<ItemRecord<'_>> {
+    match decode_frame(frame)? {
+        Record::Item(item) if BlobId::of_ciphertext(item.ciphertext) == item.blob_id => Some(item),
+        _ => None,
+    }
+}
+
 /// Decode a record body whose CRC was checked.
 pub fn decode_body(body: &[u8]) -> Option<Record<'_>> {
     let mailbox = MailboxId(body.get(1..33)?.try_into().ok()?);
@@ -484,6 +612,64 @@ mod tests {
             } => (cursor.0, *duplicate),
             StoreOutcome::Rejected(err) => panic!("rejected: {err}"),
         }
+    }
+
+    #[test]
+    fn a_batch_header_round_trips_and_any_flipped_byte_breaks_it() {
+        let sync = [7u8; SYNC_BYTES];
+        let lens = [9u32, 120, 4000];
+        let mut buf = vec![0u8; batch_header_len(lens.len())];
+        seal_batch_header(&mut buf, &sync, &lens);
+        assert_eq!(parse_batch_header(&buf, &sync), Some(lens.to_vec()));
+        assert_eq!(parse_batch_fixed(&buf, &sync), Some((3, 4129)));
+        assert_eq!(
+            parse_batch_header(&buf, &[8u8; SYNC_BYTES]),
+            None,
+            "another store's"
+        );
+        for at in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[at] ^= 0x10;
+            assert_eq!(parse_batch_header(&bad, &sync), None, "byte {at}");
+        }
+        let mut closed = vec![0u8; CLOSED_BATCH_BYTES];
+        seal_batch_header(&mut closed, &sync, &[]);
+        assert_eq!(parse_batch_header(&closed, &sync), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_segment_header_carries_the_sync_marker() {
+        let sync = *b"12345678";
+        let header = encode_segment_header(&sync);
+        assert_eq!(parse_segment_header(&header), Some(sync));
+        let mut bad = header;
+        bad[10] ^= 1;
+        assert_eq!(parse_segment_header(&bad), None);
+    }
+
+    #[test]
+    fn an_item_whose_blob_id_is_not_its_ciphertexts_fails_verification() {
+        let item = ItemRecord {
+            mailbox: MailboxId([1; 32]),
+            cursor: 1,
+            blob_id: BlobId::of_ciphertext(b"sealed"),
+            stored_at_ms: 1,
+            expires_at_ms: 2,
+            ciphertext: b"sealed",
+        };
+        let mut frame = Vec::new();
+        encode_item(&mut frame, &item);
+        assert_eq!(verify_item_frame(&frame), Some(item.clone()));
+        let mut wrong = Vec::new();
+        encode_item(
+            &mut wrong,
+            &ItemRecord {
+                ciphertext: b"other!",
+                ..item
+            },
+        );
+        assert!(decode_frame(&wrong).is_some(), "its CRC holds");
+        assert_eq!(verify_item_frame(&wrong), None);
     }
 
     #[test]

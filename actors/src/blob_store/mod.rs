@@ -67,6 +67,13 @@ pub trait ItemStore: Send + Sync + 'static {
     ) -> Result<Page, StoreError>;
     /// Evict up to `max_items` expired items and give back space.
     fn sweep(&self, now_ms: u64, max_items: u32) -> Result<SweepReport, StoreError>;
+    /// Mark the store closed cleanly (the relay's shutdown, after the last commit), so the
+    /// next open tells damage in its last write from a torn one. Nothing by default.
+    fn close(&self) {}
+    /// Damaged records found since the store opened (a cheap read, done after every page).
+    fn damaged_records(&self) -> u64 {
+        0
+    }
 }
 
 impl ItemStore for Store {
@@ -100,6 +107,14 @@ impl ItemStore for Store {
     }
     fn sweep(&self, now_ms: u64, max_items: u32) -> Result<SweepReport, StoreError> {
         Store::sweep(self, now_ms, max_items)
+    }
+    fn close(&self) {
+        if let Err(err) = Store::close(self) {
+            warn!(error = %err, "cannot mark the store closed");
+        }
+    }
+    fn damaged_records(&self) -> u64 {
+        Store::damaged_records(self)
     }
 }
 
@@ -150,6 +165,21 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable("store task failed".into())
 }
 
+/// Bring the damage counter up to what the store has counted since it opened (found at
+/// open, or by a read since).
+fn publish_damaged(metrics: &RelayMetrics, damaged_records: u64) {
+    // Reads publish from several threads at once: read and raise the counter as one step,
+    // or two of them would both add the same difference.
+    static PUBLISHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = zerok_messages::sync::lock(&PUBLISHING);
+    let counted = metrics.store_damaged_records_total.get();
+    if damaged_records > counted {
+        metrics
+            .store_damaged_records_total
+            .inc_by(damaged_records - counted);
+    }
+}
+
 /// A count as a gauge value (an unlimited budget, `u64::MAX`, shows as `i64::MAX`).
 fn gauge_value(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -163,6 +193,7 @@ impl BlobStoreState {
         self.metrics.mailboxes.set(stats.mailboxes as i64);
         self.metrics.store_disk_bytes.set(stats.disk_bytes as i64);
         self.metrics.store_full.set(i64::from(stats.is_full));
+        publish_damaged(&self.metrics, stats.damaged_records);
         self.metrics
             .store_charged_bytes
             .set(gauge_value(stats.charged_bytes));
@@ -349,10 +380,14 @@ impl Actor for BlobStoreActor {
                 reply,
             } => {
                 let store = state.store.clone();
+                let metrics = state.metrics.clone();
                 let now_ms = state.clock.now_unix_ms();
                 tokio::spawn(async move {
                     let page = tokio::task::spawn_blocking(move || {
-                        store.read_page(&mailbox, after.0, max_items, max_bytes, now_ms)
+                        let page = store.read_page(&mailbox, after.0, max_items, max_bytes, now_ms);
+                        // A read may have found damage: /metrics and /health say so at once.
+                        publish_damaged(&metrics, store.damaged_records());
+                        page
                     })
                     .await
                     .unwrap_or_else(|err| Err(unavailable(err)));

@@ -25,14 +25,23 @@
 //!
 //! Opening reads the index and replays only the log after the index's checkpoint (nothing
 //! after a clean close; about one segment at most after a power cut); a missing or
-//! inconsistent index is rebuilt from every segment. A record that fails its length or CRC at
-//! the end of the newest segment is a write that was never acknowledged (a crash in the
-//! middle of it) and is cut off.
+//! inconsistent index is rebuilt from every segment. The log is read by `segments/scan.rs`:
+//! every write is one batch, durable before the next, so only an incomplete last batch of the
+//! newest segment is a write that was never acknowledged, and it is cut off, unless the store
+//! was closed cleanly (a clean close writes an empty "closed" batch; opening for writes
+//! removes it again). Any other bad record or batch header is damage: the valid records
+//! around it are kept and served, the damaged range is logged (file and byte offset) and
+//! counted ([`StoreStats`]'s `damaged_records`), and writes go on in a new segment. Reads
+//! check each item's CRC and that its blob id is `BLAKE3` of its ciphertext, so damage in a
+//! segment the open did not read is found when the item is read: it is never served, logged,
+//! counted and dropped from the index. [`check_store`] scans every segment offline
+//! (`zerok-relay check`). Segments of format 3 (no batches) are read as that format always
+//! was; their directory is upgraded to format 4 in place.
 
 use super::core::{
-    self, CommitPlan, FORMAT_VERSION, FRAME_HEADER, ITEM_CHARGE_BYTES, ITEM_HEADER, ItemRecord,
-    MAILBOX_INDEX_ENTRIES, MailboxMeta, MailboxState, Record, Room, SEGMENT_MAGIC, StoreBudget,
-    StoreLimits,
+    self, BATCH_FIXED, CommitPlan, FORMAT_VERSION, FORMAT_VERSION_3, FRAME_HEADER,
+    ITEM_CHARGE_BYTES, ITEM_HEADER, ItemRecord, MAILBOX_INDEX_ENTRIES, MailboxMeta, MailboxState,
+    Record, Room, SEGMENT_HEADER, SEGMENT_MAGIC_3, SYNC_BYTES, StoreBudget, StoreLimits,
 };
 use super::fs::{self, OpenMode, SeqReader, StoreFile, StoreFs};
 use crate::fault::{FaultPlan, FaultPoint};
@@ -103,7 +112,14 @@ pub enum OpenError {
         /// The format found.
         found: String,
     },
-    /// A record in the middle of the log is damaged.
+    /// The directory holds no store (no format file).
+    #[error("no store at {path}")]
+    NotAStore {
+        /// The directory.
+        path: String,
+    },
+    /// A record in the middle of a segment of format 3 (which cannot re-synchronise) is
+    /// damaged.
     #[error(
         "the store file {path} is damaged at byte {offset}; move the file away to start without the items after that point"
     )]
@@ -123,6 +139,11 @@ pub enum OpenError {
     },
 }
 
+/// Tries to open an index still held by an earlier open of this process, and the wait
+/// between them: 50 × 20 ms, a second for its background threads to let go.
+const INDEX_LOCK_RETRIES: usize = 50;
+const INDEX_LOCK_RETRY_MS: u64 = 20;
+
 /// Open the index in `dir` (made private: 0700, as the store's own files are); one that
 /// cannot be opened (damaged) is removed and rebuilt.
 fn open_index(dir: &Path) -> Result<(Index, Saved), OpenError> {
@@ -135,8 +156,27 @@ fn open_index(dir: &Path) -> Result<(Index, Saved), OpenError> {
             .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
             .map_err(io_err(dir))?;
     }
-    match Index::open(dir) {
+    // The store's own lock keeps other processes out, so a locked index is an earlier open
+    // in this process whose background threads are still letting go of it.
+    let mut opened = Index::open(dir);
+    for _ in 0..INDEX_LOCK_RETRIES {
+        match &opened {
+            Err(err) if err.is_locked => {
+                // Opening is blocking work (the relay runs it on the blocking pool): a short
+                // thread sleep is the wait that fits.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(std::time::Duration::from_millis(INDEX_LOCK_RETRY_MS));
+                opened = Index::open(dir);
+            }
+            _ => break,
+        }
+    }
+    match opened {
         Ok(opened) => Ok(opened),
+        Err(err) if err.is_locked => Err(OpenError::Index {
+            path: dir.display().to_string(),
+            message: err.to_string(),
+        }),
         Err(err) => {
             warn!(error = %err, "the store index cannot be opened; rebuilding it from the segments");
             std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
@@ -242,6 +282,8 @@ struct Writer {
     poisoned: Option<String>,
     /// Free space of the disk, as far as the store knows.
     disk: DiskSpace,
+    /// Whether the last batch written is the "closed" marker (nothing written since).
+    is_closed: bool,
 }
 
 /// The store: segment files plus the index. Shared (`Arc`) by the Infra supervisor and every
@@ -262,6 +304,8 @@ pub struct Store {
     free_disk_bytes: AtomicU64,
     /// What opening found.
     opened: OpenReport,
+    /// The store's sync marker, which starts every batch header.
+    sync: [u8; SYNC_BYTES],
     /// Held (flock) while the store is open.
     _lock: Box<dyn StoreFile>,
 }
@@ -307,11 +351,14 @@ impl StoreOptions {
     }
 }
 
+mod check;
 mod files;
 mod index;
 mod scan;
+pub use check::{CheckReport, check_store};
 use files::*;
 use index::*;
+pub use scan::Damage;
 use scan::*;
 
 impl Store {
@@ -359,8 +406,9 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(err)) => return Err(io_err(&lock_path)(err)),
         }
-        check_format(&*fs, dir)?;
+        let found_format = check_format(&*fs, dir)?;
         let ids = segment_ids(&*fs, dir)?;
+        let sync = store_sync(&*fs, dir, &ids)?;
         let index_dir = index_dir.unwrap_or_else(|| dir.join(INDEX_DIR));
         let (mut index, saved) = open_index(&index_dir)?;
         let index_failed = |err: IndexError| OpenError::Index {
@@ -387,6 +435,12 @@ impl Store {
         let (start_segment, start_offset) = replay_from.unwrap_or((0, 0));
         let mut active = None;
         let mut replayed_bytes = 0u64;
+        let mut damaged_records = 0u64;
+        // Records that may be lost to damage, and what the damaged ones seem to say.
+        let mut lost_records_max = 0u64;
+        let mut cursor_hints = Vec::new();
+        let mut last_damaged_segment = None;
+        let mut needs_new_segment = ids.is_empty();
         for (n, id) in ids.iter().enumerate() {
             let path = segment_path(dir, *id);
             let file = fs.open(&path, OpenMode::ReadWrite).map_err(io_err(&path))?;
@@ -407,60 +461,126 @@ impl Store {
             } else {
                 0
             };
-            let scanned = scan_segment(&mut index, *id, &*file, from).map_err(io_err(&path))?;
-            replayed_bytes += scanned.good_len.saturating_sub(from);
-            let mut len = scanned.good_len;
-            if scanned.damaged {
-                if !is_last {
-                    return Err(OpenError::Corrupt {
-                        path: path.display().to_string(),
-                        offset: scanned.good_len,
-                    });
+            let ctx = ScanContext {
+                sync,
+                is_newest: is_last,
+                verify_blob_ids: false,
+            };
+            let tail = scan_segment(&mut index, *id, &*file, from, &ctx).map_err(io_err(&path))?;
+            replayed_bytes += tail.good_len.saturating_sub(from);
+            // The newest segment (at most one segment's bytes) is verified whole at every
+            // open, so damage in it is found even where the index already covers it.
+            let scanned = if is_last && from > 0 {
+                scan_segment(&mut NullSink, *id, &*file, 0, &ctx).map_err(io_err(&path))?
+            } else {
+                tail.clone()
+            };
+            if scanned.format == 3 && !scanned.damage.is_empty() {
+                // Format 3 cannot re-synchronise: refused, as it always was.
+                return Err(OpenError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: scanned.good_len,
+                });
+            }
+            for damage in &scanned.damage {
+                error!(
+                    file = %path.display(),
+                    offset = damage.offset,
+                    bytes = damage.bytes,
+                    what = damage.what,
+                    "store damage: skipped a damaged range, kept everything around it"
+                );
+                if index.note_damage(*id, damage.offset) {
+                    damaged_records += 1;
                 }
+            }
+            // Damage the index did not cover yet may have held acked records whose cursors
+            // it never learned: keep every cursor ahead of them.
+            lost_records_max += tail.damage.iter().map(records_in).sum::<u64>();
+            cursor_hints.extend(tail.cursor_hints.iter().copied());
+            if !tail.damage.is_empty() {
+                last_damaged_segment = Some(*id);
+            }
+            let mut len = scanned.good_len;
+            if let Some(torn_at) = scanned.torn_at {
                 let size = file.len().map_err(io_err(&path))?;
                 warn!(
-                    segment = id,
-                    offset = scanned.good_len,
-                    cut_bytes = size - scanned.good_len.min(size),
+                    file = %path.display(),
+                    offset = torn_at,
+                    cut_bytes = size.saturating_sub(torn_at),
                     "cutting off an unacknowledged torn write at the end of the log"
                 );
-                if scanned.good_len == 0 {
+                len = torn_at;
+                if scanned.format == 3 && torn_at < SEGMENT_MAGIC_3.len() as u64 {
                     file.set_len(0).map_err(io_err(&path))?;
-                    file.write_all_at(SEGMENT_MAGIC, 0).map_err(io_err(&path))?;
-                    len = SEGMENT_MAGIC.len() as u64;
+                    file.write_all_at(SEGMENT_MAGIC_3, 0)
+                        .map_err(io_err(&path))?;
+                    len = SEGMENT_MAGIC_3.len() as u64;
+                } else if scanned.format == 4 && torn_at < SEGMENT_HEADER as u64 {
+                    file.set_len(0).map_err(io_err(&path))?;
+                    file.write_all_at(&core::encode_segment_header(&sync), 0)
+                        .map_err(io_err(&path))?;
+                    len = SEGMENT_HEADER as u64;
                 } else {
                     file.set_len(len).map_err(io_err(&path))?;
                 }
                 file.sync_all().map_err(io_err(&path))?;
             }
             if is_last {
-                // The active segment is written in place: presize it again.
-                let size = file.len().map_err(io_err(&path))?;
-                if size < segment_bytes {
-                    file.set_len(segment_bytes).map_err(io_err(&path))?;
-                    file.sync_all().map_err(io_err(&path))?;
+                if scanned.format == 3 || !scanned.damage.is_empty() {
+                    // Never append to a damaged segment, nor batches to one of format 3.
+                    needs_new_segment = true;
+                } else {
+                    if let Some(closed_at) = scanned.closed_at {
+                        // Open for writes: the log is no longer closed cleanly, so a crash
+                        // from now on leaves a torn tail that is cut, as it should be.
+                        file.write_all_at(&[0u8; core::CLOSED_BATCH_BYTES], closed_at)
+                            .and_then(|()| file.sync_data())
+                            .map_err(io_err(&path))?;
+                        len = closed_at;
+                    }
+                    // The active segment is written in place: presize it again.
+                    let size = file.len().map_err(io_err(&path))?;
+                    if size < segment_bytes {
+                        file.set_len(segment_bytes).map_err(io_err(&path))?;
+                        file.sync_all().map_err(io_err(&path))?;
+                    }
+                    active = Some((file, *id, len));
                 }
             }
             if let Some(seg) = index.segments.get_mut(id) {
                 seg.size = len;
             }
             index.apply(Some((*id, len))).map_err(index_failed)?;
-            if is_last {
-                active = Some((file, *id, len));
-            }
         }
         let (file, id, len) = match active {
-            Some(active) => active,
-            None => {
+            Some(active) if !needs_new_segment => active,
+            _ => {
+                let id = ids.last().map_or(1, |last| last + 1);
                 let (file, reader) =
-                    create_segment(&*fs, dir, 1, segment_bytes, &FaultPlan::none())
+                    create_segment(&*fs, dir, id, segment_bytes, &sync, &FaultPlan::none())
                         .map_err(io_err(dir))?;
-                let magic = SEGMENT_MAGIC.len() as u64;
-                index.add_segment(1, Segment::new(reader, magic, SegmentCounts::default()));
-                index.apply(Some((1, magic))).map_err(index_failed)?;
-                (file, 1, magic)
+                let header = SEGMENT_HEADER as u64;
+                index.add_segment(id, Segment::new(reader, header, SegmentCounts::default()));
+                index.apply(Some((id, header))).map_err(index_failed)?;
+                (file, id, header)
             }
         };
+        if found_format != FORMAT_VERSION {
+            write_format(&*fs, dir)?;
+            info!(from = %found_format, to = FORMAT_VERSION, "store format upgraded");
+        }
+        if let Some(segment) = last_damaged_segment {
+            keep_cursors_ahead_of_damage(&mut index, segment, lost_records_max, &cursor_hints);
+            index.apply(None).map_err(index_failed)?;
+        }
+        if !index.damage.is_empty() {
+            error!(
+                damaged_records = index.damage.len(),
+                newly_found = damaged_records,
+                "the store holds damaged records; they are not served (zerok-relay check lists them)"
+            );
+        }
         index.persist().map_err(index_failed)?;
         info!(
             segments = index.segments.len(),
@@ -487,6 +607,7 @@ impl Store {
                     written_since: 0,
                     is_full_latched: false,
                 },
+                is_closed: false,
             }),
             index: RwLock::new(index),
             is_full: AtomicBool::new(false),
@@ -495,6 +616,7 @@ impl Store {
                 is_rebuilt: replay_from.is_none(),
                 replayed_bytes,
             },
+            sync,
             _lock: lock_file,
         };
         if store.has_floor() {
@@ -607,6 +729,7 @@ impl Store {
             index_entries: index.index_entries(),
             free_disk_bytes,
             is_full: self.is_full(),
+            damaged_records: self.damaged_records(),
         }
     }
 
@@ -670,14 +793,18 @@ impl Store {
         if faults.should_fail(FaultPoint::BeforeStoreWrite) {
             return Err(StoreError::Unavailable("write failed (injected)".into()));
         }
-        let frame_bytes: u64 = plan
-            .new
-            .iter()
-            .map(|n| (FRAME_HEADER + ITEM_HEADER + requests[n.request].ciphertext.len()) as u64)
-            .sum();
-        self.roll_if_full(&mut writer, frame_bytes, faults)
+        let header_len = core::batch_header_len(plan.new.len());
+        let batch_bytes: u64 = header_len as u64
+            + plan
+                .new
+                .iter()
+                .map(|n| (FRAME_HEADER + ITEM_HEADER + requests[n.request].ciphertext.len()) as u64)
+                .sum::<u64>();
+        self.roll_if_full(&mut writer, batch_bytes, faults)
             .inspect_err(|err| self.note_failure(&mut writer, err))?;
-        let mut buf = Vec::with_capacity(frame_bytes as usize);
+        let mut buf = Vec::with_capacity(batch_bytes as usize);
+        buf.resize(header_len, 0);
+        let mut frame_lens = Vec::with_capacity(plan.new.len());
         let mut placed = Vec::with_capacity(plan.new.len());
         for new in &plan.new {
             let request = &requests[new.request];
@@ -691,8 +818,10 @@ impl Store {
                 ciphertext: &request.ciphertext,
             };
             let len = core::encode_item(&mut buf, &item);
+            frame_lens.push(len as u32);
             placed.push((offset, len, item));
         }
+        core::seal_batch_header(&mut buf, &self.sync, &frame_lens);
         self.append(&mut writer, &buf, faults)
             .inspect_err(|err| self.note_failure(&mut writer, err))?;
         let mut index = write(&self.index);
@@ -738,7 +867,7 @@ impl Store {
         adding: u64,
         faults: &FaultPlan,
     ) -> Result<(), StoreError> {
-        let has_records = writer.len > SEGMENT_MAGIC.len() as u64;
+        let has_records = writer.len > SEGMENT_HEADER as u64;
         let is_full = writer.len >= self.segment_bytes
             || writer.len.saturating_add(adding) > u64::from(u32::MAX);
         if has_records && is_full {
@@ -756,19 +885,26 @@ impl Store {
             .and_then(|()| writer.file.sync_all())
             .map_err(|err| io_failure("closing a segment", &err, retry))?;
         let id = writer.id + 1;
-        let (file, reader) = create_segment(&*self.fs, &self.dir, id, self.segment_bytes, faults)
-            .map_err(|err| io_failure("creating a segment", &err, retry))?;
-        let magic = SEGMENT_MAGIC.len() as u64;
+        let (file, reader) = create_segment(
+            &*self.fs,
+            &self.dir,
+            id,
+            self.segment_bytes,
+            &self.sync,
+            faults,
+        )
+        .map_err(|err| io_failure("creating a segment", &err, retry))?;
+        let header = SEGMENT_HEADER as u64;
         writer.file = file;
         writer.id = id;
-        writer.len = magic;
-        writer.disk.written_since = writer.disk.written_since.saturating_add(magic);
+        writer.len = header;
+        writer.disk.written_since = writer.disk.written_since.saturating_add(header);
         // The index is made durable at every roll, so a power loss replays at most about one
         // segment at the next open.
         let mut index = write(&self.index);
-        index.add_segment(id, Segment::new(reader, magic, SegmentCounts::default()));
+        index.add_segment(id, Segment::new(reader, header, SegmentCounts::default()));
         if let Err(err) = index
-            .apply(Some((id, magic)))
+            .apply(Some((id, header)))
             .and_then(|()| index.persist())
         {
             return Err(self.index_failed(writer, &err));
@@ -890,10 +1026,13 @@ impl Store {
             return 0;
         }
         if !marks.is_empty() {
-            let mut buf = Vec::with_capacity(marks.len() * (FRAME_HEADER + core::MARK_BODY));
+            let mut frames = Vec::with_capacity(marks.len() * (FRAME_HEADER + core::MARK_BODY));
+            let mut frame_lens = Vec::with_capacity(marks.len());
             for (mailbox, latest) in &marks {
-                core::encode_mark(&mut buf, mailbox, *latest);
+                frame_lens.push(core::encode_mark(&mut frames, mailbox, *latest) as u32);
             }
+            let mut buf = Vec::with_capacity(core::batch_header_len(marks.len()) + frames.len());
+            core::encode_batch(&mut buf, &self.sync, &frames, &frame_lens);
             let mut written = self.append(writer, &buf, &self.faults);
             if matches!(written, Err(StoreError::StorageFull { .. }))
                 && release_reserve(&*self.fs, &self.dir)
@@ -956,10 +1095,14 @@ impl Store {
 
     /// Copy live items of the emptiest closed segment whose live bytes are under a quarter of
     /// its size to the active segment, a bounded slice per call; once none are left in it, it
-    /// is dead and released right after.
+    /// is dead and released right after. The segment's batches are walked in file order from
+    /// where the last slice stopped; the records the index still places there are the live
+    /// ones. A damaged item is dropped (and counted), never copied under a fresh CRC; a
+    /// damaged batch header ends the walk of that segment (what lies after it stays where it
+    /// is, served and counted live).
     fn compact_one(&self, writer: &mut Writer) -> Result<(), StoreError> {
         let retry = self.budget.full_retry_after_ms;
-        let magic = SEGMENT_MAGIC.len() as u64;
+        let first = SEGMENT_HEADER as u64;
         let candidate = {
             let index = read(&self.index);
             index
@@ -970,113 +1113,138 @@ impl Store {
                         && s.counts.live > 0
                         && s.size >= self.segment_bytes / 2
                         && s.counts.live_bytes * COMPACT_LIVE_FRACTION < s.size
+                        && s.compacted_upto < s.size
                 })
                 .min_by_key(|(_, s)| s.counts.live_bytes)
-                .map(|(id, s)| (*id, s.file.clone(), s.size, s.compacted_upto.max(magic)))
+                .map(|(id, s)| (*id, s.file.clone(), s.size, s.compacted_upto.max(first)))
         };
         let Some((id, file, size, from)) = candidate else {
             return Ok(());
         };
-        // The segment's records are walked in file order from where the last slice stopped,
-        // a window at a time; the records the index still places here are the live ones. At
-        // most a quarter is live, so a window of four slices holds about one slice of them.
-        let budget = self.segment_bytes / COMPACT_SLICE_FRACTION;
-        let window = budget
-            .saturating_mul(COMPACT_LIVE_FRACTION)
-            .max((FRAME_HEADER + core::BODY_MAX) as u64)
-            .min(size - from.min(size));
-        let mut area = vec![0u8; window as usize];
-        file.read_exact_at(&mut area, from)
+        let read_at = |len: usize, at: u64| -> Result<Vec<u8>, StoreError> {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, at)
+                .map_err(|err| io_failure("compaction read", &err, retry))?;
+            Ok(buf)
+        };
+        let mut magic = [0u8; 8];
+        file.read_exact_at(&mut magic, 0)
             .map_err(|err| io_failure("compaction read", &err, retry))?;
-        let mut buf = Vec::new();
-        let mut copied = 0usize;
-        let mut at = 0usize;
+        if &magic == SEGMENT_MAGIC_3 {
+            // Format 3 has no batches to walk: it goes when its items expire.
+            if let Some(seg) = write(&self.index).segments.get_mut(&id) {
+                seg.compacted_upto = size;
+            }
+            return Ok(());
+        }
+        let budget = self.segment_bytes / COMPACT_SLICE_FRACTION;
+        let mut frames = Vec::new();
+        let mut frame_lens: Vec<u32> = Vec::new();
+        let mut damaged = Vec::new();
+        let mut at = from;
         let mut is_damaged = false;
         {
             let index = read(&self.index);
-            while (buf.len() as u64) < budget {
-                let Some(header) = area.get(at..at + FRAME_HEADER) else {
-                    break;
-                };
-                let header: &[u8; FRAME_HEADER] = header
-                    .try_into()
-                    .map_err(|_| StoreError::Unavailable("compaction: bad frame header".into()))?;
-                let Some((len, _)) = core::parse_frame_header(header) else {
+            while (frames.len() as u64) < budget && at + core::BATCH_FIXED as u64 <= size {
+                let fixed = read_at(core::BATCH_FIXED, at)?;
+                let Some((count, total)) = core::parse_batch_fixed(&fixed, &self.sync) else {
                     is_damaged = true;
                     break;
                 };
-                let Some(frame) = area.get(at..at + FRAME_HEADER + len) else {
+                let header_len = core::batch_header_len(count);
+                let end = at + header_len as u64 + total;
+                if end > size {
+                    is_damaged = true;
+                    break;
+                }
+                let header = read_at(header_len, at)?;
+                let Some(lens) = core::parse_batch_header(&header, &self.sync) else {
+                    is_damaged = true;
                     break;
                 };
-                match core::decode_frame(frame) {
-                    Some(Record::Item(item)) => {
-                        let offset = from + at as u64;
-                        let slot = index.slots.get(&item.mailbox).copied();
-                        let is_live = match slot {
-                            Some(slot) => index
-                                .loc(slot, item.cursor)
-                                .map_err(|err| {
-                                    error!(error = %err, "store index lookup failed");
-                                    StoreError::Unavailable("index lookup failed".into())
-                                })?
-                                .is_some_and(|loc| {
-                                    loc.segment == id && u64::from(loc.offset) == offset
-                                }),
-                            None => false,
+                let body = read_at(total as usize, at + header_len as u64)?;
+                let mut p = 0usize;
+                for len in lens {
+                    let frame = &body[p..p + len as usize];
+                    let offset = at + (header_len + p) as u64;
+                    p += len as usize;
+                    let placed_here = |mailbox: &MailboxId, cursor: u64| {
+                        let Some(slot) = index.slots.get(mailbox) else {
+                            return Ok(None);
                         };
-                        if is_live {
-                            buf.extend_from_slice(frame);
-                            copied += 1;
+                        index.loc(*slot, cursor).map(|loc| {
+                            loc.filter(|l| l.segment == id && u64::from(l.offset) == offset)
+                        })
+                    };
+                    let index_failed = |err: IndexError| {
+                        error!(error = %err, "store index lookup failed");
+                        StoreError::Unavailable("index lookup failed".into())
+                    };
+                    match core::decode_frame(frame) {
+                        Some(Record::Item(item)) => {
+                            let Some(loc) =
+                                placed_here(&item.mailbox, item.cursor).map_err(index_failed)?
+                            else {
+                                continue;
+                            };
+                            if core::verify_item_frame(frame).is_some() {
+                                frames.extend_from_slice(frame);
+                                frame_lens.push(len);
+                            } else {
+                                damaged.push((item.mailbox, item.cursor, loc));
+                            }
+                        }
+                        Some(Record::Mark { .. }) => {}
+                        None => {
+                            // What it seems to be: dropped only if the index places that
+                            // very item here.
+                            if let Some((mailbox, cursor)) = scan::cursor_hint(frame)
+                                && let Some(loc) =
+                                    placed_here(&mailbox, cursor).map_err(index_failed)?
+                            {
+                                damaged.push((mailbox, cursor, loc));
+                            }
                         }
                     }
-                    Some(Record::Mark { .. }) => {}
-                    None => {
-                        is_damaged = true;
-                        break;
-                    }
                 }
-                at += frame.len();
+                at = end;
             }
+        }
+        if !damaged.is_empty() {
+            self.drop_damaged(damaged);
         }
         let upto = if is_damaged {
             warn!(
                 segment = id,
-                offset = from + at as u64,
-                "compaction stopped at a damaged record"
+                offset = at,
+                "compaction stopped at a damaged batch header"
             );
             size
-        } else if from + (at as u64) >= size {
+        } else if at + core::BATCH_FIXED as u64 > size {
             // Walked to the end: start over if anything is left (nothing should be).
-            magic
+            first
         } else {
-            from + at as u64
+            at
         };
-        if !buf.is_empty() {
+        let copied = frame_lens.len();
+        if copied > 0 {
+            let mut buf = Vec::with_capacity(core::batch_header_len(copied) + frames.len());
+            core::encode_batch(&mut buf, &self.sync, &frames, &frame_lens);
             self.roll_if_full(writer, buf.len() as u64, &self.faults)?;
-            let base = writer.len;
+            let base = writer.len + core::batch_header_len(copied) as u64;
             self.append(writer, &buf, &self.faults)?;
             let mut index = write(&self.index);
-            let mut at = 0usize;
+            let mut p = 0usize;
             let mut indexed = Ok(());
-            while at < buf.len() && indexed.is_ok() {
-                let frame = &buf[at..];
-                let Some((len, _)) = frame
-                    .get(..FRAME_HEADER)
-                    .and_then(|h| <&[u8; FRAME_HEADER]>::try_from(h).ok())
-                    .and_then(core::parse_frame_header)
-                else {
-                    break;
-                };
-                if let Some(Record::Item(item)) = core::decode_frame(&frame[..FRAME_HEADER + len]) {
-                    indexed = index.insert_item(
-                        writer.id,
-                        base + at as u64,
-                        FRAME_HEADER + len,
-                        &item,
-                        true,
-                    );
+            for len in &frame_lens {
+                let frame = &frames[p..p + *len as usize];
+                if let Some(Record::Item(item)) = core::decode_frame(frame)
+                    && indexed.is_ok()
+                {
+                    indexed =
+                        index.insert_item(writer.id, base + p as u64, frame.len(), &item, true);
                 }
-                at += FRAME_HEADER + len;
+                p += *len as usize;
             }
             index.count_records(writer.id, copied as u64);
             if let Some(seg) = index.segments.get_mut(&writer.id) {
@@ -1087,12 +1255,10 @@ impl Store {
             if let Err(err) = applied {
                 return Err(self.index_failed(writer, &err));
             }
+            info!(segment = id, items = copied, "copied live items forward");
         }
         if let Some(seg) = write(&self.index).segments.get_mut(&id) {
             seg.compacted_upto = upto;
-        }
-        if copied > 0 {
-            info!(segment = id, items = copied, "copied live items forward");
         }
         Ok(())
     }
@@ -1142,6 +1308,7 @@ impl Store {
                 })?;
         }
         // Records next to each other in one segment are read with one call.
+        let mut damaged = Vec::new();
         let mut start = 0;
         while start < wanted.len() {
             let mut end = start + 1;
@@ -1165,8 +1332,12 @@ impl Store {
             for (cursor, loc, _) in run {
                 let frame = buf.slice(at..at + loc.len as usize);
                 at += loc.len as usize;
-                match core::decode_frame(&frame) {
-                    Some(Record::Item(item)) if item.cursor == *cursor => {
+                match core::verify_item_frame(&frame) {
+                    Some(item)
+                        if item.cursor == *cursor
+                            && item.mailbox == *mailbox
+                            && item.blob_id == loc.blob_id =>
+                    {
                         let body_start = FRAME_HEADER + ITEM_HEADER;
                         page.items.push(Item {
                             cursor: Cursor(*cursor),
@@ -1175,12 +1346,118 @@ impl Store {
                             stored_at_ms: item.stored_at_ms,
                         });
                     }
-                    _ => error!(cursor, segment = loc.segment, "skipping a damaged item"),
+                    _ => damaged.push((*mailbox, *cursor, *loc)),
                 }
             }
             start = end;
         }
+        if !damaged.is_empty() {
+            self.drop_damaged(damaged);
+        }
         Ok(page)
+    }
+
+    /// Items found damaged on a read or a compaction (their CRC fails, or their blob id is not
+    /// `BLAKE3` of their ciphertext): logged with file and offset, counted once each, and
+    /// dropped from the index so they are never served. `mailbox` is the item's, when known.
+    fn drop_damaged(&self, damaged: Vec<(MailboxId, u64, Loc)>) {
+        let mut index = write(&self.index);
+        let mut dropped = false;
+        for (mailbox, cursor, loc) in damaged {
+            let path = segment_path(&self.dir, loc.segment);
+            let Some(slot) = index.slots.get(&mailbox).copied() else {
+                continue;
+            };
+            // Still the damaged copy (another reader may have dropped it first).
+            let is_that_copy = index.loc(slot, cursor).is_ok_and(|found| {
+                found.is_some_and(|l| l.segment == loc.segment && l.offset == loc.offset)
+            });
+            if is_that_copy && index.remove_item(slot, cursor).unwrap_or(false) {
+                dropped = true;
+                index.note_damage(loc.segment, u64::from(loc.offset));
+                error!(
+                    file = %path.display(),
+                    offset = loc.offset,
+                    bytes = loc.len,
+                    what = "item",
+                    "store damage: an item failed its check on read; it is not served"
+                );
+            }
+        }
+        if dropped && let Err(err) = index.apply(None) {
+            error!(error = %err, "cannot drop damaged items from the store index");
+        }
+    }
+
+    /// Damaged records found since the store opened (at open and on reads).
+    pub fn damaged_records(&self) -> u64 {
+        read(&self.index).damage.len() as u64
+    }
+
+    /// Write the "closed" marker (an empty batch) and make it durable, so the next open
+    /// knows the log ends where it should: a bad last batch is then damage, not a torn write.
+    /// Idempotent; a write after it makes the log open again. Also run by `Drop`.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let mut writer = lock(&self.writer);
+        if writer.poisoned.is_some() || writer.is_closed {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; core::CLOSED_BATCH_BYTES];
+        core::seal_batch_header(&mut buf, &self.sync, &[]);
+        self.append(&mut writer, &buf, &FaultPlan::none())?;
+        writer.is_closed = true;
+        if let Some(seg) = write(&self.index).segments.get_mut(&writer.id) {
+            seg.size = writer.len;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(err) = self.close() {
+            warn!(error = %err, "cannot mark the store closed; the next open treats its last write as possibly torn");
+        }
+    }
+}
+
+/// Most records a damaged range may have held: one for a record the batch header bounds,
+/// else one per smallest possible item record.
+fn records_in(damage: &Damage) -> u64 {
+    if damage.what == "record" {
+        return 1;
+    }
+    damage.bytes / (FRAME_HEADER + ITEM_HEADER + 1) as u64 + 1
+}
+
+/// Largest cursor a damaged record's unverified hint may set: far above any real cursor (a
+/// mailbox holds at most a few million items over its life), far below overflow.
+const CURSOR_HINT_MAX: u64 = 1 << 48;
+
+/// Cursors never go back, even when the record that set a mailbox's newest cursor is lost to
+/// damage: every mailbox's newest cursor moves ahead by the most records the damage may
+/// have held (a gap, which readers pass like an expired item), and a mailbox a damaged
+/// record seems to name gets a mark past that record's cursor. The marks live in the damaged
+/// segment, so releasing it writes them forward.
+fn keep_cursors_ahead_of_damage(
+    index: &mut Index,
+    segment: u32,
+    lost_records_max: u64,
+    hints: &[(MailboxId, u64)],
+) {
+    let ahead: Vec<(MailboxId, u64)> = index
+        .mailboxes
+        .iter()
+        .map(|m| (m.id, m.meta.latest.saturating_add(lost_records_max)))
+        .collect();
+    for (mailbox, latest) in ahead {
+        index.mark(segment, &mailbox, latest);
+    }
+    for (mailbox, cursor) in hints {
+        let latest = (*cursor)
+            .min(CURSOR_HINT_MAX)
+            .saturating_add(lost_records_max);
+        index.mark(segment, mailbox, latest);
     }
 }
 
@@ -1215,6 +1492,7 @@ impl Store {
             });
         match result {
             Ok(()) => {
+                writer.is_closed = false;
                 writer.len += buf.len() as u64;
                 writer.disk.written_since =
                     writer.disk.written_since.saturating_add(buf.len() as u64);

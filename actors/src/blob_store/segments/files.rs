@@ -5,23 +5,24 @@ pub(super) fn segment_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("{id:020}{SEGMENT_SUFFIX}"))
 }
 
-/// Create segment `id`: magic written, file presized to `presize` bytes (sparse; an
-/// `fdatasync` after a write that does not grow the file is about half the cost of one after
-/// an append on ext4), all durable, directory entry durable. Answers the write handle and a
-/// read handle.
+/// Create segment `id`: header (with the store's sync marker) written, file presized to
+/// `presize` bytes (sparse; an `fdatasync` after a write that does not grow the file is about
+/// half the cost of one after an append on ext4), all durable, directory entry durable.
+/// Answers the write handle and a read handle.
 pub(super) fn create_segment(
     fs: &dyn StoreFs,
     dir: &Path,
     id: u32,
     presize: u64,
+    sync: &[u8; SYNC_BYTES],
     faults: &FaultPlan,
 ) -> std::io::Result<(Box<dyn StoreFile>, Box<dyn StoreFile>)> {
     injected_disk_full(faults)?;
     let path = segment_path(dir, id);
     let file = fs.open(&path, OpenMode::CreateNew)?;
     let prepared = file
-        .write_all_at(SEGMENT_MAGIC, 0)
-        .and_then(|()| file.set_len(presize.max(SEGMENT_MAGIC.len() as u64)))
+        .write_all_at(&core::encode_segment_header(sync), 0)
+        .and_then(|()| file.set_len(presize.max(SEGMENT_HEADER as u64)))
         .and_then(|()| file.sync_all())
         .and_then(|()| fs.sync_dir(dir))
         .and_then(|()| fs.open(&path, OpenMode::Read));
@@ -78,12 +79,18 @@ pub(super) fn release_reserve(fs: &dyn StoreFs, dir: &Path) -> bool {
     }
 }
 
-/// The format check: a new directory gets the format file; a directory of another store is
-/// refused.
-pub(super) fn check_format(fs: &dyn StoreFs, dir: &Path) -> Result<(), OpenError> {
+/// The format check: answers the format of the directory's store (a new directory gets the
+/// current one); a directory of another store is refused. Format 3 is answered as found; the
+/// caller upgrades it once its segments are read.
+pub(super) fn check_format(fs: &dyn StoreFs, dir: &Path) -> Result<String, OpenError> {
     let path = dir.join(FORMAT_FILE);
     match fs::read_whole(fs, &path) {
-        Ok(found) if String::from_utf8_lossy(&found).trim() == FORMAT_VERSION => Ok(()),
+        Ok(found)
+            if String::from_utf8_lossy(&found).trim() == FORMAT_VERSION
+                || String::from_utf8_lossy(&found).trim() == FORMAT_VERSION_3 =>
+        {
+            Ok(String::from_utf8_lossy(&found).trim().to_string())
+        }
         Ok(found) => Err(OpenError::Format {
             path: dir.display().to_string(),
             found: String::from_utf8_lossy(&found).trim().to_string(),
@@ -96,18 +103,46 @@ pub(super) fn check_format(fs: &dyn StoreFs, dir: &Path) -> Result<(), OpenError
                     found: "zerok-store-2 (sled)".to_string(),
                 });
             }
-            let tmp = dir.join("FORMAT.tmp");
-            fs.open(&tmp, OpenMode::CreateOrTruncate)
-                .and_then(|f| {
-                    f.write_all_at(format!("{FORMAT_VERSION}\n").as_bytes(), 0)?;
-                    f.sync_all()
-                })
-                .map_err(io_err(&tmp))?;
-            fs.rename(&tmp, &path).map_err(io_err(&path))?;
-            fs.sync_dir(dir).map_err(io_err(dir))
+            write_format(fs, dir)?;
+            Ok(FORMAT_VERSION.to_string())
         }
         Err(err) => Err(io_err(&path)(err)),
     }
+}
+
+/// Write the current format to the directory's format file, durably (temp file, rename,
+/// directory sync).
+pub(super) fn write_format(fs: &dyn StoreFs, dir: &Path) -> Result<(), OpenError> {
+    let path = dir.join(FORMAT_FILE);
+    let tmp = dir.join("FORMAT.tmp");
+    fs.open(&tmp, OpenMode::CreateOrTruncate)
+        .and_then(|f| {
+            f.write_all_at(format!("{FORMAT_VERSION}\n").as_bytes(), 0)?;
+            f.sync_all()
+        })
+        .map_err(io_err(&tmp))?;
+    fs.rename(&tmp, &path).map_err(io_err(&path))?;
+    fs.sync_dir(dir).map_err(io_err(dir))
+}
+
+/// The store's sync marker: the one its newest readable segment header holds; for a store
+/// without segments of the current format, a new random one.
+pub(super) fn store_sync(
+    fs: &dyn StoreFs,
+    dir: &Path,
+    ids: &[u32],
+) -> Result<[u8; SYNC_BYTES], OpenError> {
+    let mut guess = None;
+    for id in ids.iter().rev() {
+        let path = segment_path(dir, *id);
+        let file = fs.open(&path, OpenMode::Read).map_err(io_err(&path))?;
+        match read_sync(&*file).map_err(io_err(&path))? {
+            SyncFound::Verified(sync) => return Ok(sync),
+            SyncFound::Guess(sync) => guess = guess.or(Some(sync)),
+            SyncFound::None => {}
+        }
+    }
+    Ok(guess.unwrap_or_else(|| crate::rng::Rng::system().bytes()))
 }
 
 /// Segment ids in `dir`, ascending.

@@ -26,6 +26,7 @@
 //! | `meta` | `c` | checkpoint: segment ‖ offset |
 //! | `meta` | `m` ‖ mailbox id | slot ‖ count ‖ bytes ‖ latest ‖ latest segment |
 //! | `meta` | `s` ‖ segment | live items ‖ live frame bytes ‖ item records written |
+//! | `meta` | `x` ‖ segment ‖ offset | (empty): damage found there |
 
 use super::*;
 use fjall::{
@@ -54,12 +55,20 @@ const SEGMENT_VALUE: usize = 8 + 8 + 8;
 
 /// A failure of the index (fjall's error, as text for the log).
 #[derive(Debug, thiserror::Error)]
-#[error("store index: {0}")]
-pub struct IndexError(String);
+#[error("store index: {message}")]
+pub struct IndexError {
+    message: String,
+    /// The index is held by another open of it (a previous one of this process still
+    /// shutting down its background threads): try again, never rebuild.
+    pub(super) is_locked: bool,
+}
 
 impl From<fjall::Error> for IndexError {
     fn from(err: fjall::Error) -> Self {
-        IndexError(err.to_string())
+        IndexError {
+            is_locked: matches!(err, fjall::Error::Locked),
+            message: err.to_string(),
+        }
     }
 }
 
@@ -159,6 +168,14 @@ fn meta_key(id: &MailboxId) -> [u8; 33] {
     key
 }
 
+fn damage_key(segment: u32, offset: u64) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[0] = b'x';
+    key[1..5].copy_from_slice(&segment.to_be_bytes());
+    key[5..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
 fn segment_key(id: u32) -> [u8; 5] {
     let mut key = [0u8; 5];
     key[0] = b's';
@@ -226,6 +243,9 @@ pub(super) struct Index {
     dirty_segments: BTreeSet<u32>,
     pub(super) slots: HashMap<MailboxId, u32>,
     pub(super) mailboxes: Vec<Mailbox>,
+    /// Damaged records and ranges found so far, by (segment, offset): kept (also after their
+    /// segment is deleted), so a restart still reports them.
+    pub(super) damage: BTreeSet<(u32, u64)>,
     pub(super) segments: BTreeMap<u32, Segment>,
     /// Non-empty mailboxes, items and ciphertext bytes.
     pub(super) mailboxes_used: u64,
@@ -264,6 +284,7 @@ impl Index {
             dirty_segments: BTreeSet::new(),
             slots: HashMap::new(),
             mailboxes: Vec::new(),
+            damage: BTreeSet::new(),
             segments: BTreeMap::new(),
             mailboxes_used: 0,
             items: 0,
@@ -308,6 +329,11 @@ impl Index {
                             latest_segment: le_u32(&value[28..32]),
                         },
                     ));
+                }
+                Some(b'x') if key.len() == 13 => {
+                    index
+                        .damage
+                        .insert((be_u32(&key[1..5]), be_u64(&key[5..13])));
                 }
                 Some(b's') if key.len() == 5 && value.len() == SEGMENT_VALUE => {
                     segments.insert(
@@ -373,6 +399,7 @@ impl Index {
         self.meta_ks.insert(b"v", INDEX_VERSION)?;
         self.slots.clear();
         self.mailboxes.clear();
+        self.damage.clear();
         for segment in self.segments.values_mut() {
             segment.counts = SegmentCounts::default();
         }
@@ -669,10 +696,22 @@ impl Index {
         self.dirty_segments.insert(id);
     }
 
-    /// Forget segment `id` (deleted): its counts go with the next [`Index::apply`].
+    /// Forget segment `id` (deleted): its counts go with the next [`Index::apply`]. Damage
+    /// found in it stays on record (segment ids are never reused).
     pub(super) fn remove_segment(&mut self, id: u32) {
         self.segments.remove(&id);
         self.dirty_segments.insert(id);
+    }
+
+    /// Remember damage at `offset` of `segment` (with the next [`Index::apply`]); answers
+    /// whether it is new.
+    pub(super) fn note_damage(&mut self, segment: u32, offset: u64) -> bool {
+        let is_new = self.damage.insert((segment, offset));
+        if is_new {
+            self.batch
+                .insert(&self.meta_ks, damage_key(segment, offset), []);
+        }
+        is_new
     }
 
     /// Make everything applied durable.
