@@ -56,6 +56,9 @@ enum Command {
         /// `--quick`).
         #[arg(long, value_name = "N")]
         items: Option<u64>,
+        /// Candidates to measure, comma-separated (ratios need `log` among them).
+        #[arg(long, value_delimiter = ',', default_values = ["log", "fjall", "redb"])]
+        engines: Vec<Engine>,
     },
     /// One engine's phase of `store`, run by `store` itself in a child process.
     #[command(hide = true)]
@@ -160,13 +163,13 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         results.extend(batch);
     };
-    if let Command::Store { items } = cli.command {
+    if let Command::Store { items, engines } = &cli.command {
         let mut sizes = if quick { Sizes::quick() } else { Sizes::full() };
         if let Some(items) = items {
-            sizes.items = items;
+            sizes.items = *items;
         }
         emit(
-            store_bench::run(&std::env::current_exe()?, sizes).await?,
+            store_bench::run(&std::env::current_exe()?, sizes, engines).await?,
             &mut results,
         );
         if let Some(path) = &cli.compare {
@@ -223,7 +226,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     if cli.command == Command::All {
         emit(
-            store_bench::run(&std::env::current_exe()?, Sizes::quick()).await?,
+            store_bench::run(&std::env::current_exe()?, Sizes::quick(), &Engine::ALL).await?,
             &mut results,
         );
     }

@@ -544,15 +544,15 @@ async fn run_child(
         .collect()
 }
 
-/// Measure every engine, each phase in a fresh child process of `exe`; figures carry the
-/// engine and sizes as params and, for fjall and redb, the ratio to the log's.
-pub async fn run(exe: &Path, sizes: Sizes) -> anyhow::Result<Vec<BenchResult>> {
+/// Measure `engines` in order, each phase in a fresh child process of `exe`; figures carry
+/// the engine and sizes as params and, when the log was measured first, the ratio to its.
+pub async fn run(exe: &Path, sizes: Sizes, engines: &[Engine]) -> anyhow::Result<Vec<BenchResult>> {
     let scratch = tempfile::Builder::new()
         .prefix("zerok-bench-store-")
         .tempdir()?;
     let mut results: Vec<BenchResult> = Vec::new();
     let mut log: Vec<BenchResult> = Vec::new();
-    for engine in Engine::ALL {
+    for &engine in engines {
         let dir: PathBuf = scratch.path().join(engine.name());
         let push_dir = dir.join("push");
         let data_dir = dir.join("data");
