@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use zerok_harness::bench::BenchResult;
 use zerok_harness::bench::baseline::Baseline;
+use zerok_harness::bench::engines::bench::{self as store_bench, Engine, Phase, Sizes};
 use zerok_harness::bench::relay_benches::{self, Bench};
 
 #[derive(Parser)]
@@ -27,9 +28,6 @@ struct Cli {
     /// Compare ratios with a saved run (JSON lines); exit 1 when one is >10% worse.
     #[arg(long, global = true, value_name = "FILE")]
     compare: Option<PathBuf>,
-    /// Items stored before `stored` starts the relay (default 1,000,000; 20,000 with --quick).
-    #[arg(long, global = true, value_name = "N")]
-    items: Option<u64>,
     /// Largest connection count tried by `connections`.
     #[arg(long, global = true, default_value_t = 10_000)]
     max_connections: usize,
@@ -37,7 +35,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Clone, PartialEq)]
 enum Command {
     /// The machine's limits: raw iroh RTT and throughput, fsync, batched appends, AEAD.
     Baseline,
@@ -52,8 +50,39 @@ enum Command {
     /// Three relays, one killed during a push stream.
     Failover,
     /// A relay with N items stored: start → ready, memory, pushes, catch-up, restart.
-    Stored,
-    /// Everything.
+    Stored {
+        /// Items stored before the relay starts (default 1,000,000; 20,000 with `--quick`).
+        #[arg(long, value_name = "N")]
+        items: Option<u64>,
+    },
+    /// Store engines (segment log, fjall, redb): pushes/s, catch-up, RSS and disk per item,
+    /// open time; each in fresh child processes.
+    Store {
+        /// Items stored for the RSS, disk and open figures (default 1,000,000; 20,000 with
+        /// `--quick`).
+        #[arg(long, value_name = "N")]
+        items: Option<u64>,
+        /// Candidates to measure, comma-separated (ratios need `log` among them).
+        #[arg(long, value_delimiter = ',', default_values = ["log", "fjall", "redb"])]
+        engines: Vec<Engine>,
+    },
+    /// One engine's phase of `store`, run by `store` itself in a child process.
+    #[command(hide = true)]
+    StoreChild {
+        #[arg(long)]
+        engine: Engine,
+        #[arg(long)]
+        phase: Phase,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        items: u64,
+        #[arg(long)]
+        catchup_items: u64,
+        #[arg(long)]
+        push_seconds: f64,
+    },
+    /// Everything (`store` at its `--quick` sizes).
     All,
 }
 
@@ -114,6 +143,23 @@ fn print(result: &BenchResult, json: bool) {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    if let Command::StoreChild {
+        engine,
+        phase,
+        dir,
+        items,
+        catchup_items,
+        push_seconds,
+    } = &cli.command
+    {
+        let sizes = Sizes {
+            items: *items,
+            catchup_items: *catchup_items,
+            push_seconds: *push_seconds,
+        };
+        store_bench::child(*engine, *phase, dir, sizes).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let scratch = tempfile::tempdir()?;
     let quick = cli.quick;
     let mut results: Vec<BenchResult> = Vec::new();
@@ -123,6 +169,20 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         results.extend(batch);
     };
+    if let Command::Store { items, engines } = &cli.command {
+        let mut sizes = if quick { Sizes::quick() } else { Sizes::full() };
+        if let Some(items) = items {
+            sizes.items = *items;
+        }
+        emit(
+            store_bench::run(&std::env::current_exe()?, sizes, engines).await?,
+            &mut results,
+        );
+        if let Some(path) = &cli.compare {
+            return compare(path, &results);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let base = Baseline::measure(scratch.path(), quick).await?;
     emit(base.results(), &mut results);
     let wants = |c: Command| cli.command == c || cli.command == Command::All;
@@ -169,13 +229,24 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         if wants(Command::Failover) {
             emit(relay_benches::failover(&bench).await?, &mut results);
         }
-        if wants(Command::Stored) {
-            let items = cli.items.unwrap_or(if quick { 20_000 } else { 1_000_000 });
+        let stored_items = match &cli.command {
+            Command::Stored { items } => Some(*items),
+            Command::All => Some(None),
+            _ => None,
+        };
+        if let Some(items) = stored_items {
+            let items = items.unwrap_or(if quick { 20_000 } else { 1_000_000 });
             emit(
                 zerok_harness::bench::stored::stored(&bench, &base, items).await?,
                 &mut results,
             );
         }
+    }
+    if cli.command == Command::All {
+        emit(
+            store_bench::run(&std::env::current_exe()?, Sizes::quick(), &Engine::ALL).await?,
+            &mut results,
+        );
     }
     if let Some(path) = &cli.compare {
         return compare(path, &results);
