@@ -207,3 +207,35 @@ fn expiry_and_segment_release_survive_a_reopen_of_the_index() {
     }
     assert_eq!(commit(&store, &[request(mailbox(2), 9_999, 10)]), vec![31]);
 }
+
+#[test]
+fn an_index_naming_a_batch_the_disk_never_got_is_rebuilt() {
+    // A commit indexes its batch while the disk syncs it: a crash in between can leave an
+    // index whose checkpoint names a batch that is not on disk. Opening must notice.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), StoreOptions::new(1 << 20)).unwrap();
+    fill(&store, 0, 5);
+    let before = answers(&store, &MAILBOXES);
+    let synced_len = store.stats().disk_bytes;
+    fill(&store, 5, 1);
+    drop(store);
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    // The last commit (and the closed marker after it) never reached the disk.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(synced_len).unwrap();
+    file.set_len(len).unwrap();
+    drop(file);
+
+    let store = Store::open_with(dir.path(), StoreOptions::new(1 << 20)).unwrap();
+    assert!(store.open_report().is_rebuilt, "{:?}", store.open_report());
+    assert_eq!(answers(&store, &MAILBOXES), before);
+    assert_eq!(store.stats().items, 15);
+}

@@ -139,6 +139,43 @@ pub enum OpenError {
     },
 }
 
+/// Whether the batch the checkpoint ends with is on disk whole (a commit indexes its batch
+/// while the disk syncs it, so after a crash the index may name a batch the disk never got).
+fn last_batch_is_whole(
+    checkpoint: (u32, u64, u64),
+    sync: &[u8; SYNC_BYTES],
+    fs: &dyn StoreFs,
+    dir: &Path,
+) -> bool {
+    let (segment, start, end) = checkpoint;
+    if start >= end {
+        return true;
+    }
+    let Ok(file) = fs.open(&segment_path(dir, segment), OpenMode::Read) else {
+        return false;
+    };
+    let mut data = vec![0u8; (end - start) as usize];
+    if file.read_exact_at(&mut data, start).is_err() {
+        return false;
+    }
+    let Some((count, total)) = core::parse_batch_fixed(&data, sync) else {
+        return false;
+    };
+    let header_len = core::batch_header_len(count);
+    if header_len as u64 + total != end - start {
+        return false;
+    }
+    let Some(lens) = core::parse_batch_header(&data[..header_len], sync) else {
+        return false;
+    };
+    let mut at = header_len;
+    lens.iter().all(|len| {
+        let frame = &data[at..at + *len as usize];
+        at += *len as usize;
+        core::decode_frame(frame).is_some()
+    })
+}
+
 /// Tries to open an index still held by an earlier open of this process, and the wait
 /// between them: 50 × 20 ms, a second for its background threads to let go.
 const INDEX_LOCK_RETRIES: usize = 50;
@@ -195,16 +232,18 @@ fn open_index(dir: &Path) -> Result<(Index, Saved), OpenError> {
 fn index_agrees(
     saved: &Saved,
     ids: &[u32],
-    checkpoint: (u32, u64),
+    checkpoint: (u32, u64, u64),
+    sync: &[u8; SYNC_BYTES],
     fs: &dyn StoreFs,
     dir: &Path,
 ) -> bool {
-    let (segment, offset) = checkpoint;
+    let (segment, _, end) = checkpoint;
     let has_checkpoint_segment = ids.contains(&segment)
         && fs
             .file_len(&segment_path(dir, segment))
-            .is_ok_and(|len| len >= offset);
+            .is_ok_and(|len| len >= end);
     has_checkpoint_segment
+        && last_batch_is_whole(checkpoint, sync, fs, dir)
         && ids
             .iter()
             .filter(|id| **id < segment)
@@ -419,7 +458,7 @@ impl Store {
         // on disk; otherwise rebuild it from every segment.
         let replay_from = saved
             .checkpoint
-            .filter(|checkpoint| index_agrees(&saved, &ids, *checkpoint, &*fs, dir));
+            .filter(|checkpoint| index_agrees(&saved, &ids, *checkpoint, &sync, &*fs, dir));
         if replay_from.is_none() {
             if saved.checkpoint.is_some() {
                 warn!("the store index does not match the segments; rebuilding it");
@@ -432,7 +471,7 @@ impl Store {
                 index.remove_segment(*id);
             }
         }
-        let (start_segment, start_offset) = replay_from.unwrap_or((0, 0));
+        let (start_segment, _, start_offset) = replay_from.unwrap_or((0, 0, 0));
         let mut active = None;
         let mut replayed_bytes = 0u64;
         let mut damaged_records = 0u64;
@@ -551,7 +590,7 @@ impl Store {
             if let Some(seg) = index.segments.get_mut(id) {
                 seg.size = len;
             }
-            index.apply(Some((*id, len))).map_err(index_failed)?;
+            index.apply(Some((*id, len, len))).map_err(index_failed)?;
         }
         let (file, id, len) = match active {
             Some(active) if !needs_new_segment => active,
@@ -562,7 +601,9 @@ impl Store {
                         .map_err(io_err(dir))?;
                 let header = SEGMENT_HEADER as u64;
                 index.add_segment(id, Segment::new(reader, header, SegmentCounts::default()));
-                index.apply(Some((id, header))).map_err(index_failed)?;
+                index
+                    .apply(Some((id, header, header)))
+                    .map_err(index_failed)?;
                 (file, id, header)
             }
         };
@@ -822,22 +863,66 @@ impl Store {
             placed.push((offset, len, item));
         }
         core::seal_batch_header(&mut buf, &self.sync, &frame_lens);
-        self.append(&mut writer, &buf, faults)
-            .inspect_err(|err| self.note_failure(&mut writer, err))?;
+        // The index takes the batch while the disk syncs it, so a commit costs the longer of
+        // the two, not their sum. Readers are held out by the index lock until both are done,
+        // so nobody sees an item before it is durable; a failed sync takes the items out of
+        // the index again. (After a crash in between, the index may name a batch that never
+        // reached the disk: opening checks the checkpoint's batch and rebuilds if so.)
+        let (id, start) = (writer.id, writer.len);
+        let end = start + buf.len() as u64;
         let mut index = write(&self.index);
-        let indexed = placed
-            .iter()
-            .try_for_each(|(offset, len, item)| {
-                index.insert_item(writer.id, *offset, *len, item, false)
-            })
-            .and_then(|()| {
-                index.count_records(writer.id, placed.len() as u64);
-                if let Some(seg) = index.segments.get_mut(&writer.id) {
-                    seg.size = writer.len;
-                }
-                index.apply(Some((writer.id, writer.len)))
-            });
+        // What the mailboxes were, to put back if the sync fails (a batch cut back off the
+        // log leaves its cursors free again, as if it had never been written).
+        let mut before: Vec<(MailboxId, MailboxMeta, u32)> = Vec::new();
+        for (_, _, item) in &placed {
+            if !before.iter().any(|(m, _, _)| *m == item.mailbox) {
+                let (meta, latest_segment) = index
+                    .mailbox(&item.mailbox)
+                    .map_or((MailboxMeta::default(), id), |m| (m.meta, m.latest_segment));
+                before.push((item.mailbox, meta, latest_segment));
+            }
+        }
+        let (appended, indexed) = self.append_while(&mut writer, &buf, faults, || {
+            placed
+                .iter()
+                .try_for_each(|(offset, len, item)| {
+                    index.insert_item(id, *offset, *len, item, false)
+                })
+                .and_then(|()| {
+                    index.count_records(id, placed.len() as u64);
+                    if let Some(seg) = index.segments.get_mut(&id) {
+                        seg.size = end;
+                    }
+                    index.apply(Some((id, start, end)))
+                })
+        });
+        if let Err(err) = appended {
+            let undone = placed
+                .iter()
+                .try_for_each(
+                    |(_, _, item)| match index.slots.get(&item.mailbox).copied() {
+                        Some(slot) => index.remove_item(slot, item.cursor).map(|_| ()),
+                        None => Ok(()),
+                    },
+                )
+                .and_then(|()| {
+                    for (mailbox, meta, latest_segment) in &before {
+                        index.restore_mailbox(mailbox, *meta, *latest_segment);
+                    }
+                    if let Some(seg) = index.segments.get_mut(&id) {
+                        seg.size = start;
+                    }
+                    index.apply(Some((id, start, start)))
+                });
+            drop(index);
+            if let Err(undo) = undone {
+                self.index_failed(&mut writer, &undo);
+            }
+            self.note_failure(&mut writer, &err);
+            return Err(err);
+        }
         if let Err(err) = indexed {
+            drop(index);
             return Err(self.index_failed(&mut writer, &err));
         }
         Ok(plan)
@@ -904,7 +989,7 @@ impl Store {
         let mut index = write(&self.index);
         index.add_segment(id, Segment::new(reader, header, SegmentCounts::default()));
         if let Err(err) = index
-            .apply(Some((id, header)))
+            .apply(Some((id, header, header)))
             .and_then(|()| index.persist())
         {
             return Err(self.index_failed(writer, &err));
@@ -1057,7 +1142,7 @@ impl Store {
         {
             let mut index = write(&self.index);
             let applied = index
-                .apply(Some((writer.id, writer.len)))
+                .apply(Some((writer.id, writer.len, writer.len)))
                 .and_then(|()| index.persist());
             drop(index);
             if let Err(err) = applied {
@@ -1250,7 +1335,8 @@ impl Store {
             if let Some(seg) = index.segments.get_mut(&writer.id) {
                 seg.size = writer.len;
             }
-            let applied = indexed.and_then(|()| index.apply(Some((writer.id, writer.len))));
+            let applied =
+                indexed.and_then(|()| index.apply(Some((writer.id, writer.len, writer.len))));
             drop(index);
             if let Err(err) = applied {
                 return Err(self.index_failed(writer, &err));
@@ -1477,19 +1563,49 @@ impl Store {
         buf: &[u8],
         faults: &FaultPlan,
     ) -> Result<(), StoreError> {
+        self.append_while(writer, buf, faults, || ()).0
+    }
+
+    /// [`Store::append`], running `during` on this thread while another one waits for the
+    /// `fdatasync` (`during` runs whether or not the write succeeded; it answers its own
+    /// result beside the append's).
+    fn append_while<R>(
+        &self,
+        writer: &mut Writer,
+        buf: &[u8],
+        faults: &FaultPlan,
+        during: impl FnOnce() -> R,
+    ) -> (Result<(), StoreError>, R) {
         let retry = self.budget.full_retry_after_ms;
-        let result = injected_disk_full(faults)
+        let written = injected_disk_full(faults)
             .and_then(|()| writer.file.write_all_at(buf, writer.len))
-            .map_err(|err| io_failure("write", &err, retry))
-            .and_then(|()| {
+            .map_err(|err| io_failure("write", &err, retry));
+        let file = &writer.file;
+        let (result, during) = std::thread::scope(|scope| {
+            let synced = written.and_then(|()| {
                 if faults.should_fail(FaultPoint::BeforeFlush) {
                     return Err(StoreError::Unavailable("flush failed (injected)".into()));
                 }
-                writer
-                    .file
-                    .sync_data()
+                Ok(scope.spawn(move || file.sync_data()))
+            });
+            let during = during();
+            let result = synced.and_then(|sync| {
+                sync.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("fdatasync thread panicked")))
                     .map_err(|err| io_failure("fdatasync", &err, retry))
             });
+            (result, during)
+        });
+        (self.finish_append(writer, buf, result), during)
+    }
+
+    /// Account a successful append, or cut a failed one back off.
+    fn finish_append(
+        &self,
+        writer: &mut Writer,
+        buf: &[u8],
+        result: Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         match result {
             Ok(()) => {
                 writer.is_closed = false;

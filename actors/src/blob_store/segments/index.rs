@@ -21,9 +21,10 @@
 //! |---|---|---|
 //! | `items` | slot ‖ cursor | segment ‖ offset ‖ frame len ‖ stored_at_ms ‖ expires_at_ms ‖ blob id |
 //! | `blobs` | slot ‖ blob id | cursor |
-//! | `expiry` | expires_at_ms ‖ slot ‖ cursor | (empty) |
+//! | `expiry` | expires_at_ms ‖ group number | (slot ‖ cursor) of each item of one apply with that expiry |
 //! | `meta` | `v` | index format |
-//! | `meta` | `c` | checkpoint: segment ‖ offset |
+//! | `meta` | `c` | checkpoint: segment ‖ end ‖ start of the last batch |
+//! | `meta` | `q` | the next expiry group number |
 //! | `meta` | `m` ‖ mailbox id | slot ‖ count ‖ bytes ‖ latest ‖ latest segment |
 //! | `meta` | `s` ‖ segment | live items ‖ live frame bytes ‖ item records written |
 //! | `meta` | `x` ‖ segment ‖ offset | (empty): damage found there |
@@ -37,7 +38,7 @@ use std::collections::BTreeSet;
 /// The index's directory inside the store's directory.
 pub const INDEX_DIR: &str = "index";
 /// The index's format, kept under `v`: another value means "rebuild".
-const INDEX_VERSION: &[u8] = b"zerok-index-1";
+const INDEX_VERSION: &[u8] = b"zerok-index-3";
 /// Each keyspace's write buffer (memtable): bounds the index's memory beside the block cache.
 const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// fjall's block cache: what the index keeps of its files in memory.
@@ -153,12 +154,28 @@ fn blob_key(slot: u32, blob_id: &BlobId) -> [u8; 36] {
     key
 }
 
-fn expiry_key(expires_at_ms: u64, slot: u32, cursor: u64) -> [u8; 20] {
-    let mut key = [0u8; 20];
+fn expiry_key(expires_at_ms: u64, group: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
     key[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
-    key[8..12].copy_from_slice(&slot.to_be_bytes());
-    key[12..].copy_from_slice(&cursor.to_be_bytes());
+    key[8..].copy_from_slice(&group.to_be_bytes());
     key
+}
+
+/// An expiry group's members: (slot, cursor) each.
+fn encode_members(members: &[(u32, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(members.len() * 12);
+    for (slot, cursor) in members {
+        out.extend_from_slice(&slot.to_le_bytes());
+        out.extend_from_slice(&cursor.to_le_bytes());
+    }
+    out
+}
+
+fn decode_members(value: &[u8]) -> Vec<(u32, u64)> {
+    value
+        .chunks_exact(12)
+        .map(|c| (le_u32(&c[0..4]), le_u64(&c[4..12])))
+        .collect()
 }
 
 fn meta_key(id: &MailboxId) -> [u8; 33] {
@@ -224,8 +241,9 @@ impl Segment {
 
 /// What the index held when it was opened.
 pub(super) struct Saved {
-    /// The end of the log it covers; `None`: a new or cleared index.
-    pub(super) checkpoint: Option<(u32, u64)>,
+    /// The end of the log it covers (segment, start of its last batch, end); `None`: a new
+    /// or cleared index.
+    pub(super) checkpoint: Option<(u32, u64, u64)>,
     /// The counts of every segment it knows.
     pub(super) segments: BTreeMap<u32, SegmentCounts>,
 }
@@ -239,6 +257,10 @@ pub(super) struct Index {
     /// Changes not yet applied to fjall; `pending` shows what they did to items (`None`: removed).
     batch: WriteBatch,
     pending: HashMap<(u32, u64), Option<Loc>>,
+    /// Items indexed since the last apply, by expiry: one expiry entry per expiry time per
+    /// apply (a commit's items mostly share one), not one per item.
+    pending_expiry: BTreeMap<u64, Vec<(u32, u64)>>,
+    next_group: u64,
     dirty_mailboxes: BTreeSet<u32>,
     dirty_segments: BTreeSet<u32>,
     pub(super) slots: HashMap<MailboxId, u32>,
@@ -280,6 +302,8 @@ impl Index {
             meta_ks,
             batch,
             pending: HashMap::new(),
+            pending_expiry: BTreeMap::new(),
+            next_group: 0,
             dirty_mailboxes: BTreeSet::new(),
             dirty_segments: BTreeSet::new(),
             slots: HashMap::new(),
@@ -304,11 +328,16 @@ impl Index {
                 },
             ));
         }
+        index.next_group = index
+            .meta_ks
+            .get(b"q")?
+            .filter(|v| v.len() == 8)
+            .map_or(0, |v| le_u64(&v));
         let checkpoint = index
             .meta_ks
             .get(b"c")?
-            .filter(|v| v.len() == 12)
-            .map(|v| (le_u32(&v[0..4]), le_u64(&v[4..12])));
+            .filter(|v| v.len() == 20)
+            .map(|v| (le_u32(&v[0..4]), le_u64(&v[12..20]), le_u64(&v[4..12])));
         let mut segments = BTreeMap::new();
         let mut metas: Vec<(u32, Mailbox)> = Vec::new();
         for guard in index.meta_ks.iter() {
@@ -386,6 +415,8 @@ impl Index {
     pub(super) fn clear(&mut self) -> Result<(), IndexError> {
         self.batch = self.db.batch();
         self.pending.clear();
+        self.pending_expiry.clear();
+        self.next_group = 0;
         self.dirty_mailboxes.clear();
         self.dirty_segments.clear();
         for keyspace in [
@@ -500,12 +531,14 @@ impl Index {
             blob_key(slot, &item.blob_id),
             item.cursor.to_le_bytes(),
         );
-        self.batch.insert(
-            &self.expiry_ks,
-            expiry_key(item.expires_at_ms, slot, item.cursor),
-            [],
-        );
-        self.pending.insert((slot, item.cursor), Some(loc));
+        self.pending_expiry
+            .entry(item.expires_at_ms)
+            .or_default()
+            .push((slot, item.cursor));
+        if may_exist {
+            // Only an item that may exist is looked up before the next apply.
+            self.pending.insert((slot, item.cursor), Some(loc));
+        }
         let mailbox = &mut self.mailboxes[slot as usize];
         if mailbox.meta.count == 0 {
             self.mailboxes_used += 1;
@@ -535,6 +568,28 @@ impl Index {
         }
     }
 
+    /// Put a mailbox's meta back as it was before a batch that never became durable.
+    pub(super) fn restore_mailbox(
+        &mut self,
+        id: &MailboxId,
+        meta: MailboxMeta,
+        latest_segment: u32,
+    ) {
+        let Some(slot) = self.slots.get(id).copied() else {
+            return;
+        };
+        let mailbox = &mut self.mailboxes[slot as usize];
+        let was_used = mailbox.meta.count > 0;
+        mailbox.meta = meta;
+        mailbox.latest_segment = latest_segment;
+        match (was_used, meta.count > 0) {
+            (true, false) => self.mailboxes_used = self.mailboxes_used.saturating_sub(1),
+            (false, true) => self.mailboxes_used += 1,
+            _ => {}
+        }
+        self.dirty_mailboxes.insert(slot);
+    }
+
     pub(super) fn mark(&mut self, segment: u32, id: &MailboxId, latest: u64) {
         let slot = self.slot(id, segment);
         let mailbox = &mut self.mailboxes[slot as usize];
@@ -553,9 +608,8 @@ impl Index {
         let Some(mailbox) = self.mailboxes.get_mut(slot as usize) else {
             return Ok(false);
         };
+        // Its expiry group keeps naming it; eviction passes names that are gone.
         self.batch.remove(&self.items_ks, item_key(slot, cursor));
-        self.batch
-            .remove(&self.expiry_ks, expiry_key(loc.expires_at_ms, slot, cursor));
         // The blob entry names this cursor unless a later push of the same ciphertext (after
         // this one expired) took it over.
         let blob = blob_key(slot, &loc.blob_id);
@@ -584,42 +638,60 @@ impl Index {
         Ok(true)
     }
 
-    /// Evict up to `budget` items due at `now_ms`; answers (evicted, more due). The changes
-    /// are applied by the next [`Index::apply`].
+    /// Evict up to `budget` items due at `now_ms` (looking at no more than `budget` names of
+    /// the expiry groups); answers (evicted, more due). The changes are applied by the next
+    /// [`Index::apply`].
     pub(super) fn evict_expired(
         &mut self,
         now_ms: u64,
         budget: u64,
     ) -> Result<(u64, bool), IndexError> {
-        let upto = expiry_key(now_ms, u32::MAX, u64::MAX);
-        let mut due = Vec::new();
-        let mut more = false;
+        let upto = expiry_key(now_ms, u64::MAX);
+        let mut groups = Vec::new();
+        let mut names = 0u64;
         for guard in self.expiry_ks.range(..=upto) {
-            let key = guard.key()?;
-            if key.len() != 20 {
-                continue;
+            let (key, value) = guard.into_inner()?;
+            if names >= budget {
+                break;
             }
-            if due.len() as u64 >= budget {
+            let members = decode_members(&value);
+            names += members.len() as u64;
+            let expires_at_ms = be_u64(&key[..8]);
+            groups.push((key, expires_at_ms, members));
+        }
+        let mut evicted = 0;
+        let mut looked = 0u64;
+        let mut more = false;
+        for (key, expires_at_ms, members) in groups {
+            let mut left = members.as_slice();
+            while let Some(((slot, cursor), rest)) = left.split_first() {
+                if looked >= budget {
+                    break;
+                }
+                looked += 1;
+                left = rest;
+                let is_this = self
+                    .loc(*slot, *cursor)?
+                    .is_some_and(|loc| loc.expires_at_ms == expires_at_ms);
+                if is_this && self.remove_item(*slot, *cursor)? {
+                    evicted += 1;
+                }
+            }
+            if left.is_empty() {
+                self.batch.remove(&self.expiry_ks, key);
+            } else {
+                self.batch
+                    .insert(&self.expiry_ks, key, encode_members(left));
                 more = true;
                 break;
             }
-            due.push((
-                be_u64(&key[0..8]),
-                be_u32(&key[8..12]),
-                be_u64(&key[12..20]),
-            ));
         }
-        let mut evicted = 0;
-        for (expires_at_ms, slot, cursor) in due {
-            let is_this = self
-                .loc(slot, cursor)?
-                .is_some_and(|loc| loc.expires_at_ms == expires_at_ms);
-            if is_this && self.remove_item(slot, cursor)? {
-                evicted += 1;
-            } else {
-                self.batch
-                    .remove(&self.expiry_ks, expiry_key(expires_at_ms, slot, cursor));
-            }
+        if !more {
+            more = self
+                .expiry_ks
+                .range(..=upto)
+                .next()
+                .is_some_and(|_| looked >= budget);
         }
         Ok((evicted, more))
     }
@@ -650,9 +722,11 @@ impl Index {
         Ok(())
     }
 
-    /// Apply the changes made since the last call atomically, with the checkpoint `upto` (the
-    /// end of the log they cover, all of it durable).
-    pub(super) fn apply(&mut self, upto: Option<(u32, u64)>) -> Result<(), IndexError> {
+    /// Apply the changes made since the last call atomically, with the checkpoint `upto`:
+    /// (segment, start of the last batch they cover, end of it). Everything before that batch
+    /// is durable; the batch itself may still be syncing (a commit indexes while it syncs),
+    /// which is why opening checks it.
+    pub(super) fn apply(&mut self, upto: Option<(u32, u64, u64)>) -> Result<(), IndexError> {
         let mut batch = std::mem::replace(&mut self.batch, self.db.batch());
         for slot in std::mem::take(&mut self.dirty_mailboxes) {
             let Some(mailbox) = self.mailboxes.get(slot as usize) else {
@@ -679,10 +753,22 @@ impl Index {
                 None => batch.remove(&self.meta_ks, key),
             }
         }
-        if let Some((segment, offset)) = upto {
-            let mut value = [0u8; 12];
+        if !self.pending_expiry.is_empty() {
+            for (expires_at_ms, members) in std::mem::take(&mut self.pending_expiry) {
+                batch.insert(
+                    &self.expiry_ks,
+                    expiry_key(expires_at_ms, self.next_group),
+                    encode_members(&members),
+                );
+                self.next_group += 1;
+            }
+            batch.insert(&self.meta_ks, b"q", self.next_group.to_le_bytes());
+        }
+        if let Some((segment, start, end)) = upto {
+            let mut value = [0u8; 20];
             value[0..4].copy_from_slice(&segment.to_le_bytes());
-            value[4..12].copy_from_slice(&offset.to_le_bytes());
+            value[4..12].copy_from_slice(&end.to_le_bytes());
+            value[12..20].copy_from_slice(&start.to_le_bytes());
             batch.insert(&self.meta_ks, b"c", value);
         }
         self.pending.clear();
