@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! RelayRoot ─────────────────────────── escalates: a dead top-level child stops the node
-//! ├── Infra ─────────────────────────── one-for-one, backoff; owns the sled Db
+//! ├── Infra ─────────────────────────── one-for-one, backoff; owns the Store (log + index)
 //! │   ├── BlobStore                      group commit, one flush per batch
 //! │   └── CleanupSweeper                 evicts expired items in bounded slices
 //! ├── RoutersSupervisor ─────────────── one-for-one, backoff; keeps subscriber tables
