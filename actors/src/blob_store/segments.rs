@@ -774,7 +774,7 @@ impl Store {
             index_entries: index.index_entries(),
             free_disk_bytes,
             is_full: self.is_full(),
-            damaged_records: self.damaged_records(),
+            damaged_records: index.damage.len() as u64,
         }
     }
 
