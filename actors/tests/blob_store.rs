@@ -40,6 +40,8 @@ struct Store {
     store: Arc<LogStore>,
     _dir: tempfile::TempDir,
     metrics: RelayMetrics,
+    /// Ends once the actor stopped and dropped its state.
+    ended: ractor::concurrency::JoinHandle<()>,
 }
 
 async fn start_in(
@@ -61,7 +63,7 @@ async fn spawn_on(
     faults: FaultPlan,
 ) -> Store {
     let metrics = RelayMetrics::new();
-    let (actor, _) = Actor::spawn(
+    let (actor, ended) = Actor::spawn(
         None,
         BlobStoreActor,
         BlobStoreArgs {
@@ -79,6 +81,7 @@ async fn spawn_on(
         store,
         _dir: dir,
         metrics,
+        ended,
     }
 }
 
@@ -477,20 +480,24 @@ async fn acked_items_survive_a_reopen_and_cursors_continue() {
         .collect();
     append(&store.actor, requests).await;
     store.actor.stop(None);
-    let Store { store, _dir, .. } = store;
+    let Store {
+        store, _dir, ended, ..
+    } = store;
+    // Once the actor has ended, its state (and its clone of the store) is gone: ours is the
+    // last, and dropping it closes the store.
+    tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the store actor stops")
+        .unwrap();
+    assert_eq!(
+        Arc::strong_count(&store),
+        1,
+        "the stopped actor let go of the store"
+    );
     drop(store);
-    // Give the stopped actor's state (and its store clone) time to drop.
-    let mut reopened = None;
-    for _ in 0..100 {
-        match LogStore::open(&path, SEGMENT_BYTES_DEFAULT) {
-            Ok(store) => {
-                reopened = Some(Arc::new(store));
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let store = reopened.expect("the store reopens");
+    let store = Arc::new(
+        LogStore::open(&path, SEGMENT_BYTES_DEFAULT).expect("the closed store reopens at once"),
+    );
     let metrics = RelayMetrics::new();
     let (actor, _) = Actor::spawn(
         None,
@@ -669,13 +676,15 @@ async fn a_killed_store_is_restarted_and_no_acked_push_is_lost() {
             Err(err) => panic!("{err}"),
         }
     }
-    // Wait for the restart, then retry the refused ones.
-    let mut tries = 0;
-    while store.get().get_id() == old.get_id() {
-        tries += 1;
-        assert!(tries < 200, "store not restarted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Wait for Infra to restart the store (after its backoff; nothing announces the swap of
+    // the shared ref, so it is polled), then retry the refused ones.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while store.get().get_id() == old.get_id() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("Infra restarts the killed store within 10 s");
     for n in 10..20u64 {
         let cursor = push(&router, &payload(n)).await.unwrap();
         match acked.get(&cursor) {

@@ -136,7 +136,9 @@ async fn a_client_killed_mid_push_loses_nothing_acked_and_delivers_nothing_twice
     for n in 0..16u64 {
         let text = format!("record {n}");
         if n % 2 == 1 {
-            // SIGKILL at a different point of the push each time.
+            // SIGKILL at a different point of the push each time. The sleep is not waiting
+            // for anything: it spreads the kill over the push's life (start, connect, send,
+            // ack), and the test holds for every outcome (`killed` or `acked`).
             let mut child = Command::new(env!("CARGO_BIN_EXE_zerok"))
                 .arg("--home")
                 .arg(&a)
@@ -197,20 +199,32 @@ async fn watch_prints_records_as_they_arrive() {
         .spawn()
         .unwrap();
     let stdout = watcher.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .take(2)
-            .map(|l| l.unwrap())
-            .collect::<Vec<_>>()
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
     });
-    // Give the watcher a moment to connect; records pushed before it is live arrive by catch-up.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let next_line = |what: &str| {
+        lines_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|err| panic!("watch printed no {what}: {err}"))
+    };
+    // The first record reaches the watcher once it is subscribed (live, or by the pull the
+    // relay's `Notify` after `Subscribed` asks for when it was stored before that).
     ok(&zerok(&a, &["push", "first"]));
+    let mut lines = vec![next_line("first record")];
+    // The watcher is live now: the next record arrives as a `Deliver`, not by a pull.
+    let pulls = relay_metric(&relay, "zerok_relay_pulls_total").await;
     ok(&zerok(&a, &["push", "second"]));
-    let lines = tokio::task::spawn_blocking(move || reader.join().unwrap())
-        .await
-        .unwrap();
+    lines.push(next_line("second record"));
+    assert_eq!(
+        relay_metric(&relay, "zerok_relay_pulls_total").await,
+        pulls,
+        "the second record was pulled, not delivered live"
+    );
     watcher.kill().unwrap();
     let _ = watcher.wait();
     let payloads: Vec<String> = lines

@@ -104,6 +104,33 @@ pub async fn drained(client: &Client, group: GroupId, within: Duration) -> bool 
     false
 }
 
+/// Poll `check` until it holds; fails the test naming `what` if it does not within `within`.
+/// For states nothing announces (a relay's counter, a channel's fill); events are awaited.
+pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the unlabelled metric `name` on the relay's `/metrics`.
+pub async fn relay_metric(relay: &RelayProcess, name: &str) -> f64 {
+    let http = relay.http.expect("the relay serves http");
+    let (status, text) = zerok_relay::http::client::http_get(http, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} on the relay"))
+}
+
 /// Alice (home `dir/alice`) creates a group on `relays`; Bob (`dir/bob`) joins it by invite.
 pub async fn pair(dir: &Path, relays: Vec<RelayAddr>) -> (Client, Client, GroupId) {
     let alice = client(dir, "alice").await;
