@@ -88,7 +88,10 @@ fn fill(data_dir: &Path, items: u64, mailbox: MailboxId, catchup: u64) -> anyhow
     Ok(clock.now_unix_ms().saturating_sub(started) as f64 / 1000.0)
 }
 
+/// Disk blocks allocated under `dir`, in bytes (presized segments and the index's journal
+/// are sparse: their length is not what they take).
 fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -96,7 +99,7 @@ fn dir_bytes(dir: &Path) -> u64 {
         .filter_map(Result::ok)
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
+            Ok(m) => m.blocks().saturating_mul(512),
             Err(_) => 0,
         })
         .sum()
