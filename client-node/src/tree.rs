@@ -35,26 +35,57 @@ pub struct RootArgs {
     pub coordinator_ref: Arc<Mutex<Option<ActorRef<CoordMsg>>>>,
 }
 
+/// How long the root waits for each child to stop when the client shuts down.
+const CHILD_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The root's children, stopped (and waited for) in order when the root stops, so that when
+/// `Client::shutdown` returns the local store is closed and its lock released: a client
+/// restarted at once on the same home dir opens it.
+pub struct RootState {
+    coordinator: ActorRef<CoordMsg>,
+    encryptor: ActorRef<EncryptorMsg>,
+}
+
 impl Actor for ClientRoot {
     type Msg = RootMsg;
-    type State = ();
+    type State = RootState;
     type Arguments = RootArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
         args: RootArgs,
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<RootState, ActorProcessingErr> {
         let (encryptor, _) =
             Actor::spawn_linked(None, EncryptorActor, args.encryptor, myself.get_cell()).await?;
         let (coordinator, _) = Actor::spawn_linked(
             None,
             CoordinatorActor,
-            (args.coordinator)(encryptor),
+            (args.coordinator)(encryptor.clone()),
             myself.get_cell(),
         )
         .await?;
-        *zerok_messages::sync::lock(&args.coordinator_ref) = Some(coordinator);
+        *zerok_messages::sync::lock(&args.coordinator_ref) = Some(coordinator.clone());
+        Ok(RootState {
+            coordinator,
+            encryptor,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        // The coordinator first (it owns the local store), then the Encryptor it uses.
+        let _ = state
+            .coordinator
+            .stop_and_wait(Some("shutdown".into()), Some(CHILD_STOP_TIMEOUT))
+            .await;
+        let _ = state
+            .encryptor
+            .stop_and_wait(Some("shutdown".into()), Some(CHILD_STOP_TIMEOUT))
+            .await;
         Ok(())
     }
 
@@ -62,7 +93,7 @@ impl Actor for ClientRoot {
         &self,
         myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
-        _state: &mut (),
+        _state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(_, err) => {

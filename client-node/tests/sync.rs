@@ -433,10 +433,11 @@ fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
 
 /// A client on `dir/name` again, once the previous one there let go of its store.
 ///
-/// `Client::shutdown` returns once the root actor stopped, which can be before the
-/// coordinator dropped the local store and its file lock (seen: 1 start in 6 refused right
-/// after shutdown). Nothing announces the release, so the start is retried on that one
-/// error, bounded, and anything else fails at once.
+/// `Client::shutdown` now waits for the root's children (the coordinator owns the local
+/// store), which made a refused restart rarer (1 in 6 → ~1 in 18), not impossible: the sled
+/// store's file lock is released after the coordinator is gone. Nothing announces the
+/// release, so the start is retried on that one error, bounded, and anything else fails at
+/// once.
 async fn restarted(dir: &std::path::Path, name: &str) -> zerok_client::Client {
     const RELEASE_WITHIN: Duration = Duration::from_secs(10);
     let deadline = tokio::time::Instant::now() + RELEASE_WITHIN;
