@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use zerok_actors::crypto::keys::{EpochKeys, GroupSecret};
 use zerok_actors::link::iroh::{IrohConfig, IrohNode};
 use zerok_actors::rng::Rng;
-use zerok_messages::{BlobId, Cursor, Epoch, Frame};
+use zerok_messages::{BlobId, Cursor, Epoch, Frame, MailboxId};
 
 /// Relay settings for benchmarks: limits raised so the machine, not a rate limit, is measured
 /// (every client of a benchmark is one source, 127.0.0.1, and 16 endpoints hold up to
@@ -134,6 +134,29 @@ pub fn record(n: u64, tag: u64) -> Bytes {
     body[8..16].copy_from_slice(&tag.to_be_bytes());
     Rng::seeded(n ^ (tag << 32)).fill(&mut body[16..64]);
     Bytes::from(body)
+}
+
+/// Pull every item of `mailbox` page by page with the relay's page limits, as a fresh device
+/// catching up; answers (items, ciphertext bytes).
+pub async fn pull_all(reader: &ProtoClient, mailbox: MailboxId) -> anyhow::Result<(u64, u64)> {
+    let mut after = Cursor(0);
+    let (mut count, mut bytes) = (0u64, 0u64);
+    loop {
+        let (items, next, has_more) = reader
+            .pull(
+                mailbox,
+                after,
+                reader.limits.pull_items_max,
+                reader.limits.pull_bytes_max,
+            )
+            .await?;
+        count += items.len() as u64;
+        bytes += items.iter().map(|i| i.ciphertext.len() as u64).sum::<u64>();
+        after = next;
+        if !has_more {
+            return Ok((count, bytes));
+        }
+    }
 }
 
 /// `push`: C clients pushing 1 KiB records, W in flight each.
@@ -446,25 +469,7 @@ pub async fn catchup(bench: &Bench, base: &Baseline) -> anyhow::Result<Vec<Bench
     let reader = bench.client(&relay).await?;
     reader.join(&keys).await?;
     let started = Instant::now();
-    let mut after = Cursor(0);
-    let mut count = 0u64;
-    let mut bytes = 0u64;
-    loop {
-        let (items, next, has_more) = reader
-            .pull(
-                mailbox,
-                after,
-                reader.limits.pull_items_max,
-                reader.limits.pull_bytes_max,
-            )
-            .await?;
-        count += items.len() as u64;
-        bytes += items.iter().map(|i| i.ciphertext.len() as u64).sum::<u64>();
-        after = next;
-        if !has_more {
-            break;
-        }
-    }
+    let (count, bytes) = pull_all(&reader, mailbox).await?;
     let seconds = started.elapsed().as_secs_f64();
     if count != records {
         return Err(anyhow!("pulled {count} of {records} records"));

@@ -5,7 +5,7 @@
 //! of one mailbox, and a second restart after all that.
 
 use super::baseline::Baseline;
-use super::relay_benches::{Bench, group, push_on, record};
+use super::relay_benches::{Bench, group, pull_all, push_on, record};
 use super::{BenchResult, Better};
 use anyhow::anyhow;
 use std::path::Path;
@@ -16,7 +16,7 @@ use zerok_actors::blob_store::core::StoreLimits;
 use zerok_actors::blob_store::segments::StoreOptions;
 use zerok_actors::fault::FaultPlan;
 use zerok_messages::relay::{AppendRequest, StoreOutcome};
-use zerok_messages::{BlobId, Cursor, MailboxId};
+use zerok_messages::{BlobId, MailboxId};
 
 /// Mailboxes the filler items are spread over.
 const FILLER_MAILBOXES: u64 = 1_000;
@@ -135,23 +135,7 @@ pub async fn stored(
     let reader = bench.client(&relay).await?;
     reader.join(&keys).await?;
     let pull_started = Instant::now();
-    let mut after = Cursor(0);
-    let mut count = 0u64;
-    loop {
-        let (page, next, has_more) = reader
-            .pull(
-                mailbox,
-                after,
-                reader.limits.pull_items_max,
-                reader.limits.pull_bytes_max,
-            )
-            .await?;
-        count += page.len() as u64;
-        after = next;
-        if !has_more {
-            break;
-        }
-    }
+    let (count, _) = pull_all(&reader, mailbox).await?;
     let pull_seconds = pull_started.elapsed().as_secs_f64();
     if count != catchup {
         return Err(anyhow!("pulled {count} of {catchup} records"));
