@@ -95,6 +95,40 @@ pub const ITEM_CHARGE_BYTES: u64 = RECORD_OVERHEAD_BYTES + INDEX_BYTES_PER_ITEM;
 /// mailboxes, ~50 MiB of memory.
 pub const MAILBOX_INDEX_ENTRIES: u64 = 64;
 
+/// The limits of one page of a read: at most `max_items` items (at least one), and no more
+/// than `max_bytes` of ciphertext unless a single item is larger (a page always holds one).
+#[derive(Debug, Clone, Copy)]
+pub struct PageFill {
+    max_items: usize,
+    max_bytes: u64,
+    items: usize,
+    bytes: u64,
+}
+
+impl PageFill {
+    /// An empty page with these limits.
+    pub fn new(max_items: u32, max_bytes: u32) -> Self {
+        Self {
+            max_items: max_items.max(1) as usize,
+            max_bytes: u64::from(max_bytes),
+            items: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Whether an item of `ciphertext_bytes` no longer fits.
+    pub fn is_full(&self, ciphertext_bytes: u64) -> bool {
+        self.items >= self.max_items
+            || (self.items > 0 && self.bytes + ciphertext_bytes > self.max_bytes)
+    }
+
+    /// Count an item of `ciphertext_bytes` into the page.
+    pub fn add(&mut self, ciphertext_bytes: u64) {
+        self.items += 1;
+        self.bytes += ciphertext_bytes;
+    }
+}
+
 /// What one item is charged: its ciphertext plus [`ITEM_CHARGE_BYTES`].
 pub fn charged_bytes(ciphertext_bytes: u64) -> u64 {
     ciphertext_bytes.saturating_add(ITEM_CHARGE_BYTES)

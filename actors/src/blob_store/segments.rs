@@ -1371,22 +1371,19 @@ impl Store {
         let mut wanted: Vec<(u64, Loc, Arc<dyn StoreFile>)> = Vec::new();
         {
             let index = read(&self.index);
-            let mut bytes = 0u64;
+            let mut fill = core::PageFill::new(max_items, max_bytes);
             index
                 .items_after(mailbox, after, |cursor, loc| {
                     if loc.expires_at_ms <= now_ms {
                         page.next = Cursor(cursor);
                         return true;
                     }
-                    let is_full = wanted.len() >= max_items.max(1) as usize
-                        || (!wanted.is_empty()
-                            && bytes + loc.ciphertext_len() > u64::from(max_bytes));
-                    if is_full {
+                    if fill.is_full(loc.ciphertext_len()) {
                         page.has_more = true;
                         return false;
                     }
                     if let Some(segment) = index.segments.get(&loc.segment) {
-                        bytes += loc.ciphertext_len();
+                        fill.add(loc.ciphertext_len());
                         page.next = Cursor(cursor);
                         wanted.push((cursor, loc, segment.file.clone()));
                     }

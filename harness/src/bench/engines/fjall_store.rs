@@ -198,7 +198,7 @@ impl ItemStore for FjallStore {
         }
         let from = item_key(mailbox, after + 1);
         let to = item_key(mailbox, u64::MAX);
-        let mut bytes = 0u64;
+        let mut fill = zerok_actors::blob_store::core::PageFill::new(max_items, max_bytes);
         for guard in self.items.range(from..=to) {
             let (key, value) = guard.into_inner().map_err(failed("read"))?;
             let cursor = item_key_cursor(&key).ok_or_else(|| undecodable("item key"))?;
@@ -208,13 +208,11 @@ impl ItemStore for FjallStore {
                 continue;
             }
             let len = item.ciphertext.len() as u64;
-            let is_full = page.items.len() >= max_items.max(1) as usize
-                || (!page.items.is_empty() && bytes + len > u64::from(max_bytes));
-            if is_full {
+            if fill.is_full(len) {
                 page.has_more = true;
                 break;
             }
-            bytes += len;
+            fill.add(len);
             page.next = Cursor(cursor);
             page.items.push(Item {
                 cursor: Cursor(cursor),
