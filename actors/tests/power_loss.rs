@@ -101,12 +101,18 @@ fn scenario(seed: u64) -> Vec<Op> {
         .collect()
 }
 
+/// Item changes the index holds before it writes them (the relay's is 65,536).
+const INDEX_FLUSH_ITEMS: usize = 7;
+
 /// The store's options on `fs`; its index (a fjall database, on the real file system) in
 /// `index_dir`.
 fn options(fs: &SimFs, index_dir: &Path) -> StoreOptions {
     StoreOptions {
         fs: fs.shared(),
         index_dir: Some(index_dir.to_path_buf()),
+        // The index writes every few items, so a cut finds it at a checkpoint inside a
+        // segment (as a busy relay's would be), not only at rolls.
+        index_flush_items: INDEX_FLUSH_ITEMS,
         ..StoreOptions::new(SEGMENT_BYTES)
     }
 }

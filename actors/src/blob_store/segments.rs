@@ -379,6 +379,10 @@ pub struct StoreOptions {
     /// fjall database on the real file system, whatever `fs` is: a store on a simulated file
     /// system gives it a real directory here.
     pub index_dir: Option<PathBuf>,
+    /// Item changes the index holds in memory before it writes them on its own (it also
+    /// writes at every segment roll, before a segment is deleted and at close): bounds its
+    /// memory and what a restart replays. Tests make it small to move the checkpoint often.
+    pub index_flush_items: usize,
 }
 
 impl StoreOptions {
@@ -390,6 +394,7 @@ impl StoreOptions {
             faults: FaultPlan::none(),
             fs: fs::os_fs(),
             index_dir: None,
+            index_flush_items: index::FLUSH_ITEMS,
         }
     }
 }
@@ -419,6 +424,7 @@ impl Store {
             faults,
             fs,
             index_dir,
+            index_flush_items,
         } = options;
         let segment_bytes = segment_bytes.max(4096);
         // Directories about to be made, outermost last.
@@ -454,6 +460,7 @@ impl Store {
         let sync = store_sync(&*fs, dir, &ids)?;
         let index_dir = index_dir.unwrap_or_else(|| dir.join(INDEX_DIR));
         let (mut index, saved) = open_index(&index_dir)?;
+        index.flush_items = index_flush_items.max(1);
         let index_failed = |err: IndexError| OpenError::Index {
             path: index_dir.display().to_string(),
             message: err.to_string(),
@@ -594,7 +601,11 @@ impl Store {
             if let Some(seg) = index.segments.get_mut(id) {
                 seg.size = len;
             }
-            index.apply(Some((*id, len, len))).map_err(index_failed)?;
+            // Flushed per segment: what a replay or rebuild holds in memory is one segment's.
+            index
+                .apply(Some((*id, len, len)))
+                .and_then(|()| index.flush())
+                .map_err(index_failed)?;
         }
         let (file, id, len) = match active {
             Some(active) if !needs_new_segment => active,
@@ -925,6 +936,8 @@ impl Store {
             self.note_failure(&mut writer, &err);
             return Err(err);
         }
+        // The batch is durable: the index may now write what it holds, when that is enough.
+        let indexed = indexed.and_then(|()| index.flush_if_due());
         if let Err(err) = indexed {
             drop(index);
             return Err(self.index_failed(&mut writer, &err));
@@ -1023,7 +1036,7 @@ impl Store {
             let mut index = write(&self.index);
             let evicted = index
                 .evict_expired(now_ms, u64::from(max_items.max(1)))
-                .and_then(|report| index.apply(None).map(|()| report));
+                .and_then(|report| index.flush_if_due().map(|()| report));
             drop(index);
             evicted.map_err(|err| self.index_failed(&mut writer, &err))?
         };
@@ -1339,8 +1352,9 @@ impl Store {
             if let Some(seg) = index.segments.get_mut(&writer.id) {
                 seg.size = writer.len;
             }
-            let applied =
-                indexed.and_then(|()| index.apply(Some((writer.id, writer.len, writer.len))));
+            let applied = indexed
+                .and_then(|()| index.apply(Some((writer.id, writer.len, writer.len))))
+                .and_then(|()| index.flush_if_due());
             drop(index);
             if let Err(err) = applied {
                 return Err(self.index_failed(writer, &err));
@@ -1493,6 +1507,12 @@ impl Store {
         core::seal_batch_header(&mut buf, &self.sync, &[]);
         self.append(&mut writer, &buf, &FaultPlan::none())?;
         writer.is_closed = true;
+        // The index, so the next open replays nothing but the marker (a store that cannot
+        // write its marker cannot be trusted to write its index either: it is left as a crash
+        // would leave it, and the next open replays the log after its checkpoint).
+        if let Err(err) = write(&self.index).persist() {
+            warn!(error = %err, "cannot write the store index at close; the next open replays the log");
+        }
         if let Some(seg) = write(&self.index).segments.get_mut(&writer.id) {
             seg.size = writer.len;
         }

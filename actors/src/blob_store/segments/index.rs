@@ -4,41 +4,43 @@
 //! metas and per-segment counts. So memory does not grow with the data, and opening reads the
 //! index, not the data (docs/DECISIONS.md, "an on-disk index").
 //!
-//! The log stays the truth; the index is a cache of it that never runs ahead of it. Every
-//! change goes into one fjall write batch, applied atomically, together with the
-//! **checkpoint**: the end of the log (segment, offset) the index covers, which only ever
-//! names records already `fdatasync`'d. fjall recovers a consistent prefix of its batches, so
-//! after any crash the index is the log up to its checkpoint, and opening replays the log from
-//! there. The index is made durable (fjall `SyncAll`) at every segment roll (so a power loss
-//! replays at most about one segment) and before a segment file is deleted (so no item can
-//! point into a deleted segment after a crash). An index that is missing, unreadable or
-//! inconsistent with the segments on disk is cleared and rebuilt by reading every segment.
+//! The log stays the truth; the index is a cache of it that never runs ahead of it. Changes
+//! are first held in memory (the *overlay*, which reads consult before fjall), and the log is
+//! their write-ahead log: a commit costs in-memory inserts, not fjall's journal and memtables.
+//! They are **flushed** to fjall as one ingestion of sorted keys (new tables, made durable
+//! before fjall registers them, atomically) together with the **checkpoint**: the end of the
+//! log (segment, offset) they cover, which only ever names records already `fdatasync`'d. A
+//! flush runs when the overlay holds [`FLUSH_ITEMS`] changes, at every segment roll, before a
+//! segment file is deleted (so no item can point into a deleted segment after a crash) and at
+//! close. After any crash the index is the log up to its checkpoint,
+//! and opening replays the log from there (at most about one segment). An index that is
+//! missing, unreadable or inconsistent with the segments on disk is cleared and rebuilt by
+//! reading every segment.
 //!
-//! Layout (numbers big-endian in keys, little-endian in values; a mailbox is named by its
-//! slot, a number given in order of first use and kept in its meta):
+//! Layout: one fjall keyspace, the first byte of a key says what it is (numbers big-endian in
+//! keys, little-endian in values; a mailbox is named by its slot, a number given in order of
+//! first use and kept in its meta):
 //!
-//! | keyspace | key | value |
-//! |---|---|---|
-//! | `items` | slot ‖ cursor | segment ‖ offset ‖ frame len ‖ stored_at_ms ‖ expires_at_ms ‖ blob id |
-//! | `blobs` | slot ‖ blob id | cursor |
-//! | `expiry` | expires_at_ms ‖ group number | (slot ‖ cursor) of each item of one apply with that expiry |
-//! | `meta` | `v` | index format |
-//! | `meta` | `c` | checkpoint: segment ‖ end ‖ start of the last batch |
-//! | `meta` | `q` | the next expiry group number |
-//! | `meta` | `m` ‖ mailbox id | slot ‖ count ‖ bytes ‖ latest ‖ latest segment |
-//! | `meta` | `s` ‖ segment | live items ‖ live frame bytes ‖ item records written |
-//! | `meta` | `x` ‖ segment ‖ offset | (empty): damage found there |
+//! | key | value |
+//! |---|---|
+//! | `i` ‖ slot ‖ cursor | segment ‖ offset ‖ frame len ‖ stored_at_ms ‖ expires_at_ms ‖ blob id |
+//! | `b` ‖ slot ‖ blob id | cursor |
+//! | `e` ‖ expires_at_ms ‖ group number | (slot ‖ cursor) of each item of one apply with that expiry |
+//! | `v` | index format |
+//! | `c` | checkpoint: segment ‖ end ‖ start of the last batch |
+//! | `q` | the next expiry group number |
+//! | `m` ‖ mailbox id | slot ‖ count ‖ bytes ‖ latest ‖ latest segment |
+//! | `s` ‖ segment | live items ‖ live frame bytes ‖ item records written |
+//! | `x` ‖ segment ‖ offset | (empty): damage found there |
 
 use super::*;
-use fjall::{
-    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch, PersistMode,
-};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::collections::BTreeSet;
 
 /// The index's directory inside the store's directory.
 pub const INDEX_DIR: &str = "index";
 /// The index's format, kept under `v`: another value means "rebuild".
-const INDEX_VERSION: &[u8] = b"zerok-index-3";
+const INDEX_VERSION: &[u8] = b"zerok-index-4";
 /// Each keyspace's write buffer (memtable): bounds the index's memory beside the block cache.
 const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// fjall's block cache: what the index keeps of its files in memory.
@@ -140,26 +142,32 @@ fn be_u32(bytes: &[u8]) -> u32 {
     u32::from_be_bytes(out)
 }
 
-fn item_key(slot: u32, cursor: u64) -> [u8; 12] {
-    let mut key = [0u8; 12];
-    key[..4].copy_from_slice(&slot.to_be_bytes());
-    key[4..].copy_from_slice(&cursor.to_be_bytes());
+fn item_key(slot: u32, cursor: u64) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[0] = b'i';
+    key[1..5].copy_from_slice(&slot.to_be_bytes());
+    key[5..].copy_from_slice(&cursor.to_be_bytes());
     key
 }
 
-fn blob_key(slot: u32, blob_id: &BlobId) -> [u8; 36] {
-    let mut key = [0u8; 36];
-    key[..4].copy_from_slice(&slot.to_be_bytes());
-    key[4..].copy_from_slice(&blob_id.0);
+fn blob_key(slot: u32, blob_id: &BlobId) -> [u8; 37] {
+    let mut key = [0u8; 37];
+    key[0] = b'b';
+    key[1..5].copy_from_slice(&slot.to_be_bytes());
+    key[5..].copy_from_slice(&blob_id.0);
     key
 }
 
-fn expiry_key(expires_at_ms: u64, group: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
-    key[8..].copy_from_slice(&group.to_be_bytes());
+fn expiry_key(expires_at_ms: u64, group: u64) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = b'e';
+    key[1..9].copy_from_slice(&expires_at_ms.to_be_bytes());
+    key[9..].copy_from_slice(&group.to_be_bytes());
     key
 }
+
+/// (slot, cursor) of each member of an expiry group.
+type Members = Vec<(u32, u64)>;
 
 /// An expiry group's members: (slot, cursor) each.
 fn encode_members(members: &[(u32, u64)]) -> Vec<u8> {
@@ -250,19 +258,19 @@ pub(super) struct Saved {
 
 pub(super) struct Index {
     db: Database,
-    items_ks: Keyspace,
-    blobs_ks: Keyspace,
-    expiry_ks: Keyspace,
-    meta_ks: Keyspace,
-    /// Changes not yet applied to fjall; `pending` shows what they did to items (`None`: removed).
-    batch: WriteBatch,
-    pending: HashMap<(u32, u64), Option<Loc>>,
+    ks: Keyspace,
+    /// What changed since the last [`Index::flush`]; reads look here before fjall.
+    overlay: Overlay,
     /// Items indexed since the last apply, by expiry: one expiry entry per expiry time per
     /// apply (a commit's items mostly share one), not one per item.
     pending_expiry: BTreeMap<u64, Vec<(u32, u64)>>,
     next_group: u64,
     dirty_mailboxes: BTreeSet<u32>,
     dirty_segments: BTreeSet<u32>,
+    /// The end of the log the applied changes cover, written with the next flush.
+    checkpoint: Option<(u32, u64, u64)>,
+    /// Overlay entries that make a flush due ([`FLUSH_ITEMS`] unless a test says otherwise).
+    pub(super) flush_items: usize,
     pub(super) slots: HashMap<MailboxId, u32>,
     pub(super) mailboxes: Vec<Mailbox>,
     /// Damaged records and ranges found so far, by (segment, offset): kept (also after their
@@ -275,8 +283,91 @@ pub(super) struct Index {
     pub(super) bytes: u64,
 }
 
+/// The index's changes since the last flush, by key (`None`: removed). Its size is bounded by
+/// [`FLUSH_ITEMS`] (and by one segment's records at open).
+#[derive(Default)]
+struct Overlay {
+    items: BTreeMap<[u8; 13], Option<Loc>>,
+    blobs: HashMap<[u8; 37], Option<u64>>,
+    expiry: BTreeMap<[u8; 17], Option<Vec<u8>>>,
+    /// Damage found since the last flush.
+    damage: BTreeSet<(u32, u64)>,
+}
+
+impl Overlay {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+            && self.blobs.is_empty()
+            && self.expiry.is_empty()
+            && self.damage.is_empty()
+    }
+}
+
+/// Item changes held in memory before the index is flushed to disk on its own (it is also
+/// flushed at every segment roll, before a segment is deleted and at close): bounds the
+/// overlay's memory (~200 bytes per entry) and what a restart replays from the log.
+pub(super) const FLUSH_ITEMS: usize = 65_536;
+
+/// The index's one keyspace.
+const KEYSPACE: &str = "index";
+
+/// The old layout's keyspaces (one per kind of entry), deleted when found.
+const OLD_KEYSPACES: [&str; 4] = ["items", "blobs", "expiry", "meta"];
+
 fn keyspace_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+}
+
+/// The next entry of a fjall range.
+fn next_entry(iter: &mut fjall::Iter) -> Result<Option<(fjall::Slice, fjall::Slice)>, IndexError> {
+    iter.next()
+        .map(|guard| guard.into_inner().map_err(IndexError::from))
+        .transpose()
+}
+
+/// The entries of a fjall range and of the overlay's range over the same keys, merged in key
+/// order: the overlay's entry for a key replaces fjall's, and `None` there hides it. Each is
+/// handed to `take` until it answers false.
+fn merged<'a, const N: usize, V: Clone + 'a>(
+    mut disk: fjall::Iter,
+    overlay: impl Iterator<Item = (&'a [u8; N], &'a Option<V>)>,
+    decode: impl Fn(&[u8]) -> Option<V>,
+    mut take: impl FnMut(&[u8], V) -> Result<bool, IndexError>,
+) -> Result<(), IndexError> {
+    let mut overlay = overlay.peekable();
+    let mut on_disk = next_entry(&mut disk)?;
+    loop {
+        let order = match (&on_disk, overlay.peek()) {
+            (None, None) => return Ok(()),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((key, _)), Some((over, _))) => key.as_ref().cmp(over.as_slice()),
+        };
+        let keep_going = if order == std::cmp::Ordering::Less {
+            let Some((key, value)) = on_disk.take() else {
+                return Ok(());
+            };
+            on_disk = next_entry(&mut disk)?;
+            match decode(&value) {
+                Some(value) => take(&key, value)?,
+                None => true,
+            }
+        } else {
+            if order == std::cmp::Ordering::Equal {
+                on_disk = next_entry(&mut disk)?;
+            }
+            let Some((key, value)) = overlay.next() else {
+                return Ok(());
+            };
+            match value {
+                Some(value) => take(key.as_slice(), value.clone())?,
+                None => true,
+            }
+        };
+        if !keep_going {
+            return Ok(());
+        }
+    }
 }
 
 impl Index {
@@ -289,23 +380,23 @@ impl Index {
             .worker_threads(WORKER_THREADS)
             .manual_journal_persist(true)
             .open()?;
-        let items_ks = db.keyspace("items", keyspace_options)?;
-        let blobs_ks = db.keyspace("blobs", keyspace_options)?;
-        let expiry_ks = db.keyspace("expiry", keyspace_options)?;
-        let meta_ks = db.keyspace("meta", keyspace_options)?;
-        let batch = db.batch();
+        for name in OLD_KEYSPACES {
+            if db.keyspace_exists(name) {
+                let old = db.keyspace(name, KeyspaceCreateOptions::default)?;
+                db.delete_keyspace(old)?;
+            }
+        }
+        let ks = db.keyspace(KEYSPACE, keyspace_options)?;
         let mut index = Index {
             db,
-            items_ks,
-            blobs_ks,
-            expiry_ks,
-            meta_ks,
-            batch,
-            pending: HashMap::new(),
+            ks,
+            overlay: Overlay::default(),
             pending_expiry: BTreeMap::new(),
             next_group: 0,
             dirty_mailboxes: BTreeSet::new(),
             dirty_segments: BTreeSet::new(),
+            checkpoint: None,
+            flush_items: FLUSH_ITEMS,
             slots: HashMap::new(),
             mailboxes: Vec::new(),
             damage: BTreeSet::new(),
@@ -314,7 +405,7 @@ impl Index {
             items: 0,
             bytes: 0,
         };
-        let version = index.meta_ks.get(b"v")?;
+        let version = index.ks.get(b"v")?;
         if version.as_deref() != Some(INDEX_VERSION) {
             if version.is_some() {
                 warn!("the store index has another format; rebuilding it from the segments");
@@ -329,52 +420,55 @@ impl Index {
             ));
         }
         index.next_group = index
-            .meta_ks
+            .ks
             .get(b"q")?
             .filter(|v| v.len() == 8)
             .map_or(0, |v| le_u64(&v));
         let checkpoint = index
-            .meta_ks
+            .ks
             .get(b"c")?
             .filter(|v| v.len() == 20)
             .map(|v| (le_u32(&v[0..4]), le_u64(&v[12..20]), le_u64(&v[4..12])));
+        index.checkpoint = checkpoint;
         let mut segments = BTreeMap::new();
         let mut metas: Vec<(u32, Mailbox)> = Vec::new();
-        for guard in index.meta_ks.iter() {
-            let (key, value) = guard.into_inner()?;
-            match key.first() {
-                Some(b'm') if key.len() == 33 && value.len() == META_VALUE => {
-                    let mut id = [0u8; 32];
-                    id.copy_from_slice(&key[1..]);
-                    metas.push((
-                        le_u32(&value[0..4]),
-                        Mailbox {
-                            id: MailboxId(id),
-                            meta: MailboxMeta {
-                                count: le_u64(&value[4..12]),
-                                bytes: le_u64(&value[12..20]),
-                                latest: le_u64(&value[20..28]),
+        for prefix in [b'm', b's', b'x'] {
+            for guard in index.ks.prefix([prefix]) {
+                let (key, value) = guard.into_inner()?;
+                match key.first() {
+                    Some(b'm') if key.len() == 33 && value.len() == META_VALUE => {
+                        let mut id = [0u8; 32];
+                        id.copy_from_slice(&key[1..]);
+                        metas.push((
+                            le_u32(&value[0..4]),
+                            Mailbox {
+                                id: MailboxId(id),
+                                meta: MailboxMeta {
+                                    count: le_u64(&value[4..12]),
+                                    bytes: le_u64(&value[12..20]),
+                                    latest: le_u64(&value[20..28]),
+                                },
+                                latest_segment: le_u32(&value[28..32]),
                             },
-                            latest_segment: le_u32(&value[28..32]),
-                        },
-                    ));
+                        ));
+                    }
+                    Some(b'x') if key.len() == 13 => {
+                        index
+                            .damage
+                            .insert((be_u32(&key[1..5]), be_u64(&key[5..13])));
+                    }
+                    Some(b's') if key.len() == 5 && value.len() == SEGMENT_VALUE => {
+                        segments.insert(
+                            be_u32(&key[1..5]),
+                            SegmentCounts {
+                                live: le_u64(&value[0..8]),
+                                live_bytes: le_u64(&value[8..16]),
+                                item_records: le_u64(&value[16..24]),
+                            },
+                        );
+                    }
+                    _ => {}
                 }
-                Some(b'x') if key.len() == 13 => {
-                    index
-                        .damage
-                        .insert((be_u32(&key[1..5]), be_u64(&key[5..13])));
-                }
-                Some(b's') if key.len() == 5 && value.len() == SEGMENT_VALUE => {
-                    segments.insert(
-                        be_u32(&key[1..5]),
-                        SegmentCounts {
-                            live: le_u64(&value[0..8]),
-                            live_bytes: le_u64(&value[8..16]),
-                            item_records: le_u64(&value[16..24]),
-                        },
-                    );
-                }
-                _ => {}
             }
         }
         metas.sort_unstable_by_key(|(slot, _)| *slot);
@@ -413,21 +507,17 @@ impl Index {
 
     /// Forget everything (to rebuild from the segments).
     pub(super) fn clear(&mut self) -> Result<(), IndexError> {
-        self.batch = self.db.batch();
-        self.pending.clear();
+        self.overlay = Overlay::default();
         self.pending_expiry.clear();
         self.next_group = 0;
+        self.checkpoint = None;
         self.dirty_mailboxes.clear();
         self.dirty_segments.clear();
-        for keyspace in [
-            &self.items_ks,
-            &self.blobs_ks,
-            &self.expiry_ks,
-            &self.meta_ks,
-        ] {
-            keyspace.clear()?;
-        }
-        self.meta_ks.insert(b"v", INDEX_VERSION)?;
+        // A new keyspace, not `Keyspace::clear`: fjall 3.1 replays a clear found in its journal
+        // at every open, after the tables ingested since, which would empty the index again.
+        self.db.delete_keyspace(self.ks.clone())?;
+        self.ks = self.db.keyspace(KEYSPACE, keyspace_options)?;
+        self.ks.insert(b"v", INDEX_VERSION)?;
         self.slots.clear();
         self.mailboxes.clear();
         self.damage.clear();
@@ -452,13 +542,23 @@ impl Index {
 
     /// Where item `cursor` of mailbox `slot` lies, as of the changes made so far.
     pub(super) fn loc(&self, slot: u32, cursor: u64) -> Result<Option<Loc>, IndexError> {
-        if let Some(pending) = self.pending.get(&(slot, cursor)) {
-            return Ok(*pending);
+        let key = item_key(slot, cursor);
+        if let Some(changed) = self.overlay.items.get(&key) {
+            return Ok(*changed);
+        }
+        Ok(self.ks.get(key)?.and_then(|v| Loc::decode(&v)))
+    }
+
+    /// The cursor the blob entry `key` names, as of the changes made so far.
+    fn blob_cursor(&self, key: &[u8; 37]) -> Result<Option<u64>, IndexError> {
+        if let Some(changed) = self.overlay.blobs.get(key) {
+            return Ok(*changed);
         }
         Ok(self
-            .items_ks
-            .get(item_key(slot, cursor))?
-            .and_then(|v| Loc::decode(&v)))
+            .ks
+            .get(key)?
+            .filter(|v| v.len() == 8)
+            .map(|v| le_u64(&v)))
     }
 
     /// The cursor and `stored_at_ms` of `blob_id` in mailbox `id`, unless it has expired at
@@ -473,13 +573,9 @@ impl Index {
         let Some(slot) = self.slots.get(id) else {
             return Ok(None);
         };
-        let Some(value) = self.blobs_ks.get(blob_key(*slot, blob_id))? else {
+        let Some(cursor) = self.blob_cursor(&blob_key(*slot, blob_id))? else {
             return Ok(None);
         };
-        if value.len() != 8 {
-            return Ok(None);
-        }
-        let cursor = le_u64(&value);
         Ok(self
             .loc(*slot, cursor)?
             .filter(|loc| loc.blob_id == *blob_id && loc.expires_at_ms > now_ms)
@@ -524,21 +620,16 @@ impl Index {
             expires_at_ms: item.expires_at_ms,
             blob_id: item.blob_id,
         };
-        self.batch
-            .insert(&self.items_ks, item_key(slot, item.cursor), loc.encode());
-        self.batch.insert(
-            &self.blobs_ks,
-            blob_key(slot, &item.blob_id),
-            item.cursor.to_le_bytes(),
-        );
+        self.overlay
+            .items
+            .insert(item_key(slot, item.cursor), Some(loc));
+        self.overlay
+            .blobs
+            .insert(blob_key(slot, &item.blob_id), Some(item.cursor));
         self.pending_expiry
             .entry(item.expires_at_ms)
             .or_default()
             .push((slot, item.cursor));
-        if may_exist {
-            // Only an item that may exist is looked up before the next apply.
-            self.pending.insert((slot, item.cursor), Some(loc));
-        }
         let mailbox = &mut self.mailboxes[slot as usize];
         if mailbox.meta.count == 0 {
             self.mailboxes_used += 1;
@@ -605,23 +696,19 @@ impl Index {
         let Some(loc) = self.loc(slot, cursor)? else {
             return Ok(false);
         };
-        let Some(mailbox) = self.mailboxes.get_mut(slot as usize) else {
+        if self.mailboxes.get(slot as usize).is_none() {
             return Ok(false);
-        };
+        }
         // Its expiry group keeps naming it; eviction passes names that are gone.
-        self.batch.remove(&self.items_ks, item_key(slot, cursor));
+        self.overlay.items.insert(item_key(slot, cursor), None);
         // The blob entry names this cursor unless a later push of the same ciphertext (after
         // this one expired) took it over.
         let blob = blob_key(slot, &loc.blob_id);
-        let names_this = self
-            .blobs_ks
-            .get(blob)?
-            .is_some_and(|v| v.len() == 8 && le_u64(&v) == cursor);
-        if names_this {
-            self.batch.remove(&self.blobs_ks, blob);
+        if self.blob_cursor(&blob)? == Some(cursor) {
+            self.overlay.blobs.insert(blob, None);
         }
-        self.pending.insert((slot, cursor), None);
         let size = loc.ciphertext_len();
+        let mailbox = &mut self.mailboxes[slot as usize];
         mailbox.meta.count = mailbox.meta.count.saturating_sub(1);
         mailbox.meta.bytes = mailbox.meta.bytes.saturating_sub(size);
         if mailbox.meta.count == 0 {
@@ -639,29 +726,39 @@ impl Index {
     }
 
     /// Evict up to `budget` items due at `now_ms` (looking at no more than `budget` names of
-    /// the expiry groups); answers (evicted, more due). The changes are applied by the next
-    /// [`Index::apply`].
+    /// the expiry groups); answers (evicted, more due).
     pub(super) fn evict_expired(
         &mut self,
         now_ms: u64,
         budget: u64,
     ) -> Result<(u64, bool), IndexError> {
+        self.apply(None)?;
+        let from = expiry_key(0, 0);
         let upto = expiry_key(now_ms, u64::MAX);
-        let mut groups = Vec::new();
+        // (key, expires_at_ms, members) of each group looked at.
+        let mut groups: Vec<([u8; 17], u64, Members)> = Vec::new();
         let mut names = 0u64;
-        for guard in self.expiry_ks.range(..=upto) {
-            let (key, value) = guard.into_inner()?;
-            if names >= budget {
-                break;
-            }
-            let members = decode_members(&value);
-            names += members.len() as u64;
-            let expires_at_ms = be_u64(&key[..8]);
-            groups.push((key, expires_at_ms, members));
-        }
+        let mut more = false;
+        merged(
+            self.ks.range(from..=upto),
+            self.overlay.expiry.range(from..=upto),
+            |value| Some(value.to_vec()),
+            |key, value| {
+                if names >= budget {
+                    more = true;
+                    return Ok(false);
+                }
+                let Ok(key) = <[u8; 17]>::try_from(key) else {
+                    return Ok(true);
+                };
+                let members = decode_members(&value);
+                names += members.len() as u64;
+                groups.push((key, be_u64(&key[1..9]), members));
+                Ok(true)
+            },
+        )?;
         let mut evicted = 0;
         let mut looked = 0u64;
-        let mut more = false;
         for (key, expires_at_ms, members) in groups {
             let mut left = members.as_slice();
             while let Some(((slot, cursor), rest)) = left.split_first() {
@@ -678,20 +775,12 @@ impl Index {
                 }
             }
             if left.is_empty() {
-                self.batch.remove(&self.expiry_ks, key);
+                self.overlay.expiry.insert(key, None);
             } else {
-                self.batch
-                    .insert(&self.expiry_ks, key, encode_members(left));
+                self.overlay.expiry.insert(key, Some(encode_members(left)));
                 more = true;
                 break;
             }
-        }
-        if !more {
-            more = self
-                .expiry_ks
-                .range(..=upto)
-                .next()
-                .is_some_and(|_| looked >= budget);
         }
         Ok((evicted, more))
     }
@@ -709,27 +798,94 @@ impl Index {
         let Some(from) = after.checked_add(1) else {
             return Ok(());
         };
-        let range = item_key(*slot, from)..=item_key(*slot, u64::MAX);
-        for guard in self.items_ks.range(range) {
-            let (key, value) = guard.into_inner()?;
-            let Some(loc) = Loc::decode(&value) else {
-                continue;
-            };
-            if key.len() != 12 || !take(be_u64(&key[4..12]), loc) {
-                break;
-            }
+        let (from, upto) = (item_key(*slot, from), item_key(*slot, u64::MAX));
+        merged(
+            self.ks.range(from..=upto),
+            self.overlay.items.range(from..=upto),
+            Loc::decode,
+            |key, loc| Ok(key.len() != 13 || take(be_u64(&key[5..13]), loc)),
+        )
+    }
+
+    /// Take in the changes made since the last call (in memory), with the checkpoint `upto`:
+    /// (segment, start of the last batch they cover, end of it). They reach the disk with the
+    /// next [`Index::flush`], which only runs where everything applied is durable in the log.
+    pub(super) fn apply(&mut self, upto: Option<(u32, u64, u64)>) -> Result<(), IndexError> {
+        for (expires_at_ms, members) in std::mem::take(&mut self.pending_expiry) {
+            self.overlay.expiry.insert(
+                expiry_key(expires_at_ms, self.next_group),
+                Some(encode_members(&members)),
+            );
+            self.next_group += 1;
+        }
+        if upto.is_some() {
+            self.checkpoint = upto;
         }
         Ok(())
     }
 
-    /// Apply the changes made since the last call atomically, with the checkpoint `upto`:
-    /// (segment, start of the last batch they cover, end of it). Everything before that batch
-    /// is durable; the batch itself may still be syncing (a commit indexes while it syncs),
-    /// which is why opening checks it.
-    pub(super) fn apply(&mut self, upto: Option<(u32, u64, u64)>) -> Result<(), IndexError> {
-        let mut batch = std::mem::replace(&mut self.batch, self.db.batch());
-        for slot in std::mem::take(&mut self.dirty_mailboxes) {
-            let Some(mailbox) = self.mailboxes.get(slot as usize) else {
+    /// [`Index::flush`] when the changes held in memory are enough to go on their own.
+    pub(super) fn flush_if_due(&mut self) -> Result<(), IndexError> {
+        let is_due = self.overlay.items.len() >= self.flush_items
+            || self.overlay.blobs.len() >= self.flush_items
+            || self.overlay.expiry.len() >= self.flush_items;
+        if is_due { self.flush() } else { Ok(()) }
+    }
+
+    /// Write everything applied to fjall with the checkpoint, atomically: one ingestion of
+    /// sorted keys (new tables, made durable before they are registered), which costs far less
+    /// per entry than fjall's journal and memtables. Only called where every batch applied is
+    /// durable in the log, so the index never runs ahead of it; after a crash, opening replays
+    /// the log from the checkpoint.
+    pub(super) fn flush(&mut self) -> Result<(), IndexError> {
+        self.apply(None)?;
+        if self.overlay.is_empty()
+            && self.dirty_mailboxes.is_empty()
+            && self.dirty_segments.is_empty()
+        {
+            return Ok(());
+        }
+        let mut ingestion = self.ks.start_ingestion()?;
+        // Keys must come in strictly ascending order (fjall panics otherwise): checked here,
+        // so a mistake is an error.
+        let mut last: Vec<u8> = Vec::new();
+        let mut put = |key: &[u8], value: Option<&[u8]>| -> Result<(), IndexError> {
+            if !last.is_empty() && key <= last.as_slice() {
+                return Err(IndexError {
+                    message: "index flush out of key order".into(),
+                    is_locked: false,
+                });
+            }
+            last.clear();
+            last.extend_from_slice(key);
+            match value {
+                Some(value) => ingestion.write(key, value)?,
+                None => ingestion.write_tombstone(key)?,
+            }
+            Ok(())
+        };
+        // In key order: b, c, e, i, m, q, s, x.
+        let mut blobs: Vec<(&[u8; 37], &Option<u64>)> = self.overlay.blobs.iter().collect();
+        blobs.sort_unstable_by_key(|(key, _)| **key);
+        for (key, cursor) in blobs {
+            put(key, cursor.map(u64::to_le_bytes).as_ref().map(|v| &v[..]))?;
+        }
+        if let Some((segment, start, end)) = self.checkpoint {
+            let mut value = [0u8; 20];
+            value[0..4].copy_from_slice(&segment.to_le_bytes());
+            value[4..12].copy_from_slice(&end.to_le_bytes());
+            value[12..20].copy_from_slice(&start.to_le_bytes());
+            put(b"c", Some(&value))?;
+        }
+        for (key, members) in &self.overlay.expiry {
+            put(key, members.as_deref())?;
+        }
+        for (key, loc) in &self.overlay.items {
+            put(key, loc.map(|loc| loc.encode()).as_ref().map(|v| &v[..]))?;
+        }
+        let mut metas: Vec<([u8; 33], [u8; META_VALUE])> = Vec::new();
+        for slot in &self.dirty_mailboxes {
+            let Some(mailbox) = self.mailboxes.get(*slot as usize) else {
                 continue;
             };
             let mut value = [0u8; META_VALUE];
@@ -738,41 +894,32 @@ impl Index {
             value[12..20].copy_from_slice(&mailbox.meta.bytes.to_le_bytes());
             value[20..28].copy_from_slice(&mailbox.meta.latest.to_le_bytes());
             value[28..32].copy_from_slice(&mailbox.latest_segment.to_le_bytes());
-            batch.insert(&self.meta_ks, meta_key(&mailbox.id), value);
+            metas.push((meta_key(&mailbox.id), value));
         }
-        for id in std::mem::take(&mut self.dirty_segments) {
-            let key = segment_key(id);
-            match self.segments.get(&id) {
+        metas.sort_unstable_by_key(|(key, _)| *key);
+        for (key, value) in &metas {
+            put(key, Some(value))?;
+        }
+        put(b"q", Some(&self.next_group.to_le_bytes()))?;
+        for id in &self.dirty_segments {
+            match self.segments.get(id) {
                 Some(seg) => {
                     let mut value = [0u8; SEGMENT_VALUE];
                     value[0..8].copy_from_slice(&seg.counts.live.to_le_bytes());
                     value[8..16].copy_from_slice(&seg.counts.live_bytes.to_le_bytes());
                     value[16..24].copy_from_slice(&seg.counts.item_records.to_le_bytes());
-                    batch.insert(&self.meta_ks, key, value);
+                    put(&segment_key(*id), Some(&value))?;
                 }
-                None => batch.remove(&self.meta_ks, key),
+                None => put(&segment_key(*id), None)?,
             }
         }
-        if !self.pending_expiry.is_empty() {
-            for (expires_at_ms, members) in std::mem::take(&mut self.pending_expiry) {
-                batch.insert(
-                    &self.expiry_ks,
-                    expiry_key(expires_at_ms, self.next_group),
-                    encode_members(&members),
-                );
-                self.next_group += 1;
-            }
-            batch.insert(&self.meta_ks, b"q", self.next_group.to_le_bytes());
+        for (segment, offset) in &self.overlay.damage {
+            put(&damage_key(*segment, *offset), Some(&[]))?;
         }
-        if let Some((segment, start, end)) = upto {
-            let mut value = [0u8; 20];
-            value[0..4].copy_from_slice(&segment.to_le_bytes());
-            value[4..12].copy_from_slice(&end.to_le_bytes());
-            value[12..20].copy_from_slice(&start.to_le_bytes());
-            batch.insert(&self.meta_ks, b"c", value);
-        }
-        self.pending.clear();
-        batch.commit()?;
+        ingestion.finish()?;
+        self.overlay = Overlay::default();
+        self.dirty_mailboxes.clear();
+        self.dirty_segments.clear();
         Ok(())
     }
 
@@ -794,14 +941,15 @@ impl Index {
     pub(super) fn note_damage(&mut self, segment: u32, offset: u64) -> bool {
         let is_new = self.damage.insert((segment, offset));
         if is_new {
-            self.batch
-                .insert(&self.meta_ks, damage_key(segment, offset), []);
+            self.overlay.damage.insert((segment, offset));
         }
         is_new
     }
 
-    /// Make everything applied durable.
-    pub(super) fn persist(&self) -> Result<(), IndexError> {
+    /// Make everything applied durable (a flush; fjall's journal holds only what
+    /// [`Index::clear`] wrote).
+    pub(super) fn persist(&mut self) -> Result<(), IndexError> {
+        self.flush()?;
         self.db.persist(PersistMode::SyncAll)?;
         Ok(())
     }
