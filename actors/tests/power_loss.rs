@@ -102,7 +102,7 @@ fn scenario(seed: u64) -> Vec<Op> {
 }
 
 /// Item changes the index holds before it writes them (the relay's is 65,536).
-const INDEX_FLUSH_ITEMS: usize = 7;
+const INDEX_FLUSH_ITEMS: usize = 16;
 
 /// The store's options on `fs`; its index (a fjall database, on the real file system) in
 /// `index_dir`.

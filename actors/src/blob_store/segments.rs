@@ -1001,13 +1001,13 @@ impl Store {
         writer.id = id;
         writer.len = header;
         writer.disk.written_since = writer.disk.written_since.saturating_add(header);
-        // The index is made durable at every roll, so a power loss replays at most about one
-        // segment at the next open.
+        // The index is written at every roll (in the background: commits go on meanwhile), so
+        // a power loss replays at most about one segment at the next open.
         let mut index = write(&self.index);
         index.add_segment(id, Segment::new(reader, header, SegmentCounts::default()));
         if let Err(err) = index
             .apply(Some((id, header, header)))
-            .and_then(|()| index.persist())
+            .and_then(|()| index.flush_in_background())
         {
             return Err(self.index_failed(writer, &err));
         }

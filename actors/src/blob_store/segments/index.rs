@@ -259,8 +259,11 @@ pub(super) struct Saved {
 pub(super) struct Index {
     db: Database,
     ks: Keyspace,
-    /// What changed since the last [`Index::flush`]; reads look here before fjall.
+    /// What changed since the last flush began; reads look here first.
     overlay: Overlay,
+    /// A flush being written by a background thread: its changes are read (after the
+    /// overlay's, before fjall's) until it is done.
+    flushing: Option<Flushing>,
     /// Items indexed since the last apply, by expiry: one expiry entry per expiry time per
     /// apply (a commit's items mostly share one), not one per item.
     pending_expiry: BTreeMap<u64, Vec<(u32, u64)>>,
@@ -318,54 +321,157 @@ fn keyspace_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
 }
 
-/// The next entry of a fjall range.
-fn next_entry(iter: &mut fjall::Iter) -> Result<Option<(fjall::Slice, fjall::Slice)>, IndexError> {
-    iter.next()
-        .map(|guard| guard.into_inner().map_err(IndexError::from))
-        .transpose()
+/// A key's entry in one layer of the index: its value, or `None` where a layer above fjall
+/// removed it.
+type Entry<const N: usize, V> = Result<([u8; N], Option<V>), IndexError>;
+
+/// Two layers of entries in key order, merged: where both have a key, `above`'s entry wins.
+struct Layered<const N: usize, V, B: Iterator<Item = Entry<N, V>>, A: Iterator<Item = Entry<N, V>>>
+{
+    below: std::iter::Peekable<B>,
+    above: std::iter::Peekable<A>,
 }
 
-/// The entries of a fjall range and of the overlay's range over the same keys, merged in key
-/// order: the overlay's entry for a key replaces fjall's, and `None` there hides it. Each is
-/// handed to `take` until it answers false.
+impl<const N: usize, V, B, A> Iterator for Layered<N, V, B, A>
+where
+    B: Iterator<Item = Entry<N, V>>,
+    A: Iterator<Item = Entry<N, V>>,
+{
+    type Item = Entry<N, V>;
+
+    fn next(&mut self) -> Option<Entry<N, V>> {
+        let order = match (self.below.peek(), self.above.peek()) {
+            (None, None) => return None,
+            (Some(Err(_)), _) | (Some(_), None) => std::cmp::Ordering::Less,
+            (_, Some(Err(_))) | (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(Ok((below, _))), Some(Ok((above, _)))) => below.cmp(above),
+        };
+        match order {
+            std::cmp::Ordering::Less => self.below.next(),
+            std::cmp::Ordering::Equal => {
+                self.below.next();
+                self.above.next()
+            }
+            std::cmp::Ordering::Greater => self.above.next(),
+        }
+    }
+}
+
+/// The entries of a fjall range under those of two in-memory layers over the same keys (a
+/// background flush's, then the overlay's), merged in key order: the highest layer's entry for
+/// a key wins, and `None` there hides it. Each is handed to `take` until it answers false.
 fn merged<'a, const N: usize, V: Clone + 'a>(
-    mut disk: fjall::Iter,
+    disk: fjall::Iter,
+    flushing: impl Iterator<Item = (&'a [u8; N], &'a Option<V>)>,
     overlay: impl Iterator<Item = (&'a [u8; N], &'a Option<V>)>,
     decode: impl Fn(&[u8]) -> Option<V>,
     mut take: impl FnMut(&[u8], V) -> Result<bool, IndexError>,
 ) -> Result<(), IndexError> {
-    let mut overlay = overlay.peekable();
-    let mut on_disk = next_entry(&mut disk)?;
-    loop {
-        let order = match (&on_disk, overlay.peek()) {
-            (None, None) => return Ok(()),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some((key, _)), Some((over, _))) => key.as_ref().cmp(over.as_slice()),
-        };
-        let keep_going = if order == std::cmp::Ordering::Less {
-            let Some((key, value)) = on_disk.take() else {
-                return Ok(());
-            };
-            on_disk = next_entry(&mut disk)?;
-            match decode(&value) {
-                Some(value) => take(&key, value)?,
-                None => true,
+    let disk = disk.filter_map(|guard| match guard.into_inner() {
+        Err(err) => Some(Err(IndexError::from(err))),
+        Ok((key, value)) => {
+            let key = <[u8; N]>::try_from(key.as_ref()).ok()?;
+            Some(Ok((key, Some(decode(&value)?))))
+        }
+    });
+    let below = Layered {
+        below: disk.peekable(),
+        above: flushing
+            .map(|(key, value)| Ok((*key, value.clone())))
+            .peekable(),
+    };
+    let all = Layered {
+        below: below.peekable(),
+        above: overlay
+            .map(|(key, value)| Ok((*key, value.clone())))
+            .peekable(),
+    };
+    for entry in all {
+        let (key, value) = entry?;
+        if let Some(value) = value
+            && !take(&key, value)?
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// What one flush writes: the overlay's changes and the values of what was dirty, as they were
+/// when it was taken.
+struct FlushJob {
+    overlay: Overlay,
+    metas: Vec<([u8; 33], [u8; META_VALUE])>,
+    segments: Vec<([u8; 5], Option<[u8; SEGMENT_VALUE]>)>,
+    checkpoint: Option<[u8; 20]>,
+    next_group: u64,
+}
+
+/// A flush a background thread is writing.
+struct Flushing {
+    job: Arc<FlushJob>,
+    handle: std::thread::JoinHandle<Result<(), IndexError>>,
+}
+
+impl FlushJob {
+    /// Write it to `ks` as one ingestion of sorted keys: new tables, made durable before fjall
+    /// registers them, atomically; far cheaper per entry than fjall's journal and memtables.
+    fn write(&self, ks: &Keyspace) -> Result<(), IndexError> {
+        let mut ingestion = ks.start_ingestion()?;
+        // Keys must come in strictly ascending order (fjall panics otherwise): checked here,
+        // so a mistake is an error.
+        let mut last: Vec<u8> = Vec::new();
+        let mut put = |key: &[u8], value: Option<&[u8]>| -> Result<(), IndexError> {
+            if !last.is_empty() && key <= last.as_slice() {
+                return Err(IndexError {
+                    message: "index flush out of key order".into(),
+                    is_locked: false,
+                });
             }
-        } else {
-            if order == std::cmp::Ordering::Equal {
-                on_disk = next_entry(&mut disk)?;
-            }
-            let Some((key, value)) = overlay.next() else {
-                return Ok(());
-            };
+            last.clear();
+            last.extend_from_slice(key);
             match value {
-                Some(value) => take(key.as_slice(), value.clone())?,
-                None => true,
+                Some(value) => ingestion.write(key, value)?,
+                None => ingestion.write_tombstone(key)?,
             }
+            Ok(())
         };
-        if !keep_going {
-            return Ok(());
+        // In key order: b, c, e, i, m, q, s, x.
+        let mut blobs: Vec<(&[u8; 37], &Option<u64>)> = self.overlay.blobs.iter().collect();
+        blobs.sort_unstable_by_key(|(key, _)| **key);
+        for (key, cursor) in blobs {
+            put(key, cursor.map(u64::to_le_bytes).as_ref().map(|v| &v[..]))?;
+        }
+        if let Some(checkpoint) = &self.checkpoint {
+            put(b"c", Some(checkpoint))?;
+        }
+        for (key, members) in &self.overlay.expiry {
+            put(key, members.as_deref())?;
+        }
+        for (key, loc) in &self.overlay.items {
+            put(key, loc.map(|loc| loc.encode()).as_ref().map(|v| &v[..]))?;
+        }
+        let mut metas: Vec<&([u8; 33], [u8; META_VALUE])> = self.metas.iter().collect();
+        metas.sort_unstable_by_key(|(key, _)| *key);
+        for (key, value) in metas {
+            put(key, Some(value))?;
+        }
+        put(b"q", Some(&self.next_group.to_le_bytes()))?;
+        for (key, value) in &self.segments {
+            put(key, value.as_ref().map(|v| &v[..]))?;
+        }
+        for (segment, offset) in &self.overlay.damage {
+            put(&damage_key(*segment, *offset), Some(&[]))?;
+        }
+        ingestion.finish()?;
+        Ok(())
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        if let Err(err) = self.finish_flushing() {
+            warn!(error = %err, "the store index's last flush failed; the next open replays the log");
         }
     }
 }
@@ -391,6 +497,7 @@ impl Index {
             db,
             ks,
             overlay: Overlay::default(),
+            flushing: None,
             pending_expiry: BTreeMap::new(),
             next_group: 0,
             dirty_mailboxes: BTreeSet::new(),
@@ -507,6 +614,7 @@ impl Index {
 
     /// Forget everything (to rebuild from the segments).
     pub(super) fn clear(&mut self) -> Result<(), IndexError> {
+        self.finish_flushing()?;
         self.overlay = Overlay::default();
         self.pending_expiry.clear();
         self.next_group = 0;
@@ -530,6 +638,11 @@ impl Index {
         Ok(())
     }
 
+    /// The changes a background flush is writing.
+    fn flushing_overlay(&self) -> Option<&Overlay> {
+        self.flushing.as_ref().map(|f| &f.job.overlay)
+    }
+
     pub(super) fn mailbox(&self, id: &MailboxId) -> Option<&Mailbox> {
         self.slots
             .get(id)
@@ -546,12 +659,18 @@ impl Index {
         if let Some(changed) = self.overlay.items.get(&key) {
             return Ok(*changed);
         }
+        if let Some(changed) = self.flushing_overlay().and_then(|o| o.items.get(&key)) {
+            return Ok(*changed);
+        }
         Ok(self.ks.get(key)?.and_then(|v| Loc::decode(&v)))
     }
 
     /// The cursor the blob entry `key` names, as of the changes made so far.
     fn blob_cursor(&self, key: &[u8; 37]) -> Result<Option<u64>, IndexError> {
         if let Some(changed) = self.overlay.blobs.get(key) {
+            return Ok(*changed);
+        }
+        if let Some(changed) = self.flushing_overlay().and_then(|o| o.blobs.get(key)) {
             return Ok(*changed);
         }
         Ok(self
@@ -739,8 +858,11 @@ impl Index {
         let mut groups: Vec<([u8; 17], u64, Members)> = Vec::new();
         let mut names = 0u64;
         let mut more = false;
+        let empty = BTreeMap::new();
+        let flushing = self.flushing_overlay().map_or(&empty, |o| &o.expiry);
         merged(
             self.ks.range(from..=upto),
+            flushing.range(from..=upto),
             self.overlay.expiry.range(from..=upto),
             |value| Some(value.to_vec()),
             |key, value| {
@@ -799,8 +921,11 @@ impl Index {
             return Ok(());
         };
         let (from, upto) = (item_key(*slot, from), item_key(*slot, u64::MAX));
+        let empty = BTreeMap::new();
+        let flushing = self.flushing_overlay().map_or(&empty, |o| &o.items);
         merged(
             self.ks.range(from..=upto),
+            flushing.range(from..=upto),
             self.overlay.items.range(from..=upto),
             Loc::decode,
             |key, loc| Ok(key.len() != 13 || take(be_u64(&key[5..13]), loc)),
@@ -811,6 +936,7 @@ impl Index {
     /// (segment, start of the last batch they cover, end of it). They reach the disk with the
     /// next [`Index::flush`], which only runs where everything applied is durable in the log.
     pub(super) fn apply(&mut self, upto: Option<(u32, u64, u64)>) -> Result<(), IndexError> {
+        self.reap()?;
         for (expires_at_ms, members) in std::mem::take(&mut self.pending_expiry) {
             self.overlay.expiry.insert(
                 expiry_key(expires_at_ms, self.next_group),
@@ -824,68 +950,24 @@ impl Index {
         Ok(())
     }
 
-    /// [`Index::flush`] when the changes held in memory are enough to go on their own.
+    /// [`Index::flush_in_background`] when the changes held in memory are enough to go on
+    /// their own.
     pub(super) fn flush_if_due(&mut self) -> Result<(), IndexError> {
         let is_due = self.overlay.items.len() >= self.flush_items
             || self.overlay.blobs.len() >= self.flush_items
             || self.overlay.expiry.len() >= self.flush_items;
-        if is_due { self.flush() } else { Ok(()) }
+        if is_due {
+            self.flush_in_background()
+        } else {
+            Ok(())
+        }
     }
 
-    /// Write everything applied to fjall with the checkpoint, atomically: one ingestion of
-    /// sorted keys (new tables, made durable before they are registered), which costs far less
-    /// per entry than fjall's journal and memtables. Only called where every batch applied is
-    /// durable in the log, so the index never runs ahead of it; after a crash, opening replays
-    /// the log from the checkpoint.
-    pub(super) fn flush(&mut self) -> Result<(), IndexError> {
-        self.apply(None)?;
-        if self.overlay.is_empty()
-            && self.dirty_mailboxes.is_empty()
-            && self.dirty_segments.is_empty()
-        {
-            return Ok(());
-        }
-        let mut ingestion = self.ks.start_ingestion()?;
-        // Keys must come in strictly ascending order (fjall panics otherwise): checked here,
-        // so a mistake is an error.
-        let mut last: Vec<u8> = Vec::new();
-        let mut put = |key: &[u8], value: Option<&[u8]>| -> Result<(), IndexError> {
-            if !last.is_empty() && key <= last.as_slice() {
-                return Err(IndexError {
-                    message: "index flush out of key order".into(),
-                    is_locked: false,
-                });
-            }
-            last.clear();
-            last.extend_from_slice(key);
-            match value {
-                Some(value) => ingestion.write(key, value)?,
-                None => ingestion.write_tombstone(key)?,
-            }
-            Ok(())
-        };
-        // In key order: b, c, e, i, m, q, s, x.
-        let mut blobs: Vec<(&[u8; 37], &Option<u64>)> = self.overlay.blobs.iter().collect();
-        blobs.sort_unstable_by_key(|(key, _)| **key);
-        for (key, cursor) in blobs {
-            put(key, cursor.map(u64::to_le_bytes).as_ref().map(|v| &v[..]))?;
-        }
-        if let Some((segment, start, end)) = self.checkpoint {
-            let mut value = [0u8; 20];
-            value[0..4].copy_from_slice(&segment.to_le_bytes());
-            value[4..12].copy_from_slice(&end.to_le_bytes());
-            value[12..20].copy_from_slice(&start.to_le_bytes());
-            put(b"c", Some(&value))?;
-        }
-        for (key, members) in &self.overlay.expiry {
-            put(key, members.as_deref())?;
-        }
-        for (key, loc) in &self.overlay.items {
-            put(key, loc.map(|loc| loc.encode()).as_ref().map(|v| &v[..]))?;
-        }
+    /// Take what was applied for a flush: the overlay and the values of everything dirty.
+    fn freeze(&mut self) -> FlushJob {
         let mut metas: Vec<([u8; 33], [u8; META_VALUE])> = Vec::new();
-        for slot in &self.dirty_mailboxes {
-            let Some(mailbox) = self.mailboxes.get(*slot as usize) else {
+        for slot in std::mem::take(&mut self.dirty_mailboxes) {
+            let Some(mailbox) = self.mailboxes.get(slot as usize) else {
                 continue;
             };
             let mut value = [0u8; META_VALUE];
@@ -896,30 +978,93 @@ impl Index {
             value[28..32].copy_from_slice(&mailbox.latest_segment.to_le_bytes());
             metas.push((meta_key(&mailbox.id), value));
         }
-        metas.sort_unstable_by_key(|(key, _)| *key);
-        for (key, value) in &metas {
-            put(key, Some(value))?;
-        }
-        put(b"q", Some(&self.next_group.to_le_bytes()))?;
-        for id in &self.dirty_segments {
-            match self.segments.get(id) {
-                Some(seg) => {
+        let segments = std::mem::take(&mut self.dirty_segments)
+            .into_iter()
+            .map(|id| {
+                let value = self.segments.get(&id).map(|seg| {
                     let mut value = [0u8; SEGMENT_VALUE];
                     value[0..8].copy_from_slice(&seg.counts.live.to_le_bytes());
                     value[8..16].copy_from_slice(&seg.counts.live_bytes.to_le_bytes());
                     value[16..24].copy_from_slice(&seg.counts.item_records.to_le_bytes());
-                    put(&segment_key(*id), Some(&value))?;
-                }
-                None => put(&segment_key(*id), None)?,
-            }
+                    value
+                });
+                (segment_key(id), value)
+            })
+            .collect();
+        let checkpoint = self.checkpoint.map(|(segment, start, end)| {
+            let mut value = [0u8; 20];
+            value[0..4].copy_from_slice(&segment.to_le_bytes());
+            value[4..12].copy_from_slice(&end.to_le_bytes());
+            value[12..20].copy_from_slice(&start.to_le_bytes());
+            value
+        });
+        FlushJob {
+            overlay: std::mem::take(&mut self.overlay),
+            metas,
+            segments,
+            checkpoint,
+            next_group: self.next_group,
         }
-        for (segment, offset) in &self.overlay.damage {
-            put(&damage_key(*segment, *offset), Some(&[]))?;
+    }
+
+    fn has_changes(&self) -> bool {
+        !(self.overlay.is_empty()
+            && self.dirty_mailboxes.is_empty()
+            && self.dirty_segments.is_empty())
+    }
+
+    /// Wait for a background flush to be done; its error, if it failed.
+    fn finish_flushing(&mut self) -> Result<(), IndexError> {
+        let Some(flushing) = self.flushing.take() else {
+            return Ok(());
+        };
+        flushing.handle.join().unwrap_or_else(|_| {
+            Err(IndexError {
+                message: "the index flush thread panicked".into(),
+                is_locked: false,
+            })
+        })
+    }
+
+    /// Take a finished background flush's result, without waiting.
+    fn reap(&mut self) -> Result<(), IndexError> {
+        match &self.flushing {
+            Some(flushing) if flushing.handle.is_finished() => self.finish_flushing(),
+            _ => Ok(()),
         }
-        ingestion.finish()?;
-        self.overlay = Overlay::default();
-        self.dirty_mailboxes.clear();
-        self.dirty_segments.clear();
+    }
+
+    /// Write everything applied to fjall with the checkpoint, atomically, and wait for it. Only
+    /// called where every batch applied is durable in the log, so the index never runs ahead
+    /// of it; after a crash, opening replays the log from the checkpoint.
+    pub(super) fn flush(&mut self) -> Result<(), IndexError> {
+        self.apply(None)?;
+        self.finish_flushing()?;
+        if !self.has_changes() {
+            return Ok(());
+        }
+        let job = self.freeze();
+        job.write(&self.ks)
+    }
+
+    /// [`Index::flush`] on a background thread: commits go on (into a fresh overlay) while it
+    /// writes; reads see its changes until it is done. Waits for an earlier one first.
+    pub(super) fn flush_in_background(&mut self) -> Result<(), IndexError> {
+        self.apply(None)?;
+        self.finish_flushing()?;
+        if !self.has_changes() {
+            return Ok(());
+        }
+        let job = Arc::new(self.freeze());
+        let (ks, writing) = (self.ks.clone(), job.clone());
+        let handle = std::thread::Builder::new()
+            .name("store-index-flush".into())
+            .spawn(move || writing.write(&ks))
+            .map_err(|err| IndexError {
+                message: format!("cannot start the index flush thread: {err}"),
+                is_locked: false,
+            })?;
+        self.flushing = Some(Flushing { job, handle });
         Ok(())
     }
 
@@ -968,5 +1113,91 @@ impl Index {
     pub(super) fn index_entries(&self) -> u64 {
         self.items
             .saturating_add((self.mailboxes.len() as u64).saturating_mul(MAILBOX_INDEX_ENTRIES))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const A: MailboxId = MailboxId([7; 32]);
+
+    fn blob(cursor: u64) -> BlobId {
+        BlobId([cursor as u8; 32])
+    }
+
+    fn insert(index: &mut Index, cursor: u64, expires_at_ms: u64) {
+        let item = ItemRecord {
+            mailbox: A,
+            cursor,
+            blob_id: blob(cursor),
+            stored_at_ms: 1,
+            expires_at_ms,
+            ciphertext: &[],
+        };
+        index
+            .insert_item(1, cursor * 100, 200, &item, false)
+            .unwrap();
+    }
+
+    fn cursors(index: &Index) -> Vec<u64> {
+        let mut seen = Vec::new();
+        index
+            .items_after(&A, 0, |cursor, _| {
+                seen.push(cursor);
+                true
+            })
+            .unwrap();
+        seen
+    }
+
+    /// Reads see three layers, the highest winning: the overlay, then a flush still being
+    /// written by its thread, then fjall. Here the flush is held so its layer is the only place
+    /// its changes are.
+    #[test]
+    fn reads_see_a_flush_in_progress_between_the_overlay_and_fjall() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut index, _) = Index::open(dir.path()).unwrap();
+        // fjall: 1, 2, 3.
+        for cursor in 1..=3 {
+            insert(&mut index, cursor, 1_000);
+        }
+        index.flush().unwrap();
+        // The held flush: 2 removed, 4 and 5 added.
+        assert!(index.remove_item(0, 2).unwrap());
+        insert(&mut index, 4, 1_000);
+        insert(&mut index, 5, 2_000);
+        index.apply(None).unwrap();
+        let job = Arc::new(index.freeze());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (ks, writing) = (index.ks.clone(), job.clone());
+        index.flushing = Some(Flushing {
+            job,
+            handle: std::thread::spawn(move || {
+                let _ = held.recv();
+                writing.write(&ks)
+            }),
+        });
+        // The overlay: 4 removed, 6 added.
+        assert!(index.remove_item(0, 4).unwrap());
+        insert(&mut index, 6, 1_000);
+
+        assert_eq!(cursors(&index), vec![1, 3, 5, 6]);
+        assert_eq!(index.loc(0, 2).unwrap(), None);
+        assert_eq!(index.loc(0, 4).unwrap(), None);
+        assert_eq!(index.loc(0, 5).unwrap().map(|l| l.offset), Some(500));
+        assert_eq!(index.existing(&A, &blob(4), 0).unwrap(), None);
+        assert_eq!(index.existing(&A, &blob(5), 0).unwrap(), Some((5, 1)));
+        assert_eq!(index.existing(&A, &blob(1), 0).unwrap(), Some((1, 1)));
+        assert_eq!(index.meta(&A).count, 4);
+        // Expiry groups of all three layers: due at 1,000 are 1, 3 and 6 (5 lives longer).
+        assert_eq!(index.evict_expired(1_000, 100).unwrap(), (3, false));
+        assert_eq!(cursors(&index), vec![5]);
+        release.send(()).unwrap();
+        index.flush().unwrap();
+        assert!(index.flushing.is_none());
+        assert_eq!(cursors(&index), vec![5]);
+        assert_eq!(index.existing(&A, &blob(5), 0).unwrap(), Some((5, 1)));
     }
 }
