@@ -496,6 +496,43 @@ fn reads_never_serve_an_item_whose_blob_id_does_not_match_its_ciphertext() {
     assert_eq!(report.damage.len(), 2, "{report:?}");
 }
 
+/// A page large enough to be checked on several threads still serves every good item, in
+/// cursor order, and drops exactly the damaged ones (at its start, middle and end).
+#[test]
+fn a_large_page_checked_in_parallel_drops_exactly_the_damaged_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), SEGMENT).unwrap();
+    let batch: Vec<AppendRequest> = (0..300).map(|n| request(MAILBOX, &payload(n))).collect();
+    commit(&store, &batch);
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let records: Vec<(u64, u64)> = batches(&segment)
+        .iter()
+        .flat_map(|b| b.records.clone())
+        .collect();
+    assert_eq!(records.len(), 300);
+    let damaged = [0usize, 151, 299];
+    for n in damaged {
+        flip(
+            &segment,
+            records[n].0 + (FRAME_HEADER + ITEM_HEADER) as u64 + 3,
+        );
+    }
+    let page = store.read_page(&MAILBOX, 0, 1000, u32::MAX, T0).unwrap();
+    let served: Vec<u64> = page.items.iter().map(|i| i.cursor.0).collect();
+    let expected: Vec<u64> = (1..=300u64)
+        .filter(|c| !damaged.contains(&(*c as usize - 1)))
+        .collect();
+    assert_eq!(served, expected);
+    for item in &page.items {
+        assert_eq!(
+            item.ciphertext.as_ref(),
+            payload(item.cursor.0 - 1).as_slice()
+        );
+    }
+    assert_eq!(store.stats().damaged_records, 3);
+    assert_eq!(store.stats().items, 297);
+}
+
 #[test]
 fn a_store_of_format_3_is_read_and_upgraded_in_place() {
     let dir = tempfile::tempdir().unwrap();

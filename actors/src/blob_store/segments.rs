@@ -1409,7 +1409,7 @@ impl Store {
                 })?;
         }
         // Records next to each other in one segment are read with one call.
-        let mut damaged = Vec::new();
+        let mut frames: Vec<(u64, Loc, Bytes)> = Vec::with_capacity(wanted.len());
         let mut start = 0;
         while start < wanted.len() {
             let mut end = start + 1;
@@ -1431,26 +1431,17 @@ impl Store {
             let buf = Bytes::from(buf);
             let mut at = 0usize;
             for (cursor, loc, _) in run {
-                let frame = buf.slice(at..at + loc.len as usize);
+                frames.push((*cursor, *loc, buf.slice(at..at + loc.len as usize)));
                 at += loc.len as usize;
-                match core::verify_item_frame(&frame) {
-                    Some(item)
-                        if item.cursor == *cursor
-                            && item.mailbox == *mailbox
-                            && item.blob_id == loc.blob_id =>
-                    {
-                        let body_start = FRAME_HEADER + ITEM_HEADER;
-                        page.items.push(Item {
-                            cursor: Cursor(*cursor),
-                            blob_id: item.blob_id,
-                            ciphertext: frame.slice(body_start..),
-                            stored_at_ms: item.stored_at_ms,
-                        });
-                    }
-                    _ => damaged.push((*mailbox, *cursor, *loc)),
-                }
             }
             start = end;
+        }
+        let mut damaged = Vec::new();
+        for ((cursor, loc, _), item) in frames.iter().zip(verify_frames(mailbox, &frames)) {
+            match item {
+                Some(item) => page.items.push(item),
+                None => damaged.push((*mailbox, *cursor, *loc)),
+            }
         }
         if !damaged.is_empty() {
             self.drop_damaged(damaged);
@@ -1526,6 +1517,56 @@ impl Drop for Store {
             warn!(error = %err, "cannot mark the store closed; the next open treats its last write as possibly torn");
         }
     }
+}
+
+/// Pages of at least this many items are checked on more than one thread.
+const VERIFY_PARALLEL_MIN: usize = 128;
+
+/// Check each frame read for a page (CRC, `BLAKE3(ciphertext) == blob id`, and that it is the
+/// item of `mailbox` the index names); `None` for a damaged one. Hashing is most of a read's
+/// cost, so a large page is checked on up to as many threads as there are cores.
+fn verify_frames(mailbox: &MailboxId, frames: &[(u64, Loc, Bytes)]) -> Vec<Option<Item>> {
+    let one = |(cursor, loc, frame): &(u64, Loc, Bytes)| -> Option<Item> {
+        let item = core::verify_item_frame(frame)?;
+        let is_named =
+            item.cursor == *cursor && item.mailbox == *mailbox && item.blob_id == loc.blob_id;
+        is_named.then(|| Item {
+            cursor: Cursor(*cursor),
+            blob_id: item.blob_id,
+            ciphertext: frame.slice(FRAME_HEADER + ITEM_HEADER..),
+            stored_at_ms: item.stored_at_ms,
+        })
+    };
+    let threads = match frames.len() >= VERIFY_PARALLEL_MIN {
+        true => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        false => 1,
+    };
+    if threads <= 1 {
+        return frames.iter().map(one).collect();
+    }
+    let chunk = frames.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let others: Vec<_> = frames
+            .chunks(chunk)
+            .skip(1)
+            .map(|part| {
+                (
+                    part,
+                    scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()),
+                )
+            })
+            .collect();
+        let mut checked: Vec<Option<Item>> = frames[..chunk].iter().map(one).collect();
+        for (part, thread) in others {
+            // A thread that cannot be joined: its part is checked here instead.
+            checked.extend(
+                thread
+                    .join()
+                    .unwrap_or_else(|_| part.iter().map(one).collect()),
+            );
+        }
+        checked
+    })
 }
 
 /// Most records a damaged range may have held: one for a record the batch header bounds,
