@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use zerok_harness::bench::BenchResult;
 use zerok_harness::bench::baseline::Baseline;
+use zerok_harness::bench::client_bench::{self, ClientSizes};
 use zerok_harness::bench::engines::bench::{self as store_bench, Engine, Phase, Sizes};
 use zerok_harness::bench::relay_benches::{self, Bench};
 
@@ -49,6 +50,10 @@ enum Command {
     Connections,
     /// Three relays, one killed during a push stream.
     Failover,
+    /// The client through its public API: two devices, 100,000 records pushed by 64 app
+    /// tasks and received verified, pushes one by one, a late joiner's catch-up, against the
+    /// same-run crypto floor (sign + verify + seal + open per record).
+    Client,
     /// A relay with N items stored: start → ready, memory, pushes, catch-up, restart.
     Stored {
         /// Items stored before the relay starts (default 1,000,000; 20,000 with `--quick`).
@@ -228,6 +233,14 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         if wants(Command::Failover) {
             emit(relay_benches::failover(&bench).await?, &mut results);
+        }
+        if wants(Command::Client) {
+            let sizes = if quick {
+                ClientSizes::quick()
+            } else {
+                ClientSizes::full()
+            };
+            emit(client_bench::client(&bench, sizes).await?, &mut results);
         }
         let stored_items = match &cli.command {
             Command::Stored { items } => Some(*items),
