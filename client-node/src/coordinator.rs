@@ -1,22 +1,27 @@
 //! SyncCoordinator: the client's hub (DESIGN.md §2, §6).
 //!
 //! - **Push**: seal (Encryptor) → outbox (LocalStore, durable) → every RelayConnection of
-//!   the group, same blob id and bytes. A receipt completes when `ack_quorum` relays acked;
+//!   the group, same blob id and bytes. Enqueues never wait in the coordinator: each takes
+//!   its seq at once, is sealed with the others that arrived meanwhile (one batch at a time,
+//!   in parallel on the cores), written with them in one atomic batch, and answered (and
+//!   sent to relays) only once the store's group commit made it durable (`Durable`). A receipt completes when `ack_quorum` relays acked;
 //!   the rest keep being retried (on reconnect, after a refusal's `retry_after_ms`). An entry
 //!   leaves the outbox once every relay of the group acked it.
 //! - **Receive**: items from any relay → dedupe by blob id → open (Encryptor: AEAD, blob id,
-//!   signature) → per-sender seq check (replays dropped, gaps reported) → event to the app →
-//!   then the relay's cursor, the seen ids and the seq state are persisted together. Items
+//!   signature; one batch at a time, in parallel on the cores, in arrival order) → per-sender
+//!   seq check (replays dropped, gaps reported; own records dropped) → event to the app →
+//!   then the relay's cursor, the seen ids and the seq state are applied together, once per
+//!   batch, made durable by the next group commit (not waited for). Items
 //!   that do not open are reported `Undecryptable` and not marked seen, so an honest copy
 //!   from another relay still gets through.
 //! - It owns the RelayConnections (one per relay of any group) and the LocalStore.
 //!
-//! Bound: the event channel to the app is bounded; when the app does not read, the
-//! coordinator waits (back-pressure reaches the relays through the connections' reads).
+//! Bound: the event channel to the app is bounded; when the app does not read, received items
+//! wait in a bounded backlog and relays are paused beyond it (see `on_items`).
 
-use crate::encryptor::EncryptorMsg;
+use crate::encryptor::{EncryptorMsg, ToOpen, ToSeal};
 use crate::relay_conn::{ConnGroup, RelayConnActor, RelayConnArgs, RelayConnMsg, RelayEvent};
-use crate::store::{GroupRecord, LocalStore, OutboxEntry, ReceivedBatch};
+use crate::store::{Durable, GroupRecord, LocalStore, OutboxEntry, ReceivedBatch};
 use crate::types::{
     ClientError, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
 };
@@ -28,6 +33,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use zerok_actors::clock::Clock;
+use zerok_actors::crypto::envelope::{OpenError, OpenedRecord, PAYLOAD_BYTES_MAX, Sealed};
 use zerok_actors::crypto::keys::{EpochKeys, GroupSecret};
 use zerok_actors::crypto::seq::{Hlc, SeqTracker, SeqVerdict};
 use zerok_actors::link::Dialer;
@@ -41,20 +47,42 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 const RECENT_RECEIPTS_MAX: usize = 16_384;
 /// Fallback retry delay after a refused push without a hint.
 const RETRY_DEFAULT: Duration = Duration::from_secs(1);
+/// Records one `enqueue_many` may carry: its records are sealed, written and flushed as one
+/// batch, which the app waits for; 10,000 × 1 KiB is ~10 MiB and well under a second.
+pub const ENQUEUE_MANY_RECORDS_MAX: usize = 10_000;
 
 /// Messages of the coordinator.
 pub enum CoordMsg {
     /// From a RelayConnection.
     Relay(RelayEvent),
-    /// Seal and queue a push durably; answers `(seq, blob_id)`.
+    /// Seal and queue pushes durably, in order; answers `(seq, blob_id)` of each once all
+    /// are durable.
     Enqueue {
         /// The group.
         group: GroupId,
-        /// The app's bytes.
-        payload: Vec<u8>,
-        /// The queued push.
-        reply: RpcReplyPort<Result<(u64, BlobId), ClientError>>,
+        /// The app's records.
+        payloads: Vec<Vec<u8>>,
+        /// The queued pushes.
+        reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
     },
+    /// The Encryptor sealed a batch (`records` and `results` in the same order).
+    Sealed {
+        /// `(group, seq, hlc)` of each record.
+        records: Vec<(GroupId, u64, u64)>,
+        /// Each record's envelope (fewer than `records` if the Encryptor stopped).
+        results: Vec<Result<Sealed, String>>,
+        /// Who waits for them, in order, with how many records each.
+        waiters: Vec<SealWaiter>,
+    },
+    /// The Encryptor opened a batch of received items (`results` in the batches' order).
+    Opened {
+        /// The relays' batches.
+        batches: Vec<ToOpenBatch>,
+        /// Each item's record.
+        results: Vec<Result<OpenedRecord, OpenError>>,
+    },
+    /// The store's group commit made more durable.
+    Durable(Durable),
     /// Answer once `blob_id` is acked by enough relays.
     WaitAcked {
         /// The group.
@@ -138,6 +166,8 @@ pub struct CoordinatorArgs {
 }
 
 struct GroupState {
+    /// Own pushes up to this seq are durable in the outbox (only they may go to relays).
+    durable_seq: u64,
     record: GroupRecord,
     keys: Arc<EpochKeys>,
     relays: Vec<RelayAddr>,
@@ -171,6 +201,48 @@ pub struct CoordinatorState {
     is_waiting_for_room: bool,
     paused: HashSet<(DeviceId, GroupId)>,
     barriers: Vec<RpcReplyPort<()>>,
+    /// Records waiting for the seal in progress to finish.
+    to_seal: Vec<ToSeal>,
+    /// Their callers, in order.
+    seal_waiters: Vec<SealWaiter>,
+    /// A batch is with the Encryptor.
+    is_sealing: bool,
+    /// Answers due once the store made their writes durable, in ticket order.
+    after_durable: VecDeque<(u64, AfterDurable)>,
+    /// Received batches waiting for the batch being opened.
+    to_open: Vec<ToOpenBatch>,
+    /// A batch is with the Encryptor.
+    is_opening: bool,
+    /// This device (its own records coming back are dropped).
+    own: DeviceId,
+}
+
+/// An app call waiting for its records to be sealed and durable.
+pub struct SealWaiter {
+    /// Records of the call.
+    count: usize,
+    /// The caller.
+    reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
+}
+
+/// What happens once a store ticket is durable.
+enum AfterDurable {
+    /// Records were enqueued: send them to the relays, answer the caller.
+    Enqueued {
+        pushes: Vec<(GroupId, u64)>,
+        reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
+        queued: Vec<(u64, BlobId)>,
+    },
+    /// A barrier passes.
+    Barrier(RpcReplyPort<()>),
+}
+
+/// A relay's batch of items before opening.
+pub struct ToOpenBatch {
+    relay: DeviceId,
+    group: GroupId,
+    items: Vec<zerok_messages::Item>,
+    upto: u64,
 }
 
 fn parse_relays(record: &GroupRecord) -> Vec<RelayAddr> {
@@ -199,6 +271,7 @@ impl CoordinatorState {
         let mut hlc = Hlc::new();
         hlc.observe(last_hlc, self.args.clock.now_unix_ms());
         Ok(GroupState {
+            durable_seq: next_seq.saturating_sub(1),
             relays: parse_relays(&record),
             tracker: store.tracker(&id)?,
             record,
@@ -358,8 +431,8 @@ impl CoordinatorState {
         Ok(())
     }
 
-    /// Queue a relay's items for delivery and deliver what the app has room for.
-    async fn on_items(
+    /// Queue a relay's items for opening, then delivery.
+    fn on_items(
         &mut self,
         myself: &ActorRef<CoordMsg>,
         relay: DeviceId,
@@ -384,20 +457,99 @@ impl CoordinatorState {
             }
             return Ok(());
         }
-        self.backlog_items += items.len();
-        self.backlog.push_back(Backlog {
+        let mut fresh = Vec::with_capacity(items.len());
+        for item in items {
+            if !self.args.store.is_seen(&group, &item.blob_id)? {
+                fresh.push(item);
+            }
+        }
+        self.backlog_items += fresh.len();
+        self.to_open.push(ToOpenBatch {
             relay,
             group,
-            items: items.into(),
+            items: fresh,
             upto,
-            batch: ReceivedBatch::default(),
         });
-        self.drain(myself).await
+        self.start_open(myself);
+        Ok(())
+    }
+
+    /// Send what waits to be opened to the Encryptor, unless a batch is there already (it
+    /// comes back as `Opened`, which starts the next).
+    fn start_open(&mut self, myself: &ActorRef<CoordMsg>) {
+        if self.is_opening || self.to_open.is_empty() {
+            return;
+        }
+        self.is_opening = true;
+        let batches = std::mem::take(&mut self.to_open);
+        let envelopes = batches
+            .iter()
+            .flat_map(|b| {
+                b.items.iter().map(|item| ToOpen {
+                    group: b.group,
+                    blob_id: item.blob_id,
+                    envelope: item.ciphertext.clone(),
+                })
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.args.encryptor.cast(EncryptorMsg::OpenMany {
+            envelopes,
+            reply: tx.into(),
+        });
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            // A stopped Encryptor answers nothing: every item is then undecryptable.
+            let results = rx.await.unwrap_or_default();
+            let _ = myself.cast(CoordMsg::Opened { batches, results });
+        });
+    }
+
+    /// Opened items join the backlog in arrival order and are delivered.
+    fn on_opened(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        batches: Vec<ToOpenBatch>,
+        results: Vec<Result<OpenedRecord, OpenError>>,
+    ) -> Result<(), ClientError> {
+        self.is_opening = false;
+        let mut results = results.into_iter();
+        for batch in batches {
+            let items = batch
+                .items
+                .into_iter()
+                .map(|item| Received {
+                    blob_id: item.blob_id,
+                    opened: results.next().unwrap_or(Err(OpenError::Malformed)),
+                })
+                .collect();
+            self.backlog.push_back(Backlog {
+                relay: batch.relay,
+                group: batch.group,
+                items,
+                upto: batch.upto,
+                batch: ReceivedBatch::default(),
+            });
+        }
+        self.start_open(myself);
+        self.drain(myself)
+    }
+
+    /// Nothing received is waiting to be opened or handed over.
+    fn is_receive_idle(&self) -> bool {
+        self.backlog.is_empty() && self.to_open.is_empty() && !self.is_opening
+    }
+
+    /// Answer `barrier` once everything applied so far is durable.
+    fn pass_when_durable(&mut self, barrier: RpcReplyPort<()>) {
+        let ticket = self.args.store.request_flush();
+        self.after_durable
+            .push_back((ticket, AfterDurable::Barrier(barrier)));
     }
 
     /// Deliver backlog items while the event channel has room; never waits for the app. A
     /// batch's cursor is persisted once all its items were handed over.
-    async fn drain(&mut self, myself: &ActorRef<CoordMsg>) -> Result<(), ClientError> {
+    fn drain(&mut self, myself: &ActorRef<CoordMsg>) -> Result<(), ClientError> {
         let events = self.args.events.clone();
         while let Some(mut front) = self.backlog.pop_front() {
             while let Some(item) = front.items.pop_front() {
@@ -406,22 +558,24 @@ impl CoordinatorState {
                     front.items.push_front(item);
                     // What was handed over so far is persisted now (not the cursor).
                     let partial = std::mem::take(&mut front.batch);
-                    self.persist(front.group, partial).await?;
+                    self.persist(front.group, partial)?;
                     self.backlog.push_front(front);
                     self.wait_for_room(myself);
                     return Ok(());
                 }
                 self.backlog_items = self.backlog_items.saturating_sub(1);
-                self.deliver(&events, front.relay, front.group, item, &mut front.batch)
-                    .await?;
+                self.deliver(&events, front.relay, front.group, item, &mut front.batch);
             }
             let mut batch = std::mem::take(&mut front.batch);
             batch.cursor = Some((front.relay, front.upto));
-            self.persist(front.group, batch).await?;
+            self.persist(front.group, batch)?;
         }
-        // Everything delivered: barriers pass, paused connections may read again.
-        for barrier in self.barriers.drain(..) {
-            let _ = barrier.send(());
+        // Everything delivered: barriers pass (once durable), paused connections may read
+        // again.
+        if self.is_receive_idle() {
+            for barrier in std::mem::take(&mut self.barriers) {
+                self.pass_when_durable(barrier);
+            }
         }
         for (relay, group) in std::mem::take(&mut self.paused) {
             if let Some(conn) = self.conns.get(&relay) {
@@ -446,45 +600,42 @@ impl CoordinatorState {
         });
     }
 
-    async fn persist(
-        &mut self,
-        group: GroupId,
-        mut batch: ReceivedBatch,
-    ) -> Result<(), ClientError> {
+    /// Apply what a received batch changed; the next group commit makes it durable (the
+    /// app already has its events: a crash before that flush hands them over again).
+    fn persist(&mut self, group: GroupId, mut batch: ReceivedBatch) -> Result<(), ClientError> {
         if batch.seen.is_empty() && batch.cursor.is_none() {
             return Ok(());
         }
         if !batch.seen.is_empty() {
             batch.tracker = self.groups.get(&group).map(|g| g.tracker.clone());
         }
-        self.args.store.received(&group, &batch).await
+        self.args.store.apply_received(&group, &batch)?;
+        Ok(())
     }
 
     /// Open, check and hand one item to the app (the channel has room for two events).
-    async fn deliver(
+    /// Check and hand one opened item to the app (the channel has room for two events).
+    /// Duplicates (the same blob from another relay, or twice in a page) are dropped by the
+    /// seen ids applied so far, and past them by the seq tracker.
+    fn deliver(
         &mut self,
         events: &mpsc::Sender<Event>,
         relay: DeviceId,
         group: GroupId,
-        item: zerok_messages::Item,
+        item: Received,
         batch: &mut ReceivedBatch,
-    ) -> Result<(), ClientError> {
-        if batch.seen.contains(&item.blob_id) || self.args.store.is_seen(&group, &item.blob_id)? {
-            return Ok(());
+    ) {
+        if self
+            .args
+            .store
+            .is_seen(&group, &item.blob_id)
+            .unwrap_or(false)
+        {
+            return;
         }
-        let opened = ractor::call_t!(
-            self.args.encryptor,
-            |reply| EncryptorMsg::Open {
-                group,
-                blob_id: item.blob_id,
-                envelope: item.ciphertext.clone(),
-                reply,
-            },
-            10_000
-        );
-        let record = match opened {
-            Ok(Ok(record)) => record,
-            Ok(Err(err)) => {
+        let record = match item.opened {
+            Ok(record) => record,
+            Err(err) => {
                 hand_over(
                     events,
                     Event::Undecryptable {
@@ -494,12 +645,16 @@ impl CoordinatorState {
                         reason: err.to_string(),
                     },
                 );
-                return Ok(());
+                return;
             }
-            Err(err) => return Err(ClientError::Store(format!("encryptor: {err}"))),
         };
+        if record.sender == self.own {
+            // This device's own record, served back (its seen id was evicted).
+            batch.seen.push(item.blob_id);
+            return;
+        }
         let Some(state) = self.groups.get_mut(&group) else {
-            return Ok(());
+            return;
         };
         let verdict = state.tracker.observe(record.sender, record.seq);
         state.hlc.observe(record.hlc, self.args.clock.now_unix_ms());
@@ -507,7 +662,7 @@ impl CoordinatorState {
         match verdict {
             SeqVerdict::Replay => {
                 debug!(sender = %record.sender.short(), seq = record.seq, "replayed record dropped");
-                return Ok(());
+                return;
             }
             SeqVerdict::Gap { from, to } => hand_over(
                 events,
@@ -531,7 +686,6 @@ impl CoordinatorState {
                 payload: record.payload,
             },
         );
-        Ok(())
     }
 
     async fn emit(&self, event: Event) {
@@ -547,47 +701,210 @@ impl CoordinatorState {
         }
     }
 
-    async fn enqueue(
+    /// Take seqs for an app call's records and queue them for sealing; answered once they
+    /// are sealed and durable (`on_sealed`, `on_durable`).
+    fn enqueue(
         &mut self,
+        myself: &ActorRef<CoordMsg>,
         group: GroupId,
-        payload: Vec<u8>,
-    ) -> Result<(u64, BlobId), ClientError> {
-        let Some(state) = self.groups.get_mut(&group) else {
-            return Err(ClientError::UnknownGroup(group));
+        payloads: Vec<Vec<u8>>,
+        reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
+    ) {
+        let refused = if payloads.len() > ENQUEUE_MANY_RECORDS_MAX {
+            Some(ClientError::Invalid(format!(
+                "{} records in one call; at most {ENQUEUE_MANY_RECORDS_MAX}",
+                payloads.len()
+            )))
+        } else if let Some(large) = payloads.iter().find(|p| p.len() > PAYLOAD_BYTES_MAX) {
+            // Checked here, before a seq is taken: a record that fails to seal later would
+            // leave a gap in this device's seqs.
+            Some(ClientError::Invalid(format!(
+                "payload of {} bytes exceeds the record limit of {PAYLOAD_BYTES_MAX}",
+                large.len()
+            )))
+        } else if !self.groups.contains_key(&group) {
+            Some(ClientError::UnknownGroup(group))
+        } else {
+            None
         };
-        let seq = state.next_seq;
-        let record_seq = seq.saturating_sub(state.seq_base);
-        let hlc = state.hlc.tick(self.args.clock.now_unix_ms());
-        let sealed = ractor::call_t!(
-            self.args.encryptor,
-            |reply| EncryptorMsg::Seal {
-                group,
-                seq: record_seq,
-                hlc,
-                payload,
-                reply,
-            },
-            30_000
-        )
-        .map_err(|e| ClientError::Store(format!("encryptor: {e}")))?
-        .map_err(ClientError::Invalid)?;
-        let entry = OutboxEntry {
-            blob_id: sealed.blob_id,
-            ciphertext: sealed.envelope,
-            acked_by: Vec::new(),
-        };
-        self.args.store.enqueue(&group, seq, hlc, &entry).await?;
-        let Some(state) = self.groups.get_mut(&group) else {
-            return Err(ClientError::UnknownGroup(group));
-        };
-        state.next_seq = seq + 1;
-        state.outbox.insert(seq, entry.clone());
-        state.by_blob.insert(entry.blob_id, seq);
-        let relays: Vec<DeviceId> = state.relays.iter().map(|r| r.id).collect();
-        for relay in relays {
-            self.send_push(&relay, group, seq, &entry);
+        if let Some(error) = refused {
+            let _ = reply.send(Err(error));
+            return;
         }
-        Ok((seq, entry.blob_id))
+        if payloads.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+            return;
+        }
+        let now_ms = self.args.clock.now_unix_ms();
+        let Some(state) = self.groups.get_mut(&group) else {
+            return;
+        };
+        self.seal_waiters.push(SealWaiter {
+            count: payloads.len(),
+            reply,
+        });
+        for payload in payloads {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            self.to_seal.push(ToSeal {
+                group,
+                seq: seq.saturating_sub(state.seq_base),
+                hlc: state.hlc.tick(now_ms),
+                payload,
+            });
+        }
+        self.start_seal(myself);
+    }
+
+    /// Send what waits to be sealed to the Encryptor, unless a batch is there already (it
+    /// comes back as `Sealed`, which starts the next).
+    fn start_seal(&mut self, myself: &ActorRef<CoordMsg>) {
+        if self.is_sealing || self.to_seal.is_empty() {
+            return;
+        }
+        self.is_sealing = true;
+        let records = std::mem::take(&mut self.to_seal);
+        let waiters = std::mem::take(&mut self.seal_waiters);
+        // The outbox numbering: the record's seq plus the group's base.
+        let numbered: Vec<(GroupId, u64, u64)> = records
+            .iter()
+            .map(|r| {
+                let base = self.groups.get(&r.group).map_or(0, |g| g.seq_base);
+                (r.group, r.seq + base, r.hlc)
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.args.encryptor.cast(EncryptorMsg::SealMany {
+            records,
+            reply: tx.into(),
+        });
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let results = rx.await.unwrap_or_default();
+            let _ = myself.cast(CoordMsg::Sealed {
+                records: numbered,
+                results,
+                waiters,
+            });
+        });
+    }
+
+    /// A sealed batch goes into the outbox (one atomic write per group) and waits for its
+    /// flush.
+    fn on_sealed(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        records: Vec<(GroupId, u64, u64)>,
+        results: Vec<Result<Sealed, String>>,
+        waiters: Vec<SealWaiter>,
+    ) {
+        self.is_sealing = false;
+        let mut results = results.into_iter();
+        let mut by_group: BTreeMap<GroupId, Vec<(u64, u64, OutboxEntry)>> = BTreeMap::new();
+        let mut outcomes: Vec<Result<(GroupId, u64, BlobId), ClientError>> = Vec::new();
+        for (group, seq, hlc) in records {
+            match results.next() {
+                Some(Ok(sealed)) => {
+                    let entry = OutboxEntry {
+                        blob_id: sealed.blob_id,
+                        ciphertext: sealed.envelope,
+                        acked_by: Vec::new(),
+                    };
+                    outcomes.push(Ok((group, seq, entry.blob_id)));
+                    by_group.entry(group).or_default().push((seq, hlc, entry));
+                }
+                Some(Err(reason)) => outcomes.push(Err(ClientError::Invalid(reason))),
+                None => outcomes.push(Err(ClientError::Stopped)),
+            }
+        }
+        let mut ticket = Ok(0);
+        for (group, entries) in by_group {
+            let written = self.args.store.enqueue_many(&group, &entries);
+            match written {
+                Ok(t) => {
+                    if let Some(state) = self.groups.get_mut(&group) {
+                        for (seq, _, entry) in entries {
+                            state.by_blob.insert(entry.blob_id, seq);
+                            state.outbox.insert(seq, entry);
+                        }
+                    }
+                    if let Ok(max) = ticket.as_mut() {
+                        *max = t;
+                    }
+                }
+                Err(err) => ticket = Err(err),
+            }
+        }
+        let mut outcomes = outcomes.into_iter();
+        for waiter in waiters {
+            let mine: Vec<_> = outcomes.by_ref().take(waiter.count).collect();
+            let result: Result<Vec<(GroupId, u64, BlobId)>, ClientError> =
+                mine.into_iter().collect();
+            match (result, &ticket) {
+                (Ok(queued), Ok(ticket)) => self.after_durable.push_back((
+                    *ticket,
+                    AfterDurable::Enqueued {
+                        pushes: queued.iter().map(|(g, seq, _)| (*g, *seq)).collect(),
+                        queued: queued.iter().map(|(_, seq, id)| (*seq, *id)).collect(),
+                        reply: waiter.reply,
+                    },
+                )),
+                (Err(err), _) => {
+                    let _ = waiter.reply.send(Err(err));
+                }
+                (_, Err(err)) => {
+                    let _ = waiter.reply.send(Err(ClientError::Store(err.to_string())));
+                }
+            }
+        }
+        self.start_seal(myself);
+    }
+
+    /// The store made everything up to `durable.through` durable: answer and send what
+    /// waited for it, in order.
+    fn on_durable(&mut self, durable: Durable) {
+        while let Some((ticket, _)) = self.after_durable.front() {
+            let failed = durable.error.clone().filter(|_| *ticket > durable.through);
+            if *ticket > durable.through && failed.is_none() {
+                break;
+            }
+            let Some((_, action)) = self.after_durable.pop_front() else {
+                break;
+            };
+            match (action, failed) {
+                (AfterDurable::Enqueued { reply, .. }, Some(error)) => {
+                    let _ = reply.send(Err(ClientError::Store(format!("flush failed: {error}"))));
+                }
+                (AfterDurable::Barrier(reply), Some(_)) => drop(reply),
+                (
+                    AfterDurable::Enqueued {
+                        pushes,
+                        reply,
+                        queued,
+                    },
+                    None,
+                ) => {
+                    for (group, seq) in pushes {
+                        let Some(state) = self.groups.get_mut(&group) else {
+                            continue;
+                        };
+                        state.durable_seq = state.durable_seq.max(seq);
+                        let Some(state) = self.groups.get(&group) else {
+                            continue;
+                        };
+                        if let Some(entry) = state.outbox.get(&seq) {
+                            for relay in &state.relays {
+                                self.send_push(&relay.id, group, seq, entry);
+                            }
+                        }
+                    }
+                    let _ = reply.send(Ok(queued));
+                }
+                (AfterDurable::Barrier(reply), None) => {
+                    let _ = reply.send(());
+                }
+            }
+        }
     }
 
     fn status(&self) -> Status {
@@ -614,6 +931,7 @@ impl CoordinatorState {
                         .values()
                         .filter(|e| e.acked_by.len() < quorum)
                         .count(),
+                    seen_ids: self.args.store.seen_count(id).unwrap_or(0),
                 }
             })
             .collect();
@@ -633,11 +951,17 @@ fn hand_over(events: &mpsc::Sender<Event>, event: Event) {
     }
 }
 
+/// An item after opening.
+struct Received {
+    blob_id: BlobId,
+    opened: Result<OpenedRecord, OpenError>,
+}
+
 /// A relay's batch of items not yet fully handed to the app.
 struct Backlog {
     relay: DeviceId,
     group: GroupId,
-    items: VecDeque<zerok_messages::Item>,
+    items: VecDeque<Received>,
     upto: u64,
     batch: ReceivedBatch,
 }
@@ -652,6 +976,7 @@ impl Actor for CoordinatorActor {
         myself: ActorRef<Self::Msg>,
         args: CoordinatorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let own = args.dialer.local_id();
         let mut state = CoordinatorState {
             args,
             groups: HashMap::new(),
@@ -666,7 +991,25 @@ impl Actor for CoordinatorActor {
             is_waiting_for_room: false,
             paused: HashSet::new(),
             barriers: Vec::new(),
+            to_seal: Vec::new(),
+            seal_waiters: Vec::new(),
+            is_sealing: false,
+            after_durable: VecDeque::new(),
+            to_open: Vec::new(),
+            is_opening: false,
+            own,
         };
+        // The store's group commit reports here; the task ends with the coordinator.
+        let mut durable = state.args.store.watch_durable();
+        let coordinator = myself.clone();
+        tokio::spawn(async move {
+            while durable.changed().await.is_ok() {
+                let now = durable.borrow_and_update().clone();
+                if coordinator.cast(CoordMsg::Durable(now)).is_err() {
+                    return;
+                }
+            }
+        });
         for (id, record) in state.args.store.groups()? {
             let group = state.load_group(id, record)?;
             state.args.encryptor.cast(EncryptorMsg::SetGroup {
@@ -708,9 +1051,10 @@ impl Actor for CoordinatorActor {
                     if let Some(g) = state.groups.get(&group)
                         && let Some(conn) = state.conns.get(&relay)
                     {
+                        // Only what is durable: the rest goes out once its flush completed.
                         let entries = g
                             .outbox
-                            .iter()
+                            .range(..=g.durable_seq)
                             .filter(|(_, e)| !e.acked_by.contains(&relay))
                             .map(|(seq, e)| (*seq, e.blob_id, Bytes::from(e.ciphertext.clone())))
                             .collect();
@@ -738,15 +1082,22 @@ impl Actor for CoordinatorActor {
                     group,
                     items,
                     upto,
-                } => state.on_items(&myself, relay, group, items, upto).await?,
+                } => state.on_items(&myself, relay, group, items, upto)?,
             },
             CoordMsg::Enqueue {
                 group,
-                payload,
+                payloads,
                 reply,
-            } => {
-                let _ = reply.send(state.enqueue(group, payload).await);
+            } => state.enqueue(&myself, group, payloads, reply),
+            CoordMsg::Sealed {
+                records,
+                results,
+                waiters,
+            } => state.on_sealed(&myself, records, results, waiters),
+            CoordMsg::Opened { batches, results } => {
+                state.on_opened(&myself, batches, results)?;
             }
+            CoordMsg::Durable(durable) => state.on_durable(durable),
             CoordMsg::WaitAcked {
                 group,
                 blob_id,
@@ -804,16 +1155,17 @@ impl Actor for CoordinatorActor {
                 });
             }
             CoordMsg::Barrier { reply } => {
-                // Answered once everything received before it is in the app's hands.
-                if state.backlog.is_empty() {
-                    let _ = reply.send(());
+                // Answered once everything received before it is in the app's hands, and
+                // what that changed in the store is durable.
+                if state.is_receive_idle() {
+                    state.pass_when_durable(reply);
                 } else {
                     state.barriers.push(reply);
                 }
             }
             CoordMsg::EventRoom => {
                 state.is_waiting_for_room = false;
-                state.drain(&myself).await?;
+                state.drain(&myself)?;
             }
             CoordMsg::Status { reply } => {
                 let _ = reply.send(state.status());
@@ -851,6 +1203,18 @@ impl Actor for CoordinatorActor {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Received state applied since the last flush is made durable before the store closes.
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Err(err) = state.args.store.flush().await {
+            warn!(error = %err, "local store not flushed at stop");
         }
         Ok(())
     }

@@ -7,7 +7,8 @@
 //! | `g` ‖ group | [`GroupRecord`] (CBOR; holds the group secret) |
 //! | `o` ‖ group ‖ seq_be | [`OutboxEntry`] (pushes not yet acked by every relay, push order) |
 //! | `c` ‖ group ‖ relay | cursor_be: items of the group received from that relay |
-//! | `s` ‖ group ‖ blob_id | (empty): blob ids already handed to the app (dedupe across relays) |
+//! | `s` ‖ group ‖ blob_id | order_be: blob ids already handed to the app or pushed (dedupe across relays) |
+//! | `S` ‖ group ‖ order_be | blob_id: the same ids in the order they were added, to evict the oldest |
 //! | `q` ‖ group | the group's [`SeqTracker`] (CBOR) |
 //! | `n` ‖ group | next own seq ‖ last hlc |
 //! | `b` ‖ group | seq_base_be: own pushes numbered above it are sealed with seq − base |
@@ -20,16 +21,35 @@
 //! goes on.
 //!
 //! It belongs to the SyncCoordinator, its only user: every write happens in the coordinator's
-//! order, and flushes are awaited with `flush_async` so the runtime is never blocked.
+//! order. Durability is a **group commit**: a write is applied (in memory, atomically), then
+//! [`LocalStore::request_flush`] gives it a ticket; one flusher task runs sled's
+//! `flush_async` (an fsync, ~0.8 ms here) for every write applied before that flush started,
+//! and [`LocalStore::watch_durable`] announces the tickets it made durable. So 64 concurrent
+//! enqueues cost one flush, not 64, and nothing is answered before it is on disk.
+//!
+//! The seen ids (`s`/`S`) are bounded: past [`SEEN_IDS_MAX`] per group the oldest are
+//! evicted. They are a cache in front of the group's [`SeqTracker`], which stays the judge of
+//! replays: an evicted id that comes back is opened again and dropped as a replay by its
+//! `(sender, seq)`; own records are recognised by their sender.
 
 use crate::types::{ClientError, GroupId};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 use zerok_actors::crypto::seq::SeqTracker;
+use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, MailboxId};
 
 const FORMAT_KEY: &[u8] = b"v";
 const FORMAT: &[u8] = b"zerok-client-1";
+
+/// Seen blob ids kept per group. They only spare opening a duplicate (the same record from a
+/// second relay, or this device's own record coming back); the seq tracker drops replays
+/// either way. 65,536 ids cover a second relay lagging that many records behind, at ~10 MB
+/// of store per group at most (two keys of ~75 bytes each, with sled's overhead).
+pub const SEEN_IDS_MAX: u64 = 65_536;
 
 /// A group this device belongs to.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,10 +181,46 @@ pub struct ReceivedBatch {
     pub tracker: Option<SeqTracker>,
 }
 
+/// What the flusher made durable so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Durable {
+    /// Every ticket up to this one is on disk.
+    pub through: u64,
+    /// A flush failed (sled's error): nothing after it is known to be on disk, and the store
+    /// refuses to say otherwise from then on.
+    pub error: Option<String>,
+}
+
+/// The group commit's bookkeeping.
+#[derive(Debug, Default)]
+struct CommitState {
+    /// Last ticket handed out.
+    requested: u64,
+    /// Whether the flusher task runs.
+    is_flushing: bool,
+}
+
+/// Group commit over one sled db (see the module doc).
+struct Committer {
+    state: Mutex<CommitState>,
+    durable: watch::Sender<Durable>,
+    /// Flushes run so far.
+    flushes: std::sync::atomic::AtomicU64,
+}
+
+/// The order numbers of a group's seen ids: `[oldest, next)` are in the store.
+#[derive(Debug, Clone, Copy)]
+struct SeenRange {
+    oldest: u64,
+    next: u64,
+}
+
 /// The client's store.
 #[derive(Clone)]
 pub struct LocalStore {
     db: sled::Db,
+    commit: Arc<Committer>,
+    seen: Arc<Mutex<HashMap<GroupId, SeenRange>>>,
 }
 
 impl LocalStore {
@@ -195,13 +251,91 @@ impl LocalStore {
                 db.flush().map_err(err)?;
             }
         }
-        Ok(LocalStore { db })
+        let store = LocalStore {
+            db,
+            commit: Arc::new(Committer {
+                state: Mutex::new(CommitState::default()),
+                durable: watch::Sender::new(Durable::default()),
+                flushes: Default::default(),
+            }),
+            seen: Arc::default(),
+        };
+        store.index_unordered_seen_ids()?;
+        Ok(store)
     }
 
-    /// Make everything written so far durable.
-    pub async fn flush(&self) -> Result<(), ClientError> {
-        self.db.flush_async().await.map_err(err)?;
+    /// Stores written before seen ids were bounded hold `s` keys without an order: give them
+    /// one (in key order), so they are evicted like the rest.
+    fn index_unordered_seen_ids(&self) -> Result<(), ClientError> {
+        let mut batch = sled::Batch::default();
+        let mut found = false;
+        for entry in self.db.scan_prefix([b's']) {
+            let (k, v) = entry.map_err(err)?;
+            if !v.is_empty() || k.len() != 65 {
+                continue;
+            }
+            found = true;
+            let group = GroupId(MailboxId(
+                k[1..33].try_into().map_err(|_| err("corrupt seen key"))?,
+            ));
+            let blob_id = BlobId(k[33..65].try_into().map_err(|_| err("corrupt seen key"))?);
+            self.add_seen(&mut batch, &group, &[blob_id])?;
+        }
+        if found {
+            self.db.apply_batch(batch).map_err(err)?;
+            self.db.flush().map_err(err)?;
+        }
         Ok(())
+    }
+
+    /// Ask for everything applied so far to become durable; answers its ticket, announced by
+    /// [`LocalStore::watch_durable`] once a flush that started after this call completed.
+    pub fn request_flush(&self) -> u64 {
+        let (ticket, start) = {
+            let mut state = lock(&self.commit.state);
+            state.requested += 1;
+            let start = !state.is_flushing;
+            state.is_flushing = true;
+            (state.requested, start)
+        };
+        if start {
+            let (db, commit) = (self.db.clone(), Arc::clone(&self.commit));
+            tokio::spawn(flush_loop(db, commit));
+        }
+        ticket
+    }
+
+    /// Flushes the group commit ran since the store was opened.
+    pub fn flush_count(&self) -> u64 {
+        self.commit
+            .flushes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What is durable so far, announced after every flush.
+    pub fn watch_durable(&self) -> watch::Receiver<Durable> {
+        self.commit.durable.subscribe()
+    }
+
+    /// Wait until `ticket` is durable.
+    pub async fn wait_durable(&self, ticket: u64) -> Result<(), ClientError> {
+        let mut durable = self.watch_durable();
+        let reached = durable
+            .wait_for(|d| d.through >= ticket || d.error.is_some())
+            .await
+            .map_err(|_| err("flusher stopped"))?;
+        if reached.through >= ticket {
+            return Ok(());
+        }
+        Err(err(format!(
+            "flush failed: {}",
+            reached.error.as_deref().unwrap_or("unknown")
+        )))
+    }
+
+    /// Make everything written so far durable (sharing a flush with concurrent writers).
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        self.wait_durable(self.request_flush()).await
     }
 
     /// Every group.
@@ -291,16 +425,104 @@ impl LocalStore {
         hlc: u64,
         entry: &OutboxEntry,
     ) -> Result<(), ClientError> {
+        let ticket = self.enqueue_many(group, &[(seq, hlc, entry.clone())])?;
+        self.wait_durable(ticket).await
+    }
+
+    /// Queue sealed pushes `(seq, hlc, entry)`, in seq order, and advance the own seq to after
+    /// the last, atomically; answers the flush ticket that makes them durable (nothing may be
+    /// sent or acknowledged before it is).
+    pub fn enqueue_many(
+        &self,
+        group: &GroupId,
+        entries: &[(u64, u64, OutboxEntry)],
+    ) -> Result<u64, ClientError> {
+        let Some((last_seq, last_hlc, _)) = entries.last() else {
+            return Ok(self.request_flush());
+        };
         let mut batch = sled::Batch::default();
-        batch.insert(key(b'o', group, &seq.to_be_bytes()), cbor(entry)?);
+        for (seq, _, entry) in entries {
+            batch.insert(key(b'o', group, &seq.to_be_bytes()), cbor(entry)?);
+        }
         let mut next = [0u8; 16];
-        next[..8].copy_from_slice(&(seq + 1).to_be_bytes());
-        next[8..].copy_from_slice(&hlc.to_be_bytes());
+        next[..8].copy_from_slice(&(last_seq + 1).to_be_bytes());
+        next[8..].copy_from_slice(&last_hlc.to_be_bytes());
         batch.insert(key(b'n', group, &[]), next.to_vec());
         // Our own records must not come back to us as received.
-        batch.insert(key(b's', group, entry.blob_id.as_bytes()), Vec::new());
+        let blob_ids: Vec<BlobId> = entries.iter().map(|(_, _, e)| e.blob_id).collect();
+        self.add_seen(&mut batch, group, &blob_ids)?;
         self.db.apply_batch(batch).map_err(err)?;
-        self.flush().await
+        Ok(self.request_flush())
+    }
+
+    /// Add `blob_ids` to the group's seen ids in `batch`, evicting the oldest past
+    /// [`SEEN_IDS_MAX`]. The caller applies the batch (the coordinator is the only writer, so
+    /// the in-memory range follows the store).
+    fn add_seen(
+        &self,
+        batch: &mut sled::Batch,
+        group: &GroupId,
+        blob_ids: &[BlobId],
+    ) -> Result<(), ClientError> {
+        let mut ranges = lock(&self.seen);
+        let range = match ranges.get(group) {
+            Some(range) => *range,
+            None => self.seen_range(group)?,
+        };
+        let mut range = range;
+        for blob_id in blob_ids {
+            batch.insert(
+                key(b's', group, blob_id.as_bytes()),
+                range.next.to_be_bytes().to_vec(),
+            );
+            batch.insert(
+                key(b'S', group, &range.next.to_be_bytes()),
+                blob_id.as_bytes().to_vec(),
+            );
+            range.next += 1;
+        }
+        let excess = (range.next - range.oldest).saturating_sub(SEEN_IDS_MAX);
+        if excess > 0 {
+            let from = key(b'S', group, &range.oldest.to_be_bytes());
+            let to = key(b'S', group, &(range.oldest + excess).to_be_bytes());
+            for entry in self.db.range(from..to) {
+                let (k, v) = entry.map_err(err)?;
+                batch.remove(k);
+                batch.remove(key(b's', group, &v));
+            }
+            range.oldest += excess;
+        }
+        ranges.insert(*group, range);
+        Ok(())
+    }
+
+    /// The group's seen range as stored.
+    fn seen_range(&self, group: &GroupId) -> Result<SeenRange, ClientError> {
+        let prefix = key(b'S', group, &[]);
+        let order = |entry: Option<sled::Result<(sled::IVec, sled::IVec)>>| {
+            entry
+                .transpose()
+                .map(|e| e.map(|(k, _)| be_u64(&k[33..])))
+                .map_err(err)
+        };
+        let oldest = order(self.db.scan_prefix(&prefix).next())?;
+        let newest = order(self.db.scan_prefix(&prefix).next_back())?;
+        Ok(match (oldest, newest) {
+            (Some(oldest), Some(newest)) => SeenRange {
+                oldest,
+                next: newest + 1,
+            },
+            _ => SeenRange { oldest: 0, next: 0 },
+        })
+    }
+
+    /// Seen ids the group holds (bounded by [`SEEN_IDS_MAX`]).
+    pub fn seen_count(&self, group: &GroupId) -> Result<u64, ClientError> {
+        if let Some(range) = lock(&self.seen).get(group) {
+            return Ok(range.next - range.oldest);
+        }
+        let range = self.seen_range(group)?;
+        Ok(range.next - range.oldest)
     }
 
     /// The outbox of a group in push order: `(seq, entry)`.
@@ -369,10 +591,19 @@ impl LocalStore {
         group: &GroupId,
         batch: &ReceivedBatch,
     ) -> Result<(), ClientError> {
+        let ticket = self.apply_received(group, batch)?;
+        self.wait_durable(ticket).await
+    }
+
+    /// Apply what a received batch changed, atomically; answers the flush ticket that makes
+    /// it durable (one flush per batch at most, shared with every other write before it).
+    pub fn apply_received(
+        &self,
+        group: &GroupId,
+        batch: &ReceivedBatch,
+    ) -> Result<u64, ClientError> {
         let mut write = sled::Batch::default();
-        for blob_id in &batch.seen {
-            write.insert(key(b's', group, blob_id.as_bytes()), Vec::new());
-        }
+        self.add_seen(&mut write, group, &batch.seen)?;
         if let Some((relay, cursor)) = batch.cursor {
             write.insert(
                 key(b'c', group, relay.as_bytes()),
@@ -383,7 +614,29 @@ impl LocalStore {
             write.insert(key(b'q', group, &[]), cbor(tracker)?);
         }
         self.db.apply_batch(write).map_err(err)?;
-        self.flush().await
+        Ok(self.request_flush())
+    }
+}
+
+/// The flusher: one `flush_async` after another while tickets wait; each covers every write
+/// applied before it started.
+async fn flush_loop(db: sled::Db, commit: Arc<Committer>) {
+    loop {
+        let target = lock(&commit.state).requested;
+        let flushed = db.flush_async().await;
+        commit
+            .flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        commit.durable.send_modify(|durable| match flushed {
+            Ok(_) if durable.error.is_none() => durable.through = target,
+            Ok(_) => {}
+            Err(ref error) => durable.error = Some(error.to_string()),
+        });
+        let mut state = lock(&commit.state);
+        if state.requested == target {
+            state.is_flushing = false;
+            return;
+        }
     }
 }
 
@@ -425,6 +678,128 @@ mod tests {
         entry.acked_by.push(relays[1]);
         assert!(store.ack(&group(), seq, &entry, &relays).expect("ack"));
         assert_eq!(store.outbox(&group()).expect("outbox").len(), 2);
+    }
+
+    fn entry(n: u64) -> OutboxEntry {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&n.to_be_bytes());
+        OutboxEntry {
+            blob_id: BlobId(id),
+            ciphertext: vec![1; 16],
+            acked_by: vec![],
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_enqueues_share_one_flush_and_each_is_durable_on_return() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        let before = store.flush_count();
+        let tasks: Vec<_> = (1..=64u64)
+            .map(|seq| {
+                let store = store.clone();
+                tokio::spawn(async move { store.enqueue(&group(), seq, seq, &entry(seq)).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task").expect("enqueue");
+        }
+        let flushes = store.flush_count() - before;
+        assert!(
+            (1..=4).contains(&flushes),
+            "64 concurrent enqueues took {flushes} flushes"
+        );
+        // Durable on return means the flusher finished a flush for each of them.
+        let durable = store.watch_durable().borrow().clone();
+        assert!(
+            durable.through >= 64 && durable.error.is_none(),
+            "{durable:?}"
+        );
+        drop(store);
+        let store = LocalStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.outbox(&group()).expect("outbox").len(), 64);
+    }
+
+    #[tokio::test]
+    async fn enqueue_many_writes_in_order_and_advances_the_own_seq_past_the_last() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        let entries: Vec<_> = (5..15u64).map(|seq| (seq, seq * 100, entry(seq))).collect();
+        let ticket = store.enqueue_many(&group(), &entries).expect("enqueue");
+        store.wait_durable(ticket).await.expect("durable");
+        assert_eq!(store.own_seq(&group()).expect("seq"), (15, 1400));
+        let seqs: Vec<u64> = store
+            .outbox(&group())
+            .expect("outbox")
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        assert_eq!(seqs, (5..15).collect::<Vec<u64>>());
+        assert_eq!(store.seen_count(&group()).expect("seen"), 10);
+    }
+
+    #[tokio::test]
+    async fn seen_ids_stay_bounded_and_the_newest_are_kept_across_a_reopen() {
+        let dir = tempfile::tempdir().expect("dir");
+        let total = SEEN_IDS_MAX + 3_000;
+        {
+            let store = LocalStore::open(dir.path()).expect("open");
+            let ids: Vec<BlobId> = (0..total).map(|n| entry(n).blob_id).collect();
+            for chunk in ids.chunks(1000) {
+                let batch = ReceivedBatch {
+                    seen: chunk.to_vec(),
+                    ..Default::default()
+                };
+                store.apply_received(&group(), &batch).expect("apply");
+            }
+            store.flush().await.expect("flush");
+            assert_eq!(store.seen_count(&group()).expect("seen"), SEEN_IDS_MAX);
+        }
+        let store = LocalStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.seen_count(&group()).expect("seen"), SEEN_IDS_MAX);
+        let oldest_kept = total - SEEN_IDS_MAX;
+        assert!(!store.is_seen(&group(), &entry(0).blob_id).expect("seen"));
+        assert!(
+            !store
+                .is_seen(&group(), &entry(oldest_kept - 1).blob_id)
+                .expect("seen")
+        );
+        assert!(
+            store
+                .is_seen(&group(), &entry(oldest_kept).blob_id)
+                .expect("seen")
+        );
+        assert!(
+            store
+                .is_seen(&group(), &entry(total - 1).blob_id)
+                .expect("seen")
+        );
+        let keys = store.db.scan_prefix([b's']).count() + store.db.scan_prefix([b'S']).count();
+        assert_eq!(
+            keys as u64,
+            2 * SEEN_IDS_MAX,
+            "both indexes evicted together"
+        );
+    }
+
+    #[tokio::test]
+    async fn seen_ids_of_an_older_store_get_an_order_and_are_counted() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let store = LocalStore::open(dir.path()).expect("open");
+            // As the store wrote them before seen ids were bounded: empty values, no order.
+            for n in 0..10u64 {
+                store
+                    .db
+                    .insert(key(b's', &group(), entry(n).blob_id.as_bytes()), Vec::new())
+                    .expect("insert");
+            }
+            store.db.flush().expect("flush");
+        }
+        let store = LocalStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.seen_count(&group()).expect("seen"), 10);
+        assert_eq!(store.db.scan_prefix([b'S']).count(), 10);
+        assert!(store.is_seen(&group(), &entry(3).blob_id).expect("seen"));
     }
 
     #[tokio::test]

@@ -167,6 +167,9 @@ pub struct GroupStatus {
     pub outbox: usize,
     /// Pushes not yet acknowledged by enough relays for a receipt.
     pub unacked: usize,
+    /// Blob ids remembered as seen (own pushes and records handed over), kept to dedupe
+    /// before opening; bounded by [`crate::store::SEEN_IDS_MAX`].
+    pub seen_ids: u64,
 }
 
 /// What `status()` reports.
