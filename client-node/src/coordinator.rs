@@ -10,9 +10,11 @@
 //! - **Receive**: items from any relay → dedupe by blob id → open (Encryptor: AEAD, blob id,
 //!   signature; one batch at a time, in parallel on the cores, in arrival order) → per-sender
 //!   seq check (replays dropped, gaps reported; own records dropped) → event to the app →
-//!   then the relay's cursor, the seen ids and the seq state are applied together, once per
-//!   batch, made durable by the next group commit (not waited for). Items
-//!   that do not open are reported `Undecryptable` and not marked seen, so an honest copy
+//!   then the relay's cursor and the seq state are applied together, once per batch, made
+//!   durable by the next group commit (not waited for). Recent blob ids (own pushes and
+//!   records taken) are remembered in a bounded [`SeenIds`], so duplicates are skipped before
+//!   opening; the seq tracker drops any it no longer holds. Items
+//!   that do not open are reported `Undecryptable` and not remembered, so an honest copy
 //!   from another relay still gets through.
 //! - It owns the RelayConnections (one per relay of any group) and the LocalStore.
 //!
@@ -21,6 +23,7 @@
 
 use crate::encryptor::{EncryptorMsg, ToOpen, ToSeal};
 use crate::relay_conn::{ConnGroup, RelayConnActor, RelayConnArgs, RelayConnMsg, RelayEvent};
+use crate::seen::SeenIds;
 use crate::store::{Durable, GroupRecord, LocalStore, OutboxEntry, ReceivedBatch};
 use crate::types::{
     ClientError, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
@@ -215,6 +218,8 @@ pub struct CoordinatorState {
     is_opening: bool,
     /// This device (its own records coming back are dropped).
     own: DeviceId,
+    /// Recent blob ids pushed or taken (bounded).
+    seen: SeenIds,
 }
 
 /// An app call waiting for its records to be sealed and durable.
@@ -457,12 +462,10 @@ impl CoordinatorState {
             }
             return Ok(());
         }
-        let mut fresh = Vec::with_capacity(items.len());
-        for item in items {
-            if !self.args.store.is_seen(&group, &item.blob_id)? {
-                fresh.push(item);
-            }
-        }
+        let fresh: Vec<_> = items
+            .into_iter()
+            .filter(|item| !self.seen.contains(&item.blob_id))
+            .collect();
         self.backlog_items += fresh.len();
         self.to_open.push(ToOpenBatch {
             relay,
@@ -603,10 +606,10 @@ impl CoordinatorState {
     /// Apply what a received batch changed; the next group commit makes it durable (the
     /// app already has its events: a crash before that flush hands them over again).
     fn persist(&mut self, group: GroupId, mut batch: ReceivedBatch) -> Result<(), ClientError> {
-        if batch.seen.is_empty() && batch.cursor.is_none() {
+        if batch.observed == 0 && batch.cursor.is_none() {
             return Ok(());
         }
-        if !batch.seen.is_empty() {
+        if batch.observed > 0 {
             batch.tracker = self.groups.get(&group).map(|g| g.tracker.clone());
         }
         self.args.store.apply_received(&group, &batch)?;
@@ -616,7 +619,7 @@ impl CoordinatorState {
     /// Open, check and hand one item to the app (the channel has room for two events).
     /// Check and hand one opened item to the app (the channel has room for two events).
     /// Duplicates (the same blob from another relay, or twice in a page) are dropped by the
-    /// seen ids applied so far, and past them by the seq tracker.
+    /// seen ids, and past them by the seq tracker.
     fn deliver(
         &mut self,
         events: &mpsc::Sender<Event>,
@@ -625,12 +628,7 @@ impl CoordinatorState {
         item: Received,
         batch: &mut ReceivedBatch,
     ) {
-        if self
-            .args
-            .store
-            .is_seen(&group, &item.blob_id)
-            .unwrap_or(false)
-        {
+        if self.seen.contains(&item.blob_id) {
             return;
         }
         let record = match item.opened {
@@ -649,8 +647,8 @@ impl CoordinatorState {
             }
         };
         if record.sender == self.own {
-            // This device's own record, served back (its seen id was evicted).
-            batch.seen.push(item.blob_id);
+            // This device's own record, served back (its id was forgotten).
+            self.seen.insert(item.blob_id);
             return;
         }
         let Some(state) = self.groups.get_mut(&group) else {
@@ -658,7 +656,8 @@ impl CoordinatorState {
         };
         let verdict = state.tracker.observe(record.sender, record.seq);
         state.hlc.observe(record.hlc, self.args.clock.now_unix_ms());
-        batch.seen.push(item.blob_id);
+        self.seen.insert(item.blob_id);
+        batch.observed += 1;
         match verdict {
             SeqVerdict::Replay => {
                 debug!(sender = %record.sender.short(), seq = record.seq, "replayed record dropped");
@@ -811,6 +810,8 @@ impl CoordinatorState {
                         acked_by: Vec::new(),
                     };
                     outcomes.push(Ok((group, seq, entry.blob_id)));
+                    // Its copy served back by this device's own subscription is skipped.
+                    self.seen.insert(entry.blob_id);
                     by_group.entry(group).or_default().push((seq, hlc, entry));
                 }
                 Some(Err(reason)) => outcomes.push(Err(ClientError::Invalid(reason))),
@@ -931,7 +932,7 @@ impl CoordinatorState {
                         .values()
                         .filter(|e| e.acked_by.len() < quorum)
                         .count(),
-                    seen_ids: self.args.store.seen_count(id).unwrap_or(0),
+                    seen_ids: self.seen.len() as u64,
                 }
             })
             .collect();
@@ -998,6 +999,7 @@ impl Actor for CoordinatorActor {
             to_open: Vec::new(),
             is_opening: false,
             own,
+            seen: SeenIds::default(),
         };
         // The store's group commit reports here; the task ends with the coordinator.
         let mut durable = state.args.store.watch_durable();

@@ -7,8 +7,6 @@
 //! | `g` ‖ group | [`GroupRecord`] (CBOR; holds the group secret) |
 //! | `o` ‖ group ‖ seq_be | [`OutboxEntry`] (pushes not yet acked by every relay, push order) |
 //! | `c` ‖ group ‖ relay | cursor_be: items of the group received from that relay |
-//! | `s` ‖ group ‖ blob_id | order_be: blob ids already handed to the app or pushed (dedupe across relays) |
-//! | `S` ‖ group ‖ order_be | blob_id: the same ids in the order they were added, to evict the oldest |
 //! | `q` ‖ group | the group's [`SeqTracker`] (CBOR) |
 //! | `n` ‖ group | next own seq ‖ last hlc |
 //! | `b` ‖ group | seq_base_be: own pushes numbered above it are sealed with seq − base |
@@ -27,14 +25,13 @@
 //! and [`LocalStore::watch_durable`] announces the tickets it made durable. So 64 concurrent
 //! enqueues cost one flush, not 64, and nothing is answered before it is on disk.
 //!
-//! The seen ids (`s`/`S`) are bounded: past [`SEEN_IDS_MAX`] per group the oldest are
-//! evicted. They are a cache in front of the group's [`SeqTracker`], which stays the judge of
-//! replays: an evicted id that comes back is opened again and dropped as a replay by its
-//! `(sender, seq)`; own records are recognised by their sender.
+//! No per-record state is kept beyond the outbox: replays are judged by each group's
+//! [`SeqTracker`] (bounded per sender), duplicates are skipped before opening by the
+//! coordinator's in-memory [`crate::seen::SeenIds`]. Stores written before held every seen
+//! blob id under `s` ‖ group ‖ blob_id, never pruned; they are removed at open.
 
 use crate::types::{ClientError, GroupId};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -44,12 +41,6 @@ use zerok_messages::{BlobId, DeviceId, MailboxId};
 
 const FORMAT_KEY: &[u8] = b"v";
 const FORMAT: &[u8] = b"zerok-client-1";
-
-/// Seen blob ids kept per group. They only spare opening a duplicate (the same record from a
-/// second relay, or this device's own record coming back); the seq tracker drops replays
-/// either way. 65,536 ids cover a second relay lagging that many records behind, at ~10 MB
-/// of store per group at most (two keys of ~75 bytes each, with sled's overhead).
-pub const SEEN_IDS_MAX: u64 = 65_536;
 
 /// A group this device belongs to.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,8 +164,8 @@ fn be_u64(bytes: &[u8]) -> u64 {
 /// What one received batch changes.
 #[derive(Debug, Default)]
 pub struct ReceivedBatch {
-    /// Blob ids handed to the app (or dropped as replays).
-    pub seen: Vec<BlobId>,
+    /// Records that went through the seq tracker (handed to the app or dropped as replays).
+    pub observed: usize,
     /// New cursor of (relay) for the group.
     pub cursor: Option<(DeviceId, u64)>,
     /// The group's tracker after the batch.
@@ -208,19 +199,11 @@ struct Committer {
     flushes: std::sync::atomic::AtomicU64,
 }
 
-/// The order numbers of a group's seen ids: `[oldest, next)` are in the store.
-#[derive(Debug, Clone, Copy)]
-struct SeenRange {
-    oldest: u64,
-    next: u64,
-}
-
 /// The client's store.
 #[derive(Clone)]
 pub struct LocalStore {
     db: sled::Db,
     commit: Arc<Committer>,
-    seen: Arc<Mutex<HashMap<GroupId, SeenRange>>>,
 }
 
 impl LocalStore {
@@ -258,30 +241,22 @@ impl LocalStore {
                 durable: watch::Sender::new(Durable::default()),
                 flushes: Default::default(),
             }),
-            seen: Arc::default(),
         };
-        store.index_unordered_seen_ids()?;
+        store.remove_legacy_seen_ids()?;
         Ok(store)
     }
 
-    /// Stores written before seen ids were bounded hold `s` keys without an order: give them
-    /// one (in key order), so they are evicted like the rest.
-    fn index_unordered_seen_ids(&self) -> Result<(), ClientError> {
+    /// Stores written before kept every seen blob id (`s` keys), never pruned: drop them
+    /// (the seq trackers judge replays; see the module doc).
+    fn remove_legacy_seen_ids(&self) -> Result<(), ClientError> {
         let mut batch = sled::Batch::default();
-        let mut found = false;
+        let mut found = 0usize;
         for entry in self.db.scan_prefix([b's']) {
-            let (k, v) = entry.map_err(err)?;
-            if !v.is_empty() || k.len() != 65 {
-                continue;
-            }
-            found = true;
-            let group = GroupId(MailboxId(
-                k[1..33].try_into().map_err(|_| err("corrupt seen key"))?,
-            ));
-            let blob_id = BlobId(k[33..65].try_into().map_err(|_| err("corrupt seen key"))?);
-            self.add_seen(&mut batch, &group, &[blob_id])?;
+            let (k, _) = entry.map_err(err)?;
+            batch.remove(k);
+            found += 1;
         }
-        if found {
+        if found > 0 {
             self.db.apply_batch(batch).map_err(err)?;
             self.db.flush().map_err(err)?;
         }
@@ -448,81 +423,8 @@ impl LocalStore {
         next[..8].copy_from_slice(&(last_seq + 1).to_be_bytes());
         next[8..].copy_from_slice(&last_hlc.to_be_bytes());
         batch.insert(key(b'n', group, &[]), next.to_vec());
-        // Our own records must not come back to us as received.
-        let blob_ids: Vec<BlobId> = entries.iter().map(|(_, _, e)| e.blob_id).collect();
-        self.add_seen(&mut batch, group, &blob_ids)?;
         self.db.apply_batch(batch).map_err(err)?;
         Ok(self.request_flush())
-    }
-
-    /// Add `blob_ids` to the group's seen ids in `batch`, evicting the oldest past
-    /// [`SEEN_IDS_MAX`]. The caller applies the batch (the coordinator is the only writer, so
-    /// the in-memory range follows the store).
-    fn add_seen(
-        &self,
-        batch: &mut sled::Batch,
-        group: &GroupId,
-        blob_ids: &[BlobId],
-    ) -> Result<(), ClientError> {
-        let mut ranges = lock(&self.seen);
-        let range = match ranges.get(group) {
-            Some(range) => *range,
-            None => self.seen_range(group)?,
-        };
-        let mut range = range;
-        for blob_id in blob_ids {
-            batch.insert(
-                key(b's', group, blob_id.as_bytes()),
-                range.next.to_be_bytes().to_vec(),
-            );
-            batch.insert(
-                key(b'S', group, &range.next.to_be_bytes()),
-                blob_id.as_bytes().to_vec(),
-            );
-            range.next += 1;
-        }
-        let excess = (range.next - range.oldest).saturating_sub(SEEN_IDS_MAX);
-        if excess > 0 {
-            let from = key(b'S', group, &range.oldest.to_be_bytes());
-            let to = key(b'S', group, &(range.oldest + excess).to_be_bytes());
-            for entry in self.db.range(from..to) {
-                let (k, v) = entry.map_err(err)?;
-                batch.remove(k);
-                batch.remove(key(b's', group, &v));
-            }
-            range.oldest += excess;
-        }
-        ranges.insert(*group, range);
-        Ok(())
-    }
-
-    /// The group's seen range as stored.
-    fn seen_range(&self, group: &GroupId) -> Result<SeenRange, ClientError> {
-        let prefix = key(b'S', group, &[]);
-        let order = |entry: Option<sled::Result<(sled::IVec, sled::IVec)>>| {
-            entry
-                .transpose()
-                .map(|e| e.map(|(k, _)| be_u64(&k[33..])))
-                .map_err(err)
-        };
-        let oldest = order(self.db.scan_prefix(&prefix).next())?;
-        let newest = order(self.db.scan_prefix(&prefix).next_back())?;
-        Ok(match (oldest, newest) {
-            (Some(oldest), Some(newest)) => SeenRange {
-                oldest,
-                next: newest + 1,
-            },
-            _ => SeenRange { oldest: 0, next: 0 },
-        })
-    }
-
-    /// Seen ids the group holds (bounded by [`SEEN_IDS_MAX`]).
-    pub fn seen_count(&self, group: &GroupId) -> Result<u64, ClientError> {
-        if let Some(range) = lock(&self.seen).get(group) {
-            return Ok(range.next - range.oldest);
-        }
-        let range = self.seen_range(group)?;
-        Ok(range.next - range.oldest)
     }
 
     /// The outbox of a group in push order: `(seq, entry)`.
@@ -570,13 +472,6 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Whether a blob was already handed to the app (or pushed by this device).
-    pub fn is_seen(&self, group: &GroupId, blob_id: &BlobId) -> Result<bool, ClientError> {
-        self.db
-            .contains_key(key(b's', group, blob_id.as_bytes()))
-            .map_err(err)
-    }
-
     /// The group's sequence tracker.
     pub fn tracker(&self, group: &GroupId) -> Result<SeqTracker, ClientError> {
         match self.db.get(key(b'q', group, &[])).map_err(err)? {
@@ -603,7 +498,6 @@ impl LocalStore {
         batch: &ReceivedBatch,
     ) -> Result<u64, ClientError> {
         let mut write = sled::Batch::default();
-        self.add_seen(&mut write, group, &batch.seen)?;
         if let Some((relay, cursor)) = batch.cursor {
             write.insert(
                 key(b'c', group, relay.as_bytes()),
@@ -670,7 +564,6 @@ mod tests {
         let outbox = store.outbox(&group()).expect("outbox");
         let seqs: Vec<u64> = outbox.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![1, 2, 300]);
-        assert!(store.is_seen(&group(), &BlobId([2; 32])).expect("seen"));
         let (seq, mut entry) = outbox[0].clone();
         let relays = [DeviceId([1; 32]), DeviceId([2; 32])];
         entry.acked_by.push(relays[0]);
@@ -735,75 +628,64 @@ mod tests {
             .map(|(seq, _)| seq)
             .collect();
         assert_eq!(seqs, (5..15).collect::<Vec<u64>>());
-        assert_eq!(store.seen_count(&group()).expect("seen"), 10);
     }
 
     #[tokio::test]
-    async fn seen_ids_stay_bounded_and_the_newest_are_kept_across_a_reopen() {
-        let dir = tempfile::tempdir().expect("dir");
-        let total = SEEN_IDS_MAX + 3_000;
-        {
-            let store = LocalStore::open(dir.path()).expect("open");
-            let ids: Vec<BlobId> = (0..total).map(|n| entry(n).blob_id).collect();
-            for chunk in ids.chunks(1000) {
-                let batch = ReceivedBatch {
-                    seen: chunk.to_vec(),
-                    ..Default::default()
-                };
-                store.apply_received(&group(), &batch).expect("apply");
-            }
-            store.flush().await.expect("flush");
-            assert_eq!(store.seen_count(&group()).expect("seen"), SEEN_IDS_MAX);
-        }
-        let store = LocalStore::open(dir.path()).expect("reopen");
-        assert_eq!(store.seen_count(&group()).expect("seen"), SEEN_IDS_MAX);
-        let oldest_kept = total - SEEN_IDS_MAX;
-        assert!(!store.is_seen(&group(), &entry(0).blob_id).expect("seen"));
-        assert!(
-            !store
-                .is_seen(&group(), &entry(oldest_kept - 1).blob_id)
-                .expect("seen")
-        );
-        assert!(
-            store
-                .is_seen(&group(), &entry(oldest_kept).blob_id)
-                .expect("seen")
-        );
-        assert!(
-            store
-                .is_seen(&group(), &entry(total - 1).blob_id)
-                .expect("seen")
-        );
-        let keys = store.db.scan_prefix([b's']).count() + store.db.scan_prefix([b'S']).count();
-        assert_eq!(
-            keys as u64,
-            2 * SEEN_IDS_MAX,
-            "both indexes evicted together"
-        );
-    }
-
-    #[tokio::test]
-    async fn seen_ids_of_an_older_store_get_an_order_and_are_counted() {
+    async fn seen_ids_of_an_older_store_are_removed_at_open() {
         let dir = tempfile::tempdir().expect("dir");
         {
             let store = LocalStore::open(dir.path()).expect("open");
-            // As the store wrote them before seen ids were bounded: empty values, no order.
+            // As the store wrote them before: one key per blob id ever seen, never pruned.
             for n in 0..10u64 {
                 store
                     .db
                     .insert(key(b's', &group(), entry(n).blob_id.as_bytes()), Vec::new())
                     .expect("insert");
             }
-            store.db.flush().expect("flush");
+            store
+                .enqueue(&group(), 1, 1, &entry(1))
+                .await
+                .expect("enqueue");
         }
         let store = LocalStore::open(dir.path()).expect("reopen");
-        assert_eq!(store.seen_count(&group()).expect("seen"), 10);
-        assert_eq!(store.db.scan_prefix([b'S']).count(), 10);
-        assert!(store.is_seen(&group(), &entry(3).blob_id).expect("seen"));
+        assert_eq!(store.db.scan_prefix([b's']).count(), 0);
+        assert_eq!(
+            store.outbox(&group()).expect("outbox").len(),
+            1,
+            "the rest stays"
+        );
     }
 
     #[tokio::test]
-    async fn received_batches_persist_cursor_seen_and_tracker_together() {
+    async fn received_batches_write_no_per_record_keys() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        let keys_before = store.db.len();
+        let relay = DeviceId([9; 32]);
+        let mut tracker = SeqTracker::new();
+        for page in 0..10u64 {
+            for seq in 1..=1000 {
+                tracker.observe(DeviceId([1; 32]), page * 1000 + seq);
+            }
+            let ticket = store
+                .apply_received(
+                    &group(),
+                    &ReceivedBatch {
+                        observed: 1000,
+                        cursor: Some((relay, (page + 1) * 1000)),
+                        tracker: Some(tracker.clone()),
+                    },
+                )
+                .expect("apply");
+            store.wait_durable(ticket).await.expect("durable");
+        }
+        // 10,000 records received: a cursor and a tracker, nothing per record.
+        assert_eq!(store.db.len(), keys_before + 2);
+        assert_eq!(store.cursor(&group(), &relay).expect("cursor"), 10_000);
+    }
+
+    #[tokio::test]
+    async fn received_batches_persist_cursor_and_tracker_together() {
         let dir = tempfile::tempdir().expect("dir");
         let store = LocalStore::open(dir.path()).expect("open");
         let relay = DeviceId([9; 32]);
@@ -813,7 +695,7 @@ mod tests {
             .received(
                 &group(),
                 &ReceivedBatch {
-                    seen: vec![BlobId([5; 32])],
+                    observed: 1,
                     cursor: Some((relay, 42)),
                     tracker: Some(tracker.clone()),
                 },
@@ -821,7 +703,6 @@ mod tests {
             .await
             .expect("received");
         assert_eq!(store.cursor(&group(), &relay).expect("cursor"), 42);
-        assert!(store.is_seen(&group(), &BlobId([5; 32])).expect("seen"));
         assert_eq!(store.tracker(&group()).expect("tracker"), tracker);
         let record = GroupRecord {
             name: "g".into(),

@@ -167,8 +167,8 @@ pub struct GroupStatus {
     pub outbox: usize,
     /// Pushes not yet acknowledged by enough relays for a receipt.
     pub unacked: usize,
-    /// Blob ids remembered as seen (own pushes and records handed over), kept to dedupe
-    /// before opening; bounded by [`crate::store::SEEN_IDS_MAX`].
+    /// Recent blob ids remembered (own pushes and records taken, of every group), kept to
+    /// skip duplicates before opening; bounded by [`crate::seen::SEEN_IDS_MAX`].
     pub seen_ids: u64,
 }
 

@@ -341,9 +341,15 @@ async fn push_concurrently(
         let sender = Arc::clone(sender);
         tasks.push(tokio::spawn(async move {
             let mine: Vec<u64> = (task..records).step_by(APP_TASKS).collect();
-            let _ = batch;
-            for index in mine {
-                sender.enqueue(group, payload(run, index)).await?;
+            if batch > 1 {
+                for chunk in mine.chunks(batch) {
+                    let payloads = chunk.iter().map(|i| payload(run, *i)).collect();
+                    sender.enqueue_many(group, payloads).await?;
+                }
+            } else {
+                for index in mine {
+                    sender.enqueue(group, payload(run, index)).await?;
+                }
             }
             anyhow::Ok(())
         }));
@@ -442,7 +448,42 @@ pub async fn client(bench: &Bench, sizes: ClientSizes) -> anyhow::Result<Vec<Ben
         .param("app_tasks", 1),
     );
 
+    // 3. The same N through `enqueue_many`.
+    let (run, metric, records) = (3, "push_batched_per_s", n);
+    pushed_total += records;
+    receiver.expect(run, records)?;
+    let started = Instant::now();
+    tokio::time::timeout(
+        PHASE_BOUND,
+        push_concurrently(&a, group, run, records, BATCH_RECORDS),
+    )
+    .await??;
+    let received_at = receiver.all_received().await?;
+    results.push(
+        BenchResult::new(
+            BENCH,
+            metric,
+            records as f64 / (received_at - started).as_secs_f64(),
+            "1/s",
+            Better::Higher,
+        )
+        .param("records", records)
+        .param("app_tasks", APP_TASKS)
+        .param("batch", BATCH_RECORDS)
+        .against("floor_record_all_cores_per_s", floor.record_all_cores_per_s),
+    );
     let rss_pushed = rss_mib();
+    let seen_ids = b.status().await?.groups.first().map_or(0, |g| g.seen_ids);
+    results.push(
+        BenchResult::new(
+            BENCH,
+            "receiver_seen_ids",
+            seen_ids as f64,
+            "ids",
+            Better::Lower,
+        )
+        .param("records", 1 + pushed_total),
+    );
     receiver.finish().await?;
 
     // 4. A late joiner catches up on everything stored.

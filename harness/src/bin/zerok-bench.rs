@@ -53,7 +53,12 @@ enum Command {
     /// The client through its public API: two devices, 100,000 records pushed by 64 app
     /// tasks and received verified, pushes one by one, a late joiner's catch-up, against the
     /// same-run crypto floor (sign + verify + seal + open per record).
-    Client,
+    Client {
+        /// Records of the concurrent and batched pushes (default 100,000; 5,000 with
+        /// `--quick`).
+        #[arg(long, value_name = "N")]
+        records: Option<u64>,
+    },
     /// A relay with N items stored: start → ready, memory, pushes, catch-up, restart.
     Stored {
         /// Items stored before the relay starts (default 1,000,000; 20,000 with `--quick`).
@@ -234,12 +239,20 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         if wants(Command::Failover) {
             emit(relay_benches::failover(&bench).await?, &mut results);
         }
-        if wants(Command::Client) {
-            let sizes = if quick {
+        let client_records = match &cli.command {
+            Command::Client { records } => Some(*records),
+            Command::All => Some(None),
+            _ => None,
+        };
+        if let Some(records) = client_records {
+            let mut sizes = if quick {
                 ClientSizes::quick()
             } else {
                 ClientSizes::full()
             };
+            if let Some(records) = records {
+                sizes.records = records;
+            }
             emit(client_bench::client(&bench, sizes).await?, &mut results);
         }
         let stored_items = match &cli.command {
