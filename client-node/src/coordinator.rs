@@ -531,7 +531,6 @@ impl CoordinatorState {
                 group: batch.group,
                 items,
                 upto: batch.upto,
-                batch: ReceivedBatch::default(),
             });
         }
         self.start_open(myself);
@@ -551,27 +550,32 @@ impl CoordinatorState {
     }
 
     /// Deliver backlog items while the event channel has room; never waits for the app. A
-    /// batch's cursor is persisted once all its items were handed over.
+    /// relay batch's cursor is persisted once all its items were handed over; what one call
+    /// handed over is applied to the store once per group.
     fn drain(&mut self, myself: &ActorRef<CoordMsg>) -> Result<(), ClientError> {
         let events = self.args.events.clone();
+        let mut touched: BTreeMap<GroupId, ReceivedBatch> = BTreeMap::new();
         while let Some(mut front) = self.backlog.pop_front() {
+            let batch = touched.entry(front.group).or_default();
             while let Some(item) = front.items.pop_front() {
                 // Up to two events per item (a gap and the record).
                 if !events.is_closed() && events.capacity() < 2 {
                     front.items.push_front(item);
                     // What was handed over so far is persisted now (not the cursor).
-                    let partial = std::mem::take(&mut front.batch);
-                    self.persist(front.group, partial)?;
                     self.backlog.push_front(front);
+                    for (group, batch) in touched {
+                        self.persist(group, batch)?;
+                    }
                     self.wait_for_room(myself);
                     return Ok(());
                 }
                 self.backlog_items = self.backlog_items.saturating_sub(1);
-                self.deliver(&events, front.relay, front.group, item, &mut front.batch);
+                self.deliver(&events, front.relay, front.group, item, batch);
             }
-            let mut batch = std::mem::take(&mut front.batch);
-            batch.cursor = Some((front.relay, front.upto));
-            self.persist(front.group, batch)?;
+            batch.cursors.push((front.relay, front.upto));
+        }
+        for (group, batch) in touched {
+            self.persist(group, batch)?;
         }
         // Everything delivered: barriers pass (once durable), paused connections may read
         // again.
@@ -603,10 +607,12 @@ impl CoordinatorState {
         });
     }
 
-    /// Apply what a received batch changed; the next group commit makes it durable (the
-    /// app already has its events: a crash before that flush hands them over again).
+    /// Apply what received items changed. Nothing waits for it to be durable: sled's own
+    /// periodic flush, the next group commit, a barrier or the stop make it so (the app
+    /// already has the events; a crash before that hands the last ones over again, as a
+    /// crash between hand-over and flush always could).
     fn persist(&mut self, group: GroupId, mut batch: ReceivedBatch) -> Result<(), ClientError> {
-        if batch.observed == 0 && batch.cursor.is_none() {
+        if batch.observed == 0 && batch.cursors.is_empty() {
             return Ok(());
         }
         if batch.observed > 0 {
@@ -964,7 +970,6 @@ struct Backlog {
     group: GroupId,
     items: VecDeque<Received>,
     upto: u64,
-    batch: ReceivedBatch,
 }
 
 impl Actor for CoordinatorActor {

@@ -39,6 +39,11 @@ use zerok_actors::crypto::seq::SeqTracker;
 use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, MailboxId};
 
+/// sled's own background flush: what nothing waits for (received cursors and seq trackers,
+/// acks) is on disk at most this long after it was applied. 500 ms (sled's default) bounds
+/// what a crash hands to the app a second time to about half a second of records.
+const BACKGROUND_FLUSH_MS: u64 = 500;
+
 const FORMAT_KEY: &[u8] = b"v";
 const FORMAT: &[u8] = b"zerok-client-1";
 
@@ -166,8 +171,8 @@ fn be_u64(bytes: &[u8]) -> u64 {
 pub struct ReceivedBatch {
     /// Records that went through the seq tracker (handed to the app or dropped as replays).
     pub observed: usize,
-    /// New cursor of (relay) for the group.
-    pub cursor: Option<(DeviceId, u64)>,
+    /// New cursors of relays for the group (a later one of the same relay wins).
+    pub cursors: Vec<(DeviceId, u64)>,
     /// The group's tracker after the batch.
     pub tracker: Option<SeqTracker>,
 }
@@ -212,6 +217,7 @@ impl LocalStore {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(16 << 20)
+            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
             .open()
             .map_err(|e| ClientError::Home {
                 path: dir.display().to_string(),
@@ -486,19 +492,20 @@ impl LocalStore {
         group: &GroupId,
         batch: &ReceivedBatch,
     ) -> Result<(), ClientError> {
-        let ticket = self.apply_received(group, batch)?;
-        self.wait_durable(ticket).await
+        self.apply_received(group, batch)?;
+        self.flush().await
     }
 
-    /// Apply what a received batch changed, atomically; answers the flush ticket that makes
-    /// it durable (one flush per batch at most, shared with every other write before it).
+    /// Apply what a received batch changed, atomically, without asking for a flush: sled's
+    /// periodic flush (every 500 ms by default), the next group commit or an explicit
+    /// [`LocalStore::flush`] makes it durable.
     pub fn apply_received(
         &self,
         group: &GroupId,
         batch: &ReceivedBatch,
-    ) -> Result<u64, ClientError> {
+    ) -> Result<(), ClientError> {
         let mut write = sled::Batch::default();
-        if let Some((relay, cursor)) = batch.cursor {
+        for (relay, cursor) in &batch.cursors {
             write.insert(
                 key(b'c', group, relay.as_bytes()),
                 cursor.to_be_bytes().to_vec(),
@@ -508,7 +515,7 @@ impl LocalStore {
             write.insert(key(b'q', group, &[]), cbor(tracker)?);
         }
         self.db.apply_batch(write).map_err(err)?;
-        Ok(self.request_flush())
+        Ok(())
     }
 }
 
@@ -667,17 +674,17 @@ mod tests {
             for seq in 1..=1000 {
                 tracker.observe(DeviceId([1; 32]), page * 1000 + seq);
             }
-            let ticket = store
+            store
                 .apply_received(
                     &group(),
                     &ReceivedBatch {
                         observed: 1000,
-                        cursor: Some((relay, (page + 1) * 1000)),
+                        cursors: vec![(relay, (page + 1) * 1000)],
                         tracker: Some(tracker.clone()),
                     },
                 )
                 .expect("apply");
-            store.wait_durable(ticket).await.expect("durable");
+            store.flush().await.expect("durable");
         }
         // 10,000 records received: a cursor and a tracker, nothing per record.
         assert_eq!(store.db.len(), keys_before + 2);
@@ -696,7 +703,7 @@ mod tests {
                 &group(),
                 &ReceivedBatch {
                     observed: 1,
-                    cursor: Some((relay, 42)),
+                    cursors: vec![(relay, 42)],
                     tracker: Some(tracker.clone()),
                 },
             )
