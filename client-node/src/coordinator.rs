@@ -618,6 +618,13 @@ impl CoordinatorState {
         if batch.observed > 0 {
             batch.tracker = self.groups.get(&group).map(|g| g.tracker.clone());
         }
+        // Connections parked at their pull-ahead bound go on.
+        let delivered: BTreeMap<DeviceId, u64> = batch.cursors.iter().copied().collect();
+        for (relay, upto) in delivered {
+            if let Some(conn) = self.conns.get(&relay) {
+                let _ = conn.actor.cast(RelayConnMsg::Delivered { group, upto });
+            }
+        }
         self.args.store.apply_received(&group, &batch)?;
         Ok(())
     }
