@@ -50,6 +50,12 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 const RECENT_RECEIPTS_MAX: usize = 16_384;
 /// Fallback retry delay after a refused push without a hint.
 const RETRY_DEFAULT: Duration = Duration::from_secs(1);
+/// Pushes of a group handed to one RelayConnection and not yet acked by it. The rest wait
+/// in the outbox and are handed over as acks come back, so an app that enqueues faster
+/// than a relay stores (or while it is away) does not also queue a copy of every record in
+/// the connection. 1,024 × 1 KiB records is 2 MiB, eight times the connection's own window
+/// of frames in flight, so it never runs dry while the relay keeps up.
+pub const PUSHES_HANDED_MAX: usize = 1024;
 /// Records one `enqueue_many` may carry: its records are sealed, written and flushed as one
 /// batch, which the app waits for; 10,000 × 1 KiB is ~10 MiB and well under a second.
 pub const ENQUEUE_MANY_RECORDS_MAX: usize = 10_000;
@@ -171,6 +177,8 @@ pub struct CoordinatorArgs {
 struct GroupState {
     /// Own pushes up to this seq are durable in the outbox (only they may go to relays).
     durable_seq: u64,
+    /// What each relay's connection was handed of the outbox.
+    sending: HashMap<DeviceId, SendWindow>,
     record: GroupRecord,
     keys: Arc<EpochKeys>,
     relays: Vec<RelayAddr>,
@@ -181,6 +189,15 @@ struct GroupState {
     /// Own records are sealed with `outbox seq - seq_base` (see `LocalStore::new_device_key`).
     seq_base: u64,
     hlc: Hlc,
+}
+
+/// The outbox pushes handed to one relay's connection.
+#[derive(Debug, Default, Clone, Copy)]
+struct SendWindow {
+    /// Every push up to this seq was handed over (or acked by this relay before).
+    sent_upto: u64,
+    /// Of those, how many this relay has not acked yet.
+    unacked: usize,
 }
 
 struct ConnEntry {
@@ -277,6 +294,7 @@ impl CoordinatorState {
         hlc.observe(last_hlc, self.args.clock.now_unix_ms());
         Ok(GroupState {
             durable_seq: next_seq.saturating_sub(1),
+            sending: HashMap::new(),
             relays: parse_relays(&record),
             tracker: store.tracker(&id)?,
             record,
@@ -362,6 +380,41 @@ impl CoordinatorState {
         }
     }
 
+    /// Hand `relay`'s connection the group's next durable pushes it has not acked, up to
+    /// [`PUSHES_HANDED_MAX`] unacked, in push order.
+    fn top_up(&mut self, relay: DeviceId, group: GroupId) {
+        let Some(state) = self.groups.get_mut(&group) else {
+            return;
+        };
+        let Some(conn) = self.conns.get(&relay) else {
+            return;
+        };
+        let window = state.sending.entry(relay).or_default();
+        if window.sent_upto >= state.durable_seq || window.unacked >= PUSHES_HANDED_MAX {
+            return;
+        }
+        for (seq, entry) in state.outbox.range(window.sent_upto + 1..=state.durable_seq) {
+            if window.unacked >= PUSHES_HANDED_MAX {
+                break;
+            }
+            window.sent_upto = *seq;
+            if entry.acked_by.contains(&relay) {
+                continue;
+            }
+            window.unacked += 1;
+            let _ = conn.actor.cast(RelayConnMsg::Push {
+                group,
+                seq: *seq,
+                blob_id: entry.blob_id,
+                ciphertext: Bytes::from(entry.ciphertext.clone()),
+            });
+        }
+        if window.unacked < PUSHES_HANDED_MAX {
+            // Everything up to the durable end was looked at.
+            window.sent_upto = state.durable_seq;
+        }
+    }
+
     fn send_push(&self, relay: &DeviceId, group: GroupId, seq: u64, entry: &OutboxEntry) {
         if let Some(conn) = self.conns.get(relay) {
             let _ = conn.actor.cast(RelayConnMsg::Push {
@@ -424,6 +477,11 @@ impl CoordinatorState {
             entry.acked_by.push(relay);
         }
         let entry = entry.clone();
+        if let Some(window) = state.sending.get_mut(&relay)
+            && seq <= window.sent_upto
+        {
+            window.unacked = window.unacked.saturating_sub(1);
+        }
         let all: Vec<DeviceId> = state.relays.iter().map(|r| r.id).collect();
         let done = self.args.store.ack(&group, seq, &entry, &all)?;
         if done && let Some(state) = self.groups.get_mut(&group) {
@@ -433,6 +491,7 @@ impl CoordinatorState {
         }
         let needed = self.groups.get(&group).map_or(1, |g| self.quorum(g));
         self.answer_waiters(&entry.blob_id, &entry.acked_by, needed);
+        self.top_up(relay, group);
         Ok(())
     }
 
@@ -877,6 +936,7 @@ impl CoordinatorState {
     /// The store made everything up to `durable.through` durable: answer and send what
     /// waited for it, in order.
     fn on_durable(&mut self, durable: Durable) {
+        let mut touched = std::collections::BTreeSet::new();
         while let Some((ticket, _)) = self.after_durable.front() {
             let failed = durable.error.clone().filter(|_| *ticket > durable.through);
             if *ticket > durable.through && failed.is_none() {
@@ -899,17 +959,9 @@ impl CoordinatorState {
                     None,
                 ) => {
                     for (group, seq) in pushes {
-                        let Some(state) = self.groups.get_mut(&group) else {
-                            continue;
-                        };
-                        state.durable_seq = state.durable_seq.max(seq);
-                        let Some(state) = self.groups.get(&group) else {
-                            continue;
-                        };
-                        if let Some(entry) = state.outbox.get(&seq) {
-                            for relay in &state.relays {
-                                self.send_push(&relay.id, group, seq, entry);
-                            }
+                        if let Some(state) = self.groups.get_mut(&group) {
+                            state.durable_seq = state.durable_seq.max(seq);
+                            touched.insert(group);
                         }
                     }
                     let _ = reply.send(Ok(queued));
@@ -917,6 +969,17 @@ impl CoordinatorState {
                 (AfterDurable::Barrier(reply), None) => {
                     let _ = reply.send(());
                 }
+            }
+        }
+        // Newly durable pushes go to every relay of their group, within its window.
+        for group in touched {
+            let relays: Vec<DeviceId> = self
+                .groups
+                .get(&group)
+                .map(|g| g.relays.iter().map(|r| r.id).collect())
+                .unwrap_or_default();
+            for relay in relays {
+                self.top_up(relay, group);
             }
         }
     }
@@ -1060,18 +1123,31 @@ impl Actor for CoordinatorActor {
                     }
                 }
                 RelayEvent::Joined { relay, group } => {
-                    // (Re)send everything this relay has not acked, in push order; the
-                    // connection takes new pushes for the group only after this.
-                    if let Some(g) = state.groups.get(&group)
+                    // (Re)send what this relay has not acked, in push order, a window of
+                    // it (the rest follows as acks come back); the connection takes new
+                    // pushes for the group only after this. Only what is durable: the rest
+                    // goes out once its flush completed.
+                    if let Some(g) = state.groups.get_mut(&group)
                         && let Some(conn) = state.conns.get(&relay)
                     {
-                        // Only what is durable: the rest goes out once its flush completed.
-                        let entries = g
+                        let entries: Vec<(u64, BlobId, Bytes)> = g
                             .outbox
                             .range(..=g.durable_seq)
                             .filter(|(_, e)| !e.acked_by.contains(&relay))
+                            .take(PUSHES_HANDED_MAX)
                             .map(|(seq, e)| (*seq, e.blob_id, Bytes::from(e.ciphertext.clone())))
                             .collect();
+                        let sent_upto = match entries.last() {
+                            Some((last, _, _)) if entries.len() == PUSHES_HANDED_MAX => *last,
+                            _ => g.durable_seq,
+                        };
+                        g.sending.insert(
+                            relay,
+                            SendWindow {
+                                sent_upto,
+                                unacked: entries.len(),
+                            },
+                        );
                         let _ = conn.actor.cast(RelayConnMsg::Resend { group, entries });
                     }
                 }

@@ -213,3 +213,41 @@ fn enqueued_records_survive_a_sigkill() {
     let (next_seq, _) = store.own_seq(&groups[0].0).unwrap();
     assert!(seqs.iter().all(|seq| *seq < next_seq), "next {next_seq}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_larger_than_the_send_window_drains_in_order_after_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = relay(dir.path(), "relay").await;
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    let mut events = bob.events().unwrap();
+    alice.push(group, b"before".to_vec()).await.unwrap();
+    relay.kill();
+    // Three windows' worth queued while the relay is away, and more while it comes back.
+    let records = 3 * zerok_client::coordinator::PUSHES_HANDED_MAX + 17;
+    let payloads_of = |range: std::ops::Range<usize>| -> Vec<Vec<u8>> {
+        range
+            .map(|n| format!("queued {n:05}").into_bytes())
+            .collect()
+    };
+    alice
+        .enqueue_many(group, payloads_of(0..records - 500))
+        .await
+        .unwrap();
+    relay.restart().await.unwrap();
+    let last = alice
+        .enqueue_many(group, payloads_of(records - 500..records))
+        .await
+        .unwrap();
+    alice
+        .wait_acked(group, *last.last().unwrap(), Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+
+    let (received, other) = receive(&mut events, records + 1, Duration::from_secs(120)).await;
+    assert_eq!(received.len(), records + 1, "other: {other:?}");
+    let expected: Vec<String> = std::iter::once("before".to_owned())
+        .chain((0..records).map(|n| format!("queued {n:05}")))
+        .collect();
+    assert_eq!(payloads(&received), expected);
+    assert!(drained(&alice, group, Duration::from_secs(30)).await);
+}
