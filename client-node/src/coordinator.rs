@@ -183,12 +183,21 @@ struct GroupState {
     keys: Arc<EpochKeys>,
     relays: Vec<RelayAddr>,
     tracker: SeqTracker,
-    outbox: BTreeMap<u64, OutboxEntry>,
+    /// The outbox without its envelopes (they stay in the store until sent: memory does not
+    /// grow with what is queued).
+    outbox: BTreeMap<u64, Queued>,
     by_blob: HashMap<BlobId, u64>,
     next_seq: u64,
     /// Own records are sealed with `outbox seq - seq_base` (see `LocalStore::new_device_key`).
     seq_base: u64,
     hlc: Hlc,
+}
+
+/// A queued push, as the coordinator keeps it.
+#[derive(Debug, Clone)]
+struct Queued {
+    blob_id: BlobId,
+    acked_by: Vec<DeviceId>,
 }
 
 /// The outbox pushes handed to one relay's connection.
@@ -285,7 +294,17 @@ impl CoordinatorState {
     fn load_group(&self, id: GroupId, record: GroupRecord) -> Result<GroupState, ClientError> {
         let keys = Arc::new(GroupSecret::from_bytes(record.secret).epoch_keys(Epoch(record.epoch)));
         let store = &self.args.store;
-        let outbox: BTreeMap<u64, OutboxEntry> = store.outbox(&id)?.into_iter().collect();
+        let outbox: BTreeMap<u64, Queued> = store
+            .outbox(&id)?
+            .into_iter()
+            .map(|(seq, e)| {
+                let queued = Queued {
+                    blob_id: e.blob_id,
+                    acked_by: e.acked_by,
+                };
+                (seq, queued)
+            })
+            .collect();
         let by_blob = outbox.iter().map(|(seq, e)| (e.blob_id, *seq)).collect();
         let (next_seq, last_hlc) = store.own_seq(&id)?;
         // Our own last timestamp goes through the same bound: a clock that was pinned far
@@ -393,36 +412,54 @@ impl CoordinatorState {
         if window.sent_upto >= state.durable_seq || window.unacked >= PUSHES_HANDED_MAX {
             return;
         }
-        for (seq, entry) in state.outbox.range(window.sent_upto + 1..=state.durable_seq) {
+        let mut handed = Vec::new();
+        for (seq, queued) in state.outbox.range(window.sent_upto + 1..=state.durable_seq) {
             if window.unacked >= PUSHES_HANDED_MAX {
                 break;
             }
             window.sent_upto = *seq;
-            if entry.acked_by.contains(&relay) {
+            if queued.acked_by.contains(&relay) {
                 continue;
             }
             window.unacked += 1;
-            let _ = conn.actor.cast(RelayConnMsg::Push {
-                group,
-                seq: *seq,
-                blob_id: entry.blob_id,
-                ciphertext: Bytes::from(entry.ciphertext.clone()),
-            });
+            handed.push(*seq);
         }
         if window.unacked < PUSHES_HANDED_MAX {
             // Everything up to the durable end was looked at.
             window.sent_upto = state.durable_seq;
         }
+        for seq in handed {
+            match self.args.store.outbox_entry(&group, seq) {
+                Ok(Some(entry)) => {
+                    let _ = conn.actor.cast(RelayConnMsg::Push {
+                        group,
+                        seq,
+                        blob_id: entry.blob_id,
+                        ciphertext: Bytes::from(entry.ciphertext),
+                    });
+                }
+                Ok(None) => {}
+                Err(err) => warn!(error = %err, "queued push unreadable"),
+            }
+        }
     }
 
-    fn send_push(&self, relay: &DeviceId, group: GroupId, seq: u64, entry: &OutboxEntry) {
-        if let Some(conn) = self.conns.get(relay) {
-            let _ = conn.actor.cast(RelayConnMsg::Push {
-                group,
-                seq,
-                blob_id: entry.blob_id,
-                ciphertext: Bytes::from(entry.ciphertext.clone()),
-            });
+    /// Send the queued push `seq` to `relay` again (after a refusal).
+    fn resend_push(&self, relay: &DeviceId, group: GroupId, seq: u64) {
+        let Some(conn) = self.conns.get(relay) else {
+            return;
+        };
+        match self.args.store.outbox_entry(&group, seq) {
+            Ok(Some(entry)) => {
+                let _ = conn.actor.cast(RelayConnMsg::Push {
+                    group,
+                    seq,
+                    blob_id: entry.blob_id,
+                    ciphertext: Bytes::from(entry.ciphertext),
+                });
+            }
+            Ok(None) => {}
+            Err(err) => warn!(error = %err, "queued push unreadable"),
         }
     }
 
@@ -476,21 +513,22 @@ impl CoordinatorState {
         if !entry.acked_by.contains(&relay) {
             entry.acked_by.push(relay);
         }
-        let entry = entry.clone();
+        let acked_by = entry.acked_by.clone();
+        let blob_id = entry.blob_id;
         if let Some(window) = state.sending.get_mut(&relay)
             && seq <= window.sent_upto
         {
             window.unacked = window.unacked.saturating_sub(1);
         }
         let all: Vec<DeviceId> = state.relays.iter().map(|r| r.id).collect();
-        let done = self.args.store.ack(&group, seq, &entry, &all)?;
+        let done = self.args.store.ack(&group, seq, &acked_by, &all)?;
         if done && let Some(state) = self.groups.get_mut(&group) {
             state.outbox.remove(&seq);
-            state.by_blob.remove(&entry.blob_id);
-            self.remember_receipt(entry.blob_id, entry.acked_by.clone());
+            state.by_blob.remove(&blob_id);
+            self.remember_receipt(blob_id, acked_by.clone());
         }
         let needed = self.groups.get(&group).map_or(1, |g| self.quorum(g));
-        self.answer_waiters(&entry.blob_id, &entry.acked_by, needed);
+        self.answer_waiters(&blob_id, &acked_by, needed);
         self.top_up(relay, group);
         Ok(())
     }
@@ -898,7 +936,11 @@ impl CoordinatorState {
                     if let Some(state) = self.groups.get_mut(&group) {
                         for (seq, _, entry) in entries {
                             state.by_blob.insert(entry.blob_id, seq);
-                            state.outbox.insert(seq, entry);
+                            let queued = Queued {
+                                blob_id: entry.blob_id,
+                                acked_by: entry.acked_by,
+                            };
+                            state.outbox.insert(seq, queued);
                         }
                     }
                     if let Ok(max) = ticket.as_mut() {
@@ -1130,24 +1172,30 @@ impl Actor for CoordinatorActor {
                     if let Some(g) = state.groups.get_mut(&group)
                         && let Some(conn) = state.conns.get(&relay)
                     {
-                        let entries: Vec<(u64, BlobId, Bytes)> = g
+                        let seqs: Vec<u64> = g
                             .outbox
                             .range(..=g.durable_seq)
                             .filter(|(_, e)| !e.acked_by.contains(&relay))
                             .take(PUSHES_HANDED_MAX)
-                            .map(|(seq, e)| (*seq, e.blob_id, Bytes::from(e.ciphertext.clone())))
+                            .map(|(seq, _)| *seq)
                             .collect();
-                        let sent_upto = match entries.last() {
-                            Some((last, _, _)) if entries.len() == PUSHES_HANDED_MAX => *last,
+                        let sent_upto = match seqs.last() {
+                            Some(last) if seqs.len() == PUSHES_HANDED_MAX => *last,
                             _ => g.durable_seq,
                         };
                         g.sending.insert(
                             relay,
                             SendWindow {
                                 sent_upto,
-                                unacked: entries.len(),
+                                unacked: seqs.len(),
                             },
                         );
+                        let mut entries: Vec<(u64, BlobId, Bytes)> = Vec::with_capacity(seqs.len());
+                        for seq in seqs {
+                            if let Some(entry) = state.args.store.outbox_entry(&group, seq)? {
+                                entries.push((seq, entry.blob_id, Bytes::from(entry.ciphertext)));
+                            }
+                        }
                         let _ = conn.actor.cast(RelayConnMsg::Resend { group, entries });
                     }
                 }
@@ -1288,8 +1336,12 @@ impl Actor for CoordinatorActor {
                 state.is_retry_scheduled = false;
                 let refused: Vec<_> = state.refused.drain().collect();
                 for (relay, group, seq) in refused {
-                    if let Some(entry) = state.groups.get(&group).and_then(|g| g.outbox.get(&seq)) {
-                        state.send_push(&relay, group, seq, entry);
+                    if state
+                        .groups
+                        .get(&group)
+                        .is_some_and(|g| g.outbox.contains_key(&seq))
+                    {
+                        state.resend_push(&relay, group, seq);
                     }
                 }
             }

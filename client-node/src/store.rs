@@ -443,20 +443,38 @@ impl LocalStore {
         Ok(out)
     }
 
-    /// Record that `relay` acked the push `seq`; drop it when every relay in `all` acked.
+    /// One queued push.
+    pub fn outbox_entry(
+        &self,
+        group: &GroupId,
+        seq: u64,
+    ) -> Result<Option<OutboxEntry>, ClientError> {
+        match self
+            .db
+            .get(key(b'o', group, &seq.to_be_bytes()))
+            .map_err(err)?
+        {
+            Some(v) => Ok(Some(uncbor(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Record that the push `seq` is acked by `acked_by`; drop it when every relay in `all`
+    /// acked.
     pub fn ack(
         &self,
         group: &GroupId,
         seq: u64,
-        entry: &OutboxEntry,
+        acked_by: &[DeviceId],
         all: &[DeviceId],
     ) -> Result<bool, ClientError> {
         let k = key(b'o', group, &seq.to_be_bytes());
-        let done = all.iter().all(|relay| entry.acked_by.contains(relay));
+        let done = all.iter().all(|relay| acked_by.contains(relay));
         if done {
             self.db.remove(k).map_err(err)?;
-        } else {
-            self.db.insert(k, cbor(entry)?).map_err(err)?;
+        } else if let Some(mut entry) = self.outbox_entry(group, seq)? {
+            entry.acked_by = acked_by.to_vec();
+            self.db.insert(k, cbor(&entry)?).map_err(err)?;
         }
         Ok(done)
     }
@@ -574,9 +592,22 @@ mod tests {
         let (seq, mut entry) = outbox[0].clone();
         let relays = [DeviceId([1; 32]), DeviceId([2; 32])];
         entry.acked_by.push(relays[0]);
-        assert!(!store.ack(&group(), seq, &entry, &relays).expect("ack"));
+        assert!(
+            !store
+                .ack(&group(), seq, &entry.acked_by, &relays)
+                .expect("ack")
+        );
+        assert_eq!(
+            store.outbox_entry(&group(), seq).expect("entry"),
+            Some(entry.clone()),
+            "the ack is kept with the entry"
+        );
         entry.acked_by.push(relays[1]);
-        assert!(store.ack(&group(), seq, &entry, &relays).expect("ack"));
+        assert!(
+            store
+                .ack(&group(), seq, &entry.acked_by, &relays)
+                .expect("ack")
+        );
         assert_eq!(store.outbox(&group()).expect("outbox").len(), 2);
     }
 
