@@ -56,6 +56,10 @@ const RETRY_DEFAULT: Duration = Duration::from_secs(1);
 /// the connection. 1,024 × 1 KiB records is 2 MiB, eight times the connection's own window
 /// of frames in flight, so it never runs dry while the relay keeps up.
 pub const PUSHES_HANDED_MAX: usize = 1024;
+/// Records sealed and written in one batch (whole app calls; one call may exceed it). Large
+/// enough to keep both cores busy and share a flush; a batch is ~2 MiB of envelopes, held
+/// three times on its way (payloads, envelopes, the store's write).
+pub const SEAL_BATCH_RECORDS_MAX: usize = 1024;
 /// Records one `enqueue_many` may carry: its records are sealed, written and flushed as one
 /// batch, which the app waits for; 10,000 × 1 KiB is ~10 MiB and well under a second.
 pub const ENQUEUE_MANY_RECORDS_MAX: usize = 10_000;
@@ -872,8 +876,18 @@ impl CoordinatorState {
             return;
         }
         self.is_sealing = true;
-        let records = std::mem::take(&mut self.to_seal);
-        let waiters = std::mem::take(&mut self.seal_waiters);
+        // Whole calls, until the batch holds SEAL_BATCH_RECORDS_MAX records (at least one).
+        let mut take_waiters = 0;
+        let mut take_records = 0;
+        for waiter in &self.seal_waiters {
+            if take_waiters > 0 && take_records + waiter.count > SEAL_BATCH_RECORDS_MAX {
+                break;
+            }
+            take_waiters += 1;
+            take_records += waiter.count;
+        }
+        let waiters: Vec<SealWaiter> = self.seal_waiters.drain(..take_waiters).collect();
+        let records: Vec<ToSeal> = self.to_seal.drain(..take_records).collect();
         // The outbox numbering: the record's seq plus the group's base.
         let numbered: Vec<(GroupId, u64, u64)> = records
             .iter()
