@@ -549,10 +549,12 @@ impl CoordinatorState {
         if !self.groups.contains_key(&group) {
             return Ok(());
         }
-        if !self.backlog.is_empty() && self.backlog_items + items.len() > self.args.backlog_max {
-            // The app is not reading: stop taking this relay's items for the group. Its
-            // connection rewinds to what is persisted and waits until the backlog drained
-            // (a batch is always taken when the backlog is empty, so it drains and resumes).
+        if !self.is_receive_idle() && self.backlog_items + items.len() > self.args.backlog_max {
+            // The app is not reading, or records arrive faster than they are opened: stop
+            // taking this relay's items for the group. Its connection rewinds to what is
+            // persisted and waits until the backlog drained (a batch is always taken when
+            // nothing is waiting, so it drains and resumes). Items waiting to be opened
+            // count: they are held in memory as much as those waiting for the app.
             let to = self.args.store.cursor(&group, &relay)?;
             if let Some(conn) = self.conns.get(&relay) {
                 let _ = conn.actor.cast(RelayConnMsg::Pause {
