@@ -251,3 +251,45 @@ async fn an_outbox_larger_than_the_send_window_drains_in_order_after_an_outage()
     assert_eq!(payloads(&received), expected);
     assert!(drained(&alice, group, Duration::from_secs(30)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_catches_up_past_the_pull_ahead_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    drop(bob.events());
+    // More than the connection may pull ahead of what the app was handed: the pulls park
+    // and must go on as the app reads.
+    let records = zerok_client::relay_conn::PULL_AHEAD_ITEMS_MAX as usize * 2 + 300;
+    for chunk in (0..records).collect::<Vec<_>>().chunks(2000) {
+        let payloads = chunk
+            .iter()
+            .map(|n| format!("stored {n:05}").into_bytes())
+            .collect();
+        let receipts = alice.push_many(group, payloads).await.unwrap();
+        assert_eq!(receipts.len(), chunk.len());
+    }
+    let token = alice.invite(group, Duration::from_secs(600)).await.unwrap();
+    let carol = client(dir.path(), "carol").await;
+    let mut events = carol.events().unwrap();
+    assert_eq!(carol.join(&token, None).await.unwrap(), group);
+    let (received, other) = receive(&mut events, records, Duration::from_secs(120)).await;
+    assert_eq!(received.len(), records, "other: {other:?}");
+    // Each exactly once. (In the relay's order, which is push order unless the relay refused
+    // some pushes for a moment, its rate limit, and took them on a retry.)
+    let expected: Vec<String> = (0..records).map(|n| format!("stored {n:05}")).collect();
+    let mut got = payloads(&received);
+    got.sort();
+    assert!(
+        got == expected,
+        "{} records missing or twice",
+        records - {
+            let mut unique = got.clone();
+            unique.dedup();
+            unique.len()
+        }
+    );
+    let status = carol.status().await.unwrap();
+    assert_eq!(status.groups[0].relays[0].cursor, records as u64);
+    assert!(status.groups[0].seen_ids <= zerok_client::seen::SEEN_IDS_MAX as u64);
+}
