@@ -399,18 +399,32 @@ impl Client {
 
     /// Seal `payload` and queue it durably; it is sent to every relay of the group and retried
     /// until acked. Returns its blob id once it is safe in the outbox.
+    /// Concurrent calls share one local flush (group commit).
     pub async fn enqueue(&self, group: GroupId, payload: Vec<u8>) -> Result<BlobId, ClientError> {
-        let (_, blob_id) = ractor::call_t!(
+        let queued = self.enqueue_many(group, vec![payload]).await?;
+        queued.first().copied().ok_or(ClientError::Stopped)
+    }
+
+    /// [`Client::enqueue`] for several records at once, in order (they get consecutive seqs
+    /// and reach every relay in this order): sealed in parallel, written in one atomic batch,
+    /// durable in one flush. Returns their blob ids, in order, once all are safe in the
+    /// outbox. At most [`crate::coordinator::ENQUEUE_MANY_RECORDS_MAX`] records per call.
+    pub async fn enqueue_many(
+        &self,
+        group: GroupId,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Vec<BlobId>, ClientError> {
+        let queued = ractor::call_t!(
             self.coordinator,
             |reply| CoordMsg::Enqueue {
                 group,
-                payload,
+                payloads,
                 reply,
             },
             CALL_TIMEOUT_MS
         )
         .map_err(stopped)??;
-        Ok(blob_id)
+        Ok(queued.into_iter().map(|(_, blob_id)| blob_id).collect())
     }
 
     /// Wait until `blob_id` is acked by enough relays; `None` waits as long as it takes.
@@ -458,6 +472,20 @@ impl Client {
     pub async fn push(&self, group: GroupId, payload: Vec<u8>) -> Result<Receipt, ClientError> {
         let blob_id = self.enqueue(group, payload).await?;
         self.wait_acked(group, blob_id, None).await
+    }
+
+    /// [`Client::push`] for several records: [`Client::enqueue_many`], then wait until each
+    /// is acked by enough relays. Receipts in the records' order.
+    pub async fn push_many(
+        &self,
+        group: GroupId,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Vec<Receipt>, ClientError> {
+        let blob_ids = self.enqueue_many(group, payloads).await?;
+        let waits = blob_ids
+            .into_iter()
+            .map(|blob_id| self.wait_acked(group, blob_id, None));
+        futures::future::join_all(waits).await.into_iter().collect()
     }
 
     /// Pull every relay of `group` to its end now; records arrive as events before this

@@ -1,22 +1,30 @@
 //! SyncCoordinator: the client's hub (DESIGN.md §2, §6).
 //!
 //! - **Push**: seal (Encryptor) → outbox (LocalStore, durable) → every RelayConnection of
-//!   the group, same blob id and bytes. A receipt completes when `ack_quorum` relays acked;
+//!   the group, same blob id and bytes. Enqueues never wait in the coordinator: each takes
+//!   its seq at once, is sealed with the others that arrived meanwhile (one batch at a time,
+//!   in parallel on the cores), written with them in one atomic batch, and answered (and
+//!   sent to relays) only once the store's group commit made it durable (`Durable`). A receipt completes when `ack_quorum` relays acked;
 //!   the rest keep being retried (on reconnect, after a refusal's `retry_after_ms`). An entry
 //!   leaves the outbox once every relay of the group acked it.
 //! - **Receive**: items from any relay → dedupe by blob id → open (Encryptor: AEAD, blob id,
-//!   signature) → per-sender seq check (replays dropped, gaps reported) → event to the app →
-//!   then the relay's cursor, the seen ids and the seq state are persisted together. Items
-//!   that do not open are reported `Undecryptable` and not marked seen, so an honest copy
+//!   signature; one batch at a time, in parallel on the cores, in arrival order) → per-sender
+//!   seq check (replays dropped, gaps reported; own records dropped) → event to the app →
+//!   then the relay's cursor and the seq state are applied together, once per batch, made
+//!   durable by the next group commit (not waited for). Recent blob ids (own pushes and
+//!   records taken) are remembered in a bounded [`SeenIds`], so duplicates are skipped before
+//!   opening; the seq tracker drops any it no longer holds. Items
+//!   that do not open are reported `Undecryptable` and not remembered, so an honest copy
 //!   from another relay still gets through.
 //! - It owns the RelayConnections (one per relay of any group) and the LocalStore.
 //!
-//! Bound: the event channel to the app is bounded; when the app does not read, the
-//! coordinator waits (back-pressure reaches the relays through the connections' reads).
+//! Bound: the event channel to the app is bounded; when the app does not read, received items
+//! wait in a bounded backlog and relays are paused beyond it (see `on_items`).
 
-use crate::encryptor::EncryptorMsg;
+use crate::encryptor::{EncryptorMsg, ToOpen, ToSeal};
 use crate::relay_conn::{ConnGroup, RelayConnActor, RelayConnArgs, RelayConnMsg, RelayEvent};
-use crate::store::{GroupRecord, LocalStore, OutboxEntry, ReceivedBatch};
+use crate::seen::SeenIds;
+use crate::store::{Durable, GroupRecord, LocalStore, OutboxEntry, ReceivedBatch};
 use crate::types::{
     ClientError, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
 };
@@ -28,6 +36,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use zerok_actors::clock::Clock;
+use zerok_actors::crypto::envelope::{OpenError, OpenedRecord, PAYLOAD_BYTES_MAX, Sealed};
 use zerok_actors::crypto::keys::{EpochKeys, GroupSecret};
 use zerok_actors::crypto::seq::{Hlc, SeqTracker, SeqVerdict};
 use zerok_actors::link::Dialer;
@@ -41,20 +50,52 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 const RECENT_RECEIPTS_MAX: usize = 16_384;
 /// Fallback retry delay after a refused push without a hint.
 const RETRY_DEFAULT: Duration = Duration::from_secs(1);
+/// Pushes of a group handed to one RelayConnection and not yet acked by it. The rest wait
+/// in the outbox and are handed over as acks come back, so an app that enqueues faster
+/// than a relay stores (or while it is away) does not also queue a copy of every record in
+/// the connection. 1,024 × 1 KiB records is 2 MiB, eight times the connection's own window
+/// of frames in flight, so it never runs dry while the relay keeps up.
+pub const PUSHES_HANDED_MAX: usize = 1024;
+/// Records sealed and written in one batch (whole app calls; one call may exceed it). Large
+/// enough to keep both cores busy and share a flush; a batch is ~2 MiB of envelopes, held
+/// three times on its way (payloads, envelopes, the store's write).
+pub const SEAL_BATCH_RECORDS_MAX: usize = 1024;
+/// Records one `enqueue_many` may carry: its records are sealed, written and flushed as one
+/// batch, which the app waits for; 10,000 × 1 KiB is ~10 MiB and well under a second.
+pub const ENQUEUE_MANY_RECORDS_MAX: usize = 10_000;
 
 /// Messages of the coordinator.
 pub enum CoordMsg {
     /// From a RelayConnection.
     Relay(RelayEvent),
-    /// Seal and queue a push durably; answers `(seq, blob_id)`.
+    /// Seal and queue pushes durably, in order; answers `(seq, blob_id)` of each once all
+    /// are durable.
     Enqueue {
         /// The group.
         group: GroupId,
-        /// The app's bytes.
-        payload: Vec<u8>,
-        /// The queued push.
-        reply: RpcReplyPort<Result<(u64, BlobId), ClientError>>,
+        /// The app's records.
+        payloads: Vec<Vec<u8>>,
+        /// The queued pushes.
+        reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
     },
+    /// The Encryptor sealed a batch (`records` and `results` in the same order).
+    Sealed {
+        /// `(group, seq, hlc)` of each record.
+        records: Vec<(GroupId, u64, u64)>,
+        /// Each record's envelope (fewer than `records` if the Encryptor stopped).
+        results: Vec<Result<Sealed, String>>,
+        /// Who waits for them, in order, with how many records each.
+        waiters: Vec<SealWaiter>,
+    },
+    /// The Encryptor opened a batch of received items (`results` in the batches' order).
+    Opened {
+        /// The relays' batches.
+        batches: Vec<ToOpenBatch>,
+        /// Each item's record.
+        results: Vec<Result<OpenedRecord, OpenError>>,
+    },
+    /// The store's group commit made more durable.
+    Durable(Durable),
     /// Answer once `blob_id` is acked by enough relays.
     WaitAcked {
         /// The group.
@@ -138,16 +179,38 @@ pub struct CoordinatorArgs {
 }
 
 struct GroupState {
+    /// Own pushes up to this seq are durable in the outbox (only they may go to relays).
+    durable_seq: u64,
+    /// What each relay's connection was handed of the outbox.
+    sending: HashMap<DeviceId, SendWindow>,
     record: GroupRecord,
     keys: Arc<EpochKeys>,
     relays: Vec<RelayAddr>,
     tracker: SeqTracker,
-    outbox: BTreeMap<u64, OutboxEntry>,
+    /// The outbox without its envelopes (they stay in the store until sent: memory does not
+    /// grow with what is queued).
+    outbox: BTreeMap<u64, Queued>,
     by_blob: HashMap<BlobId, u64>,
     next_seq: u64,
     /// Own records are sealed with `outbox seq - seq_base` (see `LocalStore::new_device_key`).
     seq_base: u64,
     hlc: Hlc,
+}
+
+/// A queued push, as the coordinator keeps it.
+#[derive(Debug, Clone)]
+struct Queued {
+    blob_id: BlobId,
+    acked_by: Vec<DeviceId>,
+}
+
+/// The outbox pushes handed to one relay's connection.
+#[derive(Debug, Default, Clone, Copy)]
+struct SendWindow {
+    /// Every push up to this seq was handed over (or acked by this relay before).
+    sent_upto: u64,
+    /// Of those, how many this relay has not acked yet.
+    unacked: usize,
 }
 
 struct ConnEntry {
@@ -171,6 +234,50 @@ pub struct CoordinatorState {
     is_waiting_for_room: bool,
     paused: HashSet<(DeviceId, GroupId)>,
     barriers: Vec<RpcReplyPort<()>>,
+    /// Records waiting for the seal in progress to finish.
+    to_seal: Vec<ToSeal>,
+    /// Their callers, in order.
+    seal_waiters: Vec<SealWaiter>,
+    /// A batch is with the Encryptor.
+    is_sealing: bool,
+    /// Answers due once the store made their writes durable, in ticket order.
+    after_durable: VecDeque<(u64, AfterDurable)>,
+    /// Received batches waiting for the batch being opened.
+    to_open: Vec<ToOpenBatch>,
+    /// A batch is with the Encryptor.
+    is_opening: bool,
+    /// This device (its own records coming back are dropped).
+    own: DeviceId,
+    /// Recent blob ids pushed or taken (bounded).
+    seen: SeenIds,
+}
+
+/// An app call waiting for its records to be sealed and durable.
+pub struct SealWaiter {
+    /// Records of the call.
+    count: usize,
+    /// The caller.
+    reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
+}
+
+/// What happens once a store ticket is durable.
+enum AfterDurable {
+    /// Records were enqueued: send them to the relays, answer the caller.
+    Enqueued {
+        pushes: Vec<(GroupId, u64)>,
+        reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
+        queued: Vec<(u64, BlobId)>,
+    },
+    /// A barrier passes.
+    Barrier(RpcReplyPort<()>),
+}
+
+/// A relay's batch of items before opening.
+pub struct ToOpenBatch {
+    relay: DeviceId,
+    group: GroupId,
+    items: Vec<zerok_messages::Item>,
+    upto: u64,
 }
 
 fn parse_relays(record: &GroupRecord) -> Vec<RelayAddr> {
@@ -191,7 +298,17 @@ impl CoordinatorState {
     fn load_group(&self, id: GroupId, record: GroupRecord) -> Result<GroupState, ClientError> {
         let keys = Arc::new(GroupSecret::from_bytes(record.secret).epoch_keys(Epoch(record.epoch)));
         let store = &self.args.store;
-        let outbox: BTreeMap<u64, OutboxEntry> = store.outbox(&id)?.into_iter().collect();
+        let outbox: BTreeMap<u64, Queued> = store
+            .outbox(&id)?
+            .into_iter()
+            .map(|(seq, e)| {
+                let queued = Queued {
+                    blob_id: e.blob_id,
+                    acked_by: e.acked_by,
+                };
+                (seq, queued)
+            })
+            .collect();
         let by_blob = outbox.iter().map(|(seq, e)| (e.blob_id, *seq)).collect();
         let (next_seq, last_hlc) = store.own_seq(&id)?;
         // Our own last timestamp goes through the same bound: a clock that was pinned far
@@ -199,6 +316,8 @@ impl CoordinatorState {
         let mut hlc = Hlc::new();
         hlc.observe(last_hlc, self.args.clock.now_unix_ms());
         Ok(GroupState {
+            durable_seq: next_seq.saturating_sub(1),
+            sending: HashMap::new(),
             relays: parse_relays(&record),
             tracker: store.tracker(&id)?,
             record,
@@ -284,14 +403,67 @@ impl CoordinatorState {
         }
     }
 
-    fn send_push(&self, relay: &DeviceId, group: GroupId, seq: u64, entry: &OutboxEntry) {
-        if let Some(conn) = self.conns.get(relay) {
-            let _ = conn.actor.cast(RelayConnMsg::Push {
-                group,
-                seq,
-                blob_id: entry.blob_id,
-                ciphertext: Bytes::from(entry.ciphertext.clone()),
-            });
+    /// Hand `relay`'s connection the group's next durable pushes it has not acked, up to
+    /// [`PUSHES_HANDED_MAX`] unacked, in push order.
+    fn top_up(&mut self, relay: DeviceId, group: GroupId) {
+        let Some(state) = self.groups.get_mut(&group) else {
+            return;
+        };
+        let Some(conn) = self.conns.get(&relay) else {
+            return;
+        };
+        let window = state.sending.entry(relay).or_default();
+        if window.sent_upto >= state.durable_seq || window.unacked >= PUSHES_HANDED_MAX {
+            return;
+        }
+        let mut handed = Vec::new();
+        for (seq, queued) in state.outbox.range(window.sent_upto + 1..=state.durable_seq) {
+            if window.unacked >= PUSHES_HANDED_MAX {
+                break;
+            }
+            window.sent_upto = *seq;
+            if queued.acked_by.contains(&relay) {
+                continue;
+            }
+            window.unacked += 1;
+            handed.push(*seq);
+        }
+        if window.unacked < PUSHES_HANDED_MAX {
+            // Everything up to the durable end was looked at.
+            window.sent_upto = state.durable_seq;
+        }
+        for seq in handed {
+            match self.args.store.outbox_entry(&group, seq) {
+                Ok(Some(entry)) => {
+                    let _ = conn.actor.cast(RelayConnMsg::Push {
+                        group,
+                        seq,
+                        blob_id: entry.blob_id,
+                        ciphertext: Bytes::from(entry.ciphertext),
+                    });
+                }
+                Ok(None) => {}
+                Err(err) => warn!(error = %err, "queued push unreadable"),
+            }
+        }
+    }
+
+    /// Send the queued push `seq` to `relay` again (after a refusal).
+    fn resend_push(&self, relay: &DeviceId, group: GroupId, seq: u64) {
+        let Some(conn) = self.conns.get(relay) else {
+            return;
+        };
+        match self.args.store.outbox_entry(&group, seq) {
+            Ok(Some(entry)) => {
+                let _ = conn.actor.cast(RelayConnMsg::Push {
+                    group,
+                    seq,
+                    blob_id: entry.blob_id,
+                    ciphertext: Bytes::from(entry.ciphertext),
+                });
+            }
+            Ok(None) => {}
+            Err(err) => warn!(error = %err, "queued push unreadable"),
         }
     }
 
@@ -345,21 +517,28 @@ impl CoordinatorState {
         if !entry.acked_by.contains(&relay) {
             entry.acked_by.push(relay);
         }
-        let entry = entry.clone();
+        let acked_by = entry.acked_by.clone();
+        let blob_id = entry.blob_id;
+        if let Some(window) = state.sending.get_mut(&relay)
+            && seq <= window.sent_upto
+        {
+            window.unacked = window.unacked.saturating_sub(1);
+        }
         let all: Vec<DeviceId> = state.relays.iter().map(|r| r.id).collect();
-        let done = self.args.store.ack(&group, seq, &entry, &all)?;
+        let done = self.args.store.ack(&group, seq, &acked_by, &all)?;
         if done && let Some(state) = self.groups.get_mut(&group) {
             state.outbox.remove(&seq);
-            state.by_blob.remove(&entry.blob_id);
-            self.remember_receipt(entry.blob_id, entry.acked_by.clone());
+            state.by_blob.remove(&blob_id);
+            self.remember_receipt(blob_id, acked_by.clone());
         }
         let needed = self.groups.get(&group).map_or(1, |g| self.quorum(g));
-        self.answer_waiters(&entry.blob_id, &entry.acked_by, needed);
+        self.answer_waiters(&blob_id, &acked_by, needed);
+        self.top_up(relay, group);
         Ok(())
     }
 
-    /// Queue a relay's items for delivery and deliver what the app has room for.
-    async fn on_items(
+    /// Queue a relay's items for opening, then delivery.
+    fn on_items(
         &mut self,
         myself: &ActorRef<CoordMsg>,
         relay: DeviceId,
@@ -370,10 +549,12 @@ impl CoordinatorState {
         if !self.groups.contains_key(&group) {
             return Ok(());
         }
-        if !self.backlog.is_empty() && self.backlog_items + items.len() > self.args.backlog_max {
-            // The app is not reading: stop taking this relay's items for the group. Its
-            // connection rewinds to what is persisted and waits until the backlog drained
-            // (a batch is always taken when the backlog is empty, so it drains and resumes).
+        if !self.is_receive_idle() && self.backlog_items + items.len() > self.args.backlog_max {
+            // The app is not reading, or records arrive faster than they are opened: stop
+            // taking this relay's items for the group. Its connection rewinds to what is
+            // persisted and waits until the backlog drained (a batch is always taken when
+            // nothing is waiting, so it drains and resumes). Items waiting to be opened
+            // count: they are held in memory as much as those waiting for the app.
             let to = self.args.store.cursor(&group, &relay)?;
             if let Some(conn) = self.conns.get(&relay) {
                 let _ = conn.actor.cast(RelayConnMsg::Pause {
@@ -384,44 +565,127 @@ impl CoordinatorState {
             }
             return Ok(());
         }
-        self.backlog_items += items.len();
-        self.backlog.push_back(Backlog {
+        let fresh: Vec<_> = items
+            .into_iter()
+            .filter(|item| !self.seen.contains(&item.blob_id))
+            .collect();
+        self.backlog_items += fresh.len();
+        self.to_open.push(ToOpenBatch {
             relay,
             group,
-            items: items.into(),
+            items: fresh,
             upto,
-            batch: ReceivedBatch::default(),
         });
-        self.drain(myself).await
+        self.start_open(myself);
+        Ok(())
+    }
+
+    /// Send what waits to be opened to the Encryptor, unless a batch is there already (it
+    /// comes back as `Opened`, which starts the next).
+    fn start_open(&mut self, myself: &ActorRef<CoordMsg>) {
+        if self.is_opening || self.to_open.is_empty() {
+            return;
+        }
+        self.is_opening = true;
+        let batches = std::mem::take(&mut self.to_open);
+        let envelopes = batches
+            .iter()
+            .flat_map(|b| {
+                b.items.iter().map(|item| ToOpen {
+                    group: b.group,
+                    blob_id: item.blob_id,
+                    envelope: item.ciphertext.clone(),
+                })
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.args.encryptor.cast(EncryptorMsg::OpenMany {
+            envelopes,
+            reply: tx.into(),
+        });
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            // A stopped Encryptor answers nothing: every item is then undecryptable.
+            let results = rx.await.unwrap_or_default();
+            let _ = myself.cast(CoordMsg::Opened { batches, results });
+        });
+    }
+
+    /// Opened items join the backlog in arrival order and are delivered.
+    fn on_opened(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        batches: Vec<ToOpenBatch>,
+        results: Vec<Result<OpenedRecord, OpenError>>,
+    ) -> Result<(), ClientError> {
+        self.is_opening = false;
+        let mut results = results.into_iter();
+        for batch in batches {
+            let items = batch
+                .items
+                .into_iter()
+                .map(|item| Received {
+                    blob_id: item.blob_id,
+                    opened: results.next().unwrap_or(Err(OpenError::Malformed)),
+                })
+                .collect();
+            self.backlog.push_back(Backlog {
+                relay: batch.relay,
+                group: batch.group,
+                items,
+                upto: batch.upto,
+            });
+        }
+        self.start_open(myself);
+        self.drain(myself)
+    }
+
+    /// Nothing received is waiting to be opened or handed over.
+    fn is_receive_idle(&self) -> bool {
+        self.backlog.is_empty() && self.to_open.is_empty() && !self.is_opening
+    }
+
+    /// Answer `barrier` once everything applied so far is durable.
+    fn pass_when_durable(&mut self, barrier: RpcReplyPort<()>) {
+        let ticket = self.args.store.request_flush();
+        self.after_durable
+            .push_back((ticket, AfterDurable::Barrier(barrier)));
     }
 
     /// Deliver backlog items while the event channel has room; never waits for the app. A
-    /// batch's cursor is persisted once all its items were handed over.
-    async fn drain(&mut self, myself: &ActorRef<CoordMsg>) -> Result<(), ClientError> {
+    /// relay batch's cursor is persisted once all its items were handed over; what one call
+    /// handed over is applied to the store once per group.
+    fn drain(&mut self, myself: &ActorRef<CoordMsg>) -> Result<(), ClientError> {
         let events = self.args.events.clone();
+        let mut touched: BTreeMap<GroupId, ReceivedBatch> = BTreeMap::new();
         while let Some(mut front) = self.backlog.pop_front() {
+            let batch = touched.entry(front.group).or_default();
             while let Some(item) = front.items.pop_front() {
                 // Up to two events per item (a gap and the record).
                 if !events.is_closed() && events.capacity() < 2 {
                     front.items.push_front(item);
                     // What was handed over so far is persisted now (not the cursor).
-                    let partial = std::mem::take(&mut front.batch);
-                    self.persist(front.group, partial).await?;
                     self.backlog.push_front(front);
+                    for (group, batch) in touched {
+                        self.persist(group, batch)?;
+                    }
                     self.wait_for_room(myself);
                     return Ok(());
                 }
                 self.backlog_items = self.backlog_items.saturating_sub(1);
-                self.deliver(&events, front.relay, front.group, item, &mut front.batch)
-                    .await?;
+                self.deliver(&events, front.relay, front.group, item, batch);
             }
-            let mut batch = std::mem::take(&mut front.batch);
-            batch.cursor = Some((front.relay, front.upto));
-            self.persist(front.group, batch).await?;
+            batch.cursors.push((front.relay, front.upto));
         }
-        // Everything delivered: barriers pass, paused connections may read again.
-        for barrier in self.barriers.drain(..) {
-            let _ = barrier.send(());
+        for (group, batch) in touched {
+            self.persist(group, batch)?;
+        }
+        // Everything delivered: barriers pass (once durable), paused connections may read
+        // again.
+        if self.is_receive_idle() {
+            for barrier in std::mem::take(&mut self.barriers) {
+                self.pass_when_durable(barrier);
+            }
         }
         for (relay, group) in std::mem::take(&mut self.paused) {
             if let Some(conn) = self.conns.get(&relay) {
@@ -446,45 +710,46 @@ impl CoordinatorState {
         });
     }
 
-    async fn persist(
-        &mut self,
-        group: GroupId,
-        mut batch: ReceivedBatch,
-    ) -> Result<(), ClientError> {
-        if batch.seen.is_empty() && batch.cursor.is_none() {
+    /// Apply what received items changed. Nothing waits for it to be durable: sled's own
+    /// periodic flush, the next group commit, a barrier or the stop make it so (the app
+    /// already has the events; a crash before that hands the last ones over again, as a
+    /// crash between hand-over and flush always could).
+    fn persist(&mut self, group: GroupId, mut batch: ReceivedBatch) -> Result<(), ClientError> {
+        if batch.observed == 0 && batch.cursors.is_empty() {
             return Ok(());
         }
-        if !batch.seen.is_empty() {
+        if batch.observed > 0 {
             batch.tracker = self.groups.get(&group).map(|g| g.tracker.clone());
         }
-        self.args.store.received(&group, &batch).await
+        // Connections parked at their pull-ahead bound go on.
+        let delivered: BTreeMap<DeviceId, u64> = batch.cursors.iter().copied().collect();
+        for (relay, upto) in delivered {
+            if let Some(conn) = self.conns.get(&relay) {
+                let _ = conn.actor.cast(RelayConnMsg::Delivered { group, upto });
+            }
+        }
+        self.args.store.apply_received(&group, &batch)?;
+        Ok(())
     }
 
     /// Open, check and hand one item to the app (the channel has room for two events).
-    async fn deliver(
+    /// Check and hand one opened item to the app (the channel has room for two events).
+    /// Duplicates (the same blob from another relay, or twice in a page) are dropped by the
+    /// seen ids, and past them by the seq tracker.
+    fn deliver(
         &mut self,
         events: &mpsc::Sender<Event>,
         relay: DeviceId,
         group: GroupId,
-        item: zerok_messages::Item,
+        item: Received,
         batch: &mut ReceivedBatch,
-    ) -> Result<(), ClientError> {
-        if batch.seen.contains(&item.blob_id) || self.args.store.is_seen(&group, &item.blob_id)? {
-            return Ok(());
+    ) {
+        if self.seen.contains(&item.blob_id) {
+            return;
         }
-        let opened = ractor::call_t!(
-            self.args.encryptor,
-            |reply| EncryptorMsg::Open {
-                group,
-                blob_id: item.blob_id,
-                envelope: item.ciphertext.clone(),
-                reply,
-            },
-            10_000
-        );
-        let record = match opened {
-            Ok(Ok(record)) => record,
-            Ok(Err(err)) => {
+        let record = match item.opened {
+            Ok(record) => record,
+            Err(err) => {
                 hand_over(
                     events,
                     Event::Undecryptable {
@@ -494,20 +759,25 @@ impl CoordinatorState {
                         reason: err.to_string(),
                     },
                 );
-                return Ok(());
+                return;
             }
-            Err(err) => return Err(ClientError::Store(format!("encryptor: {err}"))),
         };
+        if record.sender == self.own {
+            // This device's own record, served back (its id was forgotten).
+            self.seen.insert(item.blob_id);
+            return;
+        }
         let Some(state) = self.groups.get_mut(&group) else {
-            return Ok(());
+            return;
         };
         let verdict = state.tracker.observe(record.sender, record.seq);
         state.hlc.observe(record.hlc, self.args.clock.now_unix_ms());
-        batch.seen.push(item.blob_id);
+        self.seen.insert(item.blob_id);
+        batch.observed += 1;
         match verdict {
             SeqVerdict::Replay => {
                 debug!(sender = %record.sender.short(), seq = record.seq, "replayed record dropped");
-                return Ok(());
+                return;
             }
             SeqVerdict::Gap { from, to } => hand_over(
                 events,
@@ -531,7 +801,6 @@ impl CoordinatorState {
                 payload: record.payload,
             },
         );
-        Ok(())
     }
 
     async fn emit(&self, event: Event) {
@@ -547,47 +816,230 @@ impl CoordinatorState {
         }
     }
 
-    async fn enqueue(
+    /// Take seqs for an app call's records and queue them for sealing; answered once they
+    /// are sealed and durable (`on_sealed`, `on_durable`).
+    fn enqueue(
         &mut self,
+        myself: &ActorRef<CoordMsg>,
         group: GroupId,
-        payload: Vec<u8>,
-    ) -> Result<(u64, BlobId), ClientError> {
-        let Some(state) = self.groups.get_mut(&group) else {
-            return Err(ClientError::UnknownGroup(group));
+        payloads: Vec<Vec<u8>>,
+        reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
+    ) {
+        let refused = if payloads.len() > ENQUEUE_MANY_RECORDS_MAX {
+            Some(ClientError::Invalid(format!(
+                "{} records in one call; at most {ENQUEUE_MANY_RECORDS_MAX}",
+                payloads.len()
+            )))
+        } else if let Some(large) = payloads.iter().find(|p| p.len() > PAYLOAD_BYTES_MAX) {
+            // Checked here, before a seq is taken: a record that fails to seal later would
+            // leave a gap in this device's seqs.
+            Some(ClientError::Invalid(format!(
+                "payload of {} bytes exceeds the record limit of {PAYLOAD_BYTES_MAX}",
+                large.len()
+            )))
+        } else if !self.groups.contains_key(&group) {
+            Some(ClientError::UnknownGroup(group))
+        } else {
+            None
         };
-        let seq = state.next_seq;
-        let record_seq = seq.saturating_sub(state.seq_base);
-        let hlc = state.hlc.tick(self.args.clock.now_unix_ms());
-        let sealed = ractor::call_t!(
-            self.args.encryptor,
-            |reply| EncryptorMsg::Seal {
-                group,
-                seq: record_seq,
-                hlc,
-                payload,
-                reply,
-            },
-            30_000
-        )
-        .map_err(|e| ClientError::Store(format!("encryptor: {e}")))?
-        .map_err(ClientError::Invalid)?;
-        let entry = OutboxEntry {
-            blob_id: sealed.blob_id,
-            ciphertext: sealed.envelope,
-            acked_by: Vec::new(),
-        };
-        self.args.store.enqueue(&group, seq, hlc, &entry).await?;
-        let Some(state) = self.groups.get_mut(&group) else {
-            return Err(ClientError::UnknownGroup(group));
-        };
-        state.next_seq = seq + 1;
-        state.outbox.insert(seq, entry.clone());
-        state.by_blob.insert(entry.blob_id, seq);
-        let relays: Vec<DeviceId> = state.relays.iter().map(|r| r.id).collect();
-        for relay in relays {
-            self.send_push(&relay, group, seq, &entry);
+        if let Some(error) = refused {
+            let _ = reply.send(Err(error));
+            return;
         }
-        Ok((seq, entry.blob_id))
+        if payloads.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+            return;
+        }
+        let now_ms = self.args.clock.now_unix_ms();
+        let Some(state) = self.groups.get_mut(&group) else {
+            return;
+        };
+        self.seal_waiters.push(SealWaiter {
+            count: payloads.len(),
+            reply,
+        });
+        for payload in payloads {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            self.to_seal.push(ToSeal {
+                group,
+                seq: seq.saturating_sub(state.seq_base),
+                hlc: state.hlc.tick(now_ms),
+                payload,
+            });
+        }
+        self.start_seal(myself);
+    }
+
+    /// Send what waits to be sealed to the Encryptor, unless a batch is there already (it
+    /// comes back as `Sealed`, which starts the next).
+    fn start_seal(&mut self, myself: &ActorRef<CoordMsg>) {
+        if self.is_sealing || self.to_seal.is_empty() {
+            return;
+        }
+        self.is_sealing = true;
+        // Whole calls, until the batch holds SEAL_BATCH_RECORDS_MAX records (at least one).
+        let mut take_waiters = 0;
+        let mut take_records = 0;
+        for waiter in &self.seal_waiters {
+            if take_waiters > 0 && take_records + waiter.count > SEAL_BATCH_RECORDS_MAX {
+                break;
+            }
+            take_waiters += 1;
+            take_records += waiter.count;
+        }
+        let waiters: Vec<SealWaiter> = self.seal_waiters.drain(..take_waiters).collect();
+        let records: Vec<ToSeal> = self.to_seal.drain(..take_records).collect();
+        // The outbox numbering: the record's seq plus the group's base.
+        let numbered: Vec<(GroupId, u64, u64)> = records
+            .iter()
+            .map(|r| {
+                let base = self.groups.get(&r.group).map_or(0, |g| g.seq_base);
+                (r.group, r.seq + base, r.hlc)
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.args.encryptor.cast(EncryptorMsg::SealMany {
+            records,
+            reply: tx.into(),
+        });
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let results = rx.await.unwrap_or_default();
+            let _ = myself.cast(CoordMsg::Sealed {
+                records: numbered,
+                results,
+                waiters,
+            });
+        });
+    }
+
+    /// A sealed batch goes into the outbox (one atomic write per group) and waits for its
+    /// flush.
+    fn on_sealed(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        records: Vec<(GroupId, u64, u64)>,
+        results: Vec<Result<Sealed, String>>,
+        waiters: Vec<SealWaiter>,
+    ) {
+        self.is_sealing = false;
+        let mut results = results.into_iter();
+        let mut by_group: BTreeMap<GroupId, Vec<(u64, u64, OutboxEntry)>> = BTreeMap::new();
+        let mut outcomes: Vec<Result<(GroupId, u64, BlobId), ClientError>> = Vec::new();
+        for (group, seq, hlc) in records {
+            match results.next() {
+                Some(Ok(sealed)) => {
+                    let entry = OutboxEntry {
+                        blob_id: sealed.blob_id,
+                        ciphertext: sealed.envelope,
+                        acked_by: Vec::new(),
+                    };
+                    outcomes.push(Ok((group, seq, entry.blob_id)));
+                    // Its copy served back by this device's own subscription is skipped.
+                    self.seen.insert(entry.blob_id);
+                    by_group.entry(group).or_default().push((seq, hlc, entry));
+                }
+                Some(Err(reason)) => outcomes.push(Err(ClientError::Invalid(reason))),
+                None => outcomes.push(Err(ClientError::Stopped)),
+            }
+        }
+        let mut ticket = Ok(0);
+        for (group, entries) in by_group {
+            let written = self.args.store.enqueue_many(&group, &entries);
+            match written {
+                Ok(t) => {
+                    if let Some(state) = self.groups.get_mut(&group) {
+                        for (seq, _, entry) in entries {
+                            state.by_blob.insert(entry.blob_id, seq);
+                            let queued = Queued {
+                                blob_id: entry.blob_id,
+                                acked_by: entry.acked_by,
+                            };
+                            state.outbox.insert(seq, queued);
+                        }
+                    }
+                    if let Ok(max) = ticket.as_mut() {
+                        *max = t;
+                    }
+                }
+                Err(err) => ticket = Err(err),
+            }
+        }
+        let mut outcomes = outcomes.into_iter();
+        for waiter in waiters {
+            let mine: Vec<_> = outcomes.by_ref().take(waiter.count).collect();
+            let result: Result<Vec<(GroupId, u64, BlobId)>, ClientError> =
+                mine.into_iter().collect();
+            match (result, &ticket) {
+                (Ok(queued), Ok(ticket)) => self.after_durable.push_back((
+                    *ticket,
+                    AfterDurable::Enqueued {
+                        pushes: queued.iter().map(|(g, seq, _)| (*g, *seq)).collect(),
+                        queued: queued.iter().map(|(_, seq, id)| (*seq, *id)).collect(),
+                        reply: waiter.reply,
+                    },
+                )),
+                (Err(err), _) => {
+                    let _ = waiter.reply.send(Err(err));
+                }
+                (_, Err(err)) => {
+                    let _ = waiter.reply.send(Err(ClientError::Store(err.to_string())));
+                }
+            }
+        }
+        self.start_seal(myself);
+    }
+
+    /// The store made everything up to `durable.through` durable: answer and send what
+    /// waited for it, in order.
+    fn on_durable(&mut self, durable: Durable) {
+        let mut touched = std::collections::BTreeSet::new();
+        while let Some((ticket, _)) = self.after_durable.front() {
+            let failed = durable.error.clone().filter(|_| *ticket > durable.through);
+            if *ticket > durable.through && failed.is_none() {
+                break;
+            }
+            let Some((_, action)) = self.after_durable.pop_front() else {
+                break;
+            };
+            match (action, failed) {
+                (AfterDurable::Enqueued { reply, .. }, Some(error)) => {
+                    let _ = reply.send(Err(ClientError::Store(format!("flush failed: {error}"))));
+                }
+                (AfterDurable::Barrier(reply), Some(_)) => drop(reply),
+                (
+                    AfterDurable::Enqueued {
+                        pushes,
+                        reply,
+                        queued,
+                    },
+                    None,
+                ) => {
+                    for (group, seq) in pushes {
+                        if let Some(state) = self.groups.get_mut(&group) {
+                            state.durable_seq = state.durable_seq.max(seq);
+                            touched.insert(group);
+                        }
+                    }
+                    let _ = reply.send(Ok(queued));
+                }
+                (AfterDurable::Barrier(reply), None) => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        // Newly durable pushes go to every relay of their group, within its window.
+        for group in touched {
+            let relays: Vec<DeviceId> = self
+                .groups
+                .get(&group)
+                .map(|g| g.relays.iter().map(|r| r.id).collect())
+                .unwrap_or_default();
+            for relay in relays {
+                self.top_up(relay, group);
+            }
+        }
     }
 
     fn status(&self) -> Status {
@@ -614,6 +1066,7 @@ impl CoordinatorState {
                         .values()
                         .filter(|e| e.acked_by.len() < quorum)
                         .count(),
+                    seen_ids: self.seen.len() as u64,
                 }
             })
             .collect();
@@ -633,13 +1086,18 @@ fn hand_over(events: &mpsc::Sender<Event>, event: Event) {
     }
 }
 
+/// An item after opening.
+struct Received {
+    blob_id: BlobId,
+    opened: Result<OpenedRecord, OpenError>,
+}
+
 /// A relay's batch of items not yet fully handed to the app.
 struct Backlog {
     relay: DeviceId,
     group: GroupId,
-    items: VecDeque<zerok_messages::Item>,
+    items: VecDeque<Received>,
     upto: u64,
-    batch: ReceivedBatch,
 }
 
 impl Actor for CoordinatorActor {
@@ -652,6 +1110,7 @@ impl Actor for CoordinatorActor {
         myself: ActorRef<Self::Msg>,
         args: CoordinatorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let own = args.dialer.local_id();
         let mut state = CoordinatorState {
             args,
             groups: HashMap::new(),
@@ -666,7 +1125,26 @@ impl Actor for CoordinatorActor {
             is_waiting_for_room: false,
             paused: HashSet::new(),
             barriers: Vec::new(),
+            to_seal: Vec::new(),
+            seal_waiters: Vec::new(),
+            is_sealing: false,
+            after_durable: VecDeque::new(),
+            to_open: Vec::new(),
+            is_opening: false,
+            own,
+            seen: SeenIds::default(),
         };
+        // The store's group commit reports here; the task ends with the coordinator.
+        let mut durable = state.args.store.watch_durable();
+        let coordinator = myself.clone();
+        tokio::spawn(async move {
+            while durable.changed().await.is_ok() {
+                let now = durable.borrow_and_update().clone();
+                if coordinator.cast(CoordMsg::Durable(now)).is_err() {
+                    return;
+                }
+            }
+        });
         for (id, record) in state.args.store.groups()? {
             let group = state.load_group(id, record)?;
             state.args.encryptor.cast(EncryptorMsg::SetGroup {
@@ -703,17 +1181,37 @@ impl Actor for CoordinatorActor {
                     }
                 }
                 RelayEvent::Joined { relay, group } => {
-                    // (Re)send everything this relay has not acked, in push order; the
-                    // connection takes new pushes for the group only after this.
-                    if let Some(g) = state.groups.get(&group)
+                    // (Re)send what this relay has not acked, in push order, a window of
+                    // it (the rest follows as acks come back); the connection takes new
+                    // pushes for the group only after this. Only what is durable: the rest
+                    // goes out once its flush completed.
+                    if let Some(g) = state.groups.get_mut(&group)
                         && let Some(conn) = state.conns.get(&relay)
                     {
-                        let entries = g
+                        let seqs: Vec<u64> = g
                             .outbox
-                            .iter()
+                            .range(..=g.durable_seq)
                             .filter(|(_, e)| !e.acked_by.contains(&relay))
-                            .map(|(seq, e)| (*seq, e.blob_id, Bytes::from(e.ciphertext.clone())))
+                            .take(PUSHES_HANDED_MAX)
+                            .map(|(seq, _)| *seq)
                             .collect();
+                        let sent_upto = match seqs.last() {
+                            Some(last) if seqs.len() == PUSHES_HANDED_MAX => *last,
+                            _ => g.durable_seq,
+                        };
+                        g.sending.insert(
+                            relay,
+                            SendWindow {
+                                sent_upto,
+                                unacked: seqs.len(),
+                            },
+                        );
+                        let mut entries: Vec<(u64, BlobId, Bytes)> = Vec::with_capacity(seqs.len());
+                        for seq in seqs {
+                            if let Some(entry) = state.args.store.outbox_entry(&group, seq)? {
+                                entries.push((seq, entry.blob_id, Bytes::from(entry.ciphertext)));
+                            }
+                        }
                         let _ = conn.actor.cast(RelayConnMsg::Resend { group, entries });
                     }
                 }
@@ -738,15 +1236,22 @@ impl Actor for CoordinatorActor {
                     group,
                     items,
                     upto,
-                } => state.on_items(&myself, relay, group, items, upto).await?,
+                } => state.on_items(&myself, relay, group, items, upto)?,
             },
             CoordMsg::Enqueue {
                 group,
-                payload,
+                payloads,
                 reply,
-            } => {
-                let _ = reply.send(state.enqueue(group, payload).await);
+            } => state.enqueue(&myself, group, payloads, reply),
+            CoordMsg::Sealed {
+                records,
+                results,
+                waiters,
+            } => state.on_sealed(&myself, records, results, waiters),
+            CoordMsg::Opened { batches, results } => {
+                state.on_opened(&myself, batches, results)?;
             }
+            CoordMsg::Durable(durable) => state.on_durable(durable),
             CoordMsg::WaitAcked {
                 group,
                 blob_id,
@@ -804,16 +1309,17 @@ impl Actor for CoordinatorActor {
                 });
             }
             CoordMsg::Barrier { reply } => {
-                // Answered once everything received before it is in the app's hands.
-                if state.backlog.is_empty() {
-                    let _ = reply.send(());
+                // Answered once everything received before it is in the app's hands, and
+                // what that changed in the store is durable.
+                if state.is_receive_idle() {
+                    state.pass_when_durable(reply);
                 } else {
                     state.barriers.push(reply);
                 }
             }
             CoordMsg::EventRoom => {
                 state.is_waiting_for_room = false;
-                state.drain(&myself).await?;
+                state.drain(&myself)?;
             }
             CoordMsg::Status { reply } => {
                 let _ = reply.send(state.status());
@@ -846,11 +1352,27 @@ impl Actor for CoordinatorActor {
                 state.is_retry_scheduled = false;
                 let refused: Vec<_> = state.refused.drain().collect();
                 for (relay, group, seq) in refused {
-                    if let Some(entry) = state.groups.get(&group).and_then(|g| g.outbox.get(&seq)) {
-                        state.send_push(&relay, group, seq, entry);
+                    if state
+                        .groups
+                        .get(&group)
+                        .is_some_and(|g| g.outbox.contains_key(&seq))
+                    {
+                        state.resend_push(&relay, group, seq);
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Received state applied since the last flush is made durable before the store closes.
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Err(err) = state.args.store.flush().await {
+            warn!(error = %err, "local store not flushed at stop");
         }
         Ok(())
     }

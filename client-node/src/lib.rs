@@ -25,6 +25,7 @@ pub mod client;
 pub mod coordinator;
 pub mod encryptor;
 pub mod relay_conn;
+pub mod seen;
 pub mod store;
 pub mod tree;
 pub mod types;

@@ -64,6 +64,11 @@ pub const SEND_QUEUE_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// a slow but honest relay from looking like one that stopped reading. 4 MiB keeps a 10 MB/s
 /// path busy for 400 ms, more than a round trip.
 pub const PUSH_QUEUE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Items of a group pulled from the relay ahead of what the coordinator has delivered to the
+/// app. Catch-up pages come faster than records are opened; without this bound a late
+/// joiner would hold the whole mailbox in memory (100,000 × 2 KiB envelopes were ~250 MiB).
+/// 4,096 items (~4 pages, ~8 MiB of 1 KiB records) keep the opening pipeline busy.
+pub const PULL_AHEAD_ITEMS_MAX: u64 = 4096;
 /// How long a relay may take to answer `Hello`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames the client reads ahead of its processing.
@@ -212,6 +217,14 @@ pub enum RelayConnMsg {
         /// The group.
         group: GroupId,
     },
+    /// The coordinator handed the group's items up to this cursor to the app: pulls parked
+    /// at [`PULL_AHEAD_ITEMS_MAX`] go on.
+    Delivered {
+        /// The group.
+        group: GroupId,
+        /// This relay's cursor, delivered.
+        upto: u64,
+    },
 }
 
 impl From<LinkEvent> for RelayConnMsg {
@@ -251,6 +264,10 @@ struct GroupSync {
     keys: Arc<EpochKeys>,
     admission: Option<AdmissionText>,
     have: u64,
+    /// What the coordinator delivered of this relay's items (its persisted cursor).
+    delivered: u64,
+    /// A pull waits for `Delivered`: `have` is [`PULL_AHEAD_ITEMS_MAX`] ahead of it.
+    is_pull_parked: bool,
     joined: bool,
     accepting: bool,
     paused: bool,
@@ -266,6 +283,8 @@ impl GroupSync {
             keys: group.keys,
             admission: group.admission,
             have: group.cursor,
+            delivered: group.cursor,
+            is_pull_parked: false,
             joined: false,
             accepting: false,
             paused: false,
@@ -569,6 +588,11 @@ impl RelayConnState {
             sync.pull_again = true;
             return;
         }
+        if sync.have.saturating_sub(sync.delivered) >= PULL_AHEAD_ITEMS_MAX {
+            sync.is_pull_parked = true;
+            return;
+        }
+        sync.is_pull_parked = false;
         sync.pulling = true;
         sync.pull_again = false;
         let after = Cursor(sync.have);
@@ -635,6 +659,7 @@ impl RelayConnState {
             sync.joined = false;
             sync.accepting = false;
             sync.pulling = false;
+            sync.is_pull_parked = false;
             sync.queued.clear();
             for waiter in sync.waiters.drain(..) {
                 let _ = waiter.send(Err(format!("connection lost: {reason}")));
@@ -999,6 +1024,14 @@ impl Actor for RelayConnActor {
                 {
                     sync.paused = false;
                     state.start_pull(group);
+                }
+            }
+            RelayConnMsg::Delivered { group, upto } => {
+                if let Some(sync) = state.groups.get_mut(&group) {
+                    sync.delivered = sync.delivered.max(upto);
+                    if sync.is_pull_parked {
+                        state.start_pull(group);
+                    }
                 }
             }
             RelayConnMsg::PingDue => {

@@ -7,7 +7,6 @@
 //! | `g` ‖ group | [`GroupRecord`] (CBOR; holds the group secret) |
 //! | `o` ‖ group ‖ seq_be | [`OutboxEntry`] (pushes not yet acked by every relay, push order) |
 //! | `c` ‖ group ‖ relay | cursor_be: items of the group received from that relay |
-//! | `s` ‖ group ‖ blob_id | (empty): blob ids already handed to the app (dedupe across relays) |
 //! | `q` ‖ group | the group's [`SeqTracker`] (CBOR) |
 //! | `n` ‖ group | next own seq ‖ last hlc |
 //! | `b` ‖ group | seq_base_be: own pushes numbered above it are sealed with seq − base |
@@ -20,13 +19,30 @@
 //! goes on.
 //!
 //! It belongs to the SyncCoordinator, its only user: every write happens in the coordinator's
-//! order, and flushes are awaited with `flush_async` so the runtime is never blocked.
+//! order. Durability is a **group commit**: a write is applied (in memory, atomically), then
+//! [`LocalStore::request_flush`] gives it a ticket; one flusher task runs sled's
+//! `flush_async` (an fsync, ~0.8 ms here) for every write applied before that flush started,
+//! and [`LocalStore::watch_durable`] announces the tickets it made durable. So 64 concurrent
+//! enqueues cost one flush, not 64, and nothing is answered before it is on disk.
+//!
+//! No per-record state is kept beyond the outbox: replays are judged by each group's
+//! [`SeqTracker`] (bounded per sender), duplicates are skipped before opening by the
+//! coordinator's in-memory [`crate::seen::SeenIds`]. Stores written before held every seen
+//! blob id under `s` ‖ group ‖ blob_id, never pruned; they are removed at open.
 
 use crate::types::{ClientError, GroupId};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 use zerok_actors::crypto::seq::SeqTracker;
+use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, MailboxId};
+
+/// sled's own background flush: what nothing waits for (received cursors and seq trackers,
+/// acks) is on disk at most this long after it was applied. 500 ms (sled's default) bounds
+/// what a crash hands to the app a second time to about half a second of records.
+const BACKGROUND_FLUSH_MS: u64 = 500;
 
 const FORMAT_KEY: &[u8] = b"v";
 const FORMAT: &[u8] = b"zerok-client-1";
@@ -153,18 +169,46 @@ fn be_u64(bytes: &[u8]) -> u64 {
 /// What one received batch changes.
 #[derive(Debug, Default)]
 pub struct ReceivedBatch {
-    /// Blob ids handed to the app (or dropped as replays).
-    pub seen: Vec<BlobId>,
-    /// New cursor of (relay) for the group.
-    pub cursor: Option<(DeviceId, u64)>,
+    /// Records that went through the seq tracker (handed to the app or dropped as replays).
+    pub observed: usize,
+    /// New cursors of relays for the group (a later one of the same relay wins).
+    pub cursors: Vec<(DeviceId, u64)>,
     /// The group's tracker after the batch.
     pub tracker: Option<SeqTracker>,
+}
+
+/// What the flusher made durable so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Durable {
+    /// Every ticket up to this one is on disk.
+    pub through: u64,
+    /// A flush failed (sled's error): nothing after it is known to be on disk, and the store
+    /// refuses to say otherwise from then on.
+    pub error: Option<String>,
+}
+
+/// The group commit's bookkeeping.
+#[derive(Debug, Default)]
+struct CommitState {
+    /// Last ticket handed out.
+    requested: u64,
+    /// Whether the flusher task runs.
+    is_flushing: bool,
+}
+
+/// Group commit over one sled db (see the module doc).
+struct Committer {
+    state: Mutex<CommitState>,
+    durable: watch::Sender<Durable>,
+    /// Flushes run so far.
+    flushes: std::sync::atomic::AtomicU64,
 }
 
 /// The client's store.
 #[derive(Clone)]
 pub struct LocalStore {
     db: sled::Db,
+    commit: Arc<Committer>,
 }
 
 impl LocalStore {
@@ -173,6 +217,7 @@ impl LocalStore {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(16 << 20)
+            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
             .open()
             .map_err(|e| ClientError::Home {
                 path: dir.display().to_string(),
@@ -195,13 +240,83 @@ impl LocalStore {
                 db.flush().map_err(err)?;
             }
         }
-        Ok(LocalStore { db })
+        let store = LocalStore {
+            db,
+            commit: Arc::new(Committer {
+                state: Mutex::new(CommitState::default()),
+                durable: watch::Sender::new(Durable::default()),
+                flushes: Default::default(),
+            }),
+        };
+        store.remove_legacy_seen_ids()?;
+        Ok(store)
     }
 
-    /// Make everything written so far durable.
-    pub async fn flush(&self) -> Result<(), ClientError> {
-        self.db.flush_async().await.map_err(err)?;
+    /// Stores written before kept every seen blob id (`s` keys), never pruned: drop them
+    /// (the seq trackers judge replays; see the module doc).
+    fn remove_legacy_seen_ids(&self) -> Result<(), ClientError> {
+        let mut batch = sled::Batch::default();
+        let mut found = 0usize;
+        for entry in self.db.scan_prefix([b's']) {
+            let (k, _) = entry.map_err(err)?;
+            batch.remove(k);
+            found += 1;
+        }
+        if found > 0 {
+            self.db.apply_batch(batch).map_err(err)?;
+            self.db.flush().map_err(err)?;
+        }
         Ok(())
+    }
+
+    /// Ask for everything applied so far to become durable; answers its ticket, announced by
+    /// [`LocalStore::watch_durable`] once a flush that started after this call completed.
+    pub fn request_flush(&self) -> u64 {
+        let (ticket, start) = {
+            let mut state = lock(&self.commit.state);
+            state.requested += 1;
+            let start = !state.is_flushing;
+            state.is_flushing = true;
+            (state.requested, start)
+        };
+        if start {
+            let (db, commit) = (self.db.clone(), Arc::clone(&self.commit));
+            tokio::spawn(flush_loop(db, commit));
+        }
+        ticket
+    }
+
+    /// Flushes the group commit ran since the store was opened.
+    pub fn flush_count(&self) -> u64 {
+        self.commit
+            .flushes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What is durable so far, announced after every flush.
+    pub fn watch_durable(&self) -> watch::Receiver<Durable> {
+        self.commit.durable.subscribe()
+    }
+
+    /// Wait until `ticket` is durable.
+    pub async fn wait_durable(&self, ticket: u64) -> Result<(), ClientError> {
+        let mut durable = self.watch_durable();
+        let reached = durable
+            .wait_for(|d| d.through >= ticket || d.error.is_some())
+            .await
+            .map_err(|_| err("flusher stopped"))?;
+        if reached.through >= ticket {
+            return Ok(());
+        }
+        Err(err(format!(
+            "flush failed: {}",
+            reached.error.as_deref().unwrap_or("unknown")
+        )))
+    }
+
+    /// Make everything written so far durable (sharing a flush with concurrent writers).
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        self.wait_durable(self.request_flush()).await
     }
 
     /// Every group.
@@ -291,16 +406,31 @@ impl LocalStore {
         hlc: u64,
         entry: &OutboxEntry,
     ) -> Result<(), ClientError> {
+        let ticket = self.enqueue_many(group, &[(seq, hlc, entry.clone())])?;
+        self.wait_durable(ticket).await
+    }
+
+    /// Queue sealed pushes `(seq, hlc, entry)`, in seq order, and advance the own seq to after
+    /// the last, atomically; answers the flush ticket that makes them durable (nothing may be
+    /// sent or acknowledged before it is).
+    pub fn enqueue_many(
+        &self,
+        group: &GroupId,
+        entries: &[(u64, u64, OutboxEntry)],
+    ) -> Result<u64, ClientError> {
+        let Some((last_seq, last_hlc, _)) = entries.last() else {
+            return Ok(self.request_flush());
+        };
         let mut batch = sled::Batch::default();
-        batch.insert(key(b'o', group, &seq.to_be_bytes()), cbor(entry)?);
+        for (seq, _, entry) in entries {
+            batch.insert(key(b'o', group, &seq.to_be_bytes()), cbor(entry)?);
+        }
         let mut next = [0u8; 16];
-        next[..8].copy_from_slice(&(seq + 1).to_be_bytes());
-        next[8..].copy_from_slice(&hlc.to_be_bytes());
+        next[..8].copy_from_slice(&(last_seq + 1).to_be_bytes());
+        next[8..].copy_from_slice(&last_hlc.to_be_bytes());
         batch.insert(key(b'n', group, &[]), next.to_vec());
-        // Our own records must not come back to us as received.
-        batch.insert(key(b's', group, entry.blob_id.as_bytes()), Vec::new());
         self.db.apply_batch(batch).map_err(err)?;
-        self.flush().await
+        Ok(self.request_flush())
     }
 
     /// The outbox of a group in push order: `(seq, entry)`.
@@ -313,20 +443,38 @@ impl LocalStore {
         Ok(out)
     }
 
-    /// Record that `relay` acked the push `seq`; drop it when every relay in `all` acked.
+    /// One queued push.
+    pub fn outbox_entry(
+        &self,
+        group: &GroupId,
+        seq: u64,
+    ) -> Result<Option<OutboxEntry>, ClientError> {
+        match self
+            .db
+            .get(key(b'o', group, &seq.to_be_bytes()))
+            .map_err(err)?
+        {
+            Some(v) => Ok(Some(uncbor(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Record that the push `seq` is acked by `acked_by`; drop it when every relay in `all`
+    /// acked.
     pub fn ack(
         &self,
         group: &GroupId,
         seq: u64,
-        entry: &OutboxEntry,
+        acked_by: &[DeviceId],
         all: &[DeviceId],
     ) -> Result<bool, ClientError> {
         let k = key(b'o', group, &seq.to_be_bytes());
-        let done = all.iter().all(|relay| entry.acked_by.contains(relay));
+        let done = all.iter().all(|relay| acked_by.contains(relay));
         if done {
             self.db.remove(k).map_err(err)?;
-        } else {
-            self.db.insert(k, cbor(entry)?).map_err(err)?;
+        } else if let Some(mut entry) = self.outbox_entry(group, seq)? {
+            entry.acked_by = acked_by.to_vec();
+            self.db.insert(k, cbor(&entry)?).map_err(err)?;
         }
         Ok(done)
     }
@@ -348,13 +496,6 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Whether a blob was already handed to the app (or pushed by this device).
-    pub fn is_seen(&self, group: &GroupId, blob_id: &BlobId) -> Result<bool, ClientError> {
-        self.db
-            .contains_key(key(b's', group, blob_id.as_bytes()))
-            .map_err(err)
-    }
-
     /// The group's sequence tracker.
     pub fn tracker(&self, group: &GroupId) -> Result<SeqTracker, ClientError> {
         match self.db.get(key(b'q', group, &[])).map_err(err)? {
@@ -369,11 +510,20 @@ impl LocalStore {
         group: &GroupId,
         batch: &ReceivedBatch,
     ) -> Result<(), ClientError> {
+        self.apply_received(group, batch)?;
+        self.flush().await
+    }
+
+    /// Apply what a received batch changed, atomically, without asking for a flush: sled's
+    /// periodic flush (every 500 ms by default), the next group commit or an explicit
+    /// [`LocalStore::flush`] makes it durable.
+    pub fn apply_received(
+        &self,
+        group: &GroupId,
+        batch: &ReceivedBatch,
+    ) -> Result<(), ClientError> {
         let mut write = sled::Batch::default();
-        for blob_id in &batch.seen {
-            write.insert(key(b's', group, blob_id.as_bytes()), Vec::new());
-        }
-        if let Some((relay, cursor)) = batch.cursor {
+        for (relay, cursor) in &batch.cursors {
             write.insert(
                 key(b'c', group, relay.as_bytes()),
                 cursor.to_be_bytes().to_vec(),
@@ -383,7 +533,29 @@ impl LocalStore {
             write.insert(key(b'q', group, &[]), cbor(tracker)?);
         }
         self.db.apply_batch(write).map_err(err)?;
-        self.flush().await
+        Ok(())
+    }
+}
+
+/// The flusher: one `flush_async` after another while tickets wait; each covers every write
+/// applied before it started.
+async fn flush_loop(db: sled::Db, commit: Arc<Committer>) {
+    loop {
+        let target = lock(&commit.state).requested;
+        let flushed = db.flush_async().await;
+        commit
+            .flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        commit.durable.send_modify(|durable| match flushed {
+            Ok(_) if durable.error.is_none() => durable.through = target,
+            Ok(_) => {}
+            Err(ref error) => durable.error = Some(error.to_string()),
+        });
+        let mut state = lock(&commit.state);
+        if state.requested == target {
+            state.is_flushing = false;
+            return;
+        }
     }
 }
 
@@ -417,18 +589,141 @@ mod tests {
         let outbox = store.outbox(&group()).expect("outbox");
         let seqs: Vec<u64> = outbox.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![1, 2, 300]);
-        assert!(store.is_seen(&group(), &BlobId([2; 32])).expect("seen"));
         let (seq, mut entry) = outbox[0].clone();
         let relays = [DeviceId([1; 32]), DeviceId([2; 32])];
         entry.acked_by.push(relays[0]);
-        assert!(!store.ack(&group(), seq, &entry, &relays).expect("ack"));
+        assert!(
+            !store
+                .ack(&group(), seq, &entry.acked_by, &relays)
+                .expect("ack")
+        );
+        assert_eq!(
+            store.outbox_entry(&group(), seq).expect("entry"),
+            Some(entry.clone()),
+            "the ack is kept with the entry"
+        );
         entry.acked_by.push(relays[1]);
-        assert!(store.ack(&group(), seq, &entry, &relays).expect("ack"));
+        assert!(
+            store
+                .ack(&group(), seq, &entry.acked_by, &relays)
+                .expect("ack")
+        );
         assert_eq!(store.outbox(&group()).expect("outbox").len(), 2);
     }
 
+    fn entry(n: u64) -> OutboxEntry {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&n.to_be_bytes());
+        OutboxEntry {
+            blob_id: BlobId(id),
+            ciphertext: vec![1; 16],
+            acked_by: vec![],
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_enqueues_share_one_flush_and_each_is_durable_on_return() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        let before = store.flush_count();
+        let tasks: Vec<_> = (1..=64u64)
+            .map(|seq| {
+                let store = store.clone();
+                tokio::spawn(async move { store.enqueue(&group(), seq, seq, &entry(seq)).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task").expect("enqueue");
+        }
+        let flushes = store.flush_count() - before;
+        assert!(
+            (1..=4).contains(&flushes),
+            "64 concurrent enqueues took {flushes} flushes"
+        );
+        // Durable on return means the flusher finished a flush for each of them.
+        let durable = store.watch_durable().borrow().clone();
+        assert!(
+            durable.through >= 64 && durable.error.is_none(),
+            "{durable:?}"
+        );
+        drop(store);
+        let store = LocalStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.outbox(&group()).expect("outbox").len(), 64);
+    }
+
     #[tokio::test]
-    async fn received_batches_persist_cursor_seen_and_tracker_together() {
+    async fn enqueue_many_writes_in_order_and_advances_the_own_seq_past_the_last() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        let entries: Vec<_> = (5..15u64).map(|seq| (seq, seq * 100, entry(seq))).collect();
+        let ticket = store.enqueue_many(&group(), &entries).expect("enqueue");
+        store.wait_durable(ticket).await.expect("durable");
+        assert_eq!(store.own_seq(&group()).expect("seq"), (15, 1400));
+        let seqs: Vec<u64> = store
+            .outbox(&group())
+            .expect("outbox")
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        assert_eq!(seqs, (5..15).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test]
+    async fn seen_ids_of_an_older_store_are_removed_at_open() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let store = LocalStore::open(dir.path()).expect("open");
+            // As the store wrote them before: one key per blob id ever seen, never pruned.
+            for n in 0..10u64 {
+                store
+                    .db
+                    .insert(key(b's', &group(), entry(n).blob_id.as_bytes()), Vec::new())
+                    .expect("insert");
+            }
+            store
+                .enqueue(&group(), 1, 1, &entry(1))
+                .await
+                .expect("enqueue");
+        }
+        let store = LocalStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.db.scan_prefix([b's']).count(), 0);
+        assert_eq!(
+            store.outbox(&group()).expect("outbox").len(),
+            1,
+            "the rest stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn received_batches_write_no_per_record_keys() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        let keys_before = store.db.len();
+        let relay = DeviceId([9; 32]);
+        let mut tracker = SeqTracker::new();
+        for page in 0..10u64 {
+            for seq in 1..=1000 {
+                tracker.observe(DeviceId([1; 32]), page * 1000 + seq);
+            }
+            store
+                .apply_received(
+                    &group(),
+                    &ReceivedBatch {
+                        observed: 1000,
+                        cursors: vec![(relay, (page + 1) * 1000)],
+                        tracker: Some(tracker.clone()),
+                    },
+                )
+                .expect("apply");
+            store.flush().await.expect("durable");
+        }
+        // 10,000 records received: a cursor and a tracker, nothing per record.
+        assert_eq!(store.db.len(), keys_before + 2);
+        assert_eq!(store.cursor(&group(), &relay).expect("cursor"), 10_000);
+    }
+
+    #[tokio::test]
+    async fn received_batches_persist_cursor_and_tracker_together() {
         let dir = tempfile::tempdir().expect("dir");
         let store = LocalStore::open(dir.path()).expect("open");
         let relay = DeviceId([9; 32]);
@@ -438,15 +733,14 @@ mod tests {
             .received(
                 &group(),
                 &ReceivedBatch {
-                    seen: vec![BlobId([5; 32])],
-                    cursor: Some((relay, 42)),
+                    observed: 1,
+                    cursors: vec![(relay, 42)],
                     tracker: Some(tracker.clone()),
                 },
             )
             .await
             .expect("received");
         assert_eq!(store.cursor(&group(), &relay).expect("cursor"), 42);
-        assert!(store.is_seen(&group(), &BlobId([5; 32])).expect("seen"));
         assert_eq!(store.tracker(&group()).expect("tracker"), tracker);
         let record = GroupRecord {
             name: "g".into(),

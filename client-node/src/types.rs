@@ -167,6 +167,9 @@ pub struct GroupStatus {
     pub outbox: usize,
     /// Pushes not yet acknowledged by enough relays for a receipt.
     pub unacked: usize,
+    /// Recent blob ids remembered (own pushes and records taken, of every group), kept to
+    /// skip duplicates before opening; bounded by [`crate::seen::SEEN_IDS_MAX`].
+    pub seen_ids: u64,
 }
 
 /// What `status()` reports.

@@ -6,6 +6,7 @@
 //! regressions of the ratio (robust to a noisy, shared machine) rather than of raw numbers.
 
 pub mod baseline;
+pub mod client_bench;
 pub mod engines;
 pub mod relay_benches;
 pub mod stats;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use zerok_harness::bench::BenchResult;
 use zerok_harness::bench::baseline::Baseline;
+use zerok_harness::bench::client_bench::{self, ClientSizes};
 use zerok_harness::bench::engines::bench::{self as store_bench, Engine, Phase, Sizes};
 use zerok_harness::bench::relay_benches::{self, Bench};
 
@@ -49,6 +50,15 @@ enum Command {
     Connections,
     /// Three relays, one killed during a push stream.
     Failover,
+    /// The client through its public API: two devices, 100,000 records pushed by 64 app
+    /// tasks and received verified, pushes one by one, a late joiner's catch-up, against the
+    /// same-run crypto floor (sign + verify + seal + open per record).
+    Client {
+        /// Records of the concurrent and batched pushes (default 100,000; 5,000 with
+        /// `--quick`).
+        #[arg(long, value_name = "N")]
+        records: Option<u64>,
+    },
     /// A relay with N items stored: start → ready, memory, pushes, catch-up, restart.
     Stored {
         /// Items stored before the relay starts (default 1,000,000; 20,000 with `--quick`).
@@ -228,6 +238,22 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         if wants(Command::Failover) {
             emit(relay_benches::failover(&bench).await?, &mut results);
+        }
+        let client_records = match &cli.command {
+            Command::Client { records } => Some(*records),
+            Command::All => Some(None),
+            _ => None,
+        };
+        if let Some(records) = client_records {
+            let mut sizes = if quick {
+                ClientSizes::quick()
+            } else {
+                ClientSizes::full()
+            };
+            if let Some(records) = records {
+                sizes.records = records;
+            }
+            emit(client_bench::client(&bench, sizes).await?, &mut results);
         }
         let stored_items = match &cli.command {
             Command::Stored { items } => Some(*items),
