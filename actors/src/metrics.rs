@@ -36,6 +36,8 @@ pub struct RelayMetrics {
     pub store_full: IntGauge,
     /// Damaged records the store found (at open, and on reads) and does not serve.
     pub store_damaged_records_total: IntCounter,
+    /// Reads answered by a page read ahead (after the page before it had more).
+    pub store_read_ahead_hits_total: IntCounter,
     /// Bytes charged against the relay's byte budget now (ciphertext plus per-item charge).
     pub store_charged_bytes: IntGauge,
     /// The relay's byte budget (`store.max_bytes`).
@@ -146,6 +148,11 @@ impl RelayMetrics {
                 r,
                 "store_damaged_records_total",
                 "damaged records found in the store (never served); zerok-relay check lists them",
+            ),
+            store_read_ahead_hits_total: counter(
+                r,
+                "store_read_ahead_hits_total",
+                "reads answered by a page read ahead while the page before was sent",
             ),
             store_full: gauge(
                 r,

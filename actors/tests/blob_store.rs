@@ -1077,3 +1077,36 @@ async fn a_full_disk_is_storage_full_for_clients_and_a_sweep_recovers() {
     let outcome = append(&store.actor, vec![request(3, MAILBOX, b"while full", None)]).await;
     assert_eq!(cursor(&outcome[0]), (2, false));
 }
+
+/// A catch-up's next page is read ahead while the one before is answered, and answers the
+/// next pull; a commit to the mailbox drops it, so a pull never misses an item stored since.
+#[tokio::test]
+async fn catch_up_pages_are_read_ahead_and_a_commit_drops_them() {
+    let store = start(StoreLimits::default()).await;
+    let requests = (0..30)
+        .map(|n| request(n, MAILBOX, &payload(n), None))
+        .collect();
+    append(&store.actor, requests).await;
+    const PAGE_BYTES: u32 = 64 * 1024;
+    let cursors = |page: &Page| page.items.iter().map(|i| i.cursor.0).collect::<Vec<_>>();
+
+    let first = read(&store.actor, 0, 10, PAGE_BYTES).await;
+    assert_eq!(cursors(&first), (1..=10).collect::<Vec<_>>());
+    assert_eq!(store.metrics.store_read_ahead_hits_total.get(), 0);
+    let second = read(&store.actor, 10, 10, PAGE_BYTES).await;
+    assert_eq!(cursors(&second), (11..=20).collect::<Vec<_>>());
+    assert_eq!(store.metrics.store_read_ahead_hits_total.get(), 1);
+    // The page after 20 (21..=30, nothing more) is read ahead now; an item stored meanwhile
+    // must not be missed.
+    append(&store.actor, vec![request(30, MAILBOX, &payload(30), None)]).await;
+    let third = read(&store.actor, 20, 10, PAGE_BYTES).await;
+    assert_eq!(cursors(&third), (21..=30).collect::<Vec<_>>());
+    assert!(
+        third.has_more,
+        "item 31 was stored after the page was read ahead"
+    );
+    assert_eq!(store.metrics.store_read_ahead_hits_total.get(), 1);
+    let fourth = read(&store.actor, 30, 10, PAGE_BYTES).await;
+    assert_eq!(cursors(&fourth), vec![31]);
+    assert!(!fourth.has_more);
+}

@@ -124,6 +124,78 @@ impl ItemStore for Store {
 /// still ~64 of the largest items or ~60,000 small ones per commit, more than a commit takes.
 pub const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Pages read ahead at most at once, and their bytes (each counted at its page's byte limit):
+/// what read-ahead may hold in memory, whoever pulls.
+const READ_AHEAD_PAGES: usize = 32;
+const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
+/// Pages of larger byte limits are not read ahead (a pull's default is 512 KiB).
+const READ_AHEAD_PAGE_BYTES_MAX: u32 = 1024 * 1024;
+/// A page read ahead and not asked for within this is dropped (its reader went away); it also
+/// bounds how stale a page served from read-ahead can be (an item that expired since it was
+/// read is served at most this long after its expiry).
+const READ_AHEAD_TTL: Duration = Duration::from_secs(1);
+
+/// Catch-up pulls page after page: after a page that has more, the next one is read at once,
+/// so the store reads it while the network carries the page before, and the next pull finds it
+/// ready (or being read). Bounded in pages and bytes; a commit drops its mailboxes' pages, so a
+/// page read ahead never lacks an item that was stored after it was read.
+#[derive(Default)]
+struct ReadAhead {
+    pages: Vec<AheadPage>,
+}
+
+/// One page read ahead: its read's key, and its result once read.
+struct AheadPage {
+    key: ReadKey,
+    read_at: tokio::time::Instant,
+    page: tokio::sync::watch::Receiver<Option<Result<Page, StoreError>>>,
+}
+
+/// (mailbox, after, max_items, max_bytes) of a read.
+type ReadKey = (MailboxId, Cursor, u32, u32);
+
+impl ReadAhead {
+    fn take(&mut self, key: &ReadKey) -> Option<AheadPage> {
+        let at = self.pages.iter().position(|p| p.key == *key)?;
+        Some(self.pages.swap_remove(at))
+    }
+
+    /// Room for one more page of `max_bytes` (dropping expired ones first)?
+    fn has_room(&mut self, max_bytes: u32) -> bool {
+        let now = tokio::time::Instant::now();
+        self.pages
+            .retain(|p| now.duration_since(p.read_at) < READ_AHEAD_TTL);
+        let held: usize = self.pages.iter().map(|p| p.key.3 as usize).sum();
+        max_bytes <= READ_AHEAD_PAGE_BYTES_MAX
+            && self.pages.len() < READ_AHEAD_PAGES
+            && held.saturating_add(max_bytes as usize) <= READ_AHEAD_BYTES
+    }
+
+    fn forget_mailboxes(&mut self, mailboxes: &[MailboxId]) {
+        if !self.pages.is_empty() {
+            self.pages.retain(|p| !mailboxes.contains(&p.key.0));
+        }
+    }
+}
+
+/// Read one page on the blocking pool (publishing damage a read found).
+async fn read_page(
+    store: Arc<dyn ItemStore>,
+    metrics: RelayMetrics,
+    key: ReadKey,
+    now_ms: u64,
+) -> Result<Page, StoreError> {
+    let (mailbox, after, max_items, max_bytes) = key;
+    tokio::task::spawn_blocking(move || {
+        let page = store.read_page(&mailbox, after.0, max_items, max_bytes, now_ms);
+        // A read may have found damage: /metrics and /health say so at once.
+        publish_damaged(&metrics, store.damaged_records());
+        page
+    })
+    .await
+    .unwrap_or_else(|err| Err(unavailable(err)))
+}
+
 /// The store's actor type.
 pub struct BlobStoreActor;
 
@@ -157,6 +229,7 @@ pub struct BlobStoreState {
     pending_bytes: usize,
     is_commit_scheduled: bool,
     commits: u64,
+    read_ahead: Arc<std::sync::Mutex<ReadAhead>>,
 }
 
 /// A task of the store panicked or was cancelled: logged, answered generically.
@@ -233,6 +306,10 @@ impl BlobStoreState {
         let bytes: usize = batch.iter().map(|p| p.request.ciphertext.len()).sum();
         self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
         let requests: Vec<AppendRequest> = batch.iter().map(|p| p.request.clone()).collect();
+        let mut mailboxes: Vec<MailboxId> = requests.iter().map(|r| r.mailbox).collect();
+        mailboxes.sort_unstable();
+        mailboxes.dedup();
+        zerok_messages::sync::lock(&self.read_ahead).forget_mailboxes(&mailboxes);
         let store = self.store.clone();
         let limits = self.limits;
         let now_ms = self.clock.now_unix_ms();
@@ -251,6 +328,8 @@ impl BlobStoreState {
                 .await
                 .unwrap_or_else(|err| Err(unavailable(err)))
         };
+        // And after: a page read ahead while this commit ran may lack its items.
+        zerok_messages::sync::lock(&self.read_ahead).forget_mailboxes(&mailboxes);
         self.metrics
             .flush_latency_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -326,6 +405,7 @@ impl Actor for BlobStoreActor {
             pending_bytes: 0,
             is_commit_scheduled: false,
             commits: 0,
+            read_ahead: Default::default(),
         };
         let budget = state.store.budget();
         let metrics = &state.metrics;
@@ -382,16 +462,50 @@ impl Actor for BlobStoreActor {
                 let store = state.store.clone();
                 let metrics = state.metrics.clone();
                 let now_ms = state.clock.now_unix_ms();
+                let key = (mailbox, after, max_items, max_bytes);
+                let ahead = zerok_messages::sync::lock(&state.read_ahead).take(&key);
+                let read_ahead = state.read_ahead.clone();
+                let clock = state.clock.clone();
                 tokio::spawn(async move {
-                    let page = tokio::task::spawn_blocking(move || {
-                        let page = store.read_page(&mailbox, after.0, max_items, max_bytes, now_ms);
-                        // A read may have found damage: /metrics and /health say so at once.
-                        publish_damaged(&metrics, store.damaged_records());
-                        page
-                    })
-                    .await
-                    .unwrap_or_else(|err| Err(unavailable(err)));
+                    let page = match ahead {
+                        Some(mut ahead) => {
+                            metrics.store_read_ahead_hits_total.inc();
+                            let waited = ahead
+                                .page
+                                .wait_for(Option::is_some)
+                                .await
+                                .map(|page| page.clone());
+                            match waited {
+                                Ok(Some(Ok(page))) => Ok(page),
+                                // No page (the read-ahead failed or ended): read now.
+                                _ => read_page(store.clone(), metrics.clone(), key, now_ms).await,
+                            }
+                        }
+                        None => read_page(store.clone(), metrics.clone(), key, now_ms).await,
+                    };
+                    let next = match &page {
+                        Ok(page) if page.has_more => {
+                            Some((mailbox, page.next, max_items, max_bytes))
+                        }
+                        _ => None,
+                    };
                     let _ = reply.send(page);
+                    if let Some(next) = next {
+                        let (done, ready) = tokio::sync::watch::channel(None);
+                        {
+                            let mut ahead = zerok_messages::sync::lock(&read_ahead);
+                            if !ahead.has_room(max_bytes) {
+                                return;
+                            }
+                            ahead.pages.push(AheadPage {
+                                key: next,
+                                read_at: tokio::time::Instant::now(),
+                                page: ready,
+                            });
+                        }
+                        let page = read_page(store, metrics, next, clock.now_unix_ms()).await;
+                        let _ = done.send(Some(page));
+                    }
                 });
             }
             BlobStoreMsg::GetLatest { mailbox, reply } => {
