@@ -433,26 +433,12 @@ impl CoordinatorState {
             window.sent_upto = state.durable_seq;
         }
         for seq in handed {
-            match self.args.store.outbox_entry(&group, seq) {
-                Ok(Some(entry)) => {
-                    let _ = conn.actor.cast(RelayConnMsg::Push {
-                        group,
-                        seq,
-                        blob_id: entry.blob_id,
-                        ciphertext: Bytes::from(entry.ciphertext),
-                    });
-                }
-                Ok(None) => {}
-                Err(err) => warn!(error = %err, "queued push unreadable"),
-            }
+            self.hand_push(conn, group, seq);
         }
     }
 
-    /// Send the queued push `seq` to `relay` again (after a refusal).
-    fn resend_push(&self, relay: &DeviceId, group: GroupId, seq: u64) {
-        let Some(conn) = self.conns.get(relay) else {
-            return;
-        };
+    /// Hand the queued push `seq` (read from the outbox) to `conn`.
+    fn hand_push(&self, conn: &ConnEntry, group: GroupId, seq: u64) {
         match self.args.store.outbox_entry(&group, seq) {
             Ok(Some(entry)) => {
                 let _ = conn.actor.cast(RelayConnMsg::Push {
@@ -464,6 +450,13 @@ impl CoordinatorState {
             }
             Ok(None) => {}
             Err(err) => warn!(error = %err, "queued push unreadable"),
+        }
+    }
+
+    /// Send the queued push `seq` to `relay` again (after a refusal).
+    fn resend_push(&self, relay: &DeviceId, group: GroupId, seq: u64) {
+        if let Some(conn) = self.conns.get(relay) {
+            self.hand_push(conn, group, seq);
         }
     }
 
