@@ -204,6 +204,15 @@ pub enum RelayConnMsg {
     },
     /// Keep-alive tick.
     PingDue,
+    /// Send a request again that the relay refused for a moment (`retry_after_ms`).
+    RetryDue {
+        /// The connection it was refused on (a newer one joins, subscribes and pulls anew).
+        generation: u64,
+        /// The group.
+        group: GroupId,
+        /// Which request.
+        request: Retry,
+    },
     /// The app is not keeping up: forget items after `rewind_to` (they are fetched again)
     /// and take no more of the group until `Resume`.
     Pause {
@@ -225,6 +234,19 @@ pub enum RelayConnMsg {
         /// This relay's cursor, delivered.
         upto: u64,
     },
+}
+
+/// A request of a group that a relay may refuse for a moment and that is sent again after its
+/// hint: without it, a `Join` refused by the relay's frame rate limit left the group unjoined
+/// on this connection for good (no pushes, no catch-up) until the link dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// `Join`.
+    Join,
+    /// `Subscribe`.
+    Subscribe,
+    /// `Pull`.
+    Pull,
 }
 
 impl From<LinkEvent> for RelayConnMsg {
@@ -254,7 +276,7 @@ pub struct RelayConnArgs {
 
 enum Pending {
     Join(GroupId),
-    Subscribe,
+    Subscribe(GroupId),
     Pull(GroupId),
     Push { group: GroupId, seq: u64 },
     Ping,
@@ -542,36 +564,79 @@ impl RelayConnState {
     }
 
     fn join_all(&mut self) {
-        let Some(conn) = self.conn.as_ref() else {
-            return;
-        };
-        let nonce = conn.nonce;
-        let device = self.dialer.local_id();
-        let relay = self.relay.id;
-        let joins: Vec<_> = self
+        let unjoined: Vec<GroupId> = self
             .groups
             .iter()
             .filter(|(_, g)| !g.joined)
-            .map(|(id, g)| {
-                (
-                    *id,
-                    g.keys.mailbox_key(),
-                    sign_join(&g.keys, &relay, &device, &nonce),
-                    g.admission.clone(),
-                )
-            })
+            .map(|(id, _)| *id)
             .collect();
-        for (group, mailbox_key, proof, admission) in joins {
-            self.send(
-                |req| Frame::Join {
-                    req,
-                    mailbox_key,
-                    proof,
-                    admission,
-                },
-                Pending::Join(group),
-            );
+        for group in unjoined {
+            self.join(group);
         }
+    }
+
+    /// Send the group's `Join` (a fresh proof over this connection's nonce).
+    fn join(&mut self, group: GroupId) {
+        let Some(conn) = self.conn.as_ref() else {
+            return;
+        };
+        let Some(sync) = self.groups.get(&group).filter(|g| !g.joined) else {
+            return;
+        };
+        let proof = sign_join(
+            &sync.keys,
+            &self.relay.id,
+            &self.dialer.local_id(),
+            &conn.nonce,
+        );
+        let (mailbox_key, admission) = (sync.keys.mailbox_key(), sync.admission.clone());
+        self.send(
+            |req| Frame::Join {
+                req,
+                mailbox_key,
+                proof,
+                admission,
+            },
+            Pending::Join(group),
+        );
+    }
+
+    /// Subscribe to the group's live items after what this connection has.
+    fn subscribe(&mut self, group: GroupId) {
+        let Some(sync) = self.groups.get(&group).filter(|g| g.joined) else {
+            return;
+        };
+        if !self.receive {
+            return;
+        }
+        let (mailbox, after) = (sync.keys.mailbox_id(), Cursor(sync.have));
+        self.send(
+            |req| Frame::Subscribe {
+                req,
+                mailbox,
+                after,
+            },
+            Pending::Subscribe(group),
+        );
+    }
+
+    /// Send `request` of `group` again once the relay's hint has passed.
+    fn retry_later(
+        &self,
+        myself: &ActorRef<RelayConnMsg>,
+        group: GroupId,
+        request: Retry,
+        retry_after_ms: u64,
+    ) {
+        let generation = self.generation;
+        debug!(relay = %self.relay.id.short(), ?request, retry_after_ms, "request refused for a moment; retrying");
+        myself.send_after(Duration::from_millis(retry_after_ms), move || {
+            RelayConnMsg::RetryDue {
+                generation,
+                group,
+                request,
+            }
+        });
     }
 
     fn start_pull(&mut self, group: GroupId) {
@@ -707,20 +772,7 @@ impl RelayConnState {
                 {
                     self.start_pull(group);
                 }
-                if self.receive {
-                    let Some(sync) = self.groups.get(&group) else {
-                        return;
-                    };
-                    let (mailbox, after) = (sync.keys.mailbox_id(), Cursor(sync.have));
-                    self.send(
-                        |req| Frame::Subscribe {
-                            req,
-                            mailbox,
-                            after,
-                        },
-                        Pending::Subscribe,
-                    );
-                }
+                self.subscribe(group);
                 self.flush_pushes(group);
             }
             (Frame::PushAck { .. }, Some(Pending::Push { group, seq })) => {
@@ -822,13 +874,28 @@ impl RelayConnState {
                 Some(Pending::Pull(group)) => {
                     if let Some(sync) = self.groups.get_mut(&group) {
                         sync.pulling = false;
-                        for waiter in sync.waiters.drain(..) {
-                            let _ = waiter.send(Err(format!("pull refused: {}", code.as_str())));
+                        if let Some(after) = retry_after_ms {
+                            // Waiters stay: the pull goes on after the hint.
+                            self.retry_later(myself, group, Retry::Pull, after);
+                        } else {
+                            for waiter in sync.waiters.drain(..) {
+                                let _ =
+                                    waiter.send(Err(format!("pull refused: {}", code.as_str())));
+                            }
                         }
                     }
                 }
                 Some(Pending::Join(group)) => {
                     warn!(relay = %relay.short(), group = ?group, code = code.as_str(), message = %message, "join refused");
+                    if let Some(after) = retry_after_ms {
+                        self.retry_later(myself, group, Retry::Join, after);
+                    }
+                }
+                Some(Pending::Subscribe(group)) => {
+                    debug!(relay = %relay.short(), group = ?group, code = code.as_str(), "subscribe refused");
+                    if let Some(after) = retry_after_ms {
+                        self.retry_later(myself, group, Retry::Subscribe, after);
+                    }
                 }
                 _ => debug!(relay = %relay.short(), code = code.as_str(), "relay error"),
             },
@@ -1031,6 +1098,19 @@ impl Actor for RelayConnActor {
                     sync.delivered = sync.delivered.max(upto);
                     if sync.is_pull_parked {
                         state.start_pull(group);
+                    }
+                }
+            }
+            RelayConnMsg::RetryDue {
+                generation,
+                group,
+                request,
+            } => {
+                if generation == state.generation {
+                    match request {
+                        Retry::Join => state.join(group),
+                        Retry::Subscribe => state.subscribe(group),
+                        Retry::Pull => state.start_pull(group),
                     }
                 }
             }

@@ -207,3 +207,149 @@ async fn a_relay_that_stops_reading_cannot_wedge_the_connection() {
         .unwrap();
     conn.stop(None);
 }
+
+/// A relay that refuses the first `Join`, the first `Subscribe` and the first `Pull` for a
+/// moment (`unavailable`, `retry_after_ms`, as a relay whose router restarts or whose frame
+/// budget is spent does), then serves one item. Reports each request it sees.
+async fn busy_for_a_moment(link: Link, seen: mpsc::UnboundedSender<&'static str>) {
+    let (_, sender, mut receiver) = link.into_parts();
+    let hello = receiver.recv().await.unwrap().unwrap();
+    assert!(matches!(codec::decode(&hello), Ok(Frame::Hello { .. })));
+    sender
+        .send(encode(&Frame::Welcome {
+            version: PROTOCOL_VERSION,
+            relay_id: RELAY,
+            nonce: [0; 32],
+            limits: default_limits(),
+        }))
+        .await
+        .unwrap();
+    let busy = |req| Frame::Error {
+        req: Some(req),
+        code: zerok_messages::ErrorCode::Unavailable,
+        message: "busy".into(),
+        retry_after_ms: Some(1_000),
+    };
+    let (mut joins, mut subscribes, mut pulls) = (0, 0, 0);
+    let item = zerok_messages::Item {
+        cursor: Cursor(1),
+        blob_id: BlobId::of_ciphertext(b"x"),
+        ciphertext: Bytes::from_static(b"x"),
+        stored_at_ms: 0,
+    };
+    while let Ok(Some(body)) = receiver.recv().await {
+        let reply = match codec::decode(&body).unwrap() {
+            Frame::Join {
+                req, mailbox_key, ..
+            } => {
+                joins += 1;
+                let _ = seen.send("join");
+                if joins == 1 {
+                    busy(req)
+                } else {
+                    Frame::Joined {
+                        req,
+                        mailbox: mailbox_key.mailbox_id(),
+                        latest: Cursor(1),
+                    }
+                }
+            }
+            Frame::Subscribe { req, mailbox, .. } => {
+                subscribes += 1;
+                let _ = seen.send("subscribe");
+                if subscribes == 1 {
+                    busy(req)
+                } else {
+                    sender
+                        .send(encode(&Frame::Subscribed {
+                            req,
+                            mailbox,
+                            latest: Cursor(1),
+                        }))
+                        .await
+                        .unwrap();
+                    Frame::Notify {
+                        mailbox,
+                        latest: Cursor(1),
+                    }
+                }
+            }
+            Frame::Pull { req, .. } => {
+                pulls += 1;
+                let _ = seen.send("pull");
+                if pulls == 1 {
+                    busy(req)
+                } else {
+                    Frame::PullPage {
+                        req,
+                        items: vec![item.clone()],
+                        next: Cursor(1),
+                        has_more: false,
+                    }
+                }
+            }
+            Frame::Ping { req } => Frame::Pong { req },
+            _ => continue,
+        };
+        if sender.send(encode(&reply)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_refused_for_a_moment_are_sent_again_after_the_hint() {
+    let network = MemoryNetwork::new();
+    let mut listener = network.listen(RELAY);
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(link) = listener.accept().await {
+            tokio::spawn(busy_for_a_moment(link, seen_tx.clone()));
+        }
+    });
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (probe, _) = Actor::spawn(None, Probe, events_tx).await.unwrap();
+    let keys: Arc<EpochKeys> = Arc::new(GroupSecret::from_bytes([3; 32]).epoch_keys(Epoch(0)));
+    let group = GroupId(keys.mailbox_id());
+    let (conn, _) = Actor::spawn(
+        None,
+        RelayConnActor,
+        RelayConnArgs {
+            relay: RelayAddr {
+                id: RELAY,
+                addrs: Vec::new(),
+            },
+            dialer: Arc::new(network.dialer(CLIENT)),
+            groups: vec![ConnGroup {
+                group,
+                keys,
+                cursor: 0,
+                admission: None,
+            }],
+            receive: true,
+            coordinator: probe,
+            rng: Rng::seeded(1),
+        },
+    )
+    .await
+    .unwrap();
+
+    // The item arrives on the same connection: each refused request was sent again.
+    let items = next_event(&mut events, Duration::from_secs(30), |e| {
+        matches!(e, RelayEvent::Items { .. } | RelayEvent::Down { .. })
+    })
+    .await;
+    assert!(
+        matches!(&items, RelayEvent::Items { items, upto: 1, .. } if items.len() == 1),
+        "{items:?}"
+    );
+    let mut requests = Vec::new();
+    while let Ok(request) = seen.try_recv() {
+        requests.push(request);
+    }
+    assert_eq!(
+        requests,
+        ["join", "join", "subscribe", "subscribe", "pull", "pull"]
+    );
+    conn.stop(None);
+}
