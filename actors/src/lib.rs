@@ -14,6 +14,7 @@
 pub mod admission;
 pub mod blob_store;
 pub mod cleanup_sweeper;
+pub mod client;
 pub mod clock;
 pub mod crypto;
 pub mod fault;

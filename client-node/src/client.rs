@@ -1,10 +1,6 @@
 //! The app-facing handle: [`Client`]. The actor tree it starts is in [`crate::tree`].
 
-use crate::coordinator::{CoordMsg, CoordinatorArgs};
-use crate::encryptor::EncryptorArgs;
-use crate::store::{GroupRecord, KeyFileIdentity, LocalStore};
 use crate::tree::{ClientRoot, RootArgs, RootMsg};
-use crate::types::{ClientError, Event, GroupId, Receipt, Status, SyncReport};
 use ractor::{Actor, ActorRef};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,12 +9,18 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 use zerok_actors::admission::AdmissionToken;
+use zerok_actors::client::encryptor::EncryptorArgs;
+use zerok_actors::client::local_store::{KeyFileIdentity, LocalStore};
+use zerok_actors::client::sync_coordinator::CoordinatorArgs;
 use zerok_actors::clock::Clock;
 use zerok_actors::crypto::envelope::DeviceKey;
 use zerok_actors::crypto::invite::{Invite, InviteSecret};
 use zerok_actors::crypto::keys::{GroupSecret, KdfParams, SALT_BYTES};
 use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
 use zerok_actors::rng::Rng;
+use zerok_messages::client::CoordMsg;
+use zerok_messages::client::GroupRecord;
+use zerok_messages::client::{ClientError, Event, GroupId, Receipt, Status, SyncReport};
 use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, Epoch, RelayAddr};
 

@@ -1,5 +1,5 @@
-//! `zerok-client`: the 0k-sync client, embedded in apps (DESIGN.md §2, §6), and the `zerok`
-//! CLI (`src/bin/zerok.rs`).
+//! `zerok-client`: the 0k-sync client, embedded in apps (docs/DESIGN.md §2, §6), and the
+//! `zerok` CLI (`src/bin/zerok.rs`).
 //!
 //! ```no_run
 //! # async fn demo(relay: zerok_messages::RelayAddr) -> Result<(), zerok_client::ClientError> {
@@ -18,19 +18,14 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The actor tree is in [`tree`]. Several clients per process work: there is no
-//! global state.
+//! This crate wires the client tree ([`tree`]) from the shared actors in
+//! `zerok_actors::client` (their messages are in `zerok_messages::client`), and offers the
+//! [`Client`] API over it. Several clients per process work: there is no global state.
 
 pub mod client;
-pub mod coordinator;
-pub mod encryptor;
-pub mod relay_conn;
-pub mod seen;
-pub mod store;
 pub mod tree;
-pub mod types;
 
 pub use client::{Client, ClientConfig, NewSecret};
-pub use types::{
+pub use zerok_messages::client::{
     ClientError, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
 };

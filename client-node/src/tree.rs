@@ -13,11 +13,12 @@
 //! groups or relay lists change); each connection spawns its LinkReader per link. No global
 //! registry: several clients run in one process without sharing anything.
 
-use crate::coordinator::{CoordMsg, CoordinatorActor, CoordinatorArgs};
-use crate::encryptor::{EncryptorActor, EncryptorArgs, EncryptorMsg};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::{Arc, Mutex};
 use tracing::error;
+use zerok_actors::client::encryptor::{EncryptorActor, EncryptorArgs};
+use zerok_actors::client::sync_coordinator::{CoordinatorActor, CoordinatorArgs};
+use zerok_messages::client::{CoordMsg, EncryptorMsg};
 
 /// The root has no messages of its own: it only supervises.
 pub enum RootMsg {}

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::io::BufRead;
 use std::time::Duration;
-use zerok_client::store::LocalStore;
+use zerok_actors::client::local_store::LocalStore;
 use zerok_client::{ClientError, Event, NewSecret};
 use zerok_messages::{BlobId, DeviceId, RelayAddr};
 
@@ -92,7 +92,8 @@ async fn a_refused_batch_takes_no_seq_and_leaves_no_gap() {
         alice.enqueue_many(group, too_large).await,
         Err(ClientError::Invalid(_))
     ));
-    let too_many = vec![Vec::new(); zerok_client::coordinator::ENQUEUE_MANY_RECORDS_MAX + 1];
+    let too_many =
+        vec![Vec::new(); zerok_actors::client::sync_coordinator::ENQUEUE_MANY_RECORDS_MAX + 1];
     assert!(matches!(
         alice.enqueue_many(group, too_many).await,
         Err(ClientError::Invalid(_))
@@ -223,7 +224,7 @@ async fn an_outbox_larger_than_the_send_window_drains_in_order_after_an_outage()
     alice.push(group, b"before".to_vec()).await.unwrap();
     relay.kill();
     // Three windows' worth queued while the relay is away, and more while it comes back.
-    let records = 3 * zerok_client::coordinator::PUSHES_HANDED_MAX + 17;
+    let records = 3 * zerok_actors::client::sync_coordinator::PUSHES_HANDED_MAX + 17;
     let payloads_of = |range: std::ops::Range<usize>| -> Vec<Vec<u8>> {
         range
             .map(|n| format!("queued {n:05}").into_bytes())
@@ -260,7 +261,7 @@ async fn a_late_joiner_catches_up_past_the_pull_ahead_bound() {
     drop(bob.events());
     // More than the connection may pull ahead of what the app was handed: the pulls park
     // and must go on as the app reads.
-    let records = zerok_client::relay_conn::PULL_AHEAD_ITEMS_MAX as usize * 2 + 300;
+    let records = zerok_actors::client::relay_connection::PULL_AHEAD_ITEMS_MAX as usize * 2 + 300;
     for chunk in (0..records).collect::<Vec<_>>().chunks(2000) {
         let payloads = chunk
             .iter()
@@ -291,5 +292,5 @@ async fn a_late_joiner_catches_up_past_the_pull_ahead_bound() {
     );
     let status = carol.status().await.unwrap();
     assert_eq!(status.groups[0].relays[0].cursor, records as u64);
-    assert!(status.groups[0].seen_ids <= zerok_client::seen::SEEN_IDS_MAX as u64);
+    assert!(status.groups[0].seen_ids <= zerok_actors::client::seen::SEEN_IDS_MAX as u64);
 }

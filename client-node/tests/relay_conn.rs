@@ -11,15 +11,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use zerok_actors::crypto::keys::{EpochKeys, GroupSecret};
+use zerok_actors::client::relay_connection::{
+    DEAD_AFTER, PING_EVERY, RelayConnActor, RelayConnArgs,
+};
+use zerok_actors::crypto::keys::GroupSecret;
 use zerok_actors::link::{Link, MemoryNetwork};
 use zerok_actors::rng::Rng;
 use zerok_client::GroupId;
-use zerok_client::coordinator::CoordMsg;
-use zerok_client::relay_conn::{
-    ConnGroup, DEAD_AFTER, PING_EVERY, RelayConnActor, RelayConnArgs, RelayConnMsg, RelayEvent,
-};
 use zerok_harness::evil_relay::default_limits;
+use zerok_messages::client::{ConnGroup, CoordMsg, RelayConnMsg, RelayEvent};
 use zerok_messages::wire::PROTOCOL_VERSION;
 use zerok_messages::{BlobId, Cursor, DeviceId, Epoch, Frame, MailboxId, RelayAddr, codec};
 
@@ -130,7 +130,7 @@ async fn a_relay_that_stops_reading_cannot_wedge_the_connection() {
     });
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (probe, _) = Actor::spawn(None, Probe, events_tx).await.unwrap();
-    let keys: Arc<EpochKeys> = Arc::new(GroupSecret::from_bytes([3; 32]).epoch_keys(Epoch(0)));
+    let keys = GroupSecret::from_bytes([3; 32]).epoch_keys(Epoch(0));
     let group = GroupId(keys.mailbox_id());
     let (conn, _) = Actor::spawn(
         None,
@@ -143,7 +143,8 @@ async fn a_relay_that_stops_reading_cannot_wedge_the_connection() {
             dialer: Arc::new(network.dialer(CLIENT)),
             groups: vec![ConnGroup {
                 group,
-                keys,
+                mailbox: keys.mailbox_id(),
+                mailbox_seed: keys.mailbox_signer().seed(),
                 cursor: 0,
                 admission: None,
             }],
@@ -309,7 +310,7 @@ async fn requests_refused_for_a_moment_are_sent_again_after_the_hint() {
     });
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (probe, _) = Actor::spawn(None, Probe, events_tx).await.unwrap();
-    let keys: Arc<EpochKeys> = Arc::new(GroupSecret::from_bytes([3; 32]).epoch_keys(Epoch(0)));
+    let keys = GroupSecret::from_bytes([3; 32]).epoch_keys(Epoch(0));
     let group = GroupId(keys.mailbox_id());
     let (conn, _) = Actor::spawn(
         None,
@@ -322,7 +323,8 @@ async fn requests_refused_for_a_moment_are_sent_again_after_the_hint() {
             dialer: Arc::new(network.dialer(CLIENT)),
             groups: vec![ConnGroup {
                 group,
-                keys,
+                mailbox: keys.mailbox_id(),
+                mailbox_seed: keys.mailbox_signer().seed(),
                 cursor: 0,
                 admission: None,
             }],

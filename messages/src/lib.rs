@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod client;
 pub mod codec;
 pub mod ids;
 pub mod link;

@@ -24,6 +24,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+pub use zerok_messages::client::{OpenError, OpenedRecord, RecordKind, Sealed};
 use zerok_messages::wire::BLOB_BYTES_MAX;
 use zerok_messages::{BlobId, DeviceId, Epoch, MailboxId, Signature64};
 
@@ -48,19 +49,6 @@ pub const PAYLOAD_BYTES_MAX: usize = PADDED_BYTES_MAX - RECORD_OVERHEAD_BYTES;
 const AAD_DOMAIN: &[u8] = b"zerok/1";
 const SIGNATURE_DOMAIN: &[u8] = b"zerok record v1";
 
-/// What a record carries, as far as the sync layer cares. Unknown kinds still open: apps and
-/// later versions define their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RecordKind(pub u16);
-
-impl RecordKind {
-    /// Application data: the payload is the app's bytes.
-    pub const APP: RecordKind = RecordKind(0);
-    /// A reference to large content stored over iroh-blobs.
-    pub const CONTENT_REF: RecordKind = RecordKind(1);
-}
-
 /// A device's signing identity: the Ed25519 key of its iroh endpoint. Zeroized on drop.
 pub struct DeviceKey {
     signing: SigningKey,
@@ -83,33 +71,6 @@ impl DeviceKey {
     /// The public identity.
     pub fn device_id(&self) -> DeviceId {
         DeviceId(self.signing.verifying_key().to_bytes())
-    }
-}
-
-/// A record after opening: who wrote it, where it sits in the sender's sequence, what it says.
-#[derive(Clone, PartialEq, Eq)]
-pub struct OpenedRecord {
-    /// The device that wrote and signed it.
-    pub sender: DeviceId,
-    /// The sender's sequence number (1, 2, 3, ... per sender and group).
-    pub seq: u64,
-    /// Hybrid logical clock timestamp of the write.
-    pub hlc: u64,
-    /// What the payload is.
-    pub kind: RecordKind,
-    /// The app's bytes.
-    pub payload: Vec<u8>,
-}
-
-impl std::fmt::Debug for OpenedRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenedRecord")
-            .field("sender", &self.sender)
-            .field("seq", &self.seq)
-            .field("hlc", &self.hlc)
-            .field("kind", &self.kind)
-            .field("payload_len", &self.payload.len())
-            .finish()
     }
 }
 
@@ -137,39 +98,6 @@ pub enum SealError {
         /// The limit.
         limit: usize,
     },
-}
-
-/// Why an envelope could not be opened. Any of these means: do not hand it to the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum OpenError {
-    /// The bytes are not an envelope of a known format.
-    #[error("not an envelope of a known format")]
-    Malformed,
-    /// The envelope was sealed for another epoch than the keys given.
-    #[error("envelope is for epoch {0}, keys are for another")]
-    WrongEpoch(Epoch),
-    /// `BLAKE3(envelope)` is not the blob id it came with.
-    #[error("blob id does not match the envelope")]
-    BlobIdMismatch,
-    /// Authentication failed: tampered, truncated, wrong key or wrong mailbox.
-    #[error("envelope failed authentication")]
-    Undecryptable,
-    /// Authenticated, but the record inside is malformed (a buggy or hostile group member).
-    #[error("record inside the envelope is malformed")]
-    BadRecord,
-    /// The sender's signature does not verify.
-    #[error("record signature does not verify")]
-    BadSignature,
-}
-
-/// A sealed record ready to push.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealed {
-    /// `BLAKE3(envelope)`.
-    pub blob_id: BlobId,
-    /// The envelope bytes.
-    pub envelope: Vec<u8>,
 }
 
 fn signed_bytes(

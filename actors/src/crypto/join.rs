@@ -7,7 +7,7 @@
 //! mailbox id is not enough, and a proof is bound to one relay, one device and one connection
 //! (the nonce is fresh per `Welcome`).
 
-use super::keys::EpochKeys;
+use super::keys::MailboxSigner;
 use ed25519_dalek::{Signature, VerifyingKey};
 use zerok_messages::{DeviceId, MailboxKey, Signature64};
 
@@ -26,12 +26,13 @@ pub fn join_transcript(relay_id: &DeviceId, device_id: &DeviceId, nonce: &[u8; 3
 
 /// Sign a join proof for `device_id` on the relay `relay_id` that sent `nonce`.
 pub fn sign_join(
-    keys: &EpochKeys,
+    keys: &impl AsRef<MailboxSigner>,
     relay_id: &DeviceId,
     device_id: &DeviceId,
     nonce: &[u8; 32],
 ) -> Signature64 {
-    keys.sign_with_mailbox_key(&join_transcript(relay_id, device_id, nonce))
+    keys.as_ref()
+        .sign(&join_transcript(relay_id, device_id, nonce))
 }
 
 /// Check a join proof. Strict verification: malleable or small-order keys are refused.

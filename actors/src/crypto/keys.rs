@@ -10,6 +10,7 @@ use super::super::rng::Rng;
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zerok_messages::client::{EpochSecret, MailboxSeed};
 use zerok_messages::{Epoch, MailboxId, MailboxKey, Signature64};
 
 /// Context string of the content key (XChaCha20-Poly1305) of an epoch.
@@ -124,41 +125,40 @@ impl GroupSecret {
 pub struct EpochKeys {
     epoch: Epoch,
     content_key: Zeroizing<[u8; 32]>,
-    mailbox_signing: SigningKey,
+    mailbox: MailboxSigner,
+}
+
+/// An epoch's mailbox signing key alone: proves membership to relays (`Join`) and opens
+/// nothing. What a RelayConnection holds, made from the [`MailboxSeed`] it is handed.
+pub struct MailboxSigner {
+    signing: SigningKey,
     mailbox_key: MailboxKey,
     mailbox_id: MailboxId,
 }
 
-impl std::fmt::Debug for EpochKeys {
+impl std::fmt::Debug for MailboxSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EpochKeys")
-            .field("epoch", &self.epoch)
+        f.debug_struct("MailboxSigner")
             .field("mailbox_id", &self.mailbox_id)
             .finish_non_exhaustive()
     }
 }
 
-impl EpochKeys {
-    fn derive(epoch_secret: &[u8; 32], epoch: Epoch) -> Self {
-        let mut material = Zeroizing::new([0u8; 36]);
-        material[..32].copy_from_slice(epoch_secret);
-        material[32..].copy_from_slice(&epoch.0.to_be_bytes());
-        let content_key = Zeroizing::new(blake3::derive_key(CONTEXT_CONTENT_KEY, &material[..]));
-        let seed = Zeroizing::new(blake3::derive_key(CONTEXT_MAILBOX_SIGNING, &material[..]));
-        let mailbox_signing = SigningKey::from_bytes(&seed);
-        let mailbox_key = MailboxKey(mailbox_signing.verifying_key().to_bytes());
-        EpochKeys {
-            epoch,
-            content_key,
-            mailbox_signing,
+impl MailboxSigner {
+    /// The signer of a seed.
+    pub fn from_seed(seed: &MailboxSeed) -> Self {
+        let signing = SigningKey::from_bytes(&seed.0);
+        let mailbox_key = MailboxKey(signing.verifying_key().to_bytes());
+        MailboxSigner {
+            signing,
             mailbox_key,
             mailbox_id: mailbox_key.mailbox_id(),
         }
     }
 
-    /// The epoch these keys belong to.
-    pub fn epoch(&self) -> Epoch {
-        self.epoch
+    /// The seed, to hand to a RelayConnection.
+    pub fn seed(&self) -> MailboxSeed {
+        MailboxSeed(Zeroizing::new(self.signing.to_bytes()))
     }
 
     /// The mailbox public key (shown to relays in `Join`).
@@ -171,14 +171,75 @@ impl EpochKeys {
         self.mailbox_id
     }
 
+    /// Sign with the mailbox signing key. Crate-internal: only join proofs use it.
+    pub(crate) fn sign(&self, message: &[u8]) -> Signature64 {
+        Signature64(self.signing.sign(message).to_bytes())
+    }
+}
+
+impl AsRef<MailboxSigner> for MailboxSigner {
+    fn as_ref(&self) -> &MailboxSigner {
+        self
+    }
+}
+
+impl AsRef<MailboxSigner> for EpochKeys {
+    fn as_ref(&self) -> &MailboxSigner {
+        &self.mailbox
+    }
+}
+
+impl std::fmt::Debug for EpochKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochKeys")
+            .field("epoch", &self.epoch)
+            .field("mailbox_id", &self.mailbox.mailbox_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EpochKeys {
+    /// The keys of an epoch secret handed over as plain bytes.
+    pub fn from_secret(secret: &EpochSecret) -> Self {
+        Self::derive(&secret.secret, secret.epoch)
+    }
+
+    fn derive(epoch_secret: &[u8; 32], epoch: Epoch) -> Self {
+        let mut material = Zeroizing::new([0u8; 36]);
+        material[..32].copy_from_slice(epoch_secret);
+        material[32..].copy_from_slice(&epoch.0.to_be_bytes());
+        let content_key = Zeroizing::new(blake3::derive_key(CONTEXT_CONTENT_KEY, &material[..]));
+        let seed = Zeroizing::new(blake3::derive_key(CONTEXT_MAILBOX_SIGNING, &material[..]));
+        EpochKeys {
+            epoch,
+            content_key,
+            mailbox: MailboxSigner::from_seed(&MailboxSeed(seed)),
+        }
+    }
+
+    /// The epoch these keys belong to.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The mailbox public key (shown to relays in `Join`).
+    pub fn mailbox_key(&self) -> MailboxKey {
+        self.mailbox.mailbox_key
+    }
+
+    /// The mailbox id (`BLAKE3(mailbox_key)`).
+    pub fn mailbox_id(&self) -> MailboxId {
+        self.mailbox.mailbox_id
+    }
+
+    /// The epoch's mailbox signer (join proofs), without the content key.
+    pub fn mailbox_signer(&self) -> &MailboxSigner {
+        &self.mailbox
+    }
+
     /// The content key. Crate-internal: only the envelope code touches it.
     pub(crate) fn content_key(&self) -> &[u8; 32] {
         &self.content_key
-    }
-
-    /// Sign with the mailbox signing key. Crate-internal: only join proofs use it.
-    pub(crate) fn sign_with_mailbox_key(&self, message: &[u8]) -> Signature64 {
-        Signature64(self.mailbox_signing.sign(message).to_bytes())
     }
 
     /// A fingerprint of the content key for test vectors and cross-device checks: BLAKE3 of
@@ -224,7 +285,7 @@ mod tests {
     #[test]
     fn content_and_signing_keys_are_separated() {
         let keys = GroupSecret::from_bytes([1; 32]).epoch_keys(Epoch(0));
-        assert_ne!(keys.content_key(), &keys.mailbox_signing.to_bytes());
+        assert_ne!(keys.content_key(), &*keys.mailbox.seed().0);
         assert_ne!(keys.content_key(), keys.mailbox_key().as_bytes());
     }
 

@@ -27,15 +27,15 @@
 //!
 //! No per-record state is kept beyond the outbox: replays are judged by each group's
 //! [`SeqTracker`] (bounded per sender), duplicates are skipped before opening by the
-//! coordinator's in-memory [`crate::seen::SeenIds`]. Stores written before held every seen
+//! coordinator's in-memory [`crate::client::seen::SeenIds`]. Stores written before held every seen
 //! blob id under `s` ‖ group ‖ blob_id, never pruned; they are removed at open.
 
-use crate::types::{ClientError, GroupId};
+use crate::crypto::seq::SeqTracker;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
-use zerok_actors::crypto::seq::SeqTracker;
+use zerok_messages::client::{ClientError, Durable, GroupId, GroupRecord};
 use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, MailboxId};
 
@@ -46,43 +46,6 @@ const BACKGROUND_FLUSH_MS: u64 = 500;
 
 const FORMAT_KEY: &[u8] = b"v";
 const FORMAT: &[u8] = b"zerok-client-1";
-
-/// A group this device belongs to.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupRecord {
-    /// Human label.
-    pub name: String,
-    /// The group secret (derived from the passphrase for passphrase groups).
-    #[serde(with = "serde_bytes")]
-    pub secret: [u8; 32],
-    /// Current key epoch.
-    pub epoch: u32,
-    /// Relay addresses, text form.
-    pub relays: Vec<String>,
-    /// For passphrase groups: the Argon2id salt (invites carry it instead of the secret).
-    #[serde(default, with = "serde_bytes")]
-    pub passphrase_salt: Option<Vec<u8>>,
-    /// Admission tokens by relay id (hex), sent with this device's Joins so a relay in
-    /// `token` mode lets it create the group's mailbox. Secrets, like `secret`.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub admissions: std::collections::BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for GroupRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupRecord")
-            .field("name", &self.name)
-            .field("epoch", &self.epoch)
-            .field("relays", &self.relays)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for GroupRecord {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.secret);
-    }
-}
 
 /// A push waiting for relay acks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,16 +138,6 @@ pub struct ReceivedBatch {
     pub cursors: Vec<(DeviceId, u64)>,
     /// The group's tracker after the batch.
     pub tracker: Option<SeqTracker>,
-}
-
-/// What the flusher made durable so far.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Durable {
-    /// Every ticket up to this one is on disk.
-    pub through: u64,
-    /// A flush failed (sled's error): nothing after it is known to be on disk, and the store
-    /// refuses to say otherwise from then on.
-    pub error: Option<String>,
 }
 
 /// The group commit's bookkeeping.

@@ -7,16 +7,13 @@
 //! batch's order. The coordinator sends one batch at a time and gathers what arrives
 //! meanwhile into the next, so concurrent app calls and relay pages share the cores.
 
-use crate::types::GroupId;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use crate::crypto::envelope::{self, DeviceKey, NONCE_BYTES, OpenError, RecordKind};
+use crate::crypto::keys::EpochKeys;
+use crate::rng::Rng;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
 use std::sync::Arc;
-use zerok_actors::crypto::envelope::{
-    self, DeviceKey, NONCE_BYTES, OpenError, OpenedRecord, RecordKind, Sealed,
-};
-use zerok_actors::crypto::keys::EpochKeys;
-use zerok_actors::rng::Rng;
-use zerok_messages::BlobId;
+use zerok_messages::client::{EncryptorMsg, GroupId, ToOpen, ToSeal};
 
 /// Records per chunk at least, so a chunk's work (~25–45 µs a record) outweighs the cost of
 /// handing it to the blocking pool (a thread wake-up, tens of µs when threads are parked);
@@ -25,53 +22,6 @@ pub const CHUNK_RECORDS_MIN: usize = 8;
 
 /// The record kind of app payloads.
 pub const KIND_APP: RecordKind = RecordKind::APP;
-
-/// Messages of the Encryptor.
-pub enum EncryptorMsg {
-    /// Keys of a group (added or replaced).
-    SetGroup {
-        /// The group.
-        group: GroupId,
-        /// Its current epoch keys.
-        keys: Arc<EpochKeys>,
-    },
-    /// Seal payloads as this device's records; answers one result per record, in order.
-    SealMany {
-        /// The records.
-        records: Vec<ToSeal>,
-        /// The sealed envelopes.
-        reply: RpcReplyPort<Vec<Result<Sealed, String>>>,
-    },
-    /// Open received envelopes; answers one result per envelope, in order.
-    OpenMany {
-        /// The envelopes.
-        envelopes: Vec<ToOpen>,
-        /// The records, or why each does not open.
-        reply: RpcReplyPort<Vec<Result<OpenedRecord, OpenError>>>,
-    },
-}
-
-/// A record to seal.
-pub struct ToSeal {
-    /// The group.
-    pub group: GroupId,
-    /// This device's seq in the group.
-    pub seq: u64,
-    /// HLC timestamp.
-    pub hlc: u64,
-    /// The app's bytes.
-    pub payload: Vec<u8>,
-}
-
-/// An envelope to open.
-pub struct ToOpen {
-    /// The group.
-    pub group: GroupId,
-    /// The id it was served under.
-    pub blob_id: BlobId,
-    /// The envelope.
-    pub envelope: bytes::Bytes,
-}
 
 /// Run `work` over `inputs` in chunks on the blocking pool, one chunk per core; the outputs
 /// in the inputs' order.
@@ -158,7 +108,9 @@ impl Actor for EncryptorActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             EncryptorMsg::SetGroup { group, keys } => {
-                state.groups.insert(group, keys);
+                state
+                    .groups
+                    .insert(group, Arc::new(EpochKeys::from_secret(&keys)));
             }
             EncryptorMsg::SealMany { records, reply } => {
                 let device = Arc::clone(&state.device);

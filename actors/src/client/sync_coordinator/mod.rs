@@ -21,13 +21,15 @@
 //! Bound: the event channel to the app is bounded; when the app does not read, received items
 //! wait in a bounded backlog and relays are paused beyond it (see `on_items`).
 
-use crate::encryptor::{EncryptorMsg, ToOpen, ToSeal};
-use crate::relay_conn::{ConnGroup, RelayConnActor, RelayConnArgs, RelayConnMsg, RelayEvent};
-use crate::seen::SeenIds;
-use crate::store::{Durable, GroupRecord, LocalStore, OutboxEntry, ReceivedBatch};
-use crate::types::{
-    ClientError, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
-};
+use crate::client::local_store::{LocalStore, OutboxEntry, ReceivedBatch};
+use crate::client::relay_connection::{RelayConnActor, RelayConnArgs};
+use crate::client::seen::SeenIds;
+use crate::clock::Clock;
+use crate::crypto::envelope::{OpenError, OpenedRecord, PAYLOAD_BYTES_MAX, Sealed};
+use crate::crypto::keys::EpochKeys;
+use crate::crypto::seq::{Hlc, SeqTracker, SeqVerdict};
+use crate::link::Dialer;
+use crate::rng::Rng;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -35,12 +37,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
-use zerok_actors::clock::Clock;
-use zerok_actors::crypto::envelope::{OpenError, OpenedRecord, PAYLOAD_BYTES_MAX, Sealed};
-use zerok_actors::crypto::keys::{EpochKeys, GroupSecret};
-use zerok_actors::crypto::seq::{Hlc, SeqTracker, SeqVerdict};
-use zerok_actors::link::Dialer;
-use zerok_actors::rng::Rng;
+use zeroize::Zeroizing;
+use zerok_messages::MailboxId;
+use zerok_messages::client::{
+    ClientError, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
+};
+use zerok_messages::client::{ConnGroup, RelayConnMsg, RelayEvent};
+use zerok_messages::client::{CoordMsg, EncryptorMsg, EpochSecret, MailboxSeed, ToOpen, ToSeal};
+use zerok_messages::client::{Durable, GroupRecord, SealWaiter, ToOpenBatch};
 use zerok_messages::wire::AdmissionText;
 use zerok_messages::{BlobId, DeviceId, Epoch, RelayAddr};
 
@@ -63,95 +67,6 @@ pub const SEAL_BATCH_RECORDS_MAX: usize = 1024;
 /// Records one `enqueue_many` may carry: its records are sealed, written and flushed as one
 /// batch, which the app waits for; 10,000 × 1 KiB is ~10 MiB and well under a second.
 pub const ENQUEUE_MANY_RECORDS_MAX: usize = 10_000;
-
-/// Messages of the coordinator.
-pub enum CoordMsg {
-    /// From a RelayConnection.
-    Relay(RelayEvent),
-    /// Seal and queue pushes durably, in order; answers `(seq, blob_id)` of each once all
-    /// are durable.
-    Enqueue {
-        /// The group.
-        group: GroupId,
-        /// The app's records.
-        payloads: Vec<Vec<u8>>,
-        /// The queued pushes.
-        reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
-    },
-    /// The Encryptor sealed a batch (`records` and `results` in the same order).
-    Sealed {
-        /// `(group, seq, hlc)` of each record.
-        records: Vec<(GroupId, u64, u64)>,
-        /// Each record's envelope (fewer than `records` if the Encryptor stopped).
-        results: Vec<Result<Sealed, String>>,
-        /// Who waits for them, in order, with how many records each.
-        waiters: Vec<SealWaiter>,
-    },
-    /// The Encryptor opened a batch of received items (`results` in the batches' order).
-    Opened {
-        /// The relays' batches.
-        batches: Vec<ToOpenBatch>,
-        /// Each item's record.
-        results: Vec<Result<OpenedRecord, OpenError>>,
-    },
-    /// The store's group commit made more durable.
-    Durable(Durable),
-    /// Answer once `blob_id` is acked by enough relays.
-    WaitAcked {
-        /// The group.
-        group: GroupId,
-        /// The push.
-        blob_id: BlobId,
-        /// The receipt.
-        reply: RpcReplyPort<Receipt>,
-    },
-    /// Acks of a push so far: `(acked_by, needed)`.
-    AckState {
-        /// The group.
-        group: GroupId,
-        /// The push.
-        blob_id: BlobId,
-        /// Relays that acked and the quorum.
-        reply: RpcReplyPort<(Vec<DeviceId>, usize)>,
-    },
-    /// Pull every relay of the group to its end.
-    SyncNow {
-        /// The group.
-        group: GroupId,
-        /// What was reached.
-        reply: RpcReplyPort<SyncReport>,
-    },
-    /// Answers after every message sent before it was handled.
-    Barrier {
-        /// Done.
-        reply: RpcReplyPort<()>,
-    },
-    /// Status of every group.
-    Status {
-        /// The status.
-        reply: RpcReplyPort<Status>,
-    },
-    /// Add (or replace) a group.
-    PutGroup {
-        /// Its id.
-        id: GroupId,
-        /// Its record.
-        record: GroupRecord,
-        /// Done.
-        reply: RpcReplyPort<Result<(), ClientError>>,
-    },
-    /// A group's record.
-    GetGroup {
-        /// Its id.
-        id: GroupId,
-        /// The record.
-        reply: RpcReplyPort<Option<GroupRecord>>,
-    },
-    /// Resend refused pushes.
-    RetryDue,
-    /// The app's event channel has room again.
-    EventRoom,
-}
 
 /// The coordinator's actor type.
 pub struct CoordinatorActor;
@@ -184,7 +99,11 @@ struct GroupState {
     /// What each relay's connection was handed of the outbox.
     sending: HashMap<DeviceId, SendWindow>,
     record: GroupRecord,
-    keys: Arc<EpochKeys>,
+    /// The current epoch's secret, for the Encryptor (the coordinator opens nothing).
+    secret: EpochSecret,
+    /// The current epoch's mailbox and its signing seed, for the RelayConnections.
+    mailbox: MailboxId,
+    mailbox_seed: MailboxSeed,
     relays: Vec<RelayAddr>,
     tracker: SeqTracker,
     /// The outbox without its envelopes (they stay in the store until sent: memory does not
@@ -252,14 +171,6 @@ pub struct CoordinatorState {
     seen: SeenIds,
 }
 
-/// An app call waiting for its records to be sealed and durable.
-pub struct SealWaiter {
-    /// Records of the call.
-    count: usize,
-    /// The caller.
-    reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
-}
-
 /// What happens once a store ticket is durable.
 enum AfterDurable {
     /// Records were enqueued: send them to the relays, answer the caller.
@@ -270,14 +181,6 @@ enum AfterDurable {
     },
     /// A barrier passes.
     Barrier(RpcReplyPort<()>),
-}
-
-/// A relay's batch of items before opening.
-pub struct ToOpenBatch {
-    relay: DeviceId,
-    group: GroupId,
-    items: Vec<zerok_messages::Item>,
-    upto: u64,
 }
 
 fn parse_relays(record: &GroupRecord) -> Vec<RelayAddr> {
@@ -296,7 +199,11 @@ fn parse_relays(record: &GroupRecord) -> Vec<RelayAddr> {
 
 impl CoordinatorState {
     fn load_group(&self, id: GroupId, record: GroupRecord) -> Result<GroupState, ClientError> {
-        let keys = Arc::new(GroupSecret::from_bytes(record.secret).epoch_keys(Epoch(record.epoch)));
+        let secret = EpochSecret {
+            epoch: Epoch(record.epoch),
+            secret: Zeroizing::new(record.secret),
+        };
+        let keys = EpochKeys::from_secret(&secret);
         let store = &self.args.store;
         let outbox: BTreeMap<u64, Queued> = store
             .outbox(&id)?
@@ -321,7 +228,9 @@ impl CoordinatorState {
             relays: parse_relays(&record),
             tracker: store.tracker(&id)?,
             record,
-            keys,
+            mailbox: keys.mailbox_id(),
+            mailbox_seed: keys.mailbox_signer().seed(),
+            secret,
             outbox,
             by_blob,
             next_seq,
@@ -346,7 +255,8 @@ impl CoordinatorState {
                     .1
                     .push(ConnGroup {
                         group: *id,
-                        keys: Arc::clone(&group.keys),
+                        mailbox: group.mailbox,
+                        mailbox_seed: group.mailbox_seed.clone(),
                         cursor,
                         admission: group
                             .record
@@ -1142,7 +1052,7 @@ impl Actor for CoordinatorActor {
             let group = state.load_group(id, record)?;
             state.args.encryptor.cast(EncryptorMsg::SetGroup {
                 group: id,
-                keys: Arc::clone(&group.keys),
+                keys: group.secret.clone(),
             })?;
             state.groups.insert(id, group);
         }
@@ -1326,7 +1236,7 @@ impl Actor for CoordinatorActor {
                         .encryptor
                         .cast(EncryptorMsg::SetGroup {
                             group: id,
-                            keys: Arc::clone(&group.keys),
+                            keys: group.secret.clone(),
                         })
                         .map_err(|e| ClientError::Store(e.to_string()))?;
                     state.groups.insert(id, group);
@@ -1376,7 +1286,7 @@ impl Actor for CoordinatorActor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let Some((actor, reason)) = zerok_actors::supervision::ended(&event) else {
+        let Some((actor, reason)) = crate::supervision::ended(&event) else {
             return Ok(());
         };
         let dead = state

@@ -20,8 +20,12 @@
 //! relay that stops reading can delay this relay's pushes, never wedge the actor: keep-alive,
 //! `SyncNow` answers and every other relay keep working.
 
-use crate::coordinator::CoordMsg;
-use crate::types::GroupId;
+use crate::crypto::join::sign_join;
+use crate::crypto::keys::MailboxSigner;
+use crate::link::hello::hello;
+use crate::link::{Dialer, LinkReceiver, LinkSender};
+use crate::link_reader::{LinkReaderActor, LinkReaderArgs};
+use crate::rng::Rng;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{HashMap, VecDeque};
@@ -30,18 +34,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
-use zerok_actors::crypto::join::sign_join;
-use zerok_actors::crypto::keys::EpochKeys;
-use zerok_actors::link::hello::hello;
-use zerok_actors::link::{Dialer, LinkReceiver, LinkSender};
-use zerok_actors::link_reader::{LinkReaderActor, LinkReaderArgs};
-use zerok_actors::rng::Rng;
+use zerok_messages::client::CoordMsg;
+use zerok_messages::client::{ConnGroup, GroupId, RelayConnMsg, RelayEvent, Retry};
 use zerok_messages::link::LinkEvent;
 use zerok_messages::relay::LinkReaderMsg;
 use zerok_messages::wire::AdmissionText;
-use zerok_messages::{
-    BlobId, Cursor, DeviceId, ErrorCode, Frame, Item, Limits, RelayAddr, ReqId, codec,
-};
+use zerok_messages::{BlobId, Cursor, DeviceId, Frame, Item, Limits, RelayAddr, ReqId, codec};
 
 /// First reconnect delay.
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(500);
@@ -74,187 +72,6 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames the client reads ahead of its processing.
 const READ_AHEAD: usize = 64;
 
-/// A group this relay serves, as the connection needs it.
-#[derive(Clone)]
-pub struct ConnGroup {
-    /// The group.
-    pub group: GroupId,
-    /// Its epoch keys (the mailbox key signs join proofs).
-    pub keys: Arc<EpochKeys>,
-    /// Items of the group already received from this relay.
-    pub cursor: u64,
-    /// This relay's admission token for the group, sent with every Join (a relay in `token`
-    /// mode needs it to create the mailbox; others ignore it).
-    pub admission: Option<AdmissionText>,
-}
-
-/// What a connection tells the coordinator.
-#[derive(Debug)]
-pub enum RelayEvent {
-    /// Connected and hello'd.
-    Up {
-        /// The relay.
-        relay: DeviceId,
-    },
-    /// The connection was lost or could not be made.
-    Down {
-        /// The relay.
-        relay: DeviceId,
-        /// Why.
-        reason: String,
-    },
-    /// A group was joined on this connection: unacked pushes may be (re)sent.
-    Joined {
-        /// The relay.
-        relay: DeviceId,
-        /// The group.
-        group: GroupId,
-    },
-    /// A push is durable on the relay.
-    Acked {
-        /// The relay.
-        relay: DeviceId,
-        /// The group.
-        group: GroupId,
-        /// Own seq of the push.
-        seq: u64,
-    },
-    /// The relay refused a push for now.
-    PushRefused {
-        /// The relay.
-        relay: DeviceId,
-        /// The group.
-        group: GroupId,
-        /// Own seq of the push.
-        seq: u64,
-        /// The code.
-        code: ErrorCode,
-        /// The relay's hint.
-        retry_after_ms: Option<u64>,
-    },
-    /// Items served by the relay; everything up to `upto` has now been received from it.
-    Items {
-        /// The relay.
-        relay: DeviceId,
-        /// The group.
-        group: GroupId,
-        /// The items, as served.
-        items: Vec<Item>,
-        /// The relay's cursor after these items.
-        upto: u64,
-    },
-}
-
-/// Messages of a RelayConnection.
-pub enum RelayConnMsg {
-    /// From the LinkReader.
-    Link(LinkEvent),
-    /// Dial now.
-    ConnectDue,
-    /// A dial finished.
-    Connected {
-        /// Which dial.
-        generation: u64,
-        /// Frames to the relay.
-        sender: LinkSender,
-        /// Frames from the relay.
-        receiver: LinkReceiver,
-        /// The join nonce of this connection.
-        nonce: [u8; 32],
-        /// The relay's limits.
-        limits: Limits,
-    },
-    /// A dial failed.
-    ConnectFailed {
-        /// Which dial.
-        generation: u64,
-        /// Why.
-        reason: String,
-        /// The relay's hint, if it refused.
-        retry_after: Option<Duration>,
-    },
-    /// The groups this relay serves (replaces the previous set).
-    SetGroups(Vec<ConnGroup>),
-    /// The coordinator's answer to `Joined`: every push of the group this relay has not
-    /// acked, in push order. Pushes are accepted for the group only after it, so they reach
-    /// the relay in push order even across reconnects.
-    Resend {
-        /// The group.
-        group: GroupId,
-        /// `(seq, blob_id, envelope)` in push order.
-        entries: Vec<(u64, BlobId, Bytes)>,
-    },
-    /// Send a push (dropped until the group's `Resend` arrived: the coordinator resends).
-    Push {
-        /// The group.
-        group: GroupId,
-        /// Own seq.
-        seq: u64,
-        /// Its blob id.
-        blob_id: BlobId,
-        /// The envelope.
-        ciphertext: Bytes,
-    },
-    /// Pull the group to the relay's end; answer when done.
-    SyncNow {
-        /// The group.
-        group: GroupId,
-        /// Done, or why not.
-        reply: RpcReplyPort<Result<(), String>>,
-    },
-    /// Keep-alive tick.
-    PingDue,
-    /// Send a request again that the relay refused for a moment (`retry_after_ms`).
-    RetryDue {
-        /// The connection it was refused on (a newer one joins, subscribes and pulls anew).
-        generation: u64,
-        /// The group.
-        group: GroupId,
-        /// Which request.
-        request: Retry,
-    },
-    /// The app is not keeping up: forget items after `rewind_to` (they are fetched again)
-    /// and take no more of the group until `Resume`.
-    Pause {
-        /// The group.
-        group: GroupId,
-        /// The persisted cursor.
-        rewind_to: u64,
-    },
-    /// Take items of the group again, catching up from the cursor.
-    Resume {
-        /// The group.
-        group: GroupId,
-    },
-    /// The coordinator handed the group's items up to this cursor to the app: pulls parked
-    /// at [`PULL_AHEAD_ITEMS_MAX`] go on.
-    Delivered {
-        /// The group.
-        group: GroupId,
-        /// This relay's cursor, delivered.
-        upto: u64,
-    },
-}
-
-/// A request of a group that a relay may refuse for a moment and that is sent again after its
-/// hint: without it, a `Join` refused by the relay's frame rate limit left the group unjoined
-/// on this connection for good (no pushes, no catch-up) until the link dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// `Join`.
-    Join,
-    /// `Subscribe`.
-    Subscribe,
-    /// `Pull`.
-    Pull,
-}
-
-impl From<LinkEvent> for RelayConnMsg {
-    fn from(event: LinkEvent) -> Self {
-        RelayConnMsg::Link(event)
-    }
-}
-
 /// The connection's actor type.
 pub struct RelayConnActor;
 
@@ -283,7 +100,8 @@ enum Pending {
 }
 
 struct GroupSync {
-    keys: Arc<EpochKeys>,
+    /// The epoch's mailbox signer: join proofs (it opens nothing).
+    signer: MailboxSigner,
     admission: Option<AdmissionText>,
     have: u64,
     /// What the coordinator delivered of this relay's items (its persisted cursor).
@@ -302,7 +120,7 @@ struct GroupSync {
 impl GroupSync {
     fn new(group: ConnGroup) -> Self {
         Self {
-            keys: group.keys,
+            signer: MailboxSigner::from_seed(&group.mailbox_seed),
             admission: group.admission,
             have: group.cursor,
             delivered: group.cursor,
@@ -584,12 +402,12 @@ impl RelayConnState {
             return;
         };
         let proof = sign_join(
-            &sync.keys,
+            &sync.signer,
             &self.relay.id,
             &self.dialer.local_id(),
             &conn.nonce,
         );
-        let (mailbox_key, admission) = (sync.keys.mailbox_key(), sync.admission.clone());
+        let (mailbox_key, admission) = (sync.signer.mailbox_key(), sync.admission.clone());
         self.send(
             |req| Frame::Join {
                 req,
@@ -609,7 +427,7 @@ impl RelayConnState {
         if !self.receive {
             return;
         }
-        let (mailbox, after) = (sync.keys.mailbox_id(), Cursor(sync.have));
+        let (mailbox, after) = (sync.signer.mailbox_id(), Cursor(sync.have));
         self.send(
             |req| Frame::Subscribe {
                 req,
@@ -661,7 +479,7 @@ impl RelayConnState {
         sync.pulling = true;
         sync.pull_again = false;
         let after = Cursor(sync.have);
-        let mailbox = sync.keys.mailbox_id();
+        let mailbox = sync.signer.mailbox_id();
         self.send(
             |req| Frame::Pull {
                 req,
@@ -694,7 +512,7 @@ impl RelayConnState {
             let Some((seq, blob_id, ciphertext)) = sync.queued.pop_front() else {
                 return;
             };
-            let mailbox = sync.keys.mailbox_id();
+            let mailbox = sync.signer.mailbox_id();
             self.send(
                 |req| Frame::Push {
                     req,
@@ -711,7 +529,7 @@ impl RelayConnState {
     fn group_of_mailbox(&self, mailbox: &zerok_messages::MailboxId) -> Option<GroupId> {
         self.groups
             .iter()
-            .find(|(_, g)| g.keys.mailbox_id() == *mailbox)
+            .find(|(_, g)| g.signer.mailbox_id() == *mailbox)
             .map(|(id, _)| *id)
     }
 

@@ -1,0 +1,15 @@
+//! The client tree's actors (DESIGN.md §2, §6), wired by `zerok-client`'s `tree.rs`:
+//!
+//! - [`encryptor`]: seals outgoing records and opens received ones; the only holder of
+//!   content keys.
+//! - [`sync_coordinator`]: the hub: outbox and receipts, the receive path (dedupe, open, seq
+//!   checks, events), relay wiring and sync barriers; owns the [`local_store`].
+//! - [`relay_connection`]: one per relay: dial, join, subscribe, pull, push, keep-alive.
+//!
+//! Their messages are in `zerok_messages::client`.
+
+pub mod encryptor;
+pub mod local_store;
+pub mod relay_connection;
+pub mod seen;
+pub mod sync_coordinator;

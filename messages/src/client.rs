@@ -1,0 +1,729 @@
+//! The client tree's types and messages (DESIGN.md §2, §6): the app-facing ids, events,
+//! receipts, status and errors, the records the Encryptor seals and opens, and the message
+//! enums of the Encryptor, the RelayConnections and the SyncCoordinator. Plain data only:
+//! keys travel as bytes ([`EpochSecret`], [`MailboxSeed`]) and each actor derives what it
+//! needs from them, so nothing here depends on the actors.
+
+use crate::link::{LinkEvent, LinkReceiver, LinkSender};
+use crate::wire::AdmissionText;
+use crate::{BlobId, DeviceId, Epoch, ErrorCode, Item, Limits, MailboxId, RelayAddr};
+use bytes::Bytes;
+use ractor::RpcReplyPort;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// A group's id: the mailbox id of its epoch 0 (public; safe to log and show).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub MailboxId);
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_hex())
+    }
+}
+
+impl fmt::Debug for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GroupId({})", self.0.short())
+    }
+}
+
+impl FromStr for GroupId {
+    type Err = crate::ids::ParseIdError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(GroupId(text.parse()?))
+    }
+}
+
+/// What the client tells the app.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A record of the group, opened, verified, new (never delivered before).
+    Received {
+        /// The group.
+        group: GroupId,
+        /// The device that wrote and signed it.
+        sender: DeviceId,
+        /// The sender's sequence number.
+        seq: u64,
+        /// Hybrid logical clock timestamp of the write.
+        hlc: u64,
+        /// Its blob id (the same on every relay).
+        blob_id: BlobId,
+        /// The app's bytes.
+        payload: Vec<u8>,
+    },
+    /// A relay connection is up (hello'd, groups joined).
+    RelayUp {
+        /// The relay.
+        relay: DeviceId,
+    },
+    /// A relay connection went down; the client reconnects with backoff.
+    RelayDown {
+        /// The relay.
+        relay: DeviceId,
+        /// Why.
+        reason: String,
+    },
+    /// Records `from..to` (exclusive) of `sender` were skipped: a relay withheld or lost them
+    /// (they are delivered if they turn up later).
+    GapDetected {
+        /// The group.
+        group: GroupId,
+        /// The sender.
+        sender: DeviceId,
+        /// First missing seq.
+        from: u64,
+        /// One past the last missing seq.
+        to: u64,
+    },
+    /// A relay served an item that does not open (tampered, wrong key, bad signature).
+    Undecryptable {
+        /// The group.
+        group: GroupId,
+        /// The relay that served it.
+        relay: DeviceId,
+        /// The id it was served under.
+        blob_id: BlobId,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Received {
+                group,
+                sender,
+                seq,
+                blob_id,
+                payload,
+                ..
+            } => f
+                .debug_struct("Received")
+                .field("group", group)
+                .field("sender", sender)
+                .field("seq", seq)
+                .field("blob_id", blob_id)
+                .field("payload_len", &payload.len())
+                .finish(),
+            Event::RelayUp { relay } => f.debug_struct("RelayUp").field("relay", relay).finish(),
+            Event::RelayDown { relay, reason } => f
+                .debug_struct("RelayDown")
+                .field("relay", relay)
+                .field("reason", reason)
+                .finish(),
+            Event::GapDetected {
+                group,
+                sender,
+                from,
+                to,
+            } => f
+                .debug_struct("GapDetected")
+                .field("group", group)
+                .field("sender", sender)
+                .field("from", from)
+                .field("to", to)
+                .finish(),
+            Event::Undecryptable {
+                group,
+                relay,
+                blob_id,
+                reason,
+            } => f
+                .debug_struct("Undecryptable")
+                .field("group", group)
+                .field("relay", relay)
+                .field("blob_id", blob_id)
+                .field("reason", reason)
+                .finish(),
+        }
+    }
+}
+
+/// Proof a push is durable on enough relays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The record's blob id (the same on every relay).
+    pub blob_id: BlobId,
+    /// Relays that acknowledged it as durable.
+    pub acked_by: Vec<DeviceId>,
+}
+
+/// One relay of a group, as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// Its address.
+    pub addr: RelayAddr,
+    /// Whether a connection is up now.
+    pub connected: bool,
+    /// Items of the group received from it (its cursor).
+    pub cursor: u64,
+}
+
+/// One group, as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// Its id.
+    pub id: GroupId,
+    /// Its human label.
+    pub name: String,
+    /// Its relays.
+    pub relays: Vec<RelayStatus>,
+    /// Pushes not yet acknowledged by every relay.
+    pub outbox: usize,
+    /// Pushes not yet acknowledged by enough relays for a receipt.
+    pub unacked: usize,
+    /// Recent blob ids remembered (own pushes and records taken, of every group), kept to
+    /// skip duplicates before opening; bounded (the client's `SEEN_IDS_MAX`).
+    pub seen_ids: u64,
+}
+
+/// What `status()` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This device.
+    pub device_id: DeviceId,
+    /// Its groups.
+    pub groups: Vec<GroupStatus>,
+}
+
+/// What `sync_now` achieved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Relays pulled to their end.
+    pub synced: Vec<DeviceId>,
+    /// Relays that could not be reached, with why.
+    pub failed: Vec<(DeviceId, String)>,
+}
+
+/// Client errors. Messages never contain keys, passphrases, tokens or payloads.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The home dir or its store cannot be used.
+    #[error("home {path}: {message}")]
+    Home {
+        /// The home dir.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// The local store failed.
+    #[error("local store: {0}")]
+    Store(String),
+    /// No such group on this device.
+    #[error("unknown group {0}")]
+    UnknownGroup(GroupId),
+    /// The invite token was refused.
+    #[error("invite: {0}")]
+    Invite(String),
+    /// A passphrase is needed, or the one given was refused.
+    #[error("passphrase: {0}")]
+    Passphrase(String),
+    /// Bad input from the app.
+    #[error("{0}")]
+    Invalid(String),
+    /// Not acknowledged by enough relays in time; it stays queued and is retried.
+    #[error("not yet acknowledged by enough relays ({acked} of {needed}); it stays queued")]
+    NotYetAcked {
+        /// Relays that did ack.
+        acked: usize,
+        /// Relays needed.
+        needed: usize,
+    },
+    /// The client has stopped.
+    #[error("client stopped")]
+    Stopped,
+}
+
+/// A group this device belongs to.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// Human label.
+    pub name: String,
+    /// The group secret (derived from the passphrase for passphrase groups).
+    #[serde(with = "serde_bytes")]
+    pub secret: [u8; 32],
+    /// Current key epoch.
+    pub epoch: u32,
+    /// Relay addresses, text form.
+    pub relays: Vec<String>,
+    /// For passphrase groups: the Argon2id salt (invites carry it instead of the secret).
+    #[serde(default, with = "serde_bytes")]
+    pub passphrase_salt: Option<Vec<u8>>,
+    /// Admission tokens by relay id (hex), sent with this device's Joins so a relay in
+    /// `token` mode lets it create the group's mailbox. Secrets, like `secret`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub admissions: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for GroupRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupRecord")
+            .field("name", &self.name)
+            .field("epoch", &self.epoch)
+            .field("relays", &self.relays)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for GroupRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
+/// What the flusher made durable so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Durable {
+    /// Every ticket up to this one is on disk.
+    pub through: u64,
+    /// A flush failed (sled's error): nothing after it is known to be on disk, and the store
+    /// refuses to say otherwise from then on.
+    pub error: Option<String>,
+}
+
+/// What a record carries, as far as the sync layer cares. Unknown kinds still open: apps and
+/// later versions define their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RecordKind(pub u16);
+
+impl RecordKind {
+    /// Application data: the payload is the app's bytes.
+    pub const APP: RecordKind = RecordKind(0);
+    /// A reference to large content stored over iroh-blobs.
+    pub const CONTENT_REF: RecordKind = RecordKind(1);
+}
+
+/// A record after opening: who wrote it, where it sits in the sender's sequence, what it says.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OpenedRecord {
+    /// The device that wrote and signed it.
+    pub sender: DeviceId,
+    /// The sender's sequence number (1, 2, 3, ... per sender and group).
+    pub seq: u64,
+    /// Hybrid logical clock timestamp of the write.
+    pub hlc: u64,
+    /// What the payload is.
+    pub kind: RecordKind,
+    /// The app's bytes.
+    pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for OpenedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedRecord")
+            .field("sender", &self.sender)
+            .field("seq", &self.seq)
+            .field("hlc", &self.hlc)
+            .field("kind", &self.kind)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// Why an envelope could not be opened. Any of these means: do not hand it to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The bytes are not an envelope of a known format.
+    #[error("not an envelope of a known format")]
+    Malformed,
+    /// The envelope was sealed for another epoch than the keys given.
+    #[error("envelope is for epoch {0}, keys are for another")]
+    WrongEpoch(Epoch),
+    /// `BLAKE3(envelope)` is not the blob id it came with.
+    #[error("blob id does not match the envelope")]
+    BlobIdMismatch,
+    /// Authentication failed: tampered, truncated, wrong key or wrong mailbox.
+    #[error("envelope failed authentication")]
+    Undecryptable,
+    /// Authenticated, but the record inside is malformed (a buggy or hostile group member).
+    #[error("record inside the envelope is malformed")]
+    BadRecord,
+    /// The sender's signature does not verify.
+    #[error("record signature does not verify")]
+    BadSignature,
+}
+
+/// A sealed record ready to push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// `BLAKE3(envelope)`.
+    pub blob_id: BlobId,
+    /// The envelope bytes.
+    pub envelope: Vec<u8>,
+}
+
+/// A group's epoch secret and its epoch, as plain bytes: what the Encryptor derives the
+/// epoch's keys from. Zeroized on drop; `Debug` never shows it.
+#[derive(Clone)]
+pub struct EpochSecret {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// The epoch secret (for epoch 0, the group secret).
+    pub secret: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for EpochSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EpochSecret({:?}, [redacted])", self.epoch)
+    }
+}
+
+/// The seed of an epoch's mailbox signing key, as plain bytes: what a RelayConnection needs to
+/// prove membership to relays (`Join`). It opens nothing: the content key is not derived from
+/// it, so a connection never holds what decrypts records. Zeroized on drop.
+#[derive(Clone)]
+pub struct MailboxSeed(pub Zeroizing<[u8; 32]>);
+
+impl fmt::Debug for MailboxSeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MailboxSeed([redacted])")
+    }
+}
+
+/// Messages of the Encryptor.
+pub enum EncryptorMsg {
+    /// Keys of a group (added or replaced).
+    SetGroup {
+        /// The group.
+        group: GroupId,
+        /// Its current epoch secret.
+        keys: EpochSecret,
+    },
+    /// Seal payloads as this device's records; answers one result per record, in order.
+    SealMany {
+        /// The records.
+        records: Vec<ToSeal>,
+        /// The sealed envelopes.
+        reply: RpcReplyPort<Vec<Result<Sealed, String>>>,
+    },
+    /// Open received envelopes; answers one result per envelope, in order.
+    OpenMany {
+        /// The envelopes.
+        envelopes: Vec<ToOpen>,
+        /// The records, or why each does not open.
+        reply: RpcReplyPort<Vec<Result<OpenedRecord, OpenError>>>,
+    },
+}
+
+/// A record to seal.
+pub struct ToSeal {
+    /// The group.
+    pub group: GroupId,
+    /// This device's seq in the group.
+    pub seq: u64,
+    /// HLC timestamp.
+    pub hlc: u64,
+    /// The app's bytes.
+    pub payload: Vec<u8>,
+}
+
+/// An envelope to open.
+pub struct ToOpen {
+    /// The group.
+    pub group: GroupId,
+    /// The id it was served under.
+    pub blob_id: BlobId,
+    /// The envelope.
+    pub envelope: bytes::Bytes,
+}
+
+/// A group this relay serves, as the connection needs it.
+#[derive(Clone)]
+pub struct ConnGroup {
+    /// The group.
+    pub group: GroupId,
+    /// Its mailbox id (the epoch's).
+    pub mailbox: MailboxId,
+    /// The epoch's mailbox signing seed: join proofs are signed with it.
+    pub mailbox_seed: MailboxSeed,
+    /// Items of the group already received from this relay.
+    pub cursor: u64,
+    /// This relay's admission token for the group, sent with every Join (a relay in `token`
+    /// mode needs it to create the mailbox; others ignore it).
+    pub admission: Option<AdmissionText>,
+}
+
+/// What a connection tells the coordinator.
+#[derive(Debug)]
+pub enum RelayEvent {
+    /// Connected and hello'd.
+    Up {
+        /// The relay.
+        relay: DeviceId,
+    },
+    /// The connection was lost or could not be made.
+    Down {
+        /// The relay.
+        relay: DeviceId,
+        /// Why.
+        reason: String,
+    },
+    /// A group was joined on this connection: unacked pushes may be (re)sent.
+    Joined {
+        /// The relay.
+        relay: DeviceId,
+        /// The group.
+        group: GroupId,
+    },
+    /// A push is durable on the relay.
+    Acked {
+        /// The relay.
+        relay: DeviceId,
+        /// The group.
+        group: GroupId,
+        /// Own seq of the push.
+        seq: u64,
+    },
+    /// The relay refused a push for now.
+    PushRefused {
+        /// The relay.
+        relay: DeviceId,
+        /// The group.
+        group: GroupId,
+        /// Own seq of the push.
+        seq: u64,
+        /// The code.
+        code: ErrorCode,
+        /// The relay's hint.
+        retry_after_ms: Option<u64>,
+    },
+    /// Items served by the relay; everything up to `upto` has now been received from it.
+    Items {
+        /// The relay.
+        relay: DeviceId,
+        /// The group.
+        group: GroupId,
+        /// The items, as served.
+        items: Vec<Item>,
+        /// The relay's cursor after these items.
+        upto: u64,
+    },
+}
+
+/// Messages of a RelayConnection.
+pub enum RelayConnMsg {
+    /// From the LinkReader.
+    Link(LinkEvent),
+    /// Dial now.
+    ConnectDue,
+    /// A dial finished.
+    Connected {
+        /// Which dial.
+        generation: u64,
+        /// Frames to the relay.
+        sender: LinkSender,
+        /// Frames from the relay.
+        receiver: LinkReceiver,
+        /// The join nonce of this connection.
+        nonce: [u8; 32],
+        /// The relay's limits.
+        limits: Limits,
+    },
+    /// A dial failed.
+    ConnectFailed {
+        /// Which dial.
+        generation: u64,
+        /// Why.
+        reason: String,
+        /// The relay's hint, if it refused.
+        retry_after: Option<Duration>,
+    },
+    /// The groups this relay serves (replaces the previous set).
+    SetGroups(Vec<ConnGroup>),
+    /// The coordinator's answer to `Joined`: every push of the group this relay has not
+    /// acked, in push order. Pushes are accepted for the group only after it, so they reach
+    /// the relay in push order even across reconnects.
+    Resend {
+        /// The group.
+        group: GroupId,
+        /// `(seq, blob_id, envelope)` in push order.
+        entries: Vec<(u64, BlobId, Bytes)>,
+    },
+    /// Send a push (dropped until the group's `Resend` arrived: the coordinator resends).
+    Push {
+        /// The group.
+        group: GroupId,
+        /// Own seq.
+        seq: u64,
+        /// Its blob id.
+        blob_id: BlobId,
+        /// The envelope.
+        ciphertext: Bytes,
+    },
+    /// Pull the group to the relay's end; answer when done.
+    SyncNow {
+        /// The group.
+        group: GroupId,
+        /// Done, or why not.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Keep-alive tick.
+    PingDue,
+    /// Send a request again that the relay refused for a moment (`retry_after_ms`).
+    RetryDue {
+        /// The connection it was refused on (a newer one joins, subscribes and pulls anew).
+        generation: u64,
+        /// The group.
+        group: GroupId,
+        /// Which request.
+        request: Retry,
+    },
+    /// The app is not keeping up: forget items after `rewind_to` (they are fetched again)
+    /// and take no more of the group until `Resume`.
+    Pause {
+        /// The group.
+        group: GroupId,
+        /// The persisted cursor.
+        rewind_to: u64,
+    },
+    /// Take items of the group again, catching up from the cursor.
+    Resume {
+        /// The group.
+        group: GroupId,
+    },
+    /// The coordinator handed the group's items up to this cursor to the app: pulls parked
+    /// at [`PULL_AHEAD_ITEMS_MAX`] go on.
+    Delivered {
+        /// The group.
+        group: GroupId,
+        /// This relay's cursor, delivered.
+        upto: u64,
+    },
+}
+
+/// A request of a group that a relay may refuse for a moment and that is sent again after its
+/// hint: without it, a `Join` refused by the relay's frame rate limit left the group unjoined
+/// on this connection for good (no pushes, no catch-up) until the link dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// `Join`.
+    Join,
+    /// `Subscribe`.
+    Subscribe,
+    /// `Pull`.
+    Pull,
+}
+
+impl From<LinkEvent> for RelayConnMsg {
+    fn from(event: LinkEvent) -> Self {
+        RelayConnMsg::Link(event)
+    }
+}
+
+/// Messages of the coordinator.
+pub enum CoordMsg {
+    /// From a RelayConnection.
+    Relay(RelayEvent),
+    /// Seal and queue pushes durably, in order; answers `(seq, blob_id)` of each once all
+    /// are durable.
+    Enqueue {
+        /// The group.
+        group: GroupId,
+        /// The app's records.
+        payloads: Vec<Vec<u8>>,
+        /// The queued pushes.
+        reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
+    },
+    /// The Encryptor sealed a batch (`records` and `results` in the same order).
+    Sealed {
+        /// `(group, seq, hlc)` of each record.
+        records: Vec<(GroupId, u64, u64)>,
+        /// Each record's envelope (fewer than `records` if the Encryptor stopped).
+        results: Vec<Result<Sealed, String>>,
+        /// Who waits for them, in order, with how many records each.
+        waiters: Vec<SealWaiter>,
+    },
+    /// The Encryptor opened a batch of received items (`results` in the batches' order).
+    Opened {
+        /// The relays' batches.
+        batches: Vec<ToOpenBatch>,
+        /// Each item's record.
+        results: Vec<Result<OpenedRecord, OpenError>>,
+    },
+    /// The store's group commit made more durable.
+    Durable(Durable),
+    /// Answer once `blob_id` is acked by enough relays.
+    WaitAcked {
+        /// The group.
+        group: GroupId,
+        /// The push.
+        blob_id: BlobId,
+        /// The receipt.
+        reply: RpcReplyPort<Receipt>,
+    },
+    /// Acks of a push so far: `(acked_by, needed)`.
+    AckState {
+        /// The group.
+        group: GroupId,
+        /// The push.
+        blob_id: BlobId,
+        /// Relays that acked and the quorum.
+        reply: RpcReplyPort<(Vec<DeviceId>, usize)>,
+    },
+    /// Pull every relay of the group to its end.
+    SyncNow {
+        /// The group.
+        group: GroupId,
+        /// What was reached.
+        reply: RpcReplyPort<SyncReport>,
+    },
+    /// Answers after every message sent before it was handled.
+    Barrier {
+        /// Done.
+        reply: RpcReplyPort<()>,
+    },
+    /// Status of every group.
+    Status {
+        /// The status.
+        reply: RpcReplyPort<Status>,
+    },
+    /// Add (or replace) a group.
+    PutGroup {
+        /// Its id.
+        id: GroupId,
+        /// Its record.
+        record: GroupRecord,
+        /// Done.
+        reply: RpcReplyPort<Result<(), ClientError>>,
+    },
+    /// A group's record.
+    GetGroup {
+        /// Its id.
+        id: GroupId,
+        /// The record.
+        reply: RpcReplyPort<Option<GroupRecord>>,
+    },
+    /// Resend refused pushes.
+    RetryDue,
+    /// The app's event channel has room again.
+    EventRoom,
+}
+
+/// An app call waiting for its records to be sealed and durable.
+pub struct SealWaiter {
+    /// Records of the call.
+    pub count: usize,
+    /// The caller.
+    pub reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
+}
+
+/// A relay's batch of items before opening.
+pub struct ToOpenBatch {
+    /// The relay that served them.
+    pub relay: DeviceId,
+    /// The group.
+    pub group: GroupId,
+    /// The items, as served.
+    pub items: Vec<Item>,
+    /// The relay's cursor after them.
+    pub upto: u64,
+}
