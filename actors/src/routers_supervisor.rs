@@ -1,21 +1,37 @@
 //! RoutersSupervisor: owns one GroupRouter per active mailbox (DESIGN.md §2).
 //!
 //! Sessions ask `GetRouter{mailbox}`; the router is spawned linked on first use. Policy
-//! one-for-one: a crashed router is respawned after a capped exponential backoff
-//! ([`crate::supervision`]); while it backs off, `GetRouter` answers `Unavailable` and sessions tell clients
-//! to retry. The new router inherits the subscriber table and notifies every subscriber, so
-//! live delivery resumes without clients noticing. A router that stopped normally (idle) is
-//! forgotten and respawned on demand. Restarts are counted in `actor_restarts_total`.
+//! one-for-one under the shared [`RestartPolicy`] ([`crate::supervision`]), one tracker per
+//! mailbox, the policy set in [`RoutersSupervisorArgs`] ([`ROUTER_RESTART_POLICY`] in the
+//! relay): a crashed router (or one that fails to start) is respawned after a capped,
+//! jittered exponential backoff; while it backs off, `GetRouter` answers `Unavailable` and
+//! sessions tell clients to retry. The new router inherits the subscriber table and notifies
+//! every subscriber, so live delivery resumes without clients noticing. A router that
+//! stopped normally (idle) is forgotten and respawned on demand. Restarts are counted in
+//! `actor_restarts_total{actor="group_router"}`.
+//!
+//! Escalation is per mailbox, not to the relay: a router that crashes more often than the
+//! policy's intensity is *parked*. Its mailbox answers `Unavailable` for one `period`, then
+//! the router is started again with a fresh streak (and its subscribers are told to catch up).
+//! One mailbox whose router keeps dying (a bug triggered by its data or its traffic) must not
+//! take every other mailbox of the relay down with it; parking bounds what it costs to
+//! `intensity + 1` starts per `period` plus the backoffs. The supervisor itself fails only on
+//! a bug of its own, which RelayRoot escalates (DESIGN.md §2).
 
 use crate::group_router::{GroupRouterActor, GroupRouterArgs, SubscriberTable};
 use crate::metrics::RelayMetrics;
+use crate::rng::Rng;
 use crate::shared_ref::SharedRef;
-use crate::supervision::RestartTracker;
+use crate::supervision::{Restart, RestartPolicy, RestartTracker};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap};
 use tracing::{info, warn};
 use zerok_messages::MailboxId;
 use zerok_messages::relay::{BlobStoreMsg, GroupRouterMsg, RoutersMsg, StoreError};
+
+/// A GroupRouter's restart policy in the relay: the standard one. Past its intensity the
+/// mailbox is parked for the policy's `period` (see the module doc), not the relay stopped.
+pub const ROUTER_RESTART_POLICY: RestartPolicy = RestartPolicy::STANDARD;
 
 /// The supervisor's actor type.
 pub struct RoutersSupervisorActor;
@@ -26,20 +42,47 @@ pub struct RoutersSupervisorArgs {
     pub store: SharedRef<BlobStoreMsg>,
     /// Metrics.
     pub metrics: RelayMetrics,
+    /// How each mailbox's router is restarted ([`ROUTER_RESTART_POLICY`] in the relay).
+    pub router_restart: RestartPolicy,
+    /// Draws the restart delays' jitter.
+    pub rng: Rng,
 }
 
-#[derive(Default)]
+/// Whether a mailbox's router runs, waits for its restart, or is parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RouterPhase {
+    /// Running, or not started (then started on the next `GetRouter`).
+    Ready,
+    /// Crashed; a `RestartDue` is scheduled after the backoff.
+    BackingOff,
+    /// Crashed past the policy's intensity; a `RestartDue` is scheduled after its period.
+    Parked,
+}
+
 struct MailboxEntry {
     router: Option<ActorRef<GroupRouterMsg>>,
     subscribers: SubscriberTable,
     restarts: RestartTracker,
-    is_backing_off: bool,
+    phase: RouterPhase,
+}
+
+impl MailboxEntry {
+    fn new(policy: RestartPolicy) -> Self {
+        Self {
+            router: None,
+            subscribers: SubscriberTable::default(),
+            restarts: RestartTracker::new(policy),
+            phase: RouterPhase::Ready,
+        }
+    }
 }
 
 /// Supervisor state.
 pub struct RoutersSupervisorState {
     store: SharedRef<BlobStoreMsg>,
     metrics: RelayMetrics,
+    policy: RestartPolicy,
+    rng: Rng,
     mailboxes: BTreeMap<MailboxId, MailboxEntry>,
     by_actor: HashMap<ActorId, MailboxId>,
     restarts: u64,
@@ -52,7 +95,11 @@ impl RoutersSupervisorState {
         mailbox: MailboxId,
         is_restart: bool,
     ) -> Result<ActorRef<GroupRouterMsg>, StoreError> {
-        let entry = self.mailboxes.entry(mailbox).or_default();
+        let policy = self.policy;
+        let entry = self
+            .mailboxes
+            .entry(mailbox)
+            .or_insert_with(|| MailboxEntry::new(policy));
         let args = GroupRouterArgs {
             mailbox,
             store: self.store.clone(),
@@ -66,6 +113,42 @@ impl RoutersSupervisorState {
         entry.router = Some(router.clone());
         self.by_actor.insert(router.get_id(), mailbox);
         Ok(router)
+    }
+
+    /// The router of `mailbox` crashed or failed to start: schedule its restart after the
+    /// backoff, or park the mailbox for the policy's period.
+    fn on_router_crash(&mut self, myself: &ActorRef<RoutersMsg>, mailbox: MailboxId, why: &str) {
+        let policy = self.policy;
+        let entry = self
+            .mailboxes
+            .entry(mailbox)
+            .or_insert_with(|| MailboxEntry::new(policy));
+        entry.router = None;
+        let now = tokio::time::Instant::now();
+        let delay = match entry.restarts.on_crash(now, &mut self.rng) {
+            Restart::After(delay) => {
+                entry.phase = RouterPhase::BackingOff;
+                self.restarts += 1;
+                self.metrics
+                    .actor_restarts_total
+                    .with_label_values(&["group_router"])
+                    .inc();
+                info!(mailbox = %mailbox.short(), error = why, delay_ms = delay.as_millis() as u64, "router crashed, restarting");
+                delay
+            }
+            Restart::Escalate => {
+                entry.phase = RouterPhase::Parked;
+                warn!(
+                    mailbox = %mailbox.short(),
+                    error = why,
+                    intensity = policy.intensity,
+                    parked_s = policy.period.as_secs(),
+                    "router keeps crashing; mailbox parked"
+                );
+                policy.period
+            }
+        };
+        myself.send_after(delay, move || RoutersMsg::RestartDue { mailbox });
     }
 }
 
@@ -82,6 +165,8 @@ impl Actor for RoutersSupervisorActor {
         Ok(RoutersSupervisorState {
             store: args.store,
             metrics: args.metrics,
+            policy: args.router_restart,
+            rng: args.rng,
             mailboxes: BTreeMap::new(),
             by_actor: HashMap::new(),
             restarts: 0,
@@ -96,7 +181,11 @@ impl Actor for RoutersSupervisorActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RoutersMsg::GetRouter { mailbox, reply } => {
-                let entry = state.mailboxes.entry(mailbox).or_default();
+                let policy = state.policy;
+                let entry = state
+                    .mailboxes
+                    .entry(mailbox)
+                    .or_insert_with(|| MailboxEntry::new(policy));
                 // A router that stopped itself (idle) but whose end this supervisor has not
                 // handled yet is replaced now rather than handed out dead; its late
                 // termination event finds no entry in `by_actor` and is ignored.
@@ -106,26 +195,25 @@ impl Actor for RoutersSupervisorActor {
                     state.by_actor.remove(&router.get_id());
                     entry.router = None;
                 }
-                let answer = if let Some(router) = &entry.router {
-                    Ok(router.clone())
-                } else if entry.is_backing_off {
-                    Err(StoreError::Unavailable("mailbox router restarting".into()))
-                } else {
-                    state.spawn_router(&myself, mailbox, false).await
+                let answer = match (&entry.router, entry.phase) {
+                    (Some(router), _) => Ok(router.clone()),
+                    (None, RouterPhase::BackingOff) => {
+                        Err(StoreError::Unavailable("mailbox router restarting".into()))
+                    }
+                    (None, RouterPhase::Parked) => Err(StoreError::Unavailable(
+                        "mailbox router failing; retry later".into(),
+                    )),
+                    (None, RouterPhase::Ready) => state.spawn_router(&myself, mailbox, false).await,
                 };
                 let _ = reply.send(answer);
             }
             RoutersMsg::RestartDue { mailbox } => {
                 if let Some(entry) = state.mailboxes.get_mut(&mailbox) {
-                    entry.is_backing_off = false;
+                    entry.phase = RouterPhase::Ready;
                     if entry.router.is_none()
                         && let Err(err) = state.spawn_router(&myself, mailbox, true).await
                     {
-                        warn!(error = %err, "router restart failed");
-                        let entry = state.mailboxes.entry(mailbox).or_default();
-                        entry.is_backing_off = true;
-                        let delay = entry.restarts.on_crash();
-                        myself.send_after(delay, move || RoutersMsg::RestartDue { mailbox });
+                        state.on_router_crash(&myself, mailbox, &err.to_string());
                     }
                 }
             }
@@ -152,7 +240,7 @@ impl Actor for RoutersSupervisorActor {
                     && let Some(entry) = state.mailboxes.get_mut(&mailbox)
                 {
                     entry.router = None;
-                    let is_forgettable = entry.restarts.crashes() == 0
+                    let is_forgettable = entry.restarts.streak() == 0
                         && entry
                             .subscribers
                             .lock()
@@ -163,21 +251,11 @@ impl Actor for RoutersSupervisorActor {
                     }
                 }
             }
-            SupervisionEvent::ActorFailed(cell, _)
-            | SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if let Some(mailbox) = state.by_actor.remove(&cell.get_id()) {
-                    let entry = state.mailboxes.entry(mailbox).or_default();
-                    entry.router = None;
-                    entry.is_backing_off = true;
-                    let delay = entry.restarts.on_crash();
-                    state.restarts += 1;
-                    state
-                        .metrics
-                        .actor_restarts_total
-                        .with_label_values(&["group_router"])
-                        .inc();
-                    info!(mailbox = %mailbox.short(), delay_ms = delay.as_millis() as u64, "router crashed, restarting");
-                    myself.send_after(delay, move || RoutersMsg::RestartDue { mailbox });
+            SupervisionEvent::ActorFailed(..) | SupervisionEvent::ActorTerminated(..) => {
+                if let Some((id, why)) = crate::supervision::ended(&event)
+                    && let Some(mailbox) = state.by_actor.remove(&id)
+                {
+                    state.on_router_crash(&myself, mailbox, &why);
                 }
             }
             _ => {}

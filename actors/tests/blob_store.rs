@@ -25,7 +25,9 @@ use zerok_actors::clock::Clock;
 use zerok_actors::fault::{FaultPlan, FaultPoint};
 use zerok_actors::infra::{InfraActor, InfraArgs};
 use zerok_actors::metrics::RelayMetrics;
+use zerok_actors::rng::Rng;
 use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
+use zerok_actors::supervision::RestartPolicy;
 use zerok_messages::relay::{
     AppendRequest, BlobStoreMsg, GroupRouterMsg, InfraMsg, Page, RoutersMsg, StoreError,
     StoreOutcome, StoreStats, SweepReport,
@@ -615,6 +617,9 @@ async fn infra(
         metrics: metrics.clone(),
         sweep_interval: Duration::from_secs(3600),
         sweep_slice_items: 100,
+        store_restart: RestartPolicy::STANDARD,
+        sweeper_restart: RestartPolicy::STANDARD,
+        rng: Rng::seeded(1),
     };
     let (infra, _) = Actor::spawn(None, InfraActor, args).await.unwrap();
     let store = ractor::call!(infra, |reply| InfraMsg::GetStore { reply }).unwrap();
@@ -648,6 +653,8 @@ async fn a_killed_store_is_restarted_and_no_acked_push_is_lost() {
         RoutersSupervisorArgs {
             store: store.clone(),
             metrics: metrics.clone(),
+            router_restart: RestartPolicy::STANDARD,
+            rng: Rng::seeded(1),
         },
     )
     .await
@@ -791,6 +798,9 @@ async fn the_sweeper_evicts_on_its_interval_in_slices() {
         metrics: metrics.clone(),
         sweep_interval: Duration::from_secs(600),
         sweep_slice_items: 7,
+        store_restart: RestartPolicy::STANDARD,
+        sweeper_restart: RestartPolicy::STANDARD,
+        rng: Rng::seeded(1),
     };
     let (infra, _) = Actor::spawn(None, InfraActor, args).await.unwrap();
     let store = ractor::call!(infra, |reply| InfraMsg::GetStore { reply }).unwrap();

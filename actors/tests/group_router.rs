@@ -13,8 +13,10 @@ use ractor::{Actor, ActorRef};
 use std::time::Duration;
 use zerok_actors::group_router::IDLE_STOP_AFTER;
 use zerok_actors::metrics::RelayMetrics;
+use zerok_actors::rng::Rng;
 use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
 use zerok_actors::shared_ref::SharedRef;
+use zerok_actors::supervision::RestartPolicy;
 use zerok_messages::link::{
     FRAME_QUEUE_COST_BYTES, LINK_QUEUE_BYTES, LinkReceiver, LinkSender, channel,
 };
@@ -32,6 +34,8 @@ async fn setup() -> (ActorRef<RoutersMsg>, RelayMetrics) {
         RoutersSupervisorArgs {
             store: SharedRef::new(store),
             metrics: metrics.clone(),
+            router_restart: RestartPolicy::STANDARD,
+            rng: Rng::seeded(1),
         },
     )
     .await

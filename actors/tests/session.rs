@@ -14,9 +14,11 @@ use zerok_actors::crypto::keys::GroupSecret;
 use zerok_actors::link::{Dialer, Link, MemoryNetwork};
 use zerok_actors::metrics::RelayMetrics;
 use zerok_actors::rate_limit::{RateLimitConfig, RelayLimiters};
+use zerok_actors::rng::Rng;
 use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
 use zerok_actors::session::{SessionActor, SessionArgs};
 use zerok_actors::shared_ref::SharedRef;
+use zerok_actors::supervision::RestartPolicy;
 use zerok_messages::relay::RoutersMsg;
 use zerok_messages::wire::ByeReason;
 use zerok_messages::{
@@ -55,6 +57,8 @@ impl Relay {
             RoutersSupervisorArgs {
                 store: store.clone(),
                 metrics: RelayMetrics::new(),
+                router_restart: RestartPolicy::STANDARD,
+                rng: Rng::seeded(1),
             },
         )
         .await

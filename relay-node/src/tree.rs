@@ -2,10 +2,10 @@
 //!
 //! ```text
 //! RelayRoot ─────────────────────────── escalates: a dead top-level child stops the node
-//! ├── Infra ─────────────────────────── one-for-one, backoff; owns the Store (log + index)
+//! ├── Infra ─────────────────────────── one-for-one, backoff; escalates; owns the Store
 //! │   ├── BlobStore                      group commit, one flush per batch
 //! │   └── CleanupSweeper                 evicts expired items in bounded slices
-//! ├── RoutersSupervisor ─────────────── one-for-one, backoff; keeps subscriber tables
+//! ├── RoutersSupervisor ─────────────── one-for-one, backoff; parks a mailbox past intensity
 //! │   └── GroupRouter × active mailbox   acks pushes after the flush, fans out live
 //! ├── SessionsSupervisor ────────────── admits or refuses links; sessions never restart
 //! │   └── Session × connection
@@ -41,7 +41,7 @@ use zerok_actors::blob_store::core::{StoreBudget, StoreLimits};
 use zerok_actors::blob_store::{ItemStore, Store, StoreOptions};
 use zerok_actors::clock::Clock;
 use zerok_actors::fault::FaultPlan;
-use zerok_actors::infra::{InfraActor, InfraArgs};
+use zerok_actors::infra::{InfraActor, InfraArgs, STORE_RESTART_POLICY, SWEEPER_RESTART_POLICY};
 use zerok_actors::link::LinkListener;
 use zerok_actors::link::QueuePool;
 use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
@@ -50,7 +50,9 @@ use zerok_actors::listener::{ListenerActor, ListenerArgs};
 use zerok_actors::metrics::RelayMetrics;
 use zerok_actors::rate_limit::{RateLimitConfig, RelayLimiters};
 use zerok_actors::rng::Rng;
-use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
+use zerok_actors::routers_supervisor::{
+    ROUTER_RESTART_POLICY, RoutersSupervisorActor, RoutersSupervisorArgs,
+};
 use zerok_actors::sessions_supervisor::{
     SessionsConfig, SessionsSupervisorActor, SessionsSupervisorArgs,
 };
@@ -146,6 +148,8 @@ struct RootArgs {
     sessions: SessionsConfig,
     rate_limits: RateLimitConfig,
     rng: Rng,
+    /// The RoutersSupervisor's, for its restart jitter.
+    routers_rng: Rng,
     listener: LinkListener,
     http: Option<(tokio::net::TcpListener, HttpState)>,
 }
@@ -187,6 +191,8 @@ impl Actor for RelayRootActor {
             RoutersSupervisorArgs {
                 store: store.clone(),
                 metrics: metrics.clone(),
+                router_restart: ROUTER_RESTART_POLICY,
+                rng: args.routers_rng,
             },
             myself.get_cell(),
         )
@@ -455,6 +461,11 @@ impl RelayNode {
         };
         let store: Arc<dyn ItemStore> = Arc::new(store);
         let limits = &config.limits;
+        // Forked in this order so the sessions' generator is what it was before the
+        // supervisors drew restart jitter (seeded runs stay as they were).
+        let sessions_rng = rng.fork();
+        let infra_rng = rng.fork();
+        let routers_rng = rng.fork();
         let root_args = RootArgs {
             admission,
             infra: InfraArgs {
@@ -472,6 +483,9 @@ impl RelayNode {
                 metrics: metrics.clone(),
                 sweep_interval: Duration::from_secs(config.store.sweep_interval_secs),
                 sweep_slice_items: config.store.sweep_slice_items,
+                store_restart: STORE_RESTART_POLICY,
+                sweeper_restart: SWEEPER_RESTART_POLICY,
+                rng: infra_rng,
             },
             sessions: SessionsConfig {
                 relay_id,
@@ -493,7 +507,8 @@ impl RelayNode {
                 frames_global_per_sec: config.rate_limits.frames_global_per_sec,
                 frames_global_burst: config.rate_limits.frames_global_burst,
             },
-            rng: rng.fork(),
+            rng: sessions_rng,
+            routers_rng,
             listener: endpoint.listen(),
             http,
         };
