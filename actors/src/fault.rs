@@ -28,6 +28,9 @@ pub enum FaultPoint {
     /// Before every write of the store to its files (records, marks, a new segment, the
     /// reserve): the write fails as on a full disk (`ENOSPC`).
     StoreDiskFull,
+    /// When the client's Encryptor takes a batch to seal or open: the actor fails (as a bug
+    /// would), so its supervisor restarts it.
+    EncryptorBatch,
 }
 
 #[derive(Debug)]

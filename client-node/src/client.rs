@@ -1,6 +1,6 @@
 //! The app-facing handle: [`Client`]. The actor tree it starts is in [`crate::tree`].
 
-use crate::tree::{ClientRoot, RootArgs, RootMsg};
+use crate::tree::{ClientRoot, ENCRYPTOR_RESTART_POLICY, RootArgs, RootMsg};
 use ractor::{Actor, ActorRef};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,13 +9,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 use zerok_actors::admission::AdmissionToken;
-use zerok_actors::client::encryptor::EncryptorArgs;
 use zerok_actors::client::local_store::{KeyFileIdentity, LocalStore};
-use zerok_actors::client::sync_coordinator::CoordinatorArgs;
+use zerok_actors::client::sync_coordinator::{CONN_RESTART_POLICY, CoordinatorArgs};
 use zerok_actors::clock::Clock;
 use zerok_actors::crypto::envelope::DeviceKey;
 use zerok_actors::crypto::invite::{Invite, InviteSecret};
 use zerok_actors::crypto::keys::{GroupSecret, KdfParams, SALT_BYTES};
+use zerok_actors::fault::FaultPlan;
 use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
 use zerok_actors::rng::Rng;
 use zerok_messages::client::CoordMsg;
@@ -49,6 +49,9 @@ pub struct ClientConfig {
     pub clock: Clock,
     /// Randomness (`None` = system).
     pub rng: Option<Rng>,
+    /// Faults to inject into the client's actors (tests and the chaos harness; none by
+    /// default).
+    pub faults: FaultPlan,
 }
 
 impl ClientConfig {
@@ -62,6 +65,7 @@ impl ClientConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             clock: Clock::system(),
             rng: None,
+            faults: FaultPlan::none(),
         }
     }
 }
@@ -132,11 +136,12 @@ impl Client {
         let clock = config.clock.clone();
         let (ack_quorum, receive) = (config.ack_quorum, config.receive);
         let backlog_max = config.events_backlog_max;
+        let faults = config.faults.clone();
         let args = RootArgs {
-            encryptor: EncryptorArgs {
-                device,
-                rng: rng.fork(),
-            },
+            device,
+            rng: rng.fork(),
+            faults: config.faults.clone(),
+            encryptor_restart: ENCRYPTOR_RESTART_POLICY,
             coordinator: Box::new(move |encryptor| CoordinatorArgs {
                 store,
                 encryptor,
@@ -147,6 +152,8 @@ impl Client {
                 backlog_max,
                 clock,
                 rng: coordinator_rng,
+                conn_restart: CONN_RESTART_POLICY,
+                faults,
             }),
             coordinator_ref: Arc::clone(&coordinator_ref),
         };

@@ -1,40 +1,63 @@
-//! The client's actor tree (DESIGN.md §2), started by [`crate::Client::start`].
+//! The client's actor tree (docs/DESIGN.md §2), started by [`crate::Client::start`].
 //!
 //! ```text
-//! ClientRoot                        a dead child stops the client (calls answer `Stopped`)
+//! ClientRoot                        restarts the Encryptor (shared policy); a dead
+//! │                                 coordinator stops the client (calls answer `Stopped`)
 //! ├── Encryptor                     device key + group keys; seal / open
 //! └── SyncCoordinator               outbox, dedupe, seq checks, events; owns LocalStore (sled)
-//!     └── RelayConnection × relay   reconnects with jittered backoff; restarted if it dies
-//!         └── LinkReader
+//!     └── RelayConnection × relay   reconnects with jittered backoff; restarted (shared
+//!         └── LinkReader            policy), a relay left for a period past its intensity
 //! ```
 //!
 //! Wiring: the root spawns the Encryptor, then the coordinator with the Encryptor's ref; the
 //! coordinator spawns one RelayConnection per relay of any group (and re-wires them when
 //! groups or relay lists change); each connection spawns its LinkReader per link. No global
 //! registry: several clients run in one process without sharing anything.
+//!
+//! Supervision ([`zerok_actors::supervision`]): an Encryptor that dies is restarted after the
+//! policy's backoff and handed to the coordinator, which gives it every group's keys again
+//! from the local store and the batches the old one died with; past the policy's intensity
+//! the client stops. The coordinator owns the store, so its death stops the client: a
+//! restarted coordinator would reopen the store under a client whose calls are in flight.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::{Arc, Mutex};
-use tracing::error;
+use tracing::{error, warn};
 use zerok_actors::client::encryptor::{EncryptorActor, EncryptorArgs};
 use zerok_actors::client::sync_coordinator::{CoordinatorActor, CoordinatorArgs};
+use zerok_actors::crypto::envelope::DeviceKey;
+use zerok_actors::fault::FaultPlan;
+use zerok_actors::rng::Rng;
+use zerok_actors::supervision::{Restart, RestartPolicy, RestartTracker};
 use zerok_messages::client::{CoordMsg, EncryptorMsg};
 
-/// The root has no messages of its own: it only supervises.
-pub enum RootMsg {}
+/// The root's own messages.
+pub enum RootMsg {
+    /// Start the Encryptor again after its restart delay.
+    RestartEncryptor,
+}
 
 /// The client tree's root actor.
 pub struct ClientRoot;
 
 /// What the root needs to start its children.
 pub struct RootArgs {
-    /// The Encryptor's args.
-    pub encryptor: EncryptorArgs,
+    /// This device's signing key, for every Encryptor the root starts.
+    pub device: Arc<DeviceKey>,
+    /// Randomness: each Encryptor's nonces and the restart jitter.
+    pub rng: Rng,
+    /// Faults to inject (none in production).
+    pub faults: FaultPlan,
+    /// How the Encryptor is restarted.
+    pub encryptor_restart: RestartPolicy,
     /// Builds the coordinator's args once the Encryptor exists.
     pub coordinator: Box<dyn FnOnce(ActorRef<EncryptorMsg>) -> CoordinatorArgs + Send>,
     /// Where the coordinator's ref is left for the handle.
     pub coordinator_ref: Arc<Mutex<Option<ActorRef<CoordMsg>>>>,
 }
+
+/// How the client restarts its Encryptor: the shared standard policy.
+pub const ENCRYPTOR_RESTART_POLICY: RestartPolicy = RestartPolicy::STANDARD;
 
 /// How long the root waits for each child to stop when the client shuts down.
 const CHILD_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -44,7 +67,26 @@ const CHILD_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// restarted at once on the same home dir opens it.
 pub struct RootState {
     coordinator: ActorRef<CoordMsg>,
-    encryptor: ActorRef<EncryptorMsg>,
+    encryptor: Option<ActorRef<EncryptorMsg>>,
+    device: Arc<DeviceKey>,
+    rng: Rng,
+    faults: FaultPlan,
+    encryptor_restarts: RestartTracker,
+}
+
+async fn spawn_encryptor(
+    root: &ActorRef<RootMsg>,
+    device: &Arc<DeviceKey>,
+    rng: &mut Rng,
+    faults: &FaultPlan,
+) -> Result<ActorRef<EncryptorMsg>, ActorProcessingErr> {
+    let args = EncryptorArgs {
+        device: Arc::clone(device),
+        rng: rng.fork(),
+        faults: faults.clone(),
+    };
+    let (encryptor, _) = Actor::spawn_linked(None, EncryptorActor, args, root.get_cell()).await?;
+    Ok(encryptor)
 }
 
 impl Actor for ClientRoot {
@@ -55,10 +97,9 @@ impl Actor for ClientRoot {
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: RootArgs,
+        mut args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
-        let (encryptor, _) =
-            Actor::spawn_linked(None, EncryptorActor, args.encryptor, myself.get_cell()).await?;
+        let encryptor = spawn_encryptor(&myself, &args.device, &mut args.rng, &args.faults).await?;
         let (coordinator, _) = Actor::spawn_linked(
             None,
             CoordinatorActor,
@@ -69,8 +110,31 @@ impl Actor for ClientRoot {
         *zerok_messages::sync::lock(&args.coordinator_ref) = Some(coordinator.clone());
         Ok(RootState {
             coordinator,
-            encryptor,
+            encryptor: Some(encryptor),
+            device: args.device,
+            rng: args.rng,
+            faults: args.faults,
+            encryptor_restarts: RestartTracker::new(args.encryptor_restart),
         })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RootMsg::RestartEncryptor => {
+                let encryptor =
+                    spawn_encryptor(&myself, &state.device, &mut state.rng, &state.faults).await?;
+                state.encryptor = Some(encryptor.clone());
+                state
+                    .coordinator
+                    .cast(CoordMsg::EncryptorRestarted(encryptor))?;
+            }
+        }
+        Ok(())
     }
 
     async fn post_stop(
@@ -83,10 +147,11 @@ impl Actor for ClientRoot {
             .coordinator
             .stop_and_wait(Some("shutdown".into()), Some(CHILD_STOP_TIMEOUT))
             .await;
-        let _ = state
-            .encryptor
-            .stop_and_wait(Some("shutdown".into()), Some(CHILD_STOP_TIMEOUT))
-            .await;
+        if let Some(encryptor) = &state.encryptor {
+            let _ = encryptor
+                .stop_and_wait(Some("shutdown".into()), Some(CHILD_STOP_TIMEOUT))
+                .await;
+        }
         Ok(())
     }
 
@@ -94,20 +159,34 @@ impl Actor for ClientRoot {
         &self,
         myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
-        _state: &mut RootState,
+        state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        match event {
-            SupervisionEvent::ActorFailed(_, err) => {
-                error!(error = %err, "client actor failed; the client stops");
-                myself.stop(Some("child failed".into()));
+        let Some((id, reason)) = zerok_actors::supervision::ended(&event) else {
+            return Ok(());
+        };
+        if reason == "shutdown" {
+            myself.stop(Some(reason));
+            return Ok(());
+        }
+        let is_encryptor = state.encryptor.as_ref().is_some_and(|e| e.get_id() == id);
+        if !is_encryptor {
+            error!(reason = %reason, "client coordinator stopped; the client stops");
+            myself.stop(Some("coordinator stopped".into()));
+            return Ok(());
+        }
+        state.encryptor = None;
+        match state
+            .encryptor_restarts
+            .on_crash(tokio::time::Instant::now(), &mut state.rng)
+        {
+            Restart::After(delay) => {
+                warn!(reason = %reason, delay_ms = delay.as_millis() as u64, "encryptor died; restarting it");
+                myself.send_after(delay, || RootMsg::RestartEncryptor);
             }
-            SupervisionEvent::ActorTerminated(_, _, reason) => {
-                if reason.as_deref() != Some("shutdown") {
-                    error!("client actor stopped; the client stops");
-                }
-                myself.stop(reason);
+            Restart::Escalate => {
+                error!(reason = %reason, "encryptor keeps dying; the client stops");
+                myself.stop(Some("encryptor keeps dying".into()));
             }
-            _ => {}
         }
         Ok(())
     }

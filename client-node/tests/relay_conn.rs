@@ -15,6 +15,7 @@ use zerok_actors::client::relay_connection::{
     DEAD_AFTER, PING_EVERY, RelayConnActor, RelayConnArgs,
 };
 use zerok_actors::crypto::keys::GroupSecret;
+use zerok_actors::fault::FaultPlan;
 use zerok_actors::link::{Link, MemoryNetwork};
 use zerok_actors::rng::Rng;
 use zerok_client::GroupId;
@@ -151,6 +152,7 @@ async fn a_relay_that_stops_reading_cannot_wedge_the_connection() {
             receive: false,
             coordinator: probe,
             rng: Rng::seeded(1),
+            faults: FaultPlan::none(),
         },
     )
     .await
@@ -331,6 +333,7 @@ async fn requests_refused_for_a_moment_are_sent_again_after_the_hint() {
             receive: true,
             coordinator: probe,
             rng: Rng::seeded(1),
+            faults: FaultPlan::none(),
         },
     )
     .await

@@ -12,6 +12,7 @@ use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -400,8 +401,9 @@ pub enum EncryptorMsg {
     },
     /// Seal payloads as this device's records; answers one result per record, in order.
     SealMany {
-        /// The records.
-        records: Vec<ToSeal>,
+        /// The records (shared: the coordinator keeps them until they are sealed, so a batch
+        /// an Encryptor died with is sealed again by its successor).
+        records: Arc<Vec<ToSeal>>,
         /// The sealed envelopes.
         reply: RpcReplyPort<Vec<Result<Sealed, String>>>,
     },
@@ -415,6 +417,7 @@ pub enum EncryptorMsg {
 }
 
 /// A record to seal.
+#[derive(Clone)]
 pub struct ToSeal {
     /// The group.
     pub group: GroupId,
@@ -642,6 +645,22 @@ pub enum CoordMsg {
         /// Who waits for them, in order, with how many records each.
         waiters: Vec<SealWaiter>,
     },
+    /// The Encryptor died with a batch to seal: it is sealed again once it is restarted.
+    SealFailed {
+        /// The batch's records.
+        records: Arc<Vec<ToSeal>>,
+        /// Who waits for them.
+        waiters: Vec<SealWaiter>,
+    },
+    /// The Encryptor died with received items to open: they are opened again once it is
+    /// restarted (marking them undecryptable would skip them for good).
+    OpenFailed {
+        /// The relays' batches.
+        batches: Vec<ToOpenBatch>,
+    },
+    /// The Encryptor was restarted (ClientRoot): the coordinator hands it every group's keys
+    /// again, from the local store, and the batches it died with.
+    EncryptorRestarted(ractor::ActorRef<EncryptorMsg>),
     /// The Encryptor opened a batch of received items (`results` in the batches' order).
     Opened {
         /// The relays' batches.
@@ -704,6 +723,11 @@ pub enum CoordMsg {
     },
     /// Resend refused pushes.
     RetryDue,
+    /// Start the connection of a relay again after its restart delay.
+    ConnRestartDue {
+        /// The relay.
+        relay: DeviceId,
+    },
     /// The app's event channel has room again.
     EventRoom,
 }

@@ -9,11 +9,12 @@
 
 use crate::crypto::envelope::{self, DeviceKey, NONCE_BYTES, OpenError, RecordKind};
 use crate::crypto::keys::EpochKeys;
+use crate::fault::{FaultPlan, FaultPoint};
 use crate::rng::Rng;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
 use std::sync::Arc;
-use zerok_messages::client::{EncryptorMsg, GroupId, ToOpen, ToSeal};
+use zerok_messages::client::{EncryptorMsg, GroupId, ToOpen};
 
 /// Records per chunk at least, so a chunk's work (~25–45 µs a record) outweighs the cost of
 /// handing it to the blocking pool (a thread wake-up, tens of µs when threads are parked);
@@ -72,6 +73,8 @@ pub struct EncryptorArgs {
     pub device: Arc<DeviceKey>,
     /// Randomness for nonces.
     pub rng: Rng,
+    /// Faults to inject (none in production): `EncryptorBatch` makes it fail on a batch.
+    pub faults: FaultPlan,
 }
 
 /// Encryptor state.
@@ -80,6 +83,7 @@ pub struct EncryptorState {
     rng: Rng,
     groups: HashMap<GroupId, Arc<EpochKeys>>,
     cores: usize,
+    faults: FaultPlan,
 }
 
 impl Actor for EncryptorActor {
@@ -97,6 +101,7 @@ impl Actor for EncryptorActor {
             rng: args.rng,
             groups: HashMap::new(),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            faults: args.faults,
         })
     }
 
@@ -113,13 +118,18 @@ impl Actor for EncryptorActor {
                     .insert(group, Arc::new(EpochKeys::from_secret(&keys)));
             }
             EncryptorMsg::SealMany { records, reply } => {
+                if state.faults.should_fail(FaultPoint::EncryptorBatch) {
+                    return Err("fault injected: the Encryptor fails on a batch".into());
+                }
                 let device = Arc::clone(&state.device);
-                let inputs: Vec<(Option<Arc<EpochKeys>>, ToSeal, [u8; NONCE_BYTES])> = records
-                    .into_iter()
-                    .map(|r| (state.groups.get(&r.group).cloned(), r, state.rng.bytes()))
+                let inputs: Vec<(Option<Arc<EpochKeys>>, usize, [u8; NONCE_BYTES])> = records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (state.groups.get(&r.group).cloned(), i, state.rng.bytes()))
                     .collect();
                 let work = Arc::new(
-                    move |(keys, r, nonce): (Option<Arc<EpochKeys>>, ToSeal, [u8; NONCE_BYTES])| {
+                    move |(keys, i, nonce): (Option<Arc<EpochKeys>>, usize, [u8; NONCE_BYTES])| {
+                        let r = &records[i];
                         let Some(keys) = keys else {
                             return Err(format!("no keys for group {}", r.group));
                         };
@@ -133,6 +143,9 @@ impl Actor for EncryptorActor {
                 });
             }
             EncryptorMsg::OpenMany { envelopes, reply } => {
+                if state.faults.should_fail(FaultPoint::EncryptorBatch) {
+                    return Err("fault injected: the Encryptor fails on a batch".into());
+                }
                 let inputs: Vec<(Option<Arc<EpochKeys>>, ToOpen)> = envelopes
                     .into_iter()
                     .map(|e| (state.groups.get(&e.group).cloned(), e))

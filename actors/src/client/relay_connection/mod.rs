@@ -22,6 +22,7 @@
 
 use crate::crypto::join::sign_join;
 use crate::crypto::keys::MailboxSigner;
+use crate::fault::{FaultPlan, FaultPoint};
 use crate::link::hello::hello;
 use crate::link::{Dialer, LinkReceiver, LinkSender};
 use crate::link_reader::{LinkReaderActor, LinkReaderArgs};
@@ -89,6 +90,9 @@ pub struct RelayConnArgs {
     pub coordinator: ActorRef<CoordMsg>,
     /// Jitter.
     pub rng: Rng,
+    /// Faults to inject (none in production): `FrameReceive` makes the actor fail on a
+    /// frame, as a bug a relay's frames trigger would.
+    pub faults: FaultPlan,
 }
 
 enum Pending {
@@ -243,6 +247,7 @@ pub struct RelayConnState {
     generation: u64,
     attempts: u32,
     is_dialing: bool,
+    faults: FaultPlan,
 }
 
 /// Where a pull page leaves the connection's cursor of the group: at the page's `next`, but
@@ -753,6 +758,7 @@ impl Actor for RelayConnActor {
             generation: 0,
             attempts: 0,
             is_dialing: false,
+            faults: args.faults,
         })
     }
 
@@ -830,6 +836,9 @@ impl Actor for RelayConnActor {
             }
             RelayConnMsg::Link(LinkEvent::Frame { body, permit }) => {
                 drop(permit);
+                if state.faults.should_fail(FaultPoint::FrameReceive) {
+                    return Err("fault injected: a frame the connection cannot handle".into());
+                }
                 if let Some(conn) = state.conn.as_mut() {
                     conn.last_frame = tokio::time::Instant::now();
                 }

@@ -28,15 +28,17 @@ use crate::clock::Clock;
 use crate::crypto::envelope::{OpenError, OpenedRecord, PAYLOAD_BYTES_MAX, Sealed};
 use crate::crypto::keys::EpochKeys;
 use crate::crypto::seq::{Hlc, SeqTracker, SeqVerdict};
+use crate::fault::FaultPlan;
 use crate::link::Dialer;
 use crate::rng::Rng;
+use crate::supervision::{Restart, RestartPolicy, RestartTracker};
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 use zeroize::Zeroizing;
 use zerok_messages::MailboxId;
 use zerok_messages::client::{
@@ -91,7 +93,18 @@ pub struct CoordinatorArgs {
     pub clock: Clock,
     /// Randomness (reconnect jitter).
     pub rng: Rng,
+    /// How a RelayConnection that died is restarted (DESIGN.md §2).
+    pub conn_restart: RestartPolicy,
+    /// Faults to inject into the RelayConnections (none in production).
+    pub faults: FaultPlan,
 }
+
+/// How the client restarts a RelayConnection that died: the shared standard policy. Past its
+/// intensity the coordinator, the connection's supervisor, leaves that relay alone for the
+/// policy's period (reported as `RelayDown`) and then tries it afresh; the other relays and
+/// the client go on. Stopping the whole client because one relay's connection keeps failing
+/// would turn one bad relay into an outage.
+pub const CONN_RESTART_POLICY: RestartPolicy = RestartPolicy::STANDARD;
 
 struct GroupState {
     /// Own pushes up to this seq are durable in the outbox (only they may go to relays).
@@ -169,6 +182,13 @@ pub struct CoordinatorState {
     own: DeviceId,
     /// Recent blob ids pushed or taken (bounded).
     seen: SeenIds,
+    /// Relay up/down events the app's full channel did not take yet: the latest per relay
+    /// (an up and a down in between coalesce), handed over before any record.
+    link_events: Vec<(DeviceId, Event)>,
+    /// Crash history of each relay's connection.
+    conn_restarts: HashMap<DeviceId, RestartTracker>,
+    /// Relays whose connection died and waits for its restart (`ConnRestartDue`).
+    restarting: HashSet<DeviceId>,
 }
 
 /// What happens once a store ticket is durable.
@@ -181,6 +201,14 @@ enum AfterDurable {
     },
     /// A barrier passes.
     Barrier(RpcReplyPort<()>),
+}
+
+/// The current epoch's secret of a group, as the Encryptor takes it.
+fn epoch_secret(record: &GroupRecord) -> EpochSecret {
+    EpochSecret {
+        epoch: Epoch(record.epoch),
+        secret: Zeroizing::new(record.secret),
+    }
 }
 
 fn parse_relays(record: &GroupRecord) -> Vec<RelayAddr> {
@@ -199,10 +227,7 @@ fn parse_relays(record: &GroupRecord) -> Vec<RelayAddr> {
 
 impl CoordinatorState {
     fn load_group(&self, id: GroupId, record: GroupRecord) -> Result<GroupState, ClientError> {
-        let secret = EpochSecret {
-            epoch: Epoch(record.epoch),
-            secret: Zeroizing::new(record.secret),
-        };
+        let secret = epoch_secret(&record);
         let keys = EpochKeys::from_secret(&secret);
         let store = &self.args.store;
         let outbox: BTreeMap<u64, Queued> = store
@@ -279,6 +304,9 @@ impl CoordinatorState {
             }
         }
         for (id, (addr, groups)) in wanted {
+            if self.restarting.contains(&id) {
+                continue;
+            }
             if let Some(entry) = self.conns.get(&id) {
                 if entry.addr == addr {
                     let _ = entry.actor.cast(RelayConnMsg::SetGroups(groups));
@@ -296,6 +324,7 @@ impl CoordinatorState {
                 receive: self.args.receive,
                 coordinator: myself.clone(),
                 rng: self.args.rng.fork(),
+                faults: self.args.faults.clone(),
             };
             match Actor::spawn_linked(None, RelayConnActor, args, myself.get_cell()).await {
                 Ok((actor, _)) => {
@@ -501,6 +530,7 @@ impl CoordinatorState {
                 })
             })
             .collect();
+        let expected: usize = batches.iter().map(|b| b.items.len()).sum();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = self.args.encryptor.cast(EncryptorMsg::OpenMany {
             envelopes,
@@ -508,9 +538,13 @@ impl CoordinatorState {
         });
         let myself = myself.clone();
         tokio::spawn(async move {
-            // A stopped Encryptor answers nothing: every item is then undecryptable.
-            let results = rx.await.unwrap_or_default();
-            let _ = myself.cast(CoordMsg::Opened { batches, results });
+            // An Encryptor that died answers nothing (or not every item): the items are
+            // opened again by its successor, not taken as undecryptable.
+            let message = match rx.await {
+                Ok(results) if results.len() == expected => CoordMsg::Opened { batches, results },
+                _ => CoordMsg::OpenFailed { batches },
+            };
+            let _ = myself.cast(message);
         });
     }
 
@@ -560,6 +594,14 @@ impl CoordinatorState {
     /// handed over is applied to the store once per group.
     fn drain(&mut self, myself: &ActorRef<CoordMsg>) -> Result<(), ClientError> {
         let events = self.args.events.clone();
+        while !self.link_events.is_empty() {
+            if !events.is_closed() && events.capacity() == 0 {
+                self.wait_for_room(myself);
+                return Ok(());
+            }
+            let (_, event) = self.link_events.remove(0);
+            hand_over(&events, event);
+        }
         let mut touched: BTreeMap<GroupId, ReceivedBatch> = BTreeMap::new();
         while let Some(mut front) = self.backlog.pop_front() {
             let batch = touched.entry(front.group).or_default();
@@ -706,10 +748,19 @@ impl CoordinatorState {
         );
     }
 
-    async fn emit(&self, event: Event) {
-        if self.args.events.send(event).await.is_err() {
-            debug!("the app dropped the event stream");
+    /// Tell the app a relay went up or down, never waiting for it: with room (and nothing
+    /// older waiting) at once, else kept as the relay's latest state until the app reads.
+    fn emit_link(&mut self, myself: &ActorRef<CoordMsg>, relay: DeviceId, event: Event) {
+        let events = &self.args.events;
+        if self.link_events.is_empty() && (events.is_closed() || events.capacity() > 0) {
+            hand_over(events, event);
+            return;
         }
+        match self.link_events.iter_mut().find(|(r, _)| *r == relay) {
+            Some(queued) => queued.1 = event,
+            None => self.link_events.push((relay, event)),
+        }
+        self.wait_for_room(myself);
     }
 
     fn schedule_retry(&mut self, myself: &ActorRef<CoordMsg>, after: Duration) {
@@ -792,7 +843,7 @@ impl CoordinatorState {
             take_records += waiter.count;
         }
         let waiters: Vec<SealWaiter> = self.seal_waiters.drain(..take_waiters).collect();
-        let records: Vec<ToSeal> = self.to_seal.drain(..take_records).collect();
+        let records: Arc<Vec<ToSeal>> = Arc::new(self.to_seal.drain(..take_records).collect());
         // The outbox numbering: the record's seq plus the group's base.
         let numbered: Vec<(GroupId, u64, u64)> = records
             .iter()
@@ -803,17 +854,22 @@ impl CoordinatorState {
             .collect();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = self.args.encryptor.cast(EncryptorMsg::SealMany {
-            records,
+            records: Arc::clone(&records),
             reply: tx.into(),
         });
         let myself = myself.clone();
         tokio::spawn(async move {
-            let results = rx.await.unwrap_or_default();
-            let _ = myself.cast(CoordMsg::Sealed {
-                records: numbered,
-                results,
-                waiters,
-            });
+            // An Encryptor that died answers nothing (or not every record): the batch is
+            // sealed again by its successor, under the same seqs.
+            let message = match rx.await {
+                Ok(results) if results.len() == records.len() => CoordMsg::Sealed {
+                    records: numbered,
+                    results,
+                    waiters,
+                },
+                _ => CoordMsg::SealFailed { records, waiters },
+            };
+            let _ = myself.cast(message);
         });
     }
 
@@ -1036,6 +1092,9 @@ impl Actor for CoordinatorActor {
             is_opening: false,
             own,
             seen: SeenIds::default(),
+            link_events: Vec::new(),
+            conn_restarts: HashMap::new(),
+            restarting: HashSet::new(),
         };
         // The store's group commit reports here; the task ends with the coordinator.
         let mut durable = state.args.store.watch_durable();
@@ -1072,7 +1131,7 @@ impl Actor for CoordinatorActor {
                     if let Some(conn) = state.conns.get_mut(&relay) {
                         conn.is_up = true;
                     }
-                    state.emit(Event::RelayUp { relay }).await;
+                    state.emit_link(&myself, relay, Event::RelayUp { relay });
                 }
                 RelayEvent::Down { relay, reason } => {
                     let was_up = state.conns.get(&relay).is_some_and(|c| c.is_up);
@@ -1080,7 +1139,7 @@ impl Actor for CoordinatorActor {
                         conn.is_up = false;
                     }
                     if was_up {
-                        state.emit(Event::RelayDown { relay, reason }).await;
+                        state.emit_link(&myself, relay, Event::RelayDown { relay, reason });
                     }
                 }
                 RelayEvent::Joined { relay, group } => {
@@ -1151,6 +1210,36 @@ impl Actor for CoordinatorActor {
                 results,
                 waiters,
             } => state.on_sealed(&myself, records, results, waiters),
+            CoordMsg::SealFailed { records, waiters } => {
+                warn!(
+                    records = records.len(),
+                    "the Encryptor did not seal a batch; it is sealed again once the Encryptor is back"
+                );
+                state.is_sealing = false;
+                let records = Arc::try_unwrap(records).unwrap_or_else(|shared| (*shared).clone());
+                state.to_seal.splice(0..0, records);
+                state.seal_waiters.splice(0..0, waiters);
+            }
+            CoordMsg::OpenFailed { mut batches } => {
+                warn!(
+                    batches = batches.len(),
+                    "the Encryptor did not open a batch; it is opened again once the Encryptor is back"
+                );
+                state.is_opening = false;
+                batches.append(&mut state.to_open);
+                state.to_open = batches;
+            }
+            CoordMsg::EncryptorRestarted(encryptor) => {
+                state.args.encryptor = encryptor;
+                for (id, record) in state.args.store.groups()? {
+                    state.args.encryptor.cast(EncryptorMsg::SetGroup {
+                        group: id,
+                        keys: epoch_secret(&record),
+                    })?;
+                }
+                state.start_seal(&myself);
+                state.start_open(&myself);
+            }
             CoordMsg::Opened { batches, results } => {
                 state.on_opened(&myself, batches, results)?;
             }
@@ -1218,6 +1307,11 @@ impl Actor for CoordinatorActor {
                     state.pass_when_durable(reply);
                 } else {
                     state.barriers.push(reply);
+                }
+            }
+            CoordMsg::ConnRestartDue { relay } => {
+                if state.restarting.remove(&relay) {
+                    state.rewire(&myself).await;
                 }
             }
             CoordMsg::EventRoom => {
@@ -1295,13 +1389,32 @@ impl Actor for CoordinatorActor {
             .find(|(_, c)| c.actor.get_id() == actor)
             .map(|(id, _)| *id);
         // A connection that was removed (or is stopping with the client) is not restarted.
-        if let Some(id) = dead
-            && reason != "relay removed"
-        {
-            warn!(relay = %id.short(), reason = %reason, "relay connection died; restarting it");
-            state.conns.remove(&id);
-            state.rewire(&myself).await;
+        let Some(id) = dead.filter(|_| reason != "relay removed") else {
+            return Ok(());
+        };
+        let was_up = state.conns.remove(&id).is_some_and(|c| c.is_up);
+        let policy = state.args.conn_restart;
+        let tracker = state
+            .conn_restarts
+            .entry(id)
+            .or_insert_with(|| RestartTracker::new(policy));
+        let delay = match tracker.on_crash(tokio::time::Instant::now(), &mut state.args.rng) {
+            Restart::After(delay) => {
+                warn!(relay = %id.short(), reason = %reason, delay_ms = delay.as_millis() as u64, "relay connection died; restarting it");
+                delay
+            }
+            Restart::Escalate => {
+                error!(relay = %id.short(), reason = %reason, restarts = policy.intensity, period_s = policy.period.as_secs(), "relay connection keeps dying; leaving this relay for a period");
+                *tracker = RestartTracker::new(policy);
+                policy.period
+            }
+        };
+        if was_up {
+            let reason = format!("connection failed: {reason}");
+            state.emit_link(&myself, id, Event::RelayDown { relay: id, reason });
         }
+        state.restarting.insert(id);
+        myself.send_after(delay, move || CoordMsg::ConnRestartDue { relay: id });
         Ok(())
     }
 }
