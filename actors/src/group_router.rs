@@ -24,7 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 use zerok_messages::codec;
 use zerok_messages::link::LinkError;
 use zerok_messages::relay::{
@@ -87,6 +87,8 @@ struct PendingPush {
 
 /// Router state.
 pub struct GroupRouterState {
+    /// `router{mailbox}`: one mailbox's story in the relay's log.
+    span: tracing::Span,
     mailbox: MailboxId,
     store: SharedRef<BlobStoreMsg>,
     subscribers: SubscriberTable,
@@ -226,6 +228,7 @@ impl Actor for GroupRouterActor {
         .map_err(|err| format!("store failed: {err}"))?;
         let store_id = args.store.get().get_id();
         let state = GroupRouterState {
+            span: tracing::info_span!("router", mailbox = %args.mailbox.short()),
             mailbox,
             store: args.store,
             store_id,
@@ -255,124 +258,130 @@ impl Actor for GroupRouterActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            GroupRouterMsg::Push {
-                blob_id,
-                ciphertext,
-                ttl_secs,
-                reply,
-            } => {
-                if state.pending.len() >= PENDING_PUSHES_MAX {
-                    let _ = reply.send(Err(StoreError::Unavailable("mailbox busy".into())));
-                    return Ok(());
-                }
-                state.resend_if_store_replaced(&myself);
-                let token = state.next_token;
-                state.next_token += 1;
-                let request = AppendRequest {
-                    token,
-                    mailbox: state.mailbox,
+        // Every line this actor logs carries its span (see the state's `span`).
+        let span = state.span.clone();
+        async move {
+            match message {
+                GroupRouterMsg::Push {
                     blob_id,
-                    ciphertext: ciphertext.clone(),
+                    ciphertext,
                     ttl_secs,
-                };
-                if let Err(err) = state.store.get().cast(BlobStoreMsg::Append {
-                    requests: vec![request],
-                    reply_to: myself.clone(),
-                }) {
-                    warn!(error = %err, "store unreachable");
-                    let _ = reply.send(Err(StoreError::Unavailable("store restarting".into())));
-                    return Ok(());
-                }
-                state.pending.insert(
-                    token,
-                    PendingPush {
+                    reply,
+                } => {
+                    if state.pending.len() >= PENDING_PUSHES_MAX {
+                        let _ = reply.send(Err(StoreError::Unavailable("mailbox busy".into())));
+                        return Ok(());
+                    }
+                    state.resend_if_store_replaced(&myself);
+                    let token = state.next_token;
+                    state.next_token += 1;
+                    let request = AppendRequest {
+                        token,
+                        mailbox: state.mailbox,
                         blob_id,
-                        ciphertext,
+                        ciphertext: ciphertext.clone(),
                         ttl_secs,
-                        reply,
-                    },
-                );
-                state.schedule_store_check(&myself);
-            }
-            GroupRouterMsg::Stored { results } => {
-                let mut is_lagging = false;
-                for (token, outcome) in results {
-                    let Some(push) = state.pending.remove(&token) else {
-                        debug!(token, "stored outcome for an unknown push");
-                        continue;
                     };
-                    match outcome {
-                        StoreOutcome::Stored {
-                            cursor,
-                            duplicate,
-                            stored_at_ms,
-                        } => {
-                            let _ = push.reply.send(Ok(PushAcked { cursor, duplicate }));
-                            if duplicate || cursor <= state.latest {
-                                continue;
+                    if let Err(err) = state.store.get().cast(BlobStoreMsg::Append {
+                        requests: vec![request],
+                        reply_to: myself.clone(),
+                    }) {
+                        warn!(error = %err, "store unreachable");
+                        let _ = reply.send(Err(StoreError::Unavailable("store restarting".into())));
+                        return Ok(());
+                    }
+                    state.pending.insert(
+                        token,
+                        PendingPush {
+                            blob_id,
+                            ciphertext,
+                            ttl_secs,
+                            reply,
+                        },
+                    );
+                    state.schedule_store_check(&myself);
+                }
+                GroupRouterMsg::Stored { results } => {
+                    let mut is_lagging = false;
+                    for (token, outcome) in results {
+                        let Some(push) = state.pending.remove(&token) else {
+                            debug!(token, "stored outcome for an unknown push");
+                            continue;
+                        };
+                        match outcome {
+                            StoreOutcome::Stored {
+                                cursor,
+                                duplicate,
+                                stored_at_ms,
+                            } => {
+                                let _ = push.reply.send(Ok(PushAcked { cursor, duplicate }));
+                                if duplicate || cursor <= state.latest {
+                                    continue;
+                                }
+                                state.latest = cursor;
+                                let frame = codec::encode(&Frame::Deliver {
+                                    mailbox: state.mailbox,
+                                    item: Item {
+                                        cursor,
+                                        blob_id: push.blob_id,
+                                        ciphertext: push.ciphertext,
+                                        stored_at_ms,
+                                    },
+                                });
+                                match frame {
+                                    Ok(frame) => is_lagging |= state.fan_out(&Bytes::from(frame)),
+                                    Err(err) => warn!(error = %err, "deliver frame not encodable"),
+                                }
                             }
-                            state.latest = cursor;
-                            let frame = codec::encode(&Frame::Deliver {
-                                mailbox: state.mailbox,
-                                item: Item {
-                                    cursor,
-                                    blob_id: push.blob_id,
-                                    ciphertext: push.ciphertext,
-                                    stored_at_ms,
-                                },
-                            });
-                            match frame {
-                                Ok(frame) => is_lagging |= state.fan_out(&Bytes::from(frame)),
-                                Err(err) => warn!(error = %err, "deliver frame not encodable"),
+                            StoreOutcome::Rejected(err) => {
+                                let _ = push.reply.send(Err(err));
                             }
-                        }
-                        StoreOutcome::Rejected(err) => {
-                            let _ = push.reply.send(Err(err));
                         }
                     }
+                    if is_lagging {
+                        state.schedule_notify(&myself);
+                    }
                 }
-                if is_lagging {
-                    state.schedule_notify(&myself);
-                }
-            }
-            GroupRouterMsg::Subscribe {
-                subscriber,
-                sink,
-                reply,
-            } => {
-                lock(&state.subscribers).insert(
+                GroupRouterMsg::Subscribe {
                     subscriber,
-                    Subscriber {
-                        sink,
-                        lagging: false,
-                    },
-                );
-                let _ = reply.send(state.latest);
-            }
-            GroupRouterMsg::Unsubscribe { subscriber } => {
-                lock(&state.subscribers).remove(&subscriber);
-            }
-            GroupRouterMsg::NotifyDue => {
-                state.is_notify_scheduled = false;
-                if state.notify_lagging() {
-                    state.schedule_notify(&myself);
+                    sink,
+                    reply,
+                } => {
+                    lock(&state.subscribers).insert(
+                        subscriber,
+                        Subscriber {
+                            sink,
+                            lagging: false,
+                        },
+                    );
+                    let _ = reply.send(state.latest);
+                }
+                GroupRouterMsg::Unsubscribe { subscriber } => {
+                    lock(&state.subscribers).remove(&subscriber);
+                }
+                GroupRouterMsg::NotifyDue => {
+                    state.is_notify_scheduled = false;
+                    if state.notify_lagging() {
+                        state.schedule_notify(&myself);
+                    }
+                }
+                GroupRouterMsg::StoreCheckDue => {
+                    state.is_store_check_scheduled = false;
+                    state.resend_if_store_replaced(&myself);
+                    state.schedule_store_check(&myself);
+                }
+                GroupRouterMsg::IdleCheckDue => {
+                    if !state.is_idle() {
+                        state.idle_since = tokio::time::Instant::now();
+                    } else if state.idle_since.elapsed() >= IDLE_STOP_AFTER {
+                        debug!(mailbox = %state.mailbox.short(), "router idle, stopping");
+                        myself.stop(Some(IDLE_STOP_REASON.into()));
+                    }
                 }
             }
-            GroupRouterMsg::StoreCheckDue => {
-                state.is_store_check_scheduled = false;
-                state.resend_if_store_replaced(&myself);
-                state.schedule_store_check(&myself);
-            }
-            GroupRouterMsg::IdleCheckDue => {
-                if !state.is_idle() {
-                    state.idle_since = tokio::time::Instant::now();
-                } else if state.idle_since.elapsed() >= IDLE_STOP_AFTER {
-                    debug!(mailbox = %state.mailbox.short(), "router idle, stopping");
-                    myself.stop(Some(IDLE_STOP_REASON.into()));
-                }
-            }
+            Ok(())
         }
-        Ok(())
+        .instrument(span)
+        .await
     }
 }

@@ -417,7 +417,7 @@ impl Client {
     /// [`Client::enqueue`] for several records at once, in order (they get consecutive seqs
     /// and reach every relay in this order): sealed in parallel, written in one atomic batch,
     /// durable in one flush. Returns their blob ids, in order, once all are safe in the
-    /// outbox. At most [`crate::coordinator::ENQUEUE_MANY_RECORDS_MAX`] records per call.
+    /// outbox. At most [`zerok_actors::client::sync_coordinator::ENQUEUE_MANY_RECORDS_MAX`] records per call.
     pub async fn enqueue_many(
         &self,
         group: GroupId,

@@ -571,6 +571,13 @@ async fn json_logs_are_one_object_per_line_and_rust_log_filters() {
         logs.contains("\"DEBUG\""),
         "RUST_LOG=debug reaches the relay: {logs}"
     );
+    // One device's story can be followed: its session's lines carry the session span with
+    // the peer, and a mailbox's router's lines the mailbox.
+    let peer = alice.device_id.short();
+    assert!(
+        logs.contains("\"name\":\"session\"") && logs.contains(&format!("\"peer\":\"{peer}\"")),
+        "a line in the session{{peer}} span: {logs}"
+    );
 }
 
 /// A gauge's value in a `/metrics` text.

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, oneshot};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 use zerok_messages::codec;
 use zerok_messages::link::{FramePermit, LinkError, LinkReceiver, LinkSender};
 use zerok_messages::relay::{
@@ -93,6 +93,8 @@ pub struct SessionArgs {
 
 /// Session state.
 pub struct SessionState {
+    /// `session{peer}`: one device's story in the relay's log.
+    span: tracing::Span,
     core: SessionCore,
     peer: DeviceId,
     sender: LinkSender,
@@ -315,6 +317,9 @@ impl SessionState {
                         unavailable(req, "store did not answer")
                     }
                 };
+                if let Frame::Joined { latest, .. } = &frame {
+                    debug!(mailbox = %mailbox.short(), latest = latest.0, "joined");
+                }
                 replies.queue(frame);
                 drop(permit);
             }
@@ -515,6 +520,7 @@ impl Actor for SessionActor {
         myself.send_interval(check_every, || SessionMsg::IdleCheckDue);
         args.metrics.sessions.inc();
         Ok(SessionState {
+            span: tracing::info_span!("session", peer = %args.peer.short()),
             core: SessionCore::new(args.relay_id, args.peer, args.nonce, args.limits.clone()),
             peer: args.peer,
             sender: args.sender,
@@ -539,31 +545,37 @@ impl Actor for SessionActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // Every await below is boxed: ractor keeps the future of `handle`, sized for its
-        // largest branch, allocated for the actor's whole life, and a session is idle most of
-        // its life. A box per handled message instead of ~3 KiB held per connection.
-        match message {
-            SessionMsg::FrameReceived { body, permit } => {
-                Box::pin(state.on_frame(&myself, body, permit)).await;
-            }
-            SessionMsg::LinkClosed { error } => {
-                if let Some(error) = error {
-                    debug!(peer = %state.peer.short(), error = %error, "link broke");
+        // Every line this actor logs carries its span (see the state's `span`).
+        let span = state.span.clone();
+        async move {
+            // Every await below is boxed: ractor keeps the future of `handle`, sized for its
+            // largest branch, allocated for the actor's whole life, and a session is idle most of
+            // its life. A box per handled message instead of ~3 KiB held per connection.
+            match message {
+                SessionMsg::FrameReceived { body, permit } => {
+                    Box::pin(state.on_frame(&myself, body, permit)).await;
                 }
-                myself.stop(Some("link closed".into()));
-            }
-            SessionMsg::IdleCheckDue => {
-                if state.last_frame_at.elapsed() >= state.idle_timeout {
-                    state.say_bye(&myself, ByeReason::Idle);
-                    myself.stop(Some("idle".into()));
+                SessionMsg::LinkClosed { error } => {
+                    if let Some(error) = error {
+                        debug!(peer = %state.peer.short(), error = %error, "link broke");
+                    }
+                    myself.stop(Some("link closed".into()));
+                }
+                SessionMsg::IdleCheckDue => {
+                    if state.last_frame_at.elapsed() >= state.idle_timeout {
+                        state.say_bye(&myself, ByeReason::Idle);
+                        myself.stop(Some("idle".into()));
+                    }
+                }
+                SessionMsg::Shutdown => {
+                    state.say_bye(&myself, ByeReason::Shutdown);
+                    myself.stop(Some("relay shutdown".into()));
                 }
             }
-            SessionMsg::Shutdown => {
-                state.say_bye(&myself, ByeReason::Shutdown);
-                myself.stop(Some("relay shutdown".into()));
-            }
+            Ok(())
         }
-        Ok(())
+        .instrument(span)
+        .await
     }
 
     async fn post_stop(

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 use zerok_messages::client::CoordMsg;
 use zerok_messages::client::{ConnGroup, GroupId, RelayConnMsg, RelayEvent, Retry};
 use zerok_messages::link::LinkEvent;
@@ -237,6 +237,8 @@ impl Conn {
 
 /// Connection state.
 pub struct RelayConnState {
+    /// `relay_connection{relay}`: one relay's story in the client's log.
+    span: tracing::Span,
     relay: RelayAddr,
     dialer: Arc<dyn Dialer>,
     receive: bool,
@@ -748,6 +750,7 @@ impl Actor for RelayConnActor {
         myself.send_message(RelayConnMsg::ConnectDue)?;
         myself.send_interval(PING_EVERY, || RelayConnMsg::PingDue);
         Ok(RelayConnState {
+            span: tracing::info_span!("relay_connection", relay = %args.relay.id.short()),
             relay: args.relay,
             dialer: args.dialer,
             receive: args.receive,
@@ -768,198 +771,204 @@ impl Actor for RelayConnActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            RelayConnMsg::ConnectDue => state.start_dial(&myself),
-            RelayConnMsg::ConnectFailed {
-                generation,
-                reason,
-                retry_after,
-            } => {
-                if generation != state.generation {
-                    return Ok(());
-                }
-                state.is_dialing = false;
-                debug!(relay = %state.relay.id.short(), reason = %reason, "dial failed");
-                for sync in state.groups.values_mut() {
-                    for waiter in sync.waiters.drain(..) {
-                        let _ = waiter.send(Err(format!("unreachable: {reason}")));
-                    }
-                }
-                state.emit(RelayEvent::Down {
-                    relay: state.relay_id(),
+        // Every line this actor logs carries its span (see the state's `span`).
+        let span = state.span.clone();
+        async move {
+            match message {
+                RelayConnMsg::ConnectDue => state.start_dial(&myself),
+                RelayConnMsg::ConnectFailed {
+                    generation,
                     reason,
-                });
-                state.schedule_redial(&myself, retry_after);
-            }
-            RelayConnMsg::Connected {
-                generation,
-                sender,
-                receiver,
-                nonce,
-                limits,
-            } => {
-                if generation != state.generation {
-                    return Ok(());
+                    retry_after,
+                } => {
+                    if generation != state.generation {
+                        return Ok(());
+                    }
+                    state.is_dialing = false;
+                    debug!(relay = %state.relay.id.short(), reason = %reason, "dial failed");
+                    for sync in state.groups.values_mut() {
+                        for waiter in sync.waiters.drain(..) {
+                            let _ = waiter.send(Err(format!("unreachable: {reason}")));
+                        }
+                    }
+                    state.emit(RelayEvent::Down {
+                        relay: state.relay_id(),
+                        reason,
+                    });
+                    state.schedule_redial(&myself, retry_after);
                 }
-                state.is_dialing = false;
-                let (reader, _) = Actor::spawn_linked(
-                    None,
-                    LinkReaderActor::<RelayConnMsg>::default(),
-                    LinkReaderArgs {
-                        receiver,
-                        owner: myself.clone(),
-                        inflight: Arc::new(Semaphore::new(READ_AHEAD)),
-                        inflight_bytes: Vec::new(),
-                    },
-                    myself.get_cell(),
-                )
-                .await?;
-                state.conn = Some(Conn {
-                    queue: SendQueue::start(sender.clone()),
+                RelayConnMsg::Connected {
+                    generation,
                     sender,
-                    is_stalled: false,
-                    ping_sent_at: None,
+                    receiver,
                     nonce,
                     limits,
-                    pending: HashMap::new(),
-                    next_req: 1,
-                    pushes_in_flight: 0,
-                    last_frame: tokio::time::Instant::now(),
-                    reader,
-                });
-                state.attempts = 0;
-                info!(relay = %state.relay.id.short(), "relay connected");
-                state.emit(RelayEvent::Up {
-                    relay: state.relay_id(),
-                });
-                state.join_all();
-            }
-            RelayConnMsg::Link(LinkEvent::Frame { body, permit }) => {
-                drop(permit);
-                if state.faults.should_fail(FaultPoint::FrameReceive) {
-                    return Err("fault injected: a frame the connection cannot handle".into());
+                } => {
+                    if generation != state.generation {
+                        return Ok(());
+                    }
+                    state.is_dialing = false;
+                    let (reader, _) = Actor::spawn_linked(
+                        None,
+                        LinkReaderActor::<RelayConnMsg>::default(),
+                        LinkReaderArgs {
+                            receiver,
+                            owner: myself.clone(),
+                            inflight: Arc::new(Semaphore::new(READ_AHEAD)),
+                            inflight_bytes: Vec::new(),
+                        },
+                        myself.get_cell(),
+                    )
+                    .await?;
+                    state.conn = Some(Conn {
+                        queue: SendQueue::start(sender.clone()),
+                        sender,
+                        is_stalled: false,
+                        ping_sent_at: None,
+                        nonce,
+                        limits,
+                        pending: HashMap::new(),
+                        next_req: 1,
+                        pushes_in_flight: 0,
+                        last_frame: tokio::time::Instant::now(),
+                        reader,
+                    });
+                    state.attempts = 0;
+                    info!(relay = %state.relay.id.short(), "relay connected");
+                    state.emit(RelayEvent::Up {
+                        relay: state.relay_id(),
+                    });
+                    state.join_all();
                 }
-                if let Some(conn) = state.conn.as_mut() {
-                    conn.last_frame = tokio::time::Instant::now();
+                RelayConnMsg::Link(LinkEvent::Frame { body, permit }) => {
+                    drop(permit);
+                    if state.faults.should_fail(FaultPoint::FrameReceive) {
+                        return Err("fault injected: a frame the connection cannot handle".into());
+                    }
+                    if let Some(conn) = state.conn.as_mut() {
+                        conn.last_frame = tokio::time::Instant::now();
+                    }
+                    match codec::decode(&body) {
+                        Ok(frame) => state.on_frame(&myself, frame),
+                        Err(err) => debug!(error = %err, "undecodable frame from relay"),
+                    }
                 }
-                match codec::decode(&body) {
-                    Ok(frame) => state.on_frame(&myself, frame),
-                    Err(err) => debug!(error = %err, "undecodable frame from relay"),
+                RelayConnMsg::Link(LinkEvent::Closed { error }) => {
+                    let reason = error.map_or_else(|| "closed".to_owned(), |e| e.to_string());
+                    state.lost(&myself, reason);
                 }
-            }
-            RelayConnMsg::Link(LinkEvent::Closed { error }) => {
-                let reason = error.map_or_else(|| "closed".to_owned(), |e| e.to_string());
-                state.lost(&myself, reason);
-            }
-            RelayConnMsg::SetGroups(groups) => {
-                let mut next = HashMap::new();
-                for g in groups {
-                    let group = g.group;
-                    let sync = match state.groups.remove(&group) {
-                        Some(mut sync) => {
-                            sync.admission = g.admission;
-                            sync
-                        }
-                        None => GroupSync::new(g),
+                RelayConnMsg::SetGroups(groups) => {
+                    let mut next = HashMap::new();
+                    for g in groups {
+                        let group = g.group;
+                        let sync = match state.groups.remove(&group) {
+                            Some(mut sync) => {
+                                sync.admission = g.admission;
+                                sync
+                            }
+                            None => GroupSync::new(g),
+                        };
+                        next.insert(group, sync);
+                    }
+                    state.groups = next;
+                    state.join_all();
+                }
+                RelayConnMsg::Push {
+                    group,
+                    seq,
+                    blob_id,
+                    ciphertext,
+                } => {
+                    if state.conn.is_none() {
+                        return Ok(());
+                    }
+                    if let Some(sync) = state.groups.get_mut(&group)
+                        && sync.accepting
+                    {
+                        sync.queued.push_back((seq, blob_id, ciphertext));
+                        state.flush_pushes(group);
+                    }
+                }
+                RelayConnMsg::Resend { group, entries } => {
+                    if let Some(sync) = state.groups.get_mut(&group)
+                        && sync.joined
+                    {
+                        sync.accepting = true;
+                        sync.queued = entries.into_iter().collect();
+                        state.flush_pushes(group);
+                    }
+                }
+                RelayConnMsg::SyncNow { group, reply } => {
+                    // Not joined yet (dialling): the waiter is parked and served once the group is
+                    // joined, or failed when the dial fails.
+                    let Some(sync) = state.groups.get_mut(&group) else {
+                        let _ = reply.send(Err("group not served by this relay".into()));
+                        return Ok(());
                     };
-                    next.insert(group, sync);
+                    sync.waiters.push(reply);
+                    if sync.joined {
+                        state.start_pull(group);
+                    } else if state.conn.is_none() {
+                        state.start_dial(&myself);
+                    }
                 }
-                state.groups = next;
-                state.join_all();
-            }
-            RelayConnMsg::Push {
-                group,
-                seq,
-                blob_id,
-                ciphertext,
-            } => {
-                if state.conn.is_none() {
-                    return Ok(());
+                RelayConnMsg::Pause { group, rewind_to } => {
+                    if let Some(sync) = state.groups.get_mut(&group) {
+                        sync.paused = true;
+                        sync.have = sync.have.min(rewind_to);
+                    }
                 }
-                if let Some(sync) = state.groups.get_mut(&group)
-                    && sync.accepting
-                {
-                    sync.queued.push_back((seq, blob_id, ciphertext));
-                    state.flush_pushes(group);
-                }
-            }
-            RelayConnMsg::Resend { group, entries } => {
-                if let Some(sync) = state.groups.get_mut(&group)
-                    && sync.joined
-                {
-                    sync.accepting = true;
-                    sync.queued = entries.into_iter().collect();
-                    state.flush_pushes(group);
-                }
-            }
-            RelayConnMsg::SyncNow { group, reply } => {
-                // Not joined yet (dialling): the waiter is parked and served once the group is
-                // joined, or failed when the dial fails.
-                let Some(sync) = state.groups.get_mut(&group) else {
-                    let _ = reply.send(Err("group not served by this relay".into()));
-                    return Ok(());
-                };
-                sync.waiters.push(reply);
-                if sync.joined {
-                    state.start_pull(group);
-                } else if state.conn.is_none() {
-                    state.start_dial(&myself);
-                }
-            }
-            RelayConnMsg::Pause { group, rewind_to } => {
-                if let Some(sync) = state.groups.get_mut(&group) {
-                    sync.paused = true;
-                    sync.have = sync.have.min(rewind_to);
-                }
-            }
-            RelayConnMsg::Resume { group } => {
-                if let Some(sync) = state.groups.get_mut(&group)
-                    && sync.paused
-                {
-                    sync.paused = false;
-                    state.start_pull(group);
-                }
-            }
-            RelayConnMsg::Delivered { group, upto } => {
-                if let Some(sync) = state.groups.get_mut(&group) {
-                    sync.delivered = sync.delivered.max(upto);
-                    if sync.is_pull_parked {
+                RelayConnMsg::Resume { group } => {
+                    if let Some(sync) = state.groups.get_mut(&group)
+                        && sync.paused
+                    {
+                        sync.paused = false;
                         state.start_pull(group);
                     }
                 }
-            }
-            RelayConnMsg::RetryDue {
-                generation,
-                group,
-                request,
-            } => {
-                if generation == state.generation {
-                    match request {
-                        Retry::Join => state.join(group),
-                        Retry::Subscribe => state.subscribe(group),
-                        Retry::Pull => state.start_pull(group),
+                RelayConnMsg::Delivered { group, upto } => {
+                    if let Some(sync) = state.groups.get_mut(&group) {
+                        sync.delivered = sync.delivered.max(upto);
+                        if sync.is_pull_parked {
+                            state.start_pull(group);
+                        }
+                    }
+                }
+                RelayConnMsg::RetryDue {
+                    generation,
+                    group,
+                    request,
+                } => {
+                    if generation == state.generation {
+                        match request {
+                            Retry::Join => state.join(group),
+                            Retry::Subscribe => state.subscribe(group),
+                            Retry::Pull => state.start_pull(group),
+                        }
+                    }
+                }
+                RelayConnMsg::PingDue => {
+                    let now = tokio::time::Instant::now();
+                    let dead = state.conn.as_ref().and_then(|c| c.dead_reason(now));
+                    if let Some(reason) = dead {
+                        if let Some(conn) = state.conn.as_ref() {
+                            conn.sender.clone().abort(reason);
+                        }
+                        state.lost(&myself, reason.into());
+                    } else if state
+                        .conn
+                        .as_ref()
+                        .is_some_and(|c| c.ping_sent_at.is_none())
+                    {
+                        state.send(|req| Frame::Ping { req }, Pending::Ping);
                     }
                 }
             }
-            RelayConnMsg::PingDue => {
-                let now = tokio::time::Instant::now();
-                let dead = state.conn.as_ref().and_then(|c| c.dead_reason(now));
-                if let Some(reason) = dead {
-                    if let Some(conn) = state.conn.as_ref() {
-                        conn.sender.clone().abort(reason);
-                    }
-                    state.lost(&myself, reason.into());
-                } else if state
-                    .conn
-                    .as_ref()
-                    .is_some_and(|c| c.ping_sent_at.is_none())
-                {
-                    state.send(|req| Frame::Ping { req }, Pending::Ping);
-                }
-            }
+            state.drop_if_stalled(&myself);
+            Ok(())
         }
-        state.drop_if_stalled(&myself);
-        Ok(())
+        .instrument(span)
+        .await
     }
 
     /// A LinkReader ends with its link: after `Closed` (handled as a message) or because

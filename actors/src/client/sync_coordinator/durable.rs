@@ -1,0 +1,64 @@
+//! What waits for the store's group commit: enqueued records (sent to relays and answered
+//! once durable) and sync barriers.
+
+use super::*;
+
+impl CoordinatorState {
+    /// The store made everything up to `durable.through` durable: answer and send what
+    /// waited for it, in order.
+    pub(super) fn on_durable(&mut self, durable: Durable) {
+        let mut touched = std::collections::BTreeSet::new();
+        while let Some((ticket, _)) = self.after_durable.front() {
+            let failed = durable.error.clone().filter(|_| *ticket > durable.through);
+            if *ticket > durable.through && failed.is_none() {
+                break;
+            }
+            let Some((_, action)) = self.after_durable.pop_front() else {
+                break;
+            };
+            match (action, failed) {
+                (AfterDurable::Enqueued { reply, .. }, Some(error)) => {
+                    let _ = reply.send(Err(ClientError::Store(format!("flush failed: {error}"))));
+                }
+                (AfterDurable::Barrier(reply), Some(_)) => drop(reply),
+                (
+                    AfterDurable::Enqueued {
+                        pushes,
+                        reply,
+                        queued,
+                    },
+                    None,
+                ) => {
+                    for (group, seq) in pushes {
+                        if let Some(state) = self.groups.get_mut(&group) {
+                            state.durable_seq = state.durable_seq.max(seq);
+                            touched.insert(group);
+                        }
+                    }
+                    let _ = reply.send(Ok(queued));
+                }
+                (AfterDurable::Barrier(reply), None) => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        // Newly durable pushes go to every relay of their group, within its window.
+        for group in touched {
+            let relays: Vec<DeviceId> = self
+                .groups
+                .get(&group)
+                .map(|g| g.relays.iter().map(|r| r.id).collect())
+                .unwrap_or_default();
+            for relay in relays {
+                self.top_up(relay, group);
+            }
+        }
+    }
+
+    /// Answer `barrier` once everything applied so far is durable.
+    pub(super) fn pass_when_durable(&mut self, barrier: RpcReplyPort<()>) {
+        let ticket = self.args.store.request_flush();
+        self.after_durable
+            .push_back((ticket, AfterDurable::Barrier(barrier)));
+    }
+}

@@ -1,0 +1,180 @@
+//! The coordinator's groups and connections: a group loaded from the local store (its
+//! outbox, seqs and keys as plain data), one RelayConnection per relay of any group, re-wired
+//! when groups or relay lists change, and `status()`.
+
+use super::*;
+
+impl CoordinatorState {
+    pub(super) fn load_group(
+        &self,
+        id: GroupId,
+        record: GroupRecord,
+    ) -> Result<GroupState, ClientError> {
+        let secret = epoch_secret(&record);
+        let keys = EpochKeys::from_secret(&secret);
+        let store = &self.args.store;
+        let outbox: BTreeMap<u64, Queued> = store
+            .outbox(&id)?
+            .into_iter()
+            .map(|(seq, e)| {
+                let queued = Queued {
+                    blob_id: e.blob_id,
+                    acked_by: e.acked_by,
+                };
+                (seq, queued)
+            })
+            .collect();
+        let by_blob = outbox.iter().map(|(seq, e)| (e.blob_id, *seq)).collect();
+        let (next_seq, last_hlc) = store.own_seq(&id)?;
+        // Our own last timestamp goes through the same bound: a clock that was pinned far
+        // ahead (before remote timestamps were bounded) recovers.
+        let mut hlc = Hlc::new();
+        hlc.observe(last_hlc, self.args.clock.now_unix_ms());
+        Ok(GroupState {
+            durable_seq: next_seq.saturating_sub(1),
+            sending: HashMap::new(),
+            relays: parse_relays(&record),
+            tracker: store.tracker(&id)?,
+            record,
+            mailbox: keys.mailbox_id(),
+            mailbox_seed: keys.mailbox_signer().seed(),
+            secret,
+            outbox,
+            by_blob,
+            next_seq,
+            seq_base: store.seq_base(&id)?,
+            hlc,
+        })
+    }
+
+    /// Make the connections match the groups' relay lists.
+    pub(super) async fn rewire(&mut self, myself: &ActorRef<CoordMsg>) {
+        let mut wanted: HashMap<DeviceId, (RelayAddr, Vec<ConnGroup>)> = HashMap::new();
+        for (id, group) in &self.groups {
+            for relay in &group.relays {
+                let cursor = self.args.store.cursor(id, &relay.id).unwrap_or(0);
+                wanted
+                    .entry(relay.id)
+                    .or_insert_with(|| (relay.clone(), Vec::new()))
+                    .1
+                    .push(ConnGroup {
+                        group: *id,
+                        mailbox: group.mailbox,
+                        mailbox_seed: group.mailbox_seed.clone(),
+                        cursor,
+                        admission: group
+                            .record
+                            .admissions
+                            .get(&relay.id.to_hex())
+                            .cloned()
+                            .map(AdmissionText),
+                    });
+            }
+        }
+        let gone: Vec<DeviceId> = self
+            .conns
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(entry) = self.conns.remove(&id) {
+                entry.actor.stop(Some("relay removed".into()));
+            }
+        }
+        for (id, (addr, groups)) in wanted {
+            if self.restarting.contains(&id) {
+                continue;
+            }
+            if let Some(entry) = self.conns.get(&id) {
+                if entry.addr == addr {
+                    let _ = entry.actor.cast(RelayConnMsg::SetGroups(groups));
+                    continue;
+                }
+                // The relay moved: dial the new address.
+                if let Some(entry) = self.conns.remove(&id) {
+                    entry.actor.stop(Some("relay removed".into()));
+                }
+            }
+            let args = RelayConnArgs {
+                relay: addr.clone(),
+                dialer: Arc::clone(&self.args.dialer),
+                groups,
+                receive: self.args.receive,
+                coordinator: myself.clone(),
+                rng: self.args.rng.fork(),
+                faults: self.args.faults.clone(),
+            };
+            match Actor::spawn_linked(None, RelayConnActor, args, myself.get_cell()).await {
+                Ok((actor, _)) => {
+                    self.conns.insert(
+                        id,
+                        ConnEntry {
+                            addr,
+                            actor,
+                            is_up: false,
+                        },
+                    );
+                }
+                Err(err) => warn!(error = %err, "relay connection failed to start"),
+            }
+        }
+    }
+
+    pub(super) fn status(&self) -> Status {
+        let mut groups: Vec<GroupStatus> = self
+            .groups
+            .iter()
+            .map(|(id, g)| {
+                let quorum = self.quorum(g);
+                GroupStatus {
+                    id: *id,
+                    name: g.record.name.clone(),
+                    relays: g
+                        .relays
+                        .iter()
+                        .map(|addr| RelayStatus {
+                            addr: addr.clone(),
+                            connected: self.conns.get(&addr.id).is_some_and(|c| c.is_up),
+                            cursor: self.args.store.cursor(id, &addr.id).unwrap_or(0),
+                        })
+                        .collect(),
+                    outbox: g.outbox.len(),
+                    unacked: g
+                        .outbox
+                        .values()
+                        .filter(|e| e.acked_by.len() < quorum)
+                        .count(),
+                    seen_ids: self.seen.len() as u64,
+                }
+            })
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Status {
+            device_id: self.args.dialer.local_id(),
+            groups,
+        }
+    }
+}
+
+/// The current epoch's secret of a group, as the Encryptor takes it.
+pub(super) fn epoch_secret(record: &GroupRecord) -> EpochSecret {
+    EpochSecret {
+        epoch: Epoch(record.epoch),
+        secret: Zeroizing::new(record.secret),
+    }
+}
+
+pub(super) fn parse_relays(record: &GroupRecord) -> Vec<RelayAddr> {
+    record
+        .relays
+        .iter()
+        .filter_map(|text| match text.parse::<RelayAddr>() {
+            Ok(addr) => Some(addr),
+            Err(err) => {
+                warn!(error = %err, "ignoring an unparsable relay address");
+                None
+            }
+        })
+        .collect()
+}
