@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 use zerok_actors::admission::AdmissionToken;
 use zerok_actors::client::local_store::{KeyFileIdentity, LocalStore};
-use zerok_actors::client::sync_coordinator::{CONN_RESTART_POLICY, CoordinatorArgs};
+use zerok_actors::client::sync_coordinator::{CONN_RESTART_POLICY, Coordinator, CoordinatorArgs};
 use zerok_actors::clock::Clock;
 use zerok_actors::crypto::envelope::DeviceKey;
 use zerok_actors::crypto::invite::{Invite, InviteSecret};
@@ -18,16 +18,14 @@ use zerok_actors::crypto::keys::{GroupSecret, KdfParams, SALT_BYTES};
 use zerok_actors::fault::FaultPlan;
 use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
 use zerok_actors::rng::Rng;
-use zerok_messages::client::CoordMsg;
 use zerok_messages::client::GroupRecord;
 use zerok_messages::client::{ClientError, Event, GroupId, Receipt, Status, SyncReport};
 use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, Epoch, RelayAddr};
 
-/// Events buffered for the app before the client waits for it to read.
+/// Events the app's channel holds; beyond it records wait in the client's bounded backlog and
+/// relay up/down events are coalesced (the client never waits for the app).
 pub const EVENTS_BUFFER: usize = 1024;
-/// How long a control call into the client may take.
-const CALL_TIMEOUT_MS: u64 = 60_000;
 
 /// How a client starts.
 #[derive(Debug)]
@@ -80,7 +78,7 @@ pub enum NewSecret {
 
 /// A running client. Cheap calls, all async; drop or [`Client::shutdown`] to stop.
 pub struct Client {
-    coordinator: ActorRef<CoordMsg>,
+    coordinator: Coordinator,
     root: ActorRef<RootMsg>,
     root_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
     events: Mutex<Option<mpsc::Receiver<Event>>>,
@@ -95,10 +93,6 @@ fn home_err(home: &Path, message: impl std::fmt::Display) -> ClientError {
         path: home.display().to_string(),
         message: message.to_string(),
     }
-}
-
-fn stopped<E>(_: E) -> ClientError {
-    ClientError::Stopped
 }
 
 impl Client {
@@ -169,7 +163,7 @@ impl Client {
         };
         let coordinator = lock(&coordinator_ref).take().ok_or(ClientError::Stopped)?;
         Ok(Client {
-            coordinator,
+            coordinator: Coordinator::new(coordinator),
             root,
             root_handle: Mutex::new(Some(root_handle)),
             events: Mutex::new(Some(events_rx)),
@@ -423,16 +417,7 @@ impl Client {
         group: GroupId,
         payloads: Vec<Vec<u8>>,
     ) -> Result<Vec<BlobId>, ClientError> {
-        let queued = ractor::call_t!(
-            self.coordinator,
-            |reply| CoordMsg::Enqueue {
-                group,
-                payloads,
-                reply,
-            },
-            CALL_TIMEOUT_MS
-        )
-        .map_err(stopped)??;
+        let queued = self.coordinator.enqueue(group, payloads).await?;
         Ok(queued.into_iter().map(|(_, blob_id)| blob_id).collect())
     }
 
@@ -443,38 +428,7 @@ impl Client {
         blob_id: BlobId,
         timeout: Option<Duration>,
     ) -> Result<Receipt, ClientError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.coordinator
-            .cast(CoordMsg::WaitAcked {
-                group,
-                blob_id,
-                reply: tx.into(),
-            })
-            .map_err(stopped)?;
-        let waited = match timeout {
-            Some(limit) => tokio::time::timeout(limit, rx).await.ok(),
-            None => Some(rx.await),
-        };
-        match waited {
-            Some(Ok(receipt)) => Ok(receipt),
-            Some(Err(_)) => Err(ClientError::Stopped),
-            None => {
-                let (acked, needed) = ractor::call_t!(
-                    self.coordinator,
-                    |reply| CoordMsg::AckState {
-                        group,
-                        blob_id,
-                        reply
-                    },
-                    CALL_TIMEOUT_MS
-                )
-                .map_err(stopped)?;
-                Err(ClientError::NotYetAcked {
-                    acked: acked.len(),
-                    needed,
-                })
-            }
-        }
+        self.coordinator.wait_acked(group, blob_id, timeout).await
     }
 
     /// Push: queue durably, then wait for enough relay acks.
@@ -500,22 +454,12 @@ impl Client {
     /// Pull every relay of `group` to its end now; records arrive as events before this
     /// returns.
     pub async fn sync_now(&self, group: GroupId) -> Result<SyncReport, ClientError> {
-        ractor::call_t!(
-            self.coordinator,
-            |reply| CoordMsg::SyncNow { group, reply },
-            CALL_TIMEOUT_MS * 2
-        )
-        .map_err(stopped)
+        self.coordinator.sync_now(group).await
     }
 
     /// Status of every group.
     pub async fn status(&self) -> Result<Status, ClientError> {
-        ractor::call_t!(
-            self.coordinator,
-            |reply| CoordMsg::Status { reply },
-            CALL_TIMEOUT_MS
-        )
-        .map_err(stopped)
+        self.coordinator.status().await
     }
 
     /// Stop: close relay connections (saying `Bye`), flush, close the endpoint.
@@ -536,22 +480,11 @@ impl Client {
     }
 
     async fn group(&self, id: GroupId) -> Result<GroupRecord, ClientError> {
-        ractor::call_t!(
-            self.coordinator,
-            |reply| CoordMsg::GetGroup { id, reply },
-            CALL_TIMEOUT_MS
-        )
-        .map_err(stopped)?
-        .ok_or(ClientError::UnknownGroup(id))
+        self.coordinator.group(id).await
     }
 
     async fn put_group(&self, id: GroupId, record: GroupRecord) -> Result<(), ClientError> {
-        ractor::call_t!(
-            self.coordinator,
-            |reply| CoordMsg::PutGroup { id, record, reply },
-            CALL_TIMEOUT_MS
-        )
-        .map_err(stopped)?
+        self.coordinator.put_group(id, record).await
     }
 }
 

@@ -567,7 +567,7 @@ pub enum RelayConnMsg {
         /// The group.
         group: GroupId,
         /// Done, or why not.
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), SyncError>>,
     },
     /// Keep-alive tick.
     PingDue,
@@ -601,6 +601,24 @@ pub enum RelayConnMsg {
         /// This relay's cursor, delivered.
         upto: u64,
     },
+}
+
+/// Why a relay could not be pulled to its end (`SyncNow`). Never carries keys or payloads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// This relay does not serve the group.
+    #[error("group not served by this relay")]
+    NotServed,
+    /// The relay could not be reached.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The connection was lost before the pull finished.
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// The relay refused the pull.
+    #[error("pull refused: {}", .0.as_str())]
+    Refused(ErrorCode),
 }
 
 /// A request of a group that a relay may refuse for a moment and that is sent again after its

@@ -28,6 +28,7 @@
 //! messages' dispatch and the supervision of the connections.
 
 mod durable;
+mod handle;
 mod inbox;
 mod outbox;
 mod wiring;
@@ -44,6 +45,7 @@ use crate::link::Dialer;
 use crate::rng::Rng;
 use crate::supervision::{Restart, RestartPolicy, RestartTracker};
 use bytes::Bytes;
+pub use handle::{CALL_TIMEOUT, Coordinator};
 use inbox::Backlog;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -447,7 +449,7 @@ impl Actor for CoordinatorActor {
                     for (id, result) in futures::future::join_all(calls).await {
                         match result {
                             Ok(Ok(())) => report.synced.push(id),
-                            Ok(Err(reason)) => report.failed.push((id, reason)),
+                            Ok(Err(reason)) => report.failed.push((id, reason.to_string())),
                             Err(err) => report.failed.push((id, err.to_string())),
                         }
                     }

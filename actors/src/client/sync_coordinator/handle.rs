@@ -1,0 +1,139 @@
+//! A typed handle on the SyncCoordinator: one method per request, each bounded by a named
+//! timeout and answering a typed error, so callers (the `Client` API) never build messages or
+//! pick timeouts at call sites.
+
+use super::*;
+
+/// How long a call to the coordinator may take. The coordinator never waits for the app, a
+/// relay or the disk in its handler (seals, opens and flushes run elsewhere), so only a
+/// stopped or wedged client exceeds this; the caller then gets `Stopped`.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The coordinator, as callers see it. Cheap to clone.
+#[derive(Clone)]
+pub struct Coordinator {
+    actor: ActorRef<CoordMsg>,
+}
+
+/// A call that found the coordinator gone or not answering: the client has stopped.
+fn stopped<E>(_: E) -> ClientError {
+    ClientError::Stopped
+}
+
+impl Coordinator {
+    /// A handle on a running coordinator.
+    pub fn new(actor: ActorRef<CoordMsg>) -> Self {
+        Self { actor }
+    }
+
+    /// The actor (to stop or supervise it).
+    pub fn actor(&self) -> &ActorRef<CoordMsg> {
+        &self.actor
+    }
+
+    /// Seal and queue `payloads` durably, in order: `(seq, blob_id)` of each once all are
+    /// durable.
+    pub async fn enqueue(
+        &self,
+        group: GroupId,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Vec<(u64, BlobId)>, ClientError> {
+        ractor::call_t!(
+            self.actor,
+            |reply| CoordMsg::Enqueue {
+                group,
+                payloads,
+                reply,
+            },
+            millis(CALL_TIMEOUT)
+        )
+        .map_err(stopped)?
+    }
+
+    /// The receipt of `blob_id` once enough relays acked it; `None` waits as long as it
+    /// takes, else `NotYetAcked` with the acks so far when `timeout` passes.
+    pub async fn wait_acked(
+        &self,
+        group: GroupId,
+        blob_id: BlobId,
+        timeout: Option<Duration>,
+    ) -> Result<Receipt, ClientError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.actor
+            .cast(CoordMsg::WaitAcked {
+                group,
+                blob_id,
+                reply: tx.into(),
+            })
+            .map_err(stopped)?;
+        let waited = match timeout {
+            Some(limit) => tokio::time::timeout(limit, rx).await.ok(),
+            None => Some(rx.await),
+        };
+        match waited {
+            Some(Ok(receipt)) => Ok(receipt),
+            Some(Err(_)) => Err(ClientError::Stopped),
+            None => {
+                let (acked, needed) = ractor::call_t!(
+                    self.actor,
+                    |reply| CoordMsg::AckState {
+                        group,
+                        blob_id,
+                        reply
+                    },
+                    millis(CALL_TIMEOUT)
+                )
+                .map_err(stopped)?;
+                Err(ClientError::NotYetAcked {
+                    acked: acked.len(),
+                    needed,
+                })
+            }
+        }
+    }
+
+    /// Pull every relay of `group` to its end (each relay bounded by [`SYNC_TIMEOUT`]).
+    pub async fn sync_now(&self, group: GroupId) -> Result<SyncReport, ClientError> {
+        ractor::call_t!(
+            self.actor,
+            |reply| CoordMsg::SyncNow { group, reply },
+            millis(SYNC_TIMEOUT + CALL_TIMEOUT)
+        )
+        .map_err(stopped)
+    }
+
+    /// Status of every group.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        ractor::call_t!(
+            self.actor,
+            |reply| CoordMsg::Status { reply },
+            millis(CALL_TIMEOUT)
+        )
+        .map_err(stopped)
+    }
+
+    /// A group's record.
+    pub async fn group(&self, id: GroupId) -> Result<GroupRecord, ClientError> {
+        ractor::call_t!(
+            self.actor,
+            |reply| CoordMsg::GetGroup { id, reply },
+            millis(CALL_TIMEOUT)
+        )
+        .map_err(stopped)?
+        .ok_or(ClientError::UnknownGroup(id))
+    }
+
+    /// Add or replace a group.
+    pub async fn put_group(&self, id: GroupId, record: GroupRecord) -> Result<(), ClientError> {
+        ractor::call_t!(
+            self.actor,
+            |reply| CoordMsg::PutGroup { id, record, reply },
+            millis(CALL_TIMEOUT)
+        )
+        .map_err(stopped)?
+    }
+}
+
+fn millis(timeout: Duration) -> u64 {
+    timeout.as_millis() as u64
+}
