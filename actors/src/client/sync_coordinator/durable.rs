@@ -31,7 +31,7 @@ impl CoordinatorState {
                 ) => {
                     for (group, seq) in pushes {
                         if let Some(state) = self.groups.get_mut(&group) {
-                            state.durable_seq = state.durable_seq.max(seq);
+                            state.outbox.made_durable(seq);
                             touched.insert(group);
                         }
                     }

@@ -31,6 +31,7 @@ mod durable;
 mod handle;
 mod inbox;
 mod outbox;
+mod queue;
 mod wiring;
 
 use crate::client::local_store::{LocalStore, OutboxEntry, ReceivedBatch};
@@ -47,6 +48,7 @@ use crate::supervision::{Restart, RestartPolicy, RestartTracker};
 use bytes::Bytes;
 pub use handle::{CALL_TIMEOUT, Coordinator};
 use inbox::Backlog;
+pub use queue::{Outbox, PUSHES_HANDED_MAX};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -71,12 +73,6 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 const RECENT_RECEIPTS_MAX: usize = 16_384;
 /// Fallback retry delay after a refused push without a hint.
 const RETRY_DEFAULT: Duration = Duration::from_secs(1);
-/// Pushes of a group handed to one RelayConnection and not yet acked by it. The rest wait
-/// in the outbox and are handed over as acks come back, so an app that enqueues faster
-/// than a relay stores (or while it is away) does not also queue a copy of every record in
-/// the connection. 1,024 × 1 KiB records is 2 MiB, eight times the connection's own window
-/// of frames in flight, so it never runs dry while the relay keeps up.
-pub const PUSHES_HANDED_MAX: usize = 1024;
 /// Records sealed and written in one batch (whole app calls; one call may exceed it). Large
 /// enough to keep both cores busy and share a flush; a batch is ~2 MiB of envelopes, held
 /// three times on its way (payloads, envelopes, the store's write).
@@ -122,10 +118,6 @@ pub struct CoordinatorArgs {
 pub const CONN_RESTART_POLICY: RestartPolicy = RestartPolicy::STANDARD;
 
 struct GroupState {
-    /// Own pushes up to this seq are durable in the outbox (only they may go to relays).
-    durable_seq: u64,
-    /// What each relay's connection was handed of the outbox.
-    sending: HashMap<DeviceId, SendWindow>,
     record: GroupRecord,
     /// The current epoch's secret, for the Encryptor (the coordinator opens nothing).
     secret: EpochSecret,
@@ -136,28 +128,11 @@ struct GroupState {
     tracker: SeqTracker,
     /// The outbox without its envelopes (they stay in the store until sent: memory does not
     /// grow with what is queued).
-    outbox: BTreeMap<u64, Queued>,
-    by_blob: HashMap<BlobId, u64>,
+    outbox: Outbox,
     next_seq: u64,
     /// Own records are sealed with `outbox seq - seq_base` (see `LocalStore::new_device_key`).
     seq_base: u64,
     hlc: Hlc,
-}
-
-/// A queued push, as the coordinator keeps it.
-#[derive(Debug, Clone)]
-struct Queued {
-    blob_id: BlobId,
-    acked_by: Vec<DeviceId>,
-}
-
-/// The outbox pushes handed to one relay's connection.
-#[derive(Debug, Default, Clone, Copy)]
-struct SendWindow {
-    /// Every push up to this seq was handed over (or acked by this relay before).
-    sent_upto: u64,
-    /// Of those, how many this relay has not acked yet.
-    unacked: usize,
 }
 
 struct ConnEntry {
@@ -309,24 +284,7 @@ impl Actor for CoordinatorActor {
                     if let Some(g) = state.groups.get_mut(&group)
                         && let Some(conn) = state.conns.get(&relay)
                     {
-                        let seqs: Vec<u64> = g
-                            .outbox
-                            .range(..=g.durable_seq)
-                            .filter(|(_, e)| !e.acked_by.contains(&relay))
-                            .take(PUSHES_HANDED_MAX)
-                            .map(|(seq, _)| *seq)
-                            .collect();
-                        let sent_upto = match seqs.last() {
-                            Some(last) if seqs.len() == PUSHES_HANDED_MAX => *last,
-                            _ => g.durable_seq,
-                        };
-                        g.sending.insert(
-                            relay,
-                            SendWindow {
-                                sent_upto,
-                                unacked: seqs.len(),
-                            },
-                        );
+                        let seqs = g.outbox.rewind(relay);
                         let mut entries: Vec<(u64, BlobId, Bytes)> = Vec::with_capacity(seqs.len());
                         for seq in seqs {
                             if let Some(entry) = state.args.store.outbox_entry(&group, seq)? {
@@ -511,7 +469,7 @@ impl Actor for CoordinatorActor {
                     if state
                         .groups
                         .get(&group)
-                        .is_some_and(|g| g.outbox.contains_key(&seq))
+                        .is_some_and(|g| g.outbox.contains(seq))
                     {
                         state.resend_push(&relay, group, seq);
                     }

@@ -151,12 +151,7 @@ impl CoordinatorState {
                 Ok(t) => {
                     if let Some(state) = self.groups.get_mut(&group) {
                         for (seq, _, entry) in entries {
-                            state.by_blob.insert(entry.blob_id, seq);
-                            let queued = Queued {
-                                blob_id: entry.blob_id,
-                                acked_by: entry.acked_by,
-                            };
-                            state.outbox.insert(seq, queued);
+                            state.outbox.insert(seq, entry.blob_id);
                         }
                     }
                     if let Ok(max) = ticket.as_mut() {
@@ -200,27 +195,7 @@ impl CoordinatorState {
         let Some(conn) = self.conns.get(&relay) else {
             return;
         };
-        let window = state.sending.entry(relay).or_default();
-        if window.sent_upto >= state.durable_seq || window.unacked >= PUSHES_HANDED_MAX {
-            return;
-        }
-        let mut handed = Vec::new();
-        for (seq, queued) in state.outbox.range(window.sent_upto + 1..=state.durable_seq) {
-            if window.unacked >= PUSHES_HANDED_MAX {
-                break;
-            }
-            window.sent_upto = *seq;
-            if queued.acked_by.contains(&relay) {
-                continue;
-            }
-            window.unacked += 1;
-            handed.push(*seq);
-        }
-        if window.unacked < PUSHES_HANDED_MAX {
-            // Everything up to the durable end was looked at.
-            window.sent_upto = state.durable_seq;
-        }
-        for seq in handed {
+        for seq in state.outbox.top_up(relay) {
             self.hand_push(conn, group, seq);
         }
     }
@@ -260,13 +235,10 @@ impl CoordinatorState {
     }
 
     pub(super) fn acked_by(&self, group: &GroupId, blob_id: &BlobId) -> Option<Vec<DeviceId>> {
-        if let Some(state) = self.groups.get(group)
-            && let Some(seq) = state.by_blob.get(blob_id)
-            && let Some(entry) = state.outbox.get(seq)
-        {
-            return Some(entry.acked_by.clone());
-        }
-        self.recent.get(blob_id).cloned()
+        self.groups
+            .get(group)
+            .and_then(|state| state.outbox.acked_by(blob_id))
+            .or_else(|| self.recent.get(blob_id).cloned())
     }
 
     pub(super) fn answer_waiters(
@@ -297,24 +269,13 @@ impl CoordinatorState {
         let Some(state) = self.groups.get_mut(&group) else {
             return Ok(());
         };
-        let Some(entry) = state.outbox.get_mut(&seq) else {
+        let Some((blob_id, acked_by)) = state.outbox.acked(relay, seq) else {
             return Ok(());
         };
-        if !entry.acked_by.contains(&relay) {
-            entry.acked_by.push(relay);
-        }
-        let acked_by = entry.acked_by.clone();
-        let blob_id = entry.blob_id;
-        if let Some(window) = state.sending.get_mut(&relay)
-            && seq <= window.sent_upto
-        {
-            window.unacked = window.unacked.saturating_sub(1);
-        }
         let all: Vec<DeviceId> = state.relays.iter().map(|r| r.id).collect();
         let done = self.args.store.ack(&group, seq, &acked_by, &all)?;
         if done && let Some(state) = self.groups.get_mut(&group) {
-            state.outbox.remove(&seq);
-            state.by_blob.remove(&blob_id);
+            state.outbox.remove(seq);
             self.remember_receipt(blob_id, acked_by.clone());
         }
         let needed = self.groups.get(&group).map_or(1, |g| self.quorum(g));

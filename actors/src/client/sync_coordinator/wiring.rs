@@ -13,26 +13,19 @@ impl CoordinatorState {
         let secret = epoch_secret(&record);
         let keys = EpochKeys::from_secret(&secret);
         let store = &self.args.store;
-        let outbox: BTreeMap<u64, Queued> = store
-            .outbox(&id)?
-            .into_iter()
-            .map(|(seq, e)| {
-                let queued = Queued {
-                    blob_id: e.blob_id,
-                    acked_by: e.acked_by,
-                };
-                (seq, queued)
-            })
-            .collect();
-        let by_blob = outbox.iter().map(|(seq, e)| (e.blob_id, *seq)).collect();
         let (next_seq, last_hlc) = store.own_seq(&id)?;
+        let outbox = Outbox::new(
+            store
+                .outbox(&id)?
+                .into_iter()
+                .map(|(seq, e)| (seq, e.blob_id, e.acked_by)),
+            next_seq.saturating_sub(1),
+        );
         // Our own last timestamp goes through the same bound: a clock that was pinned far
         // ahead (before remote timestamps were bounded) recovers.
         let mut hlc = Hlc::new();
         hlc.observe(last_hlc, self.args.clock.now_unix_ms());
         Ok(GroupState {
-            durable_seq: next_seq.saturating_sub(1),
-            sending: HashMap::new(),
             relays: parse_relays(&record),
             tracker: store.tracker(&id)?,
             record,
@@ -40,7 +33,6 @@ impl CoordinatorState {
             mailbox_seed: keys.mailbox_signer().seed(),
             secret,
             outbox,
-            by_blob,
             next_seq,
             seq_base: store.seq_base(&id)?,
             hlc,
@@ -140,11 +132,7 @@ impl CoordinatorState {
                         })
                         .collect(),
                     outbox: g.outbox.len(),
-                    unacked: g
-                        .outbox
-                        .values()
-                        .filter(|e| e.acked_by.len() < quorum)
-                        .count(),
+                    unacked: g.outbox.short_of(quorum),
                     seen_ids: self.seen.len() as u64,
                 }
             })
