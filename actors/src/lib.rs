@@ -8,27 +8,24 @@
 //! - [`clock`], [`rng`], [`fault`]: wall time, randomness and fault injection as values, so
 //!   tests and simulation control them.
 //!
-//! Actors (session, group router, blob store, sweeper, relay connection, encryptor, ...) join
-//! as the node trees are built; see DESIGN.md §2.
+//! - [`relay`]: the relay tree's actors (session, group router, blob store, sweeper, their
+//!   supervisors, listener) with admission, rate limits and metrics.
+//! - [`client`]: the client tree's actors (encryptor, sync coordinator, relay connection) and
+//!   its local store.
+//! - [`supervision`]: the restart policy both trees share; [`link_reader`]: the actor both
+//!   trees read links with.
+//!
+//! The trees are wired in `relay-node/src/tree.rs` and `client-node/src/tree.rs`; see
+//! docs/DESIGN.md §2.
 
-pub mod admission;
-pub mod blob_store;
-pub mod cleanup_sweeper;
 pub mod client;
 pub mod clock;
 pub mod crypto;
 pub mod fault;
-pub mod group_router;
-pub mod infra;
 pub mod link;
 pub mod link_reader;
-pub mod listener;
-pub mod metrics;
-pub mod rate_limit;
+pub mod relay;
 pub mod rng;
-pub mod routers_supervisor;
-pub mod session;
-pub mod sessions_supervisor;
 pub mod supervision;
 
 pub use zerok_messages::shared_ref;

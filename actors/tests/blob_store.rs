@@ -18,15 +18,19 @@ use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use zerok_actors::blob_store::core::{ITEM_CHARGE_BYTES, StoreBudget, StoreLimits, charged_bytes};
-use zerok_actors::blob_store::segments::SEGMENT_BYTES_DEFAULT;
-use zerok_actors::blob_store::{BlobStoreActor, BlobStoreArgs, Store as LogStore, StoreOptions};
 use zerok_actors::clock::Clock;
 use zerok_actors::fault::{FaultPlan, FaultPoint};
-use zerok_actors::infra::{InfraActor, InfraArgs};
-use zerok_actors::metrics::RelayMetrics;
+use zerok_actors::relay::blob_store::core::{
+    ITEM_CHARGE_BYTES, StoreBudget, StoreLimits, charged_bytes,
+};
+use zerok_actors::relay::blob_store::segments::SEGMENT_BYTES_DEFAULT;
+use zerok_actors::relay::blob_store::{
+    BlobStoreActor, BlobStoreArgs, Store as LogStore, StoreOptions,
+};
+use zerok_actors::relay::infra::{InfraActor, InfraArgs};
+use zerok_actors::relay::metrics::RelayMetrics;
+use zerok_actors::relay::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
 use zerok_actors::rng::Rng;
-use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
 use zerok_actors::supervision::RestartPolicy;
 use zerok_messages::relay::{
     AppendRequest, BlobStoreMsg, GroupRouterMsg, InfraMsg, Page, RoutersMsg, StoreError,

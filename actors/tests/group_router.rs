@@ -11,10 +11,10 @@ use bytes::Bytes;
 use common::ProbeStore;
 use ractor::{Actor, ActorRef};
 use std::time::Duration;
-use zerok_actors::group_router::IDLE_STOP_AFTER;
-use zerok_actors::metrics::RelayMetrics;
+use zerok_actors::relay::group_router::IDLE_STOP_AFTER;
+use zerok_actors::relay::metrics::RelayMetrics;
+use zerok_actors::relay::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
 use zerok_actors::rng::Rng;
-use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
 use zerok_actors::shared_ref::SharedRef;
 use zerok_actors::supervision::RestartPolicy;
 use zerok_messages::link::{

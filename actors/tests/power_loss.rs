@@ -22,11 +22,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use zerok_actors::Rng;
-use zerok_actors::blob_store::core::StoreLimits;
-use zerok_actors::blob_store::durability::{AckModel, Violation, check_after_restart};
-use zerok_actors::blob_store::fs::{PowerCut, SimFlaw, SimFs};
-use zerok_actors::blob_store::segments::{Store, StoreOptions};
 use zerok_actors::fault::FaultPlan;
+use zerok_actors::relay::blob_store::core::StoreLimits;
+use zerok_actors::relay::blob_store::durability::{AckModel, Violation, check_after_restart};
+use zerok_actors::relay::blob_store::fs::{PowerCut, SimFlaw, SimFs};
+use zerok_actors::relay::blob_store::segments::{Store, StoreOptions};
 use zerok_messages::relay::{AppendRequest, StoreOutcome};
 use zerok_messages::{BlobId, MailboxId};
 

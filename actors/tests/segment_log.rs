@@ -14,13 +14,15 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use zerok_actors::blob_store::OpenError;
-use zerok_actors::blob_store::core::{
+use zerok_actors::fault::{FaultPlan, FaultPoint};
+use zerok_actors::relay::blob_store::OpenError;
+use zerok_actors::relay::blob_store::core::{
     ITEM_CHARGE_BYTES, MAILBOX_INDEX_ENTRIES, SEGMENT_HEADER, StoreBudget, StoreLimits,
     charged_bytes,
 };
-use zerok_actors::blob_store::segments::{RESERVE_FILE, SEGMENT_SUFFIX, Store, StoreOptions};
-use zerok_actors::fault::{FaultPlan, FaultPoint};
+use zerok_actors::relay::blob_store::segments::{
+    RESERVE_FILE, SEGMENT_SUFFIX, Store, StoreOptions,
+};
 use zerok_messages::relay::{AppendRequest, StoreError, StoreOutcome};
 use zerok_messages::{BlobId, MailboxId};
 
@@ -225,9 +227,9 @@ fn a_torn_tail_is_cut_off_and_nothing_acked_is_lost() {
     // A crash in the middle of an unacknowledged write leaves part of a record at the end of
     // the newest segment, cut anywhere.
     let mut record = Vec::new();
-    zerok_actors::blob_store::core::encode_item(
+    zerok_actors::relay::blob_store::core::encode_item(
         &mut record,
-        &zerok_actors::blob_store::core::ItemRecord {
+        &zerok_actors::relay::blob_store::core::ItemRecord {
             mailbox: MAILBOX,
             cursor: 11,
             blob_id: BlobId::of_ciphertext(b"never acked"),
@@ -729,7 +731,7 @@ fn fill_disk(dir: &Path) -> PathBuf {
             Ok(_) => {}
             Err(err) => {
                 assert!(
-                    zerok_actors::blob_store::segments::is_disk_full(&err),
+                    zerok_actors::relay::blob_store::segments::is_disk_full(&err),
                     "{err}"
                 );
                 break;

@@ -12,11 +12,11 @@ use std::time::Duration;
 use zerok_actors::crypto::join::sign_join;
 use zerok_actors::crypto::keys::GroupSecret;
 use zerok_actors::link::{Dialer, Link, MemoryNetwork};
-use zerok_actors::metrics::RelayMetrics;
-use zerok_actors::rate_limit::{RateLimitConfig, RelayLimiters};
+use zerok_actors::relay::metrics::RelayMetrics;
+use zerok_actors::relay::rate_limit::{RateLimitConfig, RelayLimiters};
+use zerok_actors::relay::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
+use zerok_actors::relay::session::{SessionActor, SessionArgs};
 use zerok_actors::rng::Rng;
-use zerok_actors::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
-use zerok_actors::session::{SessionActor, SessionArgs};
 use zerok_actors::shared_ref::SharedRef;
 use zerok_actors::supervision::RestartPolicy;
 use zerok_messages::relay::RoutersMsg;
@@ -105,7 +105,7 @@ impl Relay {
                 idle_timeout: Duration::from_secs(60),
                 limiters: std::sync::Arc::new(RelayLimiters::new(&RateLimitConfig::default())),
                 metrics: RelayMetrics::new(),
-                admission: zerok_actors::admission::SessionAdmission::unlimited(RELAY),
+                admission: zerok_actors::relay::admission::SessionAdmission::unlimited(RELAY),
             },
         )
         .await

@@ -16,12 +16,12 @@
 use bytes::Bytes;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use zerok_actors::blob_store::OpenError;
-use zerok_actors::blob_store::core::{
+use zerok_actors::fault::FaultPlan;
+use zerok_actors::relay::blob_store::OpenError;
+use zerok_actors::relay::blob_store::core::{
     self, FRAME_HEADER, ITEM_HEADER, ItemRecord, SEGMENT_HEADER, SEGMENT_MAGIC_3, StoreLimits,
 };
-use zerok_actors::blob_store::segments::{SEGMENT_SUFFIX, Store, check_store};
-use zerok_actors::fault::FaultPlan;
+use zerok_actors::relay::blob_store::segments::{SEGMENT_SUFFIX, Store, check_store};
 use zerok_messages::relay::{AppendRequest, StoreOutcome};
 use zerok_messages::{BlobId, MailboxId};
 

@@ -6,9 +6,9 @@
 
 use bytes::Bytes;
 use std::path::Path;
-use zerok_actors::blob_store::core::StoreLimits;
-use zerok_actors::blob_store::segments::{Store, StoreOptions};
 use zerok_actors::fault::FaultPlan;
+use zerok_actors::relay::blob_store::core::StoreLimits;
+use zerok_actors::relay::blob_store::segments::{Store, StoreOptions};
 use zerok_messages::relay::{AppendRequest, StoreOutcome};
 use zerok_messages::{BlobId, MailboxId};
 
@@ -103,7 +103,7 @@ fn reopening_reads_the_index_not_the_data() {
     assert!(!report.is_rebuilt);
     assert_eq!(
         report.replayed_bytes,
-        zerok_actors::blob_store::core::CLOSED_BATCH_BYTES as u64,
+        zerok_actors::relay::blob_store::core::CLOSED_BATCH_BYTES as u64,
         "a clean close leaves nothing to replay but its closed marker"
     );
     assert_eq!(answers(&store, &MAILBOXES), before);

@@ -14,7 +14,9 @@ use serde::{Deserialize, Deserializer};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use zerok_actors::blob_store::core::{ITEM_CHARGE_BYTES, MAILBOX_INDEX_ENTRIES, charged_bytes};
+use zerok_actors::relay::blob_store::core::{
+    ITEM_CHARGE_BYTES, MAILBOX_INDEX_ENTRIES, charged_bytes,
+};
 use zerok_messages::wire::{BLOB_BYTES_MAX, FRAME_BYTES_MAX, Limits};
 
 /// Data directory when neither the file nor `--data-dir` names one: beside the working
@@ -242,11 +244,11 @@ pub enum AdmissionModeArg {
 
 impl AdmissionSettings {
     /// The settings as the admission component takes them.
-    pub fn to_config(&self) -> zerok_actors::admission::AdmissionConfig {
-        zerok_actors::admission::AdmissionConfig {
+    pub fn to_config(&self) -> zerok_actors::relay::admission::AdmissionConfig {
+        zerok_actors::relay::admission::AdmissionConfig {
             mode: match self.mode {
-                AdmissionModeArg::Open => zerok_actors::admission::AdmissionMode::Open,
-                AdmissionModeArg::Token => zerok_actors::admission::AdmissionMode::Token,
+                AdmissionModeArg::Open => zerok_actors::relay::admission::AdmissionMode::Open,
+                AdmissionModeArg::Token => zerok_actors::relay::admission::AdmissionMode::Token,
             },
             mailboxes_per_device_per_hour: self.mailboxes_per_device_per_hour,
             mailboxes_per_source_per_hour: self.mailboxes_per_source_per_hour,
@@ -272,9 +274,9 @@ impl Default for AdmissionSettings {
         Self {
             mode: AdmissionModeArg::Open,
             mailboxes_per_device_per_hour:
-                zerok_actors::admission::MAILBOXES_PER_DEVICE_PER_HOUR_DEFAULT,
+                zerok_actors::relay::admission::MAILBOXES_PER_DEVICE_PER_HOUR_DEFAULT,
             mailboxes_per_source_per_hour:
-                zerok_actors::admission::MAILBOXES_PER_SOURCE_PER_HOUR_DEFAULT,
+                zerok_actors::relay::admission::MAILBOXES_PER_SOURCE_PER_HOUR_DEFAULT,
         }
     }
 }
@@ -319,7 +321,7 @@ impl Default for LimitsConfig {
             // 100 MiB: a small team's backlog of a week without one group filling the disk.
             mailbox_quota_bytes: 100 * 1024 * 1024,
             // 100,000: a busy group's week; a fifth of the relay's default item budget.
-            mailbox_items_max: zerok_actors::blob_store::core::MAILBOX_ITEMS_MAX_DEFAULT,
+            mailbox_items_max: zerok_actors::relay::blob_store::core::MAILBOX_ITEMS_MAX_DEFAULT,
             // A week: a laptop that was off over a holiday still catches up.
             ttl_default_secs: 7 * 24 * 3600,
             // A month: long enough for any sync gap, short enough that a relay forgets.
@@ -1381,7 +1383,7 @@ mod tests {
         assert_eq!(file.admission.mailboxes_per_device_per_hour, 3);
         assert_eq!(
             file.admission.mailboxes_per_source_per_hour,
-            zerok_actors::admission::MAILBOXES_PER_SOURCE_PER_HOUR_DEFAULT
+            zerok_actors::relay::admission::MAILBOXES_PER_SOURCE_PER_HOUR_DEFAULT
         );
         assert_eq!(
             cli(&["--admission", "token"])

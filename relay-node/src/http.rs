@@ -23,7 +23,7 @@ use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use zerok_actors::metrics::RelayMetrics;
+use zerok_actors::relay::metrics::RelayMetrics;
 
 /// Content type of the Prometheus text exposition format, version 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -65,7 +65,7 @@ fn main() -> ExitCode {
 
 /// `zerok-relay admit`: mint and print one admission token.
 fn admit(config: &RelayConfig, mailboxes: u32, valid_days: u64) -> ExitCode {
-    use zerok_actors::admission::{AdmissionToken, token_id_hex};
+    use zerok_actors::relay::admission::{AdmissionToken, token_id_hex};
     let mut rng = zerok_actors::rng::Rng::system();
     let data_dir = &config.data_dir;
     if let Err(err) = std::fs::create_dir_all(data_dir) {
@@ -118,7 +118,7 @@ fn admit(config: &RelayConfig, mailboxes: u32, valid_days: u64) -> ExitCode {
 
 /// `zerok-relay check`: verify the store offline and print the findings.
 fn check(config: &RelayConfig) -> ExitCode {
-    use zerok_actors::blob_store::segments::check_store;
+    use zerok_actors::relay::blob_store::segments::check_store;
     let dir = config.data_dir.join(zerok_relay::tree::STORE_DIR);
     let report = match check_store(&dir) {
         Ok(report) => report,

@@ -36,26 +36,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
-use zerok_actors::admission::Admission;
-use zerok_actors::blob_store::core::{StoreBudget, StoreLimits};
-use zerok_actors::blob_store::{ItemStore, Store, StoreOptions};
 use zerok_actors::clock::Clock;
 use zerok_actors::fault::FaultPlan;
-use zerok_actors::infra::{InfraActor, InfraArgs, STORE_RESTART_POLICY, SWEEPER_RESTART_POLICY};
 use zerok_actors::link::LinkListener;
 use zerok_actors::link::QueuePool;
 use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
 use zerok_actors::link::slots::{ConnectionSlots, SlotLimits};
-use zerok_actors::listener::{ListenerActor, ListenerArgs};
-use zerok_actors::metrics::RelayMetrics;
-use zerok_actors::rate_limit::{RateLimitConfig, RelayLimiters};
-use zerok_actors::rng::Rng;
-use zerok_actors::routers_supervisor::{
+use zerok_actors::relay::admission::Admission;
+use zerok_actors::relay::blob_store::core::{StoreBudget, StoreLimits};
+use zerok_actors::relay::blob_store::{ItemStore, Store, StoreOptions};
+use zerok_actors::relay::infra::{
+    InfraActor, InfraArgs, STORE_RESTART_POLICY, SWEEPER_RESTART_POLICY,
+};
+use zerok_actors::relay::listener::{ListenerActor, ListenerArgs};
+use zerok_actors::relay::metrics::RelayMetrics;
+use zerok_actors::relay::rate_limit::{RateLimitConfig, RelayLimiters};
+use zerok_actors::relay::routers_supervisor::{
     ROUTER_RESTART_POLICY, RoutersSupervisorActor, RoutersSupervisorArgs,
 };
-use zerok_actors::sessions_supervisor::{
+use zerok_actors::relay::sessions_supervisor::{
     SessionsConfig, SessionsSupervisorActor, SessionsSupervisorArgs,
 };
+use zerok_actors::rng::Rng;
 use zerok_actors::shared_ref::SharedRef;
 use zerok_messages::relay::{BlobStoreMsg, InfraMsg, ListenerMsg, RoutersMsg, SessionsMsg};
 use zerok_messages::{DeviceId, RelayAddr};
@@ -85,7 +87,7 @@ pub enum StartError {
     },
     /// The store cannot be opened.
     #[error("{0}")]
-    Store(#[from] zerok_actors::blob_store::OpenError),
+    Store(#[from] zerok_actors::relay::blob_store::OpenError),
     /// The QUIC endpoint cannot be bound or its key read.
     #[error("QUIC endpoint on {addr}: {message}")]
     Endpoint {
@@ -107,7 +109,7 @@ pub enum StartError {
     Actors(String),
     /// The admission ledger cannot be read.
     #[error("{0}")]
-    Admission(#[from] zerok_actors::admission::LedgerError),
+    Admission(#[from] zerok_actors::relay::admission::LedgerError),
 }
 
 /// Seams a test or the simulation can replace; the binary uses [`Seams::default`].

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
-use zerok_actors::blob_store::core::{self, FRAME_HEADER, ITEM_HEADER, SEGMENT_HEADER};
+use zerok_actors::relay::blob_store::core::{self, FRAME_HEADER, ITEM_HEADER, SEGMENT_HEADER};
 use zerok_relay::http::client::http_get;
 
 const PUSHES: u64 = 40;

@@ -541,7 +541,11 @@ pub fn load_or_create_secret_key(path: &Path, rng: &mut Rng) -> Result<[u8; 32],
 /// of the new, and the rename itself is durable (`blob_store::fs::write_file_durably`, whose
 /// tests cut the power at each of its syncs).
 pub fn write_file_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::blob_store::fs::write_file_durably(&crate::blob_store::fs::OsFs, path, bytes)
+    crate::relay::blob_store::fs::write_file_durably(
+        &crate::relay::blob_store::fs::OsFs,
+        path,
+        bytes,
+    )
 }
 
 #[cfg(test)]

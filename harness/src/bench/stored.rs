@@ -11,10 +11,10 @@ use anyhow::anyhow;
 use std::path::Path;
 use std::time::Duration;
 use tokio::time::Instant;
-use zerok_actors::blob_store::Store;
-use zerok_actors::blob_store::core::StoreLimits;
-use zerok_actors::blob_store::segments::StoreOptions;
 use zerok_actors::fault::FaultPlan;
+use zerok_actors::relay::blob_store::Store;
+use zerok_actors::relay::blob_store::core::StoreLimits;
+use zerok_actors::relay::blob_store::segments::StoreOptions;
 use zerok_messages::relay::{AppendRequest, StoreOutcome};
 use zerok_messages::{BlobId, MailboxId};
 
@@ -38,7 +38,7 @@ fn fill(data_dir: &Path, items: u64, mailbox: MailboxId, catchup: u64) -> anyhow
     let started = clock.now_unix_ms();
     let store = Store::open_with(
         &data_dir.join(STORE_DIR),
-        StoreOptions::new(zerok_actors::blob_store::segments::SEGMENT_BYTES_DEFAULT),
+        StoreOptions::new(zerok_actors::relay::blob_store::segments::SEGMENT_BYTES_DEFAULT),
     )?;
     let limits = StoreLimits {
         mailbox_quota_bytes: u64::MAX,

@@ -32,12 +32,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use zerok_actors::blob_store::core::StoreLimits;
-use zerok_actors::blob_store::segments::SEGMENT_BYTES_DEFAULT;
-use zerok_actors::blob_store::{BlobStoreActor, BlobStoreArgs, ItemStore, Store};
 use zerok_actors::clock::Clock;
 use zerok_actors::fault::FaultPlan;
-use zerok_actors::metrics::RelayMetrics;
+use zerok_actors::relay::blob_store::core::StoreLimits;
+use zerok_actors::relay::blob_store::segments::SEGMENT_BYTES_DEFAULT;
+use zerok_actors::relay::blob_store::{BlobStoreActor, BlobStoreArgs, ItemStore, Store};
+use zerok_actors::relay::metrics::RelayMetrics;
 use zerok_messages::relay::{AppendRequest, BlobStoreMsg, GroupRouterMsg, StoreOutcome};
 use zerok_messages::{BlobId, Cursor, MailboxId};
 

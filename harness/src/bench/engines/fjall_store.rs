@@ -19,9 +19,9 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Pers
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use tracing::warn;
-use zerok_actors::blob_store::ItemStore;
-use zerok_actors::blob_store::core::{CommitPlan, MailboxMeta, StoreBudget, StoreLimits};
 use zerok_actors::fault::{FaultPlan, FaultPoint};
+use zerok_actors::relay::blob_store::ItemStore;
+use zerok_actors::relay::blob_store::core::{CommitPlan, MailboxMeta, StoreBudget, StoreLimits};
 use zerok_messages::relay::{AppendRequest, Page, StoreError, StoreStats, SweepReport};
 use zerok_messages::sync::{lock, read, write};
 use zerok_messages::{BlobId, Cursor, Item, MailboxId};
@@ -198,7 +198,7 @@ impl ItemStore for FjallStore {
         }
         let from = item_key(mailbox, after + 1);
         let to = item_key(mailbox, u64::MAX);
-        let mut fill = zerok_actors::blob_store::core::PageFill::new(max_items, max_bytes);
+        let mut fill = zerok_actors::relay::blob_store::core::PageFill::new(max_items, max_bytes);
         for guard in self.items.range(from..=to) {
             let (key, value) = guard.into_inner().map_err(failed("read"))?;
             let cursor = item_key_cursor(&key).ok_or_else(|| undecodable("item key"))?;

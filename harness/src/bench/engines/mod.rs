@@ -19,7 +19,7 @@
 //! entries without reading its ciphertext. Memory is only the engines' own caches
 //! ([`ENGINE_CACHE_BYTES`]), not a per-item index.
 //!
-//! [`ItemStore`]: zerok_actors::blob_store::ItemStore
+//! [`ItemStore`]: zerok_actors::relay::blob_store::ItemStore
 
 pub mod bench;
 pub mod fjall_store;
@@ -29,7 +29,7 @@ pub use fjall_store::FjallStore;
 pub use redb_store::RedbStore;
 
 use std::collections::HashMap;
-use zerok_actors::blob_store::core::{
+use zerok_actors::relay::blob_store::core::{
     CommitPlan, MailboxMeta, MailboxState, Room, StoreLimits, plan_commit,
 };
 use zerok_messages::relay::{AppendRequest, StoreStats};
@@ -89,7 +89,7 @@ impl Totals {
             disk_bytes,
             charged_bytes: self.bytes.saturating_add(
                 self.items
-                    .saturating_mul(zerok_actors::blob_store::core::ITEM_CHARGE_BYTES),
+                    .saturating_mul(zerok_actors::relay::blob_store::core::ITEM_CHARGE_BYTES),
             ),
             index_entries: self.items,
             free_disk_bytes: u64::MAX,
@@ -429,8 +429,8 @@ pub(crate) mod tests {
 
     use super::*;
     use bytes::Bytes;
-    use zerok_actors::blob_store::ItemStore;
     use zerok_actors::fault::FaultPlan;
+    use zerok_actors::relay::blob_store::ItemStore;
     use zerok_messages::relay::StoreOutcome;
 
     pub(crate) fn request(
@@ -574,7 +574,7 @@ pub(crate) mod tests {
     fn the_segment_log_passes_the_same_behaviour_test() {
         let dir = tempfile::tempdir().unwrap();
         commit_read_duplicate_sweep_reopen(|| {
-            zerok_actors::blob_store::Store::open(dir.path(), 4096).unwrap()
+            zerok_actors::relay::blob_store::Store::open(dir.path(), 4096).unwrap()
         });
     }
 

@@ -16,9 +16,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use tracing::warn;
-use zerok_actors::blob_store::ItemStore;
-use zerok_actors::blob_store::core::{CommitPlan, MailboxMeta, StoreBudget, StoreLimits};
 use zerok_actors::fault::{FaultPlan, FaultPoint};
+use zerok_actors::relay::blob_store::ItemStore;
+use zerok_actors::relay::blob_store::core::{CommitPlan, MailboxMeta, StoreBudget, StoreLimits};
 use zerok_messages::relay::{AppendRequest, Page, StoreError, StoreStats, SweepReport};
 use zerok_messages::sync::{read, write};
 use zerok_messages::{BlobId, Cursor, Item, MailboxId};
@@ -233,7 +233,7 @@ impl ItemStore for RedbStore {
         let items = txn.open_table(ITEMS).map_err(failed("open table"))?;
         let from = item_key(mailbox, after + 1);
         let to = item_key(mailbox, u64::MAX);
-        let mut fill = zerok_actors::blob_store::core::PageFill::new(max_items, max_bytes);
+        let mut fill = zerok_actors::relay::blob_store::core::PageFill::new(max_items, max_bytes);
         for entry in items
             .range(from.as_slice()..=to.as_slice())
             .map_err(failed("read"))?

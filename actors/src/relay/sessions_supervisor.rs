@@ -8,11 +8,11 @@
 //! connection and the client reconnects. On `Shutdown` every session says `Bye{shutdown}`
 //! and the supervisor answers once all have ended or the grace time passed.
 
-use crate::admission::{Admission, SessionAdmission};
-use crate::metrics::RelayMetrics;
-use crate::rate_limit::RelayLimiters;
+use crate::relay::admission::{Admission, SessionAdmission};
+use crate::relay::metrics::RelayMetrics;
+use crate::relay::rate_limit::RelayLimiters;
+use crate::relay::session::{SessionActor, SessionArgs};
 use crate::rng::Rng;
-use crate::session::{SessionActor, SessionArgs};
 use crate::shared_ref::SharedRef;
 use bytes::Bytes;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};

@@ -17,7 +17,7 @@
 //! the old one was dying. A router with no pending push and no subscriber stops itself after
 //! [`IDLE_STOP_AFTER`], so memory grows with active mailboxes, not with all mailboxes ever seen.
 
-use crate::metrics::RelayMetrics;
+use crate::relay::metrics::RelayMetrics;
 use crate::shared_ref::SharedRef;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};

@@ -115,9 +115,9 @@ impl StoreFs for OsFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob_store::core::{StoreLimits, charged_bytes};
-    use crate::blob_store::segments::Store;
     use crate::fault::FaultPlan;
+    use crate::relay::blob_store::core::{StoreLimits, charged_bytes};
+    use crate::relay::blob_store::segments::Store;
     use bytes::Bytes;
     use zerok_messages::relay::AppendRequest;
     use zerok_messages::{BlobId, MailboxId};

@@ -6,7 +6,7 @@
 //! pushes interleave with a long sweep instead of waiting for it. Expired items are never
 //! returned by reads even before they are swept; sweeping only frees the space.
 
-use crate::metrics::RelayMetrics;
+use crate::relay::metrics::RelayMetrics;
 use crate::shared_ref::SharedRef;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Duration;

@@ -17,10 +17,10 @@
 
 pub mod core;
 
-use crate::admission::SessionAdmission;
 use crate::link_reader::{LinkReaderActor, LinkReaderArgs};
-use crate::metrics::RelayMetrics;
-use crate::rate_limit::RelayLimiters;
+use crate::relay::admission::SessionAdmission;
+use crate::relay::metrics::RelayMetrics;
+use crate::relay::rate_limit::RelayLimiters;
 use crate::shared_ref::SharedRef;
 use ::core::time::Duration;
 use bytes::Bytes;
@@ -291,8 +291,9 @@ impl SessionState {
                             },
                             Err(refusal) => {
                                 self.core.on_join_refused(&mailbox);
-                                if let crate::admission::Refusal::RateLimited { scope, .. } =
-                                    &refusal
+                                if let crate::relay::admission::Refusal::RateLimited {
+                                    scope, ..
+                                } = &refusal
                                 {
                                     metrics
                                         .rate_limited_total

@@ -29,7 +29,7 @@ pub enum Action {
     /// Nothing to do (e.g. a `Pong`).
     Nothing,
     /// The join proof checked out: if the Join creates the mailbox, admit it
-    /// ([`crate::admission`]; on refusal call [`SessionCore::on_join_refused`]), then answer
+    /// ([`crate::relay::admission`]; on refusal call [`SessionCore::on_join_refused`]), then answer
     /// `Joined` with the mailbox's latest cursor.
     Joined {
         /// Request id.

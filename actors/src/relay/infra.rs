@@ -1,6 +1,6 @@
 //! Infra supervisor: owns the BlobStore and the CleanupSweeper (DESIGN.md §2).
 //!
-//! It holds the opened [`Store`](crate::blob_store::Store) and hands it to each BlobStore it
+//! It holds the opened [`Store`](crate::relay::blob_store::Store) and hands it to each BlobStore it
 //! spawns, so a restarted store finds everything durable where it was. Policy one-for-one
 //! under the shared [`RestartPolicy`] ([`crate::supervision`]), one per child, set in
 //! [`InfraArgs`] ([`STORE_RESTART_POLICY`], [`SWEEPER_RESTART_POLICY`] in the relay): a
@@ -13,12 +13,12 @@
 //! the service manager to restart it (DESIGN.md §2: a dead top-level child stops the node).
 //! Restarts are counted in `actor_restarts_total{actor="blob_store"|"cleanup_sweeper"}`.
 
-use crate::blob_store::core::StoreLimits;
-use crate::blob_store::{BlobStoreActor, BlobStoreArgs, ItemStore};
-use crate::cleanup_sweeper::{CleanupSweeperActor, CleanupSweeperArgs};
 use crate::clock::Clock;
 use crate::fault::FaultPlan;
-use crate::metrics::RelayMetrics;
+use crate::relay::blob_store::core::StoreLimits;
+use crate::relay::blob_store::{BlobStoreActor, BlobStoreArgs, ItemStore};
+use crate::relay::cleanup_sweeper::{CleanupSweeperActor, CleanupSweeperArgs};
+use crate::relay::metrics::RelayMetrics;
 use crate::rng::Rng;
 use crate::shared_ref::SharedRef;
 use crate::supervision::{Restart, RestartPolicy, RestartTracker};

@@ -18,8 +18,8 @@
 //! `intensity + 1` starts per `period` plus the backoffs. The supervisor itself fails only on
 //! a bug of its own, which RelayRoot escalates (DESIGN.md §2).
 
-use crate::group_router::{GroupRouterActor, GroupRouterArgs, SubscriberTable};
-use crate::metrics::RelayMetrics;
+use crate::relay::group_router::{GroupRouterActor, GroupRouterArgs, SubscriberTable};
+use crate::relay::metrics::RelayMetrics;
 use crate::rng::Rng;
 use crate::shared_ref::SharedRef;
 use crate::supervision::{Restart, RestartPolicy, RestartTracker};
@@ -234,7 +234,7 @@ impl Actor for RoutersSupervisorActor {
             // A router stops normally only when idle; any other end (a kill, a panic, an
             // error) is a crash and gets the restart treatment.
             SupervisionEvent::ActorTerminated(cell, _, reason)
-                if reason.as_deref() == Some(crate::group_router::IDLE_STOP_REASON) =>
+                if reason.as_deref() == Some(crate::relay::group_router::IDLE_STOP_REASON) =>
             {
                 if let Some(mailbox) = state.by_actor.remove(&cell.get_id())
                     && let Some(entry) = state.mailboxes.get_mut(&mailbox)

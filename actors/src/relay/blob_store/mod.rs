@@ -24,7 +24,7 @@ pub mod segments;
 
 use crate::clock::Clock;
 use crate::fault::{FaultPlan, FaultPoint};
-use crate::metrics::RelayMetrics;
+use crate::relay::metrics::RelayMetrics;
 use ::core::time::Duration;
 use core::StoreLimits;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
