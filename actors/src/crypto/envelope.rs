@@ -233,6 +233,26 @@ pub fn open(
     blob_id: &BlobId,
     envelope: &[u8],
 ) -> Result<OpenedRecord, OpenError> {
+    open_checked(keys, blob_id, envelope, None)
+}
+
+/// [`open`] for the device `own`: a record whose sender is `own` is [`OpenError::Own`],
+/// without checking its signature (the reader drops its own records either way).
+pub fn open_unless_own(
+    keys: &EpochKeys,
+    blob_id: &BlobId,
+    envelope: &[u8],
+    own: &DeviceId,
+) -> Result<OpenedRecord, OpenError> {
+    open_checked(keys, blob_id, envelope, Some(own))
+}
+
+fn open_checked(
+    keys: &EpochKeys,
+    blob_id: &BlobId,
+    envelope: &[u8],
+    own: Option<&DeviceId>,
+) -> Result<OpenedRecord, OpenError> {
     if BlobId::of_ciphertext(envelope) != *blob_id {
         return Err(OpenError::BlobIdMismatch);
     }
@@ -249,6 +269,9 @@ pub fn open(
         .ok_or(OpenError::BadRecord)?;
     let record: RecordWire =
         ciborium::from_reader(record_bytes).map_err(|_| OpenError::BadRecord)?;
+    if own == Some(&record.sender) {
+        return Err(OpenError::Own);
+    }
     let signed = signed_bytes(
         &mailbox,
         epoch,
@@ -328,6 +351,71 @@ mod tests {
         assert_eq!(opened.payload, b"hello");
         assert_eq!(BlobId::of_ciphertext(&sealed.envelope), sealed.blob_id);
         assert_eq!(envelope_epoch(&sealed.envelope), Some(Epoch(0)));
+    }
+
+    #[test]
+    fn own_records_are_recognised_before_their_signature_is_checked() {
+        let (keys, device) = fixture();
+        let sealed = seal_app(&keys, &device, b"mine");
+        let own = device.device_id();
+        assert_eq!(
+            open_unless_own(&keys, &sealed.blob_id, &sealed.envelope, &own),
+            Err(OpenError::Own)
+        );
+        // Another reader opens and checks it as always.
+        let other = DeviceId([9; 32]);
+        let opened = open_unless_own(&keys, &sealed.blob_id, &sealed.envelope, &other).unwrap();
+        assert_eq!(opened.payload, b"mine");
+        // A record claiming a sender it was not signed by still fails for everyone else.
+        let mallory = DeviceKey::from_secret_bytes(&[0x33; 32]);
+        let mut forged = forge_sender(&keys, &mallory, device.device_id());
+        assert_eq!(
+            open_unless_own(&keys, &forged.blob_id, &forged.envelope, &other),
+            Err(OpenError::BadSignature)
+        );
+        // ... and is dropped unchecked by the device it names.
+        forged.blob_id = BlobId::of_ciphertext(&forged.envelope);
+        assert_eq!(
+            open_unless_own(&keys, &forged.blob_id, &forged.envelope, &own),
+            Err(OpenError::Own)
+        );
+    }
+
+    /// A record sealed and signed by `signer` that names `sender` as its writer.
+    fn forge_sender(keys: &EpochKeys, signer: &DeviceKey, sender: DeviceId) -> Sealed {
+        let signed = signed_bytes(
+            &keys.mailbox_id(),
+            keys.epoch(),
+            &sender,
+            1,
+            99,
+            RecordKind::APP,
+            b"forged",
+        );
+        let record = RecordWire {
+            sender,
+            seq: 1,
+            hlc: 99,
+            kind: RecordKind::APP,
+            payload: b"forged".to_vec(),
+            signature: Signature64(signer.signing.sign(&signed).to_bytes()),
+        };
+        let mut padded = vec![0u8; 4];
+        ciborium::into_writer(&record, &mut padded).unwrap();
+        let len = (padded.len() - 4) as u32;
+        padded[..4].copy_from_slice(&len.to_be_bytes());
+        padded.resize(pad_bucket(padded.len()), 0);
+        let envelope = seal_raw(
+            keys.content_key(),
+            &keys.mailbox_id(),
+            keys.epoch(),
+            &padded,
+            [6; 24],
+        );
+        Sealed {
+            blob_id: BlobId::of_ciphertext(&envelope),
+            envelope,
+        }
     }
 
     #[test]

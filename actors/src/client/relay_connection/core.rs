@@ -424,6 +424,21 @@ impl ConnCore {
                     self.start_pull(io, group);
                 }
             }
+            // `Subscribed` says how far the mailbox goes: catch up to there now rather than
+            // count on the `Notify` a relay sends after it (a late joiner whose relay sent no
+            // `Notify` waited for the next live push, forever in a quiet group).
+            (
+                Frame::Subscribed {
+                    mailbox, latest, ..
+                },
+                Some(Pending::Subscribe(group)),
+            ) => {
+                if self.group_of_mailbox(&mailbox) == Some(group)
+                    && self.groups.get(&group).is_some_and(|g| latest.0 > g.have)
+                {
+                    self.start_pull(io, group);
+                }
+            }
             (Frame::Notify { mailbox, latest }, _) => {
                 if let Some(group) = self.group_of_mailbox(&mailbox)
                     && self.groups.get(&group).is_some_and(|g| latest.0 > g.have)
@@ -832,6 +847,23 @@ mod tests {
         core.on_frame(&mut io, beyond, Instant::now());
         assert_eq!(last_pull(&io).map(|(_, a)| a), Some(Cursor(3)));
         assert_eq!(io.sent.len(), before + 1);
+    }
+
+    #[test]
+    fn subscribed_with_items_beyond_the_cursor_pulls_without_waiting_for_a_notify() {
+        let (mut core, mut io, _, mailbox) = joined();
+        let (group, _) = group();
+        core.subscribe(&mut io, group);
+        let Some(Frame::Subscribe { req, .. }) = io.sent.pop() else {
+            panic!("a subscribe");
+        };
+        let subscribed = Frame::Subscribed {
+            req,
+            mailbox,
+            latest: Cursor(8492),
+        };
+        core.on_frame(&mut io, subscribed, Instant::now());
+        assert_eq!(last_pull(&io).map(|(_, a)| a), Some(Cursor(0)));
     }
 
     #[test]

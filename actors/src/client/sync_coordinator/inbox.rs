@@ -229,6 +229,11 @@ impl CoordinatorState {
         }
         let record = match item.opened {
             Ok(record) => record,
+            Err(OpenError::Own) => {
+                // This device's own record, served back (its id was forgotten).
+                self.seen.insert(item.blob_id);
+                return;
+            }
             Err(err) => {
                 hand_over(
                     events,

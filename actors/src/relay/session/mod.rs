@@ -455,6 +455,7 @@ impl SessionState {
                         );
                         match subscribed {
                             Ok(latest) => {
+                                debug!(mailbox = %mailbox.short(), after = after.0, latest = latest.0, "subscribed");
                                 self.core.set_subscribed(mailbox, true);
                                 if latest > after {
                                     catch_up = Some(Frame::Notify { mailbox, latest });
