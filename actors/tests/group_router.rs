@@ -233,3 +233,25 @@ async fn a_router_with_a_subscriber_does_not_stop() {
     tokio::time::sleep(IDLE_STOP_AFTER + IDLE_STOP_AFTER / 2).await;
     assert_eq!(first.get_status(), ractor::ActorStatus::Stopped);
 }
+
+/// Two sessions asking for a mailbox's router at once (two devices subscribing together) get
+/// the same router, even while it is still starting. A router handed out as "not running"
+/// was replaced by a second one: pushes went through the first, late subscribers asked the
+/// second for the mailbox's end (0) and were never told to catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_of_a_new_mailbox_get_one_router() {
+    for _ in 0..20 {
+        let (routers, _) = setup().await;
+        let lookups = (0..8).map(|_| {
+            let routers = routers.clone();
+            tokio::spawn(async move { router(&routers).await.get_id() })
+        });
+        let ids: Vec<_> = futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        routers.stop(None);
+    }
+}

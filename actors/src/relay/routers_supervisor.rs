@@ -188,9 +188,13 @@ impl Actor for RoutersSupervisorActor {
                     .or_insert_with(|| MailboxEntry::new(policy));
                 // A router that stopped itself (idle) but whose end this supervisor has not
                 // handled yet is replaced now rather than handed out dead; its late
-                // termination event finds no entry in `by_actor` and is ignored.
+                // termination event finds no entry in `by_actor` and is ignored. A router
+                // still starting is alive: ractor marks an actor `Running` only once its
+                // task runs, after `spawn` returned, and replacing it then made a second
+                // router for the mailbox (pushes went through one, subscribers asked the
+                // other how far the mailbox goes).
                 if let Some(router) = &entry.router
-                    && router.get_status() != ractor::ActorStatus::Running
+                    && !ractor::ACTIVE_STATES.contains(&router.get_status())
                 {
                     state.by_actor.remove(&router.get_id());
                     entry.router = None;

@@ -432,12 +432,10 @@ impl ConnCore {
                     mailbox, latest, ..
                 },
                 Some(Pending::Subscribe(group)),
-            ) => {
-                if self.group_of_mailbox(&mailbox) == Some(group)
-                    && self.groups.get(&group).is_some_and(|g| latest.0 > g.have)
-                {
-                    self.start_pull(io, group);
-                }
+            ) if self.group_of_mailbox(&mailbox) == Some(group)
+                && self.groups.get(&group).is_some_and(|g| latest.0 > g.have) =>
+            {
+                self.start_pull(io, group);
             }
             (Frame::Notify { mailbox, latest }, _) => {
                 if let Some(group) = self.group_of_mailbox(&mailbox)

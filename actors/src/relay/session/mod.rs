@@ -181,7 +181,7 @@ fn unavailable(req: ReqId, what: &str) -> Frame {
 impl SessionState {
     async fn router(&mut self, mailbox: MailboxId) -> Result<ActorRef<GroupRouterMsg>, StoreError> {
         if let Some(router) = self.router_cache.get(&mailbox)
-            && router.get_status() == ractor::ActorStatus::Running
+            && ractor::ACTIVE_STATES.contains(&router.get_status())
         {
             return Ok(router.clone());
         }
