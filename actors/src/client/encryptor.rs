@@ -84,6 +84,8 @@ pub struct EncryptorState {
     groups: HashMap<GroupId, Arc<EpochKeys>>,
     cores: usize,
     faults: FaultPlan,
+    /// Senders' public keys, decompressed once (shared by the opening threads).
+    senders: Arc<envelope::SenderKeys>,
 }
 
 impl Actor for EncryptorActor {
@@ -102,6 +104,7 @@ impl Actor for EncryptorActor {
             groups: HashMap::new(),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             faults: args.faults,
+            senders: Arc::default(),
         })
     }
 
@@ -144,6 +147,7 @@ impl Actor for EncryptorActor {
             }
             EncryptorMsg::OpenMany { envelopes, reply } => {
                 let own = state.device.device_id();
+                let senders = Arc::clone(&state.senders);
                 if state.faults.should_fail(FaultPoint::EncryptorBatch) {
                     return Err("fault injected: the Encryptor fails on a batch".into());
                 }
@@ -155,9 +159,13 @@ impl Actor for EncryptorActor {
                     move |(keys, e): (Option<Arc<EpochKeys>>, ToOpen)| match keys {
                         // This device's own records come back from relays and are dropped: their
                         // signatures are not checked.
-                        Some(keys) => {
-                            envelope::open_unless_own(&keys, &e.blob_id, &e.envelope, &own)
-                        }
+                        Some(keys) => envelope::open_unless_own(
+                            &keys,
+                            &e.blob_id,
+                            &e.envelope,
+                            &own,
+                            &senders,
+                        ),
                         None => Err(OpenError::Malformed),
                     },
                 );

@@ -233,18 +233,55 @@ pub fn open(
     blob_id: &BlobId,
     envelope: &[u8],
 ) -> Result<OpenedRecord, OpenError> {
-    open_checked(keys, blob_id, envelope, None)
+    open_checked(keys, blob_id, envelope, None, None)
 }
 
 /// [`open`] for the device `own`: a record whose sender is `own` is [`OpenError::Own`],
-/// without checking its signature (the reader drops its own records either way).
+/// without checking its signature (the reader drops its own records either way). Senders'
+/// public keys are taken from (and kept in) `senders`.
 pub fn open_unless_own(
     keys: &EpochKeys,
     blob_id: &BlobId,
     envelope: &[u8],
     own: &DeviceId,
+    senders: &SenderKeys,
 ) -> Result<OpenedRecord, OpenError> {
-    open_checked(keys, blob_id, envelope, Some(own))
+    open_checked(keys, blob_id, envelope, Some(own), Some(senders))
+}
+
+/// Senders' public keys, decompressed once and shared by the threads that open records: a
+/// group has few writers, and decompressing a key costs about a third of a `verify_strict`.
+/// Bounded: past [`SENDER_KEYS_MAX`] keys the cache starts over.
+#[derive(Debug, Default)]
+pub struct SenderKeys {
+    keys: std::sync::RwLock<std::collections::HashMap<DeviceId, VerifyingKey>>,
+}
+
+/// Sender keys one [`SenderKeys`] holds at most (~100 KiB).
+pub const SENDER_KEYS_MAX: usize = 1024;
+
+impl SenderKeys {
+    /// The key of `sender`, or why it is not one.
+    fn get(&self, sender: &DeviceId) -> Result<VerifyingKey, OpenError> {
+        let cached = match self.keys.read() {
+            Ok(keys) => keys.get(sender).copied(),
+            Err(poisoned) => poisoned.into_inner().get(sender).copied(),
+        };
+        if let Some(key) = cached {
+            return Ok(key);
+        }
+        let key =
+            VerifyingKey::from_bytes(sender.as_bytes()).map_err(|_| OpenError::BadSignature)?;
+        let mut keys = match self.keys.write() {
+            Ok(keys) => keys,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if keys.len() >= SENDER_KEYS_MAX {
+            keys.clear();
+        }
+        keys.insert(*sender, key);
+        Ok(key)
+    }
 }
 
 fn open_checked(
@@ -252,6 +289,7 @@ fn open_checked(
     blob_id: &BlobId,
     envelope: &[u8],
     own: Option<&DeviceId>,
+    senders: Option<&SenderKeys>,
 ) -> Result<OpenedRecord, OpenError> {
     if BlobId::of_ciphertext(envelope) != *blob_id {
         return Err(OpenError::BlobIdMismatch);
@@ -281,8 +319,11 @@ fn open_checked(
         record.kind,
         &record.payload,
     );
-    let sender_key =
-        VerifyingKey::from_bytes(record.sender.as_bytes()).map_err(|_| OpenError::BadSignature)?;
+    let sender_key = match senders {
+        Some(senders) => senders.get(&record.sender)?,
+        None => VerifyingKey::from_bytes(record.sender.as_bytes())
+            .map_err(|_| OpenError::BadSignature)?,
+    };
     sender_key
         .verify_strict(&signed, &Signature::from_bytes(&record.signature.0))
         .map_err(|_| OpenError::BadSignature)?;
@@ -359,26 +400,64 @@ mod tests {
         let sealed = seal_app(&keys, &device, b"mine");
         let own = device.device_id();
         assert_eq!(
-            open_unless_own(&keys, &sealed.blob_id, &sealed.envelope, &own),
+            open_unless_own(
+                &keys,
+                &sealed.blob_id,
+                &sealed.envelope,
+                &own,
+                &SenderKeys::default()
+            ),
             Err(OpenError::Own)
         );
         // Another reader opens and checks it as always.
         let other = DeviceId([9; 32]);
-        let opened = open_unless_own(&keys, &sealed.blob_id, &sealed.envelope, &other).unwrap();
+        let opened = open_unless_own(
+            &keys,
+            &sealed.blob_id,
+            &sealed.envelope,
+            &other,
+            &SenderKeys::default(),
+        )
+        .unwrap();
         assert_eq!(opened.payload, b"mine");
         // A record claiming a sender it was not signed by still fails for everyone else.
         let mallory = DeviceKey::from_secret_bytes(&[0x33; 32]);
         let mut forged = forge_sender(&keys, &mallory, device.device_id());
         assert_eq!(
-            open_unless_own(&keys, &forged.blob_id, &forged.envelope, &other),
+            open_unless_own(
+                &keys,
+                &forged.blob_id,
+                &forged.envelope,
+                &other,
+                &SenderKeys::default()
+            ),
             Err(OpenError::BadSignature)
         );
         // ... and is dropped unchecked by the device it names.
         forged.blob_id = BlobId::of_ciphertext(&forged.envelope);
         assert_eq!(
-            open_unless_own(&keys, &forged.blob_id, &forged.envelope, &own),
+            open_unless_own(
+                &keys,
+                &forged.blob_id,
+                &forged.envelope,
+                &own,
+                &SenderKeys::default()
+            ),
             Err(OpenError::Own)
         );
+    }
+
+    #[test]
+    fn sender_keys_are_kept_and_bounded() {
+        let senders = SenderKeys::default();
+        for n in 0..=SENDER_KEYS_MAX as u32 {
+            let mut secret = [0u8; 32];
+            secret[..4].copy_from_slice(&n.to_be_bytes());
+            let id = DeviceKey::from_secret_bytes(&secret).device_id();
+            assert_eq!(senders.get(&id).map(|k| k.to_bytes()), Ok(*id.as_bytes()));
+        }
+        let held = senders.keys.read().map(|k| k.len()).unwrap_or(0);
+        assert!((1..=SENDER_KEYS_MAX).contains(&held), "{held}");
     }
 
     /// A record sealed and signed by `signer` that names `sender` as its writer.
