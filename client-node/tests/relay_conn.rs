@@ -119,17 +119,17 @@ async fn next_event(
     .expect("the event came in time")
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_relay_that_stops_reading_cannot_wedge_the_connection() {
-    let network = MemoryNetwork::new();
-    let mut listener = network.listen(RELAY);
-    let (joins_tx, mut joins) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(link) = listener.accept().await {
-            tokio::spawn(deaf_after_join(link, joins_tx.clone()));
-        }
-    });
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+/// A RelayConnection to `RELAY` on `network` serving one group, its events forwarded by a
+/// probe standing in for the coordinator.
+async fn connection(
+    network: &MemoryNetwork,
+    receive: bool,
+) -> (
+    ActorRef<RelayConnMsg>,
+    GroupId,
+    mpsc::UnboundedReceiver<RelayEvent>,
+) {
+    let (events_tx, events) = mpsc::unbounded_channel();
     let (probe, _) = Actor::spawn(None, Probe, events_tx).await.unwrap();
     let keys = GroupSecret::from_bytes([3; 32]).epoch_keys(Epoch(0));
     let group = GroupId(keys.mailbox_id());
@@ -149,7 +149,7 @@ async fn a_relay_that_stops_reading_cannot_wedge_the_connection() {
                 cursor: 0,
                 admission: None,
             }],
-            receive: false,
+            receive,
             coordinator: probe,
             rng: Rng::seeded(1),
             faults: FaultPlan::none(),
@@ -157,6 +157,20 @@ async fn a_relay_that_stops_reading_cannot_wedge_the_connection() {
     )
     .await
     .unwrap();
+    (conn, group, events)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relay_that_stops_reading_cannot_wedge_the_connection() {
+    let network = MemoryNetwork::new();
+    let mut listener = network.listen(RELAY);
+    let (joins_tx, mut joins) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(link) = listener.accept().await {
+            tokio::spawn(deaf_after_join(link, joins_tx.clone()));
+        }
+    });
+    let (conn, group, mut events) = connection(&network, false).await;
 
     next_event(&mut events, Duration::from_secs(10), |e| {
         matches!(e, RelayEvent::Joined { .. })
@@ -313,34 +327,7 @@ async fn requests_refused_for_a_moment_are_sent_again_after_the_hint() {
             tokio::spawn(busy_for_a_moment(link, seen_tx.clone()));
         }
     });
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (probe, _) = Actor::spawn(None, Probe, events_tx).await.unwrap();
-    let keys = GroupSecret::from_bytes([3; 32]).epoch_keys(Epoch(0));
-    let group = GroupId(keys.mailbox_id());
-    let (conn, _) = Actor::spawn(
-        None,
-        RelayConnActor,
-        RelayConnArgs {
-            relay: RelayAddr {
-                id: RELAY,
-                addrs: Vec::new(),
-            },
-            dialer: Arc::new(network.dialer(CLIENT)),
-            groups: vec![ConnGroup {
-                group,
-                mailbox: keys.mailbox_id(),
-                mailbox_seed: keys.mailbox_signer().seed(),
-                cursor: 0,
-                admission: None,
-            }],
-            receive: true,
-            coordinator: probe,
-            rng: Rng::seeded(1),
-            faults: FaultPlan::none(),
-        },
-    )
-    .await
-    .unwrap();
+    let (conn, _, mut events) = connection(&network, true).await;
 
     // The item arrives on the same connection: each refused request was sent again.
     let items = next_event(&mut events, Duration::from_secs(30), |e| {
