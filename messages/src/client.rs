@@ -229,6 +229,9 @@ pub enum ClientError {
     /// Bad input from the app.
     #[error("{0}")]
     Invalid(String),
+    /// A record could not be sealed (too large, or its group has no keys).
+    #[error("seal: {0}")]
+    Seal(#[from] SealError),
     /// Not acknowledged by enough relays in time; it stays queued and is retried.
     #[error("not yet acknowledged by enough relays ({acked} of {needed}); it stays queued")]
     NotYetAcked {
@@ -358,6 +361,23 @@ pub enum OpenError {
     Own,
 }
 
+/// Why a record could not be sealed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The payload does not fit one record.
+    #[error("payload of {bytes} bytes exceeds the record limit of {limit}")]
+    TooLarge {
+        /// Payload size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The Encryptor holds no keys for the record's group.
+    #[error("no keys for group {0}")]
+    NoKeys(GroupId),
+}
+
 /// A sealed record ready to push.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
@@ -410,7 +430,7 @@ pub enum EncryptorMsg {
         /// an Encryptor died with is sealed again by its successor).
         records: Arc<Vec<ToSeal>>,
         /// The sealed envelopes.
-        reply: RpcReplyPort<Vec<Result<Sealed, String>>>,
+        reply: RpcReplyPort<Vec<Result<Sealed, SealError>>>,
     },
     /// Open received envelopes; answers one result per envelope, in order.
     OpenMany {
@@ -664,7 +684,7 @@ pub enum CoordMsg {
         /// `(group, seq, hlc)` of each record.
         records: Vec<(GroupId, u64, u64)>,
         /// Each record's envelope (fewer than `records` if the Encryptor stopped).
-        results: Vec<Result<Sealed, String>>,
+        results: Vec<Result<Sealed, SealError>>,
         /// Who waits for them, in order, with how many records each.
         waiters: Vec<SealWaiter>,
     },

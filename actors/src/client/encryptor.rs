@@ -2,19 +2,22 @@
 //!
 //! It holds the device signing key and each group's epoch keys; nothing else in the client
 //! touches content keys. It never waits: a batch of records is split into one chunk per core,
-//! each sealed or opened on the blocking pool (Ed25519 sign / `verify_strict` dominate, ~25 /
-//! ~45 µs per 1 KiB record here), and a task answers once every chunk is done, in the
-//! batch's order. The coordinator sends one batch at a time and gathers what arrives
+//! each sealed or opened on the blocking pool, and a task answers once every chunk is done,
+//! in the batch's order. A chunk's records of one group are signed as one batch (one Ed25519
+//! signature over their Merkle root, DESIGN.md §4); opening verifies each batch's signature
+//! once ([`OpenCache`]), so per record what remains is BLAKE3, XChaCha20-Poly1305 and CBOR. The coordinator sends one batch at a time and gathers what arrives
 //! meanwhile into the next, so concurrent app calls and relay pages share the cores.
 
-use crate::crypto::envelope::{self, DeviceKey, NONCE_BYTES, OpenError, RecordKind};
+use crate::crypto::envelope::{
+    self, DeviceKey, NONCE_BYTES, OpenCache, OpenError, RecordIn, RecordKind, SealError, Sealed,
+};
 use crate::crypto::keys::EpochKeys;
 use crate::fault::{FaultPlan, FaultPoint};
 use crate::rng::Rng;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
 use std::sync::Arc;
-use zerok_messages::client::{EncryptorMsg, GroupId, ToOpen};
+use zerok_messages::client::{EncryptorMsg, GroupId, ToOpen, ToSeal};
 
 /// Records per chunk at least, so a chunk's work (~25–45 µs a record) outweighs the cost of
 /// handing it to the blocking pool (a thread wake-up, tens of µs when threads are parked);
@@ -25,11 +28,11 @@ pub const CHUNK_RECORDS_MIN: usize = 8;
 pub const KIND_APP: RecordKind = RecordKind::APP;
 
 /// Run `work` over `inputs` in chunks on the blocking pool, one chunk per core; the outputs
-/// in the inputs' order.
+/// in the inputs' order (`work` answers a chunk's outputs in its order).
 async fn in_parallel<I, O>(
     inputs: Vec<I>,
     cores: usize,
-    work: Arc<dyn Fn(I) -> O + Send + Sync>,
+    work: Arc<dyn Fn(Vec<I>) -> Vec<O> + Send + Sync>,
 ) -> Vec<O>
 where
     I: Send + 'static,
@@ -38,7 +41,7 @@ where
     if inputs.len() < CHUNK_RECORDS_MIN {
         // A few records (a live record, one push awaited by the app) take less than the
         // round trip through the blocking pool: done here, on the answering task.
-        return inputs.into_iter().map(|i| work(i)).collect();
+        return work(inputs);
     }
     let chunk = inputs.len().div_ceil(cores.max(1)).max(CHUNK_RECORDS_MIN);
     let mut inputs = inputs.into_iter();
@@ -49,9 +52,7 @@ where
             break;
         }
         let work = Arc::clone(&work);
-        chunks.push(tokio::task::spawn_blocking(move || {
-            part.into_iter().map(|i| work(i)).collect::<Vec<O>>()
-        }));
+        chunks.push(tokio::task::spawn_blocking(move || work(part)));
     }
     let mut out = Vec::new();
     for part in chunks {
@@ -60,6 +61,38 @@ where
             // The pool is shutting down with the runtime; the caller sees fewer results.
             Err(_) => break,
         }
+    }
+    out
+}
+
+/// Seal `chunk` (indices into `records`, grouped by group, each with its nonce): one signed
+/// batch per group run (DESIGN.md §4), one result per index, in order.
+fn seal_chunk(
+    records: &[ToSeal],
+    keys: &HashMap<GroupId, Arc<EpochKeys>>,
+    device: &DeviceKey,
+    chunk: Vec<(usize, [u8; NONCE_BYTES])>,
+) -> Vec<Result<Sealed, SealError>> {
+    let mut out = Vec::with_capacity(chunk.len());
+    for run in chunk.chunk_by(|a, b| records[a.0].group == records[b.0].group) {
+        let group = records[run[0].0].group;
+        let Some(keys) = keys.get(&group) else {
+            out.extend(run.iter().map(|_| Err(SealError::NoKeys(group))));
+            continue;
+        };
+        let inputs: Vec<RecordIn<'_>> = run
+            .iter()
+            .map(|(i, _)| RecordIn {
+                seq: records[*i].seq,
+                hlc: records[*i].hlc,
+                kind: KIND_APP,
+                payload: &records[*i].payload,
+            })
+            .collect();
+        let mut nonces = run.iter().map(|(_, nonce)| *nonce);
+        out.extend(envelope::seal_batch(keys, device, &inputs, &mut || {
+            nonces.next().expect("one nonce per record")
+        }));
     }
     out
 }
@@ -84,8 +117,8 @@ pub struct EncryptorState {
     groups: HashMap<GroupId, Arc<EpochKeys>>,
     cores: usize,
     faults: FaultPlan,
-    /// Senders' public keys, decompressed once (shared by the opening threads).
-    senders: Arc<envelope::SenderKeys>,
+    /// Senders' public keys and verified batch signatures (shared by the opening threads).
+    senders: Arc<OpenCache>,
 }
 
 impl Actor for EncryptorActor {
@@ -125,24 +158,30 @@ impl Actor for EncryptorActor {
                     return Err("fault injected: the Encryptor fails on a batch".into());
                 }
                 let device = Arc::clone(&state.device);
-                let inputs: Vec<(Option<Arc<EpochKeys>>, usize, [u8; NONCE_BYTES])> = records
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (state.groups.get(&r.group).cloned(), i, state.rng.bytes()))
-                    .collect();
-                let work = Arc::new(
-                    move |(keys, i, nonce): (Option<Arc<EpochKeys>>, usize, [u8; NONCE_BYTES])| {
-                        let r = &records[i];
-                        let Some(keys) = keys else {
-                            return Err(format!("no keys for group {}", r.group));
-                        };
-                        envelope::seal(&keys, &device, r.seq, r.hlc, KIND_APP, &r.payload, nonce)
-                            .map_err(|e| e.to_string())
-                    },
-                );
+                // By group (stable), so each chunk signs one batch per group it holds.
+                let mut order: Vec<usize> = (0..records.len()).collect();
+                order.sort_by_key(|i| records[*i].group);
+                let inputs: Vec<(usize, [u8; NONCE_BYTES])> =
+                    order.into_iter().map(|i| (i, state.rng.bytes())).collect();
+                let indices: Vec<usize> = inputs.iter().map(|(i, _)| *i).collect();
+                let keys = state.groups.clone();
+                let work = Arc::new(move |chunk: Vec<(usize, [u8; NONCE_BYTES])>| {
+                    seal_chunk(&records, &keys, &device, chunk)
+                });
                 let cores = state.cores;
                 tokio::spawn(async move {
-                    let _ = reply.send(in_parallel(inputs, cores, work).await);
+                    let sealed = in_parallel(inputs, cores, work).await;
+                    if sealed.len() < indices.len() {
+                        // Cut short (the runtime is stopping): no answer, the batch is
+                        // sealed again.
+                        return;
+                    }
+                    let mut in_order: Vec<Option<Result<Sealed, SealError>>> =
+                        (0..indices.len()).map(|_| None).collect();
+                    for (i, result) in indices.into_iter().zip(sealed) {
+                        in_order[i] = Some(result);
+                    }
+                    let _ = reply.send(in_order.into_iter().flatten().collect());
                 });
             }
             EncryptorMsg::OpenMany { envelopes, reply } => {
@@ -155,20 +194,17 @@ impl Actor for EncryptorActor {
                     .into_iter()
                     .map(|e| (state.groups.get(&e.group).cloned(), e))
                     .collect();
-                let work = Arc::new(
-                    move |(keys, e): (Option<Arc<EpochKeys>>, ToOpen)| match keys {
-                        // This device's own records come back from relays and are dropped: their
-                        // signatures are not checked.
-                        Some(keys) => envelope::open_unless_own(
-                            &keys,
-                            &e.blob_id,
-                            &e.envelope,
-                            &own,
-                            &senders,
-                        ),
-                        None => Err(OpenError::Malformed),
-                    },
-                );
+                let open = move |(keys, e): (Option<Arc<EpochKeys>>, ToOpen)| match keys {
+                    // This device's own records come back from relays and are dropped: their
+                    // signatures are not checked.
+                    Some(keys) => {
+                        envelope::open_unless_own(&keys, &e.blob_id, &e.envelope, &own, &senders)
+                    }
+                    None => Err(OpenError::Malformed),
+                };
+                let work = Arc::new(move |chunk: Vec<(Option<Arc<EpochKeys>>, ToOpen)>| {
+                    chunk.into_iter().map(&open).collect::<Vec<_>>()
+                });
                 let cores = state.cores;
                 tokio::spawn(async move {
                     let _ = reply.send(in_parallel(inputs, cores, work).await);
@@ -176,5 +212,46 @@ impl Actor for EncryptorActor {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keys::GroupSecret;
+    use zerok_messages::{Epoch, MailboxId};
+
+    #[test]
+    fn a_chunk_seals_each_group_run_and_refuses_groups_without_keys() {
+        let keys_a = Arc::new(GroupSecret::from_bytes([1; 32]).epoch_keys(Epoch(0)));
+        let keys_b = Arc::new(GroupSecret::from_bytes([2; 32]).epoch_keys(Epoch(0)));
+        let (a, b, none) = (
+            GroupId(keys_a.mailbox_id()),
+            GroupId(keys_b.mailbox_id()),
+            GroupId(MailboxId([7; 32])),
+        );
+        let device = DeviceKey::from_secret_bytes(&[3; 32]);
+        let record = |group, seq| ToSeal {
+            group,
+            seq,
+            hlc: seq,
+            payload: format!("{seq}").into_bytes(),
+        };
+        let records = vec![record(a, 1), record(a, 2), record(none, 1), record(b, 1)];
+        let keys = HashMap::from([(a, Arc::clone(&keys_a)), (b, Arc::clone(&keys_b))]);
+        let chunk: Vec<(usize, [u8; NONCE_BYTES])> = (0..records.len())
+            .map(|i| (i, [i as u8; NONCE_BYTES]))
+            .collect();
+        let sealed = seal_chunk(&records, &keys, &device, chunk);
+        assert_eq!(sealed.len(), 4);
+        assert_eq!(sealed[2], Err(SealError::NoKeys(none)));
+        for (at, group_keys, seq) in [(0, &keys_a, 1), (1, &keys_a, 2), (3, &keys_b, 1)] {
+            let s = sealed[at].as_ref().unwrap();
+            let opened = envelope::open(group_keys, &s.blob_id, &s.envelope).unwrap();
+            assert_eq!(
+                (opened.seq, opened.payload),
+                (seq, format!("{seq}").into_bytes())
+            );
+        }
     }
 }

@@ -12,7 +12,9 @@
 //! - the same-run **crypto floor**: what this machine's cores do per record of Ed25519 sign +
 //!   `verify_strict` + XChaCha20-Poly1305 seal + open (the real `envelope::seal`/`open` of
 //!   a 1 KiB payload), on one core and on all cores; and `verify_strict` alone. Measured at
-//!   the start and at the end of the run; each figure is the higher of the two.
+//!   the start and at the end of the run; each figure is the higher of the two. Beside it,
+//!   the same work with records signed in batches of [`FLOOR_BATCH`] (envelope format 2:
+//!   one signature per batch, verified once; DESIGN.md §4), which the client does.
 //! - process RSS (every device is in this process) before, after the pushes, after the
 //!   catch-up, and the receivers' local store size on disk.
 
@@ -38,6 +40,9 @@ pub const RECORD_BYTES: usize = 1024;
 pub const APP_TASKS: usize = 64;
 /// Records per `enqueue_many` call in the batched figure.
 pub const BATCH_RECORDS: usize = 256;
+/// Records per signed batch in the batched crypto figure (what 64 app tasks give the client's
+/// Encryptor per core on this 2-core machine).
+pub const FLOOR_BATCH: usize = 32;
 /// Bound on every phase, so a lost record fails the run instead of hanging it.
 const PHASE_BOUND: Duration = Duration::from_secs(600);
 
@@ -169,6 +174,9 @@ pub struct CryptoFloor {
     pub record_all_cores_per_s: f64,
     /// `envelope::open` alone (BLAKE3 id, decrypt, CBOR, verify_strict), every core.
     pub open_all_cores_per_s: f64,
+    /// seal + open per record when records are signed in batches of [`FLOOR_BATCH`] (one
+    /// signature and one verify per batch: what the client does), every core.
+    pub batched_all_cores_per_s: f64,
     /// Ed25519 `verify_strict` of a 1 KiB message alone, every core.
     pub verify_all_cores_per_s: f64,
     /// Ed25519 `verify_strict` alone, one core.
@@ -196,6 +204,42 @@ impl CryptoFloor {
             let opened = envelope::open(&keys, &sealed.blob_id, &sealed.envelope);
             assert!(opened.is_ok(), "a fresh seal opens");
         };
+        let bodies: Vec<Vec<u8>> = (0..FLOOR_BATCH as u64).map(|i| payload(0, i)).collect();
+        let batched = |n: u64| {
+            if !n.is_multiple_of(FLOOR_BATCH as u64) {
+                return; // the batch is sealed and opened on its first record's turn
+            }
+            let records: Vec<envelope::RecordIn<'_>> = bodies
+                .iter()
+                .enumerate()
+                .map(|(i, body)| envelope::RecordIn {
+                    seq: n + i as u64 + 1,
+                    hlc: n,
+                    kind: RecordKind::APP,
+                    payload: body,
+                })
+                .collect();
+            let mut nonce_n = n;
+            let sealed = envelope::seal_batch(&keys, &device, &records, &mut || {
+                nonce_n += 1;
+                let mut nonce = [0u8; envelope::NONCE_BYTES];
+                nonce[..8].copy_from_slice(&nonce_n.to_le_bytes());
+                nonce
+            });
+            let cache = envelope::OpenCache::default();
+            let reader = zerok_messages::DeviceId([0; 32]);
+            for sealed in sealed {
+                let sealed = sealed.expect("a 1 KiB payload fits a record");
+                let opened = envelope::open_unless_own(
+                    &keys,
+                    &sealed.blob_id,
+                    &sealed.envelope,
+                    &reader,
+                    &cache,
+                );
+                assert!(opened.is_ok(), "a fresh seal opens");
+            }
+        };
         let signing = SigningKey::from_bytes(&Rng::seeded(0xc11e_0002).bytes());
         let verifying = signing.verifying_key();
         let signature = signing.sign(&body);
@@ -208,6 +252,7 @@ impl CryptoFloor {
             record_one_core_per_s: per_s_on_threads(1, run_for, record)?,
             record_all_cores_per_s: per_s_on_threads(cores, run_for, record)?,
             open_all_cores_per_s: per_s_on_threads(cores, run_for, open)?,
+            batched_all_cores_per_s: per_s_on_threads(cores, run_for, batched)?,
             verify_all_cores_per_s: per_s_on_threads(cores, run_for, verify)?,
             verify_one_core_per_s: per_s_on_threads(1, run_for, verify)?,
         })
@@ -224,6 +269,9 @@ impl CryptoFloor {
                 .record_all_cores_per_s
                 .max(other.record_all_cores_per_s),
             open_all_cores_per_s: self.open_all_cores_per_s.max(other.open_all_cores_per_s),
+            batched_all_cores_per_s: self
+                .batched_all_cores_per_s
+                .max(other.batched_all_cores_per_s),
             verify_all_cores_per_s: self
                 .verify_all_cores_per_s
                 .max(other.verify_all_cores_per_s),
@@ -249,6 +297,10 @@ impl CryptoFloor {
             figure("floor_record_one_core_per_s", self.record_one_core_per_s),
             figure("floor_record_all_cores_per_s", self.record_all_cores_per_s),
             figure("floor_open_all_cores_per_s", self.open_all_cores_per_s),
+            figure(
+                "floor_batched_all_cores_per_s",
+                self.batched_all_cores_per_s,
+            ),
             figure("floor_verify_one_core_per_s", self.verify_one_core_per_s),
             figure("floor_verify_all_cores_per_s", self.verify_all_cores_per_s),
         ]

@@ -38,7 +38,7 @@ use crate::client::local_store::{LocalStore, OutboxEntry, ReceivedBatch};
 use crate::client::relay_connection::{RelayConnActor, RelayConnArgs};
 use crate::client::seen::SeenIds;
 use crate::clock::Clock;
-use crate::crypto::envelope::{OpenError, OpenedRecord, PAYLOAD_BYTES_MAX, Sealed};
+use crate::crypto::envelope::{OpenError, OpenedRecord, PAYLOAD_BYTES_MAX, SealError, Sealed};
 use crate::crypto::keys::EpochKeys;
 use crate::crypto::seq::{Hlc, SeqTracker, SeqVerdict};
 use crate::fault::FaultPlan;

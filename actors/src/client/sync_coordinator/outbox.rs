@@ -120,7 +120,7 @@ impl CoordinatorState {
         &mut self,
         myself: &ActorRef<CoordMsg>,
         records: Vec<(GroupId, u64, u64)>,
-        results: Vec<Result<Sealed, String>>,
+        results: Vec<Result<Sealed, SealError>>,
         waiters: Vec<SealWaiter>,
     ) {
         self.is_sealing = false;
@@ -140,7 +140,7 @@ impl CoordinatorState {
                     self.seen.insert(entry.blob_id);
                     by_group.entry(group).or_default().push((seq, hlc, entry));
                 }
-                Some(Err(reason)) => outcomes.push(Err(ClientError::Invalid(reason))),
+                Some(Err(reason)) => outcomes.push(Err(ClientError::Seal(reason))),
                 None => outcomes.push(Err(ClientError::Stopped)),
             }
         }
