@@ -20,6 +20,9 @@ use zerok_actors::relay::admission::AdmissionToken;
 use zerok_actors::rng::Rng;
 use zerok_messages::client::GroupRecord;
 use zerok_messages::client::{ClientError, Event, GroupId, Receipt, Status, SyncReport};
+use zerok_messages::errors::{
+    InvalidInput, InviteError, PassphraseError, StoreError, TokenRefusal,
+};
 use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, Epoch, RelayAddr};
 
@@ -206,9 +209,7 @@ impl Client {
         admissions: &[String],
     ) -> Result<GroupId, ClientError> {
         if relays.is_empty() {
-            return Err(ClientError::Invalid(
-                "a group needs at least one relay".into(),
-            ));
+            return Err(InvalidInput::NoRelays.into());
         }
         let admissions = self.check_admissions(&relays, admissions)?;
         let (secret, salt) = match secret {
@@ -254,7 +255,7 @@ impl Client {
             .next()
             .and_then(|hex| relays.iter().find(|r| r.id.to_hex() == *hex))
             .map(|r| r.id)
-            .ok_or_else(|| ClientError::Invalid("admission token names no relay".into()))?;
+            .ok_or(InvalidInput::AdmissionRefused(TokenRefusal::OtherRelay))?;
         record.admissions.extend(admissions);
         self.put_group(group, record).await?;
         Ok(relay)
@@ -269,17 +270,13 @@ impl Client {
     ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
         let mut admissions = std::collections::BTreeMap::new();
         for text in tokens {
-            let token = AdmissionToken::decode(text)
-                .map_err(|err| ClientError::Invalid(err.to_string()))?;
+            let token = AdmissionToken::decode(text).map_err(InvalidInput::from)?;
             if !relays.iter().any(|r| r.id == token.relay_id) {
-                return Err(ClientError::Invalid(format!(
-                    "admission token is for relay {}, which is not one of the group's relays",
-                    token.relay_id.short()
-                )));
+                return Err(InvalidInput::AdmissionNotForGroup(token.relay_id).into());
             }
             token
                 .verify(&token.relay_id, self.clock.now_unix_secs())
-                .map_err(|err| ClientError::Invalid(err.to_string()))?;
+                .map_err(InvalidInput::from)?;
             admissions.insert(token.relay_id.to_hex(), text.trim().to_owned());
         }
         Ok(admissions)
@@ -299,7 +296,7 @@ impl Client {
                 salt: salt
                     .as_slice()
                     .try_into()
-                    .map_err(|_| ClientError::Store("bad salt".into()))?,
+                    .map_err(|_| StoreError::Decode("passphrase salt"))?,
                 kdf: KdfParams::V1,
             },
             None => InviteSecret::Key(GroupSecret::from_bytes(record.secret)),
@@ -317,8 +314,7 @@ impl Client {
 
     /// Whether `token` needs a passphrase to join.
     pub fn invite_needs_passphrase(&self, token: &str) -> Result<bool, ClientError> {
-        let invite = Invite::decode(token, self.clock.now_unix_secs())
-            .map_err(|e| ClientError::Invite(e.to_string()))?;
+        let invite = Invite::decode(token, self.clock.now_unix_secs())?;
         Ok(matches!(invite.secret, InviteSecret::Passphrase { .. }))
     }
 
@@ -328,17 +324,14 @@ impl Client {
         token: &str,
         passphrase: Option<String>,
     ) -> Result<GroupId, ClientError> {
-        let invite = Invite::decode(token, self.clock.now_unix_secs())
-            .map_err(|e| ClientError::Invite(e.to_string()))?;
+        let invite = Invite::decode(token, self.clock.now_unix_secs())?;
         let (secret, salt) = match invite.secret {
             InviteSecret::Key(secret) => (*secret.expose_bytes(), None),
             InviteSecret::Passphrase { salt, kdf } => {
                 if kdf != KdfParams::V1 {
-                    return Err(ClientError::Invite("unsupported key derivation".into()));
+                    return Err(InviteError::UnsupportedKdf.into());
                 }
-                let passphrase = passphrase.ok_or_else(|| {
-                    ClientError::Passphrase("this group needs its passphrase".into())
-                })?;
+                let passphrase = passphrase.ok_or(PassphraseError::Needed)?;
                 (derive(passphrase, salt).await?, Some(salt.to_vec()))
             }
         };
@@ -355,8 +348,8 @@ impl Client {
             && expected != id.0
         {
             return Err(match record.passphrase_salt {
-                Some(_) => ClientError::Passphrase("wrong passphrase for this group".into()),
-                None => ClientError::Invite("the invite's key does not match its group".into()),
+                Some(_) => PassphraseError::Wrong.into(),
+                None => InviteError::KeyMismatch.into(),
             });
         }
         self.put_group(id, record).await?;
@@ -381,9 +374,7 @@ impl Client {
         relays: Vec<RelayAddr>,
     ) -> Result<(), ClientError> {
         if relays.is_empty() {
-            return Err(ClientError::Invalid(
-                "a group needs at least one relay".into(),
-            ));
+            return Err(InvalidInput::NoRelays.into());
         }
         let mut record = self.group(group).await?;
         record.relays = relays.iter().map(ToString::to_string).collect();
@@ -537,8 +528,8 @@ async fn derive(passphrase: String, salt: [u8; SALT_BYTES]) -> Result<[u8; 32], 
     tokio::task::spawn_blocking(move || {
         GroupSecret::from_passphrase(&passphrase, &salt, KdfParams::V1)
             .map(|secret| *secret.expose_bytes())
-            .map_err(|e| ClientError::Passphrase(e.to_string()))
+            .map_err(ClientError::from)
     })
     .await
-    .map_err(|e| ClientError::Passphrase(e.to_string()))?
+    .map_err(|e| PassphraseError::Kdf(e.to_string()))?
 }

@@ -29,3 +29,6 @@ pub use client::{Client, ClientConfig, NewSecret};
 pub use zerok_messages::client::{
     ClientError, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
 };
+pub use zerok_messages::errors::{
+    InvalidInput, InviteError, PassphraseError, StoreError, TokenError, TokenRefusal,
+};

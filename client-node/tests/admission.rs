@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use std::process::Command;
-use zerok_client::{ClientError, NewSecret};
+use zerok_client::{ClientError, InvalidInput, NewSecret};
 use zerok_harness::process::RelayProcess;
 
 /// `zerok-relay admit` on the relay's data dir: the token (last line).
@@ -88,6 +88,7 @@ async fn the_api_checks_that_a_token_is_for_one_of_the_groups_relays() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path(), "relay").await;
     let token = admit(&relay, 2);
+    let relay_ref = &relay;
     let client = client(dir.path(), "c").await;
     // A token of this relay on a group of another relay is refused before anything is kept.
     let elsewhere: zerok_messages::RelayAddr =
@@ -104,7 +105,10 @@ async fn the_api_checks_that_a_token_is_for_one_of_the_groups_relays() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&refused, ClientError::Invalid(m) if m.contains("not one of the group's relays")),
+        matches!(&refused, ClientError::Invalid(InvalidInput::AdmissionNotForGroup(relay)) if *relay == relay_ref.addr.id)
+            && refused
+                .to_string()
+                .contains("not one of the group's relays"),
         "{refused:?}"
     );
     assert!(client.groups().await.unwrap().is_empty());

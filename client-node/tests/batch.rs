@@ -90,13 +90,17 @@ async fn a_refused_batch_takes_no_seq_and_leaves_no_gap() {
     let too_large = vec![b"ok".to_vec(), vec![0u8; 2 * 1024 * 1024]];
     assert!(matches!(
         alice.enqueue_many(group, too_large).await,
-        Err(ClientError::Invalid(_))
+        Err(ClientError::Invalid(
+            zerok_client::InvalidInput::PayloadTooLarge { .. }
+        ))
     ));
     let too_many =
         vec![Vec::new(); zerok_actors::client::sync_coordinator::ENQUEUE_MANY_RECORDS_MAX + 1];
     assert!(matches!(
         alice.enqueue_many(group, too_many).await,
-        Err(ClientError::Invalid(_))
+        Err(ClientError::Invalid(
+            zerok_client::InvalidInput::TooManyRecords { .. }
+        ))
     ));
     assert!(
         alice

@@ -299,12 +299,16 @@ async fn passphrase_groups_join_with_the_passphrase_and_refuse_a_wrong_one() {
     assert!(bob.invite_needs_passphrase(&token).unwrap());
     assert!(matches!(
         bob.join(&token, None).await,
-        Err(zerok_client::ClientError::Passphrase(_))
+        Err(zerok_client::ClientError::Passphrase(
+            zerok_client::PassphraseError::Needed
+        ))
     ));
     assert!(matches!(
         bob.join(&token, Some("wrong horse battery staple".into()))
             .await,
-        Err(zerok_client::ClientError::Passphrase(_))
+        Err(zerok_client::ClientError::Passphrase(
+            zerok_client::PassphraseError::Wrong
+        ))
     ));
     assert!(bob.groups().await.unwrap().is_empty(), "nothing joined");
     assert_eq!(

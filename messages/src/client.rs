@@ -4,6 +4,7 @@
 //! keys travel as bytes ([`EpochSecret`], [`MailboxSeed`]) and each actor derives what it
 //! needs from them, so nothing here depends on the actors.
 
+pub use crate::errors::{InvalidInput, InviteError, PassphraseError, StoreError};
 use crate::link::{LinkEvent, LinkReceiver, LinkSender};
 use crate::wire::AdmissionText;
 use crate::{BlobId, DeviceId, Epoch, ErrorCode, Item, Limits, MailboxId, RelayAddr};
@@ -203,7 +204,7 @@ pub struct SyncReport {
 }
 
 /// Client errors. Messages never contain keys, passphrases, tokens or payloads.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     /// The home dir or its store cannot be used.
@@ -216,19 +217,19 @@ pub enum ClientError {
     },
     /// The local store failed.
     #[error("local store: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
     /// No such group on this device.
     #[error("unknown group {0}")]
     UnknownGroup(GroupId),
     /// The invite token was refused.
     #[error("invite: {0}")]
-    Invite(String),
+    Invite(#[from] InviteError),
     /// A passphrase is needed, or the one given was refused.
     #[error("passphrase: {0}")]
-    Passphrase(String),
+    Passphrase(#[from] PassphraseError),
     /// Bad input from the app.
     #[error("{0}")]
-    Invalid(String),
+    Invalid(#[from] InvalidInput),
     /// A record could not be sealed (too large, or its group has no keys).
     #[error("seal: {0}")]
     Seal(#[from] SealError),

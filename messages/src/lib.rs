@@ -12,6 +12,7 @@
 pub mod addr;
 pub mod client;
 pub mod codec;
+pub mod errors;
 pub mod ids;
 pub mod link;
 pub mod relay;

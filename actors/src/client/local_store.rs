@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
-use zerok_messages::client::{ClientError, Durable, GroupId, GroupRecord};
+use zerok_messages::client::{ClientError, Durable, GroupId, GroupRecord, StoreError};
 use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, MailboxId};
 
@@ -106,8 +106,9 @@ impl KeyFileIdentity {
     }
 }
 
+/// A database error as the app is told it.
 fn err(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Store(e.to_string())
+    ClientError::Store(StoreError::Db(e.to_string()))
 }
 
 fn key(prefix: u8, group: &GroupId, rest: &[u8]) -> Vec<u8> {
@@ -125,7 +126,7 @@ fn cbor<T: Serialize>(value: &T) -> Result<Vec<u8>, ClientError> {
 }
 
 fn uncbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ClientError> {
-    ciborium::from_reader(bytes).map_err(err)
+    ciborium::from_reader(bytes).map_err(|_| StoreError::Decode(std::any::type_name::<T>()).into())
 }
 
 fn be_u64(bytes: &[u8]) -> u64 {
@@ -281,14 +282,11 @@ impl LocalStore {
         let reached = durable
             .wait_for(|d| d.through >= ticket || d.error.is_some())
             .await
-            .map_err(|_| err("flusher stopped"))?;
+            .map_err(|_| StoreError::FlusherStopped)?;
         if reached.through >= ticket {
             return Ok(());
         }
-        Err(err(format!(
-            "flush failed: {}",
-            reached.error.as_deref().unwrap_or("unknown")
-        )))
+        Err(StoreError::Flush(reached.error.clone().unwrap_or_default()).into())
     }
 
     /// Make everything written so far durable (sharing a flush with concurrent writers).
@@ -304,7 +302,7 @@ impl LocalStore {
             let id: [u8; 32] = k
                 .get(1..33)
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| err("corrupt group key"))?;
+                .ok_or(StoreError::Decode("group key"))?;
             out.push((GroupId(MailboxId(id)), uncbor(&v)?));
         }
         Ok(out)

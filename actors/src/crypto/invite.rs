@@ -14,10 +14,10 @@
 use super::keys::{GroupSecret, KdfParams, SALT_BYTES};
 use serde::{Deserialize, Serialize};
 use zerok_messages::addr::RELAY_ADDR_SOCKETS_MAX;
+use zerok_messages::errors::INVITE_PREFIX as PREFIX;
+pub use zerok_messages::errors::InviteError;
 use zerok_messages::{Epoch, MailboxId, RelayAddr};
 
-/// Token prefix of version 1.
-const PREFIX: &str = "ZK1";
 /// Version number inside the CBOR.
 const VERSION: u8 = 1;
 /// Checksum domain string.
@@ -61,33 +61,6 @@ pub struct Invite {
     /// The group's id (its epoch-0 mailbox id, public), so a joiner can tell a mistyped
     /// passphrase from the right one before joining a group nobody else is in.
     pub group_id: Option<MailboxId>,
-}
-
-/// Why a token was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum InviteError {
-    /// Not a 0k-sync invite.
-    #[error("not a 0k-sync invite (it should start with {PREFIX})")]
-    Prefix,
-    /// Longer than any valid invite.
-    #[error("invite is too long")]
-    TooLong,
-    /// Characters outside the token alphabet.
-    #[error("invite contains characters that are not part of a token")]
-    Encoding,
-    /// Mistyped or truncated.
-    #[error("invite checksum does not match: it was mistyped or cut short")]
-    Checksum,
-    /// Made by a newer version.
-    #[error("invite version {0} is not supported by this version of zerok")]
-    Version(u8),
-    /// Well-formed text, invalid content.
-    #[error("invite content is invalid: {0}")]
-    Malformed(String),
-    /// Past its expiry.
-    #[error("invite expired at unix time {0}")]
-    Expired(u64),
 }
 
 #[derive(Serialize, Deserialize)]

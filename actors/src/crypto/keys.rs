@@ -11,6 +11,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use zerok_messages::client::{EpochSecret, MailboxSeed};
+pub use zerok_messages::errors::{PASSPHRASE_CHARS_MIN, PassphraseError};
 use zerok_messages::{Epoch, MailboxId, MailboxKey, Signature64};
 
 /// Context string of the content key (XChaCha20-Poly1305) of an epoch.
@@ -20,9 +21,6 @@ const CONTEXT_MAILBOX_SIGNING: &str = "zerok 2026-11 v1 mailbox signing key";
 
 /// Length of a passphrase salt.
 pub const SALT_BYTES: usize = 16;
-
-/// Shortest passphrase accepted: below this an offline guess is cheap even with Argon2id.
-pub const PASSPHRASE_CHARS_MIN: usize = 8;
 
 /// A group's root secret. Zeroized on drop; `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
@@ -52,21 +50,6 @@ impl KdfParams {
         t: 3,
         p: 4,
     };
-}
-
-/// Why a passphrase could not become a secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PassphraseError {
-    /// Too short to resist guessing.
-    #[error("passphrase must have at least {PASSPHRASE_CHARS_MIN} characters")]
-    TooShort,
-    /// The parameters are not the fixed set this version accepts.
-    #[error("unsupported key derivation parameters")]
-    UnsupportedParams,
-    /// Argon2 refused (cannot happen with valid parameters).
-    #[error("key derivation failed: {0}")]
-    Kdf(String),
 }
 
 impl GroupSecret {

@@ -18,7 +18,7 @@ impl CoordinatorState {
             };
             match (action, failed) {
                 (AfterDurable::Enqueued { reply, .. }, Some(error)) => {
-                    let _ = reply.send(Err(ClientError::Store(format!("flush failed: {error}"))));
+                    let _ = reply.send(Err(StoreError::Flush(error).into()));
                 }
                 (AfterDurable::Barrier(reply), Some(_)) => drop(reply),
                 (

@@ -59,7 +59,8 @@ use wiring::epoch_secret;
 use zeroize::Zeroizing;
 use zerok_messages::MailboxId;
 use zerok_messages::client::{
-    ClientError, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
+    ClientError, Event, GroupId, GroupStatus, InvalidInput, Receipt, RelayStatus, Status,
+    StoreError, SyncReport,
 };
 use zerok_messages::client::{ConnGroup, RelayConnMsg, RelayEvent};
 use zerok_messages::client::{CoordMsg, EncryptorMsg, EpochSecret, MailboxSeed, ToOpen, ToSeal};
@@ -449,7 +450,7 @@ impl Actor for CoordinatorActor {
                             group: id,
                             keys: group.secret.clone(),
                         })
-                        .map_err(|e| ClientError::Store(e.to_string()))?;
+                        .map_err(|_| StoreError::Stopped("the Encryptor"))?;
                     state.groups.insert(id, group);
                     Ok(())
                 }

@@ -21,17 +21,17 @@ impl CoordinatorState {
         reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
     ) {
         let refused = if payloads.len() > ENQUEUE_MANY_RECORDS_MAX {
-            Some(ClientError::Invalid(format!(
-                "{} records in one call; at most {ENQUEUE_MANY_RECORDS_MAX}",
-                payloads.len()
-            )))
+            Some(ClientError::Invalid(InvalidInput::TooManyRecords {
+                count: payloads.len(),
+                max: ENQUEUE_MANY_RECORDS_MAX,
+            }))
         } else if let Some(large) = payloads.iter().find(|p| p.len() > PAYLOAD_BYTES_MAX) {
             // Checked here, before a seq is taken: a record that fails to seal later would
             // leave a gap in this device's seqs.
-            Some(ClientError::Invalid(format!(
-                "payload of {} bytes exceeds the record limit of {PAYLOAD_BYTES_MAX}",
-                large.len()
-            )))
+            Some(ClientError::Invalid(InvalidInput::PayloadTooLarge {
+                bytes: large.len(),
+                limit: PAYLOAD_BYTES_MAX,
+            }))
         } else if !self.groups.contains_key(&group) {
             Some(ClientError::UnknownGroup(group))
         } else {
@@ -179,7 +179,7 @@ impl CoordinatorState {
                     let _ = waiter.reply.send(Err(err));
                 }
                 (_, Err(err)) => {
-                    let _ = waiter.reply.send(Err(ClientError::Store(err.to_string())));
+                    let _ = waiter.reply.send(Err(err.clone()));
                 }
             }
         }

@@ -10,10 +10,9 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use zerok_messages::DeviceId;
+pub use zerok_messages::errors::{TOKEN_PREFIX, TokenError, TokenRefusal};
 use zerok_messages::wire::ADMISSION_CHARS_MAX;
 
-/// Token prefix of version 1 ("ZK" + "A"dmission + version).
-pub const TOKEN_PREFIX: &str = "ZKA1";
 /// Version number inside the CBOR.
 const TOKEN_VERSION: u8 = 1;
 /// Domain string of the relay's signature over a token.
@@ -54,45 +53,6 @@ impl std::fmt::Debug for AdmissionToken {
             .field("expires_at_unix_secs", &self.expires_at_unix_secs)
             .finish_non_exhaustive()
     }
-}
-
-/// Why a token's text could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TokenError {
-    /// Not an admission token.
-    #[error("not an admission token (it should start with {TOKEN_PREFIX})")]
-    Prefix,
-    /// Longer than any valid token.
-    #[error("admission token is too long")]
-    TooLong,
-    /// Characters outside the token alphabet.
-    #[error("admission token contains characters that are not part of a token")]
-    Encoding,
-    /// Mistyped or truncated.
-    #[error("admission token checksum does not match: it was mistyped or cut short")]
-    Checksum,
-    /// Made by a newer version.
-    #[error("admission token version {0} is not supported by this version")]
-    Version(u8),
-    /// Well-formed text, invalid content.
-    #[error("admission token content is invalid: {0}")]
-    Malformed(String),
-}
-
-/// Why a token does not admit here and now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TokenRefusal {
-    /// Signed for another relay.
-    #[error("admission token is for another relay")]
-    OtherRelay,
-    /// The signature does not check out.
-    #[error("admission token invalid: bad signature")]
-    BadSignature,
-    /// Past its expiry.
-    #[error("admission token expired")]
-    Expired,
 }
 
 /// Why a token could not be minted.
