@@ -91,7 +91,6 @@ pub enum TokenError {
 
 /// Why a token does not admit here and now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum TokenRefusal {
     /// Signed for another relay.
     #[error("admission token is for another relay")]
