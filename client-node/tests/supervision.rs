@@ -1,6 +1,8 @@
 //! The client tree's supervision (actor tier: in-memory links, paused time): a
 //! RelayConnection that fails on every frame is restarted with growing delays, and past the
-//! restart intensity its relay is left alone for the policy's period, while the client goes on.
+//! restart intensity its relay is left alone for the policy's period, while the client goes on;
+//! a relay that drops its connections while the app reads no events never blocks the
+//! coordinator.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,14 +16,15 @@ use zerok_actors::client::local_store::LocalStore;
 use zerok_actors::client::sync_coordinator::{
     CONN_RESTART_POLICY, CoordinatorActor, CoordinatorArgs,
 };
+use zerok_actors::client::sync_coordinator::{Coordinator, EVENT_ROOM};
 use zerok_actors::clock::Clock;
 use zerok_actors::crypto::envelope::DeviceKey;
 use zerok_actors::crypto::keys::GroupSecret;
 use zerok_actors::fault::{FaultPlan, FaultPoint};
 use zerok_actors::link::{Link, MemoryNetwork};
 use zerok_actors::rng::Rng;
-use zerok_harness::evil_relay::default_limits;
-use zerok_messages::client::{CoordMsg, GroupId, GroupRecord};
+use zerok_harness::evil_relay::{EvilRelay, Misbehaviour, default_limits};
+use zerok_messages::client::{CoordMsg, Event, GroupId, GroupRecord};
 use zerok_messages::wire::PROTOCOL_VERSION;
 use zerok_messages::{Cursor, DeviceId, Epoch, Frame, MailboxId, RelayAddr, codec};
 
@@ -179,4 +182,171 @@ async fn a_connection_failing_on_every_frame_is_restarted_with_growing_delays_th
     assert!(again - escalated_at >= policy.period);
     assert!(faults.fired(FaultPoint::FrameReceive) >= intensity as u64 + 2);
     coordinator.stop(None);
+}
+
+/// A group on `relay`, its record in a fresh store under `dir`.
+async fn store_with_group(dir: &std::path::Path, relay: &RelayAddr) -> (LocalStore, GroupId) {
+    let store = LocalStore::open(&dir.join("store")).unwrap();
+    let secret = GroupSecret::from_bytes([4; 32]);
+    let group = GroupId(secret.epoch_keys(Epoch(0)).mailbox_id());
+    let record = GroupRecord {
+        name: "g".into(),
+        secret: *secret.expose_bytes(),
+        epoch: 0,
+        relays: vec![relay.to_string()],
+        passphrase_salt: None,
+        admissions: Default::default(),
+    };
+    store.put_group(&group, &record).await.unwrap();
+    (store, group)
+}
+
+/// A coordinator (and its Encryptor) of device [`CLIENT`] dialling on `network`.
+async fn spawn_coordinator(
+    network: &MemoryNetwork,
+    store: LocalStore,
+    events: mpsc::Sender<Event>,
+) -> Result<ractor::ActorRef<CoordMsg>, ractor::SpawnErr> {
+    let (encryptor, _) = Actor::spawn(
+        None,
+        EncryptorActor,
+        EncryptorArgs {
+            device: Arc::new(DeviceKey::from_secret_bytes(&[1; 32])),
+            rng: Rng::seeded(2),
+            faults: FaultPlan::none(),
+        },
+    )
+    .await
+    .unwrap();
+    let spawned = Actor::spawn(
+        None,
+        CoordinatorActor,
+        CoordinatorArgs {
+            store,
+            encryptor,
+            dialer: Arc::new(network.dialer(CLIENT)),
+            events,
+            ack_quorum: 1,
+            receive: true,
+            backlog_max: 64,
+            clock: Clock::system(),
+            rng: Rng::seeded(3),
+            conn_restart: CONN_RESTART_POLICY,
+            faults: FaultPlan::none(),
+        },
+    )
+    .await;
+    spawned.map(|(actor, _)| actor)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_channel_too_small_for_an_item_is_refused_at_start() {
+    // Waiting for room a channel can never have made the coordinator spin.
+    let network = MemoryNetwork::new();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayAddr {
+        id: RELAY,
+        addrs: vec!["127.0.0.1:9".parse().unwrap()],
+    };
+    let (store, _) = store_with_group(dir.path(), &relay).await;
+    let (events, _events_rx) = mpsc::channel(EVENT_ROOM - 1);
+    let refused = spawn_coordinator(&network, store, events)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("event channel"), "{refused}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn relay_flaps_while_the_event_channel_is_full_status_answers_within_a_second() {
+    let network = MemoryNetwork::new();
+    let relay = EvilRelay::on_memory(&network, RELAY, 11, Misbehaviour::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (store, group) = store_with_group(dir.path(), &relay.addr()).await;
+    // The app never reads, and its channel is full before the client starts.
+    let (events, mut events_rx) = mpsc::channel(EVENT_ROOM);
+    let filler = DeviceId([0; 32]);
+    for _ in 0..EVENT_ROOM {
+        events.try_send(Event::RelayUp { relay: filler }).unwrap();
+    }
+    let actor = spawn_coordinator(&network, store, events).await.unwrap();
+    let coordinator = Coordinator::new(actor.clone());
+    // The store's flush runs on the blocking pool, which paused time does not see: with no
+    // timer due sooner, the runtime would jump straight to the test's deadlines while a
+    // flush is under way. A pacer keeps a timer due every millisecond, so virtual time moves
+    // in small steps meanwhile.
+    let pacer = tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    // Every status call is bounded by one second of virtual time: the coordinator answers
+    // from its own state, so a blocked one fails here.
+    let connected = async || {
+        let status = tokio::time::timeout(Duration::from_secs(1), coordinator.status())
+            .await
+            .expect("status answers within 1 s")
+            .unwrap();
+        status.groups[0].relays[0].connected
+    };
+    let until = async |what: &str, up: bool| {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while connected().await != up {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+    };
+    // Bounds on durable and acked pushes: safety nets only (each is ~a flush of real time).
+    let push_bound = Duration::from_secs(600);
+    until("connected", true).await;
+    // The relay drops its connections twice; the client reconnects each time.
+    for flap in 1..=2u64 {
+        relay.drop_connections();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while relay.connections_accepted() <= flap {
+                connected().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("flap {flap}: the client dialled again"));
+        until("reconnected", true).await;
+        // Pushes complete meanwhile: durable here, acked by the relay.
+        let pushed = tokio::time::timeout(
+            push_bound,
+            coordinator.enqueue(group, vec![format!("r{flap}").into_bytes()]),
+        )
+        .await
+        .expect("enqueue answers")
+        .unwrap();
+        let receipt = tokio::time::timeout(
+            push_bound,
+            coordinator.wait_acked(group, pushed[0].1, None),
+        )
+        .await
+        .expect("push acked")
+        .unwrap();
+        assert_eq!(receipt.acked_by, vec![RELAY]);
+    }
+    assert_eq!(relay.stored(group.0), 2);
+    // Once the app reads: its own two events, then the relay's state changes that found no
+    // room, coalesced to the latest (up), not one per flap.
+    let mut relay_events = Vec::new();
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(100), events_rx.recv()).await
+    {
+        relay_events.push(event);
+    }
+    let from_relay: Vec<&Event> = relay_events
+        .iter()
+        .filter(|e| !matches!(e, Event::RelayUp { relay } if *relay == filler))
+        .collect();
+    assert_eq!(relay_events.len() - from_relay.len(), EVENT_ROOM);
+    assert!(
+        matches!(from_relay.as_slice(), [Event::RelayUp { relay }] if *relay == RELAY),
+        "{relay_events:?}"
+    );
+    pacer.abort();
+    actor.stop(None);
 }

@@ -30,8 +30,8 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use zerok_actors::Clock;
 use zerok_actors::crypto::join::verify_join;
-use zerok_actors::link::Link;
 use zerok_actors::link::iroh::{IrohConfig, IrohNode};
+use zerok_actors::link::{Link, LinkListener, MemoryNetwork};
 use zerok_actors::rng::Rng;
 use zerok_messages::codec::{self, DecodeError};
 use zerok_messages::wire::{
@@ -234,6 +234,8 @@ struct Shared {
     limits: Limits,
     clock: Clock,
     state: Mutex<State>,
+    /// Ends every connection open at the time ([`EvilRelay::drop_connections`]).
+    kick: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -244,7 +246,8 @@ impl Shared {
 
 /// An adversarial protocol-v1 relay on `127.0.0.1` (see the module docs).
 pub struct EvilRelay {
-    node: IrohNode,
+    /// The iroh endpoint; `None` on a [`MemoryNetwork`].
+    node: Option<IrohNode>,
     shared: Arc<Shared>,
     accept: JoinHandle<()>,
 }
@@ -274,8 +277,40 @@ impl EvilRelay {
         let node = IrohNode::bind(IrohConfig::new(secret_key, bind))
             .await
             .expect("EvilRelay: bind an iroh endpoint on 127.0.0.1");
+        let listener = node.listen();
+        let (shared, accept) = Self::serve_all(node.local_id(), rng, misbehaviour, listener);
+        EvilRelay {
+            node: Some(node),
+            shared,
+            accept,
+        }
+    }
+
+    /// Serve as `relay_id` on an in-memory network (actor-tier tests under paused time):
+    /// clients dial it with `network.dialer(..)`; [`EvilRelay::addr`] names it.
+    pub fn on_memory(
+        network: &MemoryNetwork,
+        relay_id: DeviceId,
+        seed: u64,
+        misbehaviour: Misbehaviour,
+    ) -> EvilRelay {
+        let listener = network.listen(relay_id);
+        let (shared, accept) = Self::serve_all(relay_id, Rng::seeded(seed), misbehaviour, listener);
+        EvilRelay {
+            node: None,
+            shared,
+            accept,
+        }
+    }
+
+    fn serve_all(
+        relay_id: DeviceId,
+        mut rng: Rng,
+        misbehaviour: Misbehaviour,
+        mut listener: LinkListener,
+    ) -> (Arc<Shared>, JoinHandle<()>) {
         let shared = Arc::new(Shared {
-            relay_id: node.local_id(),
+            relay_id,
             limits: default_limits(),
             clock: Clock::system(),
             state: Mutex::new(State {
@@ -285,8 +320,8 @@ impl EvilRelay {
                 next_conn: 0,
                 rng: rng.fork(),
             }),
+            kick: tokio::sync::Notify::new(),
         });
-        let mut listener = node.listen();
         let accept_shared = Arc::clone(&shared);
         let accept = tokio::spawn(async move {
             let mut conns = JoinSet::new();
@@ -303,16 +338,30 @@ impl EvilRelay {
             }
             while conns.join_next().await.is_some() {}
         });
-        EvilRelay {
-            node,
-            shared,
-            accept,
-        }
+        (shared, accept)
+    }
+
+    /// Close every connection open now (a relay that drops its peers, as on a restart);
+    /// clients may connect again at once.
+    pub fn drop_connections(&self) {
+        self.shared.kick.notify_waiters();
+    }
+
+    /// Connections accepted so far.
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.lock().next_conn
     }
 
     /// The address clients dial.
     pub fn addr(&self) -> RelayAddr {
-        self.node.local_addr()
+        match &self.node {
+            Some(node) => node.local_addr(),
+            // Memory links ignore the socket address; an address needs one.
+            None => RelayAddr {
+                id: self.shared.relay_id,
+                addrs: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+            },
+        }
     }
 
     /// The relay's identity (the `relay_id` of its `Welcome`).
@@ -348,12 +397,16 @@ impl EvilRelay {
     /// Stop serving and close the endpoint and every connection on it.
     pub async fn stop(self) {
         self.accept.abort();
-        self.node.close().await;
+        if let Some(node) = &self.node {
+            node.close().await;
+        }
     }
 }
 
 /// Serve one connection until the peer leaves or breaks the protocol.
 async fn serve(shared: Arc<Shared>, link: Link) {
+    // Registered now, so a kick from here on ends this connection.
+    let kicked = shared.kick.notified();
     let (peer, sender, mut receiver) = link.into_parts();
     let (out, mut out_rx) = mpsc::unbounded_channel::<Frame>();
     let (conn_id, nonce) = {
@@ -404,7 +457,13 @@ async fn serve(shared: Arc<Shared>, link: Link) {
         shared.lock().conns.remove(&conn_id);
         drop(session);
     };
-    tokio::join!(reader, writer);
+    tokio::select! {
+        _ = async { tokio::join!(reader, writer) } => {}
+        () = kicked => {
+            // The link's halves are dropped with the futures: the peer sees it close.
+            shared.lock().conns.remove(&conn_id);
+        }
+    }
 }
 
 /// The reading side of one connection.

@@ -6,6 +6,11 @@
 
 use super::*;
 
+/// Free event slots the coordinator waits for before it hands over a received item: an item
+/// can make two events (a gap, then the record). The event channel must hold at least this
+/// many (checked when the coordinator starts).
+pub const EVENT_ROOM: usize = 2;
+
 impl CoordinatorState {
     /// Queue a relay's items for opening, then delivery.
     pub(super) fn on_items(
@@ -138,7 +143,7 @@ impl CoordinatorState {
             let batch = touched.entry(front.group).or_default();
             while let Some(item) = front.items.pop_front() {
                 // Up to two events per item (a gap and the record).
-                if !events.is_closed() && events.capacity() < 2 {
+                if !events.is_closed() && events.capacity() < EVENT_ROOM {
                     front.items.push_front(item);
                     // What was handed over so far is persisted now (not the cursor).
                     self.backlog.push_front(front);
@@ -179,7 +184,8 @@ impl CoordinatorState {
         let events = self.args.events.clone();
         let myself = myself.clone();
         tokio::spawn(async move {
-            if let Ok(permits) = events.reserve_many(2).await {
+            // Fails only when the app dropped its receiver: then drain hands over to nothing.
+            if let Ok(permits) = events.reserve_many(EVENT_ROOM).await {
                 drop(permits);
             }
             let _ = myself.cast(CoordMsg::EventRoom);

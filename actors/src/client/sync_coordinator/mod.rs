@@ -48,6 +48,7 @@ use crate::supervision::{Restart, RestartPolicy, RestartTracker};
 use bytes::Bytes;
 pub use handle::{CALL_TIMEOUT, Coordinator};
 use inbox::Backlog;
+pub use inbox::EVENT_ROOM;
 pub use queue::{Outbox, PUSHES_HANDED_MAX};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -204,6 +205,15 @@ impl Actor for CoordinatorActor {
         myself: ActorRef<Self::Msg>,
         args: CoordinatorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        if args.events.max_capacity() < EVENT_ROOM {
+            // An item can make two events; a smaller channel could never take it, and
+            // waiting for room it cannot have would spin.
+            return Err(format!(
+                "the event channel holds {} events; the coordinator needs at least {EVENT_ROOM}",
+                args.events.max_capacity()
+            )
+            .into());
+        }
         let own = args.dialer.local_id();
         let mut state = CoordinatorState {
             args,
