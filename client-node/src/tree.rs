@@ -4,7 +4,7 @@
 //! ClientRoot                        restarts the Encryptor (shared policy); a dead
 //! │                                 coordinator stops the client (calls answer `Stopped`)
 //! ├── Encryptor                     device key + group keys; seal / open
-//! └── SyncCoordinator               outbox, dedupe, seq checks, events; owns LocalStore (sled)
+//! └── SyncCoordinator               outbox, dedupe, seq checks, events; owns LocalStore (fjall)
 //!     └── RelayConnection × relay   reconnects with jittered backoff; restarted (shared
 //!         └── LinkReader            policy), a relay left for a period past its intensity
 //! ```

@@ -320,13 +320,11 @@ async fn relay_flaps_while_the_event_channel_is_full_status_answers_within_a_sec
         .await
         .expect("enqueue answers")
         .unwrap();
-        let receipt = tokio::time::timeout(
-            push_bound,
-            coordinator.wait_acked(group, pushed[0].1, None),
-        )
-        .await
-        .expect("push acked")
-        .unwrap();
+        let receipt =
+            tokio::time::timeout(push_bound, coordinator.wait_acked(group, pushed[0].1, None))
+                .await
+                .expect("push acked")
+                .unwrap();
         assert_eq!(receipt.acked_by, vec![RELAY]);
     }
     assert_eq!(relay.stored(group.0), 2);

@@ -438,7 +438,7 @@ fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
 /// A client on `dir/name` again, once the previous one there let go of its store.
 ///
 /// `Client::shutdown` now waits for the root's children (the coordinator owns the local
-/// store), which made a refused restart rarer (1 in 6 → ~1 in 18), not impossible: the sled
+/// store), which made a refused restart rarer (1 in 6 → ~1 in 18), not impossible: the
 /// store's file lock is released after the coordinator is gone. Nothing announces the
 /// release, so the start is retried on that one error, bounded, and anything else fails at
 /// once.

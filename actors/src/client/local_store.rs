@@ -1,6 +1,7 @@
-//! LocalStore: the client's durable state on sled, in the home dir (DESIGN.md §6).
+//! LocalStore: the client's durable state on fjall, in the home dir (DESIGN.md §6).
 //!
-//! One tree, key prefixes (one atomic batch per step, one flush where durability matters):
+//! One keyspace, key prefixes (one atomic batch per step, one journal sync where durability
+//! matters):
 //!
 //! | key | value |
 //! |---|---|
@@ -19,14 +20,18 @@
 //! goes on.
 //!
 //! It belongs to the SyncCoordinator, its only user: every write happens in the coordinator's
-//! order. Durability is a **group commit**: a write is applied (in memory, atomically), then
-//! [`LocalStore::request_flush`] gives it a ticket; one flusher task runs sled's
-//! `flush_async` for every write applied before that flush started, then `fdatasync`s sled's
-//! data file, and [`LocalStore::watch_durable`] announces the tickets it made durable. (sled
-//! 0.34's flush on Linux ends in `sync_file_range`, which neither flushes the disk's write
-//! cache nor records a grown file's size: without the `fdatasync` a power cut could lose
-//! what `enqueue` reported durable.) So 64 concurrent
-//! enqueues cost one flush, not 64, and nothing is answered before it is on disk.
+//! order. Durability is a **group commit**: a write is applied (to fjall's journal and
+//! memtable, atomically), then [`LocalStore::request_flush`] gives it a ticket; one flusher
+//! task persists the journal (`fdatasync`) for every write applied before that persist
+//! started, and [`LocalStore::watch_durable`] announces the tickets it made durable. So 64
+//! concurrent enqueues cost one sync, not 64, and nothing is answered before it is on disk.
+//! What nothing waits for (received cursors and trackers, acks) is synced by the next group
+//! commit or at most [`BACKGROUND_FLUSH`] after it was written.
+//!
+//! Why fjall and not sled (which this store used before, DECISIONS.md): a one-record commit
+//! cost sled ~200 µs of CPU (its flush rewrites pages, and still needed our own `fdatasync`:
+//! sled 0.34 stops at `sync_file_range`), fjall ~33 µs (a journal append and its sync). A
+//! store sled wrote is imported at open ([`LocalStore::open`]) and its files removed.
 //!
 //! No per-record state is kept beyond the outbox: replays are judged by each group's
 //! [`SeqTracker`] (bounded per sender), duplicates are skipped before opening by the
@@ -34,21 +39,37 @@
 //! blob id under `s` ‖ group ‖ blob_id, never pruned; they are removed at open.
 
 use crate::crypto::seq::SeqTracker;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use tokio::sync::watch;
 use zerok_messages::client::{ClientError, Durable, GroupId, GroupRecord, StoreError};
 use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, MailboxId};
 
-/// sled's own background flush: what nothing waits for (received cursors and seq trackers,
-/// acks) is on disk at most this long after it was applied. 500 ms (sled's default) bounds
-/// what a crash hands to the app a second time to about half a second of records.
-const BACKGROUND_FLUSH_MS: u64 = 500;
+/// What nothing waits for (received cursors and seq trackers, acks) is on disk at most this
+/// long after it was applied: it bounds what a crash hands to the app a second time to about
+/// half a second of records (as sled's default background flush did).
+pub const BACKGROUND_FLUSH: Duration = Duration::from_millis(500);
 
-/// sled's data file in its directory: every write of the store lands there.
+/// The fjall database's directory inside the store's.
+const KV_DIR: &str = "kv";
+/// The keyspace holding everything.
+const KEYSPACE: &str = "state";
+/// fjall's block cache: the store's working set is the outbox and a few keys per group.
+const CACHE_BYTES: u64 = 8 << 20;
+/// Memtable bytes before fjall writes a table (fjall's default is 64 MiB): bounds the
+/// store's memory.
+const MEMTABLE_BYTES: u64 = 16 << 20;
+/// A store written by sled (before fjall) has this data file in the store's directory.
 const SLED_DATA_FILE: &str = "db";
+/// Written last by an import from sled: the import is complete.
+const IMPORTED_KEY: &[u8] = b"imported-from-sled";
+/// Keys per batch when importing a sled store.
+const IMPORT_BATCH_KEYS: usize = 1024;
 
 const FORMAT_KEY: &[u8] = b"v";
 const FORMAT: &[u8] = b"zerok-client-1";
@@ -156,87 +177,154 @@ struct CommitState {
     is_flushing: bool,
 }
 
-/// Group commit over one sled db (see the module doc).
-struct Committer {
-    /// sled's data file (`<dir>/db`), `fdatasync`ed after each of sled's flushes.
-    data_file: Arc<std::fs::File>,
+/// The store: the database, its keyspace and the group commit (see the module doc).
+struct Inner {
+    db: Database,
+    kv: Keyspace,
     state: Mutex<CommitState>,
     durable: watch::Sender<Durable>,
-    /// Flushes run so far.
-    flushes: std::sync::atomic::AtomicU64,
-    /// `fdatasync`s of the data file that succeeded.
-    data_syncs: std::sync::atomic::AtomicU64,
+    /// Written since the last persist started (the background flush looks at it).
+    dirty: AtomicBool,
+    /// Persists run so far.
+    flushes: AtomicU64,
+    /// Journal `fdatasync`s that succeeded.
+    data_syncs: AtomicU64,
 }
 
 /// The client's store.
 #[derive(Clone)]
 pub struct LocalStore {
-    db: sled::Db,
-    commit: Arc<Committer>,
+    inner: Arc<Inner>,
 }
 
 impl LocalStore {
-    /// Open (or create) the store in `dir`.
+    /// Open (or create) the store in `dir`. A store sled wrote there is imported first.
     pub fn open(dir: &Path) -> Result<LocalStore, ClientError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(16 << 20)
-            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
+        let home = |message: String| ClientError::Home {
+            path: dir.display().to_string(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| home(format!("cannot create it: {e}")))?;
+        let db = Database::builder(dir.join(KV_DIR))
+            .manual_journal_persist(true)
+            .cache_size(CACHE_BYTES)
+            .worker_threads(1)
             .open()
-            .map_err(|e| ClientError::Home {
-                path: dir.display().to_string(),
-                message: format!("cannot open the local store: {e}"),
-            })?;
-        match db.get(FORMAT_KEY).map_err(err)? {
+            .map_err(|e| home(format!("cannot open the local store: {e}")))?;
+        let kv = db
+            .keyspace(KEYSPACE, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+            .map_err(|e| home(format!("cannot open the local store: {e}")))?;
+        let store = LocalStore {
+            inner: Arc::new(Inner {
+                db,
+                kv,
+                state: Mutex::new(CommitState::default()),
+                durable: watch::Sender::new(Durable::default()),
+                dirty: AtomicBool::new(false),
+                flushes: AtomicU64::new(0),
+                data_syncs: AtomicU64::new(0),
+            }),
+        };
+        if dir.join(SLED_DATA_FILE).exists() {
+            store
+                .import_sled(dir)
+                .map_err(|e| home(format!("importing the sled store: {e}")))?;
+        }
+        match store.get(FORMAT_KEY)? {
             Some(found) if found.as_ref() != FORMAT => {
-                return Err(ClientError::Home {
-                    path: dir.display().to_string(),
-                    message: format!(
-                        "local store format {:?} is not {:?}",
-                        String::from_utf8_lossy(&found),
-                        String::from_utf8_lossy(FORMAT)
-                    ),
-                });
+                return Err(home(format!(
+                    "local store format {:?} is not {:?}",
+                    String::from_utf8_lossy(&found),
+                    String::from_utf8_lossy(FORMAT)
+                )));
             }
             Some(_) => {}
             None => {
-                db.insert(FORMAT_KEY, FORMAT).map_err(err)?;
-                db.flush().map_err(err)?;
+                store.apply(vec![Op::Put(FORMAT_KEY.to_vec(), FORMAT.to_vec())])?;
+                store.persist_now()?;
             }
         }
-        let data_path = dir.join(SLED_DATA_FILE);
-        let data_file = std::fs::File::open(&data_path).map_err(|e| ClientError::Home {
-            path: dir.display().to_string(),
-            message: format!("cannot open {}: {e}", data_path.display()),
-        })?;
-        let store = LocalStore {
-            db,
-            commit: Arc::new(Committer {
-                data_file: Arc::new(data_file),
-                state: Mutex::new(CommitState::default()),
-                durable: watch::Sender::new(Durable::default()),
-                flushes: Default::default(),
-                data_syncs: Default::default(),
-            }),
-        };
-        store.remove_legacy_seen_ids()?;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(background_flush(Arc::downgrade(&store.inner)));
+        }
         Ok(store)
     }
 
-    /// Stores written before kept every seen blob id (`s` keys), never pruned: drop them
-    /// (the seq trackers judge replays; see the module doc).
-    fn remove_legacy_seen_ids(&self) -> Result<(), ClientError> {
-        let mut batch = sled::Batch::default();
-        let mut found = 0usize;
-        for entry in self.db.scan_prefix([b's']) {
-            let (k, _) = entry.map_err(err)?;
-            batch.remove(k);
-            found += 1;
+    /// Import what sled wrote in `dir` (everything but the seen ids older versions kept, see
+    /// the module doc), durably, then remove sled's files. A crash midway imports again: the
+    /// marker that says it is complete is written last, in the last batch.
+    fn import_sled(&self, dir: &Path) -> Result<(), ClientError> {
+        if self.get(IMPORTED_KEY)?.is_none() {
+            let sled = sled::Config::new().path(dir).open().map_err(err)?;
+            let mut ops = Vec::new();
+            for entry in sled.iter() {
+                let (k, v) = entry.map_err(err)?;
+                if k.first() == Some(&b's') {
+                    continue;
+                }
+                ops.push(Op::Put(k.to_vec(), v.to_vec()));
+                if ops.len() == IMPORT_BATCH_KEYS {
+                    self.apply(std::mem::take(&mut ops))?;
+                }
+            }
+            ops.push(Op::Put(IMPORTED_KEY.to_vec(), Vec::new()));
+            self.apply(ops)?;
+            self.persist_now()?;
         }
-        if found > 0 {
-            self.db.apply_batch(batch).map_err(err)?;
-            self.db.flush().map_err(err)?;
+        for entry in std::fs::read_dir(dir).map_err(err)? {
+            let entry = entry.map_err(err)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let is_sled = name == SLED_DATA_FILE
+                || name == "conf"
+                || name == "blobs"
+                || name.starts_with("snap.");
+            if !is_sled {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).map_err(err)?;
+            } else {
+                std::fs::remove_file(&path).map_err(err)?;
+            }
         }
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<fjall::UserValue>, ClientError> {
+        self.inner.kv.get(key).map_err(err)
+    }
+
+    /// Every `(key, value)` under `prefix`, in key order.
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<(fjall::UserKey, fjall::UserValue)>, ClientError> {
+        self.inner
+            .kv
+            .prefix(prefix)
+            .map(|guard| guard.into_inner().map_err(err))
+            .collect()
+    }
+
+    /// Apply `ops` atomically (not yet durable: see [`LocalStore::request_flush`]).
+    fn apply(&self, ops: Vec<Op>) -> Result<(), ClientError> {
+        let mut batch = self.inner.db.batch();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => batch.insert(&self.inner.kv, k, v),
+                Op::Delete(k) => batch.remove(&self.inner.kv, k),
+            }
+        }
+        batch.commit().map_err(err)?;
+        self.inner.dirty.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sync the journal here (at open, before anything else runs).
+    fn persist_now(&self) -> Result<(), ClientError> {
+        self.inner.db.persist(PersistMode::SyncData).map_err(err)?;
+        self.inner.data_syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -244,36 +332,31 @@ impl LocalStore {
     /// [`LocalStore::watch_durable`] once a flush that started after this call completed.
     pub fn request_flush(&self) -> u64 {
         let (ticket, start) = {
-            let mut state = lock(&self.commit.state);
+            let mut state = lock(&self.inner.state);
             state.requested += 1;
             let start = !state.is_flushing;
             state.is_flushing = true;
             (state.requested, start)
         };
         if start {
-            let (db, commit) = (self.db.clone(), Arc::clone(&self.commit));
-            tokio::spawn(flush_loop(db, commit));
+            tokio::spawn(flush_loop(Arc::clone(&self.inner)));
         }
         ticket
     }
 
     /// Flushes the group commit ran since the store was opened.
     pub fn flush_count(&self) -> u64 {
-        self.commit
-            .flushes
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.flushes.load(Ordering::Relaxed)
     }
 
-    /// `fdatasync`s of sled's data file so far (one per group-commit flush).
+    /// Journal `fdatasync`s so far (one per group-commit flush, and at open).
     pub fn data_syncs(&self) -> u64 {
-        self.commit
-            .data_syncs
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.data_syncs.load(Ordering::Relaxed)
     }
 
     /// What is durable so far, announced after every flush.
     pub fn watch_durable(&self) -> watch::Receiver<Durable> {
-        self.commit.durable.subscribe()
+        self.inner.durable.subscribe()
     }
 
     /// Wait until `ticket` is durable.
@@ -297,8 +380,7 @@ impl LocalStore {
     /// Every group.
     pub fn groups(&self) -> Result<Vec<(GroupId, GroupRecord)>, ClientError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix([b'g']) {
-            let (k, v) = entry.map_err(err)?;
+        for (k, v) in self.scan(b"g")? {
             let id: [u8; 32] = k
                 .get(1..33)
                 .and_then(|b| b.try_into().ok())
@@ -310,15 +392,13 @@ impl LocalStore {
 
     /// Insert or replace a group (durable on return).
     pub async fn put_group(&self, id: &GroupId, record: &GroupRecord) -> Result<(), ClientError> {
-        self.db
-            .insert(key(b'g', id, &[]), cbor(record)?)
-            .map_err(err)?;
+        self.apply(vec![Op::Put(key(b'g', id, &[]), cbor(record)?)])?;
         self.flush().await
     }
 
     /// The next own seq and hlc state of a group: `(next_seq, last_hlc)`.
     pub fn own_seq(&self, group: &GroupId) -> Result<(u64, u64), ClientError> {
-        Ok(match self.db.get(key(b'n', group, &[])).map_err(err)? {
+        Ok(match self.get(&key(b'n', group, &[]))? {
             Some(v) if v.len() == 16 => (be_u64(&v[..8]), be_u64(&v[8..])),
             _ => (1, 0),
         })
@@ -326,17 +406,13 @@ impl LocalStore {
 
     /// The group's seq base: own pushes are sealed with their outbox number minus this.
     pub fn seq_base(&self, group: &GroupId) -> Result<u64, ClientError> {
-        Ok(self
-            .db
-            .get(key(b'b', group, &[]))
-            .map_err(err)?
-            .map_or(0, |v| be_u64(&v)))
+        Ok(self.get(&key(b'b', group, &[]))?.map_or(0, |v| be_u64(&v)))
     }
 
     /// The identity of `device.key` this store was last used with (`None` before the first
     /// start that recorded it).
     pub fn key_file(&self) -> Result<Option<KeyFileIdentity>, ClientError> {
-        match self.db.get(b"k").map_err(err)? {
+        match self.get(b"k")? {
             Some(v) => Ok(Some(uncbor(&v)?)),
             None => Ok(None),
         }
@@ -344,7 +420,7 @@ impl LocalStore {
 
     /// Record the identity of `device.key` (durable on return).
     pub async fn set_key_file(&self, identity: &KeyFileIdentity) -> Result<(), ClientError> {
-        self.db.insert(b"k", cbor(identity)?).map_err(err)?;
+        self.apply(vec![Op::Put(b"k".to_vec(), cbor(identity)?)])?;
         self.flush().await
     }
 
@@ -358,18 +434,21 @@ impl LocalStore {
         old: DeviceId,
         identity: &KeyFileIdentity,
     ) -> Result<(), ClientError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::new();
         for (group, _) in self.groups()? {
             let (next_seq, _) = self.own_seq(&group)?;
             let last_own = next_seq.saturating_sub(1);
             let old_base = self.seq_base(&group)?;
-            batch.insert(key(b'b', &group, &[]), last_own.to_be_bytes().to_vec());
+            batch.push(Op::Put(
+                key(b'b', &group, &[]),
+                last_own.to_be_bytes().to_vec(),
+            ));
             let mut tracker = self.tracker(&group)?;
             tracker.mark_seen_through(old, last_own.saturating_sub(old_base));
-            batch.insert(key(b'q', &group, &[]), cbor(&tracker)?);
+            batch.push(Op::Put(key(b'q', &group, &[]), cbor(&tracker)?));
         }
-        batch.insert(b"k".as_slice(), cbor(identity)?);
-        self.db.apply_batch(batch).map_err(err)?;
+        batch.push(Op::Put(b"k".to_vec(), cbor(identity)?));
+        self.apply(batch)?;
         self.flush().await
     }
 
@@ -396,23 +475,22 @@ impl LocalStore {
         let Some((last_seq, last_hlc, _)) = entries.last() else {
             return Ok(self.request_flush());
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::with_capacity(entries.len() + 1);
         for (seq, _, entry) in entries {
-            batch.insert(key(b'o', group, &seq.to_be_bytes()), cbor(entry)?);
+            batch.push(Op::Put(key(b'o', group, &seq.to_be_bytes()), cbor(entry)?));
         }
         let mut next = [0u8; 16];
         next[..8].copy_from_slice(&(last_seq + 1).to_be_bytes());
         next[8..].copy_from_slice(&last_hlc.to_be_bytes());
-        batch.insert(key(b'n', group, &[]), next.to_vec());
-        self.db.apply_batch(batch).map_err(err)?;
+        batch.push(Op::Put(key(b'n', group, &[]), next.to_vec()));
+        self.apply(batch)?;
         Ok(self.request_flush())
     }
 
     /// The outbox of a group in push order: `(seq, entry)`.
     pub fn outbox(&self, group: &GroupId) -> Result<Vec<(u64, OutboxEntry)>, ClientError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix(key(b'o', group, &[])) {
-            let (k, v) = entry.map_err(err)?;
+        for (k, v) in self.scan(&key(b'o', group, &[]))? {
             out.push((be_u64(&k[33..]), uncbor(&v)?));
         }
         Ok(out)
@@ -424,11 +502,7 @@ impl LocalStore {
         group: &GroupId,
         seq: u64,
     ) -> Result<Option<OutboxEntry>, ClientError> {
-        match self
-            .db
-            .get(key(b'o', group, &seq.to_be_bytes()))
-            .map_err(err)?
-        {
+        match self.get(&key(b'o', group, &seq.to_be_bytes()))? {
             Some(v) => Ok(Some(uncbor(&v)?)),
             None => Ok(None),
         }
@@ -446,10 +520,10 @@ impl LocalStore {
         let k = key(b'o', group, &seq.to_be_bytes());
         let done = all.iter().all(|relay| acked_by.contains(relay));
         if done {
-            self.db.remove(k).map_err(err)?;
+            self.apply(vec![Op::Delete(k)])?;
         } else if let Some(mut entry) = self.outbox_entry(group, seq)? {
             entry.acked_by = acked_by.to_vec();
-            self.db.insert(k, cbor(&entry)?).map_err(err)?;
+            self.apply(vec![Op::Put(k, cbor(&entry)?)])?;
         }
         Ok(done)
     }
@@ -457,23 +531,18 @@ impl LocalStore {
     /// The cursor of `relay` for `group` (0 when never synced).
     pub fn cursor(&self, group: &GroupId, relay: &DeviceId) -> Result<u64, ClientError> {
         Ok(self
-            .db
-            .get(key(b'c', group, relay.as_bytes()))
-            .map_err(err)?
+            .get(&key(b'c', group, relay.as_bytes()))?
             .map_or(0, |v| be_u64(&v)))
     }
 
     /// Forget a relay's cursor (after the relay was removed or lost its data).
     pub fn reset_cursor(&self, group: &GroupId, relay: &DeviceId) -> Result<(), ClientError> {
-        self.db
-            .remove(key(b'c', group, relay.as_bytes()))
-            .map_err(err)?;
-        Ok(())
+        self.apply(vec![Op::Delete(key(b'c', group, relay.as_bytes()))])
     }
 
     /// The group's sequence tracker.
     pub fn tracker(&self, group: &GroupId) -> Result<SeqTracker, ClientError> {
-        match self.db.get(key(b'q', group, &[])).map_err(err)? {
+        match self.get(&key(b'q', group, &[]))? {
             Some(v) => uncbor(&v),
             None => Ok(SeqTracker::new()),
         }
@@ -489,60 +558,74 @@ impl LocalStore {
         self.flush().await
     }
 
-    /// Apply what a received batch changed, atomically, without asking for a flush: sled's
-    /// periodic flush (every 500 ms by default), the next group commit or an explicit
+    /// Apply what a received batch changed, atomically, without asking for a flush: the
+    /// background flush (within [`BACKGROUND_FLUSH`]), the next group commit or an explicit
     /// [`LocalStore::flush`] makes it durable.
     pub fn apply_received(
         &self,
         group: &GroupId,
         batch: &ReceivedBatch,
     ) -> Result<(), ClientError> {
-        let mut write = sled::Batch::default();
+        let mut write = Vec::with_capacity(batch.cursors.len() + 1);
         for (relay, cursor) in &batch.cursors {
-            write.insert(
+            write.push(Op::Put(
                 key(b'c', group, relay.as_bytes()),
                 cursor.to_be_bytes().to_vec(),
-            );
+            ));
         }
         if let Some(tracker) = &batch.tracker {
-            write.insert(key(b'q', group, &[]), cbor(tracker)?);
+            write.push(Op::Put(key(b'q', group, &[]), cbor(tracker)?));
         }
-        self.db.apply_batch(write).map_err(err)?;
-        Ok(())
+        self.apply(write)
     }
 }
 
-/// The flusher: one `flush_async` after another while tickets wait; each covers every write
+/// One write of a batch.
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// The flusher: one journal sync after another while tickets wait; each covers every write
 /// applied before it started.
-async fn flush_loop(db: sled::Db, commit: Arc<Committer>) {
+async fn flush_loop(inner: Arc<Inner>) {
     loop {
-        let target = lock(&commit.state).requested;
-        let mut flushed = db.flush_async().await.map(|_| ());
-        if flushed.is_ok() {
-            let file = Arc::clone(&commit.data_file);
-            flushed = match tokio::task::spawn_blocking(move || file.sync_data()).await {
+        let target = lock(&inner.state).requested;
+        inner.dirty.store(false, Ordering::Relaxed);
+        let db = inner.db.clone();
+        let synced =
+            match tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncData)).await {
                 Ok(Ok(())) => {
-                    commit
-                        .data_syncs
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    inner.data_syncs.fetch_add(1, Ordering::Relaxed);
                     Ok(())
                 }
-                Ok(Err(e)) => Err(sled::Error::Io(e)),
-                Err(e) => Err(sled::Error::Io(std::io::Error::other(e))),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
             };
-        }
-        commit
-            .flushes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        commit.durable.send_modify(|durable| match flushed {
-            Ok(_) if durable.error.is_none() => durable.through = target,
-            Ok(_) => {}
-            Err(ref error) => durable.error = Some(error.to_string()),
+        inner.flushes.fetch_add(1, Ordering::Relaxed);
+        inner.durable.send_modify(|durable| match synced {
+            Ok(()) if durable.error.is_none() => durable.through = target,
+            Ok(()) => {}
+            Err(ref error) => durable.error = Some(error.clone()),
         });
-        let mut state = lock(&commit.state);
+        let mut state = lock(&inner.state);
         if state.requested == target {
             state.is_flushing = false;
             return;
+        }
+    }
+}
+
+/// Every [`BACKGROUND_FLUSH`], a group commit if anything was written since the last one;
+/// ends with the store.
+async fn background_flush(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(BACKGROUND_FLUSH).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.dirty.load(Ordering::Relaxed) {
+            LocalStore { inner }.request_flush();
         }
     }
 }
@@ -571,9 +654,9 @@ mod tests {
             .await
             .expect("put");
         store.flush().await.expect("flush");
-        // sled's own flush stops at sync_file_range; only the fdatasync makes it durable.
+        // Durable means the journal was synced.
         assert!(store.data_syncs() > before);
-        assert!(dir.path().join(SLED_DATA_FILE).exists());
+        assert!(dir.path().join(KV_DIR).is_dir());
     }
 
     fn group() -> GroupId {
@@ -682,36 +765,72 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn seen_ids_of_an_older_store_are_removed_at_open() {
+    async fn a_store_sled_wrote_is_imported_without_its_seen_ids_and_its_files_removed() {
         let dir = tempfile::tempdir().expect("dir");
+        let record = GroupRecord {
+            name: "old".into(),
+            secret: [5; 32],
+            epoch: 0,
+            relays: vec!["r".into()],
+            passphrase_salt: None,
+            admissions: Default::default(),
+        };
         {
-            let store = LocalStore::open(dir.path()).expect("open");
-            // As the store wrote them before: one key per blob id ever seen, never pruned.
+            // As the store wrote it with sled: format, a group, its own seq, two queued
+            // pushes, and one key per blob id ever seen (never pruned).
+            let sled = sled::Config::new().path(dir.path()).open().expect("sled");
+            sled.insert(FORMAT_KEY, FORMAT).expect("insert");
+            sled.insert(key(b'g', &group(), &[]), cbor(&record).expect("cbor"))
+                .expect("insert");
+            let mut next = [0u8; 16];
+            next[..8].copy_from_slice(&3u64.to_be_bytes());
+            next[8..].copy_from_slice(&20u64.to_be_bytes());
+            sled.insert(key(b'n', &group(), &[]), next.to_vec())
+                .expect("insert");
+            for seq in 1..=2u64 {
+                sled.insert(
+                    key(b'o', &group(), &seq.to_be_bytes()),
+                    cbor(&entry(seq)).expect("cbor"),
+                )
+                .expect("insert");
+            }
             for n in 0..10u64 {
-                store
-                    .db
-                    .insert(key(b's', &group(), entry(n).blob_id.as_bytes()), Vec::new())
+                sled.insert(key(b's', &group(), entry(n).blob_id.as_bytes()), Vec::new())
                     .expect("insert");
             }
-            store
-                .enqueue(&group(), 1, 1, &entry(1))
-                .await
-                .expect("enqueue");
+            sled.flush().expect("flush");
         }
-        let store = LocalStore::open(dir.path()).expect("reopen");
-        assert_eq!(store.db.scan_prefix([b's']).count(), 0);
-        assert_eq!(
-            store.outbox(&group()).expect("outbox").len(),
-            1,
-            "the rest stays"
-        );
+        assert!(dir.path().join(SLED_DATA_FILE).exists());
+        for reopen in 0..2 {
+            let store = LocalStore::open(dir.path()).expect("open");
+            assert_eq!(
+                store.groups().expect("groups"),
+                vec![(group(), record.clone())]
+            );
+            assert_eq!(
+                store.own_seq(&group()).expect("seq"),
+                (3, 20),
+                "open {reopen}"
+            );
+            let outbox = store.outbox(&group()).expect("outbox");
+            assert_eq!(outbox, vec![(1, entry(1)), (2, entry(2))]);
+            assert!(
+                store.scan(b"s").expect("scan").is_empty(),
+                "seen ids dropped"
+            );
+            assert!(
+                !dir.path().join(SLED_DATA_FILE).exists(),
+                "sled's files removed"
+            );
+            assert!(!dir.path().join("conf").exists());
+        }
     }
 
     #[tokio::test]
     async fn received_batches_write_no_per_record_keys() {
         let dir = tempfile::tempdir().expect("dir");
         let store = LocalStore::open(dir.path()).expect("open");
-        let keys_before = store.db.len();
+        let keys_before = store.scan(b"").expect("scan").len();
         let relay = DeviceId([9; 32]);
         let mut tracker = SeqTracker::new();
         for page in 0..10u64 {
@@ -731,7 +850,7 @@ mod tests {
             store.flush().await.expect("durable");
         }
         // 10,000 records received: a cursor and a tracker, nothing per record.
-        assert_eq!(store.db.len(), keys_before + 2);
+        assert_eq!(store.scan(b"").expect("scan").len(), keys_before + 2);
         assert_eq!(store.cursor(&group(), &relay).expect("cursor"), 10_000);
     }
 
