@@ -288,7 +288,7 @@ impl Drop for GroupRecord {
 pub struct Durable {
     /// Every ticket up to this one is on disk.
     pub through: u64,
-    /// A flush failed (sled's error): nothing after it is known to be on disk, and the store
+    /// A flush failed (the store's error): nothing after it is known to be on disk, and the store
     /// refuses to say otherwise from then on.
     pub error: Option<String>,
 }

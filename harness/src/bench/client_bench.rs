@@ -6,7 +6,9 @@
 //!   received every one, decrypted, signature-checked by the client and checked again here
 //!   (each payload carries its index and a hash of its body).
 //! - `push_sequential`: one app task awaiting each `push` (enqueue + relay ack) in turn,
-//!   timed until B has them all.
+//!   timed until B has them all; with the mean time per push spent before it was durable
+//!   here (`push_sequential_local_us`: seal, local sync) and after (`_relay_us`: send, the
+//!   relay's path and sync, the ack).
 //! - `push_batched`: the same N records through `enqueue_many` in batches, 64 tasks.
 //! - `catchup`: device C joins after all that and receives the stored records.
 //! - the same-run **crypto floor**: what this machine's cores do per record of Ed25519 sign +
@@ -499,8 +501,17 @@ pub async fn client(bench: &Bench, sizes: ClientSizes) -> anyhow::Result<Vec<Ben
     pushed_total += records;
     receiver.expect(run, records)?;
     let started = Instant::now();
+    // `push` is `enqueue` (sealed, durable here) then `wait_acked` (sent, stored and synced
+    // by the relay, acked): timed apart, they say where a push's time goes.
+    let (mut local, mut relay) = (Duration::ZERO, Duration::ZERO);
     for index in 0..records {
-        tokio::time::timeout(PHASE_BOUND, a.push(group, payload(run, index))).await??;
+        let begun = Instant::now();
+        let blob_id =
+            tokio::time::timeout(PHASE_BOUND, a.enqueue(group, payload(run, index))).await??;
+        let durable = Instant::now();
+        tokio::time::timeout(PHASE_BOUND, a.wait_acked(group, blob_id, None)).await??;
+        local += durable - begun;
+        relay += durable.elapsed();
     }
     let acked = started.elapsed();
     let received_at = receiver.all_received().await?;
@@ -527,6 +538,22 @@ pub async fn client(bench: &Bench, sizes: ClientSizes) -> anyhow::Result<Vec<Ben
         .param("records", records)
         .param("app_tasks", 1),
     );
+    for (metric, spent) in [
+        ("push_sequential_local_us", local),
+        ("push_sequential_relay_us", relay),
+    ] {
+        results.push(
+            BenchResult::new(
+                BENCH,
+                metric,
+                spent.as_secs_f64() * 1e6 / records.max(1) as f64,
+                "us",
+                Better::Lower,
+            )
+            .param("records", records)
+            .param("app_tasks", 1),
+        );
+    }
 
     // 3. The same N through `enqueue_many`.
     let (run, metric, records) = (3, "push_batched_per_s", n);

@@ -192,8 +192,8 @@ impl CoordinatorState {
         });
     }
 
-    /// Apply what received items changed. Nothing waits for it to be durable: sled's own
-    /// periodic flush, the next group commit, a barrier or the stop make it so (the app
+    /// Apply what received items changed. Nothing waits for it to be durable: the store's
+    /// background flush, the next group commit, a barrier or the stop make it so (the app
     /// already has the events; a crash before that hands the last ones over again, as a
     /// crash between hand-over and flush always could).
     pub(super) fn persist(
@@ -218,7 +218,6 @@ impl CoordinatorState {
         Ok(())
     }
 
-    /// Open, check and hand one item to the app (the channel has room for two events).
     /// Check and hand one opened item to the app (the channel has room for two events).
     /// Duplicates (the same blob from another relay, or twice in a page) are dropped by the
     /// seen ids, and past them by the seq tracker.
