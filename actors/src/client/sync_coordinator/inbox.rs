@@ -2,9 +2,12 @@
 //! batches (the Encryptor, all cores, in arrival order), seq-checked per sender and handed
 //! to the app through the bounded event channel; what does not fit waits in a bounded
 //! backlog (relays are paused beyond it). Received state is applied once per drained batch.
-//! Relay up/down events never wait for the app either: they are coalesced per relay.
+//! Relay up/down events never wait for the app either: they are coalesced per relay. What
+//! goes to the app, and when, is decided by the pure core in `delivery.rs`; this file
+//! opens, pauses and resumes relays, hands events over and persists.
 
 use super::*;
+use delivery::Received;
 
 /// Free event slots the coordinator waits for before it hands over a received item: an item
 /// can make two events (a gap, then the record). The event channel must hold at least this
@@ -24,7 +27,9 @@ impl CoordinatorState {
         if !self.groups.contains_key(&group) {
             return Ok(());
         }
-        if !self.is_receive_idle() && self.backlog_items + items.len() > self.args.backlog_max {
+        if !self.is_receive_idle()
+            && self.delivery.backlog_items + items.len() > self.args.backlog_max
+        {
             // The app is not reading, or records arrive faster than they are opened: stop
             // taking this relay's items for the group. Its connection rewinds to what is
             // persisted and waits until the backlog drained (a batch is always taken when
@@ -42,9 +47,9 @@ impl CoordinatorState {
         }
         let fresh: Vec<_> = items
             .into_iter()
-            .filter(|item| !self.seen.contains(&item.blob_id))
+            .filter(|item| !self.delivery.seen.contains(&item.blob_id))
             .collect();
-        self.backlog_items += fresh.len();
+        self.delivery.backlog_items += fresh.len();
         self.to_open.push(ToOpenBatch {
             relay,
             group,
@@ -109,7 +114,7 @@ impl CoordinatorState {
                     opened: results.next().unwrap_or(Err(OpenError::Malformed)),
                 })
                 .collect();
-            self.backlog.push_back(Backlog {
+            self.delivery.push(Backlog {
                 relay: batch.relay,
                 group: batch.group,
                 items,
@@ -122,7 +127,7 @@ impl CoordinatorState {
 
     /// Nothing received is waiting to be opened or handed over.
     pub(super) fn is_receive_idle(&self) -> bool {
-        self.backlog.is_empty() && self.to_open.is_empty() && !self.is_opening
+        self.delivery.is_empty() && self.to_open.is_empty() && !self.is_opening
     }
 
     /// Deliver backlog items while the event channel has room; never waits for the app. A
@@ -130,36 +135,34 @@ impl CoordinatorState {
     /// handed over is applied to the store once per group.
     pub(super) fn drain(&mut self, myself: &ActorRef<CoordMsg>) -> Result<(), ClientError> {
         let events = self.args.events.clone();
-        while !self.link_events.is_empty() {
-            if !events.is_closed() && events.capacity() == 0 {
-                self.wait_for_room(myself);
-                return Ok(());
-            }
-            let (_, event) = self.link_events.remove(0);
+        // A closed stream (the app dropped it) takes everything, into nothing.
+        let room = if events.is_closed() {
+            usize::MAX
+        } else {
+            events.capacity()
+        };
+        let CoordinatorState {
+            delivery,
+            groups,
+            args,
+            ..
+        } = self;
+        let mut judge = |group: GroupId, record: &OpenedRecord| {
+            let state = groups.get_mut(&group)?;
+            let verdict = state.tracker.observe(record.sender, record.seq);
+            state.hlc.observe(record.hlc, args.clock.now_unix_ms());
+            Some(verdict)
+        };
+        let drained = delivery.drain(room, &mut judge);
+        for event in drained.events {
             hand_over(&events, event);
         }
-        let mut touched: BTreeMap<GroupId, ReceivedBatch> = BTreeMap::new();
-        while let Some(mut front) = self.backlog.pop_front() {
-            let batch = touched.entry(front.group).or_default();
-            while let Some(item) = front.items.pop_front() {
-                // Up to two events per item (a gap and the record).
-                if !events.is_closed() && events.capacity() < EVENT_ROOM {
-                    front.items.push_front(item);
-                    // What was handed over so far is persisted now (not the cursor).
-                    self.backlog.push_front(front);
-                    for (group, batch) in touched {
-                        self.persist(group, batch)?;
-                    }
-                    self.wait_for_room(myself);
-                    return Ok(());
-                }
-                self.backlog_items = self.backlog_items.saturating_sub(1);
-                self.deliver(&events, front.relay, front.group, item, batch);
-            }
-            batch.cursors.push((front.relay, front.upto));
-        }
-        for (group, batch) in touched {
+        for (group, batch) in drained.persist {
             self.persist(group, batch)?;
+        }
+        if drained.wait_for_room {
+            self.wait_for_room(myself);
+            return Ok(());
         }
         // Everything delivered: barriers pass (once durable), paused connections may read
         // again.
@@ -218,94 +221,19 @@ impl CoordinatorState {
         Ok(())
     }
 
-    /// Check and hand one opened item to the app (the channel has room for two events).
-    /// Duplicates (the same blob from another relay, or twice in a page) are dropped by the
-    /// seen ids, and past them by the seq tracker.
-    pub(super) fn deliver(
-        &mut self,
-        events: &mpsc::Sender<Event>,
-        relay: DeviceId,
-        group: GroupId,
-        item: Received,
-        batch: &mut ReceivedBatch,
-    ) {
-        if self.seen.contains(&item.blob_id) {
-            return;
-        }
-        let record = match item.opened {
-            Ok(record) => record,
-            Err(OpenError::Own) => {
-                // This device's own record, served back (its id was forgotten).
-                self.seen.insert(item.blob_id);
-                return;
-            }
-            Err(err) => {
-                hand_over(
-                    events,
-                    Event::Undecryptable {
-                        group,
-                        relay,
-                        blob_id: item.blob_id,
-                        reason: err.to_string(),
-                    },
-                );
-                return;
-            }
-        };
-        if record.sender == self.own {
-            // This device's own record, served back (its id was forgotten).
-            self.seen.insert(item.blob_id);
-            return;
-        }
-        let Some(state) = self.groups.get_mut(&group) else {
-            return;
-        };
-        let verdict = state.tracker.observe(record.sender, record.seq);
-        state.hlc.observe(record.hlc, self.args.clock.now_unix_ms());
-        self.seen.insert(item.blob_id);
-        batch.observed += 1;
-        match verdict {
-            SeqVerdict::Replay => {
-                debug!(sender = %record.sender.short(), seq = record.seq, "replayed record dropped");
-                return;
-            }
-            SeqVerdict::Gap { from, to } => hand_over(
-                events,
-                Event::GapDetected {
-                    group,
-                    sender: record.sender,
-                    from,
-                    to,
-                },
-            ),
-            SeqVerdict::New => {}
-        }
-        hand_over(
-            events,
-            Event::Received {
-                group,
-                sender: record.sender,
-                seq: record.seq,
-                hlc: record.hlc,
-                blob_id: item.blob_id,
-                payload: record.payload,
-            },
-        );
-    }
-
     /// Tell the app a relay went up or down, never waiting for it: with room (and nothing
     /// older waiting) at once, else kept as the relay's latest state until the app reads.
     pub(super) fn emit_link(&mut self, myself: &ActorRef<CoordMsg>, relay: DeviceId, event: Event) {
         let events = &self.args.events;
-        if self.link_events.is_empty() && (events.is_closed() || events.capacity() > 0) {
-            hand_over(events, event);
-            return;
+        let room = if events.is_closed() {
+            usize::MAX
+        } else {
+            events.capacity()
+        };
+        match self.delivery.link_event(relay, event, room) {
+            Some(now) => hand_over(events, now),
+            None => self.wait_for_room(myself),
         }
-        match self.link_events.iter_mut().find(|(r, _)| *r == relay) {
-            Some(queued) => queued.1 = event,
-            None => self.link_events.push((relay, event)),
-        }
-        self.wait_for_room(myself);
     }
 }
 
@@ -315,18 +243,4 @@ pub(super) fn hand_over(events: &mpsc::Sender<Event>, event: Event) {
     if let Err(err) = events.try_send(event) {
         debug!(error = %err, "event not handed over");
     }
-}
-
-/// An item after opening.
-pub(super) struct Received {
-    pub(super) blob_id: BlobId,
-    pub(super) opened: Result<OpenedRecord, OpenError>,
-}
-
-/// A relay's batch of items not yet fully handed to the app.
-pub(super) struct Backlog {
-    pub(super) relay: DeviceId,
-    pub(super) group: GroupId,
-    pub(super) items: VecDeque<Received>,
-    pub(super) upto: u64,
 }

@@ -12,7 +12,7 @@
 //!   seq check (replays dropped, gaps reported; own records dropped) → event to the app →
 //!   then the relay's cursor and the seq state are applied together, once per batch, made
 //!   durable by the next group commit (not waited for). Recent blob ids (own pushes and
-//!   records taken) are remembered in a bounded [`SeenIds`], so duplicates are skipped before
+//!   records taken) are remembered in a bounded `SeenIds`, so duplicates are skipped before
 //!   opening; the seq tracker drops any it no longer holds. Items
 //!   that do not open are reported `Undecryptable` and not remembered, so an honest copy
 //!   from another relay still gets through.
@@ -22,11 +22,12 @@
 //! wait in a bounded backlog and relays are paused beyond it (see `on_items`), and relay
 //! up/down events are coalesced per relay: the coordinator never waits for the app.
 //!
-//! One file per concern: [`outbox`] (the push path and receipts), [`inbox`] (the receive
-//! path), [`wiring`] (groups from the store, one connection per relay, status), [`durable`]
+//! One file per concern: [`outbox`] (the push path and receipts) over its pure core
+//! [`queue`], [`inbox`] (the receive path) over its pure core [`delivery`], [`wiring`] (groups from the store, one connection per relay, status), [`durable`]
 //! (what waits for the group commit: answers, barriers). This file holds the state, the
 //! messages' dispatch and the supervision of the connections.
 
+mod delivery;
 mod durable;
 mod handle;
 mod inbox;
@@ -36,18 +37,17 @@ mod wiring;
 
 use crate::client::local_store::{LocalStore, OutboxEntry, ReceivedBatch};
 use crate::client::relay_connection::{RelayConnActor, RelayConnArgs};
-use crate::client::seen::SeenIds;
 use crate::clock::Clock;
 use crate::crypto::envelope::{OpenError, OpenedRecord, PAYLOAD_BYTES_MAX, SealError, Sealed};
 use crate::crypto::keys::EpochKeys;
-use crate::crypto::seq::{Hlc, SeqTracker, SeqVerdict};
+use crate::crypto::seq::{Hlc, SeqTracker};
 use crate::fault::FaultPlan;
 use crate::link::Dialer;
 use crate::rng::Rng;
 use crate::supervision::{Restart, RestartPolicy, RestartTracker};
 use bytes::Bytes;
+use delivery::{Backlog, Delivery};
 pub use handle::{CALL_TIMEOUT, Coordinator};
-use inbox::Backlog;
 pub use inbox::EVENT_ROOM;
 pub use queue::{Outbox, PUSHES_HANDED_MAX};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -153,8 +153,8 @@ pub struct CoordinatorState {
     recent_order: VecDeque<BlobId>,
     refused: HashSet<(DeviceId, GroupId, u64)>,
     is_retry_scheduled: bool,
-    backlog: VecDeque<Backlog>,
-    backlog_items: usize,
+    /// The receive path's pure core: backlog, seen ids, relay states for the app.
+    delivery: Delivery,
     is_waiting_for_room: bool,
     paused: HashSet<(DeviceId, GroupId)>,
     barriers: Vec<RpcReplyPort<()>>,
@@ -170,13 +170,6 @@ pub struct CoordinatorState {
     to_open: Vec<ToOpenBatch>,
     /// A batch is with the Encryptor.
     is_opening: bool,
-    /// This device (its own records coming back are dropped).
-    own: DeviceId,
-    /// Recent blob ids pushed or taken (bounded).
-    seen: SeenIds,
-    /// Relay up/down events the app's full channel did not take yet: the latest per relay
-    /// (an up and a down in between coalesce), handed over before any record.
-    link_events: Vec<(DeviceId, Event)>,
     /// Crash history of each relay's connection.
     conn_restarts: HashMap<DeviceId, RestartTracker>,
     /// Relays whose connection died and waits for its restart (`ConnRestartDue`).
@@ -224,8 +217,7 @@ impl Actor for CoordinatorActor {
             recent_order: VecDeque::new(),
             refused: HashSet::new(),
             is_retry_scheduled: false,
-            backlog: VecDeque::new(),
-            backlog_items: 0,
+            delivery: Delivery::new(own),
             is_waiting_for_room: false,
             paused: HashSet::new(),
             barriers: Vec::new(),
@@ -235,9 +227,6 @@ impl Actor for CoordinatorActor {
             after_durable: VecDeque::new(),
             to_open: Vec::new(),
             is_opening: false,
-            own,
-            seen: SeenIds::default(),
-            link_events: Vec::new(),
             conn_restarts: HashMap::new(),
             restarting: HashSet::new(),
         };

@@ -137,7 +137,7 @@ impl CoordinatorState {
                     };
                     outcomes.push(Ok((group, seq, entry.blob_id)));
                     // Its copy served back by this device's own subscription is skipped.
-                    self.seen.insert(entry.blob_id);
+                    self.delivery.seen.insert(entry.blob_id);
                     by_group.entry(group).or_default().push((seq, hlc, entry));
                 }
                 Some(Err(reason)) => outcomes.push(Err(ClientError::Seal(reason))),

@@ -133,7 +133,7 @@ impl CoordinatorState {
                         .collect(),
                     outbox: g.outbox.len(),
                     unacked: g.outbox.short_of(quorum),
-                    seen_ids: self.seen.len() as u64,
+                    seen_ids: self.delivery.seen.len() as u64,
                 }
             })
             .collect();
