@@ -74,57 +74,19 @@ async fn a_connection_failing_on_every_frame_is_restarted_with_growing_delays_th
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(&dir.path().join("store")).unwrap();
-    let secret = GroupSecret::from_bytes([3; 32]);
-    let group = GroupId(secret.epoch_keys(Epoch(0)).mailbox_id());
     let relay = RelayAddr {
         id: RELAY,
         // Memory links ignore it; an address needs one.
         addrs: vec!["127.0.0.1:9".parse().unwrap()],
     };
-    let record = GroupRecord {
-        name: "g".into(),
-        secret: *secret.expose_bytes(),
-        epoch: 0,
-        relays: vec![relay.to_string()],
-        passphrase_salt: None,
-        admissions: Default::default(),
-    };
-    store.put_group(&group, &record).await.unwrap();
+    let (store, _) = store_with_group(dir.path(), &relay).await;
     let faults = FaultPlan::seeded(1);
     faults.set(FaultPoint::FrameReceive, 1.0);
-    let (encryptor, _) = Actor::spawn(
-        None,
-        EncryptorActor,
-        EncryptorArgs {
-            device: Arc::new(DeviceKey::from_secret_bytes(&[1; 32])),
-            rng: Rng::seeded(2),
-            faults: FaultPlan::none(),
-        },
-    )
-    .await
-    .unwrap();
     let (events, _events_rx) = mpsc::channel(16);
     let start = Instant::now();
-    let (coordinator, _) = Actor::spawn(
-        None,
-        CoordinatorActor,
-        CoordinatorArgs {
-            store,
-            encryptor,
-            dialer: Arc::new(network.dialer(CLIENT)),
-            events,
-            ack_quorum: 1,
-            receive: true,
-            backlog_max: 64,
-            clock: Clock::system(),
-            rng: Rng::seeded(3),
-            conn_restart: CONN_RESTART_POLICY,
-            faults: faults.clone(),
-        },
-    )
-    .await
-    .unwrap();
+    let coordinator = spawn_coordinator(&network, store, events, faults.clone())
+        .await
+        .unwrap();
 
     let policy = CONN_RESTART_POLICY;
     let intensity = policy.intensity as usize;
@@ -201,11 +163,13 @@ async fn store_with_group(dir: &std::path::Path, relay: &RelayAddr) -> (LocalSto
     (store, group)
 }
 
-/// A coordinator (and its Encryptor) of device [`CLIENT`] dialling on `network`.
+/// A coordinator (and its Encryptor) of device [`CLIENT`] dialling on `network`, with
+/// `faults` in its connections.
 async fn spawn_coordinator(
     network: &MemoryNetwork,
     store: LocalStore,
     events: mpsc::Sender<Event>,
+    faults: FaultPlan,
 ) -> Result<ractor::ActorRef<CoordMsg>, ractor::SpawnErr> {
     let (encryptor, _) = Actor::spawn(
         None,
@@ -232,7 +196,7 @@ async fn spawn_coordinator(
             clock: Clock::system(),
             rng: Rng::seeded(3),
             conn_restart: CONN_RESTART_POLICY,
-            faults: FaultPlan::none(),
+            faults,
         },
     )
     .await;
@@ -250,7 +214,7 @@ async fn an_event_channel_too_small_for_an_item_is_refused_at_start() {
     };
     let (store, _) = store_with_group(dir.path(), &relay).await;
     let (events, _events_rx) = mpsc::channel(EVENT_ROOM - 1);
-    let refused = spawn_coordinator(&network, store, events)
+    let refused = spawn_coordinator(&network, store, events, FaultPlan::none())
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("event channel"), "{refused}");
@@ -268,7 +232,9 @@ async fn relay_flaps_while_the_event_channel_is_full_status_answers_within_a_sec
     for _ in 0..EVENT_ROOM {
         events.try_send(Event::RelayUp { relay: filler }).unwrap();
     }
-    let actor = spawn_coordinator(&network, store, events).await.unwrap();
+    let actor = spawn_coordinator(&network, store, events, FaultPlan::none())
+        .await
+        .unwrap();
     let coordinator = Coordinator::new(actor.clone());
     // The store's flush runs on the blocking pool, which paused time does not see: with no
     // timer due sooner, the runtime would jump straight to the test's deadlines while a

@@ -135,12 +135,7 @@ impl CoordinatorState {
     /// handed over is applied to the store once per group.
     pub(super) fn drain(&mut self, myself: &ActorRef<CoordMsg>) -> Result<(), ClientError> {
         let events = self.args.events.clone();
-        // A closed stream (the app dropped it) takes everything, into nothing.
-        let room = if events.is_closed() {
-            usize::MAX
-        } else {
-            events.capacity()
-        };
+        let room = room(&events);
         let CoordinatorState {
             delivery,
             groups,
@@ -225,15 +220,20 @@ impl CoordinatorState {
     /// older waiting) at once, else kept as the relay's latest state until the app reads.
     pub(super) fn emit_link(&mut self, myself: &ActorRef<CoordMsg>, relay: DeviceId, event: Event) {
         let events = &self.args.events;
-        let room = if events.is_closed() {
-            usize::MAX
-        } else {
-            events.capacity()
-        };
-        match self.delivery.link_event(relay, event, room) {
+        match self.delivery.link_event(relay, event, room(events)) {
             Some(now) => hand_over(events, now),
             None => self.wait_for_room(myself),
         }
+    }
+}
+
+/// Free event slots for the app now; a closed stream (the app dropped it) takes everything,
+/// into nothing.
+fn room(events: &mpsc::Sender<Event>) -> usize {
+    if events.is_closed() {
+        usize::MAX
+    } else {
+        events.capacity()
     }
 }
 
