@@ -2,7 +2,8 @@
 //! RelayConnection that fails on every frame is restarted with growing delays, and past the
 //! restart intensity its relay is left alone for the policy's period, while the client goes on;
 //! a relay that drops its connections while the app reads no events never blocks the
-//! coordinator.
+//! coordinator; a push goes to the relay while its local write is synced only under a durable
+//! seq reservation.
 
 #![allow(clippy::unwrap_used)]
 
@@ -313,4 +314,78 @@ async fn relay_flaps_while_the_event_channel_is_full_status_answers_within_a_sec
     );
     pacer.abort();
     actor.stop(None);
+}
+
+/// Run `pacer`-style 1 ms timers until `f` holds (or panic after 60 s of virtual time).
+async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_is_sent_while_its_write_is_synced_only_under_a_durable_seq_reservation() {
+    let network = MemoryNetwork::new();
+    let relay = EvilRelay::on_memory(&network, RELAY, 12, Misbehaviour::default());
+    // Paused time and the blocking pool's journal syncs: see the flapping test's pacer.
+    let pacer = tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let push_bound = Duration::from_secs(600);
+    for reserved_first in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, group) = store_with_group(dir.path(), &relay.addr()).await;
+        let (events, _events_rx) = mpsc::channel(64);
+        let actor = spawn_coordinator(&network, store.clone(), events, FaultPlan::none())
+            .await
+            .unwrap();
+        let coordinator = Coordinator::new(actor.clone());
+        let mut expected = 0;
+        if reserved_first {
+            // The first push waits for its own sync, which also makes the group's seq
+            // reservation durable.
+            let pushed =
+                tokio::time::timeout(push_bound, coordinator.enqueue(group, vec![b"r1".to_vec()]))
+                    .await
+                    .expect("enqueue answers")
+                    .unwrap();
+            tokio::time::timeout(push_bound, coordinator.wait_acked(group, pushed[0].1, None))
+                .await
+                .expect("acked")
+                .unwrap();
+            expected = 1;
+        }
+        wait_until("connected", || relay.connections_accepted() > 0).await;
+        // From now on no journal sync succeeds: nothing more becomes durable here.
+        let faults = FaultPlan::seeded(5);
+        faults.set(FaultPoint::BeforeFlush, 1.0);
+        store.set_faults(faults.clone());
+        let refused =
+            tokio::time::timeout(push_bound, coordinator.enqueue(group, vec![b"r2".to_vec()]))
+                .await
+                .expect("enqueue answers");
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(faults.fired(FaultPoint::BeforeFlush) >= 1);
+        if reserved_first {
+            // Sent while its write was being synced: the relay has it, although the sync
+            // then failed (the app was told; its seq stays reserved, never reused).
+            wait_until("the second push reached the relay", || {
+                relay.stored(group.0) == expected + 1
+            })
+            .await;
+        } else {
+            // Without a durable reservation nothing goes before its own sync.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(relay.stored(group.0), expected);
+        }
+        actor.stop(None);
+        relay.drop_connections();
+    }
+    pacer.abort();
 }

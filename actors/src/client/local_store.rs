@@ -11,6 +11,7 @@
 //! | `q` ‖ group | the group's [`SeqTracker`] (CBOR) |
 //! | `n` ‖ group | next own seq ‖ last hlc |
 //! | `b` ‖ group | seq_base_be: own pushes numbered above it are sealed with seq − base |
+//! | `r` ‖ group | reserved_be: own seqs up to it may be in use before their record is durable |
 //! | `k` | [`KeyFileIdentity`] of `device.key` (CBOR): tells a copied home dir |
 //!
 //! Own pushes are numbered 1, 2, 3, ... per group in the outbox; the record inside carries
@@ -18,6 +19,13 @@
 //! copied or restored home dir, see [`LocalStore::new_device_key`]), when the new key's records
 //! start again at seq 1 while the outbox numbering, and what the old key still has queued,
 //! goes on.
+//!
+//! A push may be sent to relays while its own write is still being synced here, so its seq
+//! must never be handed to another record after a crash: the coordinator keeps a durable
+//! **seq reservation** ahead of the seqs it sends early ([`LocalStore::reserve_seqs`]), and
+//! [`LocalStore::open`] moves the next own seq past any reservation (a store that stopped
+//! cleanly released it, so only a crash leaves a gap in the device's seqs, reported to the
+//! other devices as `GapDetected`).
 //!
 //! It belongs to the SyncCoordinator, its only user: every write happens in the coordinator's
 //! order. Durability is a **group commit**: a write is applied (to fjall's journal and
@@ -39,6 +47,7 @@
 //! blob id under `s` ‖ group ‖ blob_id, never pruned; they are removed at open.
 
 use crate::crypto::seq::SeqTracker;
+use crate::fault::{FaultPlan, FaultPoint};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -189,6 +198,9 @@ struct Inner {
     flushes: AtomicU64,
     /// Journal `fdatasync`s that succeeded.
     data_syncs: AtomicU64,
+    /// Injected faults (tests, the chaos harness): [`FaultPoint::BeforeFlush`] fails a group
+    /// commit.
+    faults: Mutex<FaultPlan>,
 }
 
 /// The client's store.
@@ -225,6 +237,7 @@ impl LocalStore {
                 dirty: AtomicBool::new(false),
                 flushes: AtomicU64::new(0),
                 data_syncs: AtomicU64::new(0),
+                faults: Mutex::new(FaultPlan::none()),
             }),
         };
         if dir.join(SLED_DATA_FILE).exists() {
@@ -246,6 +259,7 @@ impl LocalStore {
                 store.persist_now()?;
             }
         }
+        store.skip_reserved_seqs()?;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(background_flush(Arc::downgrade(&store.inner)));
         }
@@ -328,6 +342,11 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Inject `faults` into this store's group commits (tests and the chaos harness).
+    pub fn set_faults(&self, faults: FaultPlan) {
+        *lock(&self.inner.faults) = faults;
+    }
+
     /// Ask for everything applied so far to become durable; answers its ticket, announced by
     /// [`LocalStore::watch_durable`] once a flush that started after this call completed.
     pub fn request_flush(&self) -> u64 {
@@ -402,6 +421,62 @@ impl LocalStore {
             Some(v) if v.len() == 16 => (be_u64(&v[..8]), be_u64(&v[8..])),
             _ => (1, 0),
         })
+    }
+
+    /// The end of the group's seq reservation (0: none).
+    pub fn reserved_seqs(&self, group: &GroupId) -> Result<u64, ClientError> {
+        Ok(self.get(&key(b'r', group, &[]))?.map_or(0, |v| be_u64(&v)))
+    }
+
+    /// Reserve own seqs up to `through`: once the answered flush ticket is durable, records
+    /// with those seqs may be sent before their own writes are.
+    pub fn reserve_seqs(&self, group: &GroupId, through: u64) -> Result<u64, ClientError> {
+        self.apply(vec![Op::Put(
+            key(b'r', group, &[]),
+            through.to_be_bytes().to_vec(),
+        )])?;
+        Ok(self.request_flush())
+    }
+
+    /// Release every group's reservation beyond the seqs used (a clean stop: everything
+    /// sealed is written, nothing is in use that the store does not hold). Durable after the
+    /// next flush.
+    pub fn release_seqs(&self) -> Result<(), ClientError> {
+        let mut batch = Vec::new();
+        for (group, _) in self.groups()? {
+            let (next_seq, _) = self.own_seq(&group)?;
+            if self.reserved_seqs(&group)? >= next_seq {
+                batch.push(Op::Put(
+                    key(b'r', &group, &[]),
+                    (next_seq - 1).to_be_bytes().to_vec(),
+                ));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.apply(batch)
+    }
+
+    /// At open: every group's next own seq moves past its reservation (a crash may have left
+    /// reserved seqs in use by records sent and never written here).
+    fn skip_reserved_seqs(&self) -> Result<(), ClientError> {
+        let mut batch = Vec::new();
+        for (group, _) in self.groups()? {
+            let (next_seq, last_hlc) = self.own_seq(&group)?;
+            let reserved = self.reserved_seqs(&group)?;
+            if reserved >= next_seq {
+                let mut next = [0u8; 16];
+                next[..8].copy_from_slice(&(reserved + 1).to_be_bytes());
+                next[8..].copy_from_slice(&last_hlc.to_be_bytes());
+                batch.push(Op::Put(key(b'n', &group, &[]), next.to_vec()));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.apply(batch)?;
+        self.persist_now()
     }
 
     /// The group's seq base: own pushes are sealed with their outbox number minus this.
@@ -593,7 +668,9 @@ async fn flush_loop(inner: Arc<Inner>) {
         let target = lock(&inner.state).requested;
         inner.dirty.store(false, Ordering::Relaxed);
         let db = inner.db.clone();
-        let synced =
+        let synced = if lock(&inner.faults).should_fail(FaultPoint::BeforeFlush) {
+            Err("fault injected: the journal sync fails".to_owned())
+        } else {
             match tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncData)).await {
                 Ok(Ok(())) => {
                     inner.data_syncs.fetch_add(1, Ordering::Relaxed);
@@ -601,7 +678,8 @@ async fn flush_loop(inner: Arc<Inner>) {
                 }
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(e.to_string()),
-            };
+            }
+        };
         inner.flushes.fetch_add(1, Ordering::Relaxed);
         inner.durable.send_modify(|durable| match synced {
             Ok(()) if durable.error.is_none() => durable.through = target,
@@ -890,5 +968,68 @@ mod tests {
             !format!("{record:?}").contains("7, 7"),
             "secret not in Debug"
         );
+    }
+
+    fn group_record() -> GroupRecord {
+        GroupRecord {
+            name: "g".into(),
+            secret: [7; 32],
+            epoch: 0,
+            relays: vec!["x".into()],
+            passphrase_salt: None,
+            admissions: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_reopened_after_a_crash_never_hands_out_a_reserved_seq_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let store = LocalStore::open(dir.path()).expect("open");
+            store
+                .put_group(&group(), &group_record())
+                .await
+                .expect("put");
+            let ticket = store.reserve_seqs(&group(), 100).expect("reserve");
+            store.wait_durable(ticket).await.expect("durable");
+            assert_eq!(store.reserved_seqs(&group()).expect("reserved"), 100);
+            // Seqs 1..=3 written (they may have been sent before this write is durable);
+            // then a crash: no release.
+            let entries: Vec<_> = (1..=3u64).map(|seq| (seq, seq, entry(seq))).collect();
+            let ticket = store.enqueue_many(&group(), &entries).expect("enqueue");
+            store.wait_durable(ticket).await.expect("durable");
+        }
+        {
+            let store = LocalStore::open(dir.path()).expect("reopen");
+            // Past every reserved seq, whichever of them reached a relay; the hlc is kept.
+            assert_eq!(store.own_seq(&group()).expect("seq"), (101, 3));
+            // A clean stop releases what was not used: the next start goes on at the next seq.
+            let entries: Vec<_> = (101..=102u64).map(|seq| (seq, seq, entry(seq))).collect();
+            store.enqueue_many(&group(), &entries).expect("enqueue");
+            let ticket = store.reserve_seqs(&group(), 500).expect("reserve");
+            store.wait_durable(ticket).await.expect("durable");
+            store.release_seqs().expect("release");
+            store.flush().await.expect("flush");
+            assert_eq!(store.reserved_seqs(&group()).expect("reserved"), 102);
+        }
+        let store = LocalStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.own_seq(&group()).expect("seq"), (103, 102));
+    }
+
+    #[tokio::test]
+    async fn an_injected_flush_fault_fails_the_commit_and_every_later_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        let faults = FaultPlan::seeded(1);
+        faults.set(FaultPoint::BeforeFlush, 1.0);
+        store.set_faults(faults.clone());
+        let ticket = store
+            .enqueue_many(&group(), &[(1, 1, entry(1))])
+            .expect("enqueue");
+        assert!(store.wait_durable(ticket).await.is_err());
+        assert_eq!(faults.fired(FaultPoint::BeforeFlush), 1);
+        // A journal that failed a sync is not trusted again (its pages may be lost).
+        store.set_faults(FaultPlan::none());
+        assert!(store.flush().await.is_err());
     }
 }

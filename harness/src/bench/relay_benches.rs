@@ -159,14 +159,19 @@ pub async fn pull_all(reader: &ProtoClient, mailbox: MailboxId) -> anyhow::Resul
     }
 }
 
-/// `push`: C clients pushing 1 KiB records, W in flight each.
+/// Pushes in flight per client in `push` and `stored_push`.
+pub const PUSH_WINDOW: usize = 16;
+
+/// `push`: C clients pushing 1 KiB records, `window` in flight each (1: each push awaited
+/// before the next, the relay's part of a client's one-task push).
 pub async fn push(
     bench: &Bench,
     base: &Baseline,
     clients: usize,
+    window: usize,
 ) -> anyhow::Result<Vec<BenchResult>> {
     let relay = bench.relay(None).await?;
-    push_on(bench, base, clients, &relay, "push").await
+    push_on(bench, base, clients, window, &relay, "push").await
 }
 
 /// The push benchmark against `relay`, its figures named `name`.
@@ -174,10 +179,10 @@ pub async fn push_on(
     bench: &Bench,
     base: &Baseline,
     clients: usize,
+    window: usize,
     relay: &RelayProcess,
     name: &str,
 ) -> anyhow::Result<Vec<BenchResult>> {
-    let window = 16usize;
     let duration = if bench.quick {
         Duration::from_millis(1500)
     } else {

@@ -5,7 +5,7 @@
 //! of one mailbox, and a second restart after all that.
 
 use super::baseline::Baseline;
-use super::relay_benches::{Bench, group, pull_all, push_on, record};
+use super::relay_benches::{Bench, PUSH_WINDOW, group, pull_all, push_on, record};
 use super::{BenchResult, Better};
 use anyhow::anyhow;
 use std::path::Path;
@@ -130,7 +130,7 @@ pub async fn stored(
         .rss_kib()
         .ok_or_else(|| anyhow!("no /proc RSS for the relay"))?;
 
-    let mut results = push_on(bench, base, 64, &relay, "stored_push").await?;
+    let mut results = push_on(bench, base, 64, PUSH_WINDOW, &relay, "stored_push").await?;
 
     let reader = bench.client(&relay).await?;
     reader.join(&keys).await?;

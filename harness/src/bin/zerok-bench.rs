@@ -8,7 +8,7 @@ use zerok_harness::bench::BenchResult;
 use zerok_harness::bench::baseline::Baseline;
 use zerok_harness::bench::client_bench::{self, ClientSizes};
 use zerok_harness::bench::engines::bench::{self as store_bench, Engine, Phase, Sizes};
-use zerok_harness::bench::relay_benches::{self, Bench};
+use zerok_harness::bench::relay_benches::{self, Bench, PUSH_WINDOW};
 
 #[derive(Parser)]
 #[command(
@@ -203,10 +203,20 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         };
         let bench = Bench::new(relay_bin, scratch.path().to_path_buf(), quick);
         if wants(Command::Push) {
-            let sizes: &[usize] = if quick { &[1, 8] } else { &[1, 8, 64] };
-            for &clients in sizes {
+            // One client with one push in flight: the relay's share of a one-task push.
+            let sizes: &[(usize, usize)] = if quick {
+                &[(1, 1), (1, PUSH_WINDOW), (8, PUSH_WINDOW)]
+            } else {
+                &[
+                    (1, 1),
+                    (1, PUSH_WINDOW),
+                    (8, PUSH_WINDOW),
+                    (64, PUSH_WINDOW),
+                ]
+            };
+            for &(clients, window) in sizes {
                 emit(
-                    relay_benches::push(&bench, &base, clients).await?,
+                    relay_benches::push(&bench, &base, clients, window).await?,
                     &mut results,
                 );
             }

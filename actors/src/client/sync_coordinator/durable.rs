@@ -21,6 +21,7 @@ impl CoordinatorState {
                     let _ = reply.send(Err(StoreError::Flush(error).into()));
                 }
                 (AfterDurable::Barrier(reply), Some(_)) => drop(reply),
+                (AfterDurable::Reserved { .. }, Some(_)) => {}
                 (
                     AfterDurable::Enqueued {
                         pushes,
@@ -31,7 +32,7 @@ impl CoordinatorState {
                 ) => {
                     for (group, seq) in pushes {
                         if let Some(state) = self.groups.get_mut(&group) {
-                            state.outbox.made_durable(seq);
+                            state.outbox.made_sendable(seq);
                             touched.insert(group);
                         }
                     }
@@ -40,10 +41,21 @@ impl CoordinatorState {
                 (AfterDurable::Barrier(reply), None) => {
                     let _ = reply.send(());
                 }
+                (AfterDurable::Reserved { group, through }, None) => {
+                    if let Some(state) = self.groups.get_mut(&group) {
+                        state.outbox.made_sendable(through);
+                        touched.insert(group);
+                    }
+                }
             }
         }
-        // Newly durable pushes go to every relay of their group, within its window.
-        for group in touched {
+        // Newly sendable pushes go to every relay of their group, within its window.
+        self.send_new(touched);
+    }
+
+    /// Hand `groups`' newly sendable pushes to every relay of theirs, within its window.
+    pub(super) fn send_new(&mut self, groups: std::collections::BTreeSet<GroupId>) {
+        for group in groups {
             let relays: Vec<DeviceId> = self
                 .groups
                 .get(&group)

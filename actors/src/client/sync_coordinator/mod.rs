@@ -79,6 +79,11 @@ const RETRY_DEFAULT: Duration = Duration::from_secs(1);
 /// enough to keep both cores busy and share a flush; a batch is ~2 MiB of envelopes, held
 /// three times on its way (payloads, envelopes, the store's write).
 pub const SEAL_BATCH_RECORDS_MAX: usize = 1024;
+
+/// Own seqs a group's reservation reaches past its last sealed push; renewed when fewer than
+/// [`SEAL_BATCH_RECORDS_MAX`] are left, so every push sealed in steady state may go to
+/// relays while its own write is synced. A crash skips at most this many seqs.
+pub const SEQS_RESERVED_AHEAD: u64 = 2 * SEAL_BATCH_RECORDS_MAX as u64;
 /// Records one `enqueue_many` may carry: its records are sealed, written and flushed as one
 /// batch, which the app waits for; 10,000 × 1 KiB is ~10 MiB and well under a second.
 pub const ENQUEUE_MANY_RECORDS_MAX: usize = 10_000;
@@ -132,6 +137,8 @@ struct GroupState {
     /// grow with what is queued).
     outbox: Outbox,
     next_seq: u64,
+    /// The end of the last seq reservation written (durable or not; see `LocalStore`'s doc).
+    reserving: u64,
     /// Own records are sealed with `outbox seq - seq_base` (see `LocalStore::new_device_key`).
     seq_base: u64,
     hlc: Hlc,
@@ -186,6 +193,9 @@ enum AfterDurable {
     },
     /// A barrier passes.
     Barrier(RpcReplyPort<()>),
+    /// A seq reservation is durable: the group's pushes up to `through` may be sent before
+    /// their own writes are.
+    Reserved { group: GroupId, through: u64 },
 }
 
 impl Actor for CoordinatorActor {
@@ -485,6 +495,11 @@ impl Actor for CoordinatorActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Everything sealed is written: a reservation beyond it is released, so the next
+        // start takes the next seq instead of skipping (only a crash skips).
+        if let Err(err) = state.args.store.release_seqs() {
+            warn!(error = %err, "seq reservation not released at stop");
+        }
         if let Err(err) = state.args.store.flush().await {
             warn!(error = %err, "local store not flushed at stop");
         }

@@ -1,7 +1,8 @@
 //! The push path: app calls take their seqs at once, are sealed in batches (the Encryptor,
 //! all cores), written to the outbox in one atomic batch per group and answered once the
-//! store's group commit made them durable; durable pushes go to every relay of the group,
-//! a window at a time; acks make receipts at the quorum, and an entry leaves the outbox once
+//! store's group commit made them durable. They go to every relay of the group, a window at
+//! a time, as soon as they are written when a durable seq reservation covers them (the local
+//! sync and the relay's overlap), else once durable; acks make receipts at the quorum, and an entry leaves the outbox once
 //! every relay acked it. Refused pushes are retried after the relay's hint.
 
 use super::*;
@@ -145,7 +146,9 @@ impl CoordinatorState {
             }
         }
         let mut ticket = Ok(0);
+        let mut written_groups = std::collections::BTreeSet::new();
         for (group, entries) in by_group {
+            self.reserve_seqs(group, entries.last().map_or(0, |(seq, _, _)| *seq));
             let written = self.args.store.enqueue_many(&group, &entries);
             match written {
                 Ok(t) => {
@@ -153,6 +156,7 @@ impl CoordinatorState {
                         for (seq, _, entry) in entries {
                             state.outbox.insert(seq, entry.blob_id);
                         }
+                        written_groups.insert(group);
                     }
                     if let Ok(max) = ticket.as_mut() {
                         *max = t;
@@ -183,7 +187,30 @@ impl CoordinatorState {
                 }
             }
         }
+        // What a durable reservation covers goes to the relays now, while it is synced here.
+        self.send_new(written_groups);
         self.start_seal(myself);
+    }
+
+    /// Renew `group`'s seq reservation when fewer than a seal batch of seqs is left past
+    /// `last` (the last seq being written); it counts once its flush ticket is durable.
+    fn reserve_seqs(&mut self, group: GroupId, last: u64) {
+        let Some(state) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if state.reserving >= last + SEAL_BATCH_RECORDS_MAX as u64 {
+            return;
+        }
+        let through = last + SEQS_RESERVED_AHEAD;
+        match self.args.store.reserve_seqs(&group, through) {
+            Ok(ticket) => {
+                state.reserving = through;
+                self.after_durable
+                    .push_back((ticket, AfterDurable::Reserved { group, through }));
+            }
+            // Not fatal: these pushes wait for their own flush.
+            Err(err) => warn!(error = %err, "seq reservation not written"),
+        }
     }
 
     /// Hand `relay`'s connection the group's next durable pushes it has not acked, up to

@@ -1,11 +1,13 @@
 //! One group's outbox as the coordinator tracks it, a pure core: which own pushes are queued
-//! (their envelopes stay in the local store), which are durable, which relay acked which, and
-//! what each relay's connection was handed. The coordinator ([`super::outbox`]) reads the
-//! envelopes and casts them; this decides which.
+//! (their envelopes stay in the local store), which may go to relays, which relay acked
+//! which, and what each relay's connection was handed. The coordinator ([`super::outbox`])
+//! reads the envelopes and casts them; this decides which.
 //!
-//! Each relay gets a window: at most [`PUSHES_HANDED_MAX`] pushes handed and not acked, in
-//! push order, only durable ones. A `Joined` rewinds the relay's window to its first unacked
-//! push; acks slide it.
+//! A push may go to relays once it is durable here, or before, when its seq is covered by a
+//! durable seq reservation (a crash can then never hand that seq to another record: DESIGN.md
+//! §6). Each relay gets a window: at most [`PUSHES_HANDED_MAX`] pushes handed and not acked,
+//! in push order. A `Joined` rewinds the relay's window to its first unacked push; acks slide
+//! it.
 
 use std::collections::{BTreeMap, HashMap};
 use zerok_messages::{BlobId, DeviceId};
@@ -38,20 +40,23 @@ struct SendWindow {
 pub struct Outbox {
     entries: BTreeMap<u64, Queued>,
     by_blob: HashMap<BlobId, u64>,
-    /// Pushes up to this seq are durable (only they may go to relays).
-    durable_seq: u64,
+    /// Pushes up to this seq may go to relays (durable, or under a durable reservation).
+    sendable_seq: u64,
+    /// The highest seq ever queued.
+    queued_upto: u64,
     windows: HashMap<DeviceId, SendWindow>,
 }
 
 impl Outbox {
-    /// The outbox as the store holds it: `(seq, blob id, relays that acked)`, all durable up
-    /// to `durable_seq`.
+    /// The outbox as the store holds it: `(seq, blob id, relays that acked)`, every seq up to
+    /// `last_seq` used and sendable.
     pub fn new(
         entries: impl IntoIterator<Item = (u64, BlobId, Vec<DeviceId>)>,
-        durable_seq: u64,
+        last_seq: u64,
     ) -> Self {
         let mut outbox = Self {
-            durable_seq,
+            sendable_seq: last_seq,
+            queued_upto: last_seq,
             ..Self::default()
         };
         for (seq, blob_id, acked_by) in entries {
@@ -84,8 +89,9 @@ impl Outbox {
         self.entries.contains_key(&seq)
     }
 
-    /// A push written to the store (durable once its flush completes).
+    /// A push written to the store (durable once its flush completes); seqs only grow.
     pub fn insert(&mut self, seq: u64, blob_id: BlobId) {
+        self.queued_upto = self.queued_upto.max(seq);
         self.by_blob.insert(blob_id, seq);
         self.entries.insert(
             seq,
@@ -96,24 +102,31 @@ impl Outbox {
         );
     }
 
-    /// Pushes up to `seq` are durable.
-    pub fn made_durable(&mut self, seq: u64) {
-        self.durable_seq = self.durable_seq.max(seq);
+    /// Pushes up to `seq` may go to relays: they are durable, or `seq` is the end of a
+    /// durable seq reservation (pushes queued later up to it are sendable at once).
+    pub fn made_sendable(&mut self, seq: u64) {
+        self.sendable_seq = self.sendable_seq.max(seq);
+    }
+
+    /// The last push that may go to relays now.
+    fn sendable_end(&self) -> u64 {
+        self.sendable_seq.min(self.queued_upto)
     }
 
     /// A (new) link to `relay` joined the group: its window starts again at the first
-    /// durable push it has not acked. The pushes to send, in order.
+    /// sendable push it has not acked. The pushes to send, in order.
     pub fn rewind(&mut self, relay: DeviceId) -> Vec<u64> {
+        let end = self.sendable_end();
         let seqs: Vec<u64> = self
             .entries
-            .range(..=self.durable_seq)
+            .range(..=end)
             .filter(|(_, e)| !e.acked_by.contains(&relay))
             .take(PUSHES_HANDED_MAX)
             .map(|(seq, _)| *seq)
             .collect();
         let sent_upto = match seqs.last() {
             Some(last) if seqs.len() == PUSHES_HANDED_MAX => *last,
-            _ => self.durable_seq,
+            _ => end,
         };
         self.windows.insert(
             relay,
@@ -125,14 +138,15 @@ impl Outbox {
         seqs
     }
 
-    /// The next durable pushes `relay` was not handed yet, while its window has room.
+    /// The next sendable pushes `relay` was not handed yet, while its window has room.
     pub fn top_up(&mut self, relay: DeviceId) -> Vec<u64> {
+        let end = self.sendable_end();
         let window = self.windows.entry(relay).or_default();
-        if window.sent_upto >= self.durable_seq || window.unacked >= PUSHES_HANDED_MAX {
+        if window.sent_upto >= end || window.unacked >= PUSHES_HANDED_MAX {
             return Vec::new();
         }
         let mut handed = Vec::new();
-        for (seq, queued) in self.entries.range(window.sent_upto + 1..=self.durable_seq) {
+        for (seq, queued) in self.entries.range(window.sent_upto + 1..=end) {
             if window.unacked >= PUSHES_HANDED_MAX {
                 break;
             }
@@ -144,8 +158,8 @@ impl Outbox {
             handed.push(*seq);
         }
         if window.unacked < PUSHES_HANDED_MAX {
-            // Everything up to the durable end was looked at.
-            window.sent_upto = self.durable_seq;
+            // Everything up to the sendable end was looked at.
+            window.sent_upto = end;
         }
         handed
     }
@@ -194,17 +208,17 @@ mod tests {
         for seq in 1..=n {
             outbox.insert(seq, id(seq));
         }
-        outbox.made_durable(durable);
+        outbox.made_sendable(durable);
         outbox
     }
 
     #[test]
-    fn only_durable_pushes_are_handed_and_a_window_at_a_time() {
+    fn only_sendable_pushes_are_handed_and_a_window_at_a_time() {
         let n = PUSHES_HANDED_MAX as u64 * 2;
         let mut outbox = filled(n, 10);
         assert_eq!(outbox.rewind(A), (1..=10).collect::<Vec<_>>());
-        assert!(outbox.top_up(A).is_empty(), "nothing more is durable");
-        outbox.made_durable(n);
+        assert!(outbox.top_up(A).is_empty(), "nothing more is sendable");
+        outbox.made_sendable(n);
         let handed = outbox.top_up(A);
         assert_eq!(handed.len(), PUSHES_HANDED_MAX - 10);
         assert_eq!(handed.first(), Some(&11));
@@ -232,5 +246,25 @@ mod tests {
         assert_eq!(outbox.acked_by(&id(2)), None);
         assert_eq!(outbox.acked(A, 2), None);
         assert_eq!(outbox.len(), 4);
+    }
+
+    #[test]
+    fn a_reservation_makes_pushes_queued_later_sendable_at_once_and_none_is_skipped() {
+        let mut outbox = filled(3, 3);
+        assert_eq!(outbox.rewind(A), [1, 2, 3]);
+        // A durable reservation through 10, seen before pushes 4.. are queued.
+        outbox.made_sendable(10);
+        assert!(outbox.top_up(A).is_empty(), "nothing queued past 3 yet");
+        outbox.insert(4, id(4));
+        assert_eq!(outbox.top_up(A), [4]);
+        for seq in 5..=12 {
+            outbox.insert(seq, id(seq));
+        }
+        // 5..=10 go at once; 11 and 12 wait for their own flush (or the next reservation).
+        assert_eq!(outbox.top_up(A), (5..=10).collect::<Vec<_>>());
+        assert_eq!(outbox.rewind(B), (1..=10).collect::<Vec<_>>());
+        outbox.made_sendable(12);
+        assert_eq!(outbox.top_up(A), [11, 12]);
+        assert_eq!(outbox.top_up(B), [11, 12]);
     }
 }

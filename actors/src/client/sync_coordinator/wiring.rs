@@ -34,6 +34,8 @@ impl CoordinatorState {
             secret,
             outbox,
             next_seq,
+            // Not known to be durable (a restarted coordinator): sends wait for the next one.
+            reserving: store.reserved_seqs(&id)?,
             seq_base: store.seq_base(&id)?,
             hlc,
         })
