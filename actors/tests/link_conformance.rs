@@ -1,38 +1,16 @@
-//! One conformance suite for every `Link` transport: the same test bodies run over the
-//! in-memory network and over iroh QUIC on 127.0.0.1.
+//! The `Link` conformance suite (`zerok_actors::link::conformance`) over the
+//! in-memory network and over iroh QUIC on 127.0.0.1 (the chaos crate runs it over turmoil).
 
 #![allow(clippy::unwrap_used)]
 
-use bytes::Bytes;
 use std::time::Duration;
 use zerok_actors::Rng;
+use zerok_actors::link::conformance::{
+    abort, connected, half_close, large_frames, ordered_both_ways,
+};
 use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
-use zerok_actors::link::{Dialer, Link, LinkError, LinkListener, MemoryNetwork};
-use zerok_messages::wire::FRAME_BYTES_MAX;
+use zerok_actors::link::{Dialer, Link, LinkError, MemoryNetwork};
 use zerok_messages::{DeviceId, RelayAddr};
-
-const BOUND: Duration = Duration::from_secs(20);
-
-/// A connected pair: (dialer side, listener side). The dialer speaks first.
-async fn connected(
-    dialer: &dyn Dialer,
-    listener: &mut LinkListener,
-    addr: &RelayAddr,
-) -> (Link, Link) {
-    let a = dialer.dial(addr).await.unwrap();
-    a.sender.send(Bytes::from_static(b"first")).await.unwrap();
-    let mut b = tokio::time::timeout(BOUND, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        b.receiver.recv().await.unwrap().unwrap(),
-        Bytes::from_static(b"first")
-    );
-    assert_eq!(a.peer, listener.local_id());
-    assert_eq!(b.peer, dialer.local_id());
-    (a, b)
-}
 
 async fn memory_pair() -> (Link, Link) {
     let network = MemoryNetwork::new();
@@ -60,88 +38,6 @@ async fn iroh_pair() -> (Link, Link, IrohNode, IrohNode) {
     let remote = b.remote_addr.expect("iroh reports the peer's address");
     assert!(remote.ip().is_loopback(), "{remote}");
     (a, b, server, client)
-}
-
-async fn ordered_both_ways(mut a: Link, mut b: Link) {
-    let frame = |i: usize| Bytes::from(vec![(i % 251) as u8; 1 + (i * 37) % 5000]);
-    let sender = a.sender.clone();
-    let writer = tokio::spawn(async move {
-        for i in 0..1000 {
-            sender.send(frame(i)).await.unwrap();
-        }
-    });
-    let back = b.sender.clone();
-    let echo = tokio::spawn(async move {
-        for i in 0..1000 {
-            back.send(frame(i)).await.unwrap();
-        }
-    });
-    for i in 0..1000 {
-        assert_eq!(
-            b.receiver.recv().await.unwrap().unwrap(),
-            frame(i),
-            "frame {i} to b"
-        );
-        assert_eq!(
-            a.receiver.recv().await.unwrap().unwrap(),
-            frame(i),
-            "frame {i} to a"
-        );
-    }
-    writer.await.unwrap();
-    echo.await.unwrap();
-}
-
-async fn large_frames(a: Link, mut b: Link) {
-    let max = Bytes::from(vec![7u8; FRAME_BYTES_MAX]);
-    a.sender.send(max.clone()).await.unwrap();
-    assert_eq!(b.receiver.recv().await.unwrap().unwrap(), max);
-    let over = Bytes::from(vec![7u8; FRAME_BYTES_MAX + 1]);
-    assert!(matches!(
-        a.sender.send(over).await,
-        Err(LinkError::TooLarge { .. })
-    ));
-}
-
-async fn half_close(a: Link, mut b: Link) {
-    let Link {
-        sender,
-        receiver: mut a_receiver,
-        ..
-    } = a;
-    for i in 0..10u8 {
-        sender.send(Bytes::from(vec![i])).await.unwrap();
-    }
-    sender.finish();
-    for i in 0..10u8 {
-        assert_eq!(
-            b.receiver.recv().await.unwrap().unwrap(),
-            Bytes::from(vec![i])
-        );
-    }
-    assert_eq!(
-        tokio::time::timeout(BOUND, b.receiver.recv())
-            .await
-            .unwrap()
-            .unwrap(),
-        None
-    );
-    b.sender
-        .send(Bytes::from_static(b"still open"))
-        .await
-        .unwrap();
-    assert_eq!(
-        a_receiver.recv().await.unwrap().unwrap(),
-        Bytes::from_static(b"still open")
-    );
-}
-
-async fn abort(a: Link, mut b: Link) {
-    a.sender.abort("test abort");
-    let result = tokio::time::timeout(BOUND, b.receiver.recv())
-        .await
-        .unwrap();
-    assert!(result.is_err(), "an abort is not a clean end: {result:?}");
 }
 
 #[tokio::test]

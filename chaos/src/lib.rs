@@ -1,3 +1,5 @@
-//! `zerok-chaos`: chaos scenarios over the harness — seeded, deterministic runs of relays and
-//! clients with partitions, crashes, actor kills and injected faults; failing seeds become
-//! regression tests. Nothing is implemented yet: scenarios come once both node trees exist.
+//! `zerok-chaos`: deterministic simulation of the relay and client actor trees with fault
+//! injection (issue 13). Built so far: [`net`], the `Link` seam over turmoil's simulated
+//! TCP, which passes the same conformance suite as the in-memory and iroh transports.
+
+pub mod net;

@@ -17,6 +17,7 @@
 //!   sender down (`send` waits; `try_send` says [`LinkError::Full`]). Bulk frames (live
 //!   deliveries, pull pages) may fill only half of a queue, so replies always find room.
 
+pub mod conformance;
 pub mod hello;
 pub mod iroh;
 pub mod memory;
@@ -75,7 +76,9 @@ pub struct LinkListener {
 }
 
 impl LinkListener {
-    pub(crate) fn new(local_id: DeviceId, rx: mpsc::Receiver<Link>) -> Self {
+    /// A listener over a transport's accepted links (a transport outside this crate, such
+    /// as the chaos harness's simulated network, hands them over through `rx`).
+    pub fn new(local_id: DeviceId, rx: mpsc::Receiver<Link>) -> Self {
         Self { local_id, rx }
     }
 

@@ -1,0 +1,283 @@
+//! The `Link` seam over turmoil's simulated TCP: relays and clients of a simulation talk
+//! through it exactly as they do through iroh QUIC, and turmoil's network faults (partition,
+//! hold, latency, loss of a host) apply to them.
+//!
+//! A connection starts with both sides' 32-byte ids (dialer first; the simulation is not a
+//! security boundary, the dialer checks the id it expected). Frames are length-prefixed as on
+//! iroh's stream; a prefix of [`ABORT_MARKER`] followed by a length-prefixed reason carries
+//! an abort, so the peer sees a reset and not a clean end. Dropping the sender half-closes:
+//! an [`END_MARKER`], then FIN; the peer reads what was sent, then the end. A stream that
+//! ends without the marker (its host crashed) is a reset, as a QUIC connection whose peer
+//! died is.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use turmoil::net::{TcpListener, TcpStream};
+use zerok_actors::link::{
+    BoxFuture, Dialer, Link, LinkError, LinkListener, LinkReceiver, LinkSender, channel,
+};
+use zerok_messages::codec::{LENGTH_PREFIX_BYTES, body_len};
+use zerok_messages::{DeviceId, RelayAddr};
+
+/// The port relays of a simulation listen on.
+pub const RELAY_PORT: u16 = 4433;
+
+/// A length prefix no frame has (frames are at most `FRAME_BYTES_MAX`): an abort follows.
+pub const ABORT_MARKER: u32 = u32::MAX;
+
+/// A length prefix no frame has: the sender finished cleanly.
+pub const END_MARKER: u32 = u32::MAX - 1;
+
+/// Longest abort reason sent.
+const ABORT_REASON_BYTES_MAX: usize = 256;
+
+/// Accepted connections queued before new ones are refused.
+const ACCEPT_BACKLOG: usize = 128;
+
+/// A dial or an accepted connection's id exchange that takes longer fails.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Listen as `id` on [`RELAY_PORT`] of the current simulated host.
+pub async fn listen(id: DeviceId) -> std::io::Result<LinkListener> {
+    let tcp = TcpListener::bind(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        RELAY_PORT,
+    ))
+    .await?;
+    let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+    tokio::spawn(accept_loop(tcp, id, tx));
+    Ok(LinkListener::new(id, rx))
+}
+
+/// The address of the relay `id` listening on simulated host `host`.
+pub fn relay_addr(host: &str, id: DeviceId) -> RelayAddr {
+    RelayAddr {
+        id,
+        addrs: vec![SocketAddr::new(turmoil::lookup(host), RELAY_PORT)],
+    }
+}
+
+async fn accept_loop(tcp: TcpListener, id: DeviceId, links: mpsc::Sender<Link>) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = links.closed() => return,
+            accepted = tcp.accept() => accepted,
+        };
+        let Ok((mut stream, remote)) = accepted else {
+            continue;
+        };
+        let links = links.clone();
+        tokio::spawn(async move {
+            let exchanged = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let mut peer = [0u8; 32];
+                stream.read_exact(&mut peer).await?;
+                stream.write_all(&id.0).await?;
+                Ok::<_, std::io::Error>(DeviceId(peer))
+            })
+            .await;
+            if let Ok(Ok(peer)) = exchanged {
+                let _ = links.try_send(start_link(stream, peer, Some(remote)));
+            }
+        });
+    }
+}
+
+/// Dials relays of the simulation as `local_id`.
+#[derive(Debug, Clone)]
+pub struct SimDialer {
+    local_id: DeviceId,
+}
+
+impl SimDialer {
+    /// A dialer presenting `local_id`.
+    pub fn new(local_id: DeviceId) -> Self {
+        Self { local_id }
+    }
+
+    async fn connect(&self, addr: &RelayAddr) -> Result<Link, LinkError> {
+        let unreachable = |detail: String| LinkError::Unreachable {
+            addr: addr.to_string(),
+            detail,
+        };
+        let target = *addr
+            .addrs
+            .first()
+            .ok_or_else(|| unreachable("no address".into()))?;
+        let handshake = async {
+            let mut stream = TcpStream::connect(target)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            stream
+                .write_all(&self.local_id.0)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let mut peer = [0u8; 32];
+            stream
+                .read_exact(&mut peer)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let peer = DeviceId(peer);
+            if peer != addr.id {
+                return Err(LinkError::WrongPeer {
+                    expected: addr.id,
+                    actual: peer,
+                });
+            }
+            Ok(start_link(stream, peer, Some(target)))
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| LinkError::Timeout {
+                what: "dial",
+                after_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
+            })?
+    }
+}
+
+impl Dialer for SimDialer {
+    fn dial<'a>(&'a self, addr: &'a RelayAddr) -> BoxFuture<'a, Result<Link, LinkError>> {
+        Box::pin(self.connect(addr))
+    }
+
+    fn local_id(&self) -> DeviceId {
+        self.local_id
+    }
+}
+
+fn start_link(stream: TcpStream, peer: DeviceId, remote_addr: Option<SocketAddr>) -> Link {
+    let (read, write) = stream.into_split();
+    let (out_tx, out_rx) = channel();
+    let (in_tx, in_rx) = channel();
+    tokio::spawn(write_pump(write, out_rx));
+    tokio::spawn(read_pump(read, in_tx));
+    Link {
+        peer,
+        remote_addr,
+        sender: out_tx,
+        receiver: in_rx,
+    }
+}
+
+fn put_abort(buffer: &mut BytesMut, reason: &str) {
+    let reason = &reason.as_bytes()[..reason.len().min(ABORT_REASON_BYTES_MAX)];
+    buffer.put_u32(ABORT_MARKER);
+    buffer.put_u32(reason.len() as u32);
+    buffer.put_slice(reason);
+}
+
+async fn write_pump(mut write: OwnedWriteHalf, mut frames: LinkReceiver) {
+    let mut buffer = BytesMut::new();
+    loop {
+        buffer.clear();
+        match frames.recv().await {
+            Ok(Some(body)) => {
+                buffer.put_u32(body.len() as u32);
+                buffer.put_slice(&body);
+            }
+            Ok(None) => {
+                // Every sender is gone: half-close.
+                let _ = write.write_all(&END_MARKER.to_be_bytes()).await;
+                let _ = write.shutdown().await;
+                return;
+            }
+            Err(reason) => {
+                put_abort(&mut buffer, &reason.to_string());
+                let _ = write.write_all(&buffer).await;
+                let _ = write.shutdown().await;
+                return;
+            }
+        }
+        let written = tokio::select! {
+            biased;
+            () = frames.aborted() => None,
+            written = write.write_all(&buffer) => Some(written),
+        };
+        match written {
+            Some(Ok(())) => {}
+            // The connection broke; the read side reports it.
+            Some(Err(_)) => return,
+            None => {
+                buffer.clear();
+                put_abort(&mut buffer, "aborted");
+                let _ = write.write_all(&buffer).await;
+                let _ = write.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Read exactly `buf.len()` bytes; `Ok(false)` on a clean end before the first byte.
+async fn read_or_end(read: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = read.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            if filled == 0 {
+                return Ok(false);
+            }
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += n;
+    }
+    Ok(true)
+}
+
+async fn read_pump(mut read: OwnedReadHalf, frames: LinkSender) {
+    loop {
+        let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+        let read_prefix = tokio::select! {
+            biased;
+            () = frames.closed() => return,
+            read_prefix = read_or_end(&mut read, &mut prefix) => read_prefix,
+        };
+        match read_prefix {
+            Ok(true) => {}
+            Ok(false) => {
+                frames.abort("connection lost");
+                return;
+            }
+            Err(err) => {
+                frames.abort(&err.to_string());
+                return;
+            }
+        }
+        if u32::from_be_bytes(prefix) == END_MARKER {
+            // A clean end: dropping `frames` ends the link after what was queued.
+            return;
+        }
+        if u32::from_be_bytes(prefix) == ABORT_MARKER {
+            let mut reason = String::from("aborted by the peer");
+            let mut len = [0u8; 4];
+            if read.read_exact(&mut len).await.is_ok() {
+                let len = (u32::from_be_bytes(len) as usize).min(ABORT_REASON_BYTES_MAX);
+                let mut bytes = vec![0u8; len];
+                if read.read_exact(&mut bytes).await.is_ok() {
+                    reason = String::from_utf8_lossy(&bytes).into_owned();
+                }
+            }
+            frames.abort(&reason);
+            return;
+        }
+        let len = match body_len(prefix) {
+            Ok(len) => len,
+            Err(err) => {
+                frames.fail(LinkError::Protocol(err.to_string()));
+                return;
+            }
+        };
+        let mut body = vec![0u8; len];
+        if let Err(err) = read.read_exact(&mut body).await {
+            frames.abort(&err.to_string());
+            return;
+        }
+        if frames.send(Bytes::from(body)).await.is_err() {
+            return;
+        }
+    }
+}
