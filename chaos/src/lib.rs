@@ -2,4 +2,6 @@
 //! injection (issue 13). Built so far: [`net`], the `Link` seam over turmoil's simulated
 //! TCP, which passes the same conformance suite as the in-memory and iroh transports.
 
+pub mod invariants;
 pub mod net;
+pub mod world;

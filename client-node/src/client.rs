@@ -15,6 +15,7 @@ use zerok_actors::crypto::envelope::DeviceKey;
 use zerok_actors::crypto::invite::{Invite, InviteSecret};
 use zerok_actors::crypto::keys::{GroupSecret, KdfParams, SALT_BYTES};
 use zerok_actors::fault::FaultPlan;
+use zerok_actors::link::Dialer;
 use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
 use zerok_actors::relay::admission::AdmissionToken;
 use zerok_actors::rng::Rng;
@@ -53,6 +54,31 @@ pub struct ClientConfig {
     /// Faults to inject into the client's actors (tests and the chaos harness; none by
     /// default).
     pub faults: FaultPlan,
+    /// How relays are reached (iroh QUIC on `bind` by default).
+    pub transport: Transport,
+}
+
+/// Makes the dialer of a device (given its id) for [`Transport::Dialer`].
+pub type MakeDialer = Arc<dyn Fn(DeviceId) -> Arc<dyn Dialer> + Send + Sync>;
+
+/// How a client reaches relays.
+#[derive(Clone, Default)]
+pub enum Transport {
+    /// iroh QUIC, bound on [`ClientConfig::bind`].
+    #[default]
+    Iroh,
+    /// Links from another transport (the chaos harness's simulated network): the dialer the
+    /// function makes for this device's id. Nothing is bound.
+    Dialer(MakeDialer),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Iroh => f.write_str("Iroh"),
+            Transport::Dialer(_) => f.write_str("Dialer(..)"),
+        }
+    }
 }
 
 impl ClientConfig {
@@ -67,6 +93,7 @@ impl ClientConfig {
             clock: Clock::system(),
             rng: None,
             faults: FaultPlan::none(),
+            transport: Transport::Iroh,
         }
     }
 }
@@ -85,7 +112,8 @@ pub struct Client {
     root: ActorRef<RootMsg>,
     root_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
     events: Mutex<Option<mpsc::Receiver<Event>>>,
-    endpoint: IrohNode,
+    /// `None` on another transport ([`Transport::Dialer`]).
+    endpoint: Option<IrohNode>,
     device_id: DeviceId,
     clock: Clock,
     rng: Mutex<Rng>,
@@ -121,14 +149,20 @@ impl Client {
             secret = fresh;
         }
         let device = Arc::new(DeviceKey::from_secret_bytes(&secret));
-        let endpoint = IrohNode::bind(IrohConfig::new(secret, config.bind))
-            .await
-            .map_err(|e| home_err(&home, format!("cannot bind {}: {e}", config.bind)))?;
-        let device_id = endpoint.local_id();
-        debug_assert_eq!(device_id, device.device_id());
+        let device_id = device.device_id();
+        let (endpoint, dialer): (Option<IrohNode>, Arc<dyn Dialer>) = match &config.transport {
+            Transport::Iroh => {
+                let endpoint = IrohNode::bind(IrohConfig::new(secret, config.bind))
+                    .await
+                    .map_err(|e| home_err(&home, format!("cannot bind {}: {e}", config.bind)))?;
+                debug_assert_eq!(endpoint.local_id(), device_id);
+                let dialer = Arc::new(endpoint.dialer());
+                (Some(endpoint), dialer)
+            }
+            Transport::Dialer(make) => (None, make(device_id)),
+        };
         let (events_tx, events_rx) = mpsc::channel(EVENTS_BUFFER);
         let coordinator_ref = Arc::new(Mutex::new(None));
-        let dialer: Arc<dyn zerok_actors::link::Dialer> = Arc::new(endpoint.dialer());
         let coordinator_rng = rng.fork();
         let clock = config.clock.clone();
         let (ack_quorum, receive) = (config.ack_quorum, config.receive);
@@ -157,7 +191,9 @@ impl Client {
         let (root, root_handle) = match Actor::spawn(None, ClientRoot, args).await {
             Ok(spawned) => spawned,
             Err(err) => {
-                endpoint.close().await;
+                if let Some(endpoint) = &endpoint {
+                    endpoint.close().await;
+                }
                 return Err(home_err(
                     &config.home,
                     format!("client failed to start: {err}"),
@@ -463,7 +499,9 @@ impl Client {
         if let Some(handle) = handle {
             let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
         }
-        self.endpoint.close().await;
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.close().await;
+        }
     }
 
     fn lock_rng(&self) -> std::sync::MutexGuard<'_, Rng> {

@@ -25,7 +25,7 @@
 pub mod client;
 pub mod tree;
 
-pub use client::{Client, ClientConfig, NewSecret};
+pub use client::{Client, ClientConfig, MakeDialer, NewSecret, Transport};
 pub use zerok_messages::client::{
     ClientError, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
 };

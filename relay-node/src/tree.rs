@@ -121,6 +121,10 @@ pub struct Seams {
     pub rng: Option<Rng>,
     /// Fault injection.
     pub faults: FaultPlan,
+    /// Links from another transport instead of the iroh endpoint (the chaos harness's
+    /// simulated network), and the address clients are given; the relay's id is the
+    /// address's. No endpoint is bound.
+    pub listener: Option<(LinkListener, RelayAddr)>,
 }
 
 /// Messages of the RelayRoot.
@@ -350,7 +354,8 @@ pub struct RelayNode {
     pub metrics: RelayMetrics,
     root: ActorRef<RelayRootMsg>,
     root_handle: tokio::task::JoinHandle<()>,
-    endpoint: IrohNode,
+    /// `None` on another transport ([`Seams::listener`]).
+    endpoint: Option<IrohNode>,
     ready: Arc<AtomicBool>,
     /// The store, closed cleanly at the end of a shutdown.
     store: Arc<dyn ItemStore>,
@@ -368,8 +373,14 @@ impl RelayNode {
     pub async fn start(config: &RelayConfig, seams: Seams) -> Result<RelayNode, StartError> {
         let data_dir = &config.data_dir;
         create_private_dir(data_dir).map_err(|err| data_dir_err(data_dir, err))?;
-        let mut rng = seams.rng.unwrap_or_else(Rng::system);
-        let clock = seams.clock.unwrap_or_else(Clock::system);
+        let Seams {
+            clock,
+            rng,
+            faults,
+            listener,
+        } = seams;
+        let mut rng = rng.unwrap_or_else(Rng::system);
+        let clock = clock.unwrap_or_else(Clock::system);
         let endpoint_err = |message: String| StartError::Endpoint {
             addr: config.bind,
             message,
@@ -385,7 +396,7 @@ impl RelayNode {
                 min_free_disk_bytes: config.store.min_free_disk_bytes,
                 full_retry_after_ms: config.store.sweep_interval_secs.saturating_mul(1000),
             },
-            faults: seams.faults.clone(),
+            faults: faults.clone(),
             ..StoreOptions::new(config.store.segment_bytes)
         };
         let store =
@@ -410,14 +421,21 @@ impl RelayNode {
             is_bind_exact: true,
             ..IrohConfig::new(secret, config.bind)
         };
-        let endpoint = IrohNode::bind(iroh_config)
-            .await
-            .map_err(|err| endpoint_err(err.to_string()))?;
-        tokio::spawn(publish_unread_bytes(
-            Arc::downgrade(&unread_pool),
-            metrics.clone(),
-        ));
-        let relay_id = endpoint.local_id();
+        let (endpoint, listener, mut addr) = match listener {
+            Some((listener, addr)) => (None, listener, addr),
+            None => {
+                let endpoint = IrohNode::bind(iroh_config)
+                    .await
+                    .map_err(|err| endpoint_err(err.to_string()))?;
+                tokio::spawn(publish_unread_bytes(
+                    Arc::downgrade(&unread_pool),
+                    metrics.clone(),
+                ));
+                let (listener, addr) = (endpoint.listen(), endpoint.local_addr());
+                (Some(endpoint), listener, addr)
+            }
+        };
+        let relay_id = addr.id;
         let admission = match Admission::load(
             relay_id,
             &config.admission.to_config(),
@@ -426,11 +444,10 @@ impl RelayNode {
         ) {
             Ok(admission) => Arc::new(admission),
             Err(err) => {
-                endpoint.close().await;
+                close(endpoint.as_ref()).await;
                 return Err(err.into());
             }
         };
-        let mut addr = endpoint.local_addr();
         if !config.advertise.is_empty() {
             addr.addrs = config.advertise.clone();
         }
@@ -481,7 +498,7 @@ impl RelayNode {
                     commit_max_items: config.store.commit_max_items as usize,
                 },
                 clock,
-                faults: seams.faults,
+                faults,
                 metrics: metrics.clone(),
                 sweep_interval: Duration::from_secs(config.store.sweep_interval_secs),
                 sweep_slice_items: config.store.sweep_slice_items,
@@ -511,13 +528,13 @@ impl RelayNode {
             },
             rng: sessions_rng,
             routers_rng,
-            listener: endpoint.listen(),
+            listener,
             http,
         };
         let (root, root_handle) = match Actor::spawn(None, RelayRootActor, root_args).await {
             Ok(spawned) => spawned,
             Err(err) => {
-                endpoint.close().await;
+                close(endpoint.as_ref()).await;
                 return Err(StartError::Actors(err.to_string()));
             }
         };
@@ -525,7 +542,7 @@ impl RelayNode {
         let addr_file = data_dir.join(ADDR_FILE);
         if let Err(err) = write_atomically(&addr_file, format!("{addr_text}\n").as_bytes()) {
             root.stop(None);
-            endpoint.close().await;
+            close(endpoint.as_ref()).await;
             return Err(data_dir_err(data_dir, err));
         }
         ready.store(true, Ordering::SeqCst);
@@ -563,7 +580,7 @@ impl RelayNode {
         )
         .unwrap_or_default();
         let _ = tokio::time::timeout(STEP_TIMEOUT, self.root_handle).await;
-        self.endpoint.close().await;
+        close(self.endpoint.as_ref()).await;
         // Every acked push is durable already; the "closed" marker lets the next open tell
         // damage in the last write from a torn one.
         let store = self.store;
@@ -571,6 +588,13 @@ impl RelayNode {
             warn!(error = %err, "closing the store failed");
         }
         report
+    }
+}
+
+/// Close the iroh endpoint, if the relay has one.
+async fn close(endpoint: Option<&IrohNode>) {
+    if let Some(endpoint) = endpoint {
+        endpoint.close().await;
     }
 }
 

@@ -1,0 +1,171 @@
+//! Invariants checked at the end of every scenario, as named functions over what a
+//! [`SimWorld`](crate::world::SimWorld) recorded. Each answers `Err` with what broke.
+
+use crate::world::{DeviceLog, Shared, show};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use zerok_messages::DeviceId;
+use zerok_messages::sync::lock;
+
+/// A broken invariant: its name and what broke it.
+pub type Violation = String;
+
+/// Every push acknowledged to an app was received by every other device (at least once).
+pub fn acked_pushes_reach_every_other_device(shared: &Shared) -> Result<(), Violation> {
+    for (i, sender) in shared.devices.iter().enumerate() {
+        let acked = lock(&sender.acked).clone();
+        for (j, receiver) in shared.devices.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let got: BTreeSet<Vec<u8>> = lock(&receiver.received)
+                .iter()
+                .map(|r| r.payload.clone())
+                .collect();
+            let missing: Vec<String> = acked
+                .iter()
+                .filter(|p| !got.contains(*p))
+                .map(|p| show(p))
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "acked_pushes_reach_every_other_device: dev{j} lacks {} of dev{i}'s acked pushes, e.g. {:?}",
+                    missing.len(),
+                    &missing[..missing.len().min(3)]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// No device's app received one record twice (holds while no receiver crashed: across a
+/// crash delivery is at-least-once, DESIGN.md §6).
+pub fn received_exactly_once(shared: &Shared) -> Result<(), Violation> {
+    for (j, device) in shared.devices.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        for r in lock(&device.received).iter() {
+            if !seen.insert((r.sender, r.seq)) {
+                return Err(format!(
+                    "received_exactly_once: dev{j} got seq {} of {} twice ({})",
+                    r.seq,
+                    r.sender.short(),
+                    show(&r.payload)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A seq names one record: no device received two different payloads under one
+/// (sender, seq), also across restarts of the sender (a crash never reuses a seq).
+pub fn one_record_per_seq(shared: &Shared) -> Result<(), Violation> {
+    let mut by_seq: HashMap<(DeviceId, u64), Vec<u8>> = HashMap::new();
+    for (j, device) in shared.devices.iter().enumerate() {
+        for r in lock(&device.received).iter() {
+            let first = by_seq
+                .entry((r.sender, r.seq))
+                .or_insert_with(|| r.payload.clone());
+            if *first != r.payload {
+                return Err(format!(
+                    "one_record_per_seq: dev{j} got seq {} of {} as {} and as {}",
+                    r.seq,
+                    r.sender.short(),
+                    show(first),
+                    show(&r.payload)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-sender order: a device receives a sender's records in seq order, except records
+/// a `GapDetected` announced as missing earlier (they may arrive late). Redeliveries after a
+/// receiver's restart (at-least-once) are not counted.
+pub fn per_sender_order(shared: &Shared) -> Result<(), Violation> {
+    for (j, device) in shared.devices.iter().enumerate() {
+        let received = lock(&device.received).clone();
+        let gaps = lock(&device.gaps).clone();
+        let mut highest: BTreeMap<DeviceId, u64> = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        for (k, r) in received.iter().enumerate() {
+            if !seen.insert((r.sender, r.seq)) {
+                continue;
+            }
+            let top = highest.entry(r.sender).or_default();
+            if r.seq < *top {
+                let announced = gaps.iter().any(|g| {
+                    g.sender == r.sender && g.from <= r.seq && r.seq < g.to && g.after_received <= k
+                });
+                if !announced {
+                    return Err(format!(
+                        "per_sender_order: dev{j} got seq {} of {} after seq {} with no gap announced",
+                        r.seq,
+                        r.sender.short(),
+                        top
+                    ));
+                }
+            }
+            *top = (*top).max(r.seq);
+        }
+    }
+    Ok(())
+}
+
+/// Nothing reaches an app that no app pushed: every received payload was queued by its
+/// sender (no forgery, no tampering that opens).
+pub fn only_pushed_records_are_received(
+    shared: &Shared,
+    pushed: &BTreeSet<Vec<u8>>,
+) -> Result<(), Violation> {
+    for (j, device) in shared.devices.iter().enumerate() {
+        if let Some(r) = lock(&device.received)
+            .iter()
+            .find(|r| !pushed.contains(&r.payload))
+        {
+            return Err(format!(
+                "only_pushed_records_are_received: dev{j} got {} that nobody pushed",
+                show(&r.payload)
+            ));
+        }
+        if *lock(&device.undecryptable) > 0 {
+            return Err(format!(
+                "only_pushed_records_are_received: dev{j} was served undecryptable items"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// No plaintext on the relays' disks: no file under `dirs` contains `marker` (every
+/// scenario payload starts with it).
+pub fn no_plaintext_on_relays(dirs: &[impl AsRef<Path>], marker: &[u8]) -> Result<(), Violation> {
+    for dir in dirs {
+        let mut stack = vec![dir.as_ref().to_path_buf()];
+        while let Some(path) = stack.pop() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                if let Ok(entries) = std::fs::read_dir(&path) {
+                    stack.extend(entries.flatten().map(|e| e.path()));
+                }
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(marker.len()).any(|w| w == marker)
+            {
+                return Err(format!(
+                    "no_plaintext_on_relays: {} holds plaintext",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Devices whose app never saw a failed push (a push that failed may or may not arrive).
+pub fn failed_pushes(device: &DeviceLog) -> usize {
+    lock(&device.failed).len()
+}

@@ -1,0 +1,477 @@
+//! [`SimWorld`]: relays and devices as turmoil hosts joined by the simulated network of
+//! [`crate::net`], driven step by step by a scenario, with a recorder of what the apps saw.
+//!
+//! - A **relay** host runs the real relay tree (`RelayNode::start` with a simulated listener,
+//!   no HTTP) on its own data dir. Crashing and restarting the host is a killed and restarted
+//!   relay process: its files survive (the page cache does; power loss is the storage seam's,
+//!   not yet wired here).
+//! - A **device** host runs a real `Client` (the public API, its own home dir) as an app
+//!   would: the first device creates the group on every relay and publishes an invite, the
+//!   others join with it; then each takes the pushes a scenario queues for it, records the
+//!   ones acked, and records every record it receives. A restarted device starts its client
+//!   again on the same home dir.
+//! - Time is turmoil's simulated time: timeouts, backoffs and pings of both trees run in it.
+//!
+//! Not yet deterministic to the byte: the stores still sync on real threads (their disks are
+//! real files) and the runtime is seeded by turmoil only with `tokio_unstable`.
+
+use crate::net::{SimDialer, listen, relay_addr};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use zerok_actors::rng::Rng;
+use zerok_client::{Client, ClientConfig, Event, GroupId, NewSecret, Transport};
+use zerok_messages::sync::lock;
+use zerok_messages::{DeviceId, RelayAddr};
+use zerok_relay::config::RelayConfig;
+use zerok_relay::tree::{RelayNode, Seams};
+
+/// How often a device looks for new pushes to make.
+const COMMAND_POLL: Duration = Duration::from_millis(5);
+
+/// The longest a simulation may run (sim time); scenarios stop long before.
+const SIMULATION_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Invites made by the first device stay valid this long.
+const INVITE_VALID: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// One record a device's app received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The device that wrote it.
+    pub sender: DeviceId,
+    /// Its seq.
+    pub seq: u64,
+    /// The app's bytes.
+    pub payload: Vec<u8>,
+}
+
+/// A `GapDetected` a device's app got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The sender.
+    pub sender: DeviceId,
+    /// First missing seq.
+    pub from: u64,
+    /// One past the last.
+    pub to: u64,
+    /// Records the device had received before it.
+    pub after_received: usize,
+}
+
+/// What one device's app did and saw.
+#[derive(Debug, Default)]
+pub struct DeviceLog {
+    /// Its id, once its client started.
+    pub id: OnceLock<DeviceId>,
+    /// Pushes queued by the scenario, not yet started.
+    pending: Mutex<VecDeque<Vec<u8>>>,
+    /// Payloads whose `push` returned a receipt (durable here and acked by a relay).
+    pub acked: Mutex<Vec<Vec<u8>>>,
+    /// Payloads whose `push` failed.
+    pub failed: Mutex<Vec<Vec<u8>>>,
+    /// Records received, in the order the app got them (every start of the device).
+    pub received: Mutex<Vec<Received>>,
+    /// `GapDetected` events.
+    pub gaps: Mutex<Vec<Gap>>,
+    /// `Undecryptable` events.
+    pub undecryptable: Mutex<u64>,
+    /// Times its client started.
+    pub starts: Mutex<u64>,
+    /// Whether it has the group (created or joined once; kept across restarts).
+    joined: Mutex<bool>,
+}
+
+/// State shared by the hosts and the scenario.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The group, once the first device created it.
+    pub group: OnceLock<GroupId>,
+    /// Its invite, for the other devices.
+    invite: OnceLock<String>,
+    /// One log per device.
+    pub devices: Vec<DeviceLog>,
+    /// Structured events, in order, stamped with simulated time.
+    pub trace: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn record(&self, line: String) {
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        lock(&self.trace).push(format!("{:>10.3} {line}", at.as_secs_f64() * 1e3));
+    }
+}
+
+/// The shape of a world.
+#[derive(Debug, Clone)]
+pub struct WorldConfig {
+    /// Seeds turmoil (network latency draws) and every host's randomness.
+    pub seed: u64,
+    /// Relays (hosts `relay0`, `relay1`, ...); the group uses all of them.
+    pub relays: usize,
+    /// Devices (hosts `dev0`, `dev1`, ...).
+    pub devices: usize,
+    /// Relays that must ack a push (capped by the relays).
+    pub ack_quorum: usize,
+}
+
+impl Default for WorldConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            relays: 1,
+            devices: 2,
+            ack_quorum: 1,
+        }
+    }
+}
+
+/// Relays and devices in one simulation.
+pub struct SimWorld {
+    sim: turmoil::Sim<'static>,
+    /// What the apps did and saw.
+    pub shared: Arc<Shared>,
+    relays: Vec<(String, DeviceId, PathBuf)>,
+    devices: Vec<String>,
+    _dirs: tempfile::TempDir,
+}
+
+/// The id of relay `i` (the simulation picks it; the relay takes it from its listener).
+pub fn relay_id(i: usize) -> DeviceId {
+    DeviceId([0xA0 + i as u8; 32])
+}
+
+/// Host name of relay `i`.
+pub fn relay_host(i: usize) -> String {
+    format!("relay{i}")
+}
+
+/// Host name of device `i`.
+pub fn device_host(i: usize) -> String {
+    format!("dev{i}")
+}
+
+impl SimWorld {
+    /// Build the world and start every host.
+    pub fn new(config: WorldConfig) -> anyhow::Result<SimWorld> {
+        let mut sim = turmoil::Builder::new()
+            .simulation_duration(SIMULATION_MAX)
+            .rng_seed(config.seed)
+            .build();
+        let dirs = tempfile::tempdir()?;
+        let shared = Arc::new(Shared {
+            devices: (0..config.devices).map(|_| DeviceLog::default()).collect(),
+            ..Shared::default()
+        });
+        let mut relays = Vec::new();
+        for i in 0..config.relays {
+            let (host, id) = (relay_host(i), relay_id(i));
+            let data_dir = dirs.path().join(&host);
+            relays.push((host.clone(), id, data_dir.clone()));
+            let seed = config.seed ^ (0x1000 + i as u64);
+            let name = host.clone();
+            sim.host(host.as_str(), move || {
+                relay_software(name.clone(), id, data_dir.clone(), seed)
+            });
+        }
+        let relay_hosts: Vec<(String, DeviceId)> =
+            relays.iter().map(|(h, id, _)| (h.clone(), *id)).collect();
+        let mut devices = Vec::new();
+        for i in 0..config.devices {
+            let host = device_host(i);
+            devices.push(host.clone());
+            let home = dirs.path().join(&host);
+            let shared = Arc::clone(&shared);
+            let relay_hosts = relay_hosts.clone();
+            let seed = config.seed ^ (0x2000 + i as u64);
+            let quorum = config.ack_quorum;
+            sim.host(host.as_str(), move || {
+                device_software(
+                    i,
+                    home.clone(),
+                    Arc::clone(&shared),
+                    relay_hosts.clone(),
+                    seed,
+                    quorum,
+                )
+            });
+        }
+        Ok(SimWorld {
+            sim,
+            shared,
+            relays,
+            devices,
+            _dirs: dirs,
+        })
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.sim.elapsed()
+    }
+
+    /// Run for `d` of simulated time.
+    pub fn run_for(&mut self, d: Duration) -> anyhow::Result<()> {
+        let until = self.sim.elapsed() + d;
+        while self.sim.elapsed() < until {
+            self.sim
+                .step()
+                .map_err(|e| anyhow::anyhow!("simulation failed: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Run until `done` holds (checked every simulated millisecond), at most `max`.
+    pub fn run_until(
+        &mut self,
+        max: Duration,
+        mut done: impl FnMut(&Shared) -> bool,
+    ) -> anyhow::Result<bool> {
+        let until = self.sim.elapsed() + max;
+        while self.sim.elapsed() < until {
+            if done(&self.shared) {
+                return Ok(true);
+            }
+            self.sim
+                .step()
+                .map_err(|e| anyhow::anyhow!("simulation failed: {e}"))?;
+        }
+        Ok(done(&self.shared))
+    }
+
+    /// Queue `payload` to be pushed by device `i`'s app.
+    pub fn push(&self, i: usize, payload: Vec<u8>) {
+        lock(&self.shared.devices[i].pending).push_back(payload);
+    }
+
+    /// Device `i`'s log.
+    pub fn device(&self, i: usize) -> &DeviceLog {
+        &self.shared.devices[i]
+    }
+
+    /// Wait until every device has the group and a connected client.
+    pub fn settle(&mut self) -> anyhow::Result<()> {
+        let ready = self.run_until(Duration::from_secs(120), |shared| {
+            shared.devices.iter().all(|d| *lock(&d.joined))
+        })?;
+        anyhow::ensure!(ready, "devices did not join the group");
+        Ok(())
+    }
+
+    /// Cut the network between hosts `a` and `b` (both ways).
+    pub fn partition(&self, a: &str, b: &str) {
+        self.sim.partition(a, b);
+    }
+
+    /// Heal a partition between `a` and `b`.
+    pub fn repair(&self, a: &str, b: &str) {
+        self.sim.repair(a, b);
+    }
+
+    /// Hold messages between `a` and `b` (delivered on release).
+    pub fn hold(&self, a: &str, b: &str) {
+        self.sim.hold(a, b);
+    }
+
+    /// Release held messages between `a` and `b`.
+    pub fn release(&self, a: &str, b: &str) {
+        self.sim.release(a, b);
+    }
+
+    /// Crash host `name` (a killed process; its files survive).
+    pub fn crash(&mut self, name: &str) {
+        self.sim.crash(name);
+    }
+
+    /// Start host `name` again (after a crash), or crash and restart it.
+    pub fn bounce(&mut self, name: &str) {
+        self.sim.bounce(name);
+    }
+
+    /// Host names of the relays.
+    pub fn relay_hosts(&self) -> Vec<String> {
+        self.relays.iter().map(|(h, _, _)| h.clone()).collect()
+    }
+
+    /// Host names of the devices.
+    pub fn device_hosts(&self) -> Vec<String> {
+        self.devices.clone()
+    }
+
+    /// Data dirs of the relays (what their disks hold).
+    pub fn relay_dirs(&self) -> Vec<PathBuf> {
+        self.relays.iter().map(|(_, _, d)| d.clone()).collect()
+    }
+
+    /// The recorded trace.
+    pub fn trace(&self) -> Vec<String> {
+        lock(&self.shared.trace).clone()
+    }
+}
+
+async fn relay_software(
+    host: String,
+    id: DeviceId,
+    data_dir: PathBuf,
+    seed: u64,
+) -> turmoil::Result {
+    let listener = listen(id).await?;
+    let addr = relay_addr(&host, id);
+    let config = RelayConfig {
+        data_dir,
+        http: None,
+        ..RelayConfig::default()
+    };
+    let seams = Seams {
+        rng: Some(Rng::seeded(seed)),
+        listener: Some((listener, addr)),
+        ..Seams::default()
+    };
+    let mut node = RelayNode::start(&config, seams)
+        .await
+        .map_err(|e| format!("relay start: {e}"))?;
+    node.stopped().await;
+    Err("the relay tree stopped".into())
+}
+
+async fn device_software(
+    i: usize,
+    home: PathBuf,
+    shared: Arc<Shared>,
+    relay_hosts: Vec<(String, DeviceId)>,
+    seed: u64,
+    quorum: usize,
+) -> turmoil::Result {
+    let log = &shared.devices[i];
+    let starts = {
+        let mut starts = lock(&log.starts);
+        *starts += 1;
+        *starts
+    };
+    let mut config = ClientConfig::new(home);
+    config.rng = Some(Rng::seeded(seed ^ starts));
+    config.ack_quorum = quorum;
+    config.transport = Transport::Dialer(Arc::new(|id| Arc::new(SimDialer::new(id))));
+    let client = Arc::new(
+        Client::start(config)
+            .await
+            .map_err(|e| format!("client start: {e}"))?,
+    );
+    let _ = log.id.set(client.device_id());
+    shared.record(format!("dev{i} started (start {starts})"));
+    let mut events = client.events().ok_or("events taken")?;
+    let group = if *lock(&log.joined) {
+        *shared.group.get().ok_or("joined without a group")?
+    } else if i == 0 {
+        let relays: Vec<RelayAddr> = relay_hosts
+            .iter()
+            .map(|(host, id)| relay_addr(host, *id))
+            .collect();
+        let group = client
+            .create_group("chaos", NewSecret::Random, relays)
+            .await
+            .map_err(|e| format!("create group: {e}"))?;
+        let invite = client
+            .invite(group, INVITE_VALID)
+            .await
+            .map_err(|e| format!("invite: {e}"))?;
+        let _ = shared.group.set(group);
+        let _ = shared.invite.set(invite);
+        group
+    } else {
+        let invite = loop {
+            if let Some(invite) = shared.invite.get() {
+                break invite.clone();
+            }
+            tokio::time::sleep(COMMAND_POLL).await;
+        };
+        client
+            .join(&invite, None)
+            .await
+            .map_err(|e| format!("join: {e}"))?
+    };
+    *lock(&log.joined) = true;
+    let mut poll = tokio::time::interval(COMMAND_POLL);
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return Err("event stream ended".into()) };
+                on_event(&shared, i, event);
+            }
+            _ = poll.tick() => {
+                let pushes: Vec<Vec<u8>> = lock(&log.pending).drain(..).collect();
+                for payload in pushes {
+                    let client = Arc::clone(&client);
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        let log = &shared.devices[i];
+                        match client.push(group, payload.clone()).await {
+                            Ok(_) => {
+                                shared.record(format!("dev{i} acked {}", show(&payload)));
+                                lock(&log.acked).push(payload);
+                            }
+                            Err(err) => {
+                                shared.record(format!("dev{i} push failed {}: {err}", show(&payload)));
+                                lock(&log.failed).push(payload);
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn on_event(shared: &Shared, i: usize, event: Event) {
+    let log = &shared.devices[i];
+    match event {
+        Event::Received {
+            sender,
+            seq,
+            payload,
+            ..
+        } => {
+            shared.record(format!(
+                "dev{i} received {} from {} seq {seq}",
+                show(&payload),
+                sender.short()
+            ));
+            lock(&log.received).push(Received {
+                sender,
+                seq,
+                payload,
+            });
+        }
+        Event::GapDetected {
+            sender, from, to, ..
+        } => {
+            shared.record(format!(
+                "dev{i} gap {}..{} from {}",
+                from,
+                to,
+                sender.short()
+            ));
+            let after_received = lock(&log.received).len();
+            lock(&log.gaps).push(Gap {
+                sender,
+                from,
+                to,
+                after_received,
+            });
+        }
+        Event::Undecryptable { .. } => {
+            shared.record(format!("dev{i} undecryptable"));
+            *lock(&log.undecryptable) += 1;
+        }
+        Event::RelayUp { relay } => shared.record(format!("dev{i} relay up {}", relay.short())),
+        Event::RelayDown { relay, .. } => {
+            shared.record(format!("dev{i} relay down {}", relay.short()));
+        }
+    }
+}
+
+/// A payload as the trace shows it (scenario payloads are short text).
+pub fn show(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload).into_owned()
+}
