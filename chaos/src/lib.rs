@@ -4,4 +4,5 @@
 
 pub mod invariants;
 pub mod net;
+pub mod scenarios;
 pub mod world;

@@ -114,6 +114,8 @@ pub struct WorldConfig {
     pub devices: usize,
     /// Relays that must ack a push (capped by the relays).
     pub ack_quorum: usize,
+    /// Longest latency of one message (drawn per message, exponential, from 0).
+    pub max_latency: Duration,
 }
 
 impl Default for WorldConfig {
@@ -123,6 +125,7 @@ impl Default for WorldConfig {
             relays: 1,
             devices: 2,
             ack_quorum: 1,
+            max_latency: Duration::from_millis(100),
         }
     }
 }
@@ -135,6 +138,23 @@ pub struct SimWorld {
     relays: Vec<(String, DeviceId, PathBuf)>,
     devices: Vec<String>,
     _dirs: tempfile::TempDir,
+}
+
+thread_local! {
+    /// The trace of the last world dropped on this thread.
+    static LAST_TRACE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The trace of the last [`SimWorld`] dropped on this thread (a scenario's, once it ended).
+pub fn last_trace() -> Vec<String> {
+    LAST_TRACE.with(|t| t.borrow().clone())
+}
+
+impl Drop for SimWorld {
+    fn drop(&mut self) {
+        let trace = self.trace();
+        LAST_TRACE.with(|t| *t.borrow_mut() = trace);
+    }
 }
 
 /// The id of relay `i` (the simulation picks it; the relay takes it from its listener).
@@ -158,6 +178,7 @@ impl SimWorld {
         let mut sim = turmoil::Builder::new()
             .simulation_duration(SIMULATION_MAX)
             .rng_seed(config.seed)
+            .max_message_latency(config.max_latency)
             .build();
         let dirs = tempfile::tempdir()?;
         let shared = Arc::new(Shared {
