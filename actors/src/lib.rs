@@ -21,6 +21,7 @@
 pub mod client;
 pub mod clock;
 pub mod crypto;
+pub mod exec;
 pub mod fault;
 pub mod link;
 pub mod link_reader;

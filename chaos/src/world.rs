@@ -12,8 +12,9 @@
 //!   again on the same home dir.
 //! - Time is turmoil's simulated time: timeouts, backoffs and pings of both trees run in it.
 //!
-//! Not yet deterministic to the byte: the stores still sync on real threads (their disks are
-//! real files) and the runtime is seeded by turmoil only with `tokio_unstable`.
+//! Every host runs on the calling thread, and blocking work (store syncs and reads, seals)
+//! runs inline there (`zerok_actors::exec`), so simulated time does not depend on the real
+//! machine's speed.
 
 use crate::net::{SimDialer, listen, relay_addr};
 use std::collections::VecDeque;
@@ -154,6 +155,7 @@ impl Drop for SimWorld {
     fn drop(&mut self) {
         let trace = self.trace();
         LAST_TRACE.with(|t| *t.borrow_mut() = trace);
+        zerok_actors::exec::set_inline(false);
     }
 }
 
@@ -175,6 +177,9 @@ pub fn device_host(i: usize) -> String {
 impl SimWorld {
     /// Build the world and start every host.
     pub fn new(config: WorldConfig) -> anyhow::Result<SimWorld> {
+        // Every host runs on this thread: blocking work runs inline, so simulated time sees
+        // it finish at the same point in every run (`zerok_actors::exec`).
+        zerok_actors::exec::set_inline(true);
         let mut sim = turmoil::Builder::new()
             .simulation_duration(SIMULATION_MAX)
             .rng_seed(config.seed)

@@ -142,7 +142,7 @@ impl Client {
         let mut secret =
             load_or_create_secret_key(&key_path, &mut rng).map_err(|e| home_err(&home, e))?;
         let store_dir = home.join("store");
-        let store = tokio::task::spawn_blocking(move || LocalStore::open(&store_dir))
+        let store = zerok_actors::exec::blocking(move || LocalStore::open(&store_dir))
             .await
             .map_err(|e| home_err(&home, e))??;
         if let Some(fresh) = take_new_key_if_copied(&home, &key_path, &store, &mut rng).await? {
@@ -563,7 +563,7 @@ fn group_id(record: &GroupRecord) -> GroupId {
 }
 
 async fn derive(passphrase: String, salt: [u8; SALT_BYTES]) -> Result<[u8; 32], ClientError> {
-    tokio::task::spawn_blocking(move || {
+    zerok_actors::exec::blocking(move || {
         GroupSecret::from_passphrase(&passphrase, &salt, KdfParams::V1)
             .map(|secret| *secret.expose_bytes())
             .map_err(ClientError::from)

@@ -400,7 +400,7 @@ impl RelayNode {
             ..StoreOptions::new(config.store.segment_bytes)
         };
         let store =
-            tokio::task::spawn_blocking(move || Store::open_with(&store_dir, store_options))
+            zerok_actors::exec::blocking(move || Store::open_with(&store_dir, store_options))
                 .await
                 .map_err(|err| data_dir_err(data_dir, err))??;
         let metrics = RelayMetrics::new();
@@ -584,7 +584,7 @@ impl RelayNode {
         // Every acked push is durable already; the "closed" marker lets the next open tell
         // damage in the last write from a torn one.
         let store = self.store;
-        if let Err(err) = tokio::task::spawn_blocking(move || store.close()).await {
+        if let Err(err) = zerok_actors::exec::blocking(move || store.close()).await {
             warn!(error = %err, "closing the store failed");
         }
         report

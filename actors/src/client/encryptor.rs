@@ -38,9 +38,10 @@ where
     I: Send + 'static,
     O: Send + 'static,
 {
-    if inputs.len() < CHUNK_RECORDS_MIN {
+    if inputs.len() < CHUNK_RECORDS_MIN || crate::exec::is_inline() {
         // A few records (a live record, one push awaited by the app) take less than the
-        // round trip through the blocking pool: done here, on the answering task.
+        // round trip through the blocking pool: done here, on the answering task (and
+        // everything, in a simulation: `crate::exec`).
         return work(inputs);
     }
     let chunk = inputs.len().div_ceil(cores.max(1)).max(CHUNK_RECORDS_MIN);

@@ -671,7 +671,7 @@ async fn flush_loop(inner: Arc<Inner>) {
         let synced = if lock(&inner.faults).should_fail(FaultPoint::BeforeFlush) {
             Err("fault injected: the journal sync fails".to_owned())
         } else {
-            match tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncData)).await {
+            match crate::exec::blocking(move || db.persist(PersistMode::SyncData)).await {
                 Ok(Ok(())) => {
                     inner.data_syncs.fetch_add(1, Ordering::Relaxed);
                     Ok(())

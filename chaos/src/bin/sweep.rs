@@ -14,6 +14,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitCode;
 use std::time::Instant;
 use zerok_chaos::scenarios::{CATALOGUE, Scenario, find};
+use zerok_chaos::world::last_trace;
 
 #[derive(Parser)]
 #[command(about = "Run chaos scenarios under many seeds")]
@@ -30,6 +31,9 @@ struct Args {
     /// List the catalogue and exit.
     #[arg(long)]
     list: bool,
+    /// Print each run's event trace.
+    #[arg(long)]
+    trace: bool,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,12 @@ fn main() -> ExitCode {
         for seed in args.first_seed..args.first_seed + args.seeds {
             let outcome = catch_unwind(AssertUnwindSafe(|| (scenario.run)(seed)))
                 .unwrap_or_else(|_| Err("panicked".into()));
+            if args.trace {
+                println!("--- trace of {} seed {seed}", scenario.name);
+                for line in last_trace() {
+                    println!("{line}");
+                }
+            }
             if let Err(why) = outcome {
                 failed += 1;
                 let first_line = why.lines().next().unwrap_or_default().to_owned();

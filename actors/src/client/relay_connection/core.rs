@@ -13,7 +13,7 @@
 use crate::crypto::join::sign_join;
 use crate::crypto::keys::MailboxSigner;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -119,7 +119,7 @@ impl GroupSync {
 struct LinkState {
     nonce: [u8; 32],
     limits: Limits,
-    pending: HashMap<u64, Pending>,
+    pending: BTreeMap<u64, Pending>,
     next_req: u64,
     pushes_in_flight: usize,
     last_frame: Instant,
@@ -147,7 +147,7 @@ pub struct ConnCore {
     relay: DeviceId,
     device: DeviceId,
     receive: bool,
-    groups: HashMap<GroupId, GroupSync>,
+    groups: BTreeMap<GroupId, GroupSync>,
     link: Option<LinkState>,
 }
 
@@ -187,7 +187,7 @@ impl ConnCore {
         self.link = Some(LinkState {
             nonce,
             limits,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             next_req: 1,
             pushes_in_flight: 0,
             last_frame: now,
@@ -217,7 +217,7 @@ impl ConnCore {
 
     /// The groups this relay serves now (a group kept keeps its state).
     pub fn set_groups(&mut self, io: &mut impl ConnIo, groups: Vec<ConnGroup>) {
-        let mut next = HashMap::new();
+        let mut next = BTreeMap::new();
         for g in groups {
             let sync = match self.groups.remove(&g.group) {
                 Some(mut sync) => {

@@ -153,8 +153,8 @@ struct ConnEntry {
 /// Coordinator state.
 pub struct CoordinatorState {
     args: CoordinatorArgs,
-    groups: HashMap<GroupId, GroupState>,
-    conns: HashMap<DeviceId, ConnEntry>,
+    groups: BTreeMap<GroupId, GroupState>,
+    conns: BTreeMap<DeviceId, ConnEntry>,
     waiters: HashMap<BlobId, Vec<RpcReplyPort<Receipt>>>,
     recent: HashMap<BlobId, Vec<DeviceId>>,
     recent_order: VecDeque<BlobId>,
@@ -178,7 +178,7 @@ pub struct CoordinatorState {
     /// A batch is with the Encryptor.
     is_opening: bool,
     /// Crash history of each relay's connection.
-    conn_restarts: HashMap<DeviceId, RestartTracker>,
+    conn_restarts: BTreeMap<DeviceId, RestartTracker>,
     /// Relays whose connection died and waits for its restart (`ConnRestartDue`).
     restarting: HashSet<DeviceId>,
 }
@@ -220,8 +220,8 @@ impl Actor for CoordinatorActor {
         let own = args.dialer.local_id();
         let mut state = CoordinatorState {
             args,
-            groups: HashMap::new(),
-            conns: HashMap::new(),
+            groups: BTreeMap::new(),
+            conns: BTreeMap::new(),
             waiters: HashMap::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
@@ -237,7 +237,7 @@ impl Actor for CoordinatorActor {
             after_durable: VecDeque::new(),
             to_open: Vec::new(),
             is_opening: false,
-            conn_restarts: HashMap::new(),
+            conn_restarts: BTreeMap::new(),
             restarting: HashSet::new(),
         };
         // The store's group commit reports here; the task ends with the coordinator.

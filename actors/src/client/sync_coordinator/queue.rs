@@ -44,7 +44,7 @@ pub struct Outbox {
     sendable_seq: u64,
     /// The highest seq ever queued.
     queued_upto: u64,
-    windows: HashMap<DeviceId, SendWindow>,
+    windows: BTreeMap<DeviceId, SendWindow>,
 }
 
 impl Outbox {

@@ -43,7 +43,7 @@ impl CoordinatorState {
 
     /// Make the connections match the groups' relay lists.
     pub(super) async fn rewire(&mut self, myself: &ActorRef<CoordMsg>) {
-        let mut wanted: HashMap<DeviceId, (RelayAddr, Vec<ConnGroup>)> = HashMap::new();
+        let mut wanted: BTreeMap<DeviceId, (RelayAddr, Vec<ConnGroup>)> = BTreeMap::new();
         for (id, group) in &self.groups {
             for relay in &group.relays {
                 let cursor = self.args.store.cursor(id, &relay.id).unwrap_or(0);

@@ -448,11 +448,9 @@ impl SessionAdmission {
         }
         let admission = Arc::clone(&self.admission);
         let source = self.source;
-        tokio::task::spawn_blocking(move || {
-            admission.admit(mailbox, &device, source, token.as_ref())
-        })
-        .await
-        .unwrap_or(Err(Refusal::Unavailable))
+        crate::exec::blocking(move || admission.admit(mailbox, &device, source, token.as_ref()))
+            .await
+            .unwrap_or(Err(Refusal::Unavailable))
     }
 }
 

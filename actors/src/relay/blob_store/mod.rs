@@ -186,7 +186,7 @@ async fn read_page(
     now_ms: u64,
 ) -> Result<Page, StoreError> {
     let (mailbox, after, max_items, max_bytes) = key;
-    tokio::task::spawn_blocking(move || {
+    crate::exec::blocking(move || {
         let page = store.read_page(&mailbox, after.0, max_items, max_bytes, now_ms);
         // A read may have found damage: /metrics and /health say so at once.
         publish_damaged(&metrics, store.damaged_records());
@@ -324,7 +324,7 @@ impl BlobStoreState {
         {
             tokio::task::block_in_place(run)
         } else {
-            tokio::task::spawn_blocking(run)
+            crate::exec::blocking(run)
                 .await
                 .unwrap_or_else(|err| Err(unavailable(err)))
         };
@@ -518,7 +518,7 @@ impl Actor for BlobStoreActor {
                 } else {
                     let store = state.store.clone();
                     let now_ms = state.clock.now_unix_ms();
-                    let swept = tokio::task::spawn_blocking(move || store.sweep(now_ms, max_items))
+                    let swept = crate::exec::blocking(move || store.sweep(now_ms, max_items))
                         .await
                         .unwrap_or_else(|err| Err(unavailable(err)));
                     match swept {
