@@ -1,7 +1,7 @@
 //! Invariants checked at the end of every scenario, as named functions over what a
 //! [`SimWorld`](crate::world::SimWorld) recorded. Each answers `Err` with what broke.
 
-use crate::world::{DeviceLog, Shared, show};
+use crate::world::{Shared, show};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use zerok_messages::DeviceId;
@@ -165,7 +165,80 @@ pub fn no_plaintext_on_relays(dirs: &[impl AsRef<Path>], marker: &[u8]) -> Resul
     Ok(())
 }
 
-/// Devices whose app never saw a failed push (a push that failed may or may not arrive).
-pub fn failed_pushes(device: &DeviceLog) -> usize {
-    lock(&device.failed).len()
+#[cfg(test)]
+mod tests {
+    //! Each invariant fails on a recording that breaks it (and passes on one that does not).
+
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::world::{DeviceLog, Gap, Received};
+
+    const A: DeviceId = DeviceId([1; 32]);
+
+    fn shared(devices: usize) -> Shared {
+        Shared::with_devices(devices)
+    }
+
+    fn got(shared: &Shared, dev: usize, seq: u64, payload: &str) {
+        lock(&shared.devices[dev].received).push(Received {
+            sender: A,
+            seq,
+            payload: payload.as_bytes().to_vec(),
+        });
+    }
+
+    #[test]
+    fn a_lost_acked_push_is_caught() {
+        let s = shared(2);
+        lock(&s.devices[0].acked).push(b"p1".to_vec());
+        lock(&s.devices[0].acked).push(b"p2".to_vec());
+        got(&s, 1, 1, "p1");
+        assert!(acked_pushes_reach_every_other_device(&s).is_err());
+        got(&s, 1, 2, "p2");
+        assert!(acked_pushes_reach_every_other_device(&s).is_ok());
+    }
+
+    #[test]
+    fn a_duplicate_a_reused_seq_and_a_reordering_are_caught() {
+        let s = shared(2);
+        got(&s, 1, 1, "p1");
+        got(&s, 1, 3, "p3");
+        got(&s, 1, 2, "p2");
+        assert!(received_exactly_once(&s).is_ok());
+        assert!(
+            per_sender_order(&s).is_err(),
+            "2 after 3 with no gap announced"
+        );
+        lock(&s.devices[1].gaps).push(Gap {
+            sender: A,
+            from: 2,
+            to: 3,
+            after_received: 1,
+        });
+        assert!(
+            per_sender_order(&s).is_ok(),
+            "announced as missing, then filled"
+        );
+        got(&s, 1, 2, "p2");
+        assert!(received_exactly_once(&s).is_err());
+        assert!(one_record_per_seq(&s).is_ok());
+        got(&s, 1, 3, "another record under seq 3");
+        assert!(one_record_per_seq(&s).is_err());
+    }
+
+    #[test]
+    fn a_forged_record_and_plaintext_on_disk_are_caught() {
+        let s = shared(2);
+        got(&s, 1, 1, "p1");
+        let pushed: BTreeSet<Vec<u8>> = [b"p1".to_vec()].into();
+        assert!(only_pushed_records_are_received(&s, &pushed).is_ok());
+        got(&s, 1, 2, "forged");
+        assert!(only_pushed_records_are_received(&s, &pushed).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("store")).unwrap();
+        std::fs::write(dir.path().join("store/seg"), b"xx chaos-plaintext-1 xx").unwrap();
+        assert!(no_plaintext_on_relays(&[dir.path()], b"chaos-plaintext-").is_err());
+        assert!(no_plaintext_on_relays(&[dir.path()], b"absent").is_ok());
+    }
 }

@@ -98,6 +98,14 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Empty logs for `devices` devices.
+    pub fn with_devices(devices: usize) -> Shared {
+        Shared {
+            devices: (0..devices).map(|_| DeviceLog::default()).collect(),
+            ..Shared::default()
+        }
+    }
+
     fn record(&self, line: String) {
         let at = turmoil::sim_elapsed().unwrap_or_default();
         lock(&self.trace).push(format!("{:>10.3} {line}", at.as_secs_f64() * 1e3));
@@ -186,10 +194,7 @@ impl SimWorld {
             .max_message_latency(config.max_latency)
             .build();
         let dirs = tempfile::tempdir()?;
-        let shared = Arc::new(Shared {
-            devices: (0..config.devices).map(|_| DeviceLog::default()).collect(),
-            ..Shared::default()
-        });
+        let shared = Arc::new(Shared::with_devices(config.devices));
         let mut relays = Vec::new();
         for i in 0..config.relays {
             let (host, id) = (relay_host(i), relay_id(i));
