@@ -172,7 +172,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::world::{DeviceLog, Gap, Received};
+    use crate::world::{Gap, Received};
 
     const A: DeviceId = DeviceId([1; 32]);
 
