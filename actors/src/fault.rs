@@ -31,6 +31,10 @@ pub enum FaultPoint {
     /// When the client's Encryptor takes a batch to seal or open: the actor fails (as a bug
     /// would), so its supervisor restarts it.
     EncryptorBatch,
+    /// When the client's coordinator hands a received record to the app: it drops it and
+    /// goes on as if handed over (a broken client that skips a cursor; the chaos harness
+    /// shows its invariants catch it).
+    SkipReceived,
 }
 
 #[derive(Debug)]

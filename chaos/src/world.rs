@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use zerok_actors::fault::FaultPlan;
 use zerok_actors::rng::Rng;
 use zerok_client::{Client, ClientConfig, Event, GroupId, NewSecret, Transport};
 use zerok_messages::sync::lock;
@@ -125,6 +126,8 @@ pub struct WorldConfig {
     pub ack_quorum: usize,
     /// Longest latency of one message (drawn per message, exponential, from 0).
     pub max_latency: Duration,
+    /// Faults injected into device `i`'s client (`faults[i]`; none past the end).
+    pub faults: Vec<FaultPlan>,
 }
 
 impl Default for WorldConfig {
@@ -135,6 +138,7 @@ impl Default for WorldConfig {
             devices: 2,
             ack_quorum: 1,
             max_latency: Duration::from_millis(100),
+            faults: Vec::new(),
         }
     }
 }
@@ -217,6 +221,7 @@ impl SimWorld {
             let relay_hosts = relay_hosts.clone();
             let seed = config.seed ^ (0x2000 + i as u64);
             let quorum = config.ack_quorum;
+            let faults = config.faults.get(i).cloned().unwrap_or_default();
             sim.host(host.as_str(), move || {
                 device_software(
                     i,
@@ -225,6 +230,7 @@ impl SimWorld {
                     relay_hosts.clone(),
                     seed,
                     quorum,
+                    faults.clone(),
                 )
             });
         }
@@ -373,6 +379,7 @@ async fn device_software(
     relay_hosts: Vec<(String, DeviceId)>,
     seed: u64,
     quorum: usize,
+    faults: FaultPlan,
 ) -> turmoil::Result {
     let log = &shared.devices[i];
     let starts = {
@@ -383,6 +390,7 @@ async fn device_software(
     let mut config = ClientConfig::new(home);
     config.rng = Some(Rng::seeded(seed ^ starts));
     config.ack_quorum = quorum;
+    config.faults = faults;
     config.transport = Transport::Dialer(Arc::new(|id| Arc::new(SimDialer::new(id))));
     let client = Arc::new(
         Client::start(config)

@@ -26,6 +26,7 @@ type Body = fn(Link, Link) -> std::pin::Pin<Box<dyn std::future::Future<Output =
 fn run_pair(body: Body) {
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_secs(120))
+        .rng_seed(1)
         .build();
     let accepted: Arc<Mutex<Option<Link>>> = Arc::default();
     let slot = Arc::clone(&accepted);
@@ -93,7 +94,7 @@ fn turmoil_abort() {
 #[test]
 fn turmoil_both_ends_in_one_host_pass_the_suite_helper() {
     // The suite's own `connected` (listener and dialer in one host).
-    let mut sim = turmoil::Builder::new().build();
+    let mut sim = turmoil::Builder::new().rng_seed(2).build();
     sim.client("both", async {
         let mut listener = listen(RELAY).await?;
         let addr = relay_addr("both", RELAY);
@@ -106,7 +107,7 @@ fn turmoil_both_ends_in_one_host_pass_the_suite_helper() {
 
 #[test]
 fn turmoil_wrong_peer_is_refused_and_a_dead_address_fails() {
-    let mut sim = turmoil::Builder::new().build();
+    let mut sim = turmoil::Builder::new().rng_seed(2).build();
     sim.host("relay", || async {
         let mut listener = listen(RELAY).await?;
         while listener.accept().await.is_some() {}
@@ -136,6 +137,7 @@ fn turmoil_wrong_peer_is_refused_and_a_dead_address_fails() {
 fn turmoil_a_crashed_host_resets_its_links() {
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_secs(60))
+        .rng_seed(3)
         .build();
     sim.host("relay", || async {
         let mut listener = listen(RELAY).await?;
@@ -147,6 +149,8 @@ fn turmoil_a_crashed_host_resets_its_links() {
     });
     let outcome: Arc<Mutex<Option<Received>>> = Arc::default();
     let seen = Arc::clone(&outcome);
+    let linked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_linked = Arc::clone(&linked);
     sim.client("client", async move {
         let mut link = SimDialer::new(CLIENT)
             .dial(&relay_addr("relay", RELAY))
@@ -156,14 +160,16 @@ fn turmoil_a_crashed_host_resets_its_links() {
             .send(bytes::Bytes::from_static(b"hi"))
             .await
             .unwrap();
+        is_linked.store(true, std::sync::atomic::Ordering::SeqCst);
         let got = tokio::time::timeout(Duration::from_secs(30), link.receiver.recv())
             .await
             .unwrap();
         *seen.lock().unwrap() = Some(got);
         Ok(())
     });
-    // Run until the link is up, then crash the relay host.
-    for _ in 0..100 {
+    // Run until the link is up (the dial's id exchange done), then crash the relay host.
+    while !linked.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(sim.elapsed() < Duration::from_secs(30), "the link came up");
         sim.step().unwrap();
     }
     sim.crash("relay");

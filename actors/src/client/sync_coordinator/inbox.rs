@@ -7,6 +7,7 @@
 //! opens, pauses and resumes relays, hands events over and persists.
 
 use super::*;
+use crate::fault::FaultPoint;
 use delivery::Received;
 
 /// Free event slots the coordinator waits for before it hands over a received item: an item
@@ -150,6 +151,11 @@ impl CoordinatorState {
         };
         let drained = delivery.drain(room, &mut judge);
         for event in drained.events {
+            if matches!(event, Event::Received { .. })
+                && self.args.faults.should_fail(FaultPoint::SkipReceived)
+            {
+                continue;
+            }
             hand_over(&events, event);
         }
         for (group, batch) in drained.persist {
