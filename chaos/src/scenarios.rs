@@ -10,6 +10,7 @@ use crate::invariants::{
 use crate::world::{SimWorld, WorldConfig, device_host, relay_host};
 use std::collections::BTreeSet;
 use std::time::Duration;
+use zerok_actors::fault::{FaultPlan, FaultPoint};
 use zerok_messages::sync::lock;
 
 /// What a scenario answers: `Err` says what broke (with the trace's tail).
@@ -406,6 +407,159 @@ fn quorum_two_waits_for_both_relays(seed: u64) -> Outcome {
     converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
 }
 
+// ---- storage and supervision (fault points of the real trees) ----
+
+/// A world whose relay 0 runs with `point` failing at probability `p` (seeded by `seed`).
+fn world_with_relay_fault(
+    seed: u64,
+    point: FaultPoint,
+    p: f64,
+) -> Result<(SimWorld, FaultPlan), String> {
+    let faults = FaultPlan::seeded(seed ^ 0xFA17);
+    faults.set(point, p);
+    let world = world_with(WorldConfig {
+        seed,
+        relay_faults: vec![faults.clone()],
+        ..WorldConfig::default()
+    })?;
+    Ok((world, faults))
+}
+
+/// A world whose device `dev` runs with `point` failing at probability `p`.
+fn world_with_device_fault(
+    seed: u64,
+    dev: usize,
+    point: FaultPoint,
+    p: f64,
+) -> Result<(SimWorld, FaultPlan), String> {
+    let faults = FaultPlan::seeded(seed ^ 0xD0D0);
+    faults.set(point, p);
+    let mut all = vec![FaultPlan::none(); dev + 1];
+    all[dev] = faults.clone();
+    let world = world_with(WorldConfig {
+        seed,
+        faults: all,
+        ..WorldConfig::default()
+    })?;
+    Ok((world, faults))
+}
+
+fn fired(world: &SimWorld, faults: &FaultPlan, point: FaultPoint) -> Outcome {
+    ensure(
+        world,
+        faults.fired(point) > 0,
+        &format!("{point:?} never fired"),
+    )
+}
+
+/// Push rounds of `n` records from each of `devs`, half a second apart, until `point` fired
+/// at least once and three rounds went (the fault is drawn per operation; at most 30 rounds).
+fn push_until_fired(
+    world: &mut SimWorld,
+    pushed: &mut Pushed,
+    devs: &[usize],
+    n: usize,
+    faults: &FaultPlan,
+    point: FaultPoint,
+) -> Outcome {
+    for round in 0..30 {
+        for &dev in devs {
+            pushed.push(world, dev, &format!("{point:?}{round}"), n);
+        }
+        run(world, Duration::from_millis(500))?;
+        if faults.fired(point) > 0 && round >= 2 {
+            return Ok(());
+        }
+    }
+    fired(world, faults, point)
+}
+
+fn relay_store_writes_fail(seed: u64) -> Outcome {
+    let point = FaultPoint::BeforeStoreWrite;
+    let (mut world, faults) = world_with_relay_fault(seed, point, 0.3)?;
+    let mut pushed = Pushed::default();
+    push_until_fired(&mut world, &mut pushed, &[0, 1], 5, &faults, point)?;
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
+fn relay_store_syncs_fail(seed: u64) -> Outcome {
+    let point = FaultPoint::BeforeFlush;
+    let (mut world, faults) = world_with_relay_fault(seed, point, 0.3)?;
+    let mut pushed = Pushed::default();
+    push_until_fired(&mut world, &mut pushed, &[0, 1], 5, &faults, point)?;
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
+fn relay_disk_full_then_freed(seed: u64) -> Outcome {
+    let (mut world, faults) = world_with_relay_fault(seed, FaultPoint::StoreDiskFull, 1.0)?;
+    let mut pushed = Pushed::default();
+    pushed.push(&world, 0, "full", 15);
+    run(&mut world, Duration::from_secs(10))?;
+    ensure(&world, acked(&world, 0) == 0, "acked on a full disk")?;
+    fired(&world, &faults, FaultPoint::StoreDiskFull)?;
+    faults.set(FaultPoint::StoreDiskFull, 0.0);
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
+fn relay_sweeps_fail(seed: u64) -> Outcome {
+    let (mut world, faults) = world_with_relay_fault(seed, FaultPoint::Sweep, 1.0)?;
+    let mut pushed = Pushed::default();
+    pushed.push(&world, 0, "s", 10);
+    run(&mut world, Duration::from_secs(400))?;
+    pushed.push(&world, 1, "s", 10);
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)?;
+    fired(&world, &faults, FaultPoint::Sweep)
+}
+
+fn encryptor_crashes(seed: u64) -> Outcome {
+    let point = FaultPoint::EncryptorBatch;
+    let (mut world, faults) = world_with_device_fault(seed, 0, point, 0.2)?;
+    let mut pushed = Pushed::default();
+    push_until_fired(&mut world, &mut pushed, &[0, 1], 5, &faults, point)?;
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
+fn connection_fails_on_frames(seed: u64) -> Outcome {
+    let point = FaultPoint::FrameReceive;
+    let (mut world, faults) = world_with_device_fault(seed, 1, point, 0.05)?;
+    let mut pushed = Pushed::default();
+    push_until_fired(&mut world, &mut pushed, &[0], 8, &faults, point)?;
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
+fn one_way_partition(seed: u64) -> Outcome {
+    // The relay's frames to the receiver are lost, the receiver's to the relay are not.
+    let mut world = world(seed, 2, 1)?;
+    let mut pushed = Pushed::default();
+    world.partition_oneway(&relay_host(0), &device_host(1));
+    pushed.push(&world, 0, "oneway", 15);
+    run(&mut world, Duration::from_secs(20))?;
+    ensure(
+        &world,
+        received(&world, 1) == 0,
+        "received across a one-way cut",
+    )?;
+    world.repair(&relay_host(0), &device_host(1));
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
+fn three_pushers_one_cut_off(seed: u64) -> Outcome {
+    let mut world = world(seed, 3, 1)?;
+    let mut pushed = Pushed::default();
+    world.partition(&device_host(2), &relay_host(0));
+    for dev in 0..3 {
+        pushed.push(&world, dev, "three", 12);
+    }
+    run(&mut world, Duration::from_secs(10))?;
+    ensure(
+        &world,
+        acked(&world, 2) == 0,
+        "the cut-off device was acked",
+    )?;
+    world.repair(&device_host(2), &relay_host(0));
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
 /// The catalogue.
 pub const CATALOGUE: &[Scenario] = &[
     Scenario {
@@ -497,6 +651,54 @@ pub const CATALOGUE: &[Scenario] = &[
         group: "multi-relay",
         proves: "with a quorum of two a push is not acked until both relays stored it",
         run: quorum_two_waits_for_both_relays,
+    },
+    Scenario {
+        name: "relay_store_writes_fail",
+        group: "storage",
+        proves: "with 30% of the relay's store writes failing, refused pushes are retried and all converge once",
+        run: relay_store_writes_fail,
+    },
+    Scenario {
+        name: "relay_store_syncs_fail",
+        group: "storage",
+        proves: "with 30% of the relay's syncs failing, nothing is acked before durable and all converge once",
+        run: relay_store_syncs_fail,
+    },
+    Scenario {
+        name: "relay_disk_full_then_freed",
+        group: "storage",
+        proves: "a relay whose disk is full acks nothing, and takes every push once space is back",
+        run: relay_disk_full_then_freed,
+    },
+    Scenario {
+        name: "relay_sweeps_fail",
+        group: "supervision",
+        proves: "a relay whose every sweep fails keeps storing and delivering",
+        run: relay_sweeps_fail,
+    },
+    Scenario {
+        name: "encryptor_crashes",
+        group: "supervision",
+        proves: "a device whose Encryptor dies on 20% of batches is restarted and loses no push",
+        run: encryptor_crashes,
+    },
+    Scenario {
+        name: "connection_fails_on_frames",
+        group: "supervision",
+        proves: "a receiver whose relay connection dies on 5% of frames is restarted and misses nothing",
+        run: connection_fails_on_frames,
+    },
+    Scenario {
+        name: "one_way_partition",
+        group: "transport",
+        proves: "a receiver the relay cannot reach (it can reach the relay) gets everything after the repair",
+        run: one_way_partition,
+    },
+    Scenario {
+        name: "three_pushers_one_cut_off",
+        group: "sync",
+        proves: "of three concurrent pushers, the one cut off is not acked and all converge after the heal",
+        run: three_pushers_one_cut_off,
     },
 ];
 

@@ -128,6 +128,8 @@ pub struct WorldConfig {
     pub max_latency: Duration,
     /// Faults injected into device `i`'s client (`faults[i]`; none past the end).
     pub faults: Vec<FaultPlan>,
+    /// Faults injected into relay `i`'s tree and store (`relay_faults[i]`).
+    pub relay_faults: Vec<FaultPlan>,
 }
 
 impl Default for WorldConfig {
@@ -139,6 +141,7 @@ impl Default for WorldConfig {
             ack_quorum: 1,
             max_latency: Duration::from_millis(100),
             faults: Vec::new(),
+            relay_faults: Vec::new(),
         }
     }
 }
@@ -206,8 +209,9 @@ impl SimWorld {
             relays.push((host.clone(), id, data_dir.clone()));
             let seed = config.seed ^ (0x1000 + i as u64);
             let name = host.clone();
+            let faults = config.relay_faults.get(i).cloned().unwrap_or_default();
             sim.host(host.as_str(), move || {
-                relay_software(name.clone(), id, data_dir.clone(), seed)
+                relay_software(name.clone(), id, data_dir.clone(), seed, faults.clone())
             });
         }
         let relay_hosts: Vec<(String, DeviceId)> =
@@ -301,6 +305,11 @@ impl SimWorld {
         self.sim.partition(a, b);
     }
 
+    /// Cut the network from `from` to `to` only.
+    pub fn partition_oneway(&self, from: &str, to: &str) {
+        self.sim.partition_oneway(from, to);
+    }
+
     /// Heal a partition between `a` and `b`.
     pub fn repair(&self, a: &str, b: &str) {
         self.sim.repair(a, b);
@@ -352,6 +361,7 @@ async fn relay_software(
     id: DeviceId,
     data_dir: PathBuf,
     seed: u64,
+    faults: FaultPlan,
 ) -> turmoil::Result {
     let listener = listen(id).await?;
     let addr = relay_addr(&host, id);
@@ -363,6 +373,7 @@ async fn relay_software(
     let seams = Seams {
         rng: Some(Rng::seeded(seed)),
         listener: Some((listener, addr)),
+        faults,
         ..Seams::default()
     };
     let mut node = RelayNode::start(&config, seams)

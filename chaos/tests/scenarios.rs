@@ -50,4 +50,12 @@ scenarios!(
     one_of_two_relays_down,
     split_relay_sets,
     quorum_two_waits_for_both_relays,
+    relay_store_writes_fail,
+    relay_store_syncs_fail,
+    relay_disk_full_then_freed,
+    relay_sweeps_fail,
+    encryptor_crashes,
+    connection_fails_on_frames,
+    one_way_partition,
+    three_pushers_one_cut_off,
 );
