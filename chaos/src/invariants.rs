@@ -115,7 +115,7 @@ pub fn per_sender_order(shared: &Shared) -> Result<(), Violation> {
 }
 
 /// Nothing reaches an app that no app pushed: every received payload was queued by its
-/// sender (no forgery, no tampering that opens).
+/// sender (no forgery, no tampered record opens).
 pub fn only_pushed_records_are_received(
     shared: &Shared,
     pushed: &BTreeSet<Vec<u8>>,
@@ -130,9 +130,16 @@ pub fn only_pushed_records_are_received(
                 show(&r.payload)
             ));
         }
+    }
+    Ok(())
+}
+
+/// No relay served an item that does not open (with honest relays, nothing is tampered).
+pub fn nothing_undecryptable_served(shared: &Shared) -> Result<(), Violation> {
+    for (j, device) in shared.devices.iter().enumerate() {
         if *lock(&device.undecryptable) > 0 {
             return Err(format!(
-                "only_pushed_records_are_received: dev{j} was served undecryptable items"
+                "nothing_undecryptable_served: dev{j} was served undecryptable items"
             ));
         }
     }
@@ -235,6 +242,9 @@ mod tests {
         assert!(only_pushed_records_are_received(&s, &pushed).is_ok());
         got(&s, 1, 2, "forged");
         assert!(only_pushed_records_are_received(&s, &pushed).is_err());
+        assert!(nothing_undecryptable_served(&s).is_ok());
+        *lock(&s.devices[1].undecryptable) += 1;
+        assert!(nothing_undecryptable_served(&s).is_err());
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("store")).unwrap();
         std::fs::write(dir.path().join("store/seg"), b"xx chaos-plaintext-1 xx").unwrap();

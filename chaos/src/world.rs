@@ -16,6 +16,7 @@
 //! runs inline there (`zerok_actors::exec`), so simulated time does not depend on the real
 //! machine's speed.
 
+use crate::hostile::{Rewrite, rewriting};
 use crate::net::{SimDialer, listen, relay_addr};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -130,6 +131,9 @@ pub struct WorldConfig {
     pub faults: Vec<FaultPlan>,
     /// Faults injected into relay `i`'s tree and store (`relay_faults[i]`).
     pub relay_faults: Vec<FaultPlan>,
+    /// What relay `i`'s host does to the frames its relay sends (`hostile[i]`; honest
+    /// past the end).
+    pub hostile: Vec<Rewrite>,
 }
 
 impl Default for WorldConfig {
@@ -142,6 +146,7 @@ impl Default for WorldConfig {
             max_latency: Duration::from_millis(100),
             faults: Vec::new(),
             relay_faults: Vec::new(),
+            hostile: Vec::new(),
         }
     }
 }
@@ -153,6 +158,8 @@ pub struct SimWorld {
     pub shared: Arc<Shared>,
     relays: Vec<(String, DeviceId, PathBuf)>,
     devices: Vec<String>,
+    /// Whether a relay host rewrites frames (undecryptable items are then expected).
+    pub is_hostile: bool,
     _dirs: tempfile::TempDir,
 }
 
@@ -210,8 +217,16 @@ impl SimWorld {
             let seed = config.seed ^ (0x1000 + i as u64);
             let name = host.clone();
             let faults = config.relay_faults.get(i).cloned().unwrap_or_default();
+            let rewrite = config.hostile.get(i).copied().unwrap_or_default();
             sim.host(host.as_str(), move || {
-                relay_software(name.clone(), id, data_dir.clone(), seed, faults.clone())
+                relay_software(
+                    name.clone(),
+                    id,
+                    data_dir.clone(),
+                    seed,
+                    faults.clone(),
+                    rewrite,
+                )
             });
         }
         let relay_hosts: Vec<(String, DeviceId)> =
@@ -243,6 +258,7 @@ impl SimWorld {
             shared,
             relays,
             devices,
+            is_hostile: config.hostile.iter().any(|r| !r.is_honest()),
             _dirs: dirs,
         })
     }
@@ -362,8 +378,12 @@ async fn relay_software(
     data_dir: PathBuf,
     seed: u64,
     faults: FaultPlan,
+    rewrite: Rewrite,
 ) -> turmoil::Result {
-    let listener = listen(id).await?;
+    let mut listener = listen(id).await?;
+    if !rewrite.is_honest() {
+        listener = rewriting(listener, rewrite);
+    }
     let addr = relay_addr(&host, id);
     let config = RelayConfig {
         data_dir,

@@ -58,4 +58,7 @@ scenarios!(
     connection_fails_on_frames,
     one_way_partition,
     three_pushers_one_cut_off,
+    tampering_relay,
+    duplicating_relay,
+    dropping_relay,
 );
