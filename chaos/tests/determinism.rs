@@ -6,6 +6,7 @@
 //! tasks in the order of their ids, which are process-wide counters, so the order of the
 //! relay's connection resets (and the latency each draws) depends on what ran before.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use zerok_chaos::scenarios::{CATALOGUE, find};
 use zerok_chaos::world::last_trace;
@@ -34,8 +35,9 @@ fn calm_scenarios_record_the_same_trace_twice_in_one_process() {
     }
 }
 
-/// The sweep's traces of every scenario under `SEED`, without its wall-time lines.
-fn sweep_traces() -> Vec<String> {
+/// The sweep's trace of every scenario under `SEED`, by scenario (its wall-time lines left
+/// out).
+fn sweep_traces() -> BTreeMap<String, Vec<String>> {
     let output = Command::new(env!("CARGO_BIN_EXE_sweep"))
         .args(["--first-seed", &SEED.to_string(), "--seeds", "1", "--trace"])
         .output()
@@ -45,27 +47,40 @@ fn sweep_traces() -> Vec<String> {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|line| line.starts_with("--- trace") || line.starts_with(' '))
-        .map(str::to_owned)
-        .collect()
+    let mut traces: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current = None;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        if let Some(rest) = line.strip_prefix("--- trace of ") {
+            let name = rest.split(' ').next().unwrap_or_default().to_owned();
+            traces.insert(name.clone(), Vec::new());
+            current = Some(name);
+        } else if let Some(event) = line.strip_prefix("  ")
+            && let Some(name) = &current
+            && let Some(trace) = traces.get_mut(name)
+        {
+            // Trace lines are indented by the sweep; its reproduce lines say so.
+            if !event.starts_with("reproduce:") {
+                trace.push(event.to_owned());
+            }
+        }
+    }
+    traces
 }
 
 #[test]
 fn every_scenario_records_the_same_trace_in_two_processes() {
     let (first, second) = (sweep_traces(), sweep_traces());
     for scenario in CATALOGUE {
-        let header = format!("--- trace of {} seed {SEED}", scenario.name);
-        assert!(first.contains(&header), "{} traced", scenario.name);
+        let (a, b) = (&first[scenario.name], &second[scenario.name]);
+        assert!(a.len() > 10, "{} traced", scenario.name);
+        let first_difference = a.iter().zip(b).position(|(x, y)| x != y);
+        assert_eq!(
+            (a.len(), first_difference),
+            (b.len(), None),
+            "{}: first difference: {:?} vs {:?}",
+            scenario.name,
+            first_difference.map(|i| &a[i]),
+            first_difference.map(|i| &b[i]),
+        );
     }
-    assert!(first.len() > CATALOGUE.len() * 10);
-    let first_difference = first.iter().zip(&second).position(|(a, b)| a != b);
-    assert_eq!(
-        (first.len(), first_difference),
-        (second.len(), None),
-        "first difference: {:?} vs {:?}",
-        first_difference.map(|i| &first[i]),
-        first_difference.map(|i| &second[i]),
-    );
 }

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             if args.trace {
                 println!("--- trace of {} seed {seed}", scenario.name);
                 for line in last_trace() {
-                    println!("{line}");
+                    println!("  {line}");
                 }
             }
             if let Err(why) = outcome {

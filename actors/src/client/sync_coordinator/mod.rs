@@ -51,7 +51,7 @@ pub use handle::{CALL_TIMEOUT, Coordinator};
 pub use inbox::EVENT_ROOM;
 pub use queue::{Outbox, PUSHES_HANDED_MAX};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -158,12 +158,13 @@ pub struct CoordinatorState {
     waiters: HashMap<BlobId, Vec<RpcReplyPort<Receipt>>>,
     recent: HashMap<BlobId, Vec<DeviceId>>,
     recent_order: VecDeque<BlobId>,
-    refused: HashSet<(DeviceId, GroupId, u64)>,
+    /// Refused pushes waiting for their retry, resent in push order (relay, group, seq).
+    refused: BTreeSet<(DeviceId, GroupId, u64)>,
     is_retry_scheduled: bool,
     /// The receive path's pure core: backlog, seen ids, relay states for the app.
     delivery: Delivery,
     is_waiting_for_room: bool,
-    paused: HashSet<(DeviceId, GroupId)>,
+    paused: BTreeSet<(DeviceId, GroupId)>,
     barriers: Vec<RpcReplyPort<()>>,
     /// Records waiting for the seal in progress to finish.
     to_seal: Vec<ToSeal>,
@@ -225,11 +226,11 @@ impl Actor for CoordinatorActor {
             waiters: HashMap::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
-            refused: HashSet::new(),
+            refused: BTreeSet::new(),
             is_retry_scheduled: false,
             delivery: Delivery::new(own),
             is_waiting_for_room: false,
-            paused: HashSet::new(),
+            paused: BTreeSet::new(),
             barriers: Vec::new(),
             to_seal: Vec::new(),
             seal_waiters: Vec::new(),
@@ -474,7 +475,7 @@ impl Actor for CoordinatorActor {
             }
             CoordMsg::RetryDue => {
                 state.is_retry_scheduled = false;
-                let refused: Vec<_> = state.refused.drain().collect();
+                let refused = std::mem::take(&mut state.refused);
                 for (relay, group, seq) in refused {
                     if state
                         .groups
