@@ -952,14 +952,7 @@ mod tests {
             .expect("received");
         assert_eq!(store.cursor(&group(), &relay).expect("cursor"), 42);
         assert_eq!(store.tracker(&group()).expect("tracker"), tracker);
-        let record = GroupRecord {
-            name: "g".into(),
-            secret: [7; 32],
-            epoch: 0,
-            relays: vec!["x".into()],
-            passphrase_salt: None,
-            admissions: Default::default(),
-        };
+        let record = group_record();
         store.put_group(&group(), &record).await.expect("put");
         let groups = store.groups().expect("groups");
         assert_eq!(groups.len(), 1);
