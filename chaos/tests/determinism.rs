@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use zerok_chaos::scenarios::{CATALOGUE, find};
+use zerok_chaos::scenarios::{catalogue, find};
 use zerok_chaos::world::last_trace;
 
 const SEED: u64 = 11;
@@ -70,7 +70,7 @@ fn sweep_traces() -> BTreeMap<String, Vec<String>> {
 #[test]
 fn every_scenario_records_the_same_trace_in_two_processes() {
     let (first, second) = (sweep_traces(), sweep_traces());
-    for scenario in CATALOGUE {
+    for scenario in catalogue() {
         let (a, b) = (&first[scenario.name], &second[scenario.name]);
         assert!(a.len() > 10, "{} traced", scenario.name);
         let first_difference = a.iter().zip(b).position(|(x, y)| x != y);

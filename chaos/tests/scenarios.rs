@@ -1,7 +1,7 @@
-//! Every scenario of the chaos catalogue (`zerok_chaos::scenarios::CATALOGUE`) under its
+//! Every scenario of the chaos catalogue (`zerok_chaos::scenarios::catalogue()`) under its
 //! fixed seed; `cargo run -p zerok-chaos --bin sweep` runs many seeds.
 
-use zerok_chaos::scenarios::{CATALOGUE, find};
+use zerok_chaos::scenarios::{catalogue, find};
 
 /// The seed `cargo test` runs every scenario under.
 const SEED: u64 = 7;
@@ -27,7 +27,7 @@ macro_rules! scenarios {
         #[test]
         fn every_catalogued_scenario_has_a_test() {
             let tested = [$(stringify!($name)),*];
-            for scenario in CATALOGUE {
+            for scenario in catalogue() {
                 assert!(tested.contains(&scenario.name), "{} has no test", scenario.name);
             }
         }

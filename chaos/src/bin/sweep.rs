@@ -13,7 +13,7 @@ use clap::Parser;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitCode;
 use std::time::Instant;
-use zerok_chaos::scenarios::{CATALOGUE, Scenario, find};
+use zerok_chaos::scenarios::{Scenario, catalogue, find};
 use zerok_chaos::world::last_trace;
 
 #[derive(Parser)]
@@ -39,7 +39,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.list {
-        for s in CATALOGUE {
+        for s in catalogue() {
             println!("{:<12} {:<36} {}", s.group, s.name, s.proves);
         }
         return ExitCode::SUCCESS;
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        None => CATALOGUE.iter().collect(),
+        None => catalogue().collect(),
     };
     // Scenario failures print their own report; keep panics' default output short.
     std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
