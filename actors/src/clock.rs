@@ -6,7 +6,7 @@
 //! advancing paused tokio time moves wall time too.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// A source of wall time in unix milliseconds. Cheap to clone.
@@ -21,6 +21,9 @@ enum ClockKind {
     Virtual {
         start_unix_ms: u64,
         start: tokio::time::Instant,
+        /// Milliseconds added to (or, negative, taken from) the time: a skewed clock, or
+        /// one that jumps (set from outside, e.g. by the chaos harness).
+        shift: Arc<AtomicI64>,
     },
     Manual(Arc<AtomicU64>),
 }
@@ -36,10 +39,18 @@ impl Clock {
     /// `start_unix_ms` plus the `tokio::time` elapsed since this call. Must be created
     /// inside a tokio runtime.
     pub fn virtual_at(start_unix_ms: u64) -> Self {
+        Self::virtual_shifted(start_unix_ms, Arc::new(AtomicI64::new(0)))
+    }
+
+    /// [`Clock::virtual_at`] plus `shift` milliseconds, read at every call: whoever holds
+    /// `shift` skews the clock or makes it jump, back as well as forward. Must be created
+    /// inside a tokio runtime.
+    pub fn virtual_shifted(start_unix_ms: u64, shift: Arc<AtomicI64>) -> Self {
         Self {
             kind: ClockKind::Virtual {
                 start_unix_ms,
                 start: tokio::time::Instant::now(),
+                shift,
             },
         }
     }
@@ -63,9 +74,12 @@ impl Clock {
             ClockKind::Virtual {
                 start_unix_ms,
                 start,
+                shift,
             } => {
                 let elapsed = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-                start_unix_ms.saturating_add(elapsed)
+                start_unix_ms
+                    .saturating_add(elapsed)
+                    .saturating_add_signed(shift.load(Ordering::SeqCst))
             }
             ClockKind::Manual(now) => now.load(Ordering::SeqCst),
         }
@@ -118,5 +132,18 @@ mod tests {
         assert_eq!(clock.now_unix_ms(), 5_000);
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert_eq!(clock.now_unix_ms(), 5_000 + 3_600_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shifted_clock_jumps_back_and_forward_when_its_shift_is_set() {
+        let shift = Arc::new(AtomicI64::new(-1_000));
+        let clock = Clock::virtual_shifted(5_000, Arc::clone(&shift));
+        assert_eq!(clock.now_unix_ms(), 4_000);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(clock.now_unix_ms(), 5_000);
+        shift.store(-10_000, Ordering::SeqCst);
+        assert_eq!(clock.now_unix_ms(), 0, "saturates at the epoch");
+        shift.store(60_000, Ordering::SeqCst);
+        assert_eq!(clock.now_unix_ms(), 66_000);
     }
 }

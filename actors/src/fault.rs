@@ -35,6 +35,10 @@ pub enum FaultPoint {
     /// goes on as if handed over (a broken client that skips a cursor; the chaos harness
     /// shows its invariants catch it).
     SkipReceived,
+    /// When a relay's GroupRouter takes a push: it drops it and answers it as stored (a
+    /// broken router that loses one message on its way to the store; the chaos harness
+    /// shows its invariants catch it).
+    RouterDropsPush,
 }
 
 #[derive(Debug)]

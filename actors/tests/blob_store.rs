@@ -659,6 +659,7 @@ async fn a_killed_store_is_restarted_and_no_acked_push_is_lost() {
             metrics: metrics.clone(),
             router_restart: RestartPolicy::STANDARD,
             rng: Rng::seeded(1),
+            faults: FaultPlan::none(),
         },
     )
     .await

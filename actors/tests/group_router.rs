@@ -11,6 +11,7 @@ use bytes::Bytes;
 use common::ProbeStore;
 use ractor::{Actor, ActorRef};
 use std::time::Duration;
+use zerok_actors::fault::FaultPlan;
 use zerok_actors::relay::group_router::IDLE_STOP_AFTER;
 use zerok_actors::relay::metrics::RelayMetrics;
 use zerok_actors::relay::routers_supervisor::{RoutersSupervisorActor, RoutersSupervisorArgs};
@@ -36,6 +37,7 @@ async fn setup() -> (ActorRef<RoutersMsg>, RelayMetrics) {
             metrics: metrics.clone(),
             router_restart: RestartPolicy::STANDARD,
             rng: Rng::seeded(1),
+            faults: FaultPlan::none(),
         },
     )
     .await

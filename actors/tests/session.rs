@@ -11,6 +11,7 @@ use ractor::{Actor, ActorRef};
 use std::time::Duration;
 use zerok_actors::crypto::join::sign_join;
 use zerok_actors::crypto::keys::GroupSecret;
+use zerok_actors::fault::FaultPlan;
 use zerok_actors::link::{Dialer, Link, MemoryNetwork};
 use zerok_actors::relay::metrics::RelayMetrics;
 use zerok_actors::relay::rate_limit::{RateLimitConfig, RelayLimiters};
@@ -59,6 +60,7 @@ impl Relay {
                 metrics: RelayMetrics::new(),
                 router_restart: RestartPolicy::STANDARD,
                 rng: Rng::seeded(1),
+                faults: FaultPlan::none(),
             },
         )
         .await

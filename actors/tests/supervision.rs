@@ -268,6 +268,7 @@ async fn a_router_failing_at_every_start_is_restarted_with_growing_delays_then_i
             metrics: metrics.clone(),
             router_restart: policy,
             rng: Rng::seeded(11),
+            faults: FaultPlan::none(),
         },
     )
     .await

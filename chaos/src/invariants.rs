@@ -4,6 +4,7 @@
 use crate::world::{Shared, show};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use zerok_actors::relay::blob_store::fs::SimFs;
 use zerok_messages::DeviceId;
 use zerok_messages::sync::lock;
 
@@ -146,9 +147,38 @@ pub fn nothing_undecryptable_served(shared: &Shared) -> Result<(), Violation> {
     Ok(())
 }
 
-/// No plaintext on the relays' disks: no file under `dirs` contains `marker` (every
+/// The relay cursors a device's client reports never go back while it runs (a restart may
+/// resume from its last saved cursor, so each start is checked on its own).
+pub fn cursors_never_go_back(shared: &Shared) -> Result<(), Violation> {
+    for (j, device) in shared.devices.iter().enumerate() {
+        let mut last: BTreeMap<(u64, DeviceId), u64> = BTreeMap::new();
+        for seen in lock(&device.cursors).iter() {
+            let key = (seen.start, seen.relay);
+            if let Some(&before) = last.get(&key)
+                && seen.cursor < before
+            {
+                return Err(format!(
+                    "cursors_never_go_back: dev{j}'s cursor on relay {} went from {before} to {} (start {})",
+                    seen.relay.short(),
+                    seen.cursor,
+                    seen.start
+                ));
+            }
+            last.insert(key, seen.cursor);
+        }
+    }
+    Ok(())
+}
+
+/// No plaintext on the relays' disks: no file under `dirs` (their data dirs on the real file
+/// system) and no file of `disks` (their simulated store disks) contains `marker` (every
 /// scenario payload starts with it).
-pub fn no_plaintext_on_relays(dirs: &[impl AsRef<Path>], marker: &[u8]) -> Result<(), Violation> {
+pub fn no_plaintext_on_relays(
+    dirs: &[impl AsRef<Path>],
+    disks: &[SimFs],
+    marker: &[u8],
+) -> Result<(), Violation> {
+    let holds = |bytes: &[u8]| bytes.windows(marker.len()).any(|w| w == marker);
     for dir in dirs {
         let mut stack = vec![dir.as_ref().to_path_buf()];
         while let Some(path) = stack.pop() {
@@ -160,13 +190,20 @@ pub fn no_plaintext_on_relays(dirs: &[impl AsRef<Path>], marker: &[u8]) -> Resul
                     stack.extend(entries.flatten().map(|e| e.path()));
                 }
             } else if let Ok(bytes) = std::fs::read(&path)
-                && bytes.windows(marker.len()).any(|w| w == marker)
+                && holds(&bytes)
             {
                 return Err(format!(
                     "no_plaintext_on_relays: {} holds plaintext",
                     path.display()
                 ));
             }
+        }
+    }
+    for (i, disk) in disks.iter().enumerate() {
+        if disk.file_contents().iter().any(|bytes| holds(bytes)) {
+            return Err(format!(
+                "no_plaintext_on_relays: a file on relay {i}'s store disk holds plaintext"
+            ));
         }
     }
     Ok(())
@@ -179,7 +216,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::world::{Gap, Received};
+    use crate::world::{CursorSeen, Gap, Received};
+    use zerok_actors::relay::blob_store::fs::write_file_durably;
 
     const A: DeviceId = DeviceId([1; 32]);
 
@@ -248,7 +286,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("store")).unwrap();
         std::fs::write(dir.path().join("store/seg"), b"xx chaos-plaintext-1 xx").unwrap();
-        assert!(no_plaintext_on_relays(&[dir.path()], b"chaos-plaintext-").is_err());
-        assert!(no_plaintext_on_relays(&[dir.path()], b"absent").is_ok());
+        let none: [SimFs; 0] = [];
+        assert!(no_plaintext_on_relays(&[dir.path()], &none, b"chaos-plaintext-").is_err());
+        assert!(no_plaintext_on_relays(&[dir.path()], &none, b"absent").is_ok());
+        let disk = SimFs::new();
+        let fs = disk.shared();
+        fs.create_dir_all(Path::new("/store")).unwrap();
+        write_file_durably(&*fs, Path::new("/store/seg"), b"xx chaos-plaintext-2 xx").unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        assert!(
+            no_plaintext_on_relays(&[empty.path()], &[disk.clone()], b"chaos-plaintext-").is_err()
+        );
+        assert!(no_plaintext_on_relays(&[empty.path()], &[disk], b"absent").is_ok());
+    }
+
+    #[test]
+    fn a_cursor_going_back_within_a_start_is_caught() {
+        let s = shared(1);
+        let seen = |start, cursor| {
+            lock(&s.devices[0].cursors).push(CursorSeen {
+                start,
+                relay: A,
+                cursor,
+            });
+        };
+        seen(1, 5);
+        seen(1, 9);
+        seen(2, 7);
+        assert!(
+            cursors_never_go_back(&s).is_ok(),
+            "a restart resumes from its saved cursor"
+        );
+        seen(2, 6);
+        assert!(cursors_never_go_back(&s).is_err());
     }
 }

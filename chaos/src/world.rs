@@ -2,15 +2,20 @@
 //! [`crate::net`], driven step by step by a scenario, with a recorder of what the apps saw.
 //!
 //! - A **relay** host runs the real relay tree (`RelayNode::start` with a simulated listener,
-//!   no HTTP) on its own data dir. Crashing and restarting the host is a killed and restarted
-//!   relay process: its files survive (the page cache does; power loss is the storage seam's,
-//!   not yet wired here).
+//!   no HTTP) on its own data dir, its store's segments on a simulated disk (`SimFs`) that
+//!   outlives the host. Crashing and restarting the host is a killed and restarted relay
+//!   process: its files survive (the page cache does). [`SimWorld::power_loss`] crashes it
+//!   and cuts the disk's power: only what the store synced survives (or a torn part of the
+//!   rest). The store's index and the relay's other files stay on the real file system.
 //! - A **device** host runs a real `Client` (the public API, its own home dir) as an app
 //!   would: the first device creates the group on every relay and publishes an invite, the
 //!   others join with it; then each takes the pushes a scenario queues for it, records the
 //!   ones acked, and records every record it receives. A restarted device starts its client
 //!   again on the same home dir.
 //! - Time is turmoil's simulated time: timeouts, backoffs and pings of both trees run in it.
+//!   Every host's wall clock is [`WALL_START_MS`] plus simulated time plus its own shift
+//!   ([`WorldConfig::clock_skew_ms`], [`SimWorld::shift_clock`]: skewed clocks and clocks that
+//!   jump).
 //!
 //! Every host runs on the calling thread, and blocking work (store syncs and reads, seals)
 //! runs inline there (`zerok_actors::exec`), so simulated time does not depend on the real
@@ -18,11 +23,14 @@
 
 use crate::hostile::{Rewrite, rewriting};
 use crate::net::{SimDialer, listen, relay_addr};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use zerok_actors::clock::Clock;
 use zerok_actors::fault::FaultPlan;
+use zerok_actors::relay::blob_store::fs::{PowerCut, SimFs};
 use zerok_actors::rng::Rng;
 use zerok_client::{Client, ClientConfig, Event, GroupId, NewSecret, Transport};
 use zerok_messages::sync::lock;
@@ -33,8 +41,14 @@ use zerok_relay::tree::{RelayNode, Seams};
 /// How often a device looks for new pushes to make.
 const COMMAND_POLL: Duration = Duration::from_millis(5);
 
+/// How often a device reads its relay cursors from its client's status.
+const CURSOR_PROBE: Duration = Duration::from_millis(100);
+
 /// The longest a simulation may run (sim time); scenarios stop long before.
 const SIMULATION_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Wall time (unix ms) at the start of every simulation, before any host's shift.
+pub const WALL_START_MS: u64 = 1_800_000_000_000;
 
 /// Invites made by the first device stay valid this long.
 const INVITE_VALID: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -63,6 +77,17 @@ pub struct Gap {
     pub after_received: usize,
 }
 
+/// A relay cursor a device's client reported (in its status), when it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorSeen {
+    /// The device's start it was seen in (a restart may go back to its last saved cursor).
+    pub start: u64,
+    /// The relay.
+    pub relay: DeviceId,
+    /// The group's cursor on it.
+    pub cursor: u64,
+}
+
 /// What one device's app did and saw.
 #[derive(Debug, Default)]
 pub struct DeviceLog {
@@ -82,6 +107,8 @@ pub struct DeviceLog {
     pub undecryptable: Mutex<u64>,
     /// Times its client started.
     pub starts: Mutex<u64>,
+    /// Its relay cursors, each time one changed (read from the client's status).
+    pub cursors: Mutex<Vec<CursorSeen>>,
     /// Whether it has the group (created or joined once; kept across restarts).
     joined: Mutex<bool>,
 }
@@ -134,6 +161,9 @@ pub struct WorldConfig {
     /// What relay `i`'s host does to the frames its relay sends (`hostile[i]`; honest
     /// past the end).
     pub hostile: Vec<Rewrite>,
+    /// Hosts whose wall clock is off from the others' from the start, by how many
+    /// milliseconds (negative: behind).
+    pub clock_skew_ms: Vec<(String, i64)>,
 }
 
 impl Default for WorldConfig {
@@ -147,6 +177,7 @@ impl Default for WorldConfig {
             faults: Vec::new(),
             relay_faults: Vec::new(),
             hostile: Vec::new(),
+            clock_skew_ms: Vec::new(),
         }
     }
 }
@@ -157,6 +188,10 @@ pub struct SimWorld {
     /// What the apps did and saw.
     pub shared: Arc<Shared>,
     relays: Vec<(String, DeviceId, PathBuf)>,
+    /// The relays' store disks (kept across crashes).
+    disks: Vec<SimFs>,
+    /// Every host's clock shift (kept across crashes).
+    clocks: BTreeMap<String, Arc<AtomicI64>>,
     devices: Vec<String>,
     /// Whether a relay host rewrites frames (undecryptable items are then expected).
     pub is_hostile: bool,
@@ -210,6 +245,19 @@ impl SimWorld {
         let dirs = tempfile::tempdir()?;
         let shared = Arc::new(Shared::with_devices(config.devices));
         let mut relays = Vec::new();
+        let mut disks = Vec::new();
+        let mut clocks = BTreeMap::new();
+        let mut shift_of = |host: &str| {
+            let skew = config
+                .clock_skew_ms
+                .iter()
+                .filter(|(h, _)| h == host)
+                .map(|(_, ms)| *ms)
+                .sum::<i64>();
+            let shift = Arc::new(AtomicI64::new(skew));
+            clocks.insert(host.to_owned(), Arc::clone(&shift));
+            shift
+        };
         for i in 0..config.relays {
             let (host, id) = (relay_host(i), relay_id(i));
             let data_dir = dirs.path().join(&host);
@@ -218,11 +266,16 @@ impl SimWorld {
             let name = host.clone();
             let faults = config.relay_faults.get(i).cloned().unwrap_or_default();
             let rewrite = config.hostile.get(i).copied().unwrap_or_default();
+            let disk = SimFs::new();
+            disks.push(disk.clone());
+            let shift = shift_of(&host);
             sim.host(host.as_str(), move || {
                 relay_software(
                     name.clone(),
                     id,
                     data_dir.clone(),
+                    disk.clone(),
+                    Arc::clone(&shift),
                     seed,
                     faults.clone(),
                     rewrite,
@@ -241,12 +294,14 @@ impl SimWorld {
             let seed = config.seed ^ (0x2000 + i as u64);
             let quorum = config.ack_quorum;
             let faults = config.faults.get(i).cloned().unwrap_or_default();
+            let shift = shift_of(&host);
             sim.host(host.as_str(), move || {
                 device_software(
                     i,
                     home.clone(),
                     Arc::clone(&shared),
                     relay_hosts.clone(),
+                    Arc::clone(&shift),
                     seed,
                     quorum,
                     faults.clone(),
@@ -257,6 +312,8 @@ impl SimWorld {
             sim,
             shared,
             relays,
+            disks,
+            clocks,
             devices,
             is_hostile: config.hostile.iter().any(|r| !r.is_honest()),
             _dirs: dirs,
@@ -316,39 +373,89 @@ impl SimWorld {
         Ok(())
     }
 
+    /// Record a line in the trace, stamped with simulated time (faults the scenario made).
+    pub fn note(&self, line: String) {
+        let at = self.sim.elapsed();
+        lock(&self.shared.trace).push(format!("{:>10.3} {line}", at.as_secs_f64() * 1e3));
+    }
+
     /// Cut the network between hosts `a` and `b` (both ways).
     pub fn partition(&self, a: &str, b: &str) {
+        self.note(format!("fault: partition {a} {b}"));
         self.sim.partition(a, b);
     }
 
     /// Cut the network from `from` to `to` only.
     pub fn partition_oneway(&self, from: &str, to: &str) {
+        self.note(format!("fault: partition {from} -> {to}"));
         self.sim.partition_oneway(from, to);
     }
 
     /// Heal a partition between `a` and `b`.
     pub fn repair(&self, a: &str, b: &str) {
+        self.note(format!("fault: repair {a} {b}"));
         self.sim.repair(a, b);
     }
 
     /// Hold messages between `a` and `b` (delivered on release).
     pub fn hold(&self, a: &str, b: &str) {
+        self.note(format!("fault: hold {a} {b}"));
         self.sim.hold(a, b);
     }
 
     /// Release held messages between `a` and `b`.
     pub fn release(&self, a: &str, b: &str) {
+        self.note(format!("fault: release {a} {b}"));
         self.sim.release(a, b);
     }
 
     /// Crash host `name` (a killed process; its files survive).
     pub fn crash(&mut self, name: &str) {
+        self.note(format!("fault: crash {name}"));
         self.sim.crash(name);
     }
 
     /// Start host `name` again (after a crash), or crash and restart it.
     pub fn bounce(&mut self, name: &str) {
+        self.note(format!("fault: bounce {name}"));
         self.sim.bounce(name);
+    }
+
+    /// Crash relay `i`'s host and cut its disk's power: its store keeps only what was
+    /// synced, or with [`PowerCut::Torn`] also a random page-granular part of the rest. Start
+    /// it again with [`SimWorld::bounce`].
+    pub fn power_loss(&mut self, i: usize, cut: PowerCut) {
+        self.note(format!("fault: power loss relay{i} {cut:?}"));
+        self.sim.crash(relay_host(i).as_str());
+        self.disks[i].power_cut(cut);
+    }
+
+    /// Crash relay `i`'s host and lose its whole store (segments and index): it comes back
+    /// empty, with the same id, as a relay whose disk died. Start it with [`SimWorld::bounce`].
+    pub fn wipe_relay(&mut self, i: usize) {
+        self.note(format!("fault: relay{i} loses its store"));
+        self.sim.crash(relay_host(i).as_str());
+        self.disks[i].wipe();
+        let index = self.relays[i].2.join(zerok_relay::tree::SIM_INDEX_DIR);
+        let _ = std::fs::remove_dir_all(index);
+    }
+
+    /// Make host `name`'s wall clock jump by `by_ms` (negative: back in time).
+    pub fn shift_clock(&self, name: &str, by_ms: i64) {
+        if let Some(shift) = self.clocks.get(name) {
+            shift.fetch_add(by_ms, Ordering::SeqCst);
+        }
+        self.note(format!("fault: clock of {name} jumps {by_ms} ms"));
+    }
+
+    /// Relay `i`'s store disk (to fail it at a sync, or break its syncs).
+    pub fn relay_disk(&self, i: usize) -> &SimFs {
+        &self.disks[i]
+    }
+
+    /// Every relay's store disk.
+    pub fn relay_disks(&self) -> &[SimFs] {
+        &self.disks
     }
 
     /// Host names of the relays.
@@ -372,10 +479,18 @@ impl SimWorld {
     }
 }
 
+/// A host's wall clock: the world's start plus simulated time plus the host's shift.
+fn wall_clock(shift: Arc<AtomicI64>) -> Clock {
+    let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+    Clock::virtual_shifted(WALL_START_MS + elapsed, shift)
+}
+
 async fn relay_software(
     host: String,
     id: DeviceId,
     data_dir: PathBuf,
+    disk: SimFs,
+    shift: Arc<AtomicI64>,
     seed: u64,
     faults: FaultPlan,
     rewrite: Rewrite,
@@ -392,8 +507,10 @@ async fn relay_software(
     };
     let seams = Seams {
         rng: Some(Rng::seeded(seed)),
+        clock: Some(wall_clock(shift)),
         listener: Some((listener, addr)),
         faults,
+        store_fs: Some(disk.shared()),
         ..Seams::default()
     };
     let mut node = RelayNode::start(&config, seams)
@@ -408,6 +525,7 @@ async fn device_software(
     home: PathBuf,
     shared: Arc<Shared>,
     relay_hosts: Vec<(String, DeviceId)>,
+    shift: Arc<AtomicI64>,
     seed: u64,
     quorum: usize,
     faults: FaultPlan,
@@ -422,6 +540,7 @@ async fn device_software(
     config.rng = Some(Rng::seeded(seed ^ starts));
     config.ack_quorum = quorum;
     config.faults = faults;
+    config.clock = wall_clock(shift);
     config.transport = Transport::Dialer(Arc::new(|id| Arc::new(SimDialer::new(id))));
     let client = Arc::new(
         Client::start(config)
@@ -463,8 +582,14 @@ async fn device_software(
     };
     *lock(&log.joined) = true;
     let mut poll = tokio::time::interval(COMMAND_POLL);
+    let mut probe = tokio::time::interval(CURSOR_PROBE);
     loop {
         tokio::select! {
+            _ = probe.tick() => {
+                if let Ok(status) = client.status().await {
+                    note_cursors(log, starts, &status);
+                }
+            }
             event = events.recv() => {
                 let Some(event) = event else { return Err("event stream ended".into()) };
                 on_event(&shared, i, event);
@@ -488,6 +613,27 @@ async fn device_software(
                         }
                     });
                 }
+            }
+        }
+    }
+}
+
+/// Record the relay cursors of `status` that changed since last seen in this start.
+fn note_cursors(log: &DeviceLog, start: u64, status: &zerok_client::Status) {
+    let mut seen = lock(&log.cursors);
+    for group in &status.groups {
+        for relay in &group.relays {
+            let last = seen
+                .iter()
+                .rev()
+                .find(|c| c.start == start && c.relay == relay.addr.id)
+                .map(|c| c.cursor);
+            if last != Some(relay.cursor) {
+                seen.push(CursorSeen {
+                    start,
+                    relay: relay.addr.id,
+                    cursor: relay.cursor,
+                });
             }
         }
     }

@@ -2,7 +2,10 @@
 //! by the invariants, which name what broke.
 
 use zerok_actors::fault::{FaultPlan, FaultPoint};
-use zerok_chaos::scenarios::{Delivery, Pushed, converge_and_check, world_with};
+use zerok_actors::relay::blob_store::fs::{PowerCut, SimFlaw};
+use zerok_chaos::scenarios::{
+    Delivery, Pushed, acked_then_power_lost, converge_and_check, world_with,
+};
 use zerok_chaos::world::WorldConfig;
 
 /// A client that skips received records (drops some and goes on as if it had handed them
@@ -38,4 +41,52 @@ fn a_client_that_skips_received_records_is_caught() {
     let mut pushed = Pushed::default();
     pushed.push(&healthy, 0, "skipped", 20);
     converge_and_check(&mut healthy, &pushed, Delivery::ExactlyOnce).expect("converges");
+}
+
+/// A relay store that acks before its data is durable (its disk's `fdatasync` does nothing,
+/// as if the store's sync were deleted): after a power loss the pushes it acked are gone,
+/// and the invariants report them missing on the device that was offline.
+#[test]
+fn a_store_that_acks_before_its_sync_is_caught() {
+    let (mut world, pushed) = acked_then_power_lost(
+        5,
+        PowerCut::DropUnsynced,
+        Some(SimFlaw::SyncDataKeepsNothing),
+    )
+    .expect("world");
+    let failure = converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+        .expect_err("the invariants catch the lost acked pushes");
+    assert!(
+        failure.starts_with("acked_pushes_reach_every_other_device: dev1 lacks"),
+        "{failure}"
+    );
+    let (mut healthy, pushed) =
+        acked_then_power_lost(5, PowerCut::DropUnsynced, None).expect("world");
+    converge_and_check(&mut healthy, &pushed, Delivery::ExactlyOnce).expect("converges");
+}
+
+/// A relay router that drops one push on its way to the store and acks it anyway: the
+/// record never reaches the other device, and the invariants say so.
+#[test]
+fn a_router_that_drops_a_push_is_caught() {
+    let dropping = FaultPlan::seeded(9);
+    dropping.set(FaultPoint::RouterDropsPush, 0.1);
+    let mut world = world_with(WorldConfig {
+        seed: 5,
+        relay_faults: vec![dropping.clone()],
+        ..WorldConfig::default()
+    })
+    .expect("world");
+    let mut pushed = Pushed::default();
+    pushed.push(&world, 0, "routed", 30);
+    let outcome = converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce);
+    assert!(
+        dropping.fired(FaultPoint::RouterDropsPush) > 0,
+        "the fault fired"
+    );
+    let failure = outcome.expect_err("the invariants catch the dropped push");
+    assert!(
+        failure.starts_with("acked_pushes_reach_every_other_device: dev1 lacks"),
+        "{failure}"
+    );
 }

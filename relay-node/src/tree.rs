@@ -44,6 +44,7 @@ use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
 use zerok_actors::link::slots::{ConnectionSlots, SlotLimits};
 use zerok_actors::relay::admission::Admission;
 use zerok_actors::relay::blob_store::core::{StoreBudget, StoreLimits};
+use zerok_actors::relay::blob_store::fs::{StoreFs, os_fs};
 use zerok_actors::relay::blob_store::{ItemStore, Store, StoreOptions};
 use zerok_actors::relay::infra::{
     InfraActor, InfraArgs, STORE_RESTART_POLICY, SWEEPER_RESTART_POLICY,
@@ -68,6 +69,9 @@ pub const NODE_KEY_FILE: &str = "node.key";
 pub const ADDR_FILE: &str = "relay.addr";
 /// Directory in the data dir holding the store.
 pub const STORE_DIR: &str = "store";
+/// The index's directory in the data dir when the segments are on another file system
+/// ([`Seams::store_fs`]).
+pub const SIM_INDEX_DIR: &str = "store-index";
 /// How often the `unread_bytes` gauge is refreshed: often enough for a scrape to see an
 /// attack, rarely enough to cost nothing.
 const UNREAD_GAUGE_EVERY: Duration = Duration::from_secs(1);
@@ -125,6 +129,10 @@ pub struct Seams {
     /// simulated network), and the address clients are given; the relay's id is the
     /// address's. No endpoint is bound.
     pub listener: Option<(LinkListener, RelayAddr)>,
+    /// The file system the store's segments live on instead of the real one (the chaos
+    /// harness's disks that lose power); its index then goes to `store-index/` in the data
+    /// dir, on the real file system.
+    pub store_fs: Option<Arc<dyn StoreFs>>,
 }
 
 /// Messages of the RelayRoot.
@@ -187,6 +195,7 @@ impl Actor for RelayRootActor {
         args: RootArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let metrics = args.infra.metrics.clone();
+        let faults = args.infra.faults.clone();
         let (infra, _) =
             Actor::spawn_linked(None, InfraActor, args.infra, myself.get_cell()).await?;
         let store = ractor::call_t!(infra, |reply| InfraMsg::GetStore { reply }, 5_000)
@@ -199,6 +208,7 @@ impl Actor for RelayRootActor {
                 metrics: metrics.clone(),
                 router_restart: ROUTER_RESTART_POLICY,
                 rng: args.routers_rng,
+                faults,
             },
             myself.get_cell(),
         )
@@ -378,6 +388,7 @@ impl RelayNode {
             rng,
             faults,
             listener,
+            store_fs,
         } = seams;
         let mut rng = rng.unwrap_or_else(Rng::system);
         let clock = clock.unwrap_or_else(Clock::system);
@@ -397,6 +408,8 @@ impl RelayNode {
                 full_retry_after_ms: config.store.sweep_interval_secs.saturating_mul(1000),
             },
             faults: faults.clone(),
+            index_dir: store_fs.as_ref().map(|_| data_dir.join(SIM_INDEX_DIR)),
+            fs: store_fs.unwrap_or_else(os_fs),
             ..StoreOptions::new(config.store.segment_bytes)
         };
         let store =

@@ -17,6 +17,7 @@
 //! the old one was dying. A router with no pending push and no subscriber stops itself after
 //! [`IDLE_STOP_AFTER`], so memory grows with active mailboxes, not with all mailboxes ever seen.
 
+use crate::fault::{FaultPlan, FaultPoint};
 use crate::relay::metrics::RelayMetrics;
 use crate::shared_ref::SharedRef;
 use bytes::Bytes;
@@ -76,6 +77,8 @@ pub struct GroupRouterArgs {
     pub is_restart: bool,
     /// Metrics.
     pub metrics: RelayMetrics,
+    /// Fault injection ([`FaultPoint::RouterDropsPush`]).
+    pub faults: FaultPlan,
 }
 
 struct PendingPush {
@@ -93,6 +96,7 @@ pub struct GroupRouterState {
     store: SharedRef<BlobStoreMsg>,
     subscribers: SubscriberTable,
     metrics: RelayMetrics,
+    faults: FaultPlan,
     next_token: u64,
     pending: BTreeMap<u64, PendingPush>,
     latest: Cursor,
@@ -235,6 +239,7 @@ impl Actor for GroupRouterActor {
             is_store_check_scheduled: false,
             subscribers: args.subscribers,
             metrics: args.metrics,
+            faults: args.faults,
             next_token: 0,
             pending: BTreeMap::new(),
             latest,
@@ -270,6 +275,14 @@ impl Actor for GroupRouterActor {
                 } => {
                     if state.pending.len() >= PENDING_PUSHES_MAX {
                         let _ = reply.send(Err(StoreError::Unavailable("mailbox busy".into())));
+                        return Ok(());
+                    }
+                    if state.faults.should_fail(FaultPoint::RouterDropsPush) {
+                        // The broken variant: lost on its way to the store, acked anyway.
+                        let _ = reply.send(Ok(PushAcked {
+                            cursor: state.latest,
+                            duplicate: true,
+                        }));
                         return Ok(());
                     }
                     state.resend_if_store_replaced(&myself);

@@ -18,6 +18,7 @@
 //! `intensity + 1` starts per `period` plus the backoffs. The supervisor itself fails only on
 //! a bug of its own, which RelayRoot escalates (DESIGN.md §2).
 
+use crate::fault::FaultPlan;
 use crate::relay::group_router::{GroupRouterActor, GroupRouterArgs, SubscriberTable};
 use crate::relay::metrics::RelayMetrics;
 use crate::rng::Rng;
@@ -46,6 +47,8 @@ pub struct RoutersSupervisorArgs {
     pub router_restart: RestartPolicy,
     /// Draws the restart delays' jitter.
     pub rng: Rng,
+    /// Fault injection, handed to every router.
+    pub faults: FaultPlan,
 }
 
 /// Whether a mailbox's router runs, waits for its restart, or is parked.
@@ -83,6 +86,7 @@ pub struct RoutersSupervisorState {
     metrics: RelayMetrics,
     policy: RestartPolicy,
     rng: Rng,
+    faults: FaultPlan,
     mailboxes: BTreeMap<MailboxId, MailboxEntry>,
     by_actor: HashMap<ActorId, MailboxId>,
     restarts: u64,
@@ -106,6 +110,7 @@ impl RoutersSupervisorState {
             subscribers: entry.subscribers.clone(),
             is_restart,
             metrics: self.metrics.clone(),
+            faults: self.faults.clone(),
         };
         let (router, _) = Actor::spawn_linked(None, GroupRouterActor, args, myself.get_cell())
             .await
@@ -167,6 +172,7 @@ impl Actor for RoutersSupervisorActor {
             metrics: args.metrics,
             policy: args.router_restart,
             rng: args.rng,
+            faults: args.faults,
             mailboxes: BTreeMap::new(),
             by_actor: HashMap::new(),
             restarts: 0,

@@ -5,13 +5,15 @@
 
 use crate::hostile::Rewrite;
 use crate::invariants::{
-    acked_pushes_reach_every_other_device, no_plaintext_on_relays, nothing_undecryptable_served,
-    one_record_per_seq, only_pushed_records_are_received, per_sender_order, received_exactly_once,
+    acked_pushes_reach_every_other_device, cursors_never_go_back, no_plaintext_on_relays,
+    nothing_undecryptable_served, one_record_per_seq, only_pushed_records_are_received,
+    per_sender_order, received_exactly_once,
 };
 use crate::world::{SimWorld, WorldConfig, device_host, relay_host};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use zerok_actors::fault::{FaultPlan, FaultPoint};
+use zerok_actors::rng::Rng;
 use zerok_messages::sync::lock;
 
 /// What a scenario answers: `Err` says what broke (with the trace's tail).
@@ -130,6 +132,7 @@ pub fn converge_and_check(world: &mut SimWorld, pushed: &Pushed, delivery: Deliv
             Ok(())
         },
         one_record_per_seq(shared),
+        cursors_never_go_back(shared),
         per_sender_order(shared),
         only_pushed_records_are_received(shared, &pushed.0),
         if world.is_hostile {
@@ -137,7 +140,7 @@ pub fn converge_and_check(world: &mut SimWorld, pushed: &Pushed, delivery: Deliv
         } else {
             nothing_undecryptable_served(shared)
         },
-        no_plaintext_on_relays(&world.relay_dirs(), MARKER),
+        no_plaintext_on_relays(&world.relay_dirs(), world.relay_disks(), MARKER),
     ];
     for check in checks {
         check.map_err(|e| failed(world, e))?;
@@ -237,6 +240,8 @@ mod storage;
 mod supervision;
 mod sync;
 mod transport;
+
+pub use storage::acked_then_power_lost;
 
 /// The catalogue, group by group.
 pub fn catalogue() -> impl Iterator<Item = &'static Scenario> {

@@ -76,9 +76,10 @@ fn sender_killed_mid_stream(seed: u64) -> Outcome {
         acked_pushes_reach_every_other_device(&world.shared),
         received_exactly_once(&world.shared),
         one_record_per_seq(&world.shared),
+        cursors_never_go_back(&world.shared),
         per_sender_order(&world.shared),
         only_pushed_records_are_received(&world.shared, &pushed.0),
-        no_plaintext_on_relays(&world.relay_dirs(), MARKER),
+        no_plaintext_on_relays(&world.relay_dirs(), world.relay_disks(), MARKER),
     ] {
         check.map_err(|e| failed(&world, e))?;
     }

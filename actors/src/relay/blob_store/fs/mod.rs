@@ -224,4 +224,18 @@ mod tests {
         fs.power_cut(PowerCut::DropUnsynced);
         assert!(!fs.exists(Path::new("/relay.addr")));
     }
+
+    #[test]
+    fn a_wiped_disk_is_empty_and_old_handles_fail() {
+        let fs = SimFs::new();
+        write_file_durably(&fs, Path::new("/a"), b"bytes").unwrap();
+        let handle = fs.open(Path::new("/a"), OpenMode::Read).unwrap();
+        assert_eq!(fs.file_contents(), vec![b"bytes".to_vec()]);
+        fs.wipe();
+        assert!(!fs.exists(Path::new("/a")));
+        assert!(fs.file_contents().is_empty());
+        assert!(handle.len().is_err());
+        write_file_durably(&fs, Path::new("/b"), b"new").unwrap();
+        assert_eq!(fs.read_file(Path::new("/b")).unwrap(), b"new");
+    }
 }

@@ -332,6 +332,25 @@ impl SimFs {
         world.fail_at_sync = None;
     }
 
+    /// Lose everything: the disk is replaced by an empty one (only `/`), as when a relay's
+    /// disk dies and it starts again on a new one. Every handle opened before fails.
+    pub fn wipe(&self) {
+        let mut world = lock(&self.world);
+        world.files.clear();
+        world.dirs.clear();
+        world.dirs.insert(PathBuf::from("/"), SimDir::default());
+        world.epoch += 1;
+        world.is_powered_off = false;
+        world.fail_at_sync = None;
+    }
+
+    /// The current bytes of every file (for checks of what a disk holds, e.g. that no
+    /// plaintext reached it).
+    pub fn file_contents(&self) -> Vec<Vec<u8>> {
+        let world = lock(&self.world);
+        world.files.values().map(|f| f.current.clone()).collect()
+    }
+
     /// The current bytes of the file at `path` (for tests that damage or inspect files).
     pub fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         let world = lock(&self.world);
