@@ -108,6 +108,7 @@ impl Relay {
                 limiters: std::sync::Arc::new(RelayLimiters::new(&RateLimitConfig::default())),
                 metrics: RelayMetrics::new(),
                 admission: zerok_actors::relay::admission::SessionAdmission::unlimited(RELAY),
+                faults: FaultPlan::none(),
             },
         )
         .await

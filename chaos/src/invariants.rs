@@ -148,11 +148,15 @@ pub fn nothing_undecryptable_served(shared: &Shared) -> Result<(), Violation> {
 }
 
 /// The relay cursors a device's client reports never go back while it runs (a restart may
-/// resume from its last saved cursor, so each start is checked on its own).
-pub fn cursors_never_go_back(shared: &Shared) -> Result<(), Violation> {
+/// resume from its last saved cursor, so each start is checked on its own), except on the
+/// relays in `wiped`: a relay that lost its data is re-read from the start, by design.
+pub fn cursors_never_go_back(shared: &Shared, wiped: &BTreeSet<DeviceId>) -> Result<(), Violation> {
     for (j, device) in shared.devices.iter().enumerate() {
         let mut last: BTreeMap<(u64, DeviceId), u64> = BTreeMap::new();
         for seen in lock(&device.cursors).iter() {
+            if wiped.contains(&seen.relay) {
+                continue;
+            }
             let key = (seen.start, seen.relay);
             if let Some(&before) = last.get(&key)
                 && seen.cursor < before
@@ -170,6 +174,24 @@ pub fn cursors_never_go_back(shared: &Shared) -> Result<(), Violation> {
     Ok(())
 }
 
+/// Restarts stay within the supervision policies: no host's tree stopped on its own
+/// (a failure escalated past every supervisor) except the hosts in `escalated`, whose
+/// top-level actor the scenario killed on purpose.
+pub fn no_escalation_beyond_policy(
+    shared: &Shared,
+    escalated: &BTreeSet<String>,
+) -> Result<(), Violation> {
+    match lock(&shared.tree_stops)
+        .iter()
+        .find(|host| !escalated.contains(*host))
+    {
+        Some(host) => Err(format!(
+            "no_escalation_beyond_policy: {host}'s tree stopped: a failure went past its supervisors"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// No plaintext on the relays' disks: no file under `dirs` (their data dirs on the real file
 /// system) and no file of `disks` (their simulated store disks) contains `marker` (every
 /// scenario payload starts with it).
@@ -178,7 +200,8 @@ pub fn no_plaintext_on_relays(
     disks: &[SimFs],
     marker: &[u8],
 ) -> Result<(), Violation> {
-    let holds = |bytes: &[u8]| bytes.windows(marker.len()).any(|w| w == marker);
+    let finder = memchr::memmem::Finder::new(marker);
+    let holds = |bytes: &[u8]| finder.find(bytes).is_some();
     for dir in dirs {
         let mut stack = vec![dir.as_ref().to_path_buf()];
         while let Some(path) = stack.pop() {
@@ -295,9 +318,23 @@ mod tests {
         write_file_durably(&*fs, Path::new("/store/seg"), b"xx chaos-plaintext-2 xx").unwrap();
         let empty = tempfile::tempdir().unwrap();
         assert!(
-            no_plaintext_on_relays(&[empty.path()], &[disk.clone()], b"chaos-plaintext-").is_err()
+            no_plaintext_on_relays(
+                &[empty.path()],
+                std::slice::from_ref(&disk),
+                b"chaos-plaintext-"
+            )
+            .is_err()
         );
         assert!(no_plaintext_on_relays(&[empty.path()], &[disk], b"absent").is_ok());
+    }
+
+    #[test]
+    fn an_escalation_nobody_caused_is_caught() {
+        let s = shared(1);
+        assert!(no_escalation_beyond_policy(&s, &BTreeSet::new()).is_ok());
+        lock(&s.tree_stops).push("relay0".to_owned());
+        assert!(no_escalation_beyond_policy(&s, &BTreeSet::new()).is_err());
+        assert!(no_escalation_beyond_policy(&s, &["relay0".to_owned()].into()).is_ok());
     }
 
     #[test]
@@ -313,11 +350,16 @@ mod tests {
         seen(1, 5);
         seen(1, 9);
         seen(2, 7);
+        let none = BTreeSet::new();
         assert!(
-            cursors_never_go_back(&s).is_ok(),
+            cursors_never_go_back(&s, &none).is_ok(),
             "a restart resumes from its saved cursor"
         );
         seen(2, 6);
-        assert!(cursors_never_go_back(&s).is_err());
+        assert!(cursors_never_go_back(&s, &none).is_err());
+        assert!(
+            cursors_never_go_back(&s, &[A].into()).is_ok(),
+            "a relay that lost its data is re-read from the start"
+        );
     }
 }

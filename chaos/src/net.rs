@@ -11,6 +11,8 @@
 //! died is.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -170,8 +172,41 @@ fn put_abort(buffer: &mut BytesMut, reason: &str) {
     buffer.put_slice(reason);
 }
 
+thread_local! {
+    /// Hosts (by address) whose outgoing links are limited, in bytes per second. Every host
+    /// of a simulation runs on its thread, so this is the simulation's.
+    static BANDWIDTH: RefCell<BTreeMap<IpAddr, u64>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Limit what host `ip` sends on each of its links to `bytes_per_sec` (`None`: unlimited).
+/// Applies to frames written from now on, on links old and new.
+pub fn set_bandwidth(ip: IpAddr, bytes_per_sec: Option<u64>) {
+    BANDWIDTH.with(|b| match bytes_per_sec {
+        Some(rate) => {
+            b.borrow_mut().insert(ip, rate.max(1));
+        }
+        None => {
+            b.borrow_mut().remove(&ip);
+        }
+    });
+}
+
+/// Lift every bandwidth limit (a simulation ended).
+pub fn clear_bandwidth() {
+    BANDWIDTH.with(|b| b.borrow_mut().clear());
+}
+
+/// How long `bytes` take to leave host `ip` at its bandwidth (none when unlimited).
+fn transmit_time(ip: Option<IpAddr>, bytes: usize) -> Option<Duration> {
+    let rate = BANDWIDTH.with(|b| ip.and_then(|ip| b.borrow().get(&ip).copied()))?;
+    Some(Duration::from_micros(
+        (bytes as u64).saturating_mul(1_000_000) / rate,
+    ))
+}
+
 async fn write_pump(mut write: OwnedWriteHalf, mut frames: LinkReceiver) {
     let mut buffer = BytesMut::new();
+    let local = write.local_addr().ok().map(|a| a.ip());
     loop {
         buffer.clear();
         match frames.recv().await {
@@ -198,7 +233,11 @@ async fn write_pump(mut write: OwnedWriteHalf, mut frames: LinkReceiver) {
             written = write.write_all(&buffer) => Some(written),
         };
         match written {
-            Some(Ok(())) => {}
+            Some(Ok(())) => {
+                if let Some(pace) = transmit_time(local, buffer.len()) {
+                    tokio::time::sleep(pace).await;
+                }
+            }
             // The connection broke; the read side reports it.
             Some(Err(_)) => return,
             None => {

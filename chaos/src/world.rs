@@ -23,16 +23,18 @@
 
 use crate::hostile::{Rewrite, rewriting};
 use crate::net::{SimDialer, listen, relay_addr};
-use std::collections::{BTreeMap, VecDeque};
+use ractor::ActorCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use zerok_actors::clock::Clock;
 use zerok_actors::fault::FaultPlan;
+use zerok_actors::link::LinkListener;
 use zerok_actors::relay::blob_store::fs::{PowerCut, SimFs};
 use zerok_actors::rng::Rng;
-use zerok_client::{Client, ClientConfig, Event, GroupId, NewSecret, Transport};
+use zerok_client::{Client, ClientConfig, ClientError, Event, GroupId, NewSecret, Transport};
 use zerok_messages::sync::lock;
 use zerok_messages::{DeviceId, RelayAddr};
 use zerok_relay::config::RelayConfig;
@@ -124,6 +126,10 @@ pub struct Shared {
     pub devices: Vec<DeviceLog>,
     /// Structured events, in order, stamped with simulated time.
     pub trace: Mutex<Vec<String>>,
+    /// Each host's actor tree (its root) as of its last start, for kills by name.
+    actors: Mutex<BTreeMap<String, ActorCell>>,
+    /// Hosts whose tree stopped on its own (escalation past its supervisors), each time.
+    pub tree_stops: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -192,6 +198,10 @@ pub struct SimWorld {
     disks: Vec<SimFs>,
     /// Every host's clock shift (kept across crashes).
     clocks: BTreeMap<String, Arc<AtomicI64>>,
+    /// Relays that lost their data ([`SimWorld::wipe_relay`]).
+    wiped: BTreeSet<DeviceId>,
+    /// Hosts whose tree a scenario stopped by killing a top-level actor.
+    escalated: Mutex<BTreeSet<String>>,
     devices: Vec<String>,
     /// Whether a relay host rewrites frames (undecryptable items are then expected).
     pub is_hostile: bool,
@@ -210,6 +220,7 @@ pub fn last_trace() -> Vec<String> {
 
 impl Drop for SimWorld {
     fn drop(&mut self) {
+        crate::net::clear_bandwidth();
         let trace = self.trace();
         LAST_TRACE.with(|t| *t.borrow_mut() = trace);
         zerok_actors::exec::set_inline(false);
@@ -242,7 +253,13 @@ impl SimWorld {
             .rng_seed(config.seed)
             .max_message_latency(config.max_latency)
             .build();
-        let dirs = tempfile::tempdir()?;
+        // The hosts' real files (relay data dirs and indexes, device homes) on a tmpfs when
+        // there is one: their fsyncs are not what a simulation tests (the relay stores'
+        // disks are simulated), and cost most of a run's time on a real disk.
+        let dirs = match std::path::Path::new("/dev/shm").is_dir() {
+            true => tempfile::tempdir_in("/dev/shm")?,
+            false => tempfile::tempdir()?,
+        };
         let shared = Arc::new(Shared::with_devices(config.devices));
         let mut relays = Vec::new();
         let mut disks = Vec::new();
@@ -268,19 +285,18 @@ impl SimWorld {
             let rewrite = config.hostile.get(i).copied().unwrap_or_default();
             let disk = SimFs::new();
             disks.push(disk.clone());
-            let shift = shift_of(&host);
-            sim.host(host.as_str(), move || {
-                relay_software(
-                    name.clone(),
-                    id,
-                    data_dir.clone(),
-                    disk.clone(),
-                    Arc::clone(&shift),
-                    seed,
-                    faults.clone(),
-                    rewrite,
-                )
-            });
+            let setup = RelayHost {
+                name,
+                id,
+                data_dir,
+                disk,
+                shift: shift_of(&host),
+                seed,
+                faults,
+                rewrite,
+                shared: Arc::clone(&shared),
+            };
+            sim.host(host.as_str(), move || relay_software(setup.clone()));
         }
         let relay_hosts: Vec<(String, DeviceId)> =
             relays.iter().map(|(h, id, _)| (h.clone(), *id)).collect();
@@ -294,19 +310,17 @@ impl SimWorld {
             let seed = config.seed ^ (0x2000 + i as u64);
             let quorum = config.ack_quorum;
             let faults = config.faults.get(i).cloned().unwrap_or_default();
-            let shift = shift_of(&host);
-            sim.host(host.as_str(), move || {
-                device_software(
-                    i,
-                    home.clone(),
-                    Arc::clone(&shared),
-                    relay_hosts.clone(),
-                    Arc::clone(&shift),
-                    seed,
-                    quorum,
-                    faults.clone(),
-                )
-            });
+            let setup = DeviceHost {
+                i,
+                home,
+                shared,
+                relay_hosts,
+                shift: shift_of(&host),
+                seed,
+                quorum,
+                faults,
+            };
+            sim.host(host.as_str(), move || device_software(setup.clone()));
         }
         Ok(SimWorld {
             sim,
@@ -314,6 +328,8 @@ impl SimWorld {
             relays,
             disks,
             clocks,
+            wiped: BTreeSet::new(),
+            escalated: Mutex::new(BTreeSet::new()),
             devices,
             is_hostile: config.hostile.iter().any(|r| !r.is_honest()),
             _dirs: dirs,
@@ -409,6 +425,19 @@ impl SimWorld {
         self.sim.release(a, b);
     }
 
+    /// Make the network between `a` and `b` lose messages with probability `p` (0 heals it);
+    /// on simulated TCP a lost message breaks the connection (a reset).
+    pub fn lossy(&mut self, a: &str, b: &str, p: f64) {
+        self.note(format!("fault: loss {a} {b} {p}"));
+        self.sim.set_link_fail_rate(a, b, p);
+    }
+
+    /// Limit what host `name` sends, per link, to `bytes_per_sec` (`None`: unlimited).
+    pub fn bandwidth(&self, name: &str, bytes_per_sec: Option<u64>) {
+        self.note(format!("fault: bandwidth {name} {bytes_per_sec:?}"));
+        crate::net::set_bandwidth(self.sim.lookup(name), bytes_per_sec);
+    }
+
     /// Crash host `name` (a killed process; its files survive).
     pub fn crash(&mut self, name: &str) {
         self.note(format!("fault: crash {name}"));
@@ -436,8 +465,56 @@ impl SimWorld {
         self.note(format!("fault: relay{i} loses its store"));
         self.sim.crash(relay_host(i).as_str());
         self.disks[i].wipe();
+        self.wiped.insert(self.relays[i].1);
         let index = self.relays[i].2.join(zerok_relay::tree::SIM_INDEX_DIR);
         let _ = std::fs::remove_dir_all(index);
+    }
+
+    /// Kill the oldest actor of kind `kind` (see [`actor_kind`]) in host `name`'s tree, as
+    /// a bug that panics it would; its supervisor decides what follows. Whether one was
+    /// found. (The oldest by actor id: a tree's children come in no fixed order, ids in the
+    /// order the actors started.)
+    pub fn kill_actor(&self, name: &str, kind: &str) -> bool {
+        let root = lock(&self.shared.actors).get(name).cloned();
+        let mut todo: Vec<ActorCell> = root.into_iter().collect();
+        let mut found: Option<ActorCell> = None;
+        while let Some(cell) = todo.pop() {
+            if actor_kind(&cell) == kind
+                && found.as_ref().is_none_or(|f| cell.get_id() < f.get_id())
+            {
+                found = Some(cell.clone());
+            }
+            todo.extend(cell.get_children());
+        }
+        self.note(format!(
+            "fault: kill {kind} on {name} ({})",
+            if found.is_some() { "found" } else { "none" }
+        ));
+        match found {
+            Some(cell) => {
+                if TOP_LEVEL_KINDS.contains(&kind) {
+                    lock(&self.escalated).insert(name.to_owned());
+                }
+                cell.kill();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The kinds of the actors running in host `name`'s tree, sorted.
+    pub fn actor_kinds(&self, name: &str) -> Vec<&'static str> {
+        let Some(root) = lock(&self.shared.actors).get(name).cloned() else {
+            return Vec::new();
+        };
+        let mut kinds = Vec::new();
+        let mut todo = vec![root];
+        while let Some(cell) = todo.pop() {
+            kinds.push(actor_kind(&cell));
+            todo.extend(cell.get_children());
+        }
+        kinds.sort_unstable();
+        kinds
     }
 
     /// Make host `name`'s wall clock jump by `by_ms` (negative: back in time).
@@ -446,6 +523,16 @@ impl SimWorld {
             shift.fetch_add(by_ms, Ordering::SeqCst);
         }
         self.note(format!("fault: clock of {name} jumps {by_ms} ms"));
+    }
+
+    /// Hosts whose tree a scenario stopped on purpose (a top-level actor killed).
+    pub fn escalated_hosts(&self) -> BTreeSet<String> {
+        lock(&self.escalated).clone()
+    }
+
+    /// Relays that lost their data so far.
+    pub fn wiped_relays(&self) -> BTreeSet<DeviceId> {
+        self.wiped.clone()
     }
 
     /// Relay `i`'s store disk (to fail it at a sync, or break its syncs).
@@ -479,14 +566,70 @@ impl SimWorld {
     }
 }
 
+/// Kinds of actor whose death stops their tree: the relay's top-level actors and the
+/// client's coordinator (the client's documented escalation), and either root.
+pub const TOP_LEVEL_KINDS: &[&str] = &[
+    "infra",
+    "routers",
+    "sessions",
+    "listener",
+    "coordinator",
+    "root",
+];
+
+/// An actor's kind, by its message type: `store`, `sweeper`, `infra`, `router`, `routers`,
+/// `session`, `sessions`, `listener`, `link_reader` (relay); `coordinator`, `connection`,
+/// `encryptor` (client); `root` for either tree's root; `other` for anything else.
+pub fn actor_kind(cell: &ActorCell) -> &'static str {
+    use zerok_messages::client::{CoordMsg, EncryptorMsg, RelayConnMsg};
+    use zerok_messages::relay::{
+        BlobStoreMsg, CleanupSweeperMsg, GroupRouterMsg, InfraMsg, LinkReaderMsg, ListenerMsg,
+        RoutersMsg, SessionMsg, SessionsMsg,
+    };
+    let is = |yes: Option<bool>| yes == Some(true);
+    if is(cell.is_message_type_of::<BlobStoreMsg>()) {
+        "store"
+    } else if is(cell.is_message_type_of::<CleanupSweeperMsg>()) {
+        "sweeper"
+    } else if is(cell.is_message_type_of::<InfraMsg>()) {
+        "infra"
+    } else if is(cell.is_message_type_of::<GroupRouterMsg>()) {
+        "router"
+    } else if is(cell.is_message_type_of::<RoutersMsg>()) {
+        "routers"
+    } else if is(cell.is_message_type_of::<SessionMsg>()) {
+        "session"
+    } else if is(cell.is_message_type_of::<SessionsMsg>()) {
+        "sessions"
+    } else if is(cell.is_message_type_of::<ListenerMsg>()) {
+        "listener"
+    } else if is(cell.is_message_type_of::<LinkReaderMsg>()) {
+        "link_reader"
+    } else if is(cell.is_message_type_of::<CoordMsg>()) {
+        "coordinator"
+    } else if is(cell.is_message_type_of::<RelayConnMsg>()) {
+        "connection"
+    } else if is(cell.is_message_type_of::<EncryptorMsg>()) {
+        "encryptor"
+    } else if is(cell.is_message_type_of::<zerok_relay::tree::RelayRootMsg>())
+        || is(cell.is_message_type_of::<zerok_client::tree::RootMsg>())
+    {
+        "root"
+    } else {
+        "other"
+    }
+}
+
 /// A host's wall clock: the world's start plus simulated time plus the host's shift.
 fn wall_clock(shift: Arc<AtomicI64>) -> Clock {
     let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
     Clock::virtual_shifted(WALL_START_MS + elapsed, shift)
 }
 
-async fn relay_software(
-    host: String,
+/// What a relay host runs with, across its restarts.
+#[derive(Clone)]
+struct RelayHost {
+    name: String,
     id: DeviceId,
     data_dir: PathBuf,
     disk: SimFs,
@@ -494,33 +637,69 @@ async fn relay_software(
     seed: u64,
     faults: FaultPlan,
     rewrite: Rewrite,
-) -> turmoil::Result {
-    let mut listener = listen(id).await?;
-    if !rewrite.is_honest() {
-        listener = rewriting(listener, rewrite);
+    shared: Arc<Shared>,
+}
+
+/// A relay process under a service manager: the tree runs until it stops on its own (a
+/// top-level actor died: escalation), then is started again a second later on the same
+/// listener, as systemd's `Restart=always` would.
+async fn relay_software(host: RelayHost) -> turmoil::Result {
+    let mut outer = listen(host.id).await?;
+    if !host.rewrite.is_honest() {
+        outer = rewriting(outer, host.rewrite);
     }
-    let addr = relay_addr(&host, id);
+    let addr = relay_addr(&host.name, host.id);
     let config = RelayConfig {
-        data_dir,
+        data_dir: host.data_dir.clone(),
         http: None,
         ..RelayConfig::default()
     };
-    let seams = Seams {
-        rng: Some(Rng::seeded(seed)),
-        clock: Some(wall_clock(shift)),
-        listener: Some((listener, addr)),
-        faults,
-        store_fs: Some(disk.shared()),
-        ..Seams::default()
-    };
-    let mut node = RelayNode::start(&config, seams)
-        .await
-        .map_err(|e| format!("relay start: {e}"))?;
-    node.stopped().await;
-    Err("the relay tree stopped".into())
+    for run in 0u64.. {
+        // This run's listener: links from the host's, until the tree stops.
+        let (tx, rx) = tokio::sync::mpsc::channel(128);
+        let forward = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tx.closed() => break,
+                    link = outer.accept() => match link {
+                        Some(link) => {
+                            if tx.send(link).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+            outer
+        });
+        let seams = Seams {
+            rng: Some(Rng::seeded(host.seed ^ run)),
+            clock: Some(wall_clock(Arc::clone(&host.shift))),
+            listener: Some((LinkListener::new(host.id, rx), addr.clone())),
+            faults: host.faults.clone(),
+            store_fs: Some(host.disk.shared()),
+        };
+        let mut node = RelayNode::start(&config, seams)
+            .await
+            .map_err(|e| format!("relay start: {e}"))?;
+        lock(&host.shared.actors).insert(host.name.clone(), node.root_actor());
+        node.stopped().await;
+        drop(node);
+        host.shared.record(format!(
+            "{} tree stopped; restarted by its service manager",
+            host.name
+        ));
+        lock(&host.shared.tree_stops).push(host.name.clone());
+        outer = forward.await.map_err(|e| format!("listener: {e}"))?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
 }
 
-async fn device_software(
+/// What a device host runs with, across its restarts.
+#[derive(Clone)]
+struct DeviceHost {
     i: usize,
     home: PathBuf,
     shared: Arc<Shared>,
@@ -529,7 +708,34 @@ async fn device_software(
     seed: u64,
     quorum: usize,
     faults: FaultPlan,
-) -> turmoil::Result {
+}
+
+/// A device's app: it runs its client, and starts it again a second later when the client
+/// stopped on its own (its coordinator died: the client's documented escalation).
+async fn device_software(host: DeviceHost) -> turmoil::Result {
+    loop {
+        run_client(host.clone()).await?;
+        host.shared.record(format!(
+            "dev{}: the client stopped; its app starts it again",
+            host.i
+        ));
+        lock(&host.shared.tree_stops).push(device_host(host.i));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Run one client until it stops on its own (`Ok`) or the app fails (`Err`).
+async fn run_client(host: DeviceHost) -> turmoil::Result {
+    let DeviceHost {
+        i,
+        home,
+        shared,
+        relay_hosts,
+        shift,
+        seed,
+        quorum,
+        faults,
+    } = host;
     let log = &shared.devices[i];
     let starts = {
         let mut starts = lock(&log.starts);
@@ -548,6 +754,7 @@ async fn device_software(
             .map_err(|e| format!("client start: {e}"))?,
     );
     let _ = log.id.set(client.device_id());
+    lock(&shared.actors).insert(device_host(i), client.root_actor());
     shared.record(format!("dev{i} started (start {starts})"));
     let mut events = client.events().ok_or("events taken")?;
     let group = if *lock(&log.joined) {
@@ -591,7 +798,7 @@ async fn device_software(
                 }
             }
             event = events.recv() => {
-                let Some(event) = event else { return Err("event stream ended".into()) };
+                let Some(event) = event else { return Ok(()) };
                 on_event(&shared, i, event);
             }
             _ = poll.tick() => {
@@ -608,7 +815,11 @@ async fn device_software(
                             }
                             Err(err) => {
                                 shared.record(format!("dev{i} push failed {}: {err}", show(&payload)));
-                                lock(&log.failed).push(payload);
+                                lock(&log.failed).push(payload.clone());
+                                if matches!(err, ClientError::Stopped) {
+                                    // The app pushes it again once its client is back.
+                                    lock(&log.pending).push_back(payload);
+                                }
                             }
                         }
                     });

@@ -7,7 +7,7 @@
 //! relay's connection resets (and the latency each draws) depends on what ran before.
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use zerok_chaos::scenarios::{catalogue, find};
 use zerok_chaos::world::last_trace;
 
@@ -35,13 +35,19 @@ fn calm_scenarios_record_the_same_trace_twice_in_one_process() {
     }
 }
 
-/// The sweep's trace of every scenario under `SEED`, by scenario (its wall-time lines left
-/// out).
-fn sweep_traces() -> BTreeMap<String, Vec<String>> {
-    let output = Command::new(env!("CARGO_BIN_EXE_sweep"))
+/// A sweep of every scenario under `SEED`, tracing, started.
+fn start_sweep() -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sweep"))
         .args(["--first-seed", &SEED.to_string(), "--seeds", "1", "--trace"])
-        .output()
-        .expect("sweep runs");
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sweep starts")
+}
+
+/// A sweep's trace of every scenario, by scenario (its wall-time lines left out).
+fn sweep_traces(sweep: Child) -> BTreeMap<String, Vec<String>> {
+    let output = sweep.wait_with_output().expect("sweep runs");
     assert!(
         output.status.success(),
         "{}",
@@ -69,7 +75,9 @@ fn sweep_traces() -> BTreeMap<String, Vec<String>> {
 
 #[test]
 fn every_scenario_records_the_same_trace_in_two_processes() {
-    let (first, second) = (sweep_traces(), sweep_traces());
+    // Both at once: two processes, and half the wait.
+    let (first, second) = (start_sweep(), start_sweep());
+    let (first, second) = (sweep_traces(first), sweep_traces(second));
     for scenario in catalogue() {
         let (a, b) = (&first[scenario.name], &second[scenario.name]);
         assert!(a.len() > 10, "{} traced", scenario.name);

@@ -213,6 +213,12 @@ impl Client {
         })
     }
 
+    /// The tree's root actor, for probes that walk the tree (the chaos harness kills actors
+    /// found under it).
+    pub fn root_actor(&self) -> ractor::ActorCell {
+        self.root.get_cell()
+    }
+
     /// This device's id (also its iroh endpoint id).
     pub fn device_id(&self) -> DeviceId {
         self.device_id

@@ -19,7 +19,7 @@ use zerok_actors::fault::FaultPlan;
 use zerok_actors::link::{Link, MemoryNetwork};
 use zerok_actors::rng::Rng;
 use zerok_client::GroupId;
-use zerok_harness::evil_relay::default_limits;
+use zerok_harness::memory_relay::default_limits;
 use zerok_messages::client::{ConnGroup, CoordMsg, RelayConnMsg, RelayEvent};
 use zerok_messages::wire::PROTOCOL_VERSION;
 use zerok_messages::{BlobId, Cursor, DeviceId, Epoch, Frame, MailboxId, RelayAddr, codec};

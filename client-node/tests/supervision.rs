@@ -1,4 +1,5 @@
-//! The client tree's supervision (actor tier: in-memory links, paused time): a
+//! The client tree's supervision (actor tier: in-memory links, paused time, the real relay
+//! tree where a relay is needed, `zerok_harness::memory_relay`): a
 //! RelayConnection that fails on every frame is restarted with growing delays, and past the
 //! restart intensity its relay is left alone for the policy's period, while the client goes on;
 //! a relay that drops its connections while the app reads no events never blocks the
@@ -24,7 +25,7 @@ use zerok_actors::crypto::keys::GroupSecret;
 use zerok_actors::fault::{FaultPlan, FaultPoint};
 use zerok_actors::link::{Link, MemoryNetwork};
 use zerok_actors::rng::Rng;
-use zerok_harness::evil_relay::{EvilRelay, Misbehaviour, default_limits};
+use zerok_harness::memory_relay::{MemoryRelay, default_limits};
 use zerok_messages::client::{CoordMsg, Event, GroupId, GroupRecord};
 use zerok_messages::wire::PROTOCOL_VERSION;
 use zerok_messages::{Cursor, DeviceId, Epoch, Frame, MailboxId, RelayAddr, codec};
@@ -224,7 +225,7 @@ async fn an_event_channel_too_small_for_an_item_is_refused_at_start() {
 #[tokio::test(start_paused = true)]
 async fn relay_flaps_while_the_event_channel_is_full_status_answers_within_a_second() {
     let network = MemoryNetwork::new();
-    let relay = EvilRelay::on_memory(&network, RELAY, 11, Misbehaviour::default());
+    let relay = MemoryRelay::start(&network, RELAY, 11).await;
     let dir = tempfile::tempdir().unwrap();
     let (store, group) = store_with_group(dir.path(), &relay.addr()).await;
     // The app never reads, and its channel is full before the client starts.
@@ -294,7 +295,7 @@ async fn relay_flaps_while_the_event_channel_is_full_status_answers_within_a_sec
                 .unwrap();
         assert_eq!(receipt.acked_by, vec![RELAY]);
     }
-    assert_eq!(relay.stored(group.0), 2);
+    assert_eq!(relay.items_stored(), 2);
     // Once the app reads: its own two events, then the relay's state changes that found no
     // room, coalesced to the latest (up), not one per flap.
     let mut relay_events = Vec::new();
@@ -330,7 +331,7 @@ async fn wait_until(what: &str, f: impl Fn() -> bool) {
 #[tokio::test(start_paused = true)]
 async fn a_push_is_sent_while_its_write_is_synced_only_under_a_durable_seq_reservation() {
     let network = MemoryNetwork::new();
-    let relay = EvilRelay::on_memory(&network, RELAY, 12, Misbehaviour::default());
+    let relay = MemoryRelay::start(&network, RELAY, 12).await;
     // Paused time and the blocking pool's journal syncs: see the flapping test's pacer.
     let pacer = tokio::spawn(async {
         loop {
@@ -376,13 +377,13 @@ async fn a_push_is_sent_while_its_write_is_synced_only_under_a_durable_seq_reser
             // Sent while its write was being synced: the relay has it, although the sync
             // then failed (the app was told; its seq stays reserved, never reused).
             wait_until("the second push reached the relay", || {
-                relay.stored(group.0) == expected + 1
+                relay.items_stored() == expected + 1
             })
             .await;
         } else {
             // Without a durable reservation nothing goes before its own sync.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            assert_eq!(relay.stored(group.0), expected);
+            assert_eq!(relay.items_stored(), expected);
         }
         actor.stop(None);
         relay.drop_connections();

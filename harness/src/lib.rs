@@ -1,8 +1,8 @@
 //! `zerok-harness`: tools that drive real relays and clients from tests and benchmarks.
 //!
 //! - [`proto`]: a raw protocol-v1 client over the `Link` seam (frame-level tests, benches).
-//! - [`evil_relay`]: an adversarial protocol-v1 relay on loopback that stores honestly but
-//!   drops, duplicates, reorders, replays or tampers with what it serves (client tests).
+//! - [`memory_relay`]: the real relay tree on an in-memory link network (actor-tier client
+//!   tests), with a pass-through that counts connections and can cut them all.
 //! - [`process`]: a `zerok-relay` child process on loopback (start, SIGTERM, SIGKILL,
 //!   restart on the same data dir, captured logs).
 //!
@@ -10,6 +10,6 @@
 //! the `zerok-bench` binary ("Benchmarks" issue).
 
 pub mod bench;
-pub mod evil_relay;
+pub mod memory_relay;
 pub mod process;
 pub mod proto;

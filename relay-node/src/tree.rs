@@ -511,7 +511,7 @@ impl RelayNode {
                     commit_max_items: config.store.commit_max_items as usize,
                 },
                 clock,
-                faults,
+                faults: faults.clone(),
                 metrics: metrics.clone(),
                 sweep_interval: Duration::from_secs(config.store.sweep_interval_secs),
                 sweep_slice_items: config.store.sweep_slice_items,
@@ -528,6 +528,7 @@ impl RelayNode {
                 inflight_bytes_total: Some(Arc::new(tokio::sync::Semaphore::new(byte_budget(
                     connections.inflight_bytes_total_max,
                 )))),
+                faults: faults.clone(),
             },
             rate_limits: RateLimitConfig {
                 connections_per_ip_per_sec: config.connections.per_ip_per_sec,
@@ -571,6 +572,12 @@ impl RelayNode {
             ready,
             store,
         })
+    }
+
+    /// The tree's root actor, for probes that walk the tree (the chaos harness kills actors
+    /// found under it).
+    pub fn root_actor(&self) -> ractor::ActorCell {
+        self.root.get_cell()
     }
 
     /// Whether the tree is still running (false after a top-level actor died).

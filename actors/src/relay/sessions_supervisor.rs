@@ -8,6 +8,7 @@
 //! connection and the client reconnects. On `Shutdown` every session says `Bye{shutdown}`
 //! and the supervisor answers once all have ended or the grace time passed.
 
+use crate::fault::FaultPlan;
 use crate::relay::admission::{Admission, SessionAdmission};
 use crate::relay::metrics::RelayMetrics;
 use crate::relay::rate_limit::RelayLimiters;
@@ -45,6 +46,8 @@ pub struct SessionsConfig {
     pub inflight_bytes_max: usize,
     /// Bytes of request frames all connections together may hold in flight.
     pub inflight_bytes_total: Option<Arc<tokio::sync::Semaphore>>,
+    /// Fault injection for every session (none in production).
+    pub faults: FaultPlan,
 }
 
 /// The supervisor's actor type.
@@ -172,6 +175,7 @@ impl SessionsSupervisorState {
                 Arc::clone(&self.args.admission),
                 remote_addr.map(|addr| addr.ip()),
             ),
+            faults: self.args.config.faults.clone(),
         };
         match Actor::spawn_linked(None, SessionActor, session_args, myself.get_cell()).await {
             Ok((session, _)) => {

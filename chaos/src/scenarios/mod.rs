@@ -5,9 +5,9 @@
 
 use crate::hostile::Rewrite;
 use crate::invariants::{
-    acked_pushes_reach_every_other_device, cursors_never_go_back, no_plaintext_on_relays,
-    nothing_undecryptable_served, one_record_per_seq, only_pushed_records_are_received,
-    per_sender_order, received_exactly_once,
+    acked_pushes_reach_every_other_device, cursors_never_go_back, no_escalation_beyond_policy,
+    no_plaintext_on_relays, nothing_undecryptable_served, one_record_per_seq,
+    only_pushed_records_are_received, per_sender_order, received_exactly_once,
 };
 use crate::world::{SimWorld, WorldConfig, device_host, relay_host};
 use std::collections::BTreeSet;
@@ -132,7 +132,8 @@ pub fn converge_and_check(world: &mut SimWorld, pushed: &Pushed, delivery: Deliv
             Ok(())
         },
         one_record_per_seq(shared),
-        cursors_never_go_back(shared),
+        cursors_never_go_back(shared, &world.wiped_relays()),
+        no_escalation_beyond_policy(shared, &world.escalated_hosts()),
         per_sender_order(shared),
         only_pushed_records_are_received(shared, &pushed.0),
         if world.is_hostile {
@@ -234,6 +235,7 @@ fn push_until_fired(
 }
 
 mod adversarial;
+mod clock;
 mod multi_relay;
 mod process;
 mod storage;
@@ -252,6 +254,7 @@ pub fn catalogue() -> impl Iterator<Item = &'static Scenario> {
         multi_relay::SCENARIOS,
         storage::SCENARIOS,
         supervision::SCENARIOS,
+        clock::SCENARIOS,
         adversarial::SCENARIOS,
     ]
     .into_iter()

@@ -87,7 +87,8 @@ pub struct RelayConnArgs {
     /// Jitter.
     pub rng: Rng,
     /// Faults to inject (none in production): `FrameReceive` makes the actor fail on a
-    /// frame, as a bug a relay's frames trigger would.
+    /// frame, as a bug a relay's frames trigger would; `FrameSend` breaks the link as a
+    /// frame is written.
     pub faults: FaultPlan,
 }
 
@@ -104,13 +105,18 @@ struct SendQueue {
 struct QueueFull;
 
 impl SendQueue {
-    fn start(sender: LinkSender) -> Self {
+    fn start(sender: LinkSender, faults: FaultPlan) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&queued_bytes);
         let writer = tokio::spawn(async move {
             while let Some(body) = rx.recv().await {
                 let len = body.len();
+                if faults.should_fail(FaultPoint::FrameSend) {
+                    // As a link whose send failed: the reader reports the loss.
+                    sender.abort("fault injected: a send failed");
+                    break;
+                }
                 let sent = sender.send(body).await;
                 counter.fetch_sub(len, Ordering::AcqRel);
                 if sent.is_err() {
@@ -437,7 +443,7 @@ impl Actor for RelayConnActor {
                     )
                     .await?;
                     state.conn = Some(Conn {
-                        queue: SendQueue::start(sender.clone()),
+                        queue: SendQueue::start(sender.clone(), state.faults.clone()),
                         sender,
                         reader,
                     });

@@ -155,7 +155,7 @@ pub struct CoordinatorState {
     args: CoordinatorArgs,
     groups: BTreeMap<GroupId, GroupState>,
     conns: BTreeMap<DeviceId, ConnEntry>,
-    waiters: HashMap<BlobId, Vec<RpcReplyPort<Receipt>>>,
+    waiters: BTreeMap<BlobId, Vec<RpcReplyPort<Receipt>>>,
     recent: HashMap<BlobId, Vec<DeviceId>>,
     recent_order: VecDeque<BlobId>,
     /// Refused pushes waiting for their retry, resent in push order (relay, group, seq).
@@ -223,7 +223,7 @@ impl Actor for CoordinatorActor {
             args,
             groups: BTreeMap::new(),
             conns: BTreeMap::new(),
-            waiters: HashMap::new(),
+            waiters: BTreeMap::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
             refused: BTreeSet::new(),

@@ -17,6 +17,7 @@
 
 pub mod core;
 
+use crate::fault::{FaultPlan, FaultPoint};
 use crate::link_reader::{LinkReaderActor, LinkReaderArgs};
 use crate::relay::admission::SessionAdmission;
 use crate::relay::metrics::RelayMetrics;
@@ -89,6 +90,9 @@ pub struct SessionArgs {
     pub metrics: RelayMetrics,
     /// Who may create mailboxes, for this connection's source.
     pub admission: SessionAdmission,
+    /// Fault injection (none in production): `FrameReceive` ends the session on a frame as
+    /// a bug a peer's frame triggers would; `FrameSend` breaks the link as a reply is sent.
+    pub faults: FaultPlan,
 }
 
 /// Session state.
@@ -110,6 +114,7 @@ pub struct SessionState {
     limiters: Arc<RelayLimiters>,
     metrics: RelayMetrics,
     admission: SessionAdmission,
+    faults: FaultPlan,
 }
 
 fn encode(frame: &Frame, metrics: &RelayMetrics) -> Option<Bytes> {
@@ -134,6 +139,7 @@ struct Replies {
     sender: LinkSender,
     metrics: RelayMetrics,
     session: ActorRef<SessionMsg>,
+    faults: FaultPlan,
 }
 
 impl Replies {
@@ -143,6 +149,10 @@ impl Replies {
         let Some(body) = encode(&frame, &self.metrics) else {
             return;
         };
+        if self.faults.should_fail(FaultPoint::FrameSend) {
+            self.sender.clone().abort("fault injected: a send failed");
+            return;
+        }
         match self.sender.try_send(body) {
             Ok(()) | Err(LinkError::Closed) => {}
             Err(LinkError::Full) => self.not_reading(),
@@ -200,6 +210,7 @@ impl SessionState {
             sender: self.sender.clone(),
             metrics: self.metrics.clone(),
             session: myself.clone(),
+            faults: self.faults.clone(),
         }
     }
 
@@ -211,6 +222,12 @@ impl SessionState {
     /// Decode one frame, apply the rate limits, and carry out what the core decides.
     async fn on_frame(&mut self, myself: &ActorRef<SessionMsg>, body: Bytes, permit: FramePermit) {
         self.last_frame_at = tokio::time::Instant::now();
+        if self.faults.should_fail(FaultPoint::FrameReceive) {
+            myself.stop(Some(
+                "fault injected: a frame the session cannot handle".into(),
+            ));
+            return;
+        }
         let action = match codec::decode(&body) {
             Ok(frame) => {
                 if let Err(limited) = self.limiters.check_frame(&self.peer, self.source) {
@@ -538,6 +555,7 @@ impl Actor for SessionActor {
             limiters: args.limiters,
             metrics: args.metrics,
             admission: args.admission,
+            faults: args.faults,
         })
     }
 

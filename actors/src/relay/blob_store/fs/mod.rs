@@ -226,6 +226,35 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_keeps_every_change_since_the_last_one_and_only_those() {
+        // Writes, a shrink and a regrow between syncs (a sync copies only what changed).
+        let fs = SimFs::new();
+        let path = Path::new("/seg");
+        let file = fs.open(path, OpenMode::CreateNew).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+        file.set_len(8192).unwrap();
+        file.write_all_at(b"head", 0).unwrap();
+        file.sync_data().unwrap();
+        file.write_all_at(b"tail", 8000).unwrap();
+        file.set_len(100).unwrap();
+        file.set_len(9000).unwrap();
+        file.write_all_at(b"mid", 50).unwrap();
+        file.sync_data().unwrap();
+        let synced = fs.read_file(path).unwrap();
+        file.write_all_at(b"lost", 10).unwrap();
+        fs.power_cut(PowerCut::DropUnsynced);
+        let kept = fs.read_file(path).unwrap();
+        assert_eq!(kept, synced);
+        assert_eq!(kept.len(), 9000);
+        assert_eq!(&kept[..4], b"head");
+        assert_eq!(&kept[50..53], b"mid");
+        assert!(
+            kept[8000..8004].iter().all(|b| *b == 0),
+            "cut off, then regrown as zeros"
+        );
+    }
+
+    #[test]
     fn a_wiped_disk_is_empty_and_old_handles_fail() {
         let fs = SimFs::new();
         write_file_durably(&fs, Path::new("/a"), b"bytes").unwrap();

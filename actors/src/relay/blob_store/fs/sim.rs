@@ -110,8 +110,36 @@ impl SimDir {
 struct SimInode {
     durable: Vec<u8>,
     current: Vec<u8>,
+    /// The byte range written or resized since the last sync (one range covering every
+    /// change): a sync copies only it, so syncing a large preallocated segment after an
+    /// append costs the append, not the segment.
+    dirty: Option<(usize, usize)>,
     /// The handle holding the file's lock.
     locked_by: Option<u64>,
+}
+
+impl SimInode {
+    /// Note that bytes `from..to` changed.
+    fn touch(&mut self, from: usize, to: usize) {
+        if from < to {
+            self.dirty = Some(match self.dirty {
+                Some((lo, hi)) => (lo.min(from), hi.max(to)),
+                None => (from, to),
+            });
+        }
+    }
+
+    /// Make the current bytes durable, copying what changed since the last sync.
+    fn make_durable(&mut self) {
+        let len = self.current.len();
+        self.durable.resize(len, 0);
+        if let Some((lo, hi)) = self.dirty.take() {
+            let hi = hi.min(len);
+            if lo < hi {
+                self.durable[lo..hi].copy_from_slice(&self.current[lo..hi]);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -325,6 +353,7 @@ impl SimFs {
                 file.durable = tear(&file.durable, &file.current, rng);
             }
             file.current = file.durable.clone();
+            file.dirty = None;
             file.locked_by = None;
         }
         world.epoch += 1;
@@ -479,13 +508,14 @@ impl StoreFile for SimFile {
             return Err(bad_mode("writing"));
         }
         self.with(|world, ino| {
-            let bytes = &mut world.file(ino)?.current;
+            let file = world.file(ino)?;
             let start = usize::try_from(offset)
                 .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "offset too large"))?;
-            if bytes.len() < start + buf.len() {
-                bytes.resize(start + buf.len(), 0);
+            if file.current.len() < start + buf.len() {
+                file.current.resize(start + buf.len(), 0);
             }
-            bytes[start..start + buf.len()].copy_from_slice(buf);
+            file.current[start..start + buf.len()].copy_from_slice(buf);
+            file.touch(start, start + buf.len());
             Ok(buf.len())
         })
     }
@@ -501,7 +531,10 @@ impl StoreFile for SimFile {
         self.with(|world, ino| {
             let len = usize::try_from(len)
                 .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "length too large"))?;
-            world.file(ino)?.current.resize(len, 0);
+            let file = world.file(ino)?;
+            let old = file.current.len();
+            file.current.resize(len, 0);
+            file.touch(old.min(len), old.max(len));
             Ok(())
         })
     }
@@ -510,8 +543,7 @@ impl StoreFile for SimFile {
         self.with(|world, ino| {
             world.count_sync()?;
             if world.flaw != Some(SimFlaw::SyncDataKeepsNothing) {
-                let file = world.file(ino)?;
-                file.durable = file.current.clone();
+                world.file(ino)?.make_durable();
             }
             Ok(())
         })
@@ -520,8 +552,7 @@ impl StoreFile for SimFile {
     fn sync_all(&self) -> io::Result<()> {
         self.with(|world, ino| {
             world.count_sync()?;
-            let file = world.file(ino)?;
-            file.durable = file.current.clone();
+            world.file(ino)?.make_durable();
             Ok(())
         })
     }
