@@ -117,18 +117,7 @@ fn expired_records_are_reported_as_a_gap(seed: u64) -> Outcome {
         gaps.iter().any(|g| g.from <= 1 && g.to > 10),
         &format!("the expired seqs 1..=10 were not reported as a gap: {gaps:?}"),
     )?;
-    for check in [
-        received_exactly_once(&world.shared),
-        one_record_per_seq(&world.shared),
-        per_sender_order(&world.shared),
-        cursors_never_go_back(&world.shared, &world.wiped_relays()),
-        no_escalation_beyond_policy(&world.shared, &world.escalated_hosts()),
-        only_pushed_records_are_received(&world.shared, &pushed.0),
-        no_plaintext_on_relays(&world.relay_dirs(), world.relay_disks(), MARKER),
-    ] {
-        check.map_err(|e| failed(&world, e))?;
-    }
-    Ok(())
+    safety_holds(&world, &pushed, Delivery::ExactlyOnce)
 }
 
 /// This group's scenarios.

@@ -124,25 +124,46 @@ pub fn converge_and_check(world: &mut SimWorld, pushed: &Pushed, delivery: Deliv
         .map_err(|e| failed(world, e.to_string()))?;
     let shared = &world.shared;
     ensure(world, acked_all(shared), "not every push was acked")?;
-    let checks = [
-        acked_pushes_reach_every_other_device(shared),
-        if delivery == Delivery::ExactlyOnce {
-            received_exactly_once(shared)
-        } else {
-            Ok(())
-        },
-        one_record_per_seq(shared),
-        cursors_never_go_back(shared, &world.wiped_relays()),
-        no_escalation_beyond_policy(shared, &world.escalated_hosts()),
-        per_sender_order(shared),
-        only_pushed_records_are_received(shared, &pushed.0),
-        if world.is_hostile {
-            Ok(())
-        } else {
-            nothing_undecryptable_served(shared)
-        },
-        no_plaintext_on_relays(&world.relay_dirs(), world.relay_disks(), MARKER),
-    ];
+    all_hold(
+        world,
+        [
+            acked_pushes_reach_every_other_device(shared),
+            if world.is_hostile {
+                Ok(())
+            } else {
+                nothing_undecryptable_served(shared)
+            },
+        ],
+    )?;
+    safety_holds(world, pushed, delivery)
+}
+
+/// The invariants that hold in every world, whatever it lost: nothing twice (where no
+/// receiver restarted: `delivery`), one record per seq, per-sender order, cursors never
+/// back, no escalation beyond the supervision policies, only pushed records, no plaintext
+/// on the relays.
+pub fn safety_holds(world: &SimWorld, pushed: &Pushed, delivery: Delivery) -> Outcome {
+    let shared = &world.shared;
+    all_hold(
+        world,
+        [
+            if delivery == Delivery::ExactlyOnce {
+                received_exactly_once(shared)
+            } else {
+                Ok(())
+            },
+            one_record_per_seq(shared),
+            per_sender_order(shared),
+            cursors_never_go_back(shared, &world.wiped_relays()),
+            no_escalation_beyond_policy(shared, &world.escalated_hosts()),
+            only_pushed_records_are_received(shared, &pushed.0),
+            no_plaintext_on_relays(&world.relay_dirs(), world.relay_disks(), MARKER),
+        ],
+    )
+}
+
+/// Fail with the trace's tail on the first broken check.
+pub fn all_hold(world: &SimWorld, checks: impl IntoIterator<Item = Result<(), String>>) -> Outcome {
     for check in checks {
         check.map_err(|e| failed(world, e))?;
     }

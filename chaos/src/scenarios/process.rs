@@ -72,18 +72,11 @@ fn sender_killed_mid_stream(seed: u64) -> Outcome {
         acked_pushes_reach_every_other_device(s).is_ok()
     })?;
     run(&mut world, Duration::from_secs(2))?;
-    for check in [
-        acked_pushes_reach_every_other_device(&world.shared),
-        received_exactly_once(&world.shared),
-        one_record_per_seq(&world.shared),
-        cursors_never_go_back(&world.shared, &world.wiped_relays()),
-        no_escalation_beyond_policy(&world.shared, &world.escalated_hosts()),
-        per_sender_order(&world.shared),
-        only_pushed_records_are_received(&world.shared, &pushed.0),
-        no_plaintext_on_relays(&world.relay_dirs(), world.relay_disks(), MARKER),
-    ] {
-        check.map_err(|e| failed(&world, e))?;
-    }
+    all_hold(
+        &world,
+        [acked_pushes_reach_every_other_device(&world.shared)],
+    )?;
+    safety_holds(&world, &pushed, Delivery::ExactlyOnce)?;
     ensure(
         &world,
         *lock(&world.device(0).starts) == 2,
@@ -174,19 +167,11 @@ fn sender_and_relay_killed_together(seed: u64) -> Outcome {
         acked_pushes_reach_every_other_device(s).is_ok()
     })?;
     run(&mut world, Duration::from_secs(2))?;
-    for check in [
-        acked_pushes_reach_every_other_device(&world.shared),
-        received_exactly_once(&world.shared),
-        one_record_per_seq(&world.shared),
-        per_sender_order(&world.shared),
-        cursors_never_go_back(&world.shared, &world.wiped_relays()),
-        no_escalation_beyond_policy(&world.shared, &world.escalated_hosts()),
-        only_pushed_records_are_received(&world.shared, &pushed.0),
-        no_plaintext_on_relays(&world.relay_dirs(), world.relay_disks(), MARKER),
-    ] {
-        check.map_err(|e| failed(&world, e))?;
-    }
-    Ok(())
+    all_hold(
+        &world,
+        [acked_pushes_reach_every_other_device(&world.shared)],
+    )?;
+    safety_holds(&world, &pushed, Delivery::ExactlyOnce)
 }
 
 /// This group's scenarios.
