@@ -79,6 +79,11 @@ pub struct Rewrite {
     pub forge_next_by: u64,
     /// Say `has_more: false` in every pull page, also when more exist.
     pub hide_more: bool,
+    /// Replace the nonce of the relay's `Welcome` (a man in the middle of the handshake):
+    /// every join proof a client signs is then for a nonce the relay never gave.
+    pub forge_nonce: bool,
+    /// Claim another relay id in the `Welcome` (a host impersonating another relay).
+    pub impersonate: bool,
 }
 
 /// What one connection's rewriter carries from frame to frame.
@@ -129,6 +134,25 @@ impl Rewrite {
                 next,
                 has_more,
             } => vec![self.page(serving, req, items, next, has_more)],
+            Frame::Welcome {
+                version,
+                mut relay_id,
+                mut nonce,
+                limits,
+            } => {
+                if self.forge_nonce {
+                    nonce = nonce.map(|b| !b);
+                }
+                if self.impersonate {
+                    relay_id.0 = relay_id.0.map(|b| b ^ 0x5A);
+                }
+                vec![Frame::Welcome {
+                    version,
+                    relay_id,
+                    nonce,
+                    limits,
+                }]
+            }
             other => vec![other],
         }
     }
@@ -281,7 +305,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use zerok_messages::{BlobId, MailboxId};
+    use zerok_messages::{BlobId, DeviceId, MailboxId};
 
     const MAILBOX: MailboxId = MailboxId([3; 32]);
     const REQ: ReqId = ReqId(9);
@@ -367,6 +391,45 @@ mod tests {
         (1..=n)
             .flat_map(|c| delivered(rewrite.rewrite(&mut serving, deliver(c))))
             .collect()
+    }
+
+    #[test]
+    fn a_forged_welcome_carries_another_nonce_or_relay_id_and_nothing_else_changes() {
+        let welcome = Frame::Welcome {
+            version: 1,
+            relay_id: DeviceId([7; 32]),
+            nonce: [3; 32],
+            limits: zerok_relay::config::LimitsConfig::default().to_wire(),
+        };
+        let mut serving = Serving::default();
+        let forged = |rewrite: Rewrite, serving: &mut Serving| match rewrite
+            .rewrite(serving, welcome.clone())
+            .as_slice()
+        {
+            [
+                Frame::Welcome {
+                    relay_id, nonce, ..
+                },
+            ] => (*relay_id, *nonce),
+            other => panic!("one welcome expected, got {other:?}"),
+        };
+        let nonce_forged = Rewrite {
+            forge_nonce: true,
+            ..Rewrite::default()
+        };
+        assert_eq!(
+            forged(nonce_forged, &mut serving),
+            (DeviceId([7; 32]), [!3; 32])
+        );
+        let impersonating = Rewrite {
+            impersonate: true,
+            ..Rewrite::default()
+        };
+        let (relay_id, nonce) = forged(impersonating, &mut serving);
+        assert_ne!(relay_id, DeviceId([7; 32]));
+        assert_eq!(nonce, [3; 32]);
+        let passed = Rewrite::default().rewrite(&mut serving, welcome.clone());
+        assert_eq!(passed, [welcome]);
     }
 
     #[test]

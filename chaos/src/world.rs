@@ -32,7 +32,8 @@ use std::time::Duration;
 use zerok_actors::clock::Clock;
 use zerok_actors::fault::FaultPlan;
 use zerok_actors::link::LinkListener;
-use zerok_actors::relay::blob_store::fs::{PowerCut, SimFs};
+use zerok_actors::relay::blob_store::fs::{OpenMode, PowerCut, SimFs};
+use zerok_actors::relay::blob_store::segments::SEGMENT_SUFFIX;
 use zerok_actors::rng::Rng;
 use zerok_client::{Client, ClientConfig, ClientError, Event, GroupId, NewSecret, Transport};
 use zerok_messages::sync::lock;
@@ -42,6 +43,9 @@ use zerok_relay::tree::{RelayNode, Seams};
 
 /// How often a device looks for new pushes to make.
 const COMMAND_POLL: Duration = Duration::from_millis(5);
+
+/// How long an app waits before pushing a record again whose push failed.
+const APP_RETRY: Duration = Duration::from_millis(500);
 
 /// How often a device reads its relay cursors from its client's status.
 const CURSOR_PROBE: Duration = Duration::from_millis(100);
@@ -517,12 +521,54 @@ impl SimWorld {
         kinds
     }
 
+    /// Damage relay `i`'s disk under its oldest segment: eight bytes in the middle of its
+    /// data inverted and synced (a bad sector). The relay should be down (crashed); its
+    /// store finds the damage when it reads. Whether a segment with data was found.
+    pub fn damage_relay_segment(&self, i: usize) -> bool {
+        let disk = &self.disks[i];
+        let fs = disk.shared();
+        let dir = self.relays[i].2.join(zerok_relay::tree::STORE_DIR);
+        let Ok(mut names) = fs.list_dir(&dir) else {
+            return false;
+        };
+        names.sort();
+        let Some(name) = names
+            .into_iter()
+            .find(|n| n.to_string_lossy().ends_with(SEGMENT_SUFFIX))
+        else {
+            return false;
+        };
+        let path = dir.join(name);
+        let Ok(bytes) = disk.read_file(&path) else {
+            return false;
+        };
+        let end = bytes.iter().rposition(|b| *b != 0).unwrap_or(0);
+        if end < 256 {
+            return false;
+        }
+        let at = end / 2;
+        let flipped: Vec<u8> = bytes[at..at + 8].iter().map(|b| !b).collect();
+        self.note(format!("fault: relay{i}'s segment damaged at byte {at}"));
+        fs.open(&path, OpenMode::ReadWrite)
+            .and_then(|file| {
+                file.write_all_at(&flipped, at as u64)?;
+                file.sync_data()
+            })
+            .is_ok()
+    }
+
     /// Make host `name`'s wall clock jump by `by_ms` (negative: back in time).
     pub fn shift_clock(&self, name: &str, by_ms: i64) {
         if let Some(shift) = self.clocks.get(name) {
             shift.fetch_add(by_ms, Ordering::SeqCst);
         }
         self.note(format!("fault: clock of {name} jumps {by_ms} ms"));
+    }
+
+    /// Say that host `name`'s tree may stop on its own in this scenario (a fault the
+    /// scenario injects escalates by design), so `no_escalation_beyond_policy` allows it.
+    pub fn expect_escalation(&self, name: &str) {
+        lock(&self.escalated).insert(name.to_owned());
     }
 
     /// Hosts whose tree a scenario stopped on purpose (a top-level actor killed).
@@ -816,8 +862,12 @@ async fn run_client(host: DeviceHost) -> turmoil::Result {
                             Err(err) => {
                                 shared.record(format!("dev{i} push failed {}: {err}", show(&payload)));
                                 lock(&log.failed).push(payload.clone());
+                                // The app pushes it again (once its client is back, when
+                                // it had stopped); a record pushed twice is two records.
                                 if matches!(err, ClientError::Stopped) {
-                                    // The app pushes it again once its client is back.
+                                    lock(&log.pending).push_back(payload);
+                                } else {
+                                    tokio::time::sleep(APP_RETRY).await;
                                     lock(&log.pending).push_back(payload);
                                 }
                             }

@@ -59,6 +59,8 @@ scenarios!(
     relay_power_lost_at_a_sync,
     relay_power_loss_storm,
     relay_power_loss_after_sweeps,
+    damaged_relay_segment,
+    device_local_commits_fail,
     relay_sweeps_fail,
     device_clocks_hours_apart,
     relay_clock_days_behind,
@@ -109,4 +111,6 @@ scenarios!(
     truncating_relay,
     dropping_only_relay,
     tampering_only_relay,
+    forged_handshake_relay,
+    impersonating_relay,
 );

@@ -51,8 +51,8 @@ pub struct ClientConfig {
     pub clock: Clock,
     /// Randomness (`None` = system).
     pub rng: Option<Rng>,
-    /// Faults to inject into the client's actors (tests and the chaos harness; none by
-    /// default).
+    /// Faults to inject into the client's actors and its local store (tests and the chaos
+    /// harness; none by default).
     pub faults: FaultPlan,
     /// How relays are reached (iroh QUIC on `bind` by default).
     pub transport: Transport,
@@ -145,6 +145,7 @@ impl Client {
         let store = zerok_actors::exec::blocking(move || LocalStore::open(&store_dir))
             .await
             .map_err(|e| home_err(&home, e))??;
+        store.set_faults(config.faults.clone());
         if let Some(fresh) = take_new_key_if_copied(&home, &key_path, &store, &mut rng).await? {
             secret = fresh;
         }

@@ -19,6 +19,9 @@
 //! from the local store and the batches the old one died with; past the policy's intensity
 //! the client stops. The coordinator owns the store, so its death stops the client: a
 //! restarted coordinator would reopen the store under a client whose calls are in flight.
+//! A failed journal sync of the store is final for that open store (nothing written after
+//! it can be trusted to be durable), so the coordinator dies on it: the app starts the
+//! client again, which reopens the store from its journal.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::{Arc, Mutex};

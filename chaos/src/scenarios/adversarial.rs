@@ -319,6 +319,38 @@ fn tampering_only_relay(seed: u64) -> Outcome {
     Ok(())
 }
 
+fn forged_handshake_relay(seed: u64) -> Outcome {
+    // A man in the middle of one relay's handshake: the relay refuses every join proof
+    // (signed for a nonce it never gave), and the group syncs through the other relay.
+    let mut world = world_with_hostile_relay(
+        seed,
+        Rewrite {
+            forge_nonce: true,
+            ..Rewrite::default()
+        },
+    )?;
+    let mut pushed = Pushed::default();
+    pushed.push(&world, 0, "mitm", 15);
+    pushed.push(&world, 1, "mitm", 15);
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
+fn impersonating_relay(seed: u64) -> Outcome {
+    // A host whose Welcome claims another relay's id: clients do not sync through it, and
+    // the group still converges through the honest relay.
+    let mut world = world_with_hostile_relay(
+        seed,
+        Rewrite {
+            impersonate: true,
+            ..Rewrite::default()
+        },
+    )?;
+    let mut pushed = Pushed::default();
+    pushed.push(&world, 0, "imposter", 15);
+    pushed.push(&world, 1, "imposter", 15);
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
 /// This group's scenarios.
 pub(super) const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -374,6 +406,18 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         group: "adversarial",
         proves: "the only relay flipping bytes of every third item: each is reported undecryptable, none tampered reaches an app",
         run: tampering_only_relay,
+    },
+    Scenario {
+        name: "forged_handshake_relay",
+        group: "adversarial",
+        proves: "a man in the middle of one relay's handshake (forged nonce): every join there is refused, the group converges through the other relay",
+        run: forged_handshake_relay,
+    },
+    Scenario {
+        name: "impersonating_relay",
+        group: "adversarial",
+        proves: "a relay host claiming another relay's id in its Welcome is not synced through; the group converges through the honest relay",
+        run: impersonating_relay,
     },
 ];
 

@@ -148,6 +148,43 @@ fn relay_power_loss_after_sweeps(seed: u64) -> Outcome {
     converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
 }
 
+fn damaged_relay_segment(seed: u64) -> Outcome {
+    // A bad sector under one of two relays' records: the damaged record is never served
+    // (every read is verified), the rest are, and the other relay has everything.
+    let mut world = world(seed, 2, 2)?;
+    let mut pushed = Pushed::default();
+    world.partition(&device_host(1), &relay_host(0));
+    world.partition(&device_host(1), &relay_host(1));
+    pushed.push(&world, 0, "sector", 40);
+    until(&mut world, "every push acked", |s| {
+        lock(&s.devices[0].acked).len() == 40
+    })?;
+    run(&mut world, Duration::from_secs(3))?;
+    world.crash(&relay_host(0));
+    ensure(
+        &world,
+        world.damage_relay_segment(0),
+        "no segment with data to damage",
+    )?;
+    world.bounce(&relay_host(0));
+    world.repair(&device_host(1), &relay_host(0));
+    world.repair(&device_host(1), &relay_host(1));
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
+fn device_local_commits_fail(seed: u64) -> Outcome {
+    // 20% of a pusher's local journal syncs fail. A failed sync is final for an open store,
+    // so the client stops (its coordinator dies: the documented escalation); its pushes
+    // fail to its app, which starts the client again and pushes them again. Every record
+    // lands once. (Before, the client stayed up and failed every later push.)
+    let point = FaultPoint::BeforeFlush;
+    let (mut world, faults) = world_with_device_fault(seed, 0, point, 0.2)?;
+    world.expect_escalation(&device_host(0));
+    let mut pushed = Pushed::default();
+    push_until_fired(&mut world, &mut pushed, &[0], 5, &faults, point)?;
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
 /// This group's scenarios.
 pub(super) const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -203,5 +240,17 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         group: "storage",
         proves: "after minutes of sweeps and index checkpoints a torn power loss keeps every acked push for an offline device",
         run: relay_power_loss_after_sweeps,
+    },
+    Scenario {
+        name: "damaged_relay_segment",
+        group: "storage",
+        proves: "a bad sector under one of two relays' records: nothing damaged is served, the records reach an offline device once",
+        run: damaged_relay_segment,
+    },
+    Scenario {
+        name: "device_local_commits_fail",
+        group: "storage",
+        proves: "a pusher whose local journal syncs fail 20% of the time stops, is started again by its app, and every record lands once",
+        run: device_local_commits_fail,
     },
 ];

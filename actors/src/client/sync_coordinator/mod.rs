@@ -371,7 +371,17 @@ impl Actor for CoordinatorActor {
             CoordMsg::Opened { batches, results } => {
                 state.on_opened(&myself, batches, results)?;
             }
-            CoordMsg::Durable(durable) => state.on_durable(durable),
+            CoordMsg::Durable(durable) => {
+                let failed = durable.error.clone();
+                state.on_durable(durable);
+                if let Some(error) = failed {
+                    // A failed journal sync is final for this open store (nothing written
+                    // after it can be trusted to be durable): every later push would fail.
+                    // The coordinator dies instead, which stops the client (its documented
+                    // escalation); started again, it reopens the store from its journal.
+                    return Err(format!("the local store cannot sync: {error}").into());
+                }
+            }
             CoordMsg::WaitAcked {
                 group,
                 blob_id,
