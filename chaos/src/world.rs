@@ -38,7 +38,7 @@ use zerok_actors::rng::Rng;
 use zerok_client::{Client, ClientConfig, ClientError, Event, GroupId, NewSecret, Transport};
 use zerok_messages::sync::lock;
 use zerok_messages::{DeviceId, RelayAddr};
-use zerok_relay::config::RelayConfig;
+use zerok_relay::config::{RelayConfig, StoreConfig};
 use zerok_relay::tree::{RelayNode, Seams};
 
 /// How often a device looks for new pushes to make.
@@ -46,6 +46,9 @@ const COMMAND_POLL: Duration = Duration::from_millis(5);
 
 /// How long an app waits before pushing a record again whose push failed.
 const APP_RETRY: Duration = Duration::from_millis(500);
+
+/// The relays' segment size.
+const SEGMENT_BYTES: u64 = 1024 * 1024;
 
 /// How often a device reads its relay cursors from its client's status.
 const CURSOR_PROBE: Duration = Duration::from_millis(100);
@@ -698,6 +701,12 @@ async fn relay_software(host: RelayHost) -> turmoil::Result {
     let config = RelayConfig {
         data_dir: host.data_dir.clone(),
         http: None,
+        store: StoreConfig {
+            // 1 MiB segments instead of 64: long scenarios roll segments, and a restart
+            // scans a 1 MiB active segment for its end, not 64 MiB of zeros in memory.
+            segment_bytes: SEGMENT_BYTES,
+            ..StoreConfig::default()
+        },
         ..RelayConfig::default()
     };
     for run in 0u64.. {
