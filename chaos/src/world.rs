@@ -769,12 +769,21 @@ struct DeviceHost {
 /// stopped on its own (its coordinator died: the client's documented escalation).
 async fn device_software(host: DeviceHost) -> turmoil::Result {
     loop {
-        run_client(host.clone()).await?;
-        host.shared.record(format!(
-            "dev{}: the client stopped; its app starts it again",
-            host.i
-        ));
-        lock(&host.shared.tree_stops).push(device_host(host.i));
+        match run_client(host.clone()).await {
+            Ok(()) => {
+                host.shared.record(format!(
+                    "dev{}: the client stopped; its app starts it again",
+                    host.i
+                ));
+                lock(&host.shared.tree_stops).push(device_host(host.i));
+            }
+            // Starting failed (its store could not sync, say): the app tries again, as
+            // an app would; a failure that lasts shows as pushes never acked.
+            Err(err) => host.shared.record(format!(
+                "dev{}: the app's client failed ({err}); it tries again",
+                host.i
+            )),
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
