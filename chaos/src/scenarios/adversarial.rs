@@ -23,49 +23,53 @@ fn world_with_hostile_relay(seed: u64, rewrite: Rewrite) -> Result<SimWorld, Str
     })
 }
 
+/// Relay 1's host rewriting as `rewrite` beside an honest relay 0; both devices push `n`
+/// records tagged `tag`; everything converges through the honest relay.
+fn hostile_relay_beside_an_honest_one(seed: u64, rewrite: Rewrite, tag: &str, n: usize) -> Outcome {
+    let mut world = world_with_hostile_relay(seed, rewrite)?;
+    let mut pushed = Pushed::default();
+    pushed.push(&world, 0, tag, n);
+    pushed.push(&world, 1, tag, n);
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
 fn tampering_relay(seed: u64) -> Outcome {
-    let mut world = world_with_hostile_relay(
+    // A tampered copy is reported as undecryptable when it comes first; when the honest
+    // relay's copy came first, it is skipped by its blob id before it is opened (the sweep
+    // found seeds of both kinds). Either way nothing tampered reaches an app.
+    hostile_relay_beside_an_honest_one(
         seed,
         Rewrite {
             flip_every: 3,
             ..Rewrite::default()
         },
-    )?;
-    let mut pushed = Pushed::default();
-    pushed.push(&world, 0, "tamper", 20);
-    pushed.push(&world, 1, "tamper", 20);
-    // A tampered copy is reported as undecryptable when it comes first; when the honest
-    // relay's copy came first, it is skipped by its blob id before it is opened (the sweep
-    // found seeds of both kinds). Either way nothing tampered reaches an app.
-    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+        "tamper",
+        20,
+    )
 }
 
 fn duplicating_relay(seed: u64) -> Outcome {
-    let mut world = world_with_hostile_relay(
+    hostile_relay_beside_an_honest_one(
         seed,
         Rewrite {
             duplicate_every: 2,
             ..Rewrite::default()
         },
-    )?;
-    let mut pushed = Pushed::default();
-    pushed.push(&world, 0, "dup", 20);
-    pushed.push(&world, 1, "dup", 20);
-    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+        "dup",
+        20,
+    )
 }
 
 fn dropping_relay(seed: u64) -> Outcome {
-    let mut world = world_with_hostile_relay(
+    hostile_relay_beside_an_honest_one(
         seed,
         Rewrite {
             drop_every: 3,
             ..Rewrite::default()
         },
-    )?;
-    let mut pushed = Pushed::default();
-    pushed.push(&world, 0, "drop", 20);
-    pushed.push(&world, 1, "drop", 20);
-    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+        "drop",
+        20,
+    )
 }
 
 /// The group's only relay, its host rewriting what it serves as `rewrite`.
@@ -145,12 +149,7 @@ fn missing_records_are_reported_as_gaps(shared: &Shared) -> Result<(), String> {
 fn settle_and_check_losses(world: &mut SimWorld, pushed: &Pushed) -> Outcome {
     let expected = pushed.0.len();
     until(world, "not every push was acked", |shared| {
-        shared
-            .devices
-            .iter()
-            .map(|d| lock(&d.acked).len())
-            .sum::<usize>()
-            == expected
+        all_acked(shared, expected)
     })?;
     run(world, SETTLE)?;
     all_hold(world, [missing_records_are_reported_as_gaps(&world.shared)])?;
@@ -322,33 +321,29 @@ fn tampering_only_relay(seed: u64) -> Outcome {
 fn forged_handshake_relay(seed: u64) -> Outcome {
     // A man in the middle of one relay's handshake: the relay refuses every join proof
     // (signed for a nonce it never gave), and the group syncs through the other relay.
-    let mut world = world_with_hostile_relay(
+    hostile_relay_beside_an_honest_one(
         seed,
         Rewrite {
             forge_nonce: true,
             ..Rewrite::default()
         },
-    )?;
-    let mut pushed = Pushed::default();
-    pushed.push(&world, 0, "mitm", 15);
-    pushed.push(&world, 1, "mitm", 15);
-    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+        "mitm",
+        15,
+    )
 }
 
 fn impersonating_relay(seed: u64) -> Outcome {
     // A host whose Welcome claims another relay's id: clients do not sync through it, and
     // the group still converges through the honest relay.
-    let mut world = world_with_hostile_relay(
+    hostile_relay_beside_an_honest_one(
         seed,
         Rewrite {
             impersonate: true,
             ..Rewrite::default()
         },
-    )?;
-    let mut pushed = Pushed::default();
-    pushed.push(&world, 0, "imposter", 15);
-    pushed.push(&world, 1, "imposter", 15);
-    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+        "imposter",
+        15,
+    )
 }
 
 /// This group's scenarios.

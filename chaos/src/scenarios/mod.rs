@@ -101,18 +101,21 @@ pub fn ensure(world: &SimWorld, ok: bool, what: &str) -> Outcome {
     }
 }
 
+/// Whether the apps were told `expected` pushes were acked, all devices together.
+pub fn all_acked(shared: &crate::world::Shared, expected: usize) -> bool {
+    shared
+        .devices
+        .iter()
+        .map(|d| lock(&d.acked).len())
+        .sum::<usize>()
+        == expected
+}
+
 /// Run until every push was acked and reached every other device (or `CONVERGE` passed),
 /// then check every invariant.
 pub fn converge_and_check(world: &mut SimWorld, pushed: &Pushed, delivery: Delivery) -> Outcome {
     let expected = pushed.0.len();
-    let acked_all = |shared: &crate::world::Shared| {
-        shared
-            .devices
-            .iter()
-            .map(|d| lock(&d.acked).len())
-            .sum::<usize>()
-            == expected
-    };
+    let acked_all = |shared: &crate::world::Shared| all_acked(shared, expected);
     world
         .run_until(CONVERGE, |shared| {
             acked_all(shared) && acked_pushes_reach_every_other_device(shared).is_ok()
