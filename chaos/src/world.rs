@@ -11,7 +11,9 @@
 //!   would: the first device creates the group on every relay and publishes an invite, the
 //!   others join with it; then each takes the pushes a scenario queues for it, records the
 //!   ones acked, and records every record it receives. A restarted device starts its client
-//!   again on the same home dir.
+//!   again on the same home dir. Its local store keeps an image of what it synced
+//!   ([`DeviceDisk`]): [`SimWorld::device_power_loss`] crashes the host and puts the image
+//!   back (or a torn part of what came after).
 //! - Time is turmoil's simulated time: timeouts, backoffs and pings of both trees run in it.
 //!   Every host's wall clock is [`WALL_START_MS`] plus simulated time plus its own shift
 //!   ([`WorldConfig::clock_skew_ms`], [`SimWorld::shift_clock`]: skewed clocks and clocks that
@@ -21,6 +23,7 @@
 //! runs inline there (`zerok_actors::exec`), so simulated time does not depend on the real
 //! machine's speed.
 
+use crate::device_disk::DeviceDisk;
 use crate::hostile::{Rewrite, rewriting};
 use crate::net::{SimDialer, listen, relay_addr};
 use ractor::ActorCell;
@@ -58,6 +61,9 @@ const SIMULATION_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// Wall time (unix ms) at the start of every simulation, before any host's shift.
 pub const WALL_START_MS: u64 = 1_800_000_000_000;
+
+/// A device's local store, inside its home (as `zerok_client` places it).
+const DEVICE_STORE_DIR: &str = "store";
 
 /// Invites made by the first device stay valid this long.
 const INVITE_VALID: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -203,6 +209,8 @@ pub struct SimWorld {
     relays: Vec<(String, DeviceId, PathBuf)>,
     /// The relays' store disks (kept across crashes).
     disks: Vec<SimFs>,
+    /// The devices' store disks (kept across crashes).
+    device_disks: Vec<DeviceDisk>,
     /// Every host's clock shift (kept across crashes).
     clocks: BTreeMap<String, Arc<AtomicI64>>,
     /// Relays that lost their data ([`SimWorld::wipe_relay`]).
@@ -308,10 +316,13 @@ impl SimWorld {
         let relay_hosts: Vec<(String, DeviceId)> =
             relays.iter().map(|(h, id, _)| (h.clone(), *id)).collect();
         let mut devices = Vec::new();
+        let mut device_disks = Vec::new();
         for i in 0..config.devices {
             let host = device_host(i);
             devices.push(host.clone());
             let home = dirs.path().join(&host);
+            let disk = DeviceDisk::new(home.join(DEVICE_STORE_DIR));
+            device_disks.push(disk.clone());
             let shared = Arc::clone(&shared);
             let relay_hosts = relay_hosts.clone();
             let seed = config.seed ^ (0x2000 + i as u64);
@@ -326,6 +337,7 @@ impl SimWorld {
                 seed,
                 quorum,
                 faults,
+                disk,
             };
             sim.host(host.as_str(), move || device_software(setup.clone()));
         }
@@ -334,6 +346,7 @@ impl SimWorld {
             shared,
             relays,
             disks,
+            device_disks,
             clocks,
             wiped: BTreeSet::new(),
             escalated: Mutex::new(BTreeSet::new()),
@@ -464,6 +477,23 @@ impl SimWorld {
         self.note(format!("fault: power loss relay{i} {cut:?}"));
         self.sim.crash(relay_host(i).as_str());
         self.disks[i].power_cut(cut);
+    }
+
+    /// Crash device `i`'s host and cut its disk's power: its local store keeps only what was
+    /// synced, or with [`PowerCut::Torn`] also a random page-granular part of what was
+    /// appended since ([`DeviceDisk`]). Start it again with [`SimWorld::bounce`].
+    pub fn device_power_loss(&mut self, i: usize, cut: PowerCut) -> anyhow::Result<()> {
+        self.sim.crash(device_host(i).as_str());
+        let lost = self.device_disks[i].power_cut(cut)?;
+        self.note(format!(
+            "fault: power loss dev{i} {cut:?}: {lost} unsynced bytes lost"
+        ));
+        Ok(())
+    }
+
+    /// Device `i`'s store disk.
+    pub fn device_disk(&self, i: usize) -> &DeviceDisk {
+        &self.device_disks[i]
     }
 
     /// Crash relay `i`'s host and lose its whole store (segments and index): it comes back
@@ -763,6 +793,7 @@ struct DeviceHost {
     seed: u64,
     quorum: usize,
     faults: FaultPlan,
+    disk: DeviceDisk,
 }
 
 /// A device's app: it runs its client, and starts it again a second later when the client
@@ -799,6 +830,7 @@ async fn run_client(host: DeviceHost) -> turmoil::Result {
         seed,
         quorum,
         faults,
+        disk,
     } = host;
     let log = &shared.devices[i];
     let starts = {
@@ -810,6 +842,7 @@ async fn run_client(host: DeviceHost) -> turmoil::Result {
     config.rng = Some(Rng::seeded(seed ^ starts));
     config.ack_quorum = quorum;
     config.faults = faults;
+    config.on_store_sync = Some(disk.hook());
     config.clock = wall_clock(shift);
     config.transport = Transport::Dialer(Arc::new(|id| Arc::new(SimDialer::new(id))));
     let client = Arc::new(

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
-use zerok_actors::client::local_store::{KeyFileIdentity, LocalStore};
+use zerok_actors::client::local_store::{KeyFileIdentity, LocalStore, SyncHook};
 use zerok_actors::client::sync_coordinator::{CONN_RESTART_POLICY, Coordinator, CoordinatorArgs};
 use zerok_actors::clock::Clock;
 use zerok_actors::crypto::envelope::DeviceKey;
@@ -54,6 +54,9 @@ pub struct ClientConfig {
     /// Faults to inject into the client's actors and its local store (tests and the chaos
     /// harness; none by default).
     pub faults: FaultPlan,
+    /// Told of every journal sync of the local store (the chaos harness images the device's
+    /// disk with it, for power cuts); none by default.
+    pub on_store_sync: Option<SyncHook>,
     /// How relays are reached (iroh QUIC on `bind` by default).
     pub transport: Transport,
 }
@@ -93,6 +96,7 @@ impl ClientConfig {
             clock: Clock::system(),
             rng: None,
             faults: FaultPlan::none(),
+            on_store_sync: None,
             transport: Transport::Iroh,
         }
     }
@@ -146,6 +150,7 @@ impl Client {
             .await
             .map_err(|e| home_err(&home, e))??;
         store.set_faults(config.faults.clone());
+        store.set_sync_hook(config.on_store_sync.clone());
         if let Some(fresh) = take_new_key_if_copied(&home, &key_path, &store, &mut rng).await? {
             secret = fresh;
         }

@@ -83,6 +83,18 @@ const IMPORT_BATCH_KEYS: usize = 1024;
 const FORMAT_KEY: &[u8] = b"v";
 const FORMAT: &[u8] = b"zerok-client-1";
 
+/// Called right after every journal sync of the store that succeeded, before anyone is told
+/// what it made durable (the chaos harness keeps, with it, an image of what a power cut
+/// would leave of the device's disk: fjall has no file-system seam).
+#[derive(Clone)]
+pub struct SyncHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for SyncHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncHook(..)")
+    }
+}
+
 /// A push waiting for relay acks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
@@ -201,6 +213,19 @@ struct Inner {
     /// Injected faults (tests, the chaos harness): [`FaultPoint::BeforeFlush`] fails a group
     /// commit.
     faults: Mutex<FaultPlan>,
+    /// Told of every journal sync that succeeded ([`LocalStore::set_sync_hook`]).
+    sync_hook: Mutex<Option<SyncHook>>,
+}
+
+impl Inner {
+    /// A journal sync succeeded: count it and tell the hook.
+    fn synced(&self) {
+        self.data_syncs.fetch_add(1, Ordering::Relaxed);
+        let hook = lock(&self.sync_hook).clone();
+        if let Some(hook) = hook {
+            (hook.0)();
+        }
+    }
 }
 
 /// The client's store.
@@ -238,6 +263,7 @@ impl LocalStore {
                 flushes: AtomicU64::new(0),
                 data_syncs: AtomicU64::new(0),
                 faults: Mutex::new(FaultPlan::none()),
+                sync_hook: Mutex::new(None),
             }),
         };
         if dir.join(SLED_DATA_FILE).exists() {
@@ -338,13 +364,22 @@ impl LocalStore {
     /// Sync the journal here (at open, before anything else runs).
     fn persist_now(&self) -> Result<(), ClientError> {
         self.inner.db.persist(PersistMode::SyncData).map_err(err)?;
-        self.inner.data_syncs.fetch_add(1, Ordering::Relaxed);
+        self.inner.synced();
         Ok(())
     }
 
     /// Inject `faults` into this store's group commits (tests and the chaos harness).
     pub fn set_faults(&self, faults: FaultPlan) {
         *lock(&self.inner.faults) = faults;
+    }
+
+    /// Tell `hook` of every journal sync from now on; it is called once right away (what the
+    /// store holds after its open is on disk: the open synced what it wrote).
+    pub fn set_sync_hook(&self, hook: Option<SyncHook>) {
+        *lock(&self.inner.sync_hook) = hook.clone();
+        if let Some(hook) = hook {
+            (hook.0)();
+        }
     }
 
     /// Ask for everything applied so far to become durable; answers its ticket, announced by
@@ -673,7 +708,7 @@ async fn flush_loop(inner: Arc<Inner>) {
         } else {
             match crate::exec::blocking(move || db.persist(PersistMode::SyncData)).await {
                 Ok(Ok(())) => {
-                    inner.data_syncs.fetch_add(1, Ordering::Relaxed);
+                    inner.synced();
                     Ok(())
                 }
                 Ok(Err(e)) => Err(e.to_string()),
@@ -1024,5 +1059,41 @@ mod tests {
         // A journal that failed a sync is not trusted again (its pages may be lost).
         store.set_faults(FaultPlan::none());
         assert!(store.flush().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_sync_hook_hears_every_sync_before_its_waiters_and_no_failed_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        let calls = Arc::new(AtomicU64::new(0));
+        // What the hook saw announced as durable when it ran: never the ticket it covers.
+        let durable_at_call = Arc::new(Mutex::new(Vec::new()));
+        let watch = store.watch_durable();
+        let hook = {
+            let (calls, seen) = (Arc::clone(&calls), Arc::clone(&durable_at_call));
+            SyncHook(Arc::new(move || {
+                calls.fetch_add(1, Ordering::Relaxed);
+                lock(&seen).push(watch.borrow().through);
+            }))
+        };
+        store.set_sync_hook(Some(hook));
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "called once when set");
+        for seq in 1..=3u64 {
+            let ticket = store
+                .enqueue_many(&group(), &[(seq, seq, entry(seq))])
+                .expect("enqueue");
+            store.wait_durable(ticket).await.expect("durable");
+            assert_eq!(calls.load(Ordering::Relaxed), 1 + seq);
+            assert!(*lock(&durable_at_call).last().expect("a call") < ticket);
+        }
+        let faults = FaultPlan::seeded(1);
+        faults.set(FaultPoint::BeforeFlush, 1.0);
+        store.set_faults(faults);
+        assert!(store.flush().await.is_err());
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            4,
+            "a failed sync is not told"
+        );
     }
 }

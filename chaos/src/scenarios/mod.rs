@@ -196,6 +196,39 @@ fn received(world: &SimWorld, dev: usize) -> usize {
     lock(&world.device(dev).received).len()
 }
 
+/// After a sender's crash: pushes in flight at the crash may or may not arrive (never
+/// acked, their app does not count on them), so not every push is awaited as in
+/// `converge_and_check`. Run until each of `devs` had its `n` pushes tagged `tag` acked and
+/// every acked push reached every other device, then check the invariants (`delivery`:
+/// whether a receiver restarted too).
+fn acked_after_a_crash_arrive(
+    world: &mut SimWorld,
+    pushed: &Pushed,
+    tag: &[u8],
+    n: usize,
+    devs: &[usize],
+    delivery: Delivery,
+) -> Outcome {
+    until(world, "the pushes after the crash acked", |s| {
+        devs.iter().all(|&dev| {
+            lock(&s.devices[dev].acked)
+                .iter()
+                .filter(|p| p.windows(tag.len()).any(|w| w == tag))
+                .count()
+                == n
+        })
+    })?;
+    until(world, "acked pushes delivered", |s| {
+        acked_pushes_reach_every_other_device(s).is_ok()
+    })?;
+    run(world, Duration::from_secs(2))?;
+    all_hold(
+        world,
+        [acked_pushes_reach_every_other_device(&world.shared)],
+    )?;
+    safety_holds(world, pushed, delivery)
+}
+
 /// A world whose relay 0 runs with `point` failing at probability `p` (seeded by `seed`).
 fn world_with_relay_fault(
     seed: u64,
@@ -267,7 +300,7 @@ mod supervision;
 mod sync;
 mod transport;
 
-pub use storage::acked_then_power_lost;
+pub use storage::{acked_then_power_lost, pushed_then_device_power_lost};
 
 /// The catalogue, group by group.
 pub fn catalogue() -> impl Iterator<Item = &'static Scenario> {

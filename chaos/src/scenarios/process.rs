@@ -61,7 +61,14 @@ fn sender_killed_mid_stream(seed: u64) -> Outcome {
     run(&mut world, Duration::from_secs(2))?;
     world.bounce(&device_host(0));
     pushed.push(&world, 0, "second", 20);
-    acked_after_a_crash_arrive(&mut world, &pushed, b"second", 20, &[0])?;
+    acked_after_a_crash_arrive(
+        &mut world,
+        &pushed,
+        b"second",
+        20,
+        &[0],
+        Delivery::ExactlyOnce,
+    )?;
     ensure(
         &world,
         *lock(&world.device(0).starts) == 2,
@@ -138,38 +145,14 @@ fn sender_and_relay_killed_together(seed: u64) -> Outcome {
     world.bounce(&device_host(0));
     pushed.push(&world, 0, "later", 10);
     pushed.push(&world, 1, "later", 10);
-    acked_after_a_crash_arrive(&mut world, &pushed, b"later", 10, &[0, 1])
-}
-
-/// After a sender's crash: pushes in flight at the crash may or may not arrive (never
-/// acked, their app does not count on them), so not every push is awaited as in
-/// `converge_and_check`. Run until each of `devs` had its `n` pushes tagged `tag` acked and
-/// every acked push reached every other device, then check the invariants.
-fn acked_after_a_crash_arrive(
-    world: &mut SimWorld,
-    pushed: &Pushed,
-    tag: &[u8],
-    n: usize,
-    devs: &[usize],
-) -> Outcome {
-    until(world, "the pushes after the crash acked", |s| {
-        devs.iter().all(|&dev| {
-            lock(&s.devices[dev].acked)
-                .iter()
-                .filter(|p| p.windows(tag.len()).any(|w| w == tag))
-                .count()
-                == n
-        })
-    })?;
-    until(world, "acked pushes delivered", |s| {
-        acked_pushes_reach_every_other_device(s).is_ok()
-    })?;
-    run(world, Duration::from_secs(2))?;
-    all_hold(
-        world,
-        [acked_pushes_reach_every_other_device(&world.shared)],
-    )?;
-    safety_holds(world, pushed, Delivery::ExactlyOnce)
+    acked_after_a_crash_arrive(
+        &mut world,
+        &pushed,
+        b"later",
+        10,
+        &[0, 1],
+        Delivery::ExactlyOnce,
+    )
 }
 
 /// This group's scenarios.

@@ -1,5 +1,6 @@
 //! Storage: the relay's writes and syncs failing, a full disk, power lost (everything not
-//! synced dropped, or a torn part of it kept) after acks, mid-stream and at a sync point.
+//! synced dropped, or a torn part of it kept) after acks, mid-stream and at a sync point;
+//! the same power losses on the devices' disks.
 
 use super::*;
 use zerok_actors::relay::blob_store::fs::{PowerCut, SimFlaw};
@@ -188,6 +189,185 @@ fn device_local_commits_fail(seed: u64) -> Outcome {
     converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
 }
 
+/// Device `i`'s power cut as `cut` (its host crashes; see [`SimWorld::device_power_loss`]).
+fn device_power_loss(world: &mut SimWorld, i: usize, cut: PowerCut) -> Outcome {
+    world
+        .device_power_loss(i, cut)
+        .map_err(|e| failed(world, format!("power cut on dev{i}'s disk: {e}")))
+}
+
+fn starts(world: &SimWorld, dev: usize) -> u64 {
+    *lock(&world.device(dev).starts)
+}
+
+/// dev0's pushes all acked, then its disk loses power (`cut`) and it starts again on what
+/// its store synced, and pushes 20 more (tagged `after`). With `broken`, dev0's disk keeps
+/// nothing its store syncs once the world is up (to show the invariants catch a device
+/// that forgets what it synced).
+pub fn pushed_then_device_power_lost(
+    seed: u64,
+    cut: PowerCut,
+    broken: bool,
+) -> Result<(SimWorld, Pushed), String> {
+    let mut world = world(seed, 2, 1)?;
+    if broken {
+        world.device_disk(0).break_syncs();
+    }
+    let mut pushed = Pushed::default();
+    pushed.push(&world, 0, "before", 20);
+    until(&mut world, "every push acked", |s| {
+        lock(&s.devices[0].acked).len() == 20
+    })?;
+    device_power_loss(&mut world, 0, cut)?;
+    run(&mut world, Duration::from_secs(2))?;
+    world.bounce(&device_host(0));
+    pushed.push(&world, 0, "after", 20);
+    Ok((world, pushed))
+}
+
+fn device_power_loss_after_acks(seed: u64) -> Outcome {
+    let (mut world, pushed) = pushed_then_device_power_lost(seed, PowerCut::DropUnsynced, false)?;
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)?;
+    ensure(&world, starts(&world, 0) == 2, "the pusher started twice")
+}
+
+fn device_torn_power_loss_mid_stream(seed: u64) -> Outcome {
+    // Pushes go to the relay before their local sync ends: the cut loses some that the relay
+    // has. They may reach the other device (never acked to their app), under seqs the
+    // device reserved durably before sending, so no later record takes them.
+    let mut world = world(seed, 2, 1)?;
+    let mut pushed = Pushed::default();
+    pushed.push(&world, 0, "first", 40);
+    until(&mut world, "first acks", |s| {
+        lock(&s.devices[0].acked).len() >= 8
+    })?;
+    device_power_loss(&mut world, 0, torn(seed))?;
+    run(&mut world, Duration::from_secs(2))?;
+    world.bounce(&device_host(0));
+    pushed.push(&world, 0, "second", 20);
+    acked_after_a_crash_arrive(
+        &mut world,
+        &pushed,
+        b"second",
+        20,
+        &[0],
+        Delivery::ExactlyOnce,
+    )?;
+    ensure(&world, starts(&world, 0) == 2, "the pusher started twice")
+}
+
+fn receiver_power_loss_during_catch_up(seed: u64) -> Outcome {
+    let mut world = world(seed, 2, 1)?;
+    let mut pushed = Pushed::default();
+    world.partition(&device_host(1), &relay_host(0));
+    pushed.push(&world, 0, "backlog", 100);
+    until(&mut world, "the backlog acked", |s| {
+        lock(&s.devices[0].acked).len() == 100
+    })?;
+    world.repair(&device_host(1), &relay_host(0));
+    until(&mut world, "catch-up under way", |s| {
+        lock(&s.devices[1].received).len() >= 20
+    })?;
+    // Its cursor and seq tracker go back to the last sync: it reads again from there.
+    device_power_loss(&mut world, 1, torn(seed))?;
+    run(&mut world, Duration::from_secs(2))?;
+    world.bounce(&device_host(1));
+    converge_and_check(&mut world, &pushed, Delivery::AtLeastOnce)?;
+    ensure(&world, starts(&world, 1) == 2, "the receiver started twice")
+}
+
+fn device_power_lost_at_a_sync(seed: u64) -> Outcome {
+    // Both devices push and receive; dev0's power goes right after the k-th sync of its
+    // store from now (seeded), before anything else runs on it.
+    let mut world = world(seed, 2, 1)?;
+    let mut pushed = Pushed::default();
+    let disk = world.device_disk(0).clone();
+    let at = disk.syncs() + 1 + Rng::seeded(seed).below(40);
+    let mut reached = false;
+    for round in 0..60 {
+        pushed.push(&world, 0, &format!("sync{round}"), 3);
+        pushed.push(&world, 1, &format!("sync{round}"), 2);
+        reached = world
+            .run_until(Duration::from_millis(250), |_| disk.syncs() >= at)
+            .map_err(|e| failed(&world, e.to_string()))?;
+        if reached {
+            break;
+        }
+    }
+    ensure(&world, reached, "the sync point never came")?;
+    device_power_loss(&mut world, 0, PowerCut::DropUnsynced)?;
+    run(&mut world, Duration::from_secs(1))?;
+    world.bounce(&device_host(0));
+    pushed.push(&world, 0, "after", 10);
+    pushed.push(&world, 1, "after", 10);
+    acked_after_a_crash_arrive(
+        &mut world,
+        &pushed,
+        b"after",
+        10,
+        &[0, 1],
+        Delivery::AtLeastOnce,
+    )
+}
+
+fn device_power_loss_storm(seed: u64) -> Outcome {
+    let mut world = world(seed, 2, 1)?;
+    let mut pushed = Pushed::default();
+    for round in 0..4 {
+        pushed.push(&world, 0, &format!("storm{round}"), 6);
+        pushed.push(&world, 1, &format!("storm{round}"), 6);
+        run(&mut world, Duration::from_millis(400))?;
+        let cut = if round % 2 == 0 {
+            PowerCut::DropUnsynced
+        } else {
+            torn(seed + round as u64)
+        };
+        device_power_loss(&mut world, round % 2, cut)?;
+        run(&mut world, Duration::from_millis(500))?;
+        world.bounce(&device_host(round % 2));
+    }
+    pushed.push(&world, 0, "after", 10);
+    pushed.push(&world, 1, "after", 10);
+    acked_after_a_crash_arrive(
+        &mut world,
+        &pushed,
+        b"after",
+        10,
+        &[0, 1],
+        Delivery::AtLeastOnce,
+    )
+}
+
+fn every_host_loses_power(seed: u64) -> Outcome {
+    // An outage takes the relay and both devices at once, pushes in flight: each comes back
+    // on what it synced (torn), the relay with every push it acked.
+    let mut world = world(seed, 2, 1)?;
+    let mut pushed = Pushed::default();
+    pushed.push(&world, 0, "acked", 10);
+    pushed.push(&world, 1, "acked", 10);
+    until(&mut world, "pushes acked", |s| all_acked(s, 20))?;
+    pushed.push(&world, 0, "inflight", 5);
+    pushed.push(&world, 1, "inflight", 5);
+    run(&mut world, Duration::from_millis(60))?;
+    world.power_loss(0, torn(seed));
+    device_power_loss(&mut world, 0, torn(seed + 1))?;
+    device_power_loss(&mut world, 1, torn(seed + 2))?;
+    run(&mut world, Duration::from_secs(3))?;
+    for host in [relay_host(0), device_host(0), device_host(1)] {
+        world.bounce(&host);
+    }
+    pushed.push(&world, 0, "after", 10);
+    pushed.push(&world, 1, "after", 10);
+    acked_after_a_crash_arrive(
+        &mut world,
+        &pushed,
+        b"after",
+        10,
+        &[0, 1],
+        Delivery::AtLeastOnce,
+    )
+}
+
 /// This group's scenarios.
 pub(super) const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -255,5 +435,41 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         group: "storage",
         proves: "a pusher whose local journal syncs fail 20% of the time stops, is started again by its app, and every record lands once",
         run: device_local_commits_fail,
+    },
+    Scenario {
+        name: "device_power_loss_after_acks",
+        group: "storage",
+        proves: "a pusher losing power after its acks (unsynced writes dropped) comes back on its synced store and pushes on under new seqs; all land once",
+        run: device_power_loss_after_acks,
+    },
+    Scenario {
+        name: "device_torn_power_loss_mid_stream",
+        group: "storage",
+        proves: "a torn power cut while a device streams pushes ahead of their local sync: nothing acked lost, no seq names two records",
+        run: device_torn_power_loss_mid_stream,
+    },
+    Scenario {
+        name: "receiver_power_loss_during_catch_up",
+        group: "storage",
+        proves: "a device losing power while it pulls a backlog resumes from its synced cursor and gets every record",
+        run: receiver_power_loss_during_catch_up,
+    },
+    Scenario {
+        name: "device_power_lost_at_a_sync",
+        group: "storage",
+        proves: "a device's power cut right after a seeded sync of its store, while it pushes and receives: what that sync made durable is what it resumes from",
+        run: device_power_lost_at_a_sync,
+    },
+    Scenario {
+        name: "device_power_loss_storm",
+        group: "storage",
+        proves: "both devices lose power in turn four times, dropped and torn, while pushing: every acked record arrives, no seq reused",
+        run: device_power_loss_storm,
+    },
+    Scenario {
+        name: "every_host_loses_power",
+        group: "storage",
+        proves: "an outage cuts the relay and both devices at once with pushes in flight (torn): every acked push survives and all resume",
+        run: every_host_loses_power,
     },
 ];
