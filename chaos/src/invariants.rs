@@ -192,6 +192,24 @@ pub fn no_escalation_beyond_policy(
     }
 }
 
+/// Quotas and memory budgets held on every relay while it ran: the budget probes (every
+/// 100 ms of simulated time, from the relays' own metrics) found nothing over its limit
+/// (store bytes and index entries, bytes per mailbox, unread reply bytes, sessions), and
+/// they did run.
+pub fn budgets_hold(shared: &Shared) -> Result<(), Violation> {
+    let log = lock(&shared.budgets);
+    if log.samples == 0 {
+        return Err("budgets_hold: no relay budget was ever sampled".to_owned());
+    }
+    match log.over.first() {
+        Some(first) => Err(format!(
+            "budgets_hold: {} samples over a limit, first {first}",
+            log.over.len()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// No plaintext on the relays' disks: no file under `dirs` (their data dirs on the real file
 /// system) and no file of `disks` (their simulated store disks) contains `marker` (every
 /// scenario payload starts with it).
@@ -326,6 +344,19 @@ mod tests {
             .is_err()
         );
         assert!(no_plaintext_on_relays(&[empty.path()], &[disk], b"absent").is_ok());
+    }
+
+    #[test]
+    fn a_budget_over_its_limit_or_never_sampled_is_caught() {
+        let s = shared(2);
+        assert!(budgets_hold(&s).is_err(), "never sampled");
+        lock(&s.budgets).samples = 3;
+        assert_eq!(budgets_hold(&s), Ok(()));
+        lock(&s.budgets)
+            .over
+            .push("relay0: index entries 25 > 24".to_owned());
+        let err = budgets_hold(&s).unwrap_err();
+        assert!(err.contains("index entries 25 > 24"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ use zerok_actors::fault::FaultPlan;
 use zerok_actors::link::LinkListener;
 use zerok_actors::relay::blob_store::fs::{OpenMode, PowerCut, SimFs};
 use zerok_actors::relay::blob_store::segments::SEGMENT_SUFFIX;
+use zerok_actors::relay::metrics::RelayMetrics;
 use zerok_actors::rng::Rng;
 use zerok_client::{Client, ClientConfig, ClientError, Event, GroupId, NewSecret, Transport};
 use zerok_messages::sync::lock;
@@ -143,6 +144,17 @@ pub struct Shared {
     actors: Mutex<BTreeMap<String, ActorCell>>,
     /// Hosts whose tree stopped on its own (escalation past its supervisors), each time.
     pub tree_stops: Mutex<Vec<String>>,
+    /// Relay budgets as the relays' metrics showed them, sampled while they ran.
+    pub budgets: Mutex<BudgetLog>,
+}
+
+/// What the relays' budget probes saw: how many samples, and every sample over its limit.
+#[derive(Debug, Default, Clone)]
+pub struct BudgetLog {
+    /// Samples taken (each reads every budget of one relay).
+    pub samples: u64,
+    /// `host: what value > limit`, each time a sample found one over.
+    pub over: Vec<String>,
 }
 
 impl Shared {
@@ -183,6 +195,9 @@ pub struct WorldConfig {
     /// Hosts whose wall clock is off from the others' from the start, by how many
     /// milliseconds (negative: behind).
     pub clock_skew_ms: Vec<(String, i64)>,
+    /// The relays' item budget (`store.max_items`: one index entry per item plus
+    /// `MAILBOX_INDEX_ENTRIES` per mailbox); `None`: the default.
+    pub relay_max_items: Option<u64>,
 }
 
 impl Default for WorldConfig {
@@ -197,6 +212,7 @@ impl Default for WorldConfig {
             relay_faults: Vec::new(),
             hostile: Vec::new(),
             clock_skew_ms: Vec::new(),
+            relay_max_items: None,
         }
     }
 }
@@ -309,6 +325,7 @@ impl SimWorld {
                 seed,
                 faults,
                 rewrite,
+                max_items: config.relay_max_items,
                 shared: Arc::clone(&shared),
             };
             sim.host(host.as_str(), move || relay_software(setup.clone()));
@@ -716,6 +733,7 @@ struct RelayHost {
     seed: u64,
     faults: FaultPlan,
     rewrite: Rewrite,
+    max_items: Option<u64>,
     shared: Arc<Shared>,
 }
 
@@ -735,6 +753,7 @@ async fn relay_software(host: RelayHost) -> turmoil::Result {
             // 1 MiB segments instead of 64: long scenarios roll segments, and a restart
             // scans a 1 MiB active segment for its end, not 64 MiB of zeros in memory.
             segment_bytes: SEGMENT_BYTES,
+            max_items: host.max_items.unwrap_or(StoreConfig::default().max_items),
             ..StoreConfig::default()
         },
         ..RelayConfig::default()
@@ -769,7 +788,14 @@ async fn relay_software(host: RelayHost) -> turmoil::Result {
             .await
             .map_err(|e| format!("relay start: {e}"))?;
         lock(&host.shared.actors).insert(host.name.clone(), node.root_actor());
+        let probe = tokio::spawn(probe_budgets(
+            host.name.clone(),
+            node.metrics.clone(),
+            config.clone(),
+            Arc::clone(&host.shared),
+        ));
         node.stopped().await;
+        probe.abort();
         drop(node);
         host.shared.record(format!(
             "{} tree stopped; restarted by its service manager",
@@ -780,6 +806,58 @@ async fn relay_software(host: RelayHost) -> turmoil::Result {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     Ok(())
+}
+
+/// Read a relay's budgets from its metrics every [`CURSOR_PROBE`] while it runs, and
+/// record every one found over its limit (`budgets_hold`): bytes and index entries charged
+/// against the store's budgets, bytes stored per mailbox against the mailbox quota, replies
+/// queued unread against the relay-wide limit, sessions against the connection limit.
+async fn probe_budgets(
+    host: String,
+    metrics: RelayMetrics,
+    config: RelayConfig,
+    shared: Arc<Shared>,
+) {
+    let limit = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let mut every = tokio::time::interval(CURSOR_PROBE);
+    loop {
+        every.tick().await;
+        let mailboxes = metrics.mailboxes.get().max(1);
+        let checks = [
+            (
+                "charged bytes",
+                metrics.store_charged_bytes.get(),
+                metrics.store_charged_bytes_max.get(),
+            ),
+            (
+                "index entries",
+                metrics.store_index_entries.get(),
+                metrics.store_index_entries_max.get(),
+            ),
+            (
+                "stored bytes",
+                metrics.bytes_stored.get(),
+                limit(config.limits.mailbox_quota_bytes).saturating_mul(mailboxes),
+            ),
+            (
+                "unread bytes",
+                metrics.unread_bytes.get(),
+                limit(config.connections.unread_bytes_total_max),
+            ),
+            (
+                "sessions",
+                metrics.sessions.get(),
+                i64::from(config.connections.max),
+            ),
+        ];
+        let mut log = lock(&shared.budgets);
+        log.samples += 1;
+        for (what, value, max) in checks {
+            if value > max {
+                log.over.push(format!("{host}: {what} {value} > {max}"));
+            }
+        }
+    }
 }
 
 /// What a device host runs with, across its restarts.

@@ -67,6 +67,7 @@ scenarios!(
     device_power_lost_at_a_sync,
     device_power_loss_storm,
     every_host_loses_power,
+    relay_item_budget_reached,
     relay_sweeps_fail,
     device_clocks_hours_apart,
     relay_clock_days_behind,

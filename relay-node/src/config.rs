@@ -209,7 +209,7 @@ pub struct StoreConfig {
     /// Bytes all mailboxes together may be charged (ciphertext plus the per-item charge);
     /// pushes beyond it are refused `quota_exceeded` with a retry hint until items expire.
     pub max_bytes: u64,
-    /// Index entries all mailboxes together may hold: one per item plus 4 per mailbox the
+    /// Index entries all mailboxes together may hold: one per item plus 64 per mailbox the
     /// relay knows. Bounds the index's memory (~200 B per entry).
     pub max_items: u64,
     /// Pushes are refused while the store's filesystem has less free space than this, in

@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod invite;
 pub mod join;
 pub mod keys;
+pub mod roster;
 pub mod seq;
 
 pub use envelope::{DeviceKey, OpenError, OpenedRecord, RecordKind, SealError};

@@ -5,9 +5,9 @@
 
 use crate::hostile::Rewrite;
 use crate::invariants::{
-    acked_pushes_reach_every_other_device, cursors_never_go_back, no_escalation_beyond_policy,
-    no_plaintext_on_relays, nothing_undecryptable_served, one_record_per_seq,
-    only_pushed_records_are_received, per_sender_order, received_exactly_once,
+    acked_pushes_reach_every_other_device, budgets_hold, cursors_never_go_back,
+    no_escalation_beyond_policy, no_plaintext_on_relays, nothing_undecryptable_served,
+    one_record_per_seq, only_pushed_records_are_received, per_sender_order, received_exactly_once,
 };
 use crate::world::{SimWorld, WorldConfig, device_host, relay_host};
 use std::collections::BTreeSet;
@@ -143,8 +143,8 @@ pub fn converge_and_check(world: &mut SimWorld, pushed: &Pushed, delivery: Deliv
 
 /// The invariants that hold in every world, whatever it lost: nothing twice (where no
 /// receiver restarted: `delivery`), one record per seq, per-sender order, cursors never
-/// back, no escalation beyond the supervision policies, only pushed records, no plaintext
-/// on the relays.
+/// back, no escalation beyond the supervision policies, relay budgets held, only pushed
+/// records, no plaintext on the relays.
 pub fn safety_holds(world: &SimWorld, pushed: &Pushed, delivery: Delivery) -> Outcome {
     let shared = &world.shared;
     all_hold(
@@ -159,6 +159,7 @@ pub fn safety_holds(world: &SimWorld, pushed: &Pushed, delivery: Delivery) -> Ou
             per_sender_order(shared),
             cursors_never_go_back(shared, &world.wiped_relays()),
             no_escalation_beyond_policy(shared, &world.escalated_hosts()),
+            budgets_hold(shared),
             only_pushed_records_are_received(shared, &pushed.0),
             no_plaintext_on_relays(&world.relay_dirs(), world.relay_disks(), MARKER),
         ],

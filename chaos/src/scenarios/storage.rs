@@ -3,6 +3,7 @@
 //! the same power losses on the devices' disks.
 
 use super::*;
+use zerok_actors::relay::blob_store::core::MAILBOX_INDEX_ENTRIES;
 use zerok_actors::relay::blob_store::fs::{PowerCut, SimFlaw};
 
 fn relay_store_writes_fail(seed: u64) -> Outcome {
@@ -187,6 +188,34 @@ fn device_local_commits_fail(seed: u64) -> Outcome {
     let mut pushed = Pushed::default();
     push_until_fired(&mut world, &mut pushed, &[0], 5, &faults, point)?;
     converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
+fn relay_item_budget_reached(seed: u64) -> Outcome {
+    // The relay's item budget holds 20 records (one index entry per item, and
+    // `MAILBOX_INDEX_ENTRIES` for the group's mailbox). Past it pushes are refused (`quota_exceeded`, retried after the
+    // hint) and never acked; the 20 acked are delivered, and `budgets_hold` sees the
+    // relay's index entries stay within the budget all along.
+    let mut world = world_with(WorldConfig {
+        seed,
+        relay_max_items: Some(MAILBOX_INDEX_ENTRIES + 20),
+        ..WorldConfig::default()
+    })?;
+    let mut pushed = Pushed::default();
+    pushed.push(&world, 0, "budget", 30);
+    until(&mut world, "the budget's pushes acked", |s| {
+        lock(&s.devices[0].acked).len() >= 20
+    })?;
+    run(&mut world, Duration::from_secs(20))?;
+    ensure(
+        &world,
+        acked(&world, 0) == 20,
+        "exactly the budget's 20 pushes acked",
+    )?;
+    until(&mut world, "the acked pushes delivered", |s| {
+        acked_pushes_reach_every_other_device(s).is_ok()
+    })?;
+    run(&mut world, Duration::from_secs(2))?;
+    safety_holds(&world, &pushed, Delivery::ExactlyOnce)
 }
 
 /// Device `i`'s power cut as `cut` (its host crashes; see [`SimWorld::device_power_loss`]).
@@ -471,5 +500,11 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         group: "storage",
         proves: "an outage cuts the relay and both devices at once with pushes in flight (torn): every acked push survives and all resume",
         run: every_host_loses_power,
+    },
+    Scenario {
+        name: "relay_item_budget_reached",
+        group: "storage",
+        proves: "a relay at its item budget acks exactly what fits, refuses the rest without losing the acked, and its budget holds all along",
+        run: relay_item_budget_reached,
     },
 ];
