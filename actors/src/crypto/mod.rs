@@ -16,6 +16,7 @@ pub mod join;
 pub mod keys;
 pub mod roster;
 pub mod seq;
+pub mod wrap;
 
 pub use envelope::{DeviceKey, OpenError, OpenedRecord, RecordKind, SealError};
 pub use invite::{Invite, InviteError, InviteSecret};
