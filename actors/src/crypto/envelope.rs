@@ -103,6 +103,11 @@ impl DeviceKey {
     pub fn device_id(&self) -> DeviceId {
         DeviceId(self.signing.verifying_key().to_bytes())
     }
+
+    /// Sign `message` (callers put a domain string first).
+    pub fn sign(&self, message: &[u8]) -> Signature64 {
+        Signature64(self.signing.sign(message).to_bytes())
+    }
 }
 
 /// A record of format 1 as it sits inside the AEAD.

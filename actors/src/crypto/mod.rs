@@ -7,9 +7,13 @@
 //!   epoch bound as associated data, sender signatures, padding buckets, `blob_id` checks.
 //! - [`seq`]: per-sender sequence tracking (replays and gaps) and the hybrid logical clock.
 //! - [`invite`]: the versioned, checksummed invite token.
+//! - [`roster`]: the device roster (who may write in which epoch), derived from signed
+//!   operations; [`wrap`]: epoch secrets wrapped to a device (HPKE); [`admit`]: the
+//!   messages of an admission by invite (issue 14).
 //!
 //! Secrets are zeroized on drop and never printed: their `Debug` says `[redacted]`.
 
+pub mod admit;
 pub mod envelope;
 pub mod invite;
 pub mod join;

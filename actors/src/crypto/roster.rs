@@ -35,7 +35,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use zerok_messages::{DeviceId, Epoch};
+use zerok_messages::{DeviceId, Epoch, MailboxId};
 
 /// Most operations a roster holds (a group that adds and removes a device a day for 25
 /// years stays under it).
@@ -82,6 +82,39 @@ pub struct Member {
     pub added_by: DeviceId,
     /// When, by the adder's wall clock (unix ms).
     pub added_at_ms: u64,
+    /// The invite it was admitted with (its invite mailbox id), if any.
+    pub via: Option<MailboxId>,
+}
+
+/// A secret inside a roster operation (an invite's): redacted in `Debug`, zeroized on drop.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretBytes(#[serde(with = "serde_bytes")] pub [u8; 32]);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// An invite as the roster knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteView {
+    /// Its id (its invite mailbox's id).
+    pub id: MailboxId,
+    /// Its secret (any member admits with it).
+    pub secret: SecretBytes,
+    /// Past this time (unix ms, by the admitting member's clock) nobody admits with it.
+    pub expires_at_ms: u64,
+    /// The member that made it.
+    pub issued_by: DeviceId,
+    /// The device admitted with it (it is used up), if any.
+    pub used_by: Option<DeviceId>,
 }
 
 /// What an operation changes.
@@ -96,6 +129,17 @@ pub enum Change {
         wrap_key: [u8; 32],
         /// Its display name.
         name: String,
+        /// The invite it was admitted with, if any (which uses the invite up).
+        via: Option<MailboxId>,
+    },
+    /// Make an invite known to every member, so any of them can admit with it.
+    Invite {
+        /// The invite's id (its invite mailbox's id).
+        id: MailboxId,
+        /// Its secret.
+        secret: SecretBytes,
+        /// Past this time (unix ms) no member admits with it.
+        expires_at_ms: u64,
     },
     /// Begin the next epoch without `removed`, its secret wrapped to every other member.
     Rekey {
@@ -252,6 +296,43 @@ impl Roster {
             .flat_map(|view| view.members.values())
     }
 
+    /// Every invite a member made known (in the epoch it was written in), and whether a
+    /// device was admitted with it (in any epoch).
+    pub fn invites(&self) -> Vec<InviteView> {
+        let used: BTreeMap<MailboxId, DeviceId> = self
+            .epochs
+            .values()
+            .flat_map(|view| view.members.values())
+            .filter_map(|m| m.via.map(|via| (via, m.device)))
+            .collect();
+        self.ops
+            .values()
+            .filter(|op| self.is_member(&op.epoch, &op.author))
+            .filter_map(|op| match &op.change {
+                Change::Invite {
+                    id,
+                    secret,
+                    expires_at_ms,
+                } => Some(InviteView {
+                    id: *id,
+                    secret: secret.clone(),
+                    expires_at_ms: *expires_at_ms,
+                    issued_by: op.author,
+                    used_by: used.get(id).copied(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The invite `id` if a member may admit with it at `now_ms`: made known by a member,
+    /// not expired, not used.
+    pub fn open_invite(&self, id: &MailboxId, now_ms: u64) -> Option<InviteView> {
+        self.invites()
+            .into_iter()
+            .find(|i| i.id == *id && now_ms < i.expires_at_ms && i.used_by.is_none())
+    }
+
     /// Devices that must be shut out of the head epoch by another rekey: a concurrent,
     /// losing rekey removed them, and the winner (not knowing) wrapped its secret to them.
     pub fn rekey_needed(&self) -> Option<(EpochId, BTreeSet<DeviceId>)> {
@@ -289,7 +370,7 @@ impl Roster {
                 .filter(|(_, op)| members.contains_key(&op.author))
                 .filter_map(|(id, op)| match &op.change {
                     Change::Rekey { removed, .. } => Some((*id, removed)),
-                    Change::Add { .. } => None,
+                    Change::Add { .. } | Change::Invite { .. } => None,
                 })
                 .collect();
             let mut next = None;
@@ -355,6 +436,7 @@ fn add_fixpoint(members: &mut BTreeMap<DeviceId, Member>, ops: &[(&OpId, &Op)]) 
                 device,
                 wrap_key,
                 name,
+                via,
             } = &op.change
             else {
                 continue;
@@ -373,6 +455,7 @@ fn add_fixpoint(members: &mut BTreeMap<DeviceId, Member>, ops: &[(&OpId, &Op)]) 
                     name: name.clone(),
                     added_by: op.author,
                     added_at_ms: op.at_ms,
+                    via: *via,
                 },
             );
             changed = true;
@@ -399,6 +482,7 @@ mod tests {
             name: format!("device {n}"),
             added_by: dev(n),
             added_at_ms: 0,
+            via: None,
         }
     }
 
@@ -411,6 +495,7 @@ mod tests {
                 device: dev(device),
                 wrap_key: [device ^ 0x55; 32],
                 name: format!("device {device}"),
+                via: None,
             },
         }
     }
@@ -544,6 +629,41 @@ mod tests {
         roster.apply(removal.clone()).expect("kept");
         roster.apply(add(2, G, 5)).expect("kept");
         assert_eq!(members(&roster, &next_of(&removal)), vec![1, 2, 5]);
+    }
+
+    #[test]
+    fn an_invite_is_open_until_it_expires_or_admits_a_device() {
+        let mut roster = Roster::new(member(1));
+        let id = MailboxId([0x1D; 32]);
+        let invite = |author: u8| Op {
+            author: dev(author),
+            epoch: G,
+            at_ms: 10,
+            change: Change::Invite {
+                id,
+                secret: SecretBytes([0xAB; 32]),
+                expires_at_ms: 1_000,
+            },
+        };
+        // An invite made known by a non-member opens nothing.
+        roster.apply(invite(9)).expect("kept");
+        assert_eq!(roster.open_invite(&id, 500), None);
+        roster.apply(invite(1)).expect("kept");
+        let open = roster.open_invite(&id, 500).expect("open");
+        assert_eq!((open.issued_by, open.secret.0), (dev(1), [0xAB; 32]));
+        assert!(
+            !format!("{open:?}").contains("171"),
+            "the secret is redacted"
+        );
+        assert_eq!(roster.open_invite(&id, 1_000), None, "expired");
+        // Admitting a device with it uses it up.
+        let mut admit = add(1, G, 2);
+        if let Change::Add { via, .. } = &mut admit.change {
+            *via = Some(id);
+        }
+        roster.apply(admit).expect("kept");
+        assert_eq!(roster.open_invite(&id, 500), None, "used");
+        assert_eq!(roster.invites()[0].used_by, Some(dev(2)));
     }
 
     #[test]
