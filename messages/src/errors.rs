@@ -42,6 +42,12 @@ pub enum InviteError {
     /// Its key does not give the group id it names (a damaged or forged invite).
     #[error("the invite's key does not match its group")]
     KeyMismatch,
+    /// A version 1 invite, which carries the group's secret: refused where invites no
+    /// longer may (ask a member for a new one).
+    #[error(
+        "this invite was made by an older zerok and carries the group's secret; ask a member for a new invite"
+    )]
+    CarriesSecret,
 }
 
 /// Why a passphrase could not become a secret.

@@ -112,6 +112,162 @@ fn checksum(body: &[u8]) -> [u8; CHECKSUM_BYTES] {
     out
 }
 
+/// A token's text for `wire`: the prefix, then base32 of its CBOR and checksum.
+fn encode_token(wire: &impl Serialize) -> String {
+    let mut body = zeroize::Zeroizing::new(Vec::new());
+    ciborium::into_writer(wire, &mut *body).expect("writing CBOR to a Vec cannot fail");
+    let sum = checksum(&body);
+    body.extend_from_slice(&sum);
+    format!("{PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&body))
+}
+
+/// A token's CBOR body (checksum verified) and the version inside it.
+fn decode_token(token: &str) -> Result<(zeroize::Zeroizing<Vec<u8>>, u8), InviteError> {
+    if token.len() > INVITE_CHARS_MAX {
+        return Err(InviteError::TooLong);
+    }
+    let cleaned: String = token
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let data = cleaned.strip_prefix(PREFIX).ok_or(InviteError::Prefix)?;
+    let mut raw = zeroize::Zeroizing::new(
+        data_encoding::BASE32_NOPAD
+            .decode(data.as_bytes())
+            .map_err(|_| InviteError::Encoding)?,
+    );
+    if raw.len() < CHECKSUM_BYTES {
+        return Err(InviteError::Checksum);
+    }
+    let (body, sum) = raw.split_at(raw.len() - CHECKSUM_BYTES);
+    if checksum(body) != sum {
+        return Err(InviteError::Checksum);
+    }
+    // Peek at the version before the full parse, so another layout says "version".
+    let version = ciborium::from_reader::<ciborium::Value, _>(body)
+        .ok()
+        .and_then(|value| match value {
+            ciborium::Value::Map(entries) => entries.into_iter().find_map(|(k, v)| {
+                (k.as_text() == Some("v"))
+                    .then(|| v.as_integer().and_then(|i| u8::try_from(i).ok()))
+                    .flatten()
+            }),
+            _ => None,
+        })
+        .ok_or_else(|| InviteError::Malformed("no version".into()))?;
+    let body_len = raw.len() - CHECKSUM_BYTES;
+    raw.truncate(body_len);
+    Ok((raw, version))
+}
+
+/// Check what every version's invite carries: 1 to 16 relay addresses and a short name.
+fn parse_relays(relays: &[String], name: &str) -> Result<Vec<RelayAddr>, InviteError> {
+    if relays.is_empty() || relays.len() > INVITE_RELAYS_MAX {
+        return Err(InviteError::Malformed(
+            "an invite lists 1 to 16 relays".to_owned(),
+        ));
+    }
+    if name.len() > GROUP_NAME_BYTES_MAX {
+        return Err(InviteError::Malformed("group name too long".to_owned()));
+    }
+    let relays = relays
+        .iter()
+        .map(|text| text.parse::<RelayAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| InviteError::Malformed(format!("relay address: {err}")))?;
+    debug_assert!(
+        relays
+            .iter()
+            .all(|r| r.addrs.len() <= RELAY_ADDR_SOCKETS_MAX)
+    );
+    Ok(relays)
+}
+
+/// An invite of version 2 (issue 14; docs/DESIGN.md §4 "Membership"): a one-time invite
+/// secret, the group's relays, its name and an expiry. No group secret and no group id: the
+/// joiner is admitted by a member, over the invite mailbox the invite secret gives
+/// (`crate::crypto::admit`). Still a secret until used (it lets its holder ask to be
+/// admitted), so its `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InviteV2 {
+    /// The group's relays, in order of preference.
+    pub relays: Vec<RelayAddr>,
+    /// The one-time invite secret.
+    pub invite_secret: zeroize::Zeroizing<[u8; 32]>,
+    /// After this unix time the token is refused (by the joiner here; by members, who do
+    /// not trust the joiner, by their own clocks).
+    pub expires_at_unix_secs: u64,
+    /// A human label for the group (not secret, not unique).
+    pub group_name: String,
+}
+
+impl std::fmt::Debug for InviteV2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviteV2")
+            .field("relays", &self.relays)
+            .field("expires_at_unix_secs", &self.expires_at_unix_secs)
+            .field("group_name", &self.group_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Version of [`InviteV2`] tokens.
+const VERSION_2: u8 = 2;
+
+#[derive(Serialize, Deserialize)]
+struct InviteWireV2 {
+    v: u8,
+    relays: Vec<String>,
+    #[serde(with = "serde_bytes")]
+    s: [u8; 32],
+    exp: u64,
+    #[serde(default)]
+    name: String,
+}
+
+impl Drop for InviteWireV2 {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.s);
+    }
+}
+
+impl InviteV2 {
+    /// The token text.
+    pub fn encode(&self) -> String {
+        encode_token(&InviteWireV2 {
+            v: VERSION_2,
+            relays: self.relays.iter().map(ToString::to_string).collect(),
+            s: *self.invite_secret,
+            exp: self.expires_at_unix_secs,
+            name: self.group_name.clone(),
+        })
+    }
+
+    /// Parse and check a token at wall time `now_unix_secs`. A version 1 token (it carries
+    /// the group's secret) is refused with [`InviteError::CarriesSecret`].
+    pub fn decode(token: &str, now_unix_secs: u64) -> Result<InviteV2, InviteError> {
+        let (body, version) = decode_token(token)?;
+        match version {
+            VERSION_2 => {}
+            VERSION => return Err(InviteError::CarriesSecret),
+            other => return Err(InviteError::Version(other)),
+        }
+        let wire: InviteWireV2 = ciborium::from_reader(body.as_slice())
+            .map_err(|err| InviteError::Malformed(err.to_string().chars().take(120).collect()))?;
+        let relays = parse_relays(&wire.relays, &wire.name)?;
+        if now_unix_secs >= wire.exp {
+            return Err(InviteError::Expired(wire.exp));
+        }
+        Ok(InviteV2 {
+            relays,
+            invite_secret: zeroize::Zeroizing::new(wire.s),
+            expires_at_unix_secs: wire.exp,
+            group_name: wire.name.clone(),
+        })
+    }
+}
+
 impl Invite {
     /// The token text. A secret: show it only to the person inviting.
     pub fn encode(&self) -> String {
@@ -134,52 +290,16 @@ impl Invite {
             name: self.group_name.clone(),
             gid: self.group_id.map(|id| id.0),
         };
-        let mut body = zeroize::Zeroizing::new(Vec::new());
-        ciborium::into_writer(&wire, &mut *body).expect("writing CBOR to a Vec cannot fail");
-        let sum = checksum(&body);
-        body.extend_from_slice(&sum);
-        format!("{PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&body))
+        encode_token(&wire)
     }
 
     /// Parse and check a token at wall time `now_unix_secs`.
     pub fn decode(token: &str, now_unix_secs: u64) -> Result<Invite, InviteError> {
-        if token.len() > INVITE_CHARS_MAX {
-            return Err(InviteError::TooLong);
+        let (body, version) = decode_token(token)?;
+        if version != VERSION {
+            return Err(InviteError::Version(version));
         }
-        let cleaned: String = token
-            .chars()
-            .filter(|c| !c.is_whitespace() && *c != '-')
-            .map(|c| c.to_ascii_uppercase())
-            .collect();
-        let data = cleaned.strip_prefix(PREFIX).ok_or(InviteError::Prefix)?;
-        let raw = zeroize::Zeroizing::new(
-            data_encoding::BASE32_NOPAD
-                .decode(data.as_bytes())
-                .map_err(|_| InviteError::Encoding)?,
-        );
-        if raw.len() < CHECKSUM_BYTES {
-            return Err(InviteError::Checksum);
-        }
-        let (body, sum) = raw.split_at(raw.len() - CHECKSUM_BYTES);
-        if checksum(body) != sum {
-            return Err(InviteError::Checksum);
-        }
-        // Peek at the version before the full parse, so a newer layout says "version".
-        let version = ciborium::from_reader::<ciborium::Value, _>(body)
-            .ok()
-            .and_then(|value| match value {
-                ciborium::Value::Map(entries) => entries.into_iter().find_map(|(k, v)| {
-                    (k.as_text() == Some("v"))
-                        .then(|| v.as_integer().and_then(|i| u8::try_from(i).ok()))
-                        .flatten()
-                }),
-                _ => None,
-            });
-        match version {
-            Some(VERSION) => {}
-            Some(other) => return Err(InviteError::Version(other)),
-            None => return Err(InviteError::Malformed("no version".into())),
-        }
+        let body = body.as_slice();
         let wire: InviteWire = ciborium::from_reader(body)
             .map_err(|err| InviteError::Malformed(err.to_string().chars().take(120).collect()))?;
         let invite = Self::from_wire(wire)?;
@@ -191,20 +311,7 @@ impl Invite {
 
     fn from_wire(wire: InviteWire) -> Result<Invite, InviteError> {
         let malformed = |what: &str| InviteError::Malformed(what.to_owned());
-        if wire.relays.is_empty() || wire.relays.len() > INVITE_RELAYS_MAX {
-            return Err(malformed("an invite lists 1 to 16 relays"));
-        }
-        let relays = wire
-            .relays
-            .iter()
-            .map(|text| text.parse::<RelayAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| InviteError::Malformed(format!("relay address: {err}")))?;
-        debug_assert!(
-            relays
-                .iter()
-                .all(|r| r.addrs.len() <= RELAY_ADDR_SOCKETS_MAX)
-        );
+        let relays = parse_relays(&wire.relays, &wire.name)?;
         let secret = match (wire.key, wire.salt, wire.kdf) {
             (Some(key), None, None) => InviteSecret::Key(GroupSecret::from_bytes(key)),
             (None, Some(salt), Some(kdf)) => InviteSecret::Passphrase {
@@ -220,9 +327,6 @@ impl Invite {
                 ));
             }
         };
-        if wire.name.len() > GROUP_NAME_BYTES_MAX {
-            return Err(malformed("group name too long"));
-        }
         Ok(Invite {
             relays,
             secret,
@@ -354,5 +458,64 @@ mod tests {
         let printed = format!("{:?}", invite());
         assert!(printed.contains("redacted"));
         assert!(!printed.contains("92, 92")); // 0x5c = 92
+    }
+
+    fn invite_v2() -> InviteV2 {
+        InviteV2 {
+            relays: vec![relay(1), relay(2)],
+            invite_secret: zeroize::Zeroizing::new([0x1A; 32]),
+            expires_at_unix_secs: 2_000_000_000,
+            group_name: "family".into(),
+        }
+    }
+
+    #[test]
+    fn a_version_2_invite_round_trips_and_carries_no_group_key() {
+        let token = invite_v2().encode();
+        assert!(token.starts_with("ZK1"));
+        assert_eq!(
+            InviteV2::decode(&token, 1_900_000_000).unwrap(),
+            invite_v2()
+        );
+        assert_eq!(
+            InviteV2::decode(&token, 2_000_000_000),
+            Err(InviteError::Expired(2_000_000_000))
+        );
+        assert!(!format!("{:?}", invite_v2()).contains("26, 26"), "redacted");
+        // What the token holds: relays, name, expiry and the invite secret. Nothing derived
+        // from any group secret: the invite's mailbox is not the group's, and no 32 bytes of
+        // the token's body are the group secret or its epoch keys' public mailbox key.
+        let group = GroupSecret::from_bytes([0x5c; 32]);
+        let keys = group.epoch_keys(Epoch(0));
+        let invite_keys = crate::crypto::admit::InviteKeys::from_secret(&[0x1A; 32]);
+        assert_ne!(invite_keys.mailbox_id(), keys.mailbox_id());
+        let (body, version) = decode_token(&token).unwrap();
+        assert_eq!(version, 2);
+        for forbidden in [
+            *group.expose_bytes(),
+            keys.mailbox_key().0,
+            keys.mailbox_id().0,
+        ] {
+            assert!(!body.windows(32).any(|w| w == forbidden));
+        }
+    }
+
+    #[test]
+    fn a_version_1_invite_is_refused_where_version_2_is_required_and_vice_versa() {
+        let v1 = invite().encode();
+        assert_eq!(
+            InviteV2::decode(&v1, 1_900_000_000),
+            Err(InviteError::CarriesSecret)
+        );
+        assert!(
+            InviteError::CarriesSecret
+                .to_string()
+                .contains("ask a member for a new invite")
+        );
+        let v2 = invite_v2().encode();
+        assert_eq!(
+            Invite::decode(&v2, 1_900_000_000),
+            Err(InviteError::Version(2))
+        );
     }
 }
