@@ -251,13 +251,15 @@ mod tests {
         assert_eq!(disk.syncs(), 1);
         // After the sync: 5 pages appended to the journal, a file rewritten, one created.
         let appended: Vec<u8> = (0..5 * PAGE_BYTES).map(|i| (i % 251 + 1) as u8).collect();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&journal)
-            .expect("open");
-        f.seek(SeekFrom::Start(5000)).expect("seek");
-        f.write_all(&appended).expect("append");
-        drop(f);
+        let append = || {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&journal)
+                .expect("open");
+            f.seek(SeekFrom::Start(5000)).expect("seek");
+            f.write_all(&appended).expect("append");
+        };
+        append();
         write(&store.join("kv/version"), b"two", 3);
         write(&store.join("kv/new"), b"new", 3);
 
@@ -273,13 +275,7 @@ mod tests {
         let mut kept_pages = std::collections::BTreeSet::new();
         let mut whole_tails = 0;
         for seed in 0..16 {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&journal)
-                .expect("open");
-            f.seek(SeekFrom::Start(5000)).expect("seek");
-            f.write_all(&appended).expect("append");
-            drop(f);
+            append();
             disk.power_cut(PowerCut::Torn { seed }).expect("cut");
             let file = &read_image(&store).expect("read")[Path::new("kv/0.jnl")];
             assert_eq!(file.data[..5000], synced[..]);

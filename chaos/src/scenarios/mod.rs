@@ -199,17 +199,21 @@ fn received(world: &SimWorld, dev: usize) -> usize {
 
 /// After a sender's crash: pushes in flight at the crash may or may not arrive (never
 /// acked, their app does not count on them), so not every push is awaited as in
-/// `converge_and_check`. Run until each of `devs` had its `n` pushes tagged `tag` acked and
-/// every acked push reached every other device, then check the invariants (`delivery`:
-/// whether a receiver restarted too).
-fn acked_after_a_crash_arrive(
+/// `converge_and_check`. Each of `devs` pushes `n` more tagged `tag`; run until those were
+/// acked and every acked push reached every other device, then check the invariants
+/// (`delivery`: whether a receiver restarted too).
+fn pushes_after_a_crash_arrive(
     world: &mut SimWorld,
-    pushed: &Pushed,
-    tag: &[u8],
+    pushed: &mut Pushed,
+    tag: &str,
     n: usize,
     devs: &[usize],
     delivery: Delivery,
 ) -> Outcome {
+    for &dev in devs {
+        pushed.push(world, dev, tag, n);
+    }
+    let tag = tag.as_bytes();
     until(world, "the pushes after the crash acked", |s| {
         devs.iter().all(|&dev| {
             lock(&s.devices[dev].acked)
@@ -228,6 +232,20 @@ fn acked_after_a_crash_arrive(
         [acked_pushes_reach_every_other_device(&world.shared)],
     )?;
     safety_holds(world, pushed, delivery)
+}
+
+/// dev1 cut off while dev0's `n` pushes (tagged `backlog`) are acked; then back, and run
+/// until its catch-up is under way (20 records in).
+fn catch_up_under_way(world: &mut SimWorld, pushed: &mut Pushed, n: usize) -> Outcome {
+    world.partition(&device_host(1), &relay_host(0));
+    pushed.push(world, 0, "backlog", n);
+    until(world, "the backlog acked", |s| {
+        lock(&s.devices[0].acked).len() == n
+    })?;
+    world.repair(&device_host(1), &relay_host(0));
+    until(world, "catch-up under way", |s| {
+        lock(&s.devices[1].received).len() >= 20
+    })
 }
 
 /// A world whose relay 0 runs with `point` failing at probability `p` (seeded by `seed`).

@@ -60,11 +60,10 @@ fn sender_killed_mid_stream(seed: u64) -> Outcome {
     world.crash(&device_host(0));
     run(&mut world, Duration::from_secs(2))?;
     world.bounce(&device_host(0));
-    pushed.push(&world, 0, "second", 20);
-    acked_after_a_crash_arrive(
+    pushes_after_a_crash_arrive(
         &mut world,
-        &pushed,
-        b"second",
+        &mut pushed,
+        "second",
         20,
         &[0],
         Delivery::ExactlyOnce,
@@ -116,15 +115,7 @@ fn relay_killed_during_catch_up(seed: u64) -> Outcome {
     // A device back from offline pulls a backlog; the relay dies half-way and comes back.
     let mut world = world(seed, 2, 1)?;
     let mut pushed = Pushed::default();
-    world.partition(&device_host(1), &relay_host(0));
-    pushed.push(&world, 0, "backlog", 150);
-    until(&mut world, "the backlog acked", |s| {
-        lock(&s.devices[0].acked).len() == 150
-    })?;
-    world.repair(&device_host(1), &relay_host(0));
-    until(&mut world, "catch-up under way", |s| {
-        lock(&s.devices[1].received).len() >= 20
-    })?;
+    catch_up_under_way(&mut world, &mut pushed, 150)?;
     world.crash(&relay_host(0));
     run(&mut world, Duration::from_secs(2))?;
     world.bounce(&relay_host(0));
@@ -143,12 +134,10 @@ fn sender_and_relay_killed_together(seed: u64) -> Outcome {
     run(&mut world, Duration::from_secs(2))?;
     world.bounce(&relay_host(0));
     world.bounce(&device_host(0));
-    pushed.push(&world, 0, "later", 10);
-    pushed.push(&world, 1, "later", 10);
-    acked_after_a_crash_arrive(
+    pushes_after_a_crash_arrive(
         &mut world,
-        &pushed,
-        b"later",
+        &mut pushed,
+        "later",
         10,
         &[0, 1],
         Delivery::ExactlyOnce,

@@ -273,11 +273,10 @@ fn device_torn_power_loss_mid_stream(seed: u64) -> Outcome {
     device_power_loss(&mut world, 0, torn(seed))?;
     run(&mut world, Duration::from_secs(2))?;
     world.bounce(&device_host(0));
-    pushed.push(&world, 0, "second", 20);
-    acked_after_a_crash_arrive(
+    pushes_after_a_crash_arrive(
         &mut world,
-        &pushed,
-        b"second",
+        &mut pushed,
+        "second",
         20,
         &[0],
         Delivery::ExactlyOnce,
@@ -288,15 +287,7 @@ fn device_torn_power_loss_mid_stream(seed: u64) -> Outcome {
 fn receiver_power_loss_during_catch_up(seed: u64) -> Outcome {
     let mut world = world(seed, 2, 1)?;
     let mut pushed = Pushed::default();
-    world.partition(&device_host(1), &relay_host(0));
-    pushed.push(&world, 0, "backlog", 100);
-    until(&mut world, "the backlog acked", |s| {
-        lock(&s.devices[0].acked).len() == 100
-    })?;
-    world.repair(&device_host(1), &relay_host(0));
-    until(&mut world, "catch-up under way", |s| {
-        lock(&s.devices[1].received).len() >= 20
-    })?;
+    catch_up_under_way(&mut world, &mut pushed, 100)?;
     // Its cursor and seq tracker go back to the last sync: it reads again from there.
     device_power_loss(&mut world, 1, torn(seed))?;
     run(&mut world, Duration::from_secs(2))?;
@@ -327,12 +318,10 @@ fn device_power_lost_at_a_sync(seed: u64) -> Outcome {
     device_power_loss(&mut world, 0, PowerCut::DropUnsynced)?;
     run(&mut world, Duration::from_secs(1))?;
     world.bounce(&device_host(0));
-    pushed.push(&world, 0, "after", 10);
-    pushed.push(&world, 1, "after", 10);
-    acked_after_a_crash_arrive(
+    pushes_after_a_crash_arrive(
         &mut world,
-        &pushed,
-        b"after",
+        &mut pushed,
+        "after",
         10,
         &[0, 1],
         Delivery::AtLeastOnce,
@@ -355,12 +344,10 @@ fn device_power_loss_storm(seed: u64) -> Outcome {
         run(&mut world, Duration::from_millis(500))?;
         world.bounce(&device_host(round % 2));
     }
-    pushed.push(&world, 0, "after", 10);
-    pushed.push(&world, 1, "after", 10);
-    acked_after_a_crash_arrive(
+    pushes_after_a_crash_arrive(
         &mut world,
-        &pushed,
-        b"after",
+        &mut pushed,
+        "after",
         10,
         &[0, 1],
         Delivery::AtLeastOnce,
@@ -385,12 +372,10 @@ fn every_host_loses_power(seed: u64) -> Outcome {
     for host in [relay_host(0), device_host(0), device_host(1)] {
         world.bounce(&host);
     }
-    pushed.push(&world, 0, "after", 10);
-    pushed.push(&world, 1, "after", 10);
-    acked_after_a_crash_arrive(
+    pushes_after_a_crash_arrive(
         &mut world,
-        &pushed,
-        b"after",
+        &mut pushed,
+        "after",
         10,
         &[0, 1],
         Delivery::AtLeastOnce,
