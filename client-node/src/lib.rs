@@ -23,6 +23,7 @@
 //! [`Client`] API over it. Several clients per process work: there is no global state.
 
 pub mod client;
+pub mod qr;
 pub mod tree;
 
 pub use client::{Client, ClientConfig, MakeDialer, NewSecret, Transport};

@@ -37,6 +37,33 @@ fn cli_pair(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_qr_draws_the_printed_token_and_the_warning_is_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let addr_text = std::fs::read_to_string(relay.data_dir().join("relay.addr")).unwrap();
+    let a = dir.path().join("a");
+    ok(&zerok(&a, &["init", "--relay", addr_text.trim()]));
+    let out = zerok(&a, &["invite", "--qr"]);
+    let stdout = ok(&out);
+    let token = stdout.lines().last().unwrap().trim().to_owned();
+    assert!(token.starts_with("ZK1"), "{stdout}");
+    // The drawing above the token is the QR code of that token.
+    let drawn: String = stdout
+        .lines()
+        .take_while(|l| !l.starts_with("ZK1"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (want, width) = zerok_client::qr::modules(&token).unwrap();
+    assert_eq!(zerok_client::qr::read_back(&drawn, width), want);
+    // The warning says what the token is: the group's key, valid past its expiry.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("holds the group's key") && stderr.contains("also after it expires"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_invite_join_push_pull_on_two_home_dirs() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = relay(dir.path(), "relay").await;

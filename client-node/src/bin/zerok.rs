@@ -54,6 +54,9 @@ enum Command {
         /// Hours the token stays valid.
         #[arg(long, default_value_t = 168)]
         valid_hours: u64,
+        /// Also draw the token as a QR code (for a dark terminal background), above it.
+        #[arg(long)]
+        qr: bool,
     },
     /// Join a group with an invite token.
     Join {
@@ -315,7 +318,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("group {group} ({name})");
             Ok(())
         }
-        Command::Invite { valid_hours } => {
+        Command::Invite { valid_hours, qr } => {
             let client = start(&home, false).await?;
             let result = async {
                 let group = pick_group(&client, cli.group).await?;
@@ -329,9 +332,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client.shutdown().await;
             let token = result?;
             eprintln!(
-                "zerok: this invite is a secret: whoever has it can read and write the group \
-                 until it expires in {valid_hours} h. Share it only over a channel you trust."
+                "zerok: this invite is a secret: it holds the group's key, so whoever has it can \
+                 read and write the group, also after it expires in {valid_hours} h (the expiry \
+                 only stops `zerok join`). Share it only over a channel you trust."
             );
+            if qr {
+                println!(
+                    "{}",
+                    zerok_client::qr::render(&token).map_err(|e| fail(e.to_string()))?
+                );
+            }
             println!("{token}");
             Ok(())
         }
