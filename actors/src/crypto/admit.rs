@@ -249,6 +249,222 @@ pub fn open<T: for<'de> Deserialize<'de>>(
     Ok((value, signed.author))
 }
 
+/// Why a member does not admit a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No member made this invite known (or it was never made).
+    #[error("unknown invite")]
+    UnknownInvite,
+    /// Past its expiry, by the admitting member's clock.
+    #[error("the invite expired")]
+    Expired,
+    /// Another device was admitted with it.
+    #[error("the invite was already used")]
+    Used,
+    /// This device is not a member of the head epoch (it was removed).
+    #[error("this device is not a member")]
+    NotMember,
+    /// The request does not open, verify or parse, or is not signed by the device it names.
+    #[error("bad request: {0}")]
+    BadRequest(AdmitError),
+    /// A name longer than a roster entry holds.
+    #[error("device name too long")]
+    NameTooLong,
+}
+
+/// What a member needs to admit a device into a group.
+pub struct Admitter<'a> {
+    /// This device (it signs the `Add` and the admission).
+    pub device: &'a DeviceKey,
+    /// The group's id.
+    pub group: MailboxId,
+    /// The group's name.
+    pub group_name: &'a str,
+    /// The group's relays (text form).
+    pub relays: &'a [String],
+    /// The group's roster as this device knows it.
+    pub roster: &'a super::roster::Roster,
+    /// The head epoch's secret.
+    pub epoch_secret: &'a [u8; 32],
+}
+
+/// A request a member admits: the roster operation to write first (`None` when the device
+/// was already admitted with this invite and asks again), and the sealed admission to post
+/// in the invite mailbox once that operation is durable on the group's relays.
+#[derive(Debug)]
+pub struct Served {
+    /// The `Add` (via the invite) to write in the head epoch.
+    pub add: Option<super::roster::Op>,
+    /// The admission, sealed for the invite.
+    pub admission: Vec<u8>,
+}
+
+impl Admitter<'_> {
+    /// Judge a sealed request posted in the invite mailbox of `invite_id` at `now_ms` (this
+    /// device's clock: expiry and single use are the members' to enforce, not the joiner's).
+    pub fn serve(
+        &self,
+        invite_id: &MailboxId,
+        sealed_request: &[u8],
+        now_ms: u64,
+        rng: &mut Rng,
+    ) -> Result<Served, Refusal> {
+        use super::roster::{Change, DEVICE_NAME_BYTES_MAX, Op};
+        use super::wrap::{Purpose, WrapContext, wrap};
+        let me = self.device.device_id();
+        let head = self.roster.head();
+        if !self.roster.is_member(&head, &me) {
+            return Err(Refusal::NotMember);
+        }
+        let invite = self
+            .roster
+            .invites()
+            .into_iter()
+            .find(|i| i.id == *invite_id)
+            .ok_or(Refusal::UnknownInvite)?;
+        let keys = InviteKeys::from_secret(&invite.secret.0);
+        if keys.mailbox_id() != *invite_id {
+            return Err(Refusal::UnknownInvite);
+        }
+        let (request, author): (JoinRequest, DeviceId) =
+            open(&keys, Kind::Request, sealed_request).map_err(Refusal::BadRequest)?;
+        if author != request.device {
+            return Err(Refusal::BadRequest(AdmitError::Signature));
+        }
+        if request.name.len() > DEVICE_NAME_BYTES_MAX {
+            return Err(Refusal::NameTooLong);
+        }
+        let again = match invite.used_by {
+            Some(device) if device == request.device => true,
+            Some(_) => return Err(Refusal::Used),
+            None => false,
+        };
+        if !again && now_ms >= invite.expires_at_ms {
+            return Err(Refusal::Expired);
+        }
+        let add = (!again).then(|| Op {
+            author: me,
+            epoch: head,
+            at_ms: now_ms,
+            change: Change::Add {
+                device: request.device,
+                wrap_key: request.wrap_key,
+                name: request.name.clone(),
+                via: Some(*invite_id),
+            },
+        });
+        // The members the joiner will see: the head's, with itself as the add will make it.
+        let mut members: Vec<Member> = self.roster.members().cloned().collect();
+        if !members.iter().any(|m| m.device == request.device) {
+            members.push(Member {
+                device: request.device,
+                wrap_key: request.wrap_key,
+                name: request.name.clone(),
+                added_by: me,
+                added_at_ms: now_ms,
+                via: Some(*invite_id),
+            });
+        }
+        let context = WrapContext {
+            purpose: Purpose::Admission,
+            group: self.group,
+            written_in: head,
+            opens: head.number,
+            author: me,
+            recipient: request.device,
+        };
+        let wrapped = wrap(&request.wrap_key, &context, self.epoch_secret, rng)
+            .map_err(|_| Refusal::BadRequest(AdmitError::Malformed))?;
+        let admission = Admission {
+            joiner: request.device,
+            group: self.group,
+            group_name: self.group_name.to_owned(),
+            relays: self.relays.to_vec(),
+            epoch: head,
+            wrapped,
+            founder: self.roster.founder().clone(),
+            members,
+        };
+        let admission = seal(&keys, Kind::Admission, self.device, &admission, rng)
+            .map_err(Refusal::BadRequest)?;
+        Ok(Served { add, admission })
+    }
+}
+
+/// What a joiner learns from an admission it accepted.
+#[derive(Debug)]
+pub struct Joined {
+    /// The admission (group, name, relays, epoch, founder, members).
+    pub admission: Admission,
+    /// The member that admitted it.
+    pub admitted_by: DeviceId,
+    /// The epoch's secret.
+    pub secret: Zeroizing<[u8; 32]>,
+}
+
+/// Why a joiner does not accept an admission.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    /// It does not open or verify with the invite.
+    #[error("not an admission for this invite: {0}")]
+    Message(AdmitError),
+    /// It admits another device.
+    #[error("the admission is for another device")]
+    NotForMe,
+    /// Its author, or this device, is not among the members it lists.
+    #[error("the admission's roster does not hold its author and this device")]
+    Roster,
+    /// The wrapped secret does not open for this device.
+    #[error("the admission's secret does not open for this device")]
+    Secret,
+    /// The secret does not give the group it names (epoch 0).
+    #[error("the admission's secret does not match its group")]
+    Group,
+}
+
+/// Accept a sealed admission posted in the invite mailbox: it must be for `me`, signed by a
+/// member it lists (this device among them), and its secret must open with `my_wrap` (and,
+/// for epoch 0, give the group it names).
+pub fn accept(
+    keys: &InviteKeys,
+    sealed: &[u8],
+    me: &DeviceId,
+    my_wrap: &super::wrap::WrapKey,
+) -> Result<Joined, AcceptError> {
+    use super::wrap::{Purpose, WrapContext, unwrap};
+    let (admission, author): (Admission, DeviceId) =
+        open(keys, Kind::Admission, sealed).map_err(AcceptError::Message)?;
+    if admission.joiner != *me {
+        return Err(AcceptError::NotForMe);
+    }
+    let listed = |d: &DeviceId| admission.members.iter().any(|m| m.device == *d);
+    if !listed(&author) || !listed(me) {
+        return Err(AcceptError::Roster);
+    }
+    let context = WrapContext {
+        purpose: Purpose::Admission,
+        group: admission.group,
+        written_in: admission.epoch,
+        opens: admission.epoch.number,
+        author,
+        recipient: *me,
+    };
+    let secret = unwrap(my_wrap, &context, &admission.wrapped).map_err(|_| AcceptError::Secret)?;
+    if admission.epoch == EpochId::GENESIS {
+        let derived = super::keys::GroupSecret::from_bytes(*secret)
+            .epoch_keys(zerok_messages::Epoch(0))
+            .mailbox_id();
+        if derived != admission.group {
+            return Err(AcceptError::Group);
+        }
+    }
+    Ok(Joined {
+        admission,
+        admitted_by: author,
+        secret,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,5 +606,162 @@ mod tests {
         let shown = format!("{invite:?}");
         assert!(!shown.contains("box_key"), "{shown}");
         assert_ne!(*invite.box_key, [9; 32]);
+    }
+
+    /// A group founded by device 1, with an invite (expiring at 1,000 ms) made known.
+    fn group_with_invite() -> (super::super::roster::Roster, [u8; 32], MailboxId, MailboxId) {
+        use super::super::roster::{Change, EpochId, Op, Roster, SecretBytes};
+        let founder = DeviceKey::from_secret_bytes(&[1; 32]);
+        let mut roster = Roster::new(Member {
+            device: founder.device_id(),
+            wrap_key: WrapKey::from_device_secret(&[1; 32]).public(),
+            name: "phone".into(),
+            added_by: founder.device_id(),
+            added_at_ms: 0,
+            via: None,
+        });
+        let group_secret = [0x33; 32];
+        let group = crate::crypto::keys::GroupSecret::from_bytes(group_secret)
+            .epoch_keys(Epoch(0))
+            .mailbox_id();
+        let invite_secret = [0x44; 32];
+        let invite_id = InviteKeys::from_secret(&invite_secret).mailbox_id();
+        roster
+            .apply(Op {
+                author: founder.device_id(),
+                epoch: EpochId::GENESIS,
+                at_ms: 1,
+                change: Change::Invite {
+                    id: invite_id,
+                    secret: SecretBytes(invite_secret),
+                    expires_at_ms: 1_000,
+                },
+            })
+            .expect("kept");
+        (roster, group_secret, group, invite_id)
+    }
+
+    #[test]
+    fn a_member_admits_once_before_expiry_and_the_joiner_accepts() {
+        let mut rng = Rng::seeded(6);
+        let (mut roster, secret, group, invite_id) = group_with_invite();
+        let founder = DeviceKey::from_secret_bytes(&[1; 32]);
+        let keys = InviteKeys::from_secret(&[0x44; 32]);
+        let (joiner, joiner_wrap) = (
+            DeviceKey::from_secret_bytes(&[2; 32]),
+            WrapKey::from_device_secret(&[2; 32]),
+        );
+        let asked = seal(
+            &keys,
+            Kind::Request,
+            &joiner,
+            &request(&joiner, &joiner_wrap),
+            &mut rng,
+        )
+        .expect("seal");
+        let relays = vec!["relay".to_owned()];
+        let serve =
+            |roster: &super::super::roster::Roster, sealed: &[u8], now_ms, rng: &mut Rng| {
+                Admitter {
+                    device: &founder,
+                    group,
+                    group_name: "family",
+                    relays: &relays,
+                    roster,
+                    epoch_secret: &secret,
+                }
+                .serve(&invite_id, sealed, now_ms, rng)
+            };
+        // Expired by the member's clock: refused, whatever the joiner's clock said.
+        assert_eq!(
+            serve(&roster, &asked, 1_000, &mut rng).map(|_| ()),
+            Err(Refusal::Expired)
+        );
+        let served = serve(&roster, &asked, 500, &mut rng).expect("admitted");
+        let add = served.add.expect("an add");
+        let joined =
+            accept(&keys, &served.admission, &joiner.device_id(), &joiner_wrap).expect("accepted");
+        assert_eq!(*joined.secret, secret);
+        assert_eq!(
+            (joined.admission.group, joined.admitted_by),
+            (group, founder.device_id())
+        );
+        assert_eq!(joined.admission.members.len(), 2);
+        // Once the add is in the roster the invite is used: the same device asking again
+        // gets its admission again (no second add); any other device is refused.
+        roster.apply(add).expect("kept");
+        assert!(roster.is_member(&roster.head(), &joiner.device_id()));
+        let again = serve(&roster, &asked, 2_000, &mut rng).expect("asked again");
+        assert!(again.add.is_none());
+        let other = DeviceKey::from_secret_bytes(&[3; 32]);
+        let other_request = seal(
+            &keys,
+            Kind::Request,
+            &other,
+            &request(&other, &WrapKey::from_device_secret(&[3; 32])),
+            &mut rng,
+        )
+        .expect("seal");
+        assert_eq!(
+            serve(&roster, &other_request, 500, &mut rng).map(|_| ()),
+            Err(Refusal::Used)
+        );
+        // An admission for the joiner does not open for another device.
+        assert_eq!(
+            accept(
+                &keys,
+                &served.admission,
+                &other.device_id(),
+                &WrapKey::from_device_secret(&[3; 32])
+            )
+            .map(|_| ()),
+            Err(AcceptError::NotForMe)
+        );
+    }
+
+    #[test]
+    fn unknown_invites_forged_requests_and_removed_members_are_refused() {
+        let mut rng = Rng::seeded(7);
+        let (roster, secret, group, invite_id) = group_with_invite();
+        let founder = DeviceKey::from_secret_bytes(&[1; 32]);
+        let keys = InviteKeys::from_secret(&[0x44; 32]);
+        let joiner = DeviceKey::from_secret_bytes(&[2; 32]);
+        let ask = request(&joiner, &WrapKey::from_device_secret(&[2; 32]));
+        let relays = vec!["relay".to_owned()];
+        let admitter = |device| Admitter {
+            device,
+            group,
+            group_name: "family",
+            relays: &relays,
+            roster: &roster,
+            epoch_secret: &secret,
+        };
+        let good = seal(&keys, Kind::Request, &joiner, &ask, &mut rng).expect("seal");
+        assert_eq!(
+            admitter(&founder)
+                .serve(&MailboxId([9; 32]), &good, 5, &mut rng)
+                .map(|_| ()),
+            Err(Refusal::UnknownInvite)
+        );
+        // Signed by one device in the name of another.
+        let impostor = DeviceKey::from_secret_bytes(&[5; 32]);
+        let forged = seal(&keys, Kind::Request, &impostor, &ask, &mut rng).expect("seal");
+        assert_eq!(
+            admitter(&founder)
+                .serve(&invite_id, &forged, 5, &mut rng)
+                .map(|_| ()),
+            Err(Refusal::BadRequest(AdmitError::Signature))
+        );
+        assert!(matches!(
+            admitter(&founder).serve(&invite_id, &good[..good.len() - 1], 5, &mut rng),
+            Err(Refusal::BadRequest(_))
+        ));
+        // A device that is not a member (say, removed) admits nobody.
+        assert_eq!(
+            admitter(&impostor)
+                .serve(&invite_id, &good, 5, &mut rng)
+                .map(|_| ()),
+            Err(Refusal::NotMember)
+        );
     }
 }
