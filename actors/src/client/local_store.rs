@@ -13,6 +13,8 @@
 //! | `b` ‖ group | seq_base_be: own pushes numbered above it are sealed with seq − base |
 //! | `r` ‖ group | reserved_be: own seqs up to it may be in use before their record is durable |
 //! | `k` | [`KeyFileIdentity`] of `device.key` (CBOR): tells a copied home dir |
+//! | `f` ‖ group | the group's founder, a roster [`Member`] (CBOR): groups with a roster |
+//! | `m` ‖ group ‖ op_id | a roster [`RosterOp`] (CBOR), every one seen |
 //!
 //! Own pushes are numbered 1, 2, 3, ... per group in the outbox; the record inside carries
 //! that number minus the group's seq base, which is 0 until the device takes a new key (a
@@ -46,6 +48,7 @@
 //! coordinator's in-memory [`crate::client::seen::SeenIds`]. Stores written before held every seen
 //! blob id under `s` ‖ group ‖ blob_id, never pruned; they are removed at open.
 
+use crate::crypto::roster::{Member, Op as RosterOp, Roster};
 use crate::crypto::seq::SeqTracker;
 use crate::fault::{FaultPlan, FaultPoint};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -517,6 +520,38 @@ impl LocalStore {
     /// The group's seq base: own pushes are sealed with their outbox number minus this.
     pub fn seq_base(&self, group: &GroupId) -> Result<u64, ClientError> {
         Ok(self.get(&key(b'b', group, &[]))?.map_or(0, |v| be_u64(&v)))
+    }
+
+    /// Record `founder` as the founder of `group`: the group has a roster from now on
+    /// (durable with the next group commit; [`LocalStore::flush`] to wait for it).
+    pub fn put_founder(&self, group: &GroupId, founder: &Member) -> Result<(), ClientError> {
+        self.apply(vec![Op::Put(key(b'f', group, &[]), cbor(founder)?)])
+    }
+
+    /// Keep roster operations of `group` (each under its id: one seen twice is kept once).
+    pub fn put_roster_ops(&self, group: &GroupId, ops: &[RosterOp]) -> Result<(), ClientError> {
+        let mut write = Vec::with_capacity(ops.len());
+        for op in ops {
+            write.push(Op::Put(key(b'm', group, &op.id()), cbor(op)?));
+        }
+        self.apply(write)
+    }
+
+    /// The roster of `group`: its founder and every operation kept (`None`: a group without
+    /// a roster, made before rosters existed).
+    pub fn roster(&self, group: &GroupId) -> Result<Option<Roster>, ClientError> {
+        let Some(founder) = self.get(&key(b'f', group, &[]))? else {
+            return Ok(None);
+        };
+        let mut roster = Roster::new(uncbor(&founder)?);
+        let mut ops = Vec::new();
+        for (_, v) in self.scan(&key(b'm', group, &[]))? {
+            ops.push(uncbor::<RosterOp>(&v)?);
+        }
+        roster
+            .apply_many(ops)
+            .map_err(|e| ClientError::Store(StoreError::Db(e.to_string())))?;
+        Ok(Some(roster))
     }
 
     /// The identity of `device.key` this store was last used with (`None` before the first
@@ -1100,5 +1135,46 @@ mod tests {
             told,
             "a failed sync is not told"
         );
+    }
+
+    #[tokio::test]
+    async fn a_roster_survives_a_restart_and_a_group_without_a_founder_has_none() {
+        use crate::crypto::roster::{Change, EpochId};
+        let dir = tempfile::tempdir().expect("dir");
+        let member = |n: u8| Member {
+            device: DeviceId([n; 32]),
+            wrap_key: [n; 32],
+            name: format!("d{n}"),
+            added_by: DeviceId([1; 32]),
+            added_at_ms: 0,
+            via: None,
+        };
+        let add = |device: u8| RosterOp {
+            author: DeviceId([1; 32]),
+            epoch: EpochId::GENESIS,
+            at_ms: 7,
+            change: Change::Add {
+                device: DeviceId([device; 32]),
+                wrap_key: [device; 32],
+                name: format!("d{device}"),
+                via: None,
+            },
+        };
+        {
+            let store = LocalStore::open(dir.path()).expect("open");
+            assert!(store.roster(&group()).expect("read").is_none());
+            store.put_founder(&group(), &member(1)).expect("founder");
+            store
+                .put_roster_ops(&group(), &[add(2), add(3)])
+                .expect("ops");
+            store.put_roster_ops(&group(), &[add(2)]).expect("again");
+            store.flush().await.expect("durable");
+        }
+        let store = LocalStore::open(dir.path()).expect("reopen");
+        let roster = store.roster(&group()).expect("read").expect("a roster");
+        assert_eq!(roster.founder(), &member(1));
+        assert_eq!(roster.ops().count(), 2);
+        let members: Vec<u8> = roster.members().map(|m| m.device.0[0]).collect();
+        assert_eq!(members, vec![1, 2, 3]);
     }
 }
