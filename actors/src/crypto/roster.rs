@@ -203,24 +203,24 @@ pub struct EpochView {
     pub removed: BTreeSet<DeviceId>,
 }
 
-/// A group's roster: every operation seen, and the epochs they derive.
+/// A group's roster: every operation seen, and the epochs they derive (derived when first
+/// asked for after a change, so taking a joiner's history record by record costs one
+/// derivation per query, not one per operation).
 #[derive(Debug, Clone)]
 pub struct Roster {
     founder: Member,
     ops: BTreeMap<OpId, Op>,
-    epochs: BTreeMap<EpochId, EpochView>,
+    epochs: std::sync::OnceLock<BTreeMap<EpochId, EpochView>>,
 }
 
 impl Roster {
     /// A roster whose epoch 0 has `founder` alone.
     pub fn new(founder: Member) -> Roster {
-        let mut roster = Roster {
+        Roster {
             founder,
             ops: BTreeMap::new(),
-            epochs: BTreeMap::new(),
-        };
-        roster.derive();
-        roster
+            epochs: std::sync::OnceLock::new(),
+        }
     }
 
     /// The founder's entry.
@@ -235,7 +235,7 @@ impl Roster {
         Ok(self.apply_many([op])? == 1)
     }
 
-    /// Take many operations at once (derives the epochs once): answers how many were new;
+    /// Take many operations at once: answers how many were new;
     /// stops at the first refused.
     pub fn apply_many(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<usize, RosterError> {
         let mut new = 0;
@@ -257,7 +257,7 @@ impl Roster {
             new += 1;
         }
         if new > 0 {
-            self.derive();
+            self.epochs = std::sync::OnceLock::new();
         }
         result.map(|()| new)
     }
@@ -269,12 +269,12 @@ impl Roster {
 
     /// An epoch as derived so far (`None`: not known, or not begun by a valid rekey).
     pub fn epoch(&self, epoch: &EpochId) -> Option<&EpochView> {
-        self.epochs.get(epoch)
+        self.epochs().get(epoch)
     }
 
     /// Whether `device` may write in `epoch`.
     pub fn is_member(&self, epoch: &EpochId, device: &DeviceId) -> bool {
-        self.epochs
+        self.epochs()
             .get(epoch)
             .is_some_and(|view| view.members.contains_key(device))
     }
@@ -282,7 +282,7 @@ impl Roster {
     /// The epoch everyone writes in: follow the winning rekeys from genesis.
     pub fn head(&self) -> EpochId {
         let mut at = EpochId::GENESIS;
-        while let Some(next) = self.epochs.get(&at).and_then(|view| view.next) {
+        while let Some(next) = self.epochs().get(&at).and_then(|view| view.next) {
             at = next;
         }
         at
@@ -290,7 +290,7 @@ impl Roster {
 
     /// The members of the head epoch.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.epochs
+        self.epochs()
             .get(&self.head())
             .into_iter()
             .flat_map(|view| view.members.values())
@@ -300,7 +300,7 @@ impl Roster {
     /// device was admitted with it (in any epoch).
     pub fn invites(&self) -> Vec<InviteView> {
         let used: BTreeMap<MailboxId, DeviceId> = self
-            .epochs
+            .epochs()
             .values()
             .flat_map(|view| view.members.values())
             .filter_map(|m| m.via.map(|via| (via, m.device)))
@@ -341,7 +341,7 @@ impl Roster {
         let Change::Rekey { wrapped, .. } = &origin.change else {
             return None;
         };
-        let view = self.epochs.get(&head)?;
+        let view = self.epochs().get(&head)?;
         let exposed: BTreeSet<DeviceId> = view
             .removed
             .iter()
@@ -351,8 +351,13 @@ impl Roster {
         (!exposed.is_empty()).then_some((head, exposed))
     }
 
+    /// The epochs, derived now if an operation came since the last time.
+    fn epochs(&self) -> &BTreeMap<EpochId, EpochView> {
+        self.epochs.get_or_init(|| self.derive())
+    }
+
     /// Derive every epoch from the operations (a function of the set, not of their order).
-    fn derive(&mut self) {
+    fn derive(&self) -> BTreeMap<EpochId, EpochView> {
         let mut by_epoch: BTreeMap<EpochId, Vec<(&OpId, &Op)>> = BTreeMap::new();
         for (id, op) in &self.ops {
             by_epoch.entry(op.epoch).or_default().push((id, op));
@@ -407,7 +412,7 @@ impl Roster {
                 },
             );
         }
-        self.epochs = epochs;
+        epochs
     }
 }
 
