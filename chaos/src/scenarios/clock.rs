@@ -36,31 +36,30 @@ fn relay_clock_days_behind(seed: u64) -> Outcome {
     converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
 }
 
-fn relay_clock_jumps_back(seed: u64) -> Outcome {
+/// dev0 pushes 15; once 5 are acked, `host`'s wall clock jumps by `by_ms`; then each of
+/// `after_from` pushes 15 more, and all must converge once, in order.
+fn clock_jumps_mid_stream(seed: u64, host: &str, by_ms: i64, after_from: &[usize]) -> Outcome {
     let mut world = world(seed, 2, 1)?;
     let mut pushed = Pushed::default();
     pushed.push(&world, 0, "before", 15);
     until(&mut world, "first acks", |s| {
         lock(&s.devices[0].acked).len() >= 5
     })?;
-    // Stored-at stamps go back an hour mid-stream; cursors must not.
-    world.shift_clock(&relay_host(0), -HOUR_MS);
-    pushed.push(&world, 0, "after", 15);
-    pushed.push(&world, 1, "after", 15);
+    world.shift_clock(host, by_ms);
+    for &dev in after_from {
+        pushed.push(&world, dev, "after", 15);
+    }
     converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
 }
 
+fn relay_clock_jumps_back(seed: u64) -> Outcome {
+    // Stored-at stamps go back an hour mid-stream; cursors must not.
+    clock_jumps_mid_stream(seed, &relay_host(0), -HOUR_MS, &[0, 1])
+}
+
 fn device_clock_jumps_back(seed: u64) -> Outcome {
-    let mut world = world(seed, 2, 1)?;
-    let mut pushed = Pushed::default();
-    pushed.push(&world, 0, "before", 15);
-    until(&mut world, "first acks", |s| {
-        lock(&s.devices[0].acked).len() >= 5
-    })?;
     // The pusher's HLC must not follow its wall clock back: order is by seq regardless.
-    world.shift_clock(&device_host(0), -2 * HOUR_MS);
-    pushed.push(&world, 0, "after", 15);
-    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+    clock_jumps_mid_stream(seed, &device_host(0), -2 * HOUR_MS, &[0])
 }
 
 fn clocks_jump_both_ways_repeatedly(seed: u64) -> Outcome {
