@@ -8,8 +8,9 @@
 //!   and cuts the disk's power: only what the store synced survives (or a torn part of the
 //!   rest). The store's index and the relay's other files stay on the real file system.
 //! - A **device** host runs a real `Client` (the public API, its own home dir) as an app
-//!   would: the first device creates the group on every relay and publishes an invite, the
-//!   others join with it; then each takes the pushes a scenario queues for it, records the
+//!   would: the first device creates the group on every relay and publishes one invite per
+//!   other device (invites are single use), the others join with theirs (the first device
+//!   admits them); then each takes the pushes a scenario queues for it, records the
 //!   ones acked, and records every record it receives. A restarted device starts its client
 //!   again on the same home dir. Its local store keeps an image of what it synced
 //!   ([`DeviceDisk`]): [`SimWorld::device_power_loss`] crashes the host and puts the image
@@ -134,8 +135,8 @@ pub struct DeviceLog {
 pub struct Shared {
     /// The group, once the first device created it.
     pub group: OnceLock<GroupId>,
-    /// Its invite, for the other devices.
-    invite: OnceLock<String>,
+    /// Its invites, one per other device (device `i` takes the `i - 1`th).
+    invites: OnceLock<Vec<String>>,
     /// One log per device.
     pub devices: Vec<DeviceLog>,
     /// Structured events, in order, stamped with simulated time.
@@ -943,17 +944,25 @@ async fn run_client(host: DeviceHost) -> turmoil::Result {
             .create_group("chaos", NewSecret::Random, relays)
             .await
             .map_err(|e| format!("create group: {e}"))?;
-        let invite = client
-            .invite(group, INVITE_VALID)
-            .await
-            .map_err(|e| format!("invite: {e}"))?;
+        let mut invites = Vec::new();
+        for _ in 1..shared.devices.len() {
+            invites.push(
+                client
+                    .invite(group, INVITE_VALID)
+                    .await
+                    .map_err(|e| format!("invite: {e}"))?,
+            );
+        }
         let _ = shared.group.set(group);
-        let _ = shared.invite.set(invite);
+        let _ = shared.invites.set(invites);
         group
     } else {
         let invite = loop {
-            if let Some(invite) = shared.invite.get() {
-                break invite.clone();
+            if let Some(invites) = shared.invites.get() {
+                break invites
+                    .get(i - 1)
+                    .ok_or("no invite for this device")?
+                    .clone();
             }
             tokio::time::sleep(COMMAND_POLL).await;
         };
@@ -1068,6 +1077,12 @@ fn on_event(shared: &Shared, i: usize, event: Event) {
         }
         Event::Undecryptable { .. } => {
             shared.record(format!("dev{i} undecryptable"));
+            *lock(&log.undecryptable) += 1;
+        }
+        Event::UnknownSender { sender, .. } => {
+            // Every device of a scenario is admitted: a record refused for its sender is
+            // as wrong as one that does not open.
+            shared.record(format!("dev{i} unknown sender {}", sender.short()));
             *lock(&log.undecryptable) += 1;
         }
         Event::RelayUp { relay } => shared.record(format!("dev{i} relay up {}", relay.short())),

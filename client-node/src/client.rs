@@ -11,25 +11,29 @@ use tracing::warn;
 use zerok_actors::client::local_store::{KeyFileIdentity, LocalStore, SyncHook};
 use zerok_actors::client::sync_coordinator::{CONN_RESTART_POLICY, Coordinator, CoordinatorArgs};
 use zerok_actors::clock::Clock;
+use zerok_actors::crypto::admit::{self, InviteKeys, JoinRequest};
 use zerok_actors::crypto::envelope::DeviceKey;
-use zerok_actors::crypto::invite::{Invite, InviteSecret};
+use zerok_actors::crypto::invite::InviteV2;
 use zerok_actors::crypto::keys::{GroupSecret, KdfParams, SALT_BYTES};
+use zerok_actors::crypto::roster::{Change, Op as RosterOp};
+use zerok_actors::crypto::wrap::WrapKey;
 use zerok_actors::fault::FaultPlan;
 use zerok_actors::link::Dialer;
 use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
 use zerok_actors::relay::admission::AdmissionToken;
 use zerok_actors::rng::Rng;
-use zerok_messages::client::GroupRecord;
 use zerok_messages::client::{ClientError, Event, GroupId, Receipt, Status, SyncReport};
-use zerok_messages::errors::{
-    InvalidInput, InviteError, PassphraseError, StoreError, TokenRefusal,
-};
+use zerok_messages::client::{DeviceInfo, Founder, GroupRecord, InviteWatch};
+use zerok_messages::errors::{InvalidInput, InviteError, PassphraseError, TokenRefusal};
 use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, Epoch, RelayAddr};
 
 /// Events the app's channel holds; beyond it records wait in the client's bounded backlog and
 /// relay up/down events are coalesced (the client never waits for the app).
 pub const EVENTS_BUFFER: usize = 1024;
+
+/// How long [`Client::join`] waits for a member to admit this device.
+pub const JOIN_WAIT: Duration = Duration::from_secs(60);
 
 /// How a client starts.
 #[derive(Debug)]
@@ -59,6 +63,9 @@ pub struct ClientConfig {
     pub on_store_sync: Option<SyncHook>,
     /// How relays are reached (iroh QUIC on `bind` by default).
     pub transport: Transport,
+    /// This device's name on the rosters of the groups it founds or joins (`None`:
+    /// "device" and the short form of its id). At most 64 bytes.
+    pub device_name: Option<String>,
 }
 
 /// Makes the dialer of a device (given its id) for [`Transport::Dialer`].
@@ -98,6 +105,7 @@ impl ClientConfig {
             faults: FaultPlan::none(),
             on_store_sync: None,
             transport: Transport::Iroh,
+            device_name: None,
         }
     }
 }
@@ -106,7 +114,8 @@ impl ClientConfig {
 pub enum NewSecret {
     /// 32 random bytes (invites carry the secret).
     Random,
-    /// Argon2id of a passphrase (invites carry only the salt; joiners type the passphrase).
+    /// Argon2id of a passphrase (devices are admitted by members all the same: invites carry
+    /// neither the passphrase's salt nor anything that checks a guess).
     Passphrase(String),
 }
 
@@ -119,6 +128,14 @@ pub struct Client {
     /// `None` on another transport ([`Transport::Dialer`]).
     endpoint: Option<IrohNode>,
     device_id: DeviceId,
+    /// Signs join requests.
+    device: Arc<DeviceKey>,
+    /// Opens the group secret an admission wraps to this device.
+    wrap: WrapKey,
+    /// Its name on rosters.
+    device_name: String,
+    /// The local store (the coordinator owns it; a joiner seeds a group's roster in it).
+    store: LocalStore,
     clock: Clock,
     rng: Mutex<Rng>,
 }
@@ -155,7 +172,15 @@ impl Client {
             secret = fresh;
         }
         let device = Arc::new(DeviceKey::from_secret_bytes(&secret));
+        let wrap = WrapKey::from_device_secret(&secret);
         let device_id = device.device_id();
+        let device_name = match config.device_name.clone() {
+            Some(name) if name.len() > zerok_actors::crypto::roster::DEVICE_NAME_BYTES_MAX => {
+                return Err(InvalidInput::DeviceNameTooLong.into());
+            }
+            Some(name) => name,
+            None => format!("device {}", device_id.short()),
+        };
         let (endpoint, dialer): (Option<IrohNode>, Arc<dyn Dialer>) = match &config.transport {
             Transport::Iroh => {
                 let endpoint = IrohNode::bind(IrohConfig::new(secret, config.bind))
@@ -174,13 +199,16 @@ impl Client {
         let (ack_quorum, receive) = (config.ack_quorum, config.receive);
         let backlog_max = config.events_backlog_max;
         let faults = config.faults.clone();
+        let coordinator_device = Arc::clone(&device);
+        let client_store = store.clone();
         let args = RootArgs {
-            device,
+            device: Arc::clone(&device),
             rng: rng.fork(),
             faults: config.faults.clone(),
             encryptor_restart: ENCRYPTOR_RESTART_POLICY,
             coordinator: Box::new(move |encryptor| CoordinatorArgs {
                 store,
+                device: coordinator_device,
                 encryptor,
                 dialer,
                 events: events_tx,
@@ -214,6 +242,10 @@ impl Client {
             events: Mutex::new(Some(events_rx)),
             endpoint,
             device_id,
+            device,
+            wrap,
+            device_name,
+            store: client_store,
             clock: config.clock,
             rng: Mutex::new(rng),
         })
@@ -280,7 +312,15 @@ impl Client {
             admissions,
         };
         let id = group_id(&record);
-        self.put_group(id, record).await?;
+        let founder = Founder {
+            device: self.device_id,
+            wrap_key: self.wrap.public(),
+            name: self.device_name.clone(),
+            at_ms: self.clock.now_unix_ms(),
+        };
+        self.coordinator
+            .put_group(id, record, Some(founder))
+            .await?;
         Ok(id)
     }
 
@@ -330,78 +370,148 @@ impl Client {
         Ok(admissions)
     }
 
-    /// An invite token for `group`, valid for `valid_for`. It is a secret (unless the group
-    /// is a passphrase group, whose invite carries only the salt).
+    /// An invite token for `group`, valid for `valid_for`: a one-time invite secret, the
+    /// group's relays and name, and the expiry (docs/DESIGN.md §4 "Membership"). It holds no
+    /// key of the group: a member device admits whoever presents it first, if it is
+    /// unexpired by that member's clock. Still a secret until used.
     pub async fn invite(&self, group: GroupId, valid_for: Duration) -> Result<String, ClientError> {
         let record = self.group(group).await?;
-        let relays = record
-            .relays
-            .iter()
-            .filter_map(|r| r.parse().ok())
-            .collect();
-        let secret = match &record.passphrase_salt {
-            Some(salt) => InviteSecret::Passphrase {
-                salt: salt
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::Decode("passphrase salt"))?,
-                kdf: KdfParams::V1,
-            },
-            None => InviteSecret::Key(GroupSecret::from_bytes(record.secret)),
-        };
-        let invite = Invite {
-            relays,
-            secret,
-            epoch: Epoch(record.epoch),
-            expires_at_unix_secs: self.clock.now_unix_secs() + valid_for.as_secs(),
+        let now = self.clock.now_unix_secs();
+        let expires_at_unix_secs = now.saturating_add(valid_for.as_secs());
+        let secret = self
+            .coordinator
+            .invite(group, expires_at_unix_secs.saturating_mul(1000))
+            .await?;
+        let invite = InviteV2 {
+            relays: record
+                .relays
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect(),
+            invite_secret: secret,
+            expires_at_unix_secs,
             group_name: record.name.clone(),
-            group_id: Some(group.0),
         };
         Ok(invite.encode())
     }
 
-    /// Whether `token` needs a passphrase to join.
+    /// Whether `token` needs a passphrase to join: never, since invites are answered by
+    /// members (kept for callers of the version-1 API). Checks the token.
     pub fn invite_needs_passphrase(&self, token: &str) -> Result<bool, ClientError> {
-        let invite = Invite::decode(token, self.clock.now_unix_secs())?;
-        Ok(matches!(invite.secret, InviteSecret::Passphrase { .. }))
+        InviteV2::decode(token, self.clock.now_unix_secs())?;
+        Ok(false)
     }
 
-    /// Join the group of an invite token (with its passphrase, for passphrase groups).
+    /// Join the group of an invite token, waiting up to [`JOIN_WAIT`] for a member to admit
+    /// this device. `_passphrase` is not needed any more (members admit).
     pub async fn join(
         &self,
         token: &str,
-        passphrase: Option<String>,
+        _passphrase: Option<String>,
     ) -> Result<GroupId, ClientError> {
-        let invite = Invite::decode(token, self.clock.now_unix_secs())?;
-        let (secret, salt) = match invite.secret {
-            InviteSecret::Key(secret) => (*secret.expose_bytes(), None),
-            InviteSecret::Passphrase { salt, kdf } => {
-                if kdf != KdfParams::V1 {
-                    return Err(InviteError::UnsupportedKdf.into());
-                }
-                let passphrase = passphrase.ok_or(PassphraseError::Needed)?;
-                (derive(passphrase, salt).await?, Some(salt.to_vec()))
-            }
+        self.join_waiting(token, JOIN_WAIT).await
+    }
+
+    /// [`Client::join`], waiting up to `wait` for a member device to be online and admit
+    /// this one: the request is posted in the invite's mailbox on its relays; a member that
+    /// knows the invite checks it is unexpired and unused, adds this device to the roster
+    /// and answers with the group's secret wrapped to this device's key.
+    pub async fn join_waiting(&self, token: &str, wait: Duration) -> Result<GroupId, ClientError> {
+        let invite = InviteV2::decode(token, self.clock.now_unix_secs())?;
+        let keys = InviteKeys::from_secret(&invite.invite_secret);
+        let request = JoinRequest {
+            device: self.device_id,
+            wrap_key: self.wrap.public(),
+            name: self.device_name.clone(),
+            at_ms: self.clock.now_unix_ms(),
         };
+        let sealed = admit::seal(
+            &keys,
+            admit::Kind::Request,
+            &self.device,
+            &request,
+            &mut self.lock_rng(),
+        )
+        .map_err(|e| InviteError::Malformed(e.to_string()))?;
+        let blob_id = BlobId(*blake3::hash(&sealed).as_bytes());
+        let (items, mut answers) = mpsc::channel(64);
+        let mailbox = keys.mailbox_id();
+        self.coordinator.watch_invite(InviteWatch {
+            mailbox,
+            seed: keys.signer().seed(),
+            relays: invite.relays.clone(),
+            request: (blob_id, bytes::Bytes::from(sealed)),
+            items,
+        })?;
+        let found = tokio::time::timeout(wait, async {
+            while let Some(items) = answers.recv().await {
+                for item in items {
+                    match admit::accept(&keys, &item.ciphertext, &self.device_id, &self.wrap) {
+                        Ok(joined) => return Some(joined),
+                        // Our own request served back, or something that is not for us.
+                        Err(err) => tracing::debug!(error = %err, "invite mailbox item skipped"),
+                    }
+                }
+            }
+            None
+        })
+        .await;
+        self.coordinator.unwatch_invite(mailbox);
+        let joined = match found {
+            Ok(Some(joined)) => joined,
+            Ok(None) => return Err(ClientError::Stopped),
+            Err(_) => return Err(InviteError::NotAdmitted(wait.as_secs()).into()),
+        };
+        let admission = &joined.admission;
         let record = GroupRecord {
-            name: invite.group_name.clone(),
-            secret,
-            epoch: invite.epoch.0,
-            relays: invite.relays.iter().map(ToString::to_string).collect(),
-            passphrase_salt: salt,
+            name: admission.group_name.clone(),
+            secret: *joined.secret,
+            epoch: admission.epoch.number.0,
+            relays: admission.relays.clone(),
+            passphrase_salt: None,
             admissions: Default::default(),
         };
         let id = group_id(&record);
-        if let Some(expected) = invite.group_id
-            && expected != id.0
-        {
-            return Err(match record.passphrase_salt {
-                Some(_) => PassphraseError::Wrong.into(),
-                None => InviteError::KeyMismatch.into(),
-            });
+        if id.0 != admission.group {
+            return Err(InviteError::KeyMismatch.into());
         }
-        self.put_group(id, record).await?;
+        let founder = Founder {
+            device: admission.founder.device,
+            wrap_key: admission.founder.wrap_key,
+            name: admission.founder.name.clone(),
+            at_ms: admission.founder.added_at_ms,
+        };
+        // The members the admission lists, as the `Add`s that made them (the joiner's own
+        // among them): this device writes at once, and knows members whose `Add` records
+        // expired on the relays. An operation the admitter misdescribed has another id and
+        // counts only if its author is a member (as any); the rest comes with catch-up.
+        let ops: Vec<RosterOp> = admission
+            .members
+            .iter()
+            .filter(|m| m.device != admission.founder.device)
+            .map(|m| RosterOp {
+                author: m.added_by,
+                epoch: admission.epoch,
+                at_ms: m.added_at_ms,
+                change: Change::Add {
+                    device: m.device,
+                    wrap_key: m.wrap_key,
+                    name: m.name.clone(),
+                    via: m.via,
+                },
+            })
+            .collect();
+        self.store.put_roster_ops(&id, &ops)?;
+        self.coordinator
+            .put_group(id, record, Some(founder))
+            .await?;
         Ok(id)
+    }
+
+    /// The devices on `group`'s roster: name, id, who added each and when, and when this
+    /// device last received a record of each.
+    pub async fn devices(&self, group: GroupId) -> Result<Vec<DeviceInfo>, ClientError> {
+        self.coordinator.devices(group).await
     }
 
     /// Every group's id and name.
@@ -525,7 +635,7 @@ impl Client {
     }
 
     async fn put_group(&self, id: GroupId, record: GroupRecord) -> Result<(), ClientError> {
-        self.coordinator.put_group(id, record).await
+        self.coordinator.put_group(id, record, None).await
     }
 }
 

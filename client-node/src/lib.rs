@@ -26,9 +26,9 @@ pub mod client;
 pub mod qr;
 pub mod tree;
 
-pub use client::{Client, ClientConfig, MakeDialer, NewSecret, Transport};
+pub use client::{Client, ClientConfig, JOIN_WAIT, MakeDialer, NewSecret, Transport};
 pub use zerok_messages::client::{
-    ClientError, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
+    ClientError, DeviceInfo, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
 };
 pub use zerok_messages::errors::{
     InvalidInput, InviteError, PassphraseError, StoreError, TokenError, TokenRefusal,

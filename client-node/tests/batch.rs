@@ -53,7 +53,7 @@ async fn batches_and_concurrent_enqueues_arrive_once_each_batch_in_order() {
         !other.iter().any(|e| matches!(e, Event::GapDetected { .. })),
         "{other:?}"
     );
-    assert_eq!(seqs(&received), (1..=460).collect::<Vec<u64>>());
+    assert!(consecutive(&seqs(&received), 460));
     let got = payloads(&received);
     for batch in 0..3 {
         let mine: Vec<&String> = got
@@ -73,8 +73,9 @@ async fn batches_and_concurrent_enqueues_arrive_once_each_batch_in_order() {
     let (extra, _) = receive(&mut events, 1, Duration::from_millis(300)).await;
     assert!(extra.is_empty(), "{extra:?}");
     let status = alice.status().await.unwrap();
+    // And her two roster records (the invite, Bob's `Add`).
     assert_eq!(
-        status.groups[0].seen_ids, 460,
+        status.groups[0].seen_ids, 462,
         "own pushes are remembered as seen"
     );
 }
@@ -113,7 +114,10 @@ async fn a_refused_batch_takes_no_seq_and_leaves_no_gap() {
 
     let (received, other) = receive(&mut events, 2, Duration::from_secs(30)).await;
     assert_eq!(payloads(&received), ["one", "two"], "other: {other:?}");
-    assert_eq!(seqs(&received), [1, 2]);
+    assert!(
+        consecutive(&seqs(&received), 2),
+        "no seq taken by the refused batch"
+    );
     assert!(
         !other.iter().any(|e| matches!(e, Event::GapDetected { .. })),
         "{other:?}"
@@ -295,6 +299,8 @@ async fn a_late_joiner_catches_up_past_the_pull_ahead_bound() {
         }
     );
     let status = carol.status().await.unwrap();
-    assert_eq!(status.groups[0].relays[0].cursor, records as u64);
+    // The records, and the roster's: two invites and at least two `Add`s (every member
+    // online may answer a join request).
+    assert!(status.groups[0].relays[0].cursor >= records as u64 + 4);
     assert!(status.groups[0].seen_ids <= zerok_actors::client::seen::SEEN_IDS_MAX as u64);
 }

@@ -32,7 +32,7 @@ fn cli_pair(
         .last()
         .unwrap()
         .to_owned();
-    ok(&zerok(&b, &["join", &token]));
+    ok(&join_while_watching(&a, &b, &["join", &token]));
     (a, b)
 }
 
@@ -55,10 +55,10 @@ async fn invite_qr_draws_the_printed_token_and_the_warning_is_true() {
         .join("\n");
     let (want, width) = zerok_client::qr::modules(&token).unwrap();
     assert_eq!(zerok_client::qr::read_back(&drawn, width), want);
-    // The warning says what the token is: the group's key, valid past its expiry.
+    // The warning says what the token is: single use, no key, a member must be online.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("holds the group's key") && stderr.contains("also after it expires"),
+        stderr.contains("holds no key of the group") && stderr.contains("must be online"),
         "{stderr}"
     );
 }
@@ -87,7 +87,16 @@ async fn init_invite_join_push_pull_on_two_home_dirs() {
 
     let stderr = failed(&zerok(&b, &["join", "ZK1NOTATOKEN"]), 1);
     assert!(stderr.contains("invite"), "{stderr}");
-    ok(&zerok(&b, &["join", &token]));
+    // No member online: the joiner waits, then says why in one line.
+    let stderr = failed(&zerok(&b, &["join", &token, "--wait", "2"]), 1);
+    assert!(stderr.contains("member device must be online"), "{stderr}");
+    ok(&join_while_watching(&a, &b, &["join", &token]));
+    // Both devices are listed, by name, on both.
+    for home in [&a, &b] {
+        let listed = ok(&zerok(home, &["devices"]));
+        assert_eq!(listed.lines().count(), 2, "{listed}");
+        assert_eq!(listed.matches("(this device)").count(), 1, "{listed}");
+    }
 
     for n in 1..=5 {
         let out = ok(&zerok(&a, &["push", &format!("hello {n}")]));

@@ -148,6 +148,7 @@ async fn connection(
                 mailbox_seed: keys.mailbox_signer().seed(),
                 cursor: 0,
                 admission: None,
+                always_receive: false,
             }],
             receive,
             coordinator: probe,

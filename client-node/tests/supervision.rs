@@ -189,6 +189,7 @@ async fn spawn_coordinator(
         CoordinatorActor,
         CoordinatorArgs {
             store,
+            device: Arc::new(DeviceKey::from_secret_bytes(&[1; 32])),
             encryptor,
             dialer: Arc::new(network.dialer(CLIENT)),
             events,

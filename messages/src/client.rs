@@ -82,6 +82,18 @@ pub enum Event {
         /// One past the last missing seq.
         to: u64,
     },
+    /// A record that opened but whose sender is not on the group's roster: a device that
+    /// holds the group's key without having been admitted (or was removed). Never delivered.
+    UnknownSender {
+        /// The group.
+        group: GroupId,
+        /// The device that signed it.
+        sender: DeviceId,
+        /// The relay that served it.
+        relay: DeviceId,
+        /// The id it was served under.
+        blob_id: BlobId,
+    },
     /// A relay served an item that does not open (tampered, wrong key, bad signature).
     Undecryptable {
         /// The group.
@@ -130,6 +142,18 @@ impl fmt::Debug for Event {
                 .field("sender", sender)
                 .field("from", from)
                 .field("to", to)
+                .finish(),
+            Event::UnknownSender {
+                group,
+                sender,
+                relay,
+                blob_id,
+            } => f
+                .debug_struct("UnknownSender")
+                .field("group", group)
+                .field("sender", sender)
+                .field("relay", relay)
+                .field("blob_id", blob_id)
                 .finish(),
             Event::Undecryptable {
                 group,
@@ -244,6 +268,60 @@ pub enum ClientError {
     /// The client has stopped.
     #[error("client stopped")]
     Stopped,
+    /// This device is not on the group's roster: a copy of a home dir (it took a new device
+    /// key) or a removed device. Its records would be refused by every member.
+    #[error(
+        "this device is not on the roster of group {0} (a copied home dir, or a removed device): ask a member for an invite"
+    )]
+    NotMember(GroupId),
+    /// The group keeps no roster: it was joined with a version-1 invite, before rosters.
+    #[error("group {0} has no device roster (it was joined with an invite from an older zerok)")]
+    NoRoster(GroupId),
+}
+
+/// A device on a group's roster, as `devices()` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Its id.
+    pub device: DeviceId,
+    /// Its display name.
+    pub name: String,
+    /// The member that added it (itself, for the group's founder).
+    pub added_by: DeviceId,
+    /// When it was added (unix ms, by the adding member's clock).
+    pub added_at_ms: u64,
+    /// Its latest record this device received (unix ms of its timestamp), if any.
+    pub last_seen_ms: Option<u64>,
+    /// It is this device.
+    pub is_self: bool,
+}
+
+/// This device as a group's founder: what its roster entry says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Founder {
+    /// The founder's device.
+    pub device: DeviceId,
+    /// Its wrap key's public half.
+    pub wrap_key: [u8; 32],
+    /// Its display name.
+    pub name: String,
+    /// When it founded the group (unix ms).
+    pub at_ms: u64,
+}
+
+/// An invite this device is waiting to be admitted with (the joiner's side): items of its
+/// invite mailbox go to `items`.
+pub struct InviteWatch {
+    /// The invite mailbox.
+    pub mailbox: MailboxId,
+    /// Its signing seed (join proofs).
+    pub seed: MailboxSeed,
+    /// The relays to meet on.
+    pub relays: Vec<RelayAddr>,
+    /// The sealed join request to post: `(blob_id, bytes)`.
+    pub request: (BlobId, Bytes),
+    /// Where the mailbox's items go.
+    pub items: tokio::sync::mpsc::Sender<Vec<Item>>,
 }
 
 /// A group this device belongs to.
@@ -304,6 +382,14 @@ impl RecordKind {
     pub const APP: RecordKind = RecordKind(0);
     /// A reference to large content stored over iroh-blobs.
     pub const CONTENT_REF: RecordKind = RecordKind(1);
+    /// A roster operation of the group (issue 14): the client's own, never handed to the app.
+    pub const ROSTER: RecordKind = RecordKind(0x100);
+
+    /// Kinds `0x100..0x200` are the client's own (the roster): taken by the client, never
+    /// delivered to the app as `Received`.
+    pub fn is_system(self) -> bool {
+        (0x100..0x200).contains(&self.0)
+    }
 }
 
 /// A record after opening: who wrote it, where it sits in the sender's sequence, what it says.
@@ -451,7 +537,9 @@ pub struct ToSeal {
     pub seq: u64,
     /// HLC timestamp.
     pub hlc: u64,
-    /// The app's bytes.
+    /// What the payload is.
+    pub kind: RecordKind,
+    /// The record's bytes.
     pub payload: Vec<u8>,
 }
 
@@ -479,6 +567,9 @@ pub struct ConnGroup {
     /// This relay's admission token for the group, sent with every Join (a relay in `token`
     /// mode needs it to create the mailbox; others ignore it).
     pub admission: Option<AdmissionText>,
+    /// Subscribed even by a client that does not receive records (an invite mailbox: its
+    /// device admits or is being admitted there).
+    pub always_receive: bool,
 }
 
 /// What a connection tells the coordinator.
@@ -675,7 +766,9 @@ pub enum CoordMsg {
     Enqueue {
         /// The group.
         group: GroupId,
-        /// The app's records.
+        /// What they are (`APP` for the app's records).
+        kind: RecordKind,
+        /// The records.
         payloads: Vec<Vec<u8>>,
         /// The queued pushes.
         reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
@@ -755,6 +848,9 @@ pub enum CoordMsg {
         id: GroupId,
         /// Its record.
         record: GroupRecord,
+        /// A new group's founder (this device, or the founder an admission named): the
+        /// group keeps a roster from now on.
+        founder: Option<Founder>,
         /// Done.
         reply: RpcReplyPort<Result<(), ClientError>>,
     },
@@ -774,6 +870,32 @@ pub enum CoordMsg {
     },
     /// The app's event channel has room again.
     EventRoom,
+    /// The devices on a group's roster.
+    Devices {
+        /// The group.
+        group: GroupId,
+        /// Its devices.
+        reply: RpcReplyPort<Result<Vec<DeviceInfo>, ClientError>>,
+    },
+    /// Make an invite: a roster operation makes it known to every member (any may admit
+    /// with it); this device serves its invite mailbox. Answers the invite secret.
+    Invite {
+        /// The group.
+        group: GroupId,
+        /// Past this time (unix ms) no member admits with it.
+        expires_at_ms: u64,
+        /// The invite secret.
+        reply: RpcReplyPort<Result<Zeroizing<[u8; 32]>, ClientError>>,
+    },
+    /// Meet members in an invite mailbox (the joiner's side) until `UnwatchInvite`.
+    WatchInvite(InviteWatch),
+    /// A group's roster changed: the invite mailboxes watched follow it.
+    RosterChanged,
+    /// Stop meeting in an invite mailbox.
+    UnwatchInvite {
+        /// The invite mailbox.
+        mailbox: MailboxId,
+    },
 }
 
 /// An app call waiting for its records to be sealed and durable.

@@ -48,6 +48,12 @@ pub enum InviteError {
         "this invite was made by an older zerok and carries the group's secret; ask a member for a new invite"
     )]
     CarriesSecret,
+    /// No member admitted this device in time: none was online, or the invite is expired,
+    /// used or unknown to them (members do not say which, to a token holder).
+    #[error(
+        "no member of the group admitted this device within {0} s: a member device must be online (is the inviting device running?), and the invite unused and unexpired"
+    )]
+    NotAdmitted(u64),
 }
 
 /// Why a passphrase could not become a secret.
@@ -142,6 +148,12 @@ pub enum InvalidInput {
         /// The limit.
         max: usize,
     },
+    /// A device name longer than a roster entry holds (64 bytes).
+    #[error("device name longer than 64 bytes")]
+    DeviceNameTooLong,
+    /// A record kind the client keeps for itself (`0x100..0x200`: the roster).
+    #[error("record kind {0:#x} is reserved for the client's own records")]
+    SystemKind(u16),
     /// A payload larger than a record holds.
     #[error("payload of {bytes} bytes exceeds the record limit of {limit}")]
     PayloadTooLarge {

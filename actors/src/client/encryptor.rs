@@ -9,7 +9,7 @@
 //! meanwhile into the next, so concurrent app calls and relay pages share the cores.
 
 use crate::crypto::envelope::{
-    self, DeviceKey, NONCE_BYTES, OpenCache, OpenError, RecordIn, RecordKind, SealError, Sealed,
+    self, DeviceKey, NONCE_BYTES, OpenCache, OpenError, RecordIn, SealError, Sealed,
 };
 use crate::crypto::keys::EpochKeys;
 use crate::fault::{FaultPlan, FaultPoint};
@@ -23,9 +23,6 @@ use zerok_messages::client::{EncryptorMsg, GroupId, ToOpen, ToSeal};
 /// handing it to the blocking pool (a thread wake-up, tens of µs when threads are parked);
 /// fewer records than this are sealed or opened on the answering task itself (< 0.4 ms).
 pub const CHUNK_RECORDS_MIN: usize = 8;
-
-/// The record kind of app payloads.
-pub const KIND_APP: RecordKind = RecordKind::APP;
 
 /// Run `work` over `inputs` in chunks on the blocking pool, one chunk per core; the outputs
 /// in the inputs' order (`work` answers a chunk's outputs in its order).
@@ -86,7 +83,7 @@ fn seal_chunk(
             .map(|(i, _)| RecordIn {
                 seq: records[*i].seq,
                 hlc: records[*i].hlc,
-                kind: KIND_APP,
+                kind: records[*i].kind,
                 payload: &records[*i].payload,
             })
             .collect();
@@ -219,6 +216,7 @@ impl Actor for EncryptorActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::envelope::RecordKind;
     use crate::crypto::keys::GroupSecret;
     use zerok_messages::{Epoch, MailboxId};
 
@@ -232,10 +230,16 @@ mod tests {
             GroupId(MailboxId([7; 32])),
         );
         let device = DeviceKey::from_secret_bytes(&[3; 32]);
+        // Each record's kind is sealed as given (seq 2: a roster record).
+        let kind_of = |seq| match seq {
+            2 => RecordKind::ROSTER,
+            _ => RecordKind::APP,
+        };
         let record = |group, seq| ToSeal {
             group,
             seq,
             hlc: seq,
+            kind: kind_of(seq),
             payload: format!("{seq}").into_bytes(),
         };
         let records = vec![record(a, 1), record(a, 2), record(none, 1), record(b, 1)];
@@ -250,8 +254,8 @@ mod tests {
             let s = sealed[at].as_ref().unwrap();
             let opened = envelope::open(group_keys, &s.blob_id, &s.envelope).unwrap();
             assert_eq!(
-                (opened.seq, opened.payload),
-                (seq, format!("{seq}").into_bytes())
+                (opened.seq, opened.kind, opened.payload),
+                (seq, kind_of(seq), format!("{seq}").into_bytes())
             );
         }
     }

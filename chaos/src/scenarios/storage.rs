@@ -229,8 +229,11 @@ fn starts(world: &SimWorld, dev: usize) -> u64 {
     *lock(&world.device(dev).starts)
 }
 
-/// dev0's pushes all acked, then its disk loses power (`cut`) and it starts again on what
-/// its store synced, and pushes 20 more (tagged `after`). With `broken`, dev0's disk keeps
+/// The device that pushes in [`pushed_then_device_power_lost`].
+pub const PUSHER: usize = 1;
+
+/// [`PUSHER`]'s pushes all acked, then its disk loses power (`cut`) and it starts again on
+/// what its store synced, and pushes 20 more (tagged `after`). With `broken`, its disk keeps
 /// nothing its store syncs once the world is up (to show the invariants catch a device
 /// that forgets what it synced).
 pub fn pushed_then_device_power_lost(
@@ -238,26 +241,32 @@ pub fn pushed_then_device_power_lost(
     cut: PowerCut,
     broken: bool,
 ) -> Result<(SimWorld, Pushed), String> {
+    // The pusher is the device that joined: it wrote no roster record while the world was
+    // set up, so nothing it synced before its disk breaks covers its seqs.
     let mut world = world(seed, 2, 1)?;
     if broken {
-        world.device_disk(0).break_syncs();
+        world.device_disk(PUSHER).break_syncs();
     }
     let mut pushed = Pushed::default();
-    pushed.push(&world, 0, "before", 20);
+    pushed.push(&world, PUSHER, "before", 20);
     until(&mut world, "every push acked", |s| {
-        lock(&s.devices[0].acked).len() == 20
+        lock(&s.devices[PUSHER].acked).len() == 20
     })?;
-    device_power_loss(&mut world, 0, cut)?;
+    device_power_loss(&mut world, PUSHER, cut)?;
     run(&mut world, Duration::from_secs(2))?;
-    world.bounce(&device_host(0));
-    pushed.push(&world, 0, "after", 20);
+    world.bounce(&device_host(PUSHER));
+    pushed.push(&world, PUSHER, "after", 20);
     Ok((world, pushed))
 }
 
 fn device_power_loss_after_acks(seed: u64) -> Outcome {
     let (mut world, pushed) = pushed_then_device_power_lost(seed, PowerCut::DropUnsynced, false)?;
     converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)?;
-    ensure(&world, starts(&world, 0) == 2, "the pusher started twice")
+    ensure(
+        &world,
+        starts(&world, PUSHER) == 2,
+        "the pusher started twice",
+    )
 }
 
 fn device_torn_power_loss_mid_stream(seed: u64) -> Outcome {

@@ -26,6 +26,10 @@ struct Cli {
     /// The group to act on (hex id; needed only when this device has several).
     #[arg(long, global = true, value_name = "ID")]
     group: Option<GroupId>,
+    /// This device's name on the rosters of groups it creates or joins (default: "device"
+    /// and its short id).
+    #[arg(long, global = true, env = "ZEROK_DEVICE_NAME", value_name = "NAME")]
+    device_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,13 +62,23 @@ enum Command {
         #[arg(long)]
         qr: bool,
     },
-    /// Join a group with an invite token.
+    /// Join a group with an invite token: a member device that is online (running `zerok
+    /// watch`, or an app) admits this one.
     Join {
         /// The token from `zerok invite`.
         token: String,
-        /// Read the group's passphrase from ZEROK_PASSPHRASE or the first line of stdin.
-        #[arg(long)]
+        /// Accepted and ignored: members admit devices, no passphrase is typed any more.
+        #[arg(long, hide = true)]
         passphrase: bool,
+        /// Seconds to wait for a member device to admit this one.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        wait: u64,
+    },
+    /// List the devices of the group: name, id, who added each, when it was last seen.
+    Devices {
+        /// One JSON object per device.
+        #[arg(long)]
+        json: bool,
     },
     /// Push a record (text, or a file's bytes).
     Push {
@@ -205,9 +219,14 @@ fn read_passphrase() -> Result<String, Failure> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-async fn start(home: &std::path::Path, receive: bool) -> Result<Client, Failure> {
+async fn start(
+    home: &std::path::Path,
+    receive: bool,
+    device_name: Option<&String>,
+) -> Result<Client, Failure> {
     let mut config = ClientConfig::new(home);
     config.receive = receive;
+    config.device_name = device_name.cloned();
     Ok(Client::start(config).await?)
 }
 
@@ -278,6 +297,13 @@ fn print_record(out: &mut impl Write, event: &Event, json: bool) -> std::io::Res
             );
             Ok(())
         }
+        Event::UnknownSender { sender, .. } => {
+            eprintln!(
+                "zerok: warning: a record signed by device {}, which is not on the group's roster, was not delivered",
+                sender.short()
+            );
+            Ok(())
+        }
         Event::RelayUp { .. } | Event::RelayDown { .. } => Ok(()),
     }
 }
@@ -294,7 +320,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             name,
             admissions,
         } => {
-            let client = start(&home, false).await?;
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
             let existing = client.groups().await?;
             if let Some((id, _)) = existing.first() {
                 client.shutdown().await;
@@ -319,7 +345,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Invite { valid_hours, qr } => {
-            let client = start(&home, false).await?;
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
             let result = async {
                 let group = pick_group(&client, cli.group).await?;
                 Ok::<_, Failure>(
@@ -332,9 +358,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client.shutdown().await;
             let token = result?;
             eprintln!(
-                "zerok: this invite is a secret: it holds the group's key, so whoever has it can \
-                 read and write the group, also after it expires in {valid_hours} h (the expiry \
-                 only stops `zerok join`). Share it only over a channel you trust."
+                "zerok: this invite is a secret until it is used: whoever presents it first is \
+                 admitted by a member device, within {valid_hours} h. It holds no key of the \
+                 group. A member device must be online when they join (run `zerok watch` here, \
+                 or keep an app of the group open). Share it only over a channel you trust."
             );
             if qr {
                 println!(
@@ -345,15 +372,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{token}");
             Ok(())
         }
-        Command::Join { token, passphrase } => {
-            let client = start(&home, false).await?;
+        Command::Join {
+            token,
+            passphrase: _,
+            wait,
+        } => {
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
             let result = async {
-                let passphrase = if passphrase || client.invite_needs_passphrase(&token)? {
-                    Some(read_passphrase()?)
-                } else {
-                    None
-                };
-                Ok::<_, Failure>(client.join(&token, passphrase).await?)
+                client.invite_needs_passphrase(&token)?;
+                eprintln!(
+                    "zerok: waiting up to {wait} s for a member device to admit this one ({})",
+                    client.device_id().short()
+                );
+                Ok::<_, Failure>(
+                    client
+                        .join_waiting(&token, Duration::from_secs(wait))
+                        .await?,
+                )
             }
             .await;
             client.shutdown().await;
@@ -373,7 +408,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?,
                 (None, None) => return Err(Failure("nothing to push".into(), 2)),
             };
-            let client = start(&home, false).await?;
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
             let result = async {
                 let group = pick_group(&client, cli.group).await?;
                 let blob_id = client.enqueue(group, payload).await?;
@@ -401,14 +436,54 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 (_, Err(err)) => Err(err.into()),
             }
         }
+        Command::Devices { json } => {
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
+            let result = async {
+                let group = pick_group(&client, cli.group).await?;
+                Ok::<_, Failure>(client.devices(group).await?)
+            }
+            .await;
+            client.shutdown().await;
+            let mut out = std::io::stdout();
+            for device in result? {
+                let last_seen = device.last_seen_ms.map(|ms| ms / 1000);
+                let line = if json {
+                    serde_json::json!({
+                        "device": device.device.to_hex(),
+                        "name": device.name,
+                        "added_by": device.added_by.to_hex(),
+                        "added_at_unix": device.added_at_ms / 1000,
+                        "last_seen_unix": last_seen,
+                        "this_device": device.is_self,
+                    })
+                    .to_string()
+                } else {
+                    format!(
+                        "{}  {:<24}  added by {} at {}  last seen {}{}",
+                        device.device.short(),
+                        device.name,
+                        device.added_by.short(),
+                        device.added_at_ms / 1000,
+                        last_seen.map_or("-".to_owned(), |s| s.to_string()),
+                        if device.is_self {
+                            "  (this device)"
+                        } else {
+                            ""
+                        }
+                    )
+                };
+                writeln!(out, "{line}").map_err(|e| fail(e.to_string()))?;
+            }
+            Ok(())
+        }
         Command::Pull { json } => {
-            let client = start(&home, true).await?;
+            let client = start(&home, true, cli.device_name.as_ref()).await?;
             let result = pull(&client, cli.group, json).await;
             client.shutdown().await;
             result
         }
         Command::Watch { json } => {
-            let client = start(&home, true).await?;
+            let client = start(&home, true, cli.device_name.as_ref()).await?;
             let result = async {
                 pick_group(&client, cli.group).await?;
                 let mut events = client
@@ -431,7 +506,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             result
         }
         Command::Status => {
-            let client = start(&home, false).await?;
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
             let status = client.status().await;
             client.shutdown().await;
             let status = status?;
@@ -452,7 +527,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Relays { action } => {
-            let client = start(&home, false).await?;
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
             let result = relays(&client, cli.group, action).await;
             client.shutdown().await;
             result

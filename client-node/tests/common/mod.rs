@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use zerok_client::{Client, ClientConfig, Event, GroupId, NewSecret};
-use zerok_harness::process::RelayProcess;
+pub use zerok_harness::process::RelayProcess;
 use zerok_messages::RelayAddr;
 
 /// The relay binary, built next to `zerok` by `cargo test --workspace`.
@@ -76,6 +76,12 @@ pub fn payloads(events: &[Event]) -> Vec<String> {
 }
 
 /// Sequence numbers of received events.
+/// `seqs` are `count` consecutive seqs, in order (a sender's roster records may take the
+/// seqs before them).
+pub fn consecutive(seqs: &[u64], count: usize) -> bool {
+    seqs.len() == count && seqs.windows(2).all(|w| w[1] == w[0] + 1)
+}
+
 pub fn seqs(events: &[Event]) -> Vec<u64> {
     events
         .iter()
@@ -154,6 +160,31 @@ pub fn zerok(home: &Path, args: &[&str]) -> std::process::Output {
         .env_remove("ZEROK_PASSPHRASE")
         .output()
         .unwrap()
+}
+
+/// `joiner` runs `zerok join TOKEN` while `member` runs `zerok watch`: a member device must
+/// be online to admit it. The watcher is stopped with Ctrl-C (SIGINT) afterwards.
+pub fn join_while_watching(member: &Path, joiner: &Path, args: &[&str]) -> std::process::Output {
+    let mut watcher = std::process::Command::new(env!("CARGO_BIN_EXE_zerok"))
+        .arg("--home")
+        .arg(member)
+        .arg("watch")
+        .env_remove("ZEROK_HOME")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = zerok(joiner, args);
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &watcher.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    assert!(
+        watcher.wait().unwrap().success(),
+        "watch stops cleanly on Ctrl-C"
+    );
+    out
 }
 
 /// The stdout of a command that must have succeeded.

@@ -397,6 +397,9 @@ fn spawn_receiver(mut events: mpsc::Receiver<Event>) -> Receiver {
                 Event::GapDetected { from, to, .. } => {
                     return Err(anyhow!("gap {from}..={to} reported"));
                 }
+                Event::UnknownSender { sender, .. } => {
+                    return Err(anyhow!("record of a device not on the roster: {sender:?}"));
+                }
                 Event::RelayUp { .. } | Event::RelayDown { .. } => {}
             }
         }
@@ -597,8 +600,10 @@ pub async fn client(bench: &Bench, sizes: ClientSizes) -> anyhow::Result<Vec<Ben
     let stored = 1 + pushed_total;
     let (c, c_home) = device(bench, "c").await?;
     let mut c_events = c.events().ok_or_else(|| anyhow!("events taken"))?;
+    // Invites are single use: one more for c (a, online, admits it).
+    let invite_c = a.invite(group, Duration::from_secs(3600)).await?;
     let started = Instant::now();
-    c.join(&invite, None).await?;
+    c.join(&invite_c, None).await?;
     let mut got = 0u64;
     let mut bad = 0u64;
     tokio::time::timeout(PHASE_BOUND, async {

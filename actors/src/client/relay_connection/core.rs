@@ -79,6 +79,8 @@ struct GroupSync {
     /// The epoch's mailbox signer: join proofs (it opens nothing).
     signer: MailboxSigner,
     admission: Option<AdmissionText>,
+    /// Subscribed even when the connection does not receive (an invite mailbox).
+    always_receive: bool,
     /// This relay's items received up to here.
     have: u64,
     /// What the coordinator delivered of this relay's items (its persisted cursor).
@@ -101,6 +103,7 @@ impl GroupSync {
         Self {
             signer: MailboxSigner::from_seed(&group.mailbox_seed),
             admission: group.admission.clone(),
+            always_receive: group.always_receive,
             have: group.cursor,
             delivered: group.cursor,
             is_pull_parked: false,
@@ -581,10 +584,11 @@ impl ConnCore {
 
     /// Subscribe to the group's live items after what this connection has.
     fn subscribe(&mut self, io: &mut impl ConnIo, group: GroupId) {
-        if !self.receive {
-            return;
-        }
-        let Some(sync) = self.groups.get(&group).filter(|g| g.joined) else {
+        let Some(sync) = self
+            .groups
+            .get(&group)
+            .filter(|g| g.joined && (self.receive || g.always_receive))
+        else {
             return;
         };
         let (mailbox, after) = (sync.signer.mailbox_id(), Cursor(sync.have));
@@ -739,6 +743,7 @@ mod tests {
             mailbox_seed: keys.mailbox_signer().seed(),
             cursor: 0,
             admission: None,
+            always_receive: false,
         };
         (group, conn_group)
     }

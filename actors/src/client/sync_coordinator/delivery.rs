@@ -7,7 +7,10 @@
 //!   events (a gap, then the record), so nothing is ever dropped for lack of room.
 //! - Duplicates (recently seen blob ids) and this device's own records are dropped; a record
 //!   that did not open is reported undecryptable; the rest go through the group's seq
-//!   tracker (the caller's `judge`): replays are dropped, gaps reported.
+//!   tracker (the caller's `judge`): replays are dropped, gaps reported. In a group with a
+//!   roster, a record whose sender is not a member is reported (`UnknownSender`), never
+//!   delivered; the client's own kinds (the roster's operations) are taken by `judge` and
+//!   not handed to the app.
 //! - A relay batch's cursor is persisted only once all its items were handed over.
 
 use super::inbox::EVENT_ROOM;
@@ -31,6 +34,16 @@ pub(super) struct Backlog {
     pub(super) group: GroupId,
     pub(super) items: VecDeque<Received>,
     pub(super) upto: u64,
+}
+
+/// What the group's state says of a record (`judge`).
+pub(super) enum Judged {
+    /// From a member (or a group without a roster): its place in the sender's seqs.
+    Seq(SeqVerdict),
+    /// Its sender is not on the group's roster.
+    NotMember,
+    /// A group this device left: dropped.
+    Left,
 }
 
 /// What one [`Delivery::drain`] decided.
@@ -97,12 +110,12 @@ impl Delivery {
         None
     }
 
-    /// Hand over what fits in `room` free events. `judge` is the group's seq tracker (and
-    /// clock) for a record: its verdict, or `None` for a group this device left.
+    /// Hand over what fits in `room` free events. `judge` is the group's roster, seq
+    /// tracker and clock for a record (it takes the client's own kinds itself).
     pub(super) fn drain(
         &mut self,
         mut room: usize,
-        judge: &mut dyn FnMut(GroupId, &OpenedRecord) -> Option<SeqVerdict>,
+        judge: &mut dyn FnMut(GroupId, &OpenedRecord) -> Judged,
     ) -> Drained {
         let mut out = Drained::default();
         while !self.link_events.is_empty() {
@@ -148,7 +161,7 @@ impl Delivery {
         group: GroupId,
         item: Received,
         batch: &mut ReceivedBatch,
-        judge: &mut dyn FnMut(GroupId, &OpenedRecord) -> Option<SeqVerdict>,
+        judge: &mut dyn FnMut(GroupId, &OpenedRecord) -> Judged,
         events: &mut Vec<Event>,
     ) {
         if self.seen.contains(&item.blob_id) {
@@ -171,8 +184,19 @@ impl Delivery {
                 return;
             }
         };
-        let Some(verdict) = judge(group, &record) else {
-            return;
+        let verdict = match judge(group, &record) {
+            Judged::Seq(verdict) => verdict,
+            Judged::Left => return,
+            Judged::NotMember => {
+                // Not remembered as seen: a copy served after its Add arrived still counts.
+                events.push(Event::UnknownSender {
+                    group,
+                    sender: record.sender,
+                    relay,
+                    blob_id: item.blob_id,
+                });
+                return;
+            }
         };
         self.seen.insert(item.blob_id);
         batch.observed += 1;
@@ -188,6 +212,9 @@ impl Delivery {
                 to,
             }),
             SeqVerdict::New => {}
+        }
+        if record.kind.is_system() {
+            return;
         }
         events.push(Event::Received {
             group,
@@ -236,7 +263,11 @@ mod tests {
     /// Drain with a fresh tracker per call site.
     fn drain(delivery: &mut Delivery, tracker: &mut SeqTracker, room: usize) -> Drained {
         delivery.drain(room, &mut |group, record: &OpenedRecord| {
-            (group == GROUP).then(|| tracker.observe(record.sender, record.seq))
+            if group == GROUP {
+                Judged::Seq(tracker.observe(record.sender, record.seq))
+            } else {
+                Judged::Left
+            }
         })
     }
 
@@ -334,6 +365,53 @@ mod tests {
         // Judged by the tracker: the first, the replay and the one after the gap.
         assert_eq!(drained.persist[&GROUP].observed, 3);
         assert_eq!(drained.persist[&GROUP].cursors, [(RELAY, 70)]);
+    }
+
+    #[test]
+    fn strangers_are_reported_and_the_clients_own_kinds_never_reach_the_app() {
+        const STRANGER: DeviceId = DeviceId([4; 32]);
+        let mut delivery = Delivery::new(OWN);
+        let mut tracker = SeqTracker::new();
+        let mut roster_item = item(2, PEER, 2);
+        if let Ok(record) = &mut roster_item.opened {
+            record.kind = RecordKind::ROSTER;
+        }
+        delivery.push(batch(
+            vec![
+                item(1, PEER, 1),
+                roster_item,          // seq 2 of PEER: taken, not delivered
+                item(3, STRANGER, 1), // not a member: reported
+                item(4, PEER, 3),     // no gap: the roster record took seq 2
+            ],
+            40,
+        ));
+        let mut judged = Vec::new();
+        let drained = delivery.drain(100, &mut |_, record: &OpenedRecord| {
+            judged.push((record.sender, record.kind));
+            if record.sender == STRANGER {
+                Judged::NotMember
+            } else {
+                Judged::Seq(tracker.observe(record.sender, record.seq))
+            }
+        });
+        assert_eq!(judged[1], (PEER, RecordKind::ROSTER), "judge sees it");
+        let said: Vec<String> = drained
+            .events
+            .iter()
+            .map(|e| match e {
+                Event::Received { seq, .. } => format!("received {seq}"),
+                Event::UnknownSender {
+                    sender, blob_id, ..
+                } => {
+                    format!("unknown {} {}", sender.0[0], blob_id.0[0])
+                }
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(said, ["received 1", "unknown 4 3", "received 3"]);
+        // The stranger's record is not remembered: a copy may count once its Add arrives.
+        assert!(!delivery.seen.contains(&BlobId([3; 32])));
+        assert!(delivery.seen.contains(&BlobId([2; 32])));
     }
 
     #[test]

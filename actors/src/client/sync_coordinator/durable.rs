@@ -22,6 +22,10 @@ impl CoordinatorState {
                 }
                 (AfterDurable::Barrier(reply), Some(_)) => drop(reply),
                 (AfterDurable::Reserved { .. }, Some(_)) => {}
+                // Not posted: the admitting member could not keep its `Add` (the store is
+                // failing, and the coordinator stops).
+                (AfterDurable::Post { .. }, Some(_)) => {}
+                (AfterDurable::Post { watch, bytes }, None) => self.post(watch, bytes),
                 (
                     AfterDurable::Enqueued {
                         pushes,

@@ -3,6 +3,7 @@
 //! pick timeouts at call sites.
 
 use super::*;
+use zerok_messages::client::{DeviceInfo, Founder, InviteWatch};
 
 /// How long a call to the coordinator may take. The coordinator never waits for the app, a
 /// relay or the disk in its handler (seals, opens and flushes run elsewhere), so only a
@@ -42,6 +43,7 @@ impl Coordinator {
             self.actor,
             |reply| CoordMsg::Enqueue {
                 group,
+                kind: RecordKind::APP,
                 payloads,
                 reply,
             },
@@ -123,14 +125,65 @@ impl Coordinator {
         .ok_or(ClientError::UnknownGroup(id))
     }
 
-    /// Add or replace a group.
-    pub async fn put_group(&self, id: GroupId, record: GroupRecord) -> Result<(), ClientError> {
+    /// Add or replace a group; `founder` starts its roster (a new group, or one joined by
+    /// admission).
+    pub async fn put_group(
+        &self,
+        id: GroupId,
+        record: GroupRecord,
+        founder: Option<Founder>,
+    ) -> Result<(), ClientError> {
         ractor::call_t!(
             self.actor,
-            |reply| CoordMsg::PutGroup { id, record, reply },
+            |reply| CoordMsg::PutGroup {
+                id,
+                record,
+                founder,
+                reply
+            },
             millis(CALL_TIMEOUT)
         )
         .map_err(stopped)?
+    }
+
+    /// The devices on `group`'s roster.
+    pub async fn devices(&self, group: GroupId) -> Result<Vec<DeviceInfo>, ClientError> {
+        ractor::call_t!(
+            self.actor,
+            |reply| CoordMsg::Devices { group, reply },
+            millis(CALL_TIMEOUT)
+        )
+        .map_err(stopped)?
+    }
+
+    /// Make an invite of `group` known to its members; its secret once that is durable.
+    pub async fn invite(
+        &self,
+        group: GroupId,
+        expires_at_ms: u64,
+    ) -> Result<Zeroizing<[u8; 32]>, ClientError> {
+        ractor::call_t!(
+            self.actor,
+            |reply| CoordMsg::Invite {
+                group,
+                expires_at_ms,
+                reply
+            },
+            millis(CALL_TIMEOUT)
+        )
+        .map_err(stopped)?
+    }
+
+    /// Meet members in an invite mailbox (the joiner's side) until [`Self::unwatch_invite`].
+    pub fn watch_invite(&self, watch: InviteWatch) -> Result<(), ClientError> {
+        self.actor
+            .cast(CoordMsg::WatchInvite(watch))
+            .map_err(stopped)
+    }
+
+    /// Stop meeting in an invite mailbox.
+    pub fn unwatch_invite(&self, mailbox: MailboxId) {
+        let _ = self.actor.cast(CoordMsg::UnwatchInvite { mailbox });
     }
 }
 

@@ -25,6 +25,10 @@ impl CoordinatorState {
         items: Vec<zerok_messages::Item>,
         upto: u64,
     ) -> Result<(), ClientError> {
+        if self.watches.contains_key(&group) {
+            self.on_watch_items(myself, group, items);
+            return Ok(());
+        }
         if !self.groups.contains_key(&group) {
             return Ok(());
         }
@@ -143,13 +147,20 @@ impl CoordinatorState {
             args,
             ..
         } = self;
+        let mut roster_changed = false;
         let mut judge = |group: GroupId, record: &OpenedRecord| {
-            let state = groups.get_mut(&group)?;
-            let verdict = state.tracker.observe(record.sender, record.seq);
-            state.hlc.observe(record.hlc, args.clock.now_unix_ms());
-            Some(verdict)
+            let Some(state) = groups.get_mut(&group) else {
+                return delivery::Judged::Left;
+            };
+            let now = args.clock.now_unix_ms();
+            let (judged, changed) = membership::judge(&args.store, now, group, state, record);
+            roster_changed |= changed;
+            judged
         };
         let drained = delivery.drain(room, &mut judge);
+        if roster_changed {
+            let _ = myself.cast(CoordMsg::RosterChanged);
+        }
         for event in drained.events {
             if matches!(event, Event::Received { .. })
                 && self.args.faults.should_fail(FaultPoint::SkipReceived)

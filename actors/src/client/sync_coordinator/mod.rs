@@ -31,6 +31,7 @@ mod delivery;
 mod durable;
 mod handle;
 mod inbox;
+mod membership;
 mod outbox;
 mod queue;
 mod wiring;
@@ -38,8 +39,11 @@ mod wiring;
 use crate::client::local_store::{LocalStore, OutboxEntry, ReceivedBatch};
 use crate::client::relay_connection::{RelayConnActor, RelayConnArgs};
 use crate::clock::Clock;
-use crate::crypto::envelope::{OpenError, OpenedRecord, PAYLOAD_BYTES_MAX, SealError, Sealed};
+use crate::crypto::envelope::{
+    DeviceKey, OpenError, OpenedRecord, PAYLOAD_BYTES_MAX, RecordKind, SealError, Sealed,
+};
 use crate::crypto::keys::EpochKeys;
+use crate::crypto::roster::Roster;
 use crate::crypto::seq::{Hlc, SeqTracker};
 use crate::fault::FaultPlan;
 use crate::link::Dialer;
@@ -49,6 +53,7 @@ use bytes::Bytes;
 use delivery::{Backlog, Delivery};
 pub use handle::{CALL_TIMEOUT, Coordinator};
 pub use inbox::EVENT_ROOM;
+pub use membership::{INVITE_ITEMS_MAX, WATCHED_INVITES_MAX};
 pub use queue::{Outbox, PUSHES_HANDED_MAX};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -95,6 +100,8 @@ pub struct CoordinatorActor;
 pub struct CoordinatorArgs {
     /// The local store.
     pub store: LocalStore,
+    /// This device's signing key: it signs what it posts in invite mailboxes (admissions).
+    pub device: Arc<DeviceKey>,
     /// The Encryptor.
     pub encryptor: ActorRef<EncryptorMsg>,
     /// Dials relays.
@@ -142,6 +149,11 @@ struct GroupState {
     /// Own records are sealed with `outbox seq - seq_base` (see `LocalStore::new_device_key`).
     seq_base: u64,
     hlc: Hlc,
+    /// The group's roster (`None`: a group joined before rosters, whose senders are not
+    /// checked).
+    roster: Option<Roster>,
+    /// Members' latest record timestamps received (unix ms), for `devices()`.
+    last_seen: BTreeMap<DeviceId, u64>,
 }
 
 struct ConnEntry {
@@ -182,6 +194,10 @@ pub struct CoordinatorState {
     conn_restarts: BTreeMap<DeviceId, RestartTracker>,
     /// Relays whose connection died and waits for its restart (`ConnRestartDue`).
     restarting: HashSet<DeviceId>,
+    /// Invite mailboxes this device meets others in, by `GroupId(mailbox)`.
+    watches: BTreeMap<GroupId, membership::Watch>,
+    /// Admissions waiting until every relay acked their `Add`.
+    admitting: Vec<membership::Admitting>,
 }
 
 /// What happens once a store ticket is durable.
@@ -197,6 +213,9 @@ enum AfterDurable {
     /// A seq reservation is durable: the group's pushes up to `through` may be sent before
     /// their own writes are.
     Reserved { group: GroupId, through: u64 },
+    /// An admission whose `Add` every relay acked: posted once the `Add` is durable here
+    /// too (a crash cannot make this device forget a device it admitted).
+    Post { watch: GroupId, bytes: Vec<u8> },
 }
 
 impl Actor for CoordinatorActor {
@@ -240,6 +259,8 @@ impl Actor for CoordinatorActor {
             is_opening: false,
             conn_restarts: BTreeMap::new(),
             restarting: HashSet::new(),
+            watches: BTreeMap::new(),
+            admitting: Vec::new(),
         };
         // The store's group commit reports here; the task ends with the coordinator.
         let mut durable = state.args.store.watch_durable();
@@ -260,6 +281,7 @@ impl Actor for CoordinatorActor {
             })?;
             state.groups.insert(id, group);
         }
+        state.refresh_watches(&myself).await;
         state.rewire(&myself).await;
         Ok(state)
     }
@@ -286,6 +308,9 @@ impl Actor for CoordinatorActor {
                     if was_up {
                         state.emit_link(&myself, relay, Event::RelayDown { relay, reason });
                     }
+                }
+                RelayEvent::Joined { relay, group } if state.watches.contains_key(&group) => {
+                    state.on_watch_joined(relay, group);
                 }
                 RelayEvent::Joined { relay, group } => {
                     // (Re)send what this relay has not acked, in push order, a window of
@@ -330,9 +355,17 @@ impl Actor for CoordinatorActor {
             },
             CoordMsg::Enqueue {
                 group,
+                kind,
                 payloads,
                 reply,
-            } => state.enqueue(&myself, group, payloads, reply),
+            } => {
+                if kind.is_system() {
+                    // The roster's kinds are written by the coordinator alone.
+                    let _ = reply.send(Err(InvalidInput::SystemKind(kind.0).into()));
+                } else {
+                    state.enqueue(&myself, group, kind, payloads, reply)
+                }
+            }
             CoordMsg::Sealed {
                 records,
                 results,
@@ -459,8 +492,19 @@ impl Actor for CoordinatorActor {
             CoordMsg::Status { reply } => {
                 let _ = reply.send(state.status());
             }
-            CoordMsg::PutGroup { id, record, reply } => {
+            CoordMsg::PutGroup {
+                id,
+                record,
+                founder,
+                reply,
+            } => {
                 let result = async {
+                    if let Some(founder) = &founder {
+                        state
+                            .args
+                            .store
+                            .put_founder(&id, &membership::founder_member(founder))?;
+                    }
                     state.args.store.put_group(&id, &record).await?;
                     let group = state.load_group(id, record)?;
                     state
@@ -476,10 +520,26 @@ impl Actor for CoordinatorActor {
                 }
                 .await;
                 if result.is_ok() {
+                    state.refresh_watches(&myself).await;
                     state.rewire(&myself).await;
                 }
                 let _ = reply.send(result);
             }
+            CoordMsg::Devices { group, reply } => {
+                let _ = reply.send(state.devices(group));
+            }
+            CoordMsg::Invite {
+                group,
+                expires_at_ms,
+                reply,
+            } => state.invite(&myself, group, expires_at_ms, reply).await,
+            CoordMsg::WatchInvite(watch) => state.watch_invite(&myself, watch).await,
+            CoordMsg::UnwatchInvite { mailbox } => {
+                if state.watches.remove(&GroupId(mailbox)).is_some() {
+                    state.rewire(&myself).await;
+                }
+            }
+            CoordMsg::RosterChanged => state.refresh_watches(&myself).await,
             CoordMsg::GetGroup { id, reply } => {
                 let _ = reply.send(state.groups.get(&id).map(|g| g.record.clone()));
             }
@@ -487,6 +547,11 @@ impl Actor for CoordinatorActor {
                 state.is_retry_scheduled = false;
                 let refused = std::mem::take(&mut state.refused);
                 for (relay, group, seq) in refused {
+                    if state.watches.contains_key(&group) {
+                        // A post in an invite mailbox: all of them go again.
+                        state.on_watch_joined(relay, group);
+                        continue;
+                    }
                     if state
                         .groups
                         .get(&group)

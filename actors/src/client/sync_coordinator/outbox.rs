@@ -18,6 +18,7 @@ impl CoordinatorState {
         &mut self,
         myself: &ActorRef<CoordMsg>,
         group: GroupId,
+        kind: RecordKind,
         payloads: Vec<Vec<u8>>,
         reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
     ) {
@@ -33,10 +34,17 @@ impl CoordinatorState {
                 bytes: large.len(),
                 limit: PAYLOAD_BYTES_MAX,
             }))
-        } else if !self.groups.contains_key(&group) {
-            Some(ClientError::UnknownGroup(group))
+        } else if let Some(state) = self.groups.get(&group) {
+            // A device that is not on the roster (a copied home dir with its new key, or a
+            // removed device) would write records every member refuses.
+            let me = self.args.device.device_id();
+            state
+                .roster
+                .as_ref()
+                .filter(|r| !r.is_member(&r.head(), &me))
+                .map(|_| ClientError::NotMember(group))
         } else {
-            None
+            Some(ClientError::UnknownGroup(group))
         };
         if let Some(error) = refused {
             let _ = reply.send(Err(error));
@@ -61,6 +69,7 @@ impl CoordinatorState {
                 group,
                 seq: seq.saturating_sub(state.seq_base),
                 hlc: state.hlc.tick(now_ms),
+                kind,
                 payload,
             });
         }
@@ -304,6 +313,7 @@ impl CoordinatorState {
         if done && let Some(state) = self.groups.get_mut(&group) {
             state.outbox.remove(seq);
             self.remember_receipt(blob_id, acked_by.clone());
+            self.on_all_acked(group, seq);
         }
         let needed = self.groups.get(&group).map_or(1, |g| self.quorum(g));
         self.answer_waiters(&blob_id, &acked_by, needed);

@@ -38,6 +38,8 @@ impl CoordinatorState {
             reserving: store.reserved_seqs(&id)?,
             seq_base: store.seq_base(&id)?,
             hlc,
+            roster: store.roster(&id)?,
+            last_seen: BTreeMap::new(),
         })
     }
 
@@ -62,6 +64,31 @@ impl CoordinatorState {
                             .get(&relay.id.to_hex())
                             .cloned()
                             .map(AdmissionText),
+                        always_receive: false,
+                    });
+            }
+        }
+        for (id, watch) in &self.watches {
+            // A member creates the invite mailbox with the group's admission token.
+            let group = match &watch.role {
+                membership::Role::Member { group } => self.groups.get(group),
+                membership::Role::Joiner { .. } => None,
+            };
+            for relay in &watch.relays {
+                wanted
+                    .entry(relay.id)
+                    .or_insert_with(|| (relay.clone(), Vec::new()))
+                    .1
+                    .push(ConnGroup {
+                        group: *id,
+                        mailbox: id.0,
+                        mailbox_seed: watch.seed.clone(),
+                        cursor: 0,
+                        admission: group
+                            .and_then(|g| g.record.admissions.get(&relay.id.to_hex()))
+                            .cloned()
+                            .map(AdmissionText),
+                        always_receive: true,
                     });
             }
         }

@@ -1,0 +1,454 @@
+//! Membership (issue 14, DESIGN.md §4 "Membership"): each group's roster, kept from the
+//! `ROSTER` records of its mailbox, and the invite mailboxes where members admit devices.
+//!
+//! - A roster operation is an ordinary record of the group (kind `ROSTER`, sealed, signed,
+//!   in the author's seqs): it reaches every relay through the outbox and every device
+//!   through sync. A received one counts only if its author is the record's sender and a
+//!   member; this device's own are applied as they are queued.
+//! - In a group with a roster, records of devices that are not members are reported
+//!   (`UnknownSender`), never delivered (`judge`).
+//! - **Invite mailboxes** ride on the relay connections as extra groups, their items routed
+//!   here instead of to the Encryptor. A member watches the mailbox of every invite its
+//!   roster holds until it expires or is used; a request there is judged by [`Admitter::serve`]; the
+//!   `Add` it makes is queued like any record, and the admission is posted only once **every**
+//!   relay of the group acked that `Add`: so on every relay the `Add` comes before the
+//!   joiner's first record, and receivers need no hold buffer. A joiner's watch
+//!   (`WatchInvite`) posts its request and hands the mailbox's items to the joining call.
+
+use super::*;
+use crate::crypto::admit::{Admitter, InviteKeys, Served};
+use crate::crypto::roster::{Change, Member, Op, Roster, SecretBytes};
+use crate::crypto::seq::SeqVerdict;
+use delivery::Judged;
+use zerok_messages::Item;
+use zerok_messages::client::{DeviceInfo, Founder, InviteWatch, RecordKind};
+
+/// Invites of one group whose mailboxes a member watches at once (the latest to expire).
+pub const WATCHED_INVITES_MAX: usize = 16;
+/// Items of one invite mailbox a member judges; past it the mailbox is flooded (only a
+/// token holder can post there) and the rest are ignored.
+pub const INVITE_ITEMS_MAX: usize = 64;
+
+/// Who watches an invite mailbox.
+pub(super) enum Role {
+    /// A member, admitting into `group`.
+    Member { group: GroupId },
+    /// This device, waiting to be admitted: the mailbox's items go to the joining call.
+    Joiner { items: mpsc::Sender<Vec<Item>> },
+}
+
+/// An invite mailbox this device meets others in.
+pub(super) struct Watch {
+    pub(super) seed: MailboxSeed,
+    pub(super) relays: Vec<RelayAddr>,
+    pub(super) role: Role,
+    /// What this device posted there, `(seq, blob_id, bytes)`: sent again on every join.
+    pub(super) posts: Vec<(u64, BlobId, Bytes)>,
+    /// Past this time (unix ms) the watch ends (`u64::MAX` for a joiner's: it ends it).
+    pub(super) expires_at_ms: u64,
+    /// This device answered a request here: the watch stays until the invite expires, even
+    /// once the invite is used (its admission may still wait for its `Add`'s acks, and the
+    /// joiner reads it from here).
+    pub(super) answered: bool,
+    /// Items judged so far, by id (members: at most [`INVITE_ITEMS_MAX`]): the same request
+    /// served by every relay is judged once.
+    pub(super) judged: BTreeSet<BlobId>,
+}
+
+/// An admission waiting until every relay of the group acked its `Add`.
+pub(super) struct Admitting {
+    pub(super) group: GroupId,
+    /// The `Add`'s outbox seq.
+    pub(super) seq: u64,
+    /// The invite mailbox to post in.
+    pub(super) watch: GroupId,
+    pub(super) admission: Vec<u8>,
+}
+
+/// A founder's roster entry.
+pub(super) fn founder_member(founder: &Founder) -> Member {
+    Member {
+        device: founder.device,
+        wrap_key: founder.wrap_key,
+        name: founder.name.clone(),
+        added_by: founder.device,
+        added_at_ms: founder.at_ms,
+        via: None,
+    }
+}
+
+/// The group state's verdict on a received record: roster first, then seqs; a roster
+/// operation from a member is applied (and kept in the store) here.
+pub(super) fn judge(
+    store: &LocalStore,
+    now_ms: u64,
+    group_id: GroupId,
+    state: &mut GroupState,
+    record: &OpenedRecord,
+) -> (Judged, bool) {
+    if let Some(roster) = &state.roster
+        && !roster.is_member(&roster.head(), &record.sender)
+    {
+        return (Judged::NotMember, false);
+    }
+    let verdict = state.tracker.observe(record.sender, record.seq);
+    state.hlc.observe(record.hlc, now_ms);
+    let mut changed = false;
+    if let Some(roster) = &mut state.roster {
+        let seen = crate::crypto::seq::Hlc::unix_ms(record.hlc);
+        let last = state.last_seen.entry(record.sender).or_default();
+        *last = (*last).max(seen);
+        if record.kind == RecordKind::ROSTER && verdict != SeqVerdict::Replay {
+            changed = take_op(store, group_id, roster, record);
+        }
+    }
+    (Judged::Seq(verdict), changed)
+}
+
+/// Apply a received roster operation (its author must be the record's sender); answers
+/// whether the roster changed.
+fn take_op(store: &LocalStore, group: GroupId, roster: &mut Roster, record: &OpenedRecord) -> bool {
+    let op: Op = match ciborium::from_reader(record.payload.as_slice()) {
+        Ok(op) => op,
+        Err(_) => {
+            warn!(sender = %record.sender.short(), "roster record does not parse; ignored");
+            return false;
+        }
+    };
+    if op.author != record.sender {
+        warn!(sender = %record.sender.short(), "roster operation signed by another device than its author; ignored");
+        return false;
+    }
+    match roster.apply(op.clone()) {
+        Ok(true) => {
+            if let Err(err) = store.put_roster_ops(&group, &[op]) {
+                warn!(error = %err, "roster operation not kept");
+            }
+            true
+        }
+        Ok(false) => false,
+        Err(err) => {
+            warn!(error = %err, "roster operation refused");
+            false
+        }
+    }
+}
+
+impl CoordinatorState {
+    /// Queue this device's roster operation in `group` (applied and kept at once); answers
+    /// its outbox seq. `reply` hears when it is durable.
+    pub(super) fn write_op(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        group: GroupId,
+        op: Op,
+        reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
+    ) -> Result<u64, ClientError> {
+        let mut payload = Vec::new();
+        ciborium::into_writer(&op, &mut payload)
+            .map_err(|e| StoreError::Db(format!("roster operation: {e}")))?;
+        let state = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ClientError::UnknownGroup(group))?;
+        let roster = state.roster.as_mut().ok_or(ClientError::NoRoster(group))?;
+        roster
+            .apply(op.clone())
+            .map_err(|e| StoreError::Db(e.to_string()))?;
+        self.args.store.put_roster_ops(&group, &[op])?;
+        let seq = state.next_seq;
+        self.enqueue(myself, group, RecordKind::ROSTER, vec![payload], reply);
+        Ok(seq)
+    }
+
+    /// `CoordMsg::Invite`: make the invite known to every member (a roster operation), and
+    /// answer its secret once that operation is durable here.
+    pub(super) async fn invite(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        group: GroupId,
+        expires_at_ms: u64,
+        reply: RpcReplyPort<Result<Zeroizing<[u8; 32]>, ClientError>>,
+    ) {
+        let me = self.args.device.device_id();
+        let secret: Zeroizing<[u8; 32]> = Zeroizing::new(self.args.rng.bytes());
+        let made = (|| {
+            let state = self
+                .groups
+                .get(&group)
+                .ok_or(ClientError::UnknownGroup(group))?;
+            let roster = state.roster.as_ref().ok_or(ClientError::NoRoster(group))?;
+            let head = roster.head();
+            if !roster.is_member(&head, &me) {
+                return Err(ClientError::NoRoster(group));
+            }
+            Ok(Op {
+                author: me,
+                epoch: head,
+                at_ms: self.args.clock.now_unix_ms(),
+                change: Change::Invite {
+                    id: InviteKeys::from_secret(&secret).mailbox_id(),
+                    secret: SecretBytes(*secret),
+                    expires_at_ms,
+                },
+            })
+        })();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let written = made.and_then(|op| self.write_op(myself, group, op, tx.into()));
+        if let Err(err) = written {
+            let _ = reply.send(Err(err));
+            return;
+        }
+        self.refresh_watches(myself).await;
+        tokio::spawn(async move {
+            let answer = match rx.await {
+                Ok(Ok(_)) => Ok(secret),
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(ClientError::Stopped),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    /// Watch the mailbox of every invite a member may still admit with (and stop watching
+    /// the rest); re-wire the connections if that changed anything.
+    pub(super) async fn refresh_watches(&mut self, myself: &ActorRef<CoordMsg>) {
+        let me = self.args.device.device_id();
+        let now = self.args.clock.now_unix_ms();
+        let mut wanted: BTreeMap<GroupId, (GroupId, SecretBytes, u64)> = BTreeMap::new();
+        for (id, state) in &self.groups {
+            let Some(roster) = &state.roster else {
+                continue;
+            };
+            if !roster.is_member(&roster.head(), &me) {
+                continue;
+            }
+            let mut invites = roster.invites();
+            // A used invite is not watched: a joiner that asks again after its admission
+            // was lost needs a new invite (its second `Add` changes nothing).
+            invites.retain(|i| now < i.expires_at_ms && i.used_by.is_none());
+            invites.sort_by_key(|i| std::cmp::Reverse(i.expires_at_ms));
+            for invite in invites.into_iter().take(WATCHED_INVITES_MAX) {
+                wanted.insert(
+                    GroupId(invite.id),
+                    (*id, invite.secret, invite.expires_at_ms),
+                );
+            }
+        }
+        let before: BTreeSet<GroupId> = self.watches.keys().copied().collect();
+        self.watches.retain(|id, watch| match watch.role {
+            Role::Member { .. } => {
+                wanted.contains_key(id) || (watch.answered && now < watch.expires_at_ms)
+            }
+            Role::Joiner { .. } => true,
+        });
+        for (id, (group, secret, expires_at_ms)) in wanted {
+            if self.watches.contains_key(&id) {
+                continue;
+            }
+            let Some(state) = self.groups.get(&group) else {
+                continue;
+            };
+            let keys = InviteKeys::from_secret(&secret.0);
+            self.watches.insert(
+                id,
+                Watch {
+                    seed: keys.signer().seed(),
+                    relays: state.relays.clone(),
+                    role: Role::Member { group },
+                    expires_at_ms,
+                    answered: false,
+                    posts: Vec::new(),
+                    judged: BTreeSet::new(),
+                },
+            );
+        }
+        let after: BTreeSet<GroupId> = self.watches.keys().copied().collect();
+        if before != after {
+            self.rewire(myself).await;
+        }
+    }
+
+    /// `WatchInvite`: the joiner's side.
+    pub(super) async fn watch_invite(&mut self, myself: &ActorRef<CoordMsg>, watch: InviteWatch) {
+        let (blob_id, request) = watch.request;
+        self.watches.insert(
+            GroupId(watch.mailbox),
+            Watch {
+                seed: watch.seed,
+                relays: watch.relays,
+                role: Role::Joiner { items: watch.items },
+                expires_at_ms: u64::MAX,
+                answered: false,
+                posts: vec![(1, blob_id, request)],
+                judged: BTreeSet::new(),
+            },
+        );
+        self.rewire(myself).await;
+    }
+
+    /// Items of an invite mailbox.
+    pub(super) fn on_watch_items(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        id: GroupId,
+        items: Vec<Item>,
+    ) {
+        let Some(watch) = self.watches.get_mut(&id) else {
+            return;
+        };
+        let group = match &watch.role {
+            Role::Joiner { items: to } => {
+                // Never waits: a joining call that stopped reading misses nothing it needs
+                // (the mailbox is read again from its start on the next join).
+                let _ = to.try_send(items);
+                return;
+            }
+            Role::Member { group } => *group,
+        };
+        let posted: BTreeSet<BlobId> = watch.posts.iter().map(|(_, b, _)| *b).collect();
+        for item in items {
+            if posted.contains(&item.blob_id) {
+                continue;
+            }
+            let Some(watch) = self.watches.get_mut(&id) else {
+                return;
+            };
+            if watch.judged.contains(&item.blob_id) {
+                continue;
+            }
+            if watch.judged.len() >= INVITE_ITEMS_MAX {
+                debug!(invite = %id.0.short(), "invite mailbox flooded; further items ignored");
+                return;
+            }
+            watch.judged.insert(item.blob_id);
+            self.serve(myself, group, id, &item.ciphertext);
+        }
+    }
+
+    /// Judge one request posted in the invite mailbox `watch` of `group`.
+    fn serve(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        group: GroupId,
+        watch: GroupId,
+        request: &[u8],
+    ) {
+        let now = self.args.clock.now_unix_ms();
+        let Some(state) = self.groups.get(&group) else {
+            return;
+        };
+        let Some(roster) = &state.roster else {
+            return;
+        };
+        let admitter = Admitter {
+            device: &self.args.device,
+            group: group.0,
+            group_name: &state.record.name,
+            relays: &state.record.relays,
+            roster,
+            epoch_secret: &state.secret.secret,
+        };
+        let served = admitter.serve(&watch.0, request, now, &mut self.args.rng);
+        let Served { add, admission } = match served {
+            Ok(served) => served,
+            Err(refusal) => {
+                debug!(invite = %watch.0.short(), %refusal, "join request not admitted");
+                return;
+            }
+        };
+        if let Some(w) = self.watches.get_mut(&watch) {
+            w.answered = true;
+        }
+        match add {
+            Some(op) => {
+                // Posted once every relay of the group acked the Add (`on_added`).
+                let (tx, _) = tokio::sync::oneshot::channel();
+                match self.write_op(myself, group, op, tx.into()) {
+                    Ok(seq) => {
+                        self.admitting.push(Admitting {
+                            group,
+                            seq,
+                            watch,
+                            admission,
+                        });
+                    }
+                    Err(err) => warn!(error = %err, "admission's roster operation not queued"),
+                }
+            }
+            // The device was admitted with this invite before and asks again.
+            None => self.post(watch, admission),
+        }
+    }
+
+    /// Every relay of `group` acked its push `seq`: an admission waiting for it is posted
+    /// once everything written here so far (the `Add` among it) is durable.
+    pub(super) fn on_all_acked(&mut self, group: GroupId, seq: u64) {
+        let (due, rest): (Vec<Admitting>, Vec<Admitting>) = std::mem::take(&mut self.admitting)
+            .into_iter()
+            .partition(|a| a.group == group && a.seq == seq);
+        self.admitting = rest;
+        for admitting in due {
+            let ticket = self.args.store.request_flush();
+            self.after_durable.push_back((
+                ticket,
+                AfterDurable::Post {
+                    watch: admitting.watch,
+                    bytes: admitting.admission,
+                },
+            ));
+        }
+    }
+
+    /// Post `bytes` in the invite mailbox `watch` on its relays (again on every join).
+    pub(super) fn post(&mut self, watch: GroupId, bytes: Vec<u8>) {
+        let Some(w) = self.watches.get_mut(&watch) else {
+            return;
+        };
+        let blob_id = BlobId(*blake3::hash(&bytes).as_bytes());
+        let seq = w.posts.len() as u64 + 1;
+        let bytes = Bytes::from(bytes);
+        w.posts.push((seq, blob_id, bytes.clone()));
+        for relay in &w.relays {
+            if let Some(conn) = self.conns.get(&relay.id) {
+                let _ = conn.actor.cast(RelayConnMsg::Push {
+                    group: watch,
+                    seq,
+                    blob_id,
+                    ciphertext: bytes.clone(),
+                });
+            }
+        }
+    }
+
+    /// `RelayEvent::Joined` of an invite mailbox: what this device posted there, again.
+    pub(super) fn on_watch_joined(&self, relay: DeviceId, id: GroupId) {
+        if let (Some(watch), Some(conn)) = (self.watches.get(&id), self.conns.get(&relay)) {
+            let _ = conn.actor.cast(RelayConnMsg::Resend {
+                group: id,
+                entries: watch.posts.clone(),
+            });
+        }
+    }
+
+    /// `CoordMsg::Devices`.
+    pub(super) fn devices(&self, group: GroupId) -> Result<Vec<DeviceInfo>, ClientError> {
+        let state = self
+            .groups
+            .get(&group)
+            .ok_or(ClientError::UnknownGroup(group))?;
+        let roster = state.roster.as_ref().ok_or(ClientError::NoRoster(group))?;
+        let me = self.args.device.device_id();
+        Ok(roster
+            .members()
+            .map(|m| DeviceInfo {
+                device: m.device,
+                name: m.name.clone(),
+                added_by: m.added_by,
+                added_at_ms: m.added_at_ms,
+                last_seen_ms: state.last_seen.get(&m.device).copied(),
+                is_self: m.device == me,
+            })
+            .collect())
+    }
+}
