@@ -120,8 +120,11 @@ pub struct DeviceLog {
     pub received: Mutex<Vec<Received>>,
     /// `GapDetected` events.
     pub gaps: Mutex<Vec<Gap>>,
-    /// `Undecryptable` events.
+    /// `Undecryptable` (and `UnknownSender`) events.
     pub undecryptable: Mutex<u64>,
+    /// `RosterChanged` events: the (sender, seq) of each roster record taken, which holds a
+    /// seq of its sender as a received record does.
+    pub roster: Mutex<Vec<(DeviceId, u64)>>,
     /// Times its client started.
     pub starts: Mutex<u64>,
     /// Its relay cursors, each time one changed (read from the client's status).
@@ -1078,6 +1081,13 @@ fn on_event(shared: &Shared, i: usize, event: Event) {
         Event::Undecryptable { .. } => {
             shared.record(format!("dev{i} undecryptable"));
             *lock(&log.undecryptable) += 1;
+        }
+        Event::RosterChanged { sender, seq, .. } => {
+            shared.record(format!(
+                "dev{i} roster record from {} seq {seq}",
+                sender.short()
+            ));
+            lock(&log.roster).push((sender, seq));
         }
         Event::UnknownSender { sender, .. } => {
             // Every device of a scenario is admitted: a record refused for its sender is

@@ -456,12 +456,26 @@ impl Client {
             None
         })
         .await;
-        self.coordinator.unwatch_invite(mailbox);
         let joined = match found {
             Ok(Some(joined)) => joined,
             Ok(None) => return Err(ClientError::Stopped),
-            Err(_) => return Err(InviteError::NotAdmitted(wait.as_secs()).into()),
+            Err(_) => {
+                self.coordinator.unwatch_invite(mailbox);
+                return Err(InviteError::NotAdmitted(wait.as_secs()).into());
+            }
         };
+        let result = self.keep_admission(&joined).await;
+        // Only now: the relays stay wanted in between (no needless reconnect).
+        self.coordinator.unwatch_invite(mailbox);
+        result
+    }
+
+    /// Keep the group an admission gave this device, its roster seeded with the members the
+    /// admission lists.
+    async fn keep_admission(
+        &self,
+        joined: &zerok_actors::crypto::admit::Joined,
+    ) -> Result<GroupId, ClientError> {
         let admission = &joined.admission;
         let record = GroupRecord {
             name: admission.group_name.clone(),

@@ -94,6 +94,17 @@ pub enum Event {
         /// The id it was served under.
         blob_id: BlobId,
     },
+    /// A roster operation of a member was taken (a device invited or added): `devices()`
+    /// lists the roster as it is now. It holds `seq` of the sender's records (it is not
+    /// handed over as `Received`).
+    RosterChanged {
+        /// The group.
+        group: GroupId,
+        /// The member that wrote it.
+        sender: DeviceId,
+        /// Its seq among the sender's records.
+        seq: u64,
+    },
     /// A relay served an item that does not open (tampered, wrong key, bad signature).
     Undecryptable {
         /// The group.
@@ -142,6 +153,12 @@ impl fmt::Debug for Event {
                 .field("sender", sender)
                 .field("from", from)
                 .field("to", to)
+                .finish(),
+            Event::RosterChanged { group, sender, seq } => f
+                .debug_struct("RosterChanged")
+                .field("group", group)
+                .field("sender", sender)
+                .field("seq", seq)
                 .finish(),
             Event::UnknownSender {
                 group,
@@ -891,6 +908,14 @@ pub enum CoordMsg {
     WatchInvite(InviteWatch),
     /// A group's roster changed: the invite mailboxes watched follow it.
     RosterChanged,
+    /// An admission's `Add` was acked by the group's quorum a while ago: post it even if
+    /// some relay has not acked (it is down, or refuses this device).
+    AdmissionDue {
+        /// The group.
+        group: GroupId,
+        /// The `Add`'s outbox seq.
+        seq: u64,
+    },
     /// Stop meeting in an invite mailbox.
     UnwatchInvite {
         /// The invite mailbox.

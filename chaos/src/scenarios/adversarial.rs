@@ -123,6 +123,10 @@ fn missing_records_are_reported_as_gaps(shared: &Shared) -> Result<(), String> {
         for r in lock(&device.received).iter() {
             by_sender.entry(r.sender).or_default().insert(r.seq);
         }
+        // Roster records hold seqs of their senders too (not handed over as records).
+        for (sender, seq) in lock(&device.roster).iter() {
+            by_sender.entry(*sender).or_default().insert(*seq);
+        }
         for (sender, seqs) in by_sender {
             let highest = seqs.last().copied().unwrap_or_default();
             let unannounced = (1..highest).find(|seq| {
@@ -254,15 +258,25 @@ fn truncating_relay(seed: u64) -> Outcome {
     all_hold(&world, [nothing_undecryptable_served(&world.shared)])?;
     safety_holds(&world, &pushed, Delivery::ExactlyOnce)?;
     // The relay can withhold its tail (nothing tells a client more exists), never make a
-    // device skip: what device 1 has of device 0 is a prefix, 1..=n, with no gap.
-    let seqs: Vec<u64> = lock(&world.device(1).received)
+    // device skip: what device 1 has of device 0 (its records and its roster records) is a
+    // prefix, 1..=n, with no gap.
+    let records: Vec<u64> = lock(&world.device(1).received)
         .iter()
         .map(|r| r.seq)
         .collect();
+    let dev0 = world.device(0).id.get().copied();
+    let mut seqs = records.clone();
+    seqs.extend(
+        lock(&world.device(1).roster)
+            .iter()
+            .filter(|(sender, _)| Some(*sender) == dev0)
+            .map(|(_, seq)| *seq),
+    );
+    seqs.sort_unstable();
     let prefix: Vec<u64> = (1..=seqs.len() as u64).collect();
     ensure(
         &world,
-        gaps(&world, 1) == 0 && seqs == prefix,
+        gaps(&world, 1) == 0 && seqs == prefix && records.is_sorted(),
         &format!("device 1 got seqs {seqs:?}, not a prefix of device 0's"),
     )
 }

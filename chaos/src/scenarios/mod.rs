@@ -255,12 +255,13 @@ fn world_with_relay_fault(
     p: f64,
 ) -> Result<(SimWorld, FaultPlan), String> {
     let faults = FaultPlan::seeded(seed ^ 0xFA17);
-    faults.set(point, p);
     let world = world_with(WorldConfig {
         seed,
         relay_faults: vec![faults.clone()],
         ..WorldConfig::default()
     })?;
+    // Armed once the devices joined: their admission goes through the relay too.
+    faults.set(point, p);
     Ok((world, faults))
 }
 /// A world whose device `dev` runs with `point` failing at probability `p`.

@@ -192,12 +192,15 @@ fn device_local_commits_fail(seed: u64) -> Outcome {
 
 fn relay_item_budget_reached(seed: u64) -> Outcome {
     // The relay's item budget holds 20 records (one index entry per item, and
-    // `MAILBOX_INDEX_ENTRIES` for the group's mailbox). Past it pushes are refused (`quota_exceeded`, retried after the
-    // hint) and never acked; the 20 acked are delivered, and `budgets_hold` sees the
-    // relay's index entries stay within the budget all along.
+    // `MAILBOX_INDEX_ENTRIES` per mailbox) beyond what the world's setup stores: the group's
+    // mailbox and the invite's, the invite and the `Add` (the group's roster records), the
+    // join request and the admission. Past it pushes are refused (`quota_exceeded`, retried
+    // after the hint) and never acked; the 20 acked are delivered, and `budgets_hold` sees
+    // the relay's index entries stay within the budget all along.
+    const SETUP_ITEMS: u64 = 4;
     let mut world = world_with(WorldConfig {
         seed,
-        relay_max_items: Some(MAILBOX_INDEX_ENTRIES + 20),
+        relay_max_items: Some(2 * MAILBOX_INDEX_ENTRIES + SETUP_ITEMS + 20),
         ..WorldConfig::default()
     })?;
     let mut pushed = Pushed::default();

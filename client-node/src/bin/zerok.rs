@@ -304,7 +304,7 @@ fn print_record(out: &mut impl Write, event: &Event, json: bool) -> std::io::Res
             );
             Ok(())
         }
-        Event::RelayUp { .. } | Event::RelayDown { .. } => Ok(()),
+        Event::RelayUp { .. } | Event::RelayDown { .. } | Event::RosterChanged { .. } => Ok(()),
     }
 }
 

@@ -400,7 +400,7 @@ fn spawn_receiver(mut events: mpsc::Receiver<Event>) -> Receiver {
                 Event::UnknownSender { sender, .. } => {
                     return Err(anyhow!("record of a device not on the roster: {sender:?}"));
                 }
-                Event::RelayUp { .. } | Event::RelayDown { .. } => {}
+                Event::RelayUp { .. } | Event::RelayDown { .. } | Event::RosterChanged { .. } => {}
             }
         }
     });

@@ -214,6 +214,11 @@ impl Delivery {
             SeqVerdict::New => {}
         }
         if record.kind.is_system() {
+            events.push(Event::RosterChanged {
+                group,
+                sender: record.sender,
+                seq: record.seq,
+            });
             return;
         }
         events.push(Event::Received {
@@ -408,7 +413,22 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect();
-        assert_eq!(said, ["received 1", "unknown 4 3", "received 3"]);
+        assert_eq!(
+            said,
+            [
+                "received 1",
+                &format!(
+                    "{:?}",
+                    Event::RosterChanged {
+                        group: GROUP,
+                        sender: PEER,
+                        seq: 2
+                    }
+                ),
+                "unknown 4 3",
+                "received 3"
+            ]
+        );
         // The stranger's record is not remembered: a copy may count once its Add arrives.
         assert!(!delivery.seen.contains(&BlobId([3; 32])));
         assert!(delivery.seen.contains(&BlobId([2; 32])));

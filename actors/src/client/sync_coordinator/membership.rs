@@ -25,6 +25,12 @@ use zerok_messages::client::{DeviceInfo, Founder, InviteWatch, RecordKind};
 
 /// Invites of one group whose mailboxes a member watches at once (the latest to expire).
 pub const WATCHED_INVITES_MAX: usize = 16;
+/// How long an admitting member waits, once the group's quorum of relays acked the `Add`,
+/// for the other relays to ack it before it posts the admission anyway: a relay that is
+/// down (or refuses this device) must not stop every admission. Until that relay has the
+/// `Add`, readers of it alone may see the joiner's first records reported as
+/// `UnknownSender`; the relays that had it deliver them.
+pub const ADMISSION_WAIT_ALL_RELAYS: Duration = Duration::from_secs(10);
 /// Items of one invite mailbox a member judges; past it the mailbox is flooded (only a
 /// token holder can post there) and the rest are ignored.
 pub const INVITE_ITEMS_MAX: usize = 64;
@@ -381,8 +387,24 @@ impl CoordinatorState {
         }
     }
 
-    /// Every relay of `group` acked its push `seq`: an admission waiting for it is posted
-    /// once everything written here so far (the `Add` among it) is durable.
+    /// The quorum of `group`'s relays acked its push `seq`: an admission waiting for it is
+    /// posted after [`ADMISSION_WAIT_ALL_RELAYS`] unless every relay acked it before.
+    pub(super) fn on_quorum_acked(&self, myself: &ActorRef<CoordMsg>, group: GroupId, seq: u64) {
+        if self
+            .admitting
+            .iter()
+            .any(|a| a.group == group && a.seq == seq)
+        {
+            myself.send_after(ADMISSION_WAIT_ALL_RELAYS, move || CoordMsg::AdmissionDue {
+                group,
+                seq,
+            });
+        }
+    }
+
+    /// Every relay of `group` acked its push `seq` (or the wait for them is over): an
+    /// admission waiting for it is posted once everything written here so far (the `Add`
+    /// among it) is durable.
     pub(super) fn on_all_acked(&mut self, group: GroupId, seq: u64) {
         let (due, rest): (Vec<Admitting>, Vec<Admitting>) = std::mem::take(&mut self.admitting)
             .into_iter()

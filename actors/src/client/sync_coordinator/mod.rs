@@ -53,7 +53,7 @@ use bytes::Bytes;
 use delivery::{Backlog, Delivery};
 pub use handle::{CALL_TIMEOUT, Coordinator};
 pub use inbox::EVENT_ROOM;
-pub use membership::{INVITE_ITEMS_MAX, WATCHED_INVITES_MAX};
+pub use membership::{ADMISSION_WAIT_ALL_RELAYS, INVITE_ITEMS_MAX, WATCHED_INVITES_MAX};
 pub use queue::{Outbox, PUSHES_HANDED_MAX};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -332,7 +332,7 @@ impl Actor for CoordinatorActor {
                 }
                 RelayEvent::Acked { relay, group, seq } => {
                     state.refused.remove(&(relay, group, seq));
-                    state.on_acked(relay, group, seq).await?;
+                    state.on_acked(&myself, relay, group, seq).await?;
                 }
                 RelayEvent::PushRefused {
                     relay,
@@ -540,6 +540,7 @@ impl Actor for CoordinatorActor {
                 }
             }
             CoordMsg::RosterChanged => state.refresh_watches(&myself).await,
+            CoordMsg::AdmissionDue { group, seq } => state.on_all_acked(group, seq),
             CoordMsg::GetGroup { id, reply } => {
                 let _ = reply.send(state.groups.get(&id).map(|g| g.record.clone()));
             }

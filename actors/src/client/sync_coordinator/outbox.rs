@@ -298,6 +298,7 @@ impl CoordinatorState {
 
     pub(super) async fn on_acked(
         &mut self,
+        myself: &ActorRef<CoordMsg>,
         relay: DeviceId,
         group: GroupId,
         seq: u64,
@@ -316,6 +317,9 @@ impl CoordinatorState {
             self.on_all_acked(group, seq);
         }
         let needed = self.groups.get(&group).map_or(1, |g| self.quorum(g));
+        if acked_by.len() == needed && !done {
+            self.on_quorum_acked(myself, group, seq);
+        }
         self.answer_waiters(&blob_id, &acked_by, needed);
         self.top_up(relay, group);
         Ok(())
