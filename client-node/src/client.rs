@@ -8,13 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
+use zeroize::Zeroizing;
 use zerok_actors::client::local_store::{KeyFileIdentity, LocalStore, SyncHook};
 use zerok_actors::client::sync_coordinator::{CONN_RESTART_POLICY, Coordinator, CoordinatorArgs};
 use zerok_actors::clock::Clock;
 use zerok_actors::crypto::admit::{self, InviteKeys, JoinRequest};
 use zerok_actors::crypto::envelope::DeviceKey;
 use zerok_actors::crypto::invite::InviteV2;
-use zerok_actors::crypto::keys::{GroupSecret, KdfParams, SALT_BYTES};
+use zerok_actors::crypto::keys::{GroupSecret, KdfParams, MailboxSigner, SALT_BYTES};
+pub use zerok_actors::crypto::pair::PairCode;
+use zerok_actors::crypto::pair::{Exchange, PairError, PairPost, Role as PairRole, rendezvous};
 use zerok_actors::crypto::roster::{Change, Op as RosterOp};
 use zerok_actors::crypto::wrap::WrapKey;
 use zerok_actors::fault::FaultPlan;
@@ -24,7 +27,9 @@ use zerok_actors::relay::admission::AdmissionToken;
 use zerok_actors::rng::Rng;
 use zerok_messages::client::{ClientError, Event, GroupId, Receipt, Status, SyncReport};
 use zerok_messages::client::{DeviceInfo, Founder, GroupRecord, InviteWatch};
-use zerok_messages::errors::{InvalidInput, InviteError, PassphraseError, TokenRefusal};
+use zerok_messages::errors::{
+    InvalidInput, InviteError, PairingError, PassphraseError, TokenRefusal,
+};
 use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, Epoch, RelayAddr};
 
@@ -34,6 +39,17 @@ pub const EVENTS_BUFFER: usize = 1024;
 
 /// How long [`Client::join`] waits for a member to admit this device.
 pub const JOIN_WAIT: Duration = Duration::from_secs(60);
+/// How long the invite a pairing makes stays valid (and how old a message of the device in
+/// the group the new device still reads).
+pub const PAIR_INVITE_VALID: Duration = Duration::from_secs(600);
+/// Clock skew allowed between two devices pairing: the device in the group skips the new
+/// device's messages from before its own start less this (an earlier attempt's leftovers in
+/// the same rendezvous mailbox would spend its code).
+const PAIR_CLOCK_SKEW: Duration = Duration::from_secs(10);
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// How a client starts.
 #[derive(Debug)]
@@ -380,7 +396,7 @@ impl Client {
         let expires_at_unix_secs = now.saturating_add(valid_for.as_secs());
         let secret = self
             .coordinator
-            .invite(group, expires_at_unix_secs.saturating_mul(1000))
+            .invite(group, expires_at_unix_secs.saturating_mul(1000), None)
             .await?;
         let invite = InviteV2 {
             relays: record
@@ -418,6 +434,11 @@ impl Client {
     /// and answers with the group's secret wrapped to this device's key.
     pub async fn join_waiting(&self, token: &str, wait: Duration) -> Result<GroupId, ClientError> {
         let invite = InviteV2::decode(token, self.clock.now_unix_secs())?;
+        self.join_invite(&invite, wait).await
+    }
+
+    /// Join with `invite` (from a token, or from a pairing).
+    async fn join_invite(&self, invite: &InviteV2, wait: Duration) -> Result<GroupId, ClientError> {
         let keys = InviteKeys::from_secret(&invite.invite_secret);
         let request = JoinRequest {
             device: self.device_id,
@@ -442,6 +463,7 @@ impl Client {
             relays: invite.relays.clone(),
             request: (blob_id, bytes::Bytes::from(sealed)),
             items,
+            admission_group: None,
         })?;
         let found = tokio::time::timeout(wait, async {
             while let Some(items) = answers.recv().await {
@@ -520,6 +542,125 @@ impl Client {
             .put_group(id, record, Some(founder))
             .await?;
         Ok(id)
+    }
+
+    /// Pair a new device with `group` by a short code (the device in the group's side):
+    /// show `code` (from [`PairCode::random`]) to the user, who types it on the new device
+    /// ([`Client::pair_join`]). The two devices run a SPAKE2 exchange through a rendezvous
+    /// mailbox on the group's relays; with the same code on both, this device makes an
+    /// invite from the key they share and admits the new device with it (it must stay
+    /// online until then). A wrong code fails on both sides and spends the code.
+    pub async fn pair_offer(
+        &self,
+        group: GroupId,
+        code: &PairCode,
+        wait: Duration,
+    ) -> Result<(), ClientError> {
+        let record = self.group(group).await?;
+        let relays = record
+            .relays
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .collect();
+        let secret = self
+            .pair_exchange(code, PairRole::Existing, relays, Some(group), wait)
+            .await?;
+        let expires = self
+            .clock
+            .now_unix_ms()
+            .saturating_add(millis(PAIR_INVITE_VALID));
+        self.coordinator
+            .invite(group, expires, Some(secret))
+            .await
+            .map(|_| ())
+    }
+
+    /// Join a group by a short code shown by a device in it ([`Client::pair_offer`]),
+    /// meeting it on `relays` (the group's, or one of them); then wait up to `wait` to be
+    /// admitted as with an invite.
+    pub async fn pair_join(
+        &self,
+        code: &str,
+        relays: Vec<RelayAddr>,
+        wait: Duration,
+    ) -> Result<GroupId, ClientError> {
+        if relays.is_empty() {
+            return Err(InvalidInput::NoRelays.into());
+        }
+        let code = PairCode::parse(code).map_err(|_| PairingError::BadCode)?;
+        let secret = self
+            .pair_exchange(&code, PairRole::New, relays.clone(), None, wait)
+            .await?;
+        let invite = InviteV2 {
+            relays,
+            invite_secret: secret,
+            expires_at_unix_secs: self.clock.now_unix_secs() + PAIR_INVITE_VALID.as_secs(),
+            group_name: String::new(),
+        };
+        self.join_invite(&invite, wait).await
+    }
+
+    /// This side of a pairing's exchange in the rendezvous mailbox of `code`: the invite
+    /// secret both sides get.
+    async fn pair_exchange(
+        &self,
+        code: &PairCode,
+        role: PairRole,
+        relays: Vec<RelayAddr>,
+        admission_group: Option<GroupId>,
+        wait: Duration,
+    ) -> Result<Zeroizing<[u8; 32]>, ClientError> {
+        let seed = rendezvous(code.nameplate());
+        let mailbox = MailboxSigner::from_seed(&seed).mailbox_id();
+        let (mut exchange, first) =
+            Exchange::start(code, role, self.clock.now_unix_ms(), &mut self.lock_rng());
+        let first = first.encode();
+        let (items, mut posts) = mpsc::channel(64);
+        self.coordinator.watch_invite(InviteWatch {
+            mailbox,
+            seed,
+            relays,
+            request: (
+                BlobId(*blake3::hash(&first).as_bytes()),
+                bytes::Bytes::from(first),
+            ),
+            items,
+            admission_group,
+        })?;
+        // The new device reads the other side's message from before it started (the code
+        // was shown a while ago); the device in the group only allows for clock skew.
+        let window = match role {
+            PairRole::Existing => PAIR_CLOCK_SKEW,
+            PairRole::New => PAIR_INVITE_VALID,
+        };
+        let outcome = tokio::time::timeout(wait, async {
+            while let Some(items) = posts.recv().await {
+                for item in items {
+                    let Some(post) = PairPost::decode(&item.ciphertext) else {
+                        continue;
+                    };
+                    match exchange.take(&post, millis(window)) {
+                        Ok(Some(answer)) => {
+                            self.coordinator.watch_post(mailbox, answer.encode())?
+                        }
+                        Ok(None) => {}
+                        Err(PairError::WrongCode) => return Err(PairingError::WrongCode.into()),
+                        // Not a message of the exchange (the mailbox is public): skipped.
+                        Err(_) => continue,
+                    }
+                    if let Some(secret) = exchange.done() {
+                        return Ok(secret);
+                    }
+                }
+            }
+            Err(ClientError::Stopped)
+        })
+        .await;
+        self.coordinator.unwatch_invite(mailbox);
+        match outcome {
+            Ok(result) => result,
+            Err(_) => Err(PairingError::NoAnswer(wait.as_secs()).into()),
+        }
     }
 
     /// The devices on `group`'s roster: name, id, who added each and when, and when this

@@ -26,10 +26,12 @@ pub mod client;
 pub mod qr;
 pub mod tree;
 
-pub use client::{Client, ClientConfig, JOIN_WAIT, MakeDialer, NewSecret, Transport};
+pub use client::{
+    Client, ClientConfig, JOIN_WAIT, MakeDialer, NewSecret, PAIR_INVITE_VALID, PairCode, Transport,
+};
 pub use zerok_messages::client::{
     ClientError, DeviceInfo, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
 };
 pub use zerok_messages::errors::{
-    InvalidInput, InviteError, PassphraseError, StoreError, TokenError, TokenRefusal,
+    InvalidInput, InviteError, PairingError, PassphraseError, StoreError, TokenError, TokenRefusal,
 };

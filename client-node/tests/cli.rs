@@ -126,7 +126,8 @@ async fn init_invite_join_push_pull_on_two_home_dirs() {
     let out = ok(&zerok(&b, &["pull", "--json"]));
     let record: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(record["payload"], "json please");
-    assert_eq!(record["seq"], 7);
+    // A's seventh record; its first two were roster records (the invite, B's `Add`).
+    assert_eq!(record["seq"], 9);
     assert_eq!(record["blob_id"].as_str().unwrap().len(), 64);
 
     // Offline: the push is queued, says so, exits 0; it goes out with the next command.
@@ -158,7 +159,8 @@ async fn init_invite_join_push_pull_on_two_home_dirs() {
     assert_eq!(ok(&zerok(&b, &["relays", "list"])).trim(), addr_text.trim());
     let status = ok(&zerok(&b, &["status"]));
     assert!(status.contains(addr_text.trim()), "{status}");
-    assert!(status.contains("received up to 9"), "{status}");
+    // A's nine records and her two roster records (the invite, B's `Add`).
+    assert!(status.contains("received up to 11"), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,4 +275,59 @@ async fn watch_prints_records_as_they_arrive() {
         })
         .collect();
     assert_eq!(payloads, ["first", "second"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_shows_a_code_and_the_new_device_joins_with_it() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let addr_text = std::fs::read_to_string(relay.data_dir().join("relay.addr")).unwrap();
+    let addr = addr_text.trim();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ok(&zerok(&a, &["init", "--relay", addr]));
+    // The new device needs a relay to meet on: one clear line, usage exit.
+    failed(&zerok(&b, &["pair", "12-345678"]), 2);
+
+    let mut offer = Command::new(env!("CARGO_BIN_EXE_zerok"))
+        .arg("--home")
+        .arg(&a)
+        .args(["pair", "--wait", "60"])
+        .env_remove("ZEROK_HOME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(offer.stdout.take().unwrap());
+    let mut code = String::new();
+    stdout.read_line(&mut code).unwrap();
+    let code = code.trim().to_owned();
+    assert_eq!(code.len(), 9, "{code}");
+    let joined = tokio::task::spawn_blocking({
+        let (b, code, addr) = (b.clone(), code.clone(), addr.to_owned());
+        move || zerok(&b, &["pair", &code, "--relay", &addr, "--wait", "60"])
+    })
+    .await
+    .unwrap();
+    assert!(ok(&joined).starts_with("joined group "), "{joined:?}");
+    assert!(offer.wait().unwrap().success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("paired: device"), "{rest}");
+    // The stderr told the user what to run on the new device.
+    let mut told = String::new();
+    offer
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut told)
+        .unwrap();
+    assert!(
+        told.contains(&format!("zerok pair {code} --relay")),
+        "{told}"
+    );
+    // Both list both devices.
+    for home in [&a, &b] {
+        assert_eq!(ok(&zerok(home, &["devices"])).lines().count(), 2);
+    }
 }

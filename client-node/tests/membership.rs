@@ -164,3 +164,71 @@ async fn two_members_online_both_answer_and_the_joiner_is_admitted_once() {
     alice.shutdown().await;
     bob.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_joins_with_the_right_code_and_a_wrong_code_spends_it() {
+    use zerok_client::{PairCode, PairingError};
+    const WAIT: Duration = Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let alice = client_with_clock(dir.path(), "alice", Clock::system()).await;
+    let bob = client_with_clock(dir.path(), "bob", Clock::system()).await;
+    let group = alice
+        .create_group("family", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    let relays = vec![relay.addr.clone()];
+    let mut rng = zerok_actors::rng::Rng::seeded(14);
+    let code = PairCode::random(&mut rng);
+    // Bob mistypes one digit of the password: both sides fail, nobody joins.
+    let shown = code.reveal();
+    let last = shown.chars().last().unwrap().to_digit(10).unwrap();
+    let typo = format!("{}{}", &shown[..shown.len() - 1], (last + 1) % 10);
+    let (offered, joined) = tokio::join!(
+        alice.pair_offer(group, &code, WAIT),
+        bob.pair_join(&typo, relays.clone(), WAIT)
+    );
+    assert!(
+        matches!(offered, Err(ClientError::Pairing(PairingError::WrongCode))),
+        "{offered:?}"
+    );
+    assert!(
+        matches!(joined, Err(ClientError::Pairing(PairingError::WrongCode))),
+        "{joined:?}"
+    );
+    assert!(bob.groups().await.unwrap().is_empty());
+    // The code is spent: typing it right now finds nobody to pair with.
+    assert!(matches!(
+        bob.pair_join(&shown, relays.clone(), Duration::from_secs(3))
+            .await,
+        Err(ClientError::Pairing(_))
+    ));
+    // A new code (another rendezvous mailbox) pairs.
+    let fresh = loop {
+        let fresh = PairCode::random(&mut rng);
+        if fresh.nameplate() != code.nameplate() {
+            break fresh;
+        }
+    };
+    let typed = fresh.reveal();
+    let (offered, joined) = tokio::join!(
+        alice.pair_offer(group, &fresh, WAIT),
+        bob.pair_join(&typed, relays.clone(), WAIT)
+    );
+    offered.unwrap();
+    assert_eq!(joined.unwrap(), group);
+    let mut alice_events = alice.events().unwrap();
+    bob.push(group, b"paired".to_vec()).await.unwrap();
+    let (got, other) = receive(&mut alice_events, 1, Duration::from_secs(20)).await;
+    assert_eq!(payloads(&got), ["paired"], "{other:?}");
+    let names: Vec<String> = alice
+        .devices(group)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert!(names.contains(&"bob".to_owned()), "{names:?}");
+    alice.shutdown().await;
+    bob.shutdown().await;
+}

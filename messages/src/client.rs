@@ -4,7 +4,7 @@
 //! keys travel as bytes ([`EpochSecret`], [`MailboxSeed`]) and each actor derives what it
 //! needs from them, so nothing here depends on the actors.
 
-pub use crate::errors::{InvalidInput, InviteError, PassphraseError, StoreError};
+pub use crate::errors::{InvalidInput, InviteError, PairingError, PassphraseError, StoreError};
 use crate::link::{LinkEvent, LinkReceiver, LinkSender};
 use crate::wire::AdmissionText;
 use crate::{BlobId, DeviceId, Epoch, ErrorCode, Item, Limits, MailboxId, RelayAddr};
@@ -291,6 +291,9 @@ pub enum ClientError {
         "this device is not on the roster of group {0} (a copied home dir, or a removed device): ask a member for an invite"
     )]
     NotMember(GroupId),
+    /// Pairing with a short code failed.
+    #[error("pairing: {0}")]
+    Pairing(#[from] PairingError),
     /// The group keeps no roster: it was joined with a version-1 invite, before rosters.
     #[error("group {0} has no device roster (it was joined with an invite from an older zerok)")]
     NoRoster(GroupId),
@@ -339,6 +342,9 @@ pub struct InviteWatch {
     pub request: (BlobId, Bytes),
     /// Where the mailbox's items go.
     pub items: tokio::sync::mpsc::Sender<Vec<Item>>,
+    /// The group whose admission tokens the Joins carry (a relay that admits by token
+    /// creates the mailbox only for a holder), if this device is in one.
+    pub admission_group: Option<GroupId>,
 }
 
 /// A group this device belongs to.
@@ -901,8 +907,17 @@ pub enum CoordMsg {
         group: GroupId,
         /// Past this time (unix ms) no member admits with it.
         expires_at_ms: u64,
+        /// The invite secret to use (a pairing's), or `None` for a fresh random one.
+        secret: Option<Zeroizing<[u8; 32]>>,
         /// The invite secret.
         reply: RpcReplyPort<Result<Zeroizing<[u8; 32]>, ClientError>>,
+    },
+    /// Post in a watched mailbox (again on every join, until it is unwatched).
+    WatchPost {
+        /// The mailbox.
+        mailbox: MailboxId,
+        /// What to post.
+        bytes: Vec<u8>,
     },
     /// Meet members in an invite mailbox (the joiner's side) until `UnwatchInvite`.
     WatchInvite(InviteWatch),

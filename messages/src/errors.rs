@@ -56,6 +56,25 @@ pub enum InviteError {
     NotAdmitted(u64),
 }
 
+/// Why pairing two devices with a short code failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PairingError {
+    /// Not 8 digits.
+    #[error("a pairing code is 8 digits, like 12-345678")]
+    BadCode,
+    /// The two devices used different codes (or someone guessed first): the code is spent.
+    #[error(
+        "the code did not match; start again with a new code (`zerok pair` on the device in the group)"
+    )]
+    WrongCode,
+    /// The other device did not answer in time.
+    #[error(
+        "no answer from the other device within {0} s (is `zerok pair` running on it, with the same relay?)"
+    )]
+    NoAnswer(u64),
+}
+
 /// Why a passphrase could not become a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -127,6 +127,137 @@ impl Role {
     }
 }
 
+/// Which message of the exchange a [`PairPost`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Step {
+    /// The SPAKE2 message ([`start`]).
+    Spake,
+    /// The confirmation tag ([`PairKey::confirmation`]).
+    Confirm,
+}
+
+/// What each side posts in the rendezvous mailbox (CBOR). The mailbox is public: anything
+/// there may come from anyone, so each side takes the first message of the other role
+/// that is not older than its own start (an earlier pairing's leftovers would only make a
+/// wrong key, which the confirmation catches).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PairPost {
+    /// The side that posted it: 1 the device in the group, 2 the new one.
+    pub role: u8,
+    /// Which message.
+    pub step: Step,
+    /// The poster's wall clock (unix ms).
+    pub at_ms: u64,
+    /// The SPAKE2 message or the tag.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// Largest post a side reads (a SPAKE2 message is 33 bytes).
+const POST_BYTES_MAX: usize = 256;
+
+impl PairPost {
+    /// `role`'s post.
+    pub fn new(role: Role, step: Step, at_ms: u64, body: Vec<u8>) -> PairPost {
+        PairPost {
+            role: role.byte(),
+            step,
+            at_ms,
+            body,
+        }
+    }
+
+    /// Its bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // CBOR into a Vec cannot fail for this type.
+        let _ = ciborium::into_writer(self, &mut out);
+        out
+    }
+
+    /// A post read from the mailbox (`None`: not one).
+    pub fn decode(bytes: &[u8]) -> Option<PairPost> {
+        if bytes.len() > POST_BYTES_MAX {
+            return None;
+        }
+        ciborium::from_reader(bytes).ok()
+    }
+
+    /// Whether `role` posted it.
+    pub fn is_from(&self, role: Role) -> bool {
+        self.role == role.byte()
+    }
+}
+
+/// One side's view of the exchange in the rendezvous mailbox: feed it the other side's
+/// posts in mailbox order; it says what to post and when the pairing is done.
+pub struct Exchange {
+    role: Role,
+    started_ms: u64,
+    pairing: Option<Pairing>,
+    key: Option<PairKey>,
+    theirs: Option<[u8; 32]>,
+}
+
+impl Exchange {
+    /// Start as `role` at `now_ms`: the exchange and the first post (the SPAKE2 message).
+    pub fn start(code: &PairCode, role: Role, now_ms: u64, rng: &mut Rng) -> (Exchange, PairPost) {
+        let (pairing, message) = start(code, role, rng);
+        let post = PairPost::new(role, Step::Spake, now_ms, message);
+        (
+            Exchange {
+                role,
+                started_ms: now_ms,
+                pairing: Some(pairing),
+                key: None,
+                theirs: None,
+            },
+            post,
+        )
+    }
+
+    /// Take a post read from the mailbox: what to post in answer (this side's confirmation
+    /// tag, once it has the other side's SPAKE2 message). Its own posts, and the other
+    /// side's from more than `window_ms` before this side started, are skipped. Once both
+    /// tags are in, a wrong code fails (`WrongCode`): the pairing is over.
+    pub fn take(&mut self, post: &PairPost, window_ms: u64) -> Result<Option<PairPost>, PairError> {
+        if post.is_from(self.role) || post.at_ms.saturating_add(window_ms) < self.started_ms {
+            return Ok(None);
+        }
+        let mut answer = None;
+        match post.step {
+            Step::Spake => {
+                if let Some(pairing) = self.pairing.take() {
+                    let key = pairing.finish(&post.body)?;
+                    // Stamped no earlier than the other side's start, so it reads it.
+                    let at_ms = post.at_ms.max(self.started_ms);
+                    let tag = key.confirmation().to_vec();
+                    answer = Some(PairPost::new(self.role, Step::Confirm, at_ms, tag));
+                    self.key = Some(key);
+                }
+            }
+            Step::Confirm => {
+                if self.theirs.is_none() {
+                    let tag = post.body.as_slice().try_into();
+                    self.theirs = Some(tag.map_err(|_| PairError::BadMessage)?);
+                }
+            }
+        }
+        if let (Some(key), Some(theirs)) = (&self.key, &self.theirs) {
+            key.check(theirs)?;
+        }
+        Ok(answer)
+    }
+
+    /// Both tags are in and match: the invite secret the pairing gives.
+    pub fn done(&self) -> Option<Zeroizing<[u8; 32]>> {
+        match (&self.key, &self.theirs) {
+            (Some(key), Some(theirs)) if key.check(theirs).is_ok() => Some(key.invite_secret()),
+            _ => None,
+        }
+    }
+}
+
 /// Our [`Rng`] as the `rand_core` 0.6 generator `spake2` draws from.
 struct SpakeRng<'a>(&'a mut Rng);
 
@@ -312,5 +443,95 @@ mod tests {
         );
         // Rendezvous mailboxes differ by nameplate only.
         assert_ne!(*rendezvous(7).0, *rendezvous(8).0);
+    }
+
+    /// Run both sides over one simulated mailbox (every post, in order, to both): what
+    /// each side ends with.
+    fn exchange(
+        existing: &PairCode,
+        new: &PairCode,
+        earlier: Vec<PairPost>,
+    ) -> (
+        Result<Option<Zeroizing<[u8; 32]>>, PairError>,
+        Result<Option<Zeroizing<[u8; 32]>>, PairError>,
+    ) {
+        let mut rng = Rng::seeded(9);
+        let (mut a, first_a) = Exchange::start(existing, Role::Existing, 10_000_000, &mut rng);
+        let (mut b, first_b) = Exchange::start(new, Role::New, 10_060_000, &mut rng);
+        let mut mailbox: Vec<PairPost> = earlier;
+        mailbox.push(first_a);
+        mailbox.push(first_b);
+        let mut results = [Ok(None), Ok(None)];
+        let mut read = 0;
+        while read < mailbox.len() {
+            let post = mailbox[read].clone();
+            read += 1;
+            for (side, result) in [&mut a, &mut b].into_iter().zip(results.iter_mut()) {
+                if result.is_err() {
+                    continue;
+                }
+                match side.take(&post, 600_000) {
+                    Ok(Some(answer)) => mailbox.push(answer),
+                    Ok(None) => {}
+                    Err(err) => *result = Err(err),
+                }
+                if result.is_ok() {
+                    *result = Ok(side.done());
+                }
+            }
+        }
+        let [ra, rb] = results;
+        (ra, rb)
+    }
+
+    #[test]
+    fn an_exchange_through_the_mailbox_pairs_with_the_right_code_only() {
+        let code = PairCode::random(&mut Rng::seeded(1));
+        let (a, b) = exchange(&code, &code, Vec::new());
+        let (a, b) = (a.unwrap().expect("done"), b.unwrap().expect("done"));
+        assert_eq!(*a, *b, "both sides get one invite secret");
+        // A mistyped password: both sides fail, neither gets a secret.
+        let wrong = PairCode::parse(&format!(
+            "{:02}-{:06}",
+            code.nameplate(),
+            (*code.password + 1) % PASSWORDS
+        ))
+        .unwrap();
+        let (a, b) = exchange(&code, &wrong, Vec::new());
+        assert_eq!(
+            (a.map(|_| ()), b.map(|_| ())),
+            (Err(PairError::WrongCode), Err(PairError::WrongCode))
+        );
+        // A guesser's SPAKE2 message ahead of the new device's: the device in the group
+        // takes the guess, fails, and the session is over (one guess per code).
+        let guess = PairCode {
+            nameplate: code.nameplate(),
+            password: Zeroizing::new((*code.password + 7) % PASSWORDS),
+        };
+        let (_, guessed) = start(&guess, Role::New, &mut Rng::seeded(4));
+        let mut rng = Rng::seeded(9);
+        let (mut a, _) = Exchange::start(&code, Role::Existing, 1_000_000, &mut rng);
+        let guess_post = PairPost::new(Role::New, Step::Spake, 1_000_500, guessed);
+        let answer = a.take(&guess_post, 0).unwrap().expect("a tag in answer");
+        assert_eq!(answer.step, Step::Confirm);
+        let forged_tag = PairPost::new(Role::New, Step::Confirm, 1_000_600, vec![0; 32]);
+        assert_eq!(
+            a.take(&forged_tag, 0).map(|_| ()),
+            Err(PairError::WrongCode)
+        );
+        assert!(a.done().is_none());
+    }
+
+    #[test]
+    fn leftovers_of_an_earlier_pairing_are_skipped_by_their_age() {
+        let code = PairCode::random(&mut Rng::seeded(2));
+        // An earlier session's SPAKE2 message of the device in the group, 20 minutes old.
+        let (_, old) = start(&code, Role::Existing, &mut Rng::seeded(7));
+        let stale = PairPost::new(Role::Existing, Step::Spake, 10_000_000 - 1_200_000, old);
+        let (a, b) = exchange(&code, &code, vec![stale]);
+        assert_eq!(*a.unwrap().expect("done"), *b.unwrap().expect("done"));
+        // Posts that are not pairing posts are not read.
+        assert!(PairPost::decode(&[0xFF; 300]).is_none());
+        assert!(PairPost::decode(b"not cbor").is_none());
     }
 }

@@ -74,6 +74,19 @@ enum Command {
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         wait: u64,
     },
+    /// Pair a device side by side by a short code: `zerok pair` on the device in the group
+    /// shows a code; `zerok pair CODE --relay ADDR` on the new device joins with it.
+    Pair {
+        /// The code the device in the group shows (on the new device).
+        code: Option<String>,
+        /// On the new device: a relay of the group, where the two devices meet (the device
+        /// in the group prints the command with it).
+        #[arg(long = "relay", value_name = "ADDR")]
+        relays: Vec<RelayAddr>,
+        /// Seconds to wait for the other device.
+        #[arg(long, default_value_t = 300, value_name = "SECS")]
+        wait: u64,
+    },
     /// List the devices of the group: name, id, who added each, when it was last seen.
     Devices {
         /// One JSON object per device.
@@ -228,6 +241,53 @@ async fn start(
     config.receive = receive;
     config.device_name = device_name.cloned();
     Ok(Client::start(config).await?)
+}
+
+/// The device in the group's side of `zerok pair`: show a code, run the exchange, then stay
+/// online until the new device is on the roster.
+async fn pair_offer(
+    client: &Client,
+    wanted: Option<GroupId>,
+    wait: Duration,
+) -> Result<zerok_client::DeviceInfo, Failure> {
+    let group = pick_group(client, wanted).await?;
+    let before: Vec<_> = client
+        .devices(group)
+        .await?
+        .into_iter()
+        .map(|d| d.device)
+        .collect();
+    let code = zerok_client::PairCode::random(&mut zerok_actors::rng::Rng::system());
+    let relay = client
+        .relays(group)
+        .await?
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    println!("{}", code.reveal());
+    eprintln!(
+        "zerok: on the new device, run: zerok pair {} --relay {relay}\nzerok: waiting up to {} s",
+        code.reveal(),
+        wait.as_secs()
+    );
+    client.pair_offer(group, &code, wait).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let added = client
+            .devices(group)
+            .await?
+            .into_iter()
+            .find(|d| !before.contains(&d.device));
+        if let Some(added) = added {
+            return Ok(added);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(fail(
+                "the code matched, but the new device did not ask to be admitted in time",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn pick_group(client: &Client, wanted: Option<GroupId>) -> Result<GroupId, Failure> {
@@ -435,6 +495,41 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 (_, Err(err)) => Err(err.into()),
             }
+        }
+        Command::Pair {
+            code: None,
+            relays: _,
+            wait,
+        } => {
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
+            let result = pair_offer(&client, cli.group, Duration::from_secs(wait)).await;
+            client.shutdown().await;
+            let added = result?;
+            println!(
+                "paired: device {} ({}) joined",
+                added.device.short(),
+                added.name
+            );
+            Ok(())
+        }
+        Command::Pair {
+            code: Some(code),
+            relays,
+            wait,
+        } => {
+            if relays.is_empty() {
+                return Err(Failure(
+                    "the new device needs --relay ADDR (the device in the group prints the command)".into(),
+                    2,
+                ));
+            }
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
+            let result = client
+                .pair_join(&code, relays, Duration::from_secs(wait))
+                .await;
+            client.shutdown().await;
+            println!("joined group {}", result?);
+            Ok(())
         }
         Command::Devices { json } => {
             let client = start(&home, false, cli.device_name.as_ref()).await?;

@@ -81,6 +81,8 @@ struct GroupSync {
     admission: Option<AdmissionText>,
     /// Subscribed even when the connection does not receive (an invite mailbox).
     always_receive: bool,
+    /// Joins of this meeting mailbox refused in a row without a hint (the retry backs off).
+    meeting_refusals: u32,
     /// This relay's items received up to here.
     have: u64,
     /// What the coordinator delivered of this relay's items (its persisted cursor).
@@ -104,6 +106,7 @@ impl GroupSync {
             signer: MailboxSigner::from_seed(&group.mailbox_seed),
             admission: group.admission.clone(),
             always_receive: group.always_receive,
+            meeting_refusals: 0,
             have: group.cursor,
             delivered: group.cursor,
             is_pull_parked: false,
@@ -131,6 +134,11 @@ struct LinkState {
     /// A frame did not fit: nothing more is sent on this link.
     is_stalled: bool,
 }
+
+/// How long a refused Join of a meeting mailbox (`ConnGroup::always_receive`) waits before
+/// it is sent again, when the relay gave no hint; doubled with each refusal in a row, up to
+/// 256 times (8.5 minutes).
+pub const MEETING_JOIN_RETRY: Duration = Duration::from_secs(2);
 
 /// Where a pull page leaves the connection's cursor of the group: at the page's `next`, but
 /// never beyond the last item it actually carried (`last_received`). A relay's `next` is only
@@ -484,8 +492,19 @@ impl ConnCore {
                     }
                     Pending::Join(group) => {
                         warn!(group = ?group, code = code.as_str(), message = %message, "join refused");
-                        if let Some(after) = hint {
-                            io.retry_later(group, Retry::Join, after);
+                        // A meeting mailbox (an invite's, a pairing's) may not exist yet on a
+                        // relay that creates mailboxes only for token holders: the member
+                        // that creates it may come later. It is asked for again.
+                        let meeting = self.groups.get_mut(&group).filter(|g| g.always_receive);
+                        match (hint, meeting) {
+                            (Some(after), _) => io.retry_later(group, Retry::Join, after),
+                            (None, Some(sync)) => {
+                                let doublings = sync.meeting_refusals.min(8);
+                                sync.meeting_refusals = sync.meeting_refusals.saturating_add(1);
+                                let after = MEETING_JOIN_RETRY.saturating_mul(1 << doublings);
+                                io.retry_later(group, Retry::Join, after);
+                            }
+                            (None, None) => {}
                         }
                     }
                     Pending::Subscribe(group) => {
@@ -919,6 +938,31 @@ mod tests {
         );
         core.retry(&mut io, group, Retry::Join);
         assert!(matches!(io.sent[..], [Frame::Join { .. }]));
+        // Refused without a hint (no token to create the mailbox): given up on, except for a
+        // meeting mailbox, which its creator may make later.
+        for meeting in [false, true] {
+            let (group, mut conn_group) = self::group();
+            conn_group.always_receive = meeting;
+            let mut core = ConnCore::new(RELAY, DEVICE, true, &[conn_group]);
+            let mut io = Record::default();
+            core.connected(&mut io, [0; 32], limits(), Instant::now());
+            let Some(Frame::Join { req, .. }) = io.sent.pop() else {
+                panic!("a join");
+            };
+            let refused = Frame::Error {
+                req: Some(req),
+                code: ErrorCode::Unauthorized,
+                message: "admission token required".into(),
+                retry_after_ms: None,
+            };
+            core.on_frame(&mut io, refused, Instant::now());
+            let expected = if meeting {
+                vec![(group, Retry::Join, MEETING_JOIN_RETRY)]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(io.retries, expected, "meeting {meeting}");
+        }
 
         let (mut core, mut io, group, _) = joined();
         core.sync_now(&mut io, group);

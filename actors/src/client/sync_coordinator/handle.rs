@@ -161,12 +161,14 @@ impl Coordinator {
         &self,
         group: GroupId,
         expires_at_ms: u64,
+        secret: Option<Zeroizing<[u8; 32]>>,
     ) -> Result<Zeroizing<[u8; 32]>, ClientError> {
         ractor::call_t!(
             self.actor,
             |reply| CoordMsg::Invite {
                 group,
                 expires_at_ms,
+                secret,
                 reply
             },
             millis(CALL_TIMEOUT)
@@ -178,6 +180,13 @@ impl Coordinator {
     pub fn watch_invite(&self, watch: InviteWatch) -> Result<(), ClientError> {
         self.actor
             .cast(CoordMsg::WatchInvite(watch))
+            .map_err(stopped)
+    }
+
+    /// Post `bytes` in a watched mailbox.
+    pub fn watch_post(&self, mailbox: MailboxId, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.actor
+            .cast(CoordMsg::WatchPost { mailbox, bytes })
             .map_err(stopped)
     }
 

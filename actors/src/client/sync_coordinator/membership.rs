@@ -39,8 +39,12 @@ pub const INVITE_ITEMS_MAX: usize = 64;
 pub(super) enum Role {
     /// A member, admitting into `group`.
     Member { group: GroupId },
-    /// This device, waiting to be admitted: the mailbox's items go to the joining call.
-    Joiner { items: mpsc::Sender<Vec<Item>> },
+    /// A call of this device (a joiner waiting to be admitted, a pairing): the mailbox's
+    /// items go to it; `admission` is the group whose admission tokens its Joins carry.
+    Joiner {
+        items: mpsc::Sender<Vec<Item>>,
+        admission: Option<GroupId>,
+    },
 }
 
 /// An invite mailbox this device meets others in.
@@ -174,10 +178,11 @@ impl CoordinatorState {
         myself: &ActorRef<CoordMsg>,
         group: GroupId,
         expires_at_ms: u64,
+        secret: Option<Zeroizing<[u8; 32]>>,
         reply: RpcReplyPort<Result<Zeroizing<[u8; 32]>, ClientError>>,
     ) {
         let me = self.args.device.device_id();
-        let secret: Zeroizing<[u8; 32]> = Zeroizing::new(self.args.rng.bytes());
+        let secret = secret.unwrap_or_else(|| Zeroizing::new(self.args.rng.bytes()));
         let made = (|| {
             let state = self
                 .groups
@@ -283,7 +288,10 @@ impl CoordinatorState {
             Watch {
                 seed: watch.seed,
                 relays: watch.relays,
-                role: Role::Joiner { items: watch.items },
+                role: Role::Joiner {
+                    items: watch.items,
+                    admission: watch.admission_group,
+                },
                 expires_at_ms: u64::MAX,
                 answered: false,
                 posts: vec![(1, blob_id, request)],
@@ -304,7 +312,7 @@ impl CoordinatorState {
             return;
         };
         let group = match &watch.role {
-            Role::Joiner { items: to } => {
+            Role::Joiner { items: to, .. } => {
                 // Never waits: a joining call that stopped reading misses nothing it needs
                 // (the mailbox is read again from its start on the next join).
                 let _ = to.try_send(items);

@@ -531,8 +531,14 @@ impl Actor for CoordinatorActor {
             CoordMsg::Invite {
                 group,
                 expires_at_ms,
+                secret,
                 reply,
-            } => state.invite(&myself, group, expires_at_ms, reply).await,
+            } => {
+                state
+                    .invite(&myself, group, expires_at_ms, secret, reply)
+                    .await
+            }
+            CoordMsg::WatchPost { mailbox, bytes } => state.post(GroupId(mailbox), bytes),
             CoordMsg::WatchInvite(watch) => state.watch_invite(&myself, watch).await,
             CoordMsg::UnwatchInvite { mailbox } => {
                 if state.watches.remove(&GroupId(mailbox)).is_some() {

@@ -72,7 +72,9 @@ impl CoordinatorState {
             // A member creates the invite mailbox with the group's admission token.
             let group = match &watch.role {
                 membership::Role::Member { group } => self.groups.get(group),
-                membership::Role::Joiner { .. } => None,
+                membership::Role::Joiner { admission, .. } => {
+                    admission.as_ref().and_then(|g| self.groups.get(g))
+                }
             };
             for relay in &watch.relays {
                 wanted
