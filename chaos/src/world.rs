@@ -152,6 +152,14 @@ pub struct Shared {
     pub budgets: Mutex<BudgetLog>,
 }
 
+impl Shared {
+    /// Whether the first device created the group and published its invites (the others
+    /// are joining with them, or joined).
+    pub fn invites_published(&self) -> bool {
+        self.invites.get().is_some()
+    }
+}
+
 /// What the relays' budget probes saw: how many samples, and every sample over its limit.
 #[derive(Debug, Default, Clone)]
 pub struct BudgetLog {

@@ -120,4 +120,8 @@ scenarios!(
     tampering_only_relay,
     forged_handshake_relay,
     impersonating_relay,
+    // membership
+    member_restarts_while_devices_join,
+    admission_with_a_relay_cut_off_from_the_member,
+    joiner_killed_mid_join,
 );

@@ -445,16 +445,12 @@ mod tests {
         assert_ne!(*rendezvous(7).0, *rendezvous(8).0);
     }
 
+    /// How one side of an exchange ended: failed, or the invite secret if it is done.
+    type Ended = Result<Option<Zeroizing<[u8; 32]>>, PairError>;
+
     /// Run both sides over one simulated mailbox (every post, in order, to both): what
     /// each side ends with.
-    fn exchange(
-        existing: &PairCode,
-        new: &PairCode,
-        earlier: Vec<PairPost>,
-    ) -> (
-        Result<Option<Zeroizing<[u8; 32]>>, PairError>,
-        Result<Option<Zeroizing<[u8; 32]>>, PairError>,
-    ) {
+    fn exchange(existing: &PairCode, new: &PairCode, earlier: Vec<PairPost>) -> (Ended, Ended) {
         let mut rng = Rng::seeded(9);
         let (mut a, first_a) = Exchange::start(existing, Role::Existing, 10_000_000, &mut rng);
         let (mut b, first_b) = Exchange::start(new, Role::New, 10_060_000, &mut rng);

@@ -313,6 +313,7 @@ fn push_until_fired(
 
 mod adversarial;
 mod clock;
+mod membership;
 mod multi_relay;
 mod process;
 mod storage;
@@ -333,6 +334,7 @@ pub fn catalogue() -> impl Iterator<Item = &'static Scenario> {
         supervision::SCENARIOS,
         clock::SCENARIOS,
         adversarial::SCENARIOS,
+        membership::SCENARIOS,
     ]
     .into_iter()
     .flatten()

@@ -235,9 +235,17 @@ impl CoordinatorState {
                 continue;
             }
             let mut invites = roster.invites();
-            // A used invite is not watched: a joiner that asks again after its admission
-            // was lost needs a new invite (its second `Add` changes nothing).
-            invites.retain(|i| now < i.expires_at_ms && i.used_by.is_none());
+            // A used invite is watched only by the member that admitted with it, for a
+            // joiner that asks again (its admission was lost in a crash of either side):
+            // the `Add` is on the roster, so it gets its admission again, without another.
+            let admitted_by_me = |id: &MailboxId| {
+                roster
+                    .members()
+                    .any(|m| m.via.as_ref() == Some(id) && m.added_by == me)
+            };
+            invites.retain(|i| {
+                now < i.expires_at_ms && (i.used_by.is_none() || admitted_by_me(&i.id))
+            });
             invites.sort_by_key(|i| std::cmp::Reverse(i.expires_at_ms));
             for invite in invites.into_iter().take(WATCHED_INVITES_MAX) {
                 wanted.insert(

@@ -1,0 +1,95 @@
+//! Membership under faults (issue 14): devices admitted by a member through the relays while
+//! the member crashes, a relay is cut off from it, or the joiner itself is killed mid-join.
+//! Every scenario ends with every device in the group, syncing, and the usual invariants.
+
+use super::*;
+
+/// A world whose devices are still joining: the first device has published its invites.
+fn world_joining(seed: u64, devices: usize, relays: usize) -> Result<SimWorld, String> {
+    let mut world = SimWorld::new(WorldConfig {
+        seed,
+        devices,
+        relays,
+        ..WorldConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let published = world
+        .run_until(Duration::from_secs(60), |shared| shared.invites_published())
+        .map_err(|e| failed(&world, e.to_string()))?;
+    ensure(&world, published, "the first device published no invites")?;
+    Ok(world)
+}
+
+/// Every device joined (admitted by the member), then each pushes and all converge.
+fn joined_then_converge(world: &mut SimWorld, devices: usize, tag: &str) -> Outcome {
+    world.settle().map_err(|e| failed(world, e.to_string()))?;
+    let mut pushed = Pushed::default();
+    for dev in 0..devices {
+        pushed.push(world, dev, tag, 10);
+    }
+    converge_and_check(world, &pushed, Delivery::ExactlyOnce)
+}
+
+fn member_restarts_while_devices_join(seed: u64) -> Outcome {
+    // The admitting device crashes as the joiners ask (maybe after writing an `Add`, before
+    // posting its admission): started again, it answers them from its invite mailboxes.
+    let mut world = world_joining(seed, 3, 1)?;
+    // Anywhere from before the member reached the relay to after it answered.
+    run(
+        &mut world,
+        Duration::from_millis(100 + seed.wrapping_mul(37) % 500),
+    )?;
+    world.crash(&device_host(0));
+    run(&mut world, Duration::from_secs(3))?;
+    world.bounce(&device_host(0));
+    joined_then_converge(&mut world, 3, "after-restart")
+}
+
+fn admission_with_a_relay_cut_off_from_the_member(seed: u64) -> Outcome {
+    // The member reaches one of two relays: its `Add` is acked there only, and the
+    // admission goes out once the wait for the other relay is over.
+    let mut world = world_joining(seed, 2, 2)?;
+    world.partition(&device_host(0), &relay_host(1));
+    world.settle().map_err(|e| failed(&world, e.to_string()))?;
+    world.repair(&device_host(0), &relay_host(1));
+    let mut pushed = Pushed::default();
+    pushed.push(&world, 0, "member", 10);
+    pushed.push(&world, 1, "joiner", 10);
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)
+}
+
+fn joiner_killed_mid_join(seed: u64) -> Outcome {
+    // The joiner dies while it waits for its admission; started again, it asks again with
+    // the same invite and is admitted (once: a second `Add` of it changes nothing).
+    let mut world = world_joining(seed, 2, 1)?;
+    run(
+        &mut world,
+        Duration::from_millis(60 + seed.wrapping_mul(29) % 400),
+    )?;
+    world.crash(&device_host(1));
+    run(&mut world, Duration::from_secs(2))?;
+    world.bounce(&device_host(1));
+    joined_then_converge(&mut world, 2, "after-rejoin")
+}
+
+/// The membership scenarios.
+pub(super) const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "member_restarts_while_devices_join",
+        group: "membership",
+        proves: "the admitting device crashes while two devices ask to join; started again, it admits both from its invite mailboxes, and all sync",
+        run: member_restarts_while_devices_join,
+    },
+    Scenario {
+        name: "admission_with_a_relay_cut_off_from_the_member",
+        group: "membership",
+        proves: "a member that reaches one of two relays admits a device after the ack quorum and a bounded wait; the group syncs once the cut heals",
+        run: admission_with_a_relay_cut_off_from_the_member,
+    },
+    Scenario {
+        name: "joiner_killed_mid_join",
+        group: "membership",
+        proves: "a device killed while it waits for its admission asks again with the same invite after its restart and is admitted",
+        run: joiner_killed_mid_join,
+    },
+];
