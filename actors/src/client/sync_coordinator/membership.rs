@@ -238,13 +238,16 @@ impl CoordinatorState {
             // A used invite is watched only by the member that admitted with it, for a
             // joiner that asks again (its admission was lost in a crash of either side):
             // the `Add` is on the roster, so it gets its admission again, without another.
+            // Only a receiving client does (a long-running one): a push-only command does
+            // not read a used invite's mailbox every time it starts.
             let admitted_by_me = |id: &MailboxId| {
                 roster
                     .members()
                     .any(|m| m.via.as_ref() == Some(id) && m.added_by == me)
             };
+            let receive = self.args.receive;
             invites.retain(|i| {
-                now < i.expires_at_ms && (i.used_by.is_none() || admitted_by_me(&i.id))
+                now < i.expires_at_ms && (i.used_by.is_none() || (receive && admitted_by_me(&i.id)))
             });
             invites.sort_by_key(|i| std::cmp::Reverse(i.expires_at_ms));
             for invite in invites.into_iter().take(WATCHED_INVITES_MAX) {
