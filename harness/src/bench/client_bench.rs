@@ -10,6 +10,8 @@
 //!   here (`push_sequential_local_us`: seal, local sync) and after (`_relay_us`: send, the
 //!   relay's path and sync, the ack).
 //! - `push_batched`: the same N records through `enqueue_many` in batches, 64 tasks.
+//! - `join_ms`: device C joins by invite, admitted by A through the relay (issue 14), against
+//!   one sequential push's round trip in the same run.
 //! - `catchup`: device C joins after all that and receives the stored records.
 //! - the same-run **crypto floor**: what this machine's cores do per record of Ed25519 sign +
 //!   `verify_strict` + XChaCha20-Poly1305 seal + open (the real `envelope::seal`/`open` of
@@ -517,6 +519,9 @@ pub async fn client(bench: &Bench, sizes: ClientSizes) -> anyhow::Result<Vec<Ben
         relay += durable.elapsed();
     }
     let acked = started.elapsed();
+    // One push's round trip (sealed, durable here, stored and acked by the relay): the
+    // baseline of a join, which takes a few of them.
+    let push_round_trip_ms = acked.as_secs_f64() * 1e3 / records.max(1) as f64;
     let received_at = receiver.all_received().await?;
     results.push(
         BenchResult::new(
@@ -604,6 +609,19 @@ pub async fn client(bench: &Bench, sizes: ClientSizes) -> anyhow::Result<Vec<Ben
     let invite_c = a.invite(group, Duration::from_secs(3600)).await?;
     let started = Instant::now();
     c.join(&invite_c, None).await?;
+    // The join through the relay: C's request, A's `Add` (sealed, durable, acked by the
+    // relay), A's admission, C keeping the group.
+    results.push(
+        BenchResult::new(
+            BENCH,
+            "join_ms",
+            started.elapsed().as_secs_f64() * 1e3,
+            "ms",
+            Better::Lower,
+        )
+        .param("relays", 1)
+        .against("push_round_trip_ms", push_round_trip_ms),
+    );
     let mut got = 0u64;
     let mut bad = 0u64;
     tokio::time::timeout(PHASE_BOUND, async {
