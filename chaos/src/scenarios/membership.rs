@@ -30,19 +30,30 @@ fn joined_then_converge(world: &mut SimWorld, devices: usize, tag: &str) -> Outc
     converge_and_check(world, &pushed, Delivery::ExactlyOnce)
 }
 
+/// Device `dev` of a world of `devices` crashes `after` the invites were published, is down
+/// for `down`, starts again; then everyone joined, pushed and converged.
+fn crash_while_joining(
+    seed: u64,
+    devices: usize,
+    dev: usize,
+    after: Duration,
+    down: Duration,
+) -> Outcome {
+    let mut world = world_joining(seed, devices, 1)?;
+    run(&mut world, after)?;
+    world.crash(&device_host(dev));
+    run(&mut world, down)?;
+    world.bounce(&device_host(dev));
+    joined_then_converge(&mut world, devices, "after-restart")
+}
+
 fn member_restarts_while_devices_join(seed: u64) -> Outcome {
     // The admitting device crashes as the joiners ask (maybe after writing an `Add`, before
     // posting its admission): started again, it answers them from its invite mailboxes.
-    let mut world = world_joining(seed, 3, 1)?;
-    // Anywhere from before the member reached the relay to after it answered.
-    run(
-        &mut world,
-        Duration::from_millis(100 + seed.wrapping_mul(37) % 500),
-    )?;
-    world.crash(&device_host(0));
-    run(&mut world, Duration::from_secs(3))?;
-    world.bounce(&device_host(0));
-    joined_then_converge(&mut world, 3, "after-restart")
+    // The crash falls anywhere from before the member reached the relay to after it
+    // answered.
+    let after = Duration::from_millis(100 + seed.wrapping_mul(37) % 500);
+    crash_while_joining(seed, 3, 0, after, Duration::from_secs(3))
 }
 
 fn admission_with_a_relay_cut_off_from_the_member(seed: u64) -> Outcome {
@@ -61,15 +72,8 @@ fn admission_with_a_relay_cut_off_from_the_member(seed: u64) -> Outcome {
 fn joiner_killed_mid_join(seed: u64) -> Outcome {
     // The joiner dies while it waits for its admission; started again, it asks again with
     // the same invite and is admitted (once: a second `Add` of it changes nothing).
-    let mut world = world_joining(seed, 2, 1)?;
-    run(
-        &mut world,
-        Duration::from_millis(60 + seed.wrapping_mul(29) % 400),
-    )?;
-    world.crash(&device_host(1));
-    run(&mut world, Duration::from_secs(2))?;
-    world.bounce(&device_host(1));
-    joined_then_converge(&mut world, 2, "after-rejoin")
+    let after = Duration::from_millis(60 + seed.wrapping_mul(29) % 400);
+    crash_while_joining(seed, 2, 1, after, Duration::from_secs(2))
 }
 
 /// The membership scenarios.
