@@ -17,7 +17,7 @@ use crate::rng::Rng;
 use crate::shared_ref::SharedRef;
 use bytes::Bytes;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -79,7 +79,9 @@ struct ShuttingDown {
 /// Supervisor state.
 pub struct SessionsSupervisorState {
     args: SessionsSupervisorArgs,
-    sessions: HashMap<ActorId, ActorRef<SessionMsg>>,
+    /// By actor id (ordered: the sessions are told to stop in the order they started, the
+    /// same in every run of a simulation).
+    sessions: BTreeMap<ActorId, ActorRef<SessionMsg>>,
     next_subscriber: u64,
     is_accepting: bool,
     shutting_down: Option<ShuttingDown>,
@@ -213,7 +215,7 @@ impl Actor for SessionsSupervisorActor {
         myself.send_interval(HOUSEKEEPING_EVERY, || SessionsMsg::HousekeepingDue);
         Ok(SessionsSupervisorState {
             args,
-            sessions: HashMap::new(),
+            sessions: BTreeMap::new(),
             next_subscriber: 0,
             is_accepting: true,
             shutting_down: None,
