@@ -40,7 +40,9 @@ use zerok_actors::relay::blob_store::fs::{OpenMode, PowerCut, SimFs};
 use zerok_actors::relay::blob_store::segments::SEGMENT_SUFFIX;
 use zerok_actors::relay::metrics::RelayMetrics;
 use zerok_actors::rng::Rng;
-use zerok_client::{Client, ClientConfig, ClientError, Event, GroupId, NewSecret, Transport};
+use zerok_client::{
+    Client, ClientConfig, ClientError, Event, GroupId, NewSecret, PairCode, Transport,
+};
 use zerok_messages::sync::lock;
 use zerok_messages::{DeviceId, RelayAddr};
 use zerok_relay::config::{RelayConfig, StoreConfig};
@@ -69,6 +71,9 @@ const DEVICE_STORE_DIR: &str = "store";
 
 /// Invites made by the first device stay valid this long.
 const INVITE_VALID: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long a pairing side waits for the other (each step: the exchange, the admission).
+const PAIR_WAIT: Duration = Duration::from_secs(120);
 
 /// One record a device's app received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +143,8 @@ pub struct DeviceLog {
 pub struct Shared {
     /// The group, once the first device created it.
     pub group: OnceLock<GroupId>,
-    /// Its invites, one per other device (device `i` takes the `i - 1`th).
+    /// Its invites (tokens, or pairing codes), one per other device (device `i` takes the
+    /// `i - 1`th).
     invites: OnceLock<Vec<String>>,
     /// One log per device.
     pub devices: Vec<DeviceLog>,
@@ -210,6 +216,9 @@ pub struct WorldConfig {
     /// The relays' item budget (`store.max_items`: one index entry per item plus
     /// `MAILBOX_INDEX_ENTRIES` per mailbox); `None`: the default.
     pub relay_max_items: Option<u64>,
+    /// The other devices join by pairing with the first one (a code it shows, typed on
+    /// theirs) instead of by its invite tokens.
+    pub pairing: bool,
 }
 
 impl Default for WorldConfig {
@@ -225,6 +234,7 @@ impl Default for WorldConfig {
             hostile: Vec::new(),
             clock_skew_ms: Vec::new(),
             relay_max_items: None,
+            pairing: false,
         }
     }
 }
@@ -367,6 +377,7 @@ impl SimWorld {
                 quorum,
                 faults,
                 disk,
+                pairing: config.pairing,
             };
             sim.host(host.as_str(), move || device_software(setup.clone()));
         }
@@ -884,6 +895,7 @@ struct DeviceHost {
     quorum: usize,
     faults: FaultPlan,
     disk: DeviceDisk,
+    pairing: bool,
 }
 
 /// A device's app: it runs its client, and starts it again a second later when the client
@@ -909,6 +921,38 @@ async fn device_software(host: DeviceHost) -> turmoil::Result {
     }
 }
 
+/// The first device shows one pairing code per other device (each its own rendezvous) and
+/// waits for each in the background: the codes, in device order.
+fn offer_pairings(
+    client: &Arc<Client>,
+    shared: &Arc<Shared>,
+    group: GroupId,
+    seed: u64,
+) -> Vec<String> {
+    let mut rng = Rng::seeded(seed ^ 0x7061_6972);
+    let mut codes: Vec<PairCode> = Vec::new();
+    while codes.len() + 1 < shared.devices.len() {
+        let code = PairCode::random(&mut rng);
+        if codes.iter().all(|c| c.nameplate() != code.nameplate()) {
+            codes.push(code);
+        }
+    }
+    let shown = codes.iter().map(PairCode::reveal).collect();
+    for (k, code) in codes.into_iter().enumerate() {
+        let client = Arc::clone(client);
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            let offered = client.pair_offer(group, &code, PAIR_WAIT).await;
+            shared.record(format!(
+                "dev0 paired with dev{}: {}",
+                k + 1,
+                offered.is_ok()
+            ));
+        });
+    }
+    shown
+}
+
 /// Run one client until it stops on its own (`Ok`) or the app fails (`Err`).
 async fn run_client(host: DeviceHost) -> turmoil::Result {
     let DeviceHost {
@@ -921,6 +965,7 @@ async fn run_client(host: DeviceHost) -> turmoil::Result {
         quorum,
         faults,
         disk,
+        pairing,
     } = host;
     let log = &shared.devices[i];
     let starts = {
@@ -944,26 +989,31 @@ async fn run_client(host: DeviceHost) -> turmoil::Result {
     lock(&shared.actors).insert(device_host(i), client.root_actor());
     shared.record(format!("dev{i} started (start {starts})"));
     let mut events = client.events().ok_or("events taken")?;
+    let relays: Vec<RelayAddr> = relay_hosts
+        .iter()
+        .map(|(host, id)| relay_addr(host, *id))
+        .collect();
     let group = if *lock(&log.joined) {
         *shared.group.get().ok_or("joined without a group")?
     } else if i == 0 {
-        let relays: Vec<RelayAddr> = relay_hosts
-            .iter()
-            .map(|(host, id)| relay_addr(host, *id))
-            .collect();
         let group = client
             .create_group("chaos", NewSecret::Random, relays)
             .await
             .map_err(|e| format!("create group: {e}"))?;
-        let mut invites = Vec::new();
-        for _ in 1..shared.devices.len() {
-            invites.push(
-                client
-                    .invite(group, INVITE_VALID)
-                    .await
-                    .map_err(|e| format!("invite: {e}"))?,
-            );
-        }
+        let invites = if pairing {
+            offer_pairings(&client, &shared, group, seed)
+        } else {
+            let mut invites = Vec::new();
+            for _ in 1..shared.devices.len() {
+                invites.push(
+                    client
+                        .invite(group, INVITE_VALID)
+                        .await
+                        .map_err(|e| format!("invite: {e}"))?,
+                );
+            }
+            invites
+        };
         let _ = shared.group.set(group);
         let _ = shared.invites.set(invites);
         group
@@ -977,10 +1027,16 @@ async fn run_client(host: DeviceHost) -> turmoil::Result {
             }
             tokio::time::sleep(COMMAND_POLL).await;
         };
-        client
-            .join(&invite, None)
-            .await
-            .map_err(|e| format!("join: {e}"))?
+        if pairing {
+            let joined = client.pair_join(&invite, relays, PAIR_WAIT).await;
+            shared.record(format!("dev{i} paired: {}", joined.is_ok()));
+            joined.map_err(|e| format!("pair: {e}"))?
+        } else {
+            client
+                .join(&invite, None)
+                .await
+                .map_err(|e| format!("join: {e}"))?
+        }
     };
     *lock(&log.joined) = true;
     let mut poll = tokio::time::interval(COMMAND_POLL);

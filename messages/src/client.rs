@@ -931,12 +931,24 @@ pub enum CoordMsg {
         /// The `Add`'s outbox seq.
         seq: u64,
     },
-    /// Stop meeting in an invite mailbox.
+    /// Stop meeting in an invite mailbox, once a relay acked what this device posted there
+    /// (at most [`UNWATCH_GRACE`] later).
     UnwatchInvite {
         /// The invite mailbox.
         mailbox: MailboxId,
     },
+    /// The grace of an `UnwatchInvite` is over: the watch it closed ends now.
+    UnwatchDue {
+        /// The invite mailbox.
+        mailbox: MailboxId,
+        /// Which watch of the mailbox (a later one of the same mailbox stays).
+        serial: u64,
+    },
 }
+
+/// How long an unwatched invite mailbox stays joined for a relay to ack this device's last
+/// post there (a pairing's last confirmation, posted just before its call returns).
+pub const UNWATCH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An app call waiting for its records to be sealed and durable.
 pub struct SealWaiter {

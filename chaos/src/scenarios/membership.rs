@@ -4,12 +4,19 @@
 
 use super::*;
 
-/// A world whose devices are still joining: the first device has published its invites.
-fn world_joining(seed: u64, devices: usize, relays: usize) -> Result<SimWorld, String> {
+/// A world whose devices are still joining: the first device has published its invites
+/// (pairing codes if `pairing`).
+fn world_joining(
+    seed: u64,
+    devices: usize,
+    relays: usize,
+    pairing: bool,
+) -> Result<SimWorld, String> {
     let mut world = SimWorld::new(WorldConfig {
         seed,
         devices,
         relays,
+        pairing,
         ..WorldConfig::default()
     })
     .map_err(|e| e.to_string())?;
@@ -39,7 +46,7 @@ fn crash_while_joining(
     after: Duration,
     down: Duration,
 ) -> Outcome {
-    let mut world = world_joining(seed, devices, 1)?;
+    let mut world = world_joining(seed, devices, 1, false)?;
     run(&mut world, after)?;
     world.crash(&device_host(dev));
     run(&mut world, down)?;
@@ -59,7 +66,7 @@ fn member_restarts_while_devices_join(seed: u64) -> Outcome {
 fn admission_with_a_relay_cut_off_from_the_member(seed: u64) -> Outcome {
     // The member reaches one of two relays: its `Add` is acked there only, and the
     // admission goes out once the wait for the other relay is over.
-    let mut world = world_joining(seed, 2, 2)?;
+    let mut world = world_joining(seed, 2, 2, false)?;
     world.partition(&device_host(0), &relay_host(1));
     world.settle().map_err(|e| failed(&world, e.to_string()))?;
     world.repair(&device_host(0), &relay_host(1));
@@ -74,6 +81,21 @@ fn joiner_killed_mid_join(seed: u64) -> Outcome {
     // the same invite and is admitted (once: a second `Add` of it changes nothing).
     let after = Duration::from_millis(60 + seed.wrapping_mul(29) % 400);
     crash_while_joining(seed, 2, 1, after, Duration::from_secs(2))
+}
+
+fn devices_pair_while_a_relay_is_cut_off(seed: u64) -> Outcome {
+    // Two devices pair with the first one at once (two codes, two rendezvous mailboxes);
+    // one of them reaches only one of the two relays for a while, from a moment that
+    // falls anywhere in its exchange or its admission.
+    let mut world = world_joining(seed, 3, 2, true)?;
+    run(
+        &mut world,
+        Duration::from_millis(seed.wrapping_mul(31) % 400),
+    )?;
+    world.partition(&device_host(1), &relay_host(1));
+    run(&mut world, Duration::from_secs(5))?;
+    world.repair(&device_host(1), &relay_host(1));
+    joined_then_converge(&mut world, 3, "paired")
 }
 
 /// The membership scenarios.
@@ -95,5 +117,11 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         group: "membership",
         proves: "a device killed while it waits for its admission asks again with the same invite after its restart and is admitted",
         run: joiner_killed_mid_join,
+    },
+    Scenario {
+        name: "devices_pair_while_a_relay_is_cut_off",
+        group: "membership",
+        proves: "two devices pair with a member at once by codes (SPAKE2 through rendezvous mailboxes) while one reaches only one relay for a while; both are admitted and all sync",
+        run: devices_pair_while_a_relay_is_cut_off,
     },
 ];

@@ -21,7 +21,7 @@ use crate::crypto::roster::{Change, Member, Op, Roster, SecretBytes};
 use crate::crypto::seq::SeqVerdict;
 use delivery::Judged;
 use zerok_messages::Item;
-use zerok_messages::client::{DeviceInfo, Founder, InviteWatch, RecordKind};
+use zerok_messages::client::{DeviceInfo, Founder, InviteWatch, RecordKind, UNWATCH_GRACE};
 
 /// Invites of one group whose mailboxes a member watches at once (the latest to expire).
 pub const WATCHED_INVITES_MAX: usize = 16;
@@ -63,6 +63,12 @@ pub(super) struct Watch {
     /// Items judged so far, by id (members: at most [`INVITE_ITEMS_MAX`]): the same request
     /// served by every relay is judged once.
     pub(super) judged: BTreeSet<BlobId>,
+    /// Seqs of `posts` some relay acked.
+    pub(super) acked: BTreeSet<u64>,
+    /// Tells this watch from a later one of the same mailbox.
+    pub(super) serial: u64,
+    /// Unwatched: it ends once every post is acked, or at its `UnwatchDue`.
+    pub(super) closing: bool,
 }
 
 /// An admission waiting until every relay of the group acked its `Add`.
@@ -272,16 +278,21 @@ impl CoordinatorState {
                 continue;
             };
             let keys = InviteKeys::from_secret(&secret.0);
+            let relays = state.relays.clone();
+            let serial = self.next_watch_serial();
             self.watches.insert(
                 id,
                 Watch {
                     seed: keys.signer().seed(),
-                    relays: state.relays.clone(),
+                    relays,
                     role: Role::Member { group },
                     expires_at_ms,
                     answered: false,
                     posts: Vec::new(),
                     judged: BTreeSet::new(),
+                    acked: BTreeSet::new(),
+                    serial,
+                    closing: false,
                 },
             );
         }
@@ -294,6 +305,7 @@ impl CoordinatorState {
     /// `WatchInvite`: the joiner's side.
     pub(super) async fn watch_invite(&mut self, myself: &ActorRef<CoordMsg>, watch: InviteWatch) {
         let (blob_id, request) = watch.request;
+        let serial = self.next_watch_serial();
         self.watches.insert(
             GroupId(watch.mailbox),
             Watch {
@@ -307,9 +319,76 @@ impl CoordinatorState {
                 answered: false,
                 posts: vec![(1, blob_id, request)],
                 judged: BTreeSet::new(),
+                acked: BTreeSet::new(),
+                serial,
+                closing: false,
             },
         );
         self.rewire(myself).await;
+    }
+
+    fn next_watch_serial(&mut self) -> u64 {
+        self.watch_serial += 1;
+        self.watch_serial
+    }
+
+    /// `UnwatchInvite`: the watch ends once a relay acked everything posted there (the other
+    /// side reads it from there), or [`UNWATCH_GRACE`] from now.
+    pub(super) async fn unwatch(&mut self, myself: &ActorRef<CoordMsg>, mailbox: MailboxId) {
+        let Some(watch) = self.watches.get_mut(&GroupId(mailbox)) else {
+            return;
+        };
+        watch.closing = true;
+        if watch
+            .posts
+            .iter()
+            .all(|(seq, _, _)| watch.acked.contains(seq))
+        {
+            self.watches.remove(&GroupId(mailbox));
+            self.rewire(myself).await;
+        } else {
+            let serial = watch.serial;
+            myself.send_after(UNWATCH_GRACE, move || CoordMsg::UnwatchDue {
+                mailbox,
+                serial,
+            });
+        }
+    }
+
+    /// `UnwatchDue`.
+    pub(super) async fn unwatch_due(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        mailbox: MailboxId,
+        serial: u64,
+    ) {
+        let id = GroupId(mailbox);
+        if self.watches.get(&id).is_some_and(|w| w.serial == serial) {
+            self.watches.remove(&id);
+            self.rewire(myself).await;
+        }
+    }
+
+    /// A relay acked this device's post `seq` in the watched mailbox `id`.
+    pub(super) async fn on_watch_acked(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        id: GroupId,
+        seq: u64,
+    ) {
+        let Some(watch) = self.watches.get_mut(&id) else {
+            return;
+        };
+        watch.acked.insert(seq);
+        if watch.closing
+            && watch
+                .posts
+                .iter()
+                .all(|(seq, _, _)| watch.acked.contains(seq))
+        {
+            self.watches.remove(&id);
+            self.rewire(myself).await;
+        }
     }
 
     /// Items of an invite mailbox.

@@ -196,6 +196,8 @@ pub struct CoordinatorState {
     restarting: HashSet<DeviceId>,
     /// Invite mailboxes this device meets others in, by `GroupId(mailbox)`.
     watches: BTreeMap<GroupId, membership::Watch>,
+    /// The last watch's serial.
+    watch_serial: u64,
     /// Admissions waiting until every relay acked their `Add`.
     admitting: Vec<membership::Admitting>,
 }
@@ -260,6 +262,7 @@ impl Actor for CoordinatorActor {
             conn_restarts: BTreeMap::new(),
             restarting: HashSet::new(),
             watches: BTreeMap::new(),
+            watch_serial: 0,
             admitting: Vec::new(),
         };
         // The store's group commit reports here; the task ends with the coordinator.
@@ -329,6 +332,10 @@ impl Actor for CoordinatorActor {
                         }
                         let _ = conn.actor.cast(RelayConnMsg::Resend { group, entries });
                     }
+                }
+                RelayEvent::Acked { relay, group, seq } if state.watches.contains_key(&group) => {
+                    state.refused.remove(&(relay, group, seq));
+                    state.on_watch_acked(&myself, group, seq).await;
                 }
                 RelayEvent::Acked { relay, group, seq } => {
                     state.refused.remove(&(relay, group, seq));
@@ -540,10 +547,9 @@ impl Actor for CoordinatorActor {
             }
             CoordMsg::WatchPost { mailbox, bytes } => state.post(GroupId(mailbox), bytes),
             CoordMsg::WatchInvite(watch) => state.watch_invite(&myself, watch).await,
-            CoordMsg::UnwatchInvite { mailbox } => {
-                if state.watches.remove(&GroupId(mailbox)).is_some() {
-                    state.rewire(&myself).await;
-                }
+            CoordMsg::UnwatchInvite { mailbox } => state.unwatch(&myself, mailbox).await,
+            CoordMsg::UnwatchDue { mailbox, serial } => {
+                state.unwatch_due(&myself, mailbox, serial).await;
             }
             CoordMsg::RosterChanged => state.refresh_watches(&myself).await,
             CoordMsg::AdmissionDue { group, seq } => state.on_all_acked(group, seq),
