@@ -124,4 +124,5 @@ scenarios!(
     member_restarts_while_devices_join,
     admission_with_a_relay_cut_off_from_the_member,
     joiner_killed_mid_join,
+    devices_pair_while_a_relay_is_cut_off,
 );
