@@ -14,9 +14,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use turmoil::net::{TcpListener, TcpStream};
 use zerok_actors::link::{
@@ -191,9 +192,72 @@ pub fn set_bandwidth(ip: IpAddr, bytes_per_sec: Option<u64>) {
     });
 }
 
-/// Lift every bandwidth limit (a simulation ended).
+/// Lift every bandwidth limit, forget every link end waiting (a simulation ended).
 pub fn clear_bandwidth() {
     BANDWIDTH.with(|b| b.borrow_mut().clear());
+    ENDING.with(|e| e.borrow_mut().clear());
+}
+
+/// A link end waits this long before it ends (sends its end or reset), with every other
+/// end of its host that waits then, in address order.
+const ENDING_TICK: Duration = Duration::from_millis(1);
+
+/// A host's link ends waiting for their turn.
+#[derive(Default)]
+struct Ending {
+    /// `(local, peer, half)` (0: read, 1: write) → its turn.
+    turns: BTreeMap<(SocketAddr, SocketAddr, u8), oneshot::Sender<()>>,
+    /// The task that gives the turns (gone with its host when it crashes).
+    giver: Weak<()>,
+}
+
+thread_local! {
+    /// Link ends waiting, per host (by address).
+    static ENDING: RefCell<BTreeMap<IpAddr, Ending>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Wait for this link end's turn to end. Links end when their owners drop them: when a
+/// supervisor dies, its children (each holding links) die in an order that changes from one
+/// process to the next (ractor keeps them in a `HashMap`). Turmoil draws every message's
+/// latency from one generator as it is sent, so that order would change every later draw;
+/// the ends of one host that fall in the same tick go out in address order instead, and a
+/// seed replays the same run.
+async fn turn_to_end(local: Option<SocketAddr>, peer: Option<SocketAddr>, half: u8) {
+    let (Some(local), Some(peer)) = (local, peer) else {
+        return;
+    };
+    let (tx, rx) = oneshot::channel();
+    let giver = ENDING.with(|e| {
+        let mut e = e.borrow_mut();
+        let ending = e.entry(local.ip()).or_default();
+        ending.turns.insert((local, peer, half), tx);
+        if ending.giver.upgrade().is_some() {
+            return None;
+        }
+        let alive = Arc::new(());
+        ending.giver = Arc::downgrade(&alive);
+        Some(alive)
+    });
+    if let Some(alive) = giver {
+        tokio::spawn(give_turns(local.ip(), alive));
+    }
+    let _ = rx.await;
+}
+
+/// After a tick, wake every end of host `ip` waiting, in address order (a host's tasks run
+/// in the order they were woken).
+async fn give_turns(ip: IpAddr, alive: Arc<()>) {
+    tokio::time::sleep(ENDING_TICK).await;
+    let turns = ENDING.with(|e| {
+        let mut e = e.borrow_mut();
+        let ending = e.entry(ip).or_default();
+        ending.giver = Weak::new();
+        std::mem::take(&mut ending.turns)
+    });
+    drop(alive);
+    for (_, turn) in turns {
+        let _ = turn.send(());
+    }
 }
 
 /// How long `bytes` take to leave host `ip` at its bandwidth (none when unlimited).
@@ -206,7 +270,7 @@ fn transmit_time(ip: Option<IpAddr>, bytes: usize) -> Option<Duration> {
 
 async fn write_pump(mut write: OwnedWriteHalf, mut frames: LinkReceiver) {
     let mut buffer = BytesMut::new();
-    let local = write.local_addr().ok().map(|a| a.ip());
+    let (local, peer) = (write.local_addr().ok(), write.peer_addr().ok());
     loop {
         buffer.clear();
         match frames.recv().await {
@@ -216,12 +280,14 @@ async fn write_pump(mut write: OwnedWriteHalf, mut frames: LinkReceiver) {
             }
             Ok(None) => {
                 // Every sender is gone: half-close.
+                turn_to_end(local, peer, 1).await;
                 let _ = write.write_all(&END_MARKER.to_be_bytes()).await;
                 let _ = write.shutdown().await;
                 return;
             }
             Err(reason) => {
                 put_abort(&mut buffer, &reason.to_string());
+                turn_to_end(local, peer, 1).await;
                 let _ = write.write_all(&buffer).await;
                 let _ = write.shutdown().await;
                 return;
@@ -234,7 +300,7 @@ async fn write_pump(mut write: OwnedWriteHalf, mut frames: LinkReceiver) {
         };
         match written {
             Some(Ok(())) => {
-                if let Some(pace) = transmit_time(local, buffer.len()) {
+                if let Some(pace) = transmit_time(local.map(|a| a.ip()), buffer.len()) {
                     tokio::time::sleep(pace).await;
                 }
             }
@@ -243,6 +309,7 @@ async fn write_pump(mut write: OwnedWriteHalf, mut frames: LinkReceiver) {
             None => {
                 buffer.clear();
                 put_abort(&mut buffer, "aborted");
+                turn_to_end(local, peer, 1).await;
                 let _ = write.write_all(&buffer).await;
                 let _ = write.shutdown().await;
                 return;
@@ -268,11 +335,16 @@ async fn read_or_end(read: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> std
 }
 
 async fn read_pump(mut read: OwnedReadHalf, frames: LinkSender) {
+    let (local, peer) = (read.local_addr().ok(), read.peer_addr().ok());
     loop {
         let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
         let read_prefix = tokio::select! {
             biased;
-            () = frames.closed() => return,
+            () = frames.closed() => {
+                // Dropping the read half with data unread resets the stream.
+                turn_to_end(local, peer, 0).await;
+                return;
+            }
             read_prefix = read_or_end(&mut read, &mut prefix) => read_prefix,
         };
         match read_prefix {
