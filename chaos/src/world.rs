@@ -1159,6 +1159,8 @@ fn on_event(shared: &Shared, i: usize, event: Event) {
             shared.record(format!("dev{i} unknown sender {}", sender.short()));
             *lock(&log.undecryptable) += 1;
         }
+        Event::Removed { .. } => shared.record(format!("dev{i} removed from the group")),
+        Event::EpochChanged { epoch, .. } => shared.record(format!("dev{i} now in epoch {epoch}")),
         Event::RelayUp { relay } => shared.record(format!("dev{i} relay up {}", relay.short())),
         Event::RelayDown { relay, .. } => {
             shared.record(format!("dev{i} relay down {}", relay.short()));

@@ -18,7 +18,7 @@ use zerok_actors::crypto::invite::InviteV2;
 use zerok_actors::crypto::keys::{GroupSecret, KdfParams, MailboxSigner, SALT_BYTES};
 pub use zerok_actors::crypto::pair::PairCode;
 use zerok_actors::crypto::pair::{Exchange, PairError, PairPost, Role as PairRole, rendezvous};
-use zerok_actors::crypto::roster::{Change, Op as RosterOp};
+use zerok_actors::crypto::roster::{Change, EpochId, Op as RosterOp};
 use zerok_actors::crypto::wrap::WrapKey;
 use zerok_actors::fault::FaultPlan;
 use zerok_actors::link::Dialer;
@@ -147,7 +147,7 @@ pub struct Client {
     /// Signs join requests.
     device: Arc<DeviceKey>,
     /// Opens the group secret an admission wraps to this device.
-    wrap: WrapKey,
+    wrap: Arc<WrapKey>,
     /// Its name on rosters.
     device_name: String,
     /// The local store (the coordinator owns it; a joiner seeds a group's roster in it).
@@ -188,7 +188,7 @@ impl Client {
             secret = fresh;
         }
         let device = Arc::new(DeviceKey::from_secret_bytes(&secret));
-        let wrap = WrapKey::from_device_secret(&secret);
+        let wrap = Arc::new(WrapKey::from_device_secret(&secret));
         let device_id = device.device_id();
         let device_name = match config.device_name.clone() {
             Some(name) if name.len() > zerok_actors::crypto::roster::DEVICE_NAME_BYTES_MAX => {
@@ -216,6 +216,7 @@ impl Client {
         let backlog_max = config.events_backlog_max;
         let faults = config.faults.clone();
         let coordinator_device = Arc::clone(&device);
+        let coordinator_wrap = Arc::clone(&wrap);
         let client_store = store.clone();
         let args = RootArgs {
             device: Arc::clone(&device),
@@ -225,6 +226,7 @@ impl Client {
             coordinator: Box::new(move |encryptor| CoordinatorArgs {
                 store,
                 device: coordinator_device,
+                wrap: coordinator_wrap,
                 encryptor,
                 dialer,
                 events: events_tx,
@@ -326,6 +328,9 @@ impl Client {
             relays: relays.iter().map(ToString::to_string).collect(),
             passphrase_salt: salt,
             admissions,
+            origin: Vec::new(),
+            past: Vec::new(),
+            removed: false,
         };
         let id = group_id(&record);
         let founder = Founder {
@@ -506,8 +511,21 @@ impl Client {
             relays: admission.relays.clone(),
             passphrase_salt: None,
             admissions: Default::default(),
+            origin: if admission.epoch == EpochId::GENESIS {
+                Vec::new()
+            } else {
+                admission.epoch.origin.to_vec()
+            },
+            past: Vec::new(),
+            removed: false,
         };
-        let id = group_id(&record);
+        // Epoch 0's secret names the group; a later epoch's (the group was re-keyed) does
+        // not, and the group is the one the admission names (authenticated by the invite).
+        let id = if admission.epoch == EpochId::GENESIS {
+            group_id(&record)
+        } else {
+            GroupId(admission.group)
+        };
         if id.0 != admission.group {
             return Err(InviteError::KeyMismatch.into());
         }
@@ -537,7 +555,13 @@ impl Client {
                 },
             })
             .collect();
-        self.store.put_roster_ops(&id, &ops)?;
+        if admission.epoch == EpochId::GENESIS {
+            self.store.put_roster_ops(&id, &ops)?;
+        } else {
+            // The roster starts at the epoch the admission named, with its members.
+            self.store
+                .put_roster_base(&id, &admission.epoch, &admission.members)?;
+        }
         self.coordinator
             .put_group(id, record, Some(founder))
             .await?;
@@ -667,6 +691,15 @@ impl Client {
     /// device last received a record of each.
     pub async fn devices(&self, group: GroupId) -> Result<Vec<DeviceInfo>, ClientError> {
         self.coordinator.devices(group).await
+    }
+
+    /// Remove a device from `group` (a lost or stolen phone): the group is re-keyed without
+    /// it. Its new epoch's secret is wrapped to every other member, the group moves to the
+    /// epoch's own mailbox, and what this device had queued is sealed again in it. The
+    /// removed device reads nothing written after it learns of the removal, and its records
+    /// are refused by every member. Answered once the removal is durable here.
+    pub async fn remove_device(&self, group: GroupId, device: DeviceId) -> Result<(), ClientError> {
+        self.coordinator.remove_device(group, device).await
     }
 
     /// Every group's id and name.

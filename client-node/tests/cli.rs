@@ -331,3 +331,40 @@ async fn pair_shows_a_code_and_the_new_device_joins_with_it() {
         assert_eq!(ok(&zerok(home, &["devices"])).lines().count(), 2);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_remove_rekeys_the_group_and_the_removed_home_can_push_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (a, b) = cli_pair(dir.path(), &relay);
+    let b_id = ok(&zerok(&b, &["devices", "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|d| d["this_device"] == true)
+        .unwrap()["device"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Not an id, or no such device: one clear line, exit 1, nothing changed.
+    let stderr = failed(&zerok(&a, &["devices", "remove", "zz"]), 1);
+    assert!(stderr.contains("not a device id"), "{stderr}");
+    let stderr = failed(&zerok(&a, &["devices", "remove", "0000000000000000"]), 1);
+    assert!(stderr.contains("no device"), "{stderr}");
+    assert_eq!(ok(&zerok(&a, &["devices"])).lines().count(), 2);
+
+    let out = ok(&zerok(&a, &["devices", "remove", &b_id[..12]]));
+    assert!(out.contains("re-keyed"), "{out}");
+    assert_eq!(ok(&zerok(&a, &["devices"])).lines().count(), 1);
+    ok(&zerok(&a, &["push", "after the removal"]));
+    // B takes the rekey on its next pull (it reads nothing written after), which says it
+    // was removed, and can push no more.
+    let pulled = zerok(&b, &["pull"]);
+    let stderr = failed(&pulled, 1);
+    assert!(stderr.contains("removed"), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&pulled.stdout).contains("after the removal"),
+        "{pulled:?}"
+    );
+    let stderr = failed(&zerok(&b, &["push", "still here"]), 1);
+    assert!(stderr.contains("removed"), "{stderr}");
+}

@@ -232,3 +232,308 @@ async fn pairing_joins_with_the_right_code_and_a_wrong_code_spends_it() {
     alice.shutdown().await;
     bob.shutdown().await;
 }
+
+/// Events until one matches `done` (panics after `within`): every event seen.
+async fn events_until(
+    events: &mut tokio::sync::mpsc::Receiver<zerok_client::Event>,
+    within: Duration,
+    done: impl Fn(&zerok_client::Event) -> bool,
+) -> Vec<zerok_client::Event> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) => {
+                let stop = done(&event);
+                seen.push(event);
+                if stop {
+                    return seen;
+                }
+            }
+            other => panic!("no such event in {within:?} ({other:?}); saw {seen:?}"),
+        }
+    }
+}
+
+/// Three devices; the founder joins two by invite.
+async fn three_devices(
+    dir: &std::path::Path,
+    relays: Vec<zerok_messages::RelayAddr>,
+) -> (Client, Client, Client, zerok_client::GroupId) {
+    let alice = client_with_clock(dir, "alice", Clock::system()).await;
+    let bob = client_with_clock(dir, "bob", Clock::system()).await;
+    let carol = client_with_clock(dir, "carol", Clock::system()).await;
+    let group = alice
+        .create_group("family", NewSecret::Random, relays)
+        .await
+        .unwrap();
+    for joiner in [&bob, &carol] {
+        let token = alice.invite(group, Duration::from_secs(600)).await.unwrap();
+        assert_eq!(joiner.join(&token, None).await.unwrap(), group);
+    }
+    (alice, bob, carol, group)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_device_rekeys_the_group_and_shuts_it_out() {
+    use zerok_client::Event;
+    const WAIT: Duration = Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (alice, bob, carol, group) = three_devices(dir.path(), vec![relay.addr.clone()]).await;
+    let mut alice_events = alice.events().unwrap();
+    let mut bob_events = bob.events().unwrap();
+    let mut carol_events = carol.events().unwrap();
+    bob.push(group, b"bob before".to_vec()).await.unwrap();
+    let (got, other) = receive(&mut carol_events, 1, WAIT).await;
+    assert_eq!(payloads(&got), ["bob before"], "{other:?}");
+
+    // Nobody removes itself, or a device that is not on the roster.
+    assert!(matches!(
+        alice.remove_device(group, alice.device_id()).await,
+        Err(ClientError::Invalid(_))
+    ));
+    assert!(matches!(
+        alice
+            .remove_device(group, zerok_messages::DeviceId([9; 32]))
+            .await,
+        Err(ClientError::NotOnRoster(_))
+    ));
+    alice.remove_device(group, bob.device_id()).await.unwrap();
+
+    // Alice and Carol go on in epoch 1: each reads what the other writes after.
+    alice.push(group, b"alice after".to_vec()).await.unwrap();
+    let (got, other) = receive(&mut carol_events, 1, WAIT).await;
+    assert_eq!(payloads(&got), ["alice after"], "{other:?}");
+    carol.push(group, b"carol after".to_vec()).await.unwrap();
+    let (got, other) = receive(&mut alice_events, 2, WAIT).await;
+    assert_eq!(payloads(&got), ["bob before", "carol after"], "{other:?}");
+    for device in [&alice, &carol] {
+        let status = device.status().await.unwrap();
+        assert_eq!(status.groups[0].epoch, 1);
+        let mut names: Vec<String> = device
+            .devices(group)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["alice", "carol"]);
+    }
+    // A device admitted after the removal starts in epoch 1 (its roster starts there, from
+    // its admission) and the others take its records.
+    let erin = client_with_clock(dir.path(), "erin", Clock::system()).await;
+    let token = alice.invite(group, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(erin.join(&token, None).await.unwrap(), group);
+    assert_eq!(erin.status().await.unwrap().groups[0].epoch, 1);
+    assert_eq!(erin.devices(group).await.unwrap().len(), 3);
+    erin.push(group, b"erin joined".to_vec()).await.unwrap();
+    let (got, other) = receive(&mut carol_events, 1, WAIT).await;
+    assert_eq!(payloads(&got), ["erin joined"], "{other:?}");
+    erin.shutdown().await;
+
+    // Bob learns he was removed (from the old mailbox), and reads nothing written after.
+    let seen = events_until(
+        &mut bob_events,
+        WAIT,
+        |e| matches!(e, Event::Removed { group: g } if *g == group),
+    )
+    .await;
+    let read: Vec<String> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Received { payload, .. } => Some(String::from_utf8_lossy(payload).into()),
+            _ => None,
+        })
+        .collect();
+    assert!(read.iter().all(|p| !p.contains("after")), "{read:?}");
+    assert!(matches!(
+        bob.push(group, b"bob after".to_vec()).await,
+        Err(ClientError::Removed(g)) if g == group
+    ));
+    assert!(bob.status().await.unwrap().groups[0].removed);
+    bob.shutdown().await;
+    alice.shutdown().await;
+
+    // Bob, holding the old epoch's keys, writes into the old mailbox anyway: Carol
+    // reports the record and does not deliver it.
+    use zerok_actors::crypto::envelope::{RecordKind, seal};
+    let (bob_key, old_keys) = member_keys(dir.path(), "bob");
+    let forged = seal(
+        &old_keys,
+        &bob_key,
+        100,
+        1,
+        RecordKind::APP,
+        b"bob forged",
+        [7; 24],
+    )
+    .unwrap();
+    push_raw(&relay, &old_keys, forged.envelope).await;
+    let seen = events_until(
+        &mut carol_events,
+        WAIT,
+        |e| matches!(e, Event::UnknownSender { sender, .. } if *sender == bob_key.device_id()),
+    )
+    .await;
+    assert!(
+        seen.iter().all(|e| !matches!(e, Event::Received { .. })),
+        "{seen:?}"
+    );
+    // The new epoch's mailbox: Bob cannot join it (no key of it proves him a member), so
+    // the relay takes nothing from him there.
+    let (_, new_keys) = member_keys(dir.path(), "alice");
+    assert_ne!(new_keys.mailbox_id(), old_keys.mailbox_id());
+    let node = zerok_actors::link::iroh::IrohNode::bind(zerok_actors::link::iroh::IrohConfig::new(
+        [44; 32],
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let raw = zerok_harness::proto::ProtoClient::connect(&node.dialer(), &relay.addr)
+        .await
+        .unwrap();
+    let forged_proof = zerok_messages::Signature64([0; 64]);
+    assert!(raw.join_with(&new_keys, forged_proof).await.is_err());
+    assert!(
+        raw.push(new_keys.mailbox_id(), bytes::Bytes::from(vec![1u8; 300]))
+            .await
+            .is_err()
+    );
+    drop(raw);
+    node.close().await;
+    carol.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_in_flight_move_to_the_new_epoch_across_a_relay_restart() {
+    use zerok_client::Event;
+    const WAIT: Duration = Duration::from_secs(30);
+    const IN_FLIGHT: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = relay(dir.path(), "relay").await;
+    let (alice, bob, carol, group) = three_devices(dir.path(), vec![relay.addr.clone()]).await;
+    let mut bob_events = bob.events().unwrap();
+    let mut carol_events = carol.events().unwrap();
+    alice.push(group, b"warm".to_vec()).await.unwrap();
+    let (got, other) = receive(&mut carol_events, 1, WAIT).await;
+    assert_eq!(payloads(&got), ["warm"], "{other:?}");
+
+    // The relay stops (a restart: it closes its connections, so nobody waits for an idle
+    // timeout); Alice queues records nobody acked yet, then removes Bob.
+    relay.terminate(Duration::from_secs(10)).await.unwrap();
+    let payloads_sent: Vec<Vec<u8>> = (0..IN_FLIGHT)
+        .map(|i| format!("in flight {i:02}").into_bytes())
+        .collect();
+    let queued = alice
+        .enqueue_many(group, payloads_sent.clone())
+        .await
+        .unwrap();
+    alice.remove_device(group, bob.device_id()).await.unwrap();
+    // Written after the removal: sealed in epoch 1 once Alice moved to it.
+    let after = alice
+        .enqueue(group, b"after the removal".to_vec())
+        .await
+        .unwrap();
+    relay.restart().await.unwrap();
+
+    // Every queued record is acked (under the id it was sealed again with) and reaches
+    // Carol, decrypted, in order, in epoch 1.
+    for blob_id in queued.into_iter().chain([after]) {
+        alice.wait_acked(group, blob_id, Some(WAIT)).await.unwrap();
+    }
+    let (got, other) = receive(&mut carol_events, IN_FLIGHT + 1, WAIT).await;
+    let mut expected: Vec<String> = payloads_sent
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    expected.push("after the removal".into());
+    assert_eq!(payloads(&got), expected, "{other:?}");
+    assert_eq!(carol.status().await.unwrap().groups[0].epoch, 1);
+
+    // Bob learns of his removal and never read one of them: they went out sealed in the
+    // new epoch only.
+    let seen = events_until(&mut bob_events, WAIT, |e| {
+        matches!(e, Event::Removed { .. })
+    })
+    .await;
+    let read: Vec<String> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Received { payload, .. } => Some(String::from_utf8_lossy(payload).into()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(read, ["warm"], "{seen:?}");
+    alice.shutdown().await;
+    bob.shutdown().await;
+    carol.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_removals_converge_to_one_epoch_without_either_device() {
+    use zerok_client::Event;
+    const WAIT: Duration = Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = relay(dir.path(), "relay").await;
+    let (alice, bob, carol, group) = three_devices(dir.path(), vec![relay.addr.clone()]).await;
+    let dave = client_with_clock(dir.path(), "dave", Clock::system()).await;
+    let token = alice.invite(group, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(dave.join(&token, None).await.unwrap(), group);
+    bob.sync_now(group).await.unwrap();
+    assert_eq!(bob.devices(group).await.unwrap().len(), 4);
+    let mut alice_events = alice.events().unwrap();
+    let mut bob_events = bob.events().unwrap();
+    let mut carol_events = carol.events().unwrap();
+    let mut dave_events = dave.events().unwrap();
+
+    // With the relay down, Alice removes Carol while Bob removes Dave: neither knows of
+    // the other's rekey.
+    relay.terminate(Duration::from_secs(10)).await.unwrap();
+    alice.remove_device(group, carol.device_id()).await.unwrap();
+    bob.remove_device(group, dave.device_id()).await.unwrap();
+    relay.restart().await.unwrap();
+
+    // Both removals hold: Carol and Dave are out, Alice and Bob end in the same epoch.
+    for events in [&mut carol_events, &mut dave_events] {
+        events_until(events, WAIT, |e| matches!(e, Event::Removed { .. })).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        alice.sync_now(group).await.unwrap();
+        bob.sync_now(group).await.unwrap();
+        let a = alice.status().await.unwrap().groups[0].epoch;
+        let b = bob.status().await.unwrap().groups[0].epoch;
+        let rosters = (
+            alice.devices(group).await.unwrap().len(),
+            bob.devices(group).await.unwrap().len(),
+        );
+        if a == b && rosters == (2, 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not converged: epochs {a} and {b}, rosters {rosters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    alice
+        .push(group, b"alice converged".to_vec())
+        .await
+        .unwrap();
+    bob.push(group, b"bob converged".to_vec()).await.unwrap();
+    let (got, other) = receive(&mut bob_events, 1, WAIT).await;
+    assert_eq!(payloads(&got), ["alice converged"], "{other:?}");
+    let (got, other) = receive(&mut alice_events, 1, WAIT).await;
+    assert_eq!(payloads(&got), ["bob converged"], "{other:?}");
+    for removed in [&carol, &dave] {
+        assert!(matches!(
+            removed.push(group, b"still here?".to_vec()).await,
+            Err(ClientError::Removed(_))
+        ));
+    }
+    for client in [alice, bob, carol, dave] {
+        client.shutdown().await;
+    }
+}

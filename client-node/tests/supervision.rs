@@ -160,6 +160,9 @@ async fn store_with_group(dir: &std::path::Path, relay: &RelayAddr) -> (LocalSto
         relays: vec![relay.to_string()],
         passphrase_salt: None,
         admissions: Default::default(),
+        origin: Vec::new(),
+        past: Vec::new(),
+        removed: false,
     };
     store.put_group(&group, &record).await.unwrap();
     (store, group)
@@ -190,6 +193,9 @@ async fn spawn_coordinator(
         CoordinatorArgs {
             store,
             device: Arc::new(DeviceKey::from_secret_bytes(&[1; 32])),
+            wrap: Arc::new(zerok_actors::crypto::wrap::WrapKey::from_device_secret(
+                &[1; 32],
+            )),
             encryptor,
             dialer: Arc::new(network.dialer(CLIENT)),
             events,

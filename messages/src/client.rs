@@ -105,6 +105,20 @@ pub enum Event {
         /// Its seq among the sender's records.
         seq: u64,
     },
+    /// A member removed this device from the group: the group was re-keyed without it. It
+    /// reads and writes nothing of the group any more (`ClientError::Removed`).
+    Removed {
+        /// The group.
+        group: GroupId,
+    },
+    /// The group went to a new key epoch (a member removed a device): records are sealed
+    /// in it from now on, in its own mailbox.
+    EpochChanged {
+        /// The group.
+        group: GroupId,
+        /// The new epoch's number.
+        epoch: u32,
+    },
     /// A relay served an item that does not open (tampered, wrong key, bad signature).
     Undecryptable {
         /// The group.
@@ -172,6 +186,12 @@ impl fmt::Debug for Event {
                 .field("relay", relay)
                 .field("blob_id", blob_id)
                 .finish(),
+            Event::Removed { group } => f.debug_struct("Removed").field("group", group).finish(),
+            Event::EpochChanged { group, epoch } => f
+                .debug_struct("EpochChanged")
+                .field("group", group)
+                .field("epoch", epoch)
+                .finish(),
             Event::Undecryptable {
                 group,
                 relay,
@@ -224,6 +244,10 @@ pub struct GroupStatus {
     /// Recent blob ids remembered (own pushes and records taken, of every group), kept to
     /// skip duplicates before opening; bounded (the client's `SEEN_IDS_MAX`).
     pub seen_ids: u64,
+    /// The current key epoch.
+    pub epoch: u32,
+    /// A member removed this device from the group.
+    pub removed: bool,
 }
 
 /// What `status()` reports.
@@ -297,6 +321,12 @@ pub enum ClientError {
     /// The group keeps no roster: it was joined with a version-1 invite, before rosters.
     #[error("group {0} has no device roster (it was joined with an invite from an older zerok)")]
     NoRoster(GroupId),
+    /// A member removed this device from the group (it was re-keyed without it).
+    #[error("this device was removed from group {0}: ask a member for a new invite")]
+    Removed(GroupId),
+    /// The device to remove is not on the group's roster.
+    #[error("device {0} is not on the group's roster")]
+    NotOnRoster(String),
 }
 
 /// A device on a group's roster, as `devices()` lists it.
@@ -366,6 +396,47 @@ pub struct GroupRecord {
     /// `token` mode lets it create the group's mailbox. Secrets, like `secret`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub admissions: std::collections::BTreeMap<String, String>,
+    /// The rekey operation that began the current epoch (empty for epoch 0).
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub origin: Vec<u8>,
+    /// Epochs this device left for a later one: their mailboxes are still read (records
+    /// written there before the writers switched) until [`PastEpoch::read_until_ms`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past: Vec<PastEpoch>,
+    /// A member removed this device: the group is kept (its roster, for `devices`), never
+    /// synced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
+}
+
+/// An epoch a group's device has left.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PastEpoch {
+    /// Its number.
+    pub epoch: u32,
+    /// The rekey that began it (empty for epoch 0).
+    #[serde(default, with = "serde_bytes")]
+    pub origin: Vec<u8>,
+    /// Its secret.
+    #[serde(with = "serde_bytes")]
+    pub secret: [u8; 32],
+    /// Its mailbox is read until then (unix ms): relays keep records at most that long.
+    pub read_until_ms: u64,
+}
+
+impl std::fmt::Debug for PastEpoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PastEpoch")
+            .field("epoch", &self.epoch)
+            .field("read_until_ms", &self.read_until_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PastEpoch {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
 }
 
 impl std::fmt::Debug for GroupRecord {
@@ -542,6 +613,21 @@ pub enum EncryptorMsg {
         /// The sealed envelopes.
         reply: RpcReplyPort<Vec<Result<Sealed, SealError>>>,
     },
+    /// Move this device's own records to the group's current epoch: each is opened with
+    /// the keys of the first of `from` it opens under and, unless it is one of the client's
+    /// own kinds (a roster operation stays in the epoch it was written in), sealed again
+    /// under the group's keys with its seq, timestamp, kind and payload. One answer per
+    /// envelope, in order.
+    Reseal {
+        /// The group (its keys seal).
+        group: GroupId,
+        /// The epoch streams (keyed as in `SetGroup`) whose keys may open them.
+        from: Vec<GroupId>,
+        /// The envelopes.
+        envelopes: Vec<Vec<u8>>,
+        /// The new envelopes.
+        reply: RpcReplyPort<Vec<Result<Resealed, SealError>>>,
+    },
     /// Open received envelopes; answers one result per envelope, in order.
     OpenMany {
         /// The envelopes.
@@ -549,6 +635,16 @@ pub enum EncryptorMsg {
         /// The records, or why each does not open.
         reply: RpcReplyPort<Vec<Result<OpenedRecord, OpenError>>>,
     },
+}
+
+/// One of a device's own records after `EncryptorMsg::Reseal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resealed {
+    /// Sealed again under the group's current epoch.
+    Moved(Sealed),
+    /// One of the client's own kinds: it stays in the epoch it was written in, whose stream
+    /// (as given in `from`) opened it.
+    Kept(GroupId),
 }
 
 /// A record to seal.
@@ -931,6 +1027,25 @@ pub enum CoordMsg {
         /// The `Add`'s outbox seq.
         seq: u64,
     },
+    /// Remove a device from a group's roster: re-key the group without it.
+    RemoveDevice {
+        /// The group.
+        group: GroupId,
+        /// The device.
+        device: DeviceId,
+        /// Answered once the rekey is durable here (the switch to the new epoch follows).
+        reply: RpcReplyPort<Result<(), ClientError>>,
+    },
+    /// The Encryptor moved a group's queued records to its new epoch (`results` as
+    /// `EncryptorMsg::Reseal` answers; `None`: it died first).
+    Resealed {
+        /// The group.
+        group: GroupId,
+        /// The outbox seqs of the envelopes, in order.
+        seqs: Vec<u64>,
+        /// The new envelopes.
+        results: Option<Vec<Result<Resealed, SealError>>>,
+    },
     /// Stop meeting in an invite mailbox, once a relay acked what this device posted there
     /// (at most [`UNWATCH_GRACE`] later).
     UnwatchInvite {
@@ -964,6 +1079,9 @@ pub struct ToOpenBatch {
     pub relay: DeviceId,
     /// The group.
     pub group: GroupId,
+    /// The mailbox they were read from: the group's current epoch's (`group` itself) or a
+    /// past epoch's (keyed by its mailbox id), whose keys open them and whose cursor moves.
+    pub stream: GroupId,
     /// The items, as served.
     pub items: Vec<Item>,
     /// The relay's cursor after them.

@@ -170,6 +170,9 @@ pub enum InvalidInput {
     /// A device name longer than a roster entry holds (64 bytes).
     #[error("device name longer than 64 bytes")]
     DeviceNameTooLong,
+    /// A device cannot remove itself from a group (another member removes it).
+    #[error("a device cannot remove itself; remove it from another device of the group")]
+    RemoveSelf,
     /// A record kind the client keeps for itself (`0x100..0x200`: the roster).
     #[error("record kind {0:#x} is reserved for the client's own records")]
     SystemKind(u16),

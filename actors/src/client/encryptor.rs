@@ -9,7 +9,7 @@
 //! meanwhile into the next, so concurrent app calls and relay pages share the cores.
 
 use crate::crypto::envelope::{
-    self, DeviceKey, NONCE_BYTES, OpenCache, OpenError, RecordIn, SealError, Sealed,
+    self, DeviceKey, NONCE_BYTES, OpenCache, OpenError, OpenedRecord, RecordIn, SealError, Sealed,
 };
 use crate::crypto::keys::EpochKeys;
 use crate::fault::{FaultPlan, FaultPoint};
@@ -17,7 +17,8 @@ use crate::rng::Rng;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
 use std::sync::Arc;
-use zerok_messages::client::{EncryptorMsg, GroupId, ToOpen, ToSeal};
+use zerok_messages::BlobId;
+use zerok_messages::client::{EncryptorMsg, GroupId, Resealed, ToOpen, ToSeal};
 
 /// Records per chunk at least, so a chunk's work (~25–45 µs a record) outweighs the cost of
 /// handing it to the blocking pool (a thread wake-up, tens of µs when threads are parked);
@@ -96,6 +97,54 @@ fn seal_chunk(
 }
 
 /// The Encryptor's actor type.
+/// This device's own `envelopes`, opened with the first of `from` (stream, keys) each
+/// opens under, sealed again under `to` (same seq, timestamp, kind and payload); the
+/// client's own kinds stay, in the stream that opened them. Inline: a rekey moves at most an
+/// outbox.
+fn reseal(
+    from: &[(GroupId, Arc<EpochKeys>)],
+    to: &EpochKeys,
+    device: &DeviceKey,
+    envelopes: &[Vec<u8>],
+    nonce: &mut dyn FnMut() -> [u8; NONCE_BYTES],
+) -> Vec<Result<Resealed, SealError>> {
+    let opened: Vec<Option<(GroupId, OpenedRecord)>> = envelopes
+        .iter()
+        .map(|e| {
+            let blob_id = BlobId(*blake3::hash(e).as_bytes());
+            from.iter()
+                .find_map(|(stream, keys)| {
+                    envelope::open(keys, &blob_id, e).ok().map(|r| (*stream, r))
+                })
+                .filter(|(_, r)| r.sender == device.device_id())
+        })
+        .collect();
+    let moving: Vec<RecordIn<'_>> = opened
+        .iter()
+        .flatten()
+        .filter(|(_, r)| !r.kind.is_system())
+        .map(|(_, r)| RecordIn {
+            seq: r.seq,
+            hlc: r.hlc,
+            kind: r.kind,
+            payload: &r.payload,
+        })
+        .collect();
+    let mut sealed = envelope::seal_batch(to, device, &moving, nonce).into_iter();
+    let no_keys = || SealError::NoKeys(GroupId(to.mailbox_id()));
+    opened
+        .iter()
+        .map(|record| match record {
+            None => Err(no_keys()),
+            Some((stream, r)) if r.kind.is_system() => Ok(Resealed::Kept(*stream)),
+            Some(_) => sealed
+                .next()
+                .unwrap_or_else(|| Err(no_keys()))
+                .map(Resealed::Moved),
+        })
+        .collect()
+}
+
 pub struct EncryptorActor;
 
 /// What the Encryptor needs.
@@ -182,6 +231,28 @@ impl Actor for EncryptorActor {
                     let _ = reply.send(in_order.into_iter().flatten().collect());
                 });
             }
+            EncryptorMsg::Reseal {
+                group,
+                from,
+                envelopes,
+                reply,
+            } => {
+                let from: Vec<(GroupId, Arc<EpochKeys>)> = from
+                    .iter()
+                    .filter_map(|g| state.groups.get(g).map(|k| (*g, Arc::clone(k))))
+                    .collect();
+                let resealed = match state.groups.get(&group).cloned() {
+                    Some(to) => {
+                        let mut nonce = || state.rng.bytes();
+                        reseal(&from, &to, &state.device, &envelopes, &mut nonce)
+                    }
+                    None => envelopes
+                        .iter()
+                        .map(|_| Err(SealError::NoKeys(group)))
+                        .collect(),
+                };
+                let _ = reply.send(resealed);
+            }
             EncryptorMsg::OpenMany { envelopes, reply } => {
                 let own = state.device.device_id();
                 let senders = Arc::clone(&state.senders);
@@ -258,5 +329,72 @@ mod tests {
                 (seq, kind_of(seq), format!("{seq}").into_bytes())
             );
         }
+    }
+
+    #[test]
+    fn reseal_moves_own_app_records_to_the_new_epoch_and_leaves_roster_records() {
+        let old = Arc::new(GroupSecret::from_bytes([1; 32]).epoch_keys(Epoch(0)));
+        let new = GroupSecret::from_bytes([2; 32]).epoch_keys(Epoch(1));
+        let device = DeviceKey::from_secret_bytes(&[3; 32]);
+        let other = DeviceKey::from_secret_bytes(&[4; 32]);
+        let sealed = |by: &DeviceKey, seq, kind| {
+            envelope::seal(
+                &old,
+                by,
+                seq,
+                10 + seq,
+                kind,
+                b"payload",
+                [seq as u8; NONCE_BYTES],
+            )
+            .unwrap()
+            .envelope
+        };
+        let envelopes = vec![
+            sealed(&device, 1, RecordKind::APP),
+            sealed(&device, 2, RecordKind::ROSTER),
+            sealed(&other, 3, RecordKind::APP),
+            vec![0u8; 40],
+        ];
+        let mut n = 0u8;
+        let mut nonce = || {
+            n += 1;
+            [n; NONCE_BYTES]
+        };
+        let stream = GroupId(MailboxId([5; 32]));
+        let out = reseal(
+            &[(stream, Arc::clone(&old))],
+            &new,
+            &device,
+            &envelopes,
+            &mut nonce,
+        );
+        assert_eq!(out.len(), 4);
+        let Ok(Resealed::Moved(moved)) = &out[0] else {
+            panic!("moved: {:?}", out[0]);
+        };
+        let opened = envelope::open(&new, &moved.blob_id, &moved.envelope).unwrap();
+        assert_eq!(
+            (
+                opened.sender,
+                opened.seq,
+                opened.hlc,
+                opened.kind,
+                opened.payload
+            ),
+            (
+                device.device_id(),
+                1,
+                11,
+                RecordKind::APP,
+                b"payload".to_vec()
+            )
+        );
+        assert!(envelope::open(&old, &moved.blob_id, &moved.envelope).is_err());
+        // A roster operation stays in its epoch; another device's record, or one that
+        // opens under no key given, is not moved.
+        assert_eq!(out[1], Ok(Resealed::Kept(stream)));
+        assert!(out[2].is_err());
+        assert!(out[3].is_err());
     }
 }

@@ -15,6 +15,7 @@
 //! | `k` | [`KeyFileIdentity`] of `device.key` (CBOR): tells a copied home dir |
 //! | `f` ‖ group | the group's founder, a roster [`Member`] (CBOR): groups with a roster |
 //! | `m` ‖ group ‖ op_id | a roster [`RosterOp`] (CBOR), every one seen |
+//! | `e` ‖ group | where the roster starts for a device admitted after a rekey: the epoch and its members (CBOR) |
 //!
 //! Own pushes are numbered 1, 2, 3, ... per group in the outbox; the record inside carries
 //! that number minus the group's seq base, which is 0 until the device takes a new key (a
@@ -48,7 +49,7 @@
 //! coordinator's in-memory [`crate::client::seen::SeenIds`]. Stores written before held every seen
 //! blob id under `s` ‖ group ‖ blob_id, never pruned; they are removed at open.
 
-use crate::crypto::roster::{Member, Op as RosterOp, Roster};
+use crate::crypto::roster::{EpochId, Member, Op as RosterOp, Roster};
 use crate::crypto::seq::SeqTracker;
 use crate::fault::{FaultPlan, FaultPoint};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -108,6 +109,10 @@ pub struct OutboxEntry {
     pub ciphertext: Vec<u8>,
     /// Relays that acked it as durable.
     pub acked_by: Vec<DeviceId>,
+    /// The mailbox it goes to when that is not the group's current one: a roster operation
+    /// sealed in an epoch this device has since left (set when it moved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<zerok_messages::MailboxId>,
 }
 
 /// Which file `device.key` is on disk. A copy of a home dir, or a restore from a backup,
@@ -528,6 +533,20 @@ impl LocalStore {
         self.apply(vec![Op::Put(key(b'f', group, &[]), cbor(founder)?)])
     }
 
+    /// Record where `group`'s roster starts for this device: the epoch it was admitted in
+    /// (after a rekey) and that epoch's members as its admission listed them.
+    pub fn put_roster_base(
+        &self,
+        group: &GroupId,
+        base: &EpochId,
+        members: &[Member],
+    ) -> Result<(), ClientError> {
+        self.apply(vec![Op::Put(
+            key(b'e', group, &[]),
+            cbor(&(base, members))?,
+        )])
+    }
+
     /// Keep roster operations of `group` (each under its id: one seen twice is kept once).
     pub fn put_roster_ops(&self, group: &GroupId, ops: &[RosterOp]) -> Result<(), ClientError> {
         let mut write = Vec::with_capacity(ops.len());
@@ -543,7 +562,14 @@ impl LocalStore {
         let Some(founder) = self.get(&key(b'f', group, &[]))? else {
             return Ok(None);
         };
-        let mut roster = Roster::new(uncbor(&founder)?);
+        let founder: Member = uncbor(&founder)?;
+        let mut roster = match self.get(&key(b'e', group, &[]))? {
+            Some(base) => {
+                let (base, members): (EpochId, Vec<Member>) = uncbor(&base)?;
+                Roster::starting_at(founder, base, members)
+            }
+            None => Roster::new(founder),
+        };
         let mut ops = Vec::new();
         for (_, v) in self.scan(&key(b'm', group, &[]))? {
             ops.push(uncbor::<RosterOp>(&v)?);
@@ -685,6 +711,37 @@ impl LocalStore {
         self.apply(vec![Op::Delete(key(b'c', group, relay.as_bytes()))])
     }
 
+    /// Move `group` to a new epoch, atomically: its `record` (the new epoch's secret, the
+    /// left one among its past), its queued pushes sealed again under the new epoch
+    /// (`resealed`, their acks forgotten) and its relays' cursors, which now belong to the
+    /// left epoch's mailbox `left` (the new mailbox is read from its start). Durable once
+    /// the answered ticket is.
+    pub fn switch_epoch(
+        &self,
+        group: &GroupId,
+        record: &GroupRecord,
+        resealed: &[(u64, OutboxEntry)],
+        left: &GroupId,
+        relays: &[DeviceId],
+    ) -> Result<u64, ClientError> {
+        let mut write = vec![Op::Put(key(b'g', group, &[]), cbor(record)?)];
+        for (seq, entry) in resealed {
+            write.push(Op::Put(key(b'o', group, &seq.to_be_bytes()), cbor(entry)?));
+        }
+        for relay in relays {
+            let cursor = self.cursor(group, relay)?;
+            if cursor > 0 {
+                write.push(Op::Put(
+                    key(b'c', left, relay.as_bytes()),
+                    cursor.to_be_bytes().to_vec(),
+                ));
+            }
+            write.push(Op::Delete(key(b'c', group, relay.as_bytes())));
+        }
+        self.apply(write)?;
+        Ok(self.request_flush())
+    }
+
     /// The group's sequence tracker.
     pub fn tracker(&self, group: &GroupId) -> Result<SeqTracker, ClientError> {
         match self.get(&key(b'q', group, &[]))? {
@@ -711,10 +768,22 @@ impl LocalStore {
         group: &GroupId,
         batch: &ReceivedBatch,
     ) -> Result<(), ClientError> {
+        self.apply_received_from(group, group, batch)
+    }
+
+    /// [`LocalStore::apply_received`] for a batch read from `stream` (the mailbox of one of
+    /// the group's past epochs, keyed by its id; the group itself for the current one): the
+    /// cursors are the stream's, the tracker the group's.
+    pub fn apply_received_from(
+        &self,
+        group: &GroupId,
+        stream: &GroupId,
+        batch: &ReceivedBatch,
+    ) -> Result<(), ClientError> {
         let mut write = Vec::with_capacity(batch.cursors.len() + 1);
         for (relay, cursor) in &batch.cursors {
             write.push(Op::Put(
-                key(b'c', group, relay.as_bytes()),
+                key(b'c', stream, relay.as_bytes()),
                 cursor.to_be_bytes().to_vec(),
             ));
         }
@@ -797,6 +866,9 @@ mod tests {
                     relays: Vec::new(),
                     passphrase_salt: None,
                     admissions: Default::default(),
+                    origin: Vec::new(),
+                    past: Vec::new(),
+                    removed: false,
                 },
             )
             .await
@@ -821,6 +893,7 @@ mod tests {
                     blob_id: BlobId([seq as u8; 32]),
                     ciphertext: vec![seq as u8; 4],
                     acked_by: vec![],
+                    mailbox: None,
                 };
                 store
                     .enqueue(&group(), seq, seq * 10, &entry)
@@ -862,6 +935,7 @@ mod tests {
             blob_id: BlobId(id),
             ciphertext: vec![1; 16],
             acked_by: vec![],
+            mailbox: None,
         }
     }
 
@@ -922,6 +996,9 @@ mod tests {
             relays: vec!["r".into()],
             passphrase_salt: None,
             admissions: Default::default(),
+            origin: Vec::new(),
+            past: Vec::new(),
+            removed: false,
         };
         {
             // As the store wrote it with sled: format, a group, its own seq, two queued
@@ -1041,6 +1118,9 @@ mod tests {
             relays: vec!["x".into()],
             passphrase_salt: None,
             admissions: Default::default(),
+            origin: Vec::new(),
+            past: Vec::new(),
+            removed: false,
         }
     }
 

@@ -209,6 +209,11 @@ pub struct EpochView {
 #[derive(Debug, Clone)]
 pub struct Roster {
     founder: Member,
+    /// Where this device's knowledge starts: genesis (the founder alone), or the epoch a
+    /// device was admitted in after a rekey, with the members its admission listed (it
+    /// holds no operation of the epochs before).
+    base: EpochId,
+    base_members: BTreeMap<DeviceId, Member>,
     ops: BTreeMap<OpId, Op>,
     epochs: std::sync::OnceLock<BTreeMap<EpochId, EpochView>>,
 }
@@ -217,10 +222,34 @@ impl Roster {
     /// A roster whose epoch 0 has `founder` alone.
     pub fn new(founder: Member) -> Roster {
         Roster {
+            base: EpochId::GENESIS,
+            base_members: BTreeMap::from([(founder.device, founder.clone())]),
             founder,
             ops: BTreeMap::new(),
             epochs: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A roster that starts at `base` with `members` (a device admitted after a rekey: its
+    /// admission named the epoch and its members; what came before is not known to it).
+    pub fn starting_at(founder: Member, base: EpochId, members: Vec<Member>) -> Roster {
+        Roster {
+            founder,
+            base,
+            base_members: members
+                .into_iter()
+                .take(EPOCH_MEMBERS_MAX)
+                .map(|m| (m.device, m))
+                .collect(),
+            ops: BTreeMap::new(),
+            epochs: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The epoch this roster's knowledge starts at (genesis, or the one a device was
+    /// admitted in) and its members then.
+    pub fn base(&self) -> (EpochId, Vec<Member>) {
+        (self.base, self.base_members.values().cloned().collect())
     }
 
     /// The founder's entry.
@@ -279,9 +308,17 @@ impl Roster {
             .is_some_and(|view| view.members.contains_key(device))
     }
 
+    /// Whether `device` is a member of any epoch known (a device never admitted, such as a
+    /// copied home dir with its new key, is not).
+    pub fn was_member(&self, device: &DeviceId) -> bool {
+        self.epochs()
+            .values()
+            .any(|view| view.members.contains_key(device))
+    }
+
     /// The epoch everyone writes in: follow the winning rekeys from genesis.
     pub fn head(&self) -> EpochId {
-        let mut at = EpochId::GENESIS;
+        let mut at = self.base;
         while let Some(next) = self.epochs().get(&at).and_then(|view| view.next) {
             at = next;
         }
@@ -363,9 +400,8 @@ impl Roster {
             by_epoch.entry(op.epoch).or_default().push((id, op));
         }
         let mut epochs = BTreeMap::new();
-        let genesis = BTreeMap::from([(self.founder.device, self.founder.clone())]);
         // (epoch, its parent, its starting members, the devices removed on the way in)
-        let mut todo = vec![(EpochId::GENESIS, None, genesis, BTreeSet::new())];
+        let mut todo = vec![(self.base, None, self.base_members.clone(), BTreeSet::new())];
         while let Some((epoch, parent, mut members, removed)) = todo.pop() {
             let ops = by_epoch.get(&epoch).map(Vec::as_slice).unwrap_or_default();
             add_fixpoint(&mut members, ops);

@@ -10,7 +10,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use zerok_client::{Client, ClientConfig, ClientError, Event, GroupId, NewSecret};
+use zerok_client::{Client, ClientConfig, ClientError, DeviceInfo, Event, GroupId, NewSecret};
 use zerok_messages::RelayAddr;
 
 #[derive(Parser)]
@@ -32,6 +32,16 @@ struct Cli {
     device_name: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum DevicesAction {
+    /// Remove a device (a lost or stolen one): the group is re-keyed without it, and it can
+    /// read nothing written after and write nothing the others accept.
+    Remove {
+        /// The device: its id, or a unique start of it (as `zerok devices` shows).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +102,8 @@ enum Command {
         /// One JSON object per device.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<DevicesAction>,
     },
     /// Push a record (text, or a file's bytes).
     Push {
@@ -290,6 +302,30 @@ async fn pair_offer(
     }
 }
 
+/// The device of the roster whose hex id starts with `id` (exactly one).
+fn pick_device<'a>(devices: &'a [DeviceInfo], id: &str) -> Result<&'a DeviceInfo, Failure> {
+    let wanted = id.trim().to_ascii_lowercase();
+    if wanted.is_empty() || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(fail(format!(
+            "{id:?} is not a device id (hex, as `zerok devices` shows)"
+        )));
+    }
+    let found: Vec<&DeviceInfo> = devices
+        .iter()
+        .filter(|d| d.device.to_hex().starts_with(&wanted))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one),
+        [] => Err(fail(format!(
+            "no device of the group has an id starting with {wanted}"
+        ))),
+        several => Err(fail(format!(
+            "{} devices have an id starting with {wanted}; give more of it",
+            several.len()
+        ))),
+    }
+}
+
 async fn pick_group(client: &Client, wanted: Option<GroupId>) -> Result<GroupId, Failure> {
     let groups = client.groups().await?;
     if let Some(id) = wanted {
@@ -361,6 +397,14 @@ fn print_record(out: &mut impl Write, event: &Event, json: bool) -> std::io::Res
             eprintln!(
                 "zerok: warning: a record signed by device {}, which is not on the group's roster, was not delivered",
                 sender.short()
+            );
+            Ok(())
+        }
+        // `pull` and `watch` end on it with its error.
+        Event::Removed { .. } => Ok(()),
+        Event::EpochChanged { epoch, .. } => {
+            eprintln!(
+                "zerok: the group was re-keyed (a device was removed); now in key epoch {epoch}"
             );
             Ok(())
         }
@@ -531,7 +575,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("joined group {}", result?);
             Ok(())
         }
-        Command::Devices { json } => {
+        Command::Devices {
+            action: Some(DevicesAction::Remove { id }),
+            ..
+        } => {
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
+            let result = async {
+                let group = pick_group(&client, cli.group).await?;
+                let devices = client.devices(group).await?;
+                let device = pick_device(&devices, &id)?;
+                client.remove_device(group, device.device).await?;
+                // The group moves to its new epoch; the rekey goes to the relays.
+                client.sync_now(group).await?;
+                Ok::<_, Failure>(device.clone())
+            }
+            .await;
+            client.shutdown().await;
+            let device = result?;
+            println!(
+                "removed {} ({}); the group was re-keyed without it",
+                device.device.short(),
+                device.name
+            );
+            Ok(())
+        }
+        Command::Devices { json, action: None } => {
             let client = start(&home, false, cli.device_name.as_ref()).await?;
             let result = async {
                 let group = pick_group(&client, cli.group).await?;
@@ -588,6 +656,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 loop {
                     tokio::select! {
                         event = events.recv() => match event {
+                            Some(Event::Removed { group }) => {
+                                return Err(ClientError::Removed(group).into());
+                            }
                             Some(event) => print_record(&mut out, &event, json)
                                 .map_err(|e| fail(format!("stdout: {e}")))?,
                             None => return Ok(()),
@@ -666,6 +737,16 @@ async fn pull(client: &Client, group: Option<GroupId>, json: bool) -> Result<(),
         .await
         .map_err(|e| fail(e.to_string()))?
         .map_err(|e| fail(format!("stdout: {e}")))?;
+    // A member removed this device: nothing of the group is synced any more.
+    if client
+        .status()
+        .await?
+        .groups
+        .iter()
+        .any(|g| g.id == group && g.removed)
+    {
+        return Err(ClientError::Removed(group).into());
+    }
     let report = report?;
     for (relay, reason) in &report.failed {
         eprintln!(

@@ -198,3 +198,50 @@ pub fn ok(output: &std::process::Output) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// The device key and the current epoch's keys of the first group of the (stopped) client
+/// in `dir/name`, read from its home: what a member's device holds, to write records the
+/// client would not.
+pub fn member_keys(
+    dir: &std::path::Path,
+    name: &str,
+) -> (
+    zerok_actors::crypto::envelope::DeviceKey,
+    zerok_actors::crypto::keys::EpochKeys,
+) {
+    use zerok_actors::client::local_store::LocalStore;
+    use zerok_actors::crypto::keys::GroupSecret;
+    let home = dir.join(name);
+    let secret = zerok_actors::link::iroh::load_or_create_secret_key(
+        &home.join("device.key"),
+        &mut zerok_actors::rng::Rng::system(),
+    )
+    .unwrap();
+    let store = LocalStore::open(&home.join("store")).unwrap();
+    let (_, record) = store.groups().unwrap().remove(0);
+    (
+        zerok_actors::crypto::envelope::DeviceKey::from_secret_bytes(&secret),
+        GroupSecret::from_bytes(record.secret).epoch_keys(zerok_messages::Epoch(record.epoch)),
+    )
+}
+
+/// Push `envelope` into the group mailbox of `keys` on `relay` as a raw protocol client.
+pub async fn push_raw(
+    relay: &RelayProcess,
+    keys: &zerok_actors::crypto::keys::EpochKeys,
+    envelope: Vec<u8>,
+) {
+    use zerok_actors::link::iroh::{IrohConfig, IrohNode};
+    let node = IrohNode::bind(IrohConfig::new([43; 32], "127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let raw = zerok_harness::proto::ProtoClient::connect(&node.dialer(), &relay.addr)
+        .await
+        .unwrap();
+    raw.join(keys).await.unwrap();
+    raw.push(keys.mailbox_id(), bytes::Bytes::from(envelope))
+        .await
+        .unwrap();
+    drop(raw);
+    node.close().await;
+}

@@ -402,7 +402,11 @@ fn spawn_receiver(mut events: mpsc::Receiver<Event>) -> Receiver {
                 Event::UnknownSender { sender, .. } => {
                     return Err(anyhow!("record of a device not on the roster: {sender:?}"));
                 }
-                Event::RelayUp { .. } | Event::RelayDown { .. } | Event::RosterChanged { .. } => {}
+                Event::Removed { .. } => return Err(anyhow!("removed from the group")),
+                Event::RelayUp { .. }
+                | Event::RelayDown { .. }
+                | Event::RosterChanged { .. }
+                | Event::EpochChanged { .. } => {}
             }
         }
     });

@@ -231,9 +231,18 @@ impl ConnCore {
         let mut next = BTreeMap::new();
         for g in groups {
             let sync = match self.groups.remove(&g.group) {
-                Some(mut sync) => {
+                Some(mut sync) if sync.signer.mailbox_id() == g.mailbox => {
                     sync.admission = g.admission;
                     sync
+                }
+                Some(old) => {
+                    // The group went to a new epoch's mailbox: what was asked of the old
+                    // one is forgotten (a late ack there is not an ack of the new mailbox).
+                    if old.is_sync_waiting {
+                        io.sync_done(g.group, Err(SyncError::NotServed));
+                    }
+                    self.forget_requests(g.group);
+                    GroupSync::new(&g)
                 }
                 None => GroupSync::new(&g),
             };
@@ -685,6 +694,26 @@ impl ConnCore {
                 Pending::Push { group, seq },
             );
         }
+    }
+
+    /// Drop the requests in flight for `group`: their answers are ignored.
+    fn forget_requests(&mut self, group: GroupId) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let mut pushes = 0;
+        link.pending.retain(|_, p| {
+            let of_group = match p {
+                Pending::Join(g) | Pending::Subscribe(g) | Pending::Pull(g) => *g == group,
+                Pending::Push { group: g, .. } => *g == group,
+                Pending::Ping => false,
+            };
+            if of_group && matches!(p, Pending::Push { .. }) {
+                pushes += 1;
+            }
+            !of_group
+        });
+        link.pushes_in_flight = link.pushes_in_flight.saturating_sub(pushes);
     }
 
     /// Queue a request; never waits.

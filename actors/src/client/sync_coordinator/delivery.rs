@@ -32,6 +32,9 @@ pub(super) struct Received {
 pub(super) struct Backlog {
     pub(super) relay: DeviceId,
     pub(super) group: GroupId,
+    /// The mailbox they were read from (the group's current epoch's, or a past one's):
+    /// its cursor moves.
+    pub(super) stream: GroupId,
     pub(super) items: VecDeque<Received>,
     pub(super) upto: u64,
 }
@@ -51,8 +54,8 @@ pub(super) enum Judged {
 pub(super) struct Drained {
     /// Events to hand over now, in order; never more than the room given.
     pub(super) events: Vec<Event>,
-    /// What each touched group's received state changes.
-    pub(super) persist: BTreeMap<GroupId, ReceivedBatch>,
+    /// What each touched `(group, stream)`'s received state changes.
+    pub(super) persist: BTreeMap<(GroupId, GroupId), ReceivedBatch>,
     /// Stopped for lack of room: wait until the app makes some.
     pub(super) wait_for_room: bool,
 }
@@ -128,7 +131,7 @@ impl Delivery {
             room -= 1;
         }
         while let Some(mut front) = self.backlog.pop_front() {
-            let batch = out.persist.entry(front.group).or_default();
+            let batch = out.persist.entry((front.group, front.stream)).or_default();
             while let Some(item) = front.items.pop_front() {
                 if room < EVENT_ROOM {
                     // What was handed over so far is persisted now (not the cursor).
@@ -260,6 +263,7 @@ mod tests {
         Backlog {
             relay: RELAY,
             group: GROUP,
+            stream: GROUP,
             items: items.into(),
             upto,
         }
@@ -297,13 +301,19 @@ mod tests {
         let first = drain(&mut delivery, &mut tracker, 3);
         assert_eq!(received_seqs(&first.events), [1, 2]);
         assert!(first.wait_for_room);
-        assert_eq!(first.persist[&GROUP].observed, 2);
-        assert!(first.persist[&GROUP].cursors.is_empty(), "batch not done");
+        assert_eq!(first.persist[&(GROUP, GROUP)].observed, 2);
+        assert!(
+            first.persist[&(GROUP, GROUP)].cursors.is_empty(),
+            "batch not done"
+        );
         // Room again: the rest, and both batches' cursors.
         let rest = drain(&mut delivery, &mut tracker, 100);
         assert_eq!(received_seqs(&rest.events), [3, 4, 5]);
         assert!(!rest.wait_for_room);
-        assert_eq!(rest.persist[&GROUP].cursors, [(RELAY, 30), (RELAY, 50)]);
+        assert_eq!(
+            rest.persist[&(GROUP, GROUP)].cursors,
+            [(RELAY, 30), (RELAY, 50)]
+        );
         assert!(delivery.is_empty());
         assert_eq!(delivery.backlog_items, 0);
     }
@@ -368,8 +378,8 @@ mod tests {
         assert!(delivery.seen.contains(&BlobId([2; 32])));
         assert!(delivery.seen.contains(&BlobId([7; 32])));
         // Judged by the tracker: the first, the replay and the one after the gap.
-        assert_eq!(drained.persist[&GROUP].observed, 3);
-        assert_eq!(drained.persist[&GROUP].cursors, [(RELAY, 70)]);
+        assert_eq!(drained.persist[&(GROUP, GROUP)].observed, 3);
+        assert_eq!(drained.persist[&(GROUP, GROUP)].cursors, [(RELAY, 70)]);
     }
 
     #[test]

@@ -156,6 +156,21 @@ impl Coordinator {
         .map_err(stopped)?
     }
 
+    /// Remove `device` from `group`: re-key the group without it. Answered once the rekey
+    /// is durable here; the group moves to the new epoch right after.
+    pub async fn remove_device(&self, group: GroupId, device: DeviceId) -> Result<(), ClientError> {
+        ractor::call_t!(
+            self.actor,
+            |reply| CoordMsg::RemoveDevice {
+                group,
+                device,
+                reply
+            },
+            millis(CALL_TIMEOUT)
+        )
+        .map_err(stopped)?
+    }
+
     /// Make an invite of `group` known to its members; its secret once that is durable.
     pub async fn invite(
         &self,

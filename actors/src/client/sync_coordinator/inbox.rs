@@ -21,17 +21,18 @@ impl CoordinatorState {
         &mut self,
         myself: &ActorRef<CoordMsg>,
         relay: DeviceId,
-        group: GroupId,
+        stream: GroupId,
         items: Vec<zerok_messages::Item>,
         upto: u64,
     ) -> Result<(), ClientError> {
-        if self.watches.contains_key(&group) {
-            self.on_watch_items(myself, group, items);
+        if self.watches.contains_key(&stream) {
+            self.on_watch_items(myself, stream, items);
             return Ok(());
         }
-        if !self.groups.contains_key(&group) {
+        // The group's current mailbox, or one of its past epochs'.
+        let Some(group) = self.group_of_stream(&stream) else {
             return Ok(());
-        }
+        };
         if !self.is_receive_idle()
             && self.delivery.backlog_items + items.len() > self.args.backlog_max
         {
@@ -40,13 +41,13 @@ impl CoordinatorState {
             // persisted and waits until the backlog drained (a batch is always taken when
             // nothing is waiting, so it drains and resumes). Items waiting to be opened
             // count: they are held in memory as much as those waiting for the app.
-            let to = self.args.store.cursor(&group, &relay)?;
+            let to = self.args.store.cursor(&stream, &relay)?;
             if let Some(conn) = self.conns.get(&relay) {
                 let _ = conn.actor.cast(RelayConnMsg::Pause {
-                    group,
+                    group: stream,
                     rewind_to: to,
                 });
-                self.paused.insert((relay, group));
+                self.paused.insert((relay, stream));
             }
             return Ok(());
         }
@@ -58,6 +59,7 @@ impl CoordinatorState {
         self.to_open.push(ToOpenBatch {
             relay,
             group,
+            stream,
             items: fresh,
             upto,
         });
@@ -77,7 +79,7 @@ impl CoordinatorState {
             .iter()
             .flat_map(|b| {
                 b.items.iter().map(|item| ToOpen {
-                    group: b.group,
+                    group: b.stream,
                     blob_id: item.blob_id,
                     envelope: item.ciphertext.clone(),
                 })
@@ -122,6 +124,7 @@ impl CoordinatorState {
             self.delivery.push(Backlog {
                 relay: batch.relay,
                 group: batch.group,
+                stream: batch.stream,
                 items,
                 upto: batch.upto,
             });
@@ -169,8 +172,8 @@ impl CoordinatorState {
             }
             hand_over(&events, event);
         }
-        for (group, batch) in drained.persist {
-            self.persist(group, batch)?;
+        for ((group, stream), batch) in drained.persist {
+            self.persist(group, stream, batch)?;
         }
         if drained.wait_for_room {
             self.wait_for_room(myself);
@@ -214,6 +217,7 @@ impl CoordinatorState {
     pub(super) fn persist(
         &mut self,
         group: GroupId,
+        stream: GroupId,
         mut batch: ReceivedBatch,
     ) -> Result<(), ClientError> {
         if batch.observed == 0 && batch.cursors.is_empty() {
@@ -226,10 +230,15 @@ impl CoordinatorState {
         let delivered: BTreeMap<DeviceId, u64> = batch.cursors.iter().copied().collect();
         for (relay, upto) in delivered {
             if let Some(conn) = self.conns.get(&relay) {
-                let _ = conn.actor.cast(RelayConnMsg::Delivered { group, upto });
+                let _ = conn.actor.cast(RelayConnMsg::Delivered {
+                    group: stream,
+                    upto,
+                });
             }
         }
-        self.args.store.apply_received(&group, &batch)?;
+        self.args
+            .store
+            .apply_received_from(&group, &stream, &batch)?;
         Ok(())
     }
 

@@ -29,6 +29,7 @@
 
 mod delivery;
 mod durable;
+mod epochs;
 mod handle;
 mod inbox;
 mod membership;
@@ -45,6 +46,7 @@ use crate::crypto::envelope::{
 use crate::crypto::keys::EpochKeys;
 use crate::crypto::roster::Roster;
 use crate::crypto::seq::{Hlc, SeqTracker};
+use crate::crypto::wrap::WrapKey;
 use crate::fault::FaultPlan;
 use crate::link::Dialer;
 use crate::rng::Rng;
@@ -61,7 +63,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
-use wiring::epoch_secret;
 use zeroize::Zeroizing;
 use zerok_messages::MailboxId;
 use zerok_messages::client::{
@@ -102,6 +103,8 @@ pub struct CoordinatorArgs {
     pub store: LocalStore,
     /// This device's signing key: it signs what it posts in invite mailboxes (admissions).
     pub device: Arc<DeviceKey>,
+    /// This device's wrap key: it opens the epoch secrets a rekey wraps to it.
+    pub wrap: Arc<WrapKey>,
     /// The Encryptor.
     pub encryptor: ActorRef<EncryptorMsg>,
     /// Dials relays.
@@ -154,6 +157,12 @@ struct GroupState {
     roster: Option<Roster>,
     /// Members' latest record timestamps received (unix ms), for `devices()`.
     last_seen: BTreeMap<DeviceId, u64>,
+    /// Epochs this device left whose mailboxes it still reads.
+    past: Vec<epochs::PastStream>,
+    /// The move to the roster's head epoch, under way.
+    switch: Option<epochs::Switch>,
+    /// App enqueues waiting for that move (they are sealed in the new epoch).
+    held: Vec<epochs::Held>,
 }
 
 struct ConnEntry {
@@ -200,6 +209,10 @@ pub struct CoordinatorState {
     watch_serial: u64,
     /// Admissions waiting until every relay acked their `Add`.
     admitting: Vec<membership::Admitting>,
+    /// Past epochs' mailboxes (streams) → their group.
+    streams: BTreeMap<GroupId, GroupId>,
+    /// Blob ids of pushes sealed again in a new epoch → their new ids (bounded).
+    resealed: epochs::Aliases,
 }
 
 /// What happens once a store ticket is durable.
@@ -264,6 +277,8 @@ impl Actor for CoordinatorActor {
             watches: BTreeMap::new(),
             watch_serial: 0,
             admitting: Vec::new(),
+            streams: BTreeMap::new(),
+            resealed: epochs::Aliases::default(),
         };
         // The store's group commit reports here; the task ends with the coordinator.
         let mut durable = state.args.store.watch_durable();
@@ -278,13 +293,12 @@ impl Actor for CoordinatorActor {
         });
         for (id, record) in state.args.store.groups()? {
             let group = state.load_group(id, record)?;
-            state.args.encryptor.cast(EncryptorMsg::SetGroup {
-                group: id,
-                keys: group.secret.clone(),
-            })?;
             state.groups.insert(id, group);
+            state.register_keys(id)?;
         }
+        state.index_streams();
         state.refresh_watches(&myself).await;
+        state.follow_heads(&myself).await;
         state.rewire(&myself).await;
         Ok(state)
     }
@@ -315,19 +329,31 @@ impl Actor for CoordinatorActor {
                 RelayEvent::Joined { relay, group } if state.watches.contains_key(&group) => {
                     state.on_watch_joined(relay, group);
                 }
+                RelayEvent::Joined { relay, group } if state.streams.contains_key(&group) => {
+                    state.on_past_joined(relay, group)?;
+                }
                 RelayEvent::Joined { relay, group } => {
                     // (Re)send what this relay has not acked, in push order, a window of
                     // it (the rest follows as acks come back); the connection takes new
                     // pushes for the group only after this. Only what is durable: the rest
-                    // goes out once its flush completed.
-                    if let Some(g) = state.groups.get_mut(&group)
+                    // goes out once its flush completed. Nothing while the group moves to
+                    // a new epoch (its new mailbox is joined after).
+                    if !state.must_hold(&group)
+                        && let Some(g) = state.groups.get_mut(&group)
                         && let Some(conn) = state.conns.get(&relay)
                     {
                         let seqs = g.outbox.rewind(relay);
                         let mut entries: Vec<(u64, BlobId, Bytes)> = Vec::with_capacity(seqs.len());
                         for seq in seqs {
                             if let Some(entry) = state.args.store.outbox_entry(&group, seq)? {
-                                entries.push((seq, entry.blob_id, Bytes::from(entry.ciphertext)));
+                                // A roster operation of a left epoch goes to its mailbox.
+                                if state.push_stream(group, &entry) == group {
+                                    entries.push((
+                                        seq,
+                                        entry.blob_id,
+                                        Bytes::from(entry.ciphertext),
+                                    ));
+                                }
                             }
                         }
                         let _ = conn.actor.cast(RelayConnMsg::Resend { group, entries });
@@ -338,6 +364,7 @@ impl Actor for CoordinatorActor {
                     state.on_watch_acked(&myself, group, seq).await;
                 }
                 RelayEvent::Acked { relay, group, seq } => {
+                    let group = state.group_of_stream(&group).unwrap_or(group);
                     state.refused.remove(&(relay, group, seq));
                     state.on_acked(&myself, relay, group, seq).await?;
                 }
@@ -349,6 +376,7 @@ impl Actor for CoordinatorActor {
                     retry_after_ms,
                 } => {
                     debug!(relay = %relay.short(), code = code.as_str(), "push refused, will retry");
+                    let group = state.group_of_stream(&group).unwrap_or(group);
                     state.refused.insert((relay, group, seq));
                     let after = retry_after_ms.map_or(RETRY_DEFAULT, Duration::from_millis);
                     state.schedule_retry(&myself, after.min(Duration::from_secs(60)));
@@ -369,6 +397,9 @@ impl Actor for CoordinatorActor {
                 if kind.is_system() {
                     // The roster's kinds are written by the coordinator alone.
                     let _ = reply.send(Err(InvalidInput::SystemKind(kind.0).into()));
+                } else if state.must_hold(&group) {
+                    // Sealed in the new epoch once the group moved to it.
+                    state.hold(group, kind, payloads, reply);
                 } else {
                     state.enqueue(&myself, group, kind, payloads, reply)
                 }
@@ -377,7 +408,10 @@ impl Actor for CoordinatorActor {
                 records,
                 results,
                 waiters,
-            } => state.on_sealed(&myself, records, results, waiters),
+            } => {
+                state.on_sealed(&myself, records, results, waiters);
+                state.follow_heads(&myself).await;
+            }
             CoordMsg::SealFailed { records, waiters } => {
                 warn!(
                     records = records.len(),
@@ -399,14 +433,13 @@ impl Actor for CoordinatorActor {
             }
             CoordMsg::EncryptorRestarted(encryptor) => {
                 state.args.encryptor = encryptor;
-                for (id, record) in state.args.store.groups()? {
-                    state.args.encryptor.cast(EncryptorMsg::SetGroup {
-                        group: id,
-                        keys: epoch_secret(&record),
-                    })?;
+                let ids: Vec<GroupId> = state.groups.keys().copied().collect();
+                for id in ids {
+                    state.register_keys(id)?;
                 }
                 state.start_seal(&myself);
                 state.start_open(&myself);
+                state.follow_heads(&myself).await;
             }
             CoordMsg::Opened { batches, results } => {
                 state.on_opened(&myself, batches, results)?;
@@ -427,6 +460,8 @@ impl Actor for CoordinatorActor {
                 blob_id,
                 reply,
             } => {
+                // A push sealed again in a new epoch is acked under its new id.
+                let blob_id = state.resealed.resolve(blob_id);
                 let needed = state.groups.get(&group).map_or(1, |g| state.quorum(g));
                 match state.acked_by(&group, &blob_id) {
                     Some(acked_by) if acked_by.len() >= needed => {
@@ -440,6 +475,7 @@ impl Actor for CoordinatorActor {
                 blob_id,
                 reply,
             } => {
+                let blob_id = state.resealed.resolve(blob_id);
                 let needed = state.groups.get(&group).map_or(1, |g| state.quorum(g));
                 let _ = reply.send((state.acked_by(&group, &blob_id).unwrap_or_default(), needed));
             }
@@ -514,16 +550,9 @@ impl Actor for CoordinatorActor {
                     }
                     state.args.store.put_group(&id, &record).await?;
                     let group = state.load_group(id, record)?;
-                    state
-                        .args
-                        .encryptor
-                        .cast(EncryptorMsg::SetGroup {
-                            group: id,
-                            keys: group.secret.clone(),
-                        })
-                        .map_err(|_| StoreError::Stopped("the Encryptor"))?;
                     state.groups.insert(id, group);
-                    Ok(())
+                    state.index_streams();
+                    state.register_keys(id)
                 }
                 .await;
                 if result.is_ok() {
@@ -551,7 +580,20 @@ impl Actor for CoordinatorActor {
             CoordMsg::UnwatchDue { mailbox, serial } => {
                 state.unwatch_due(&myself, mailbox, serial).await;
             }
-            CoordMsg::RosterChanged => state.refresh_watches(&myself).await,
+            CoordMsg::RosterChanged => {
+                state.follow_heads(&myself).await;
+                state.refresh_watches(&myself).await;
+            }
+            CoordMsg::RemoveDevice {
+                group,
+                device,
+                reply,
+            } => state.remove_device(&myself, group, device, reply),
+            CoordMsg::Resealed {
+                group,
+                seqs,
+                results,
+            } => state.on_resealed(&myself, group, seqs, results).await?,
             CoordMsg::AdmissionDue { group, seq } => state.on_all_acked(group, seq),
             CoordMsg::GetGroup { id, reply } => {
                 let _ = reply.send(state.groups.get(&id).map(|g| g.record.clone()));

@@ -35,6 +35,10 @@ impl CoordinatorState {
                 limit: PAYLOAD_BYTES_MAX,
             }))
         } else if let Some(state) = self.groups.get(&group) {
+            if state.record.removed {
+                let _ = reply.send(Err(ClientError::Removed(group)));
+                return;
+            }
             // A device that is not on the roster (a copied home dir with its new key, or a
             // removed device) would write records every member refuses.
             let me = self.args.device.device_id();
@@ -144,6 +148,7 @@ impl CoordinatorState {
                         blob_id: sealed.blob_id,
                         ciphertext: sealed.envelope,
                         acked_by: Vec::new(),
+                        mailbox: None,
                     };
                     outcomes.push(Ok((group, seq, entry.blob_id)));
                     // Its copy served back by this device's own subscription is skipped.
@@ -238,10 +243,14 @@ impl CoordinatorState {
 
     /// Hand the queued push `seq` (read from the outbox) to `conn`.
     pub(super) fn hand_push(&self, conn: &ConnEntry, group: GroupId, seq: u64) {
+        if self.must_hold(&group) {
+            // Moving to a new epoch: everything queued goes once it is done.
+            return;
+        }
         match self.args.store.outbox_entry(&group, seq) {
             Ok(Some(entry)) => {
                 let _ = conn.actor.cast(RelayConnMsg::Push {
-                    group,
+                    group: self.push_stream(group, &entry),
                     seq,
                     blob_id: entry.blob_id,
                     ciphertext: Bytes::from(entry.ciphertext),

@@ -12,6 +12,7 @@ impl CoordinatorState {
     ) -> Result<GroupState, ClientError> {
         let secret = epoch_secret(&record);
         let keys = EpochKeys::from_secret(&secret);
+        let record_past = record.past.clone();
         let store = &self.args.store;
         let (next_seq, last_hlc) = store.own_seq(&id)?;
         let outbox = Outbox::new(
@@ -40,32 +41,52 @@ impl CoordinatorState {
             hlc,
             roster: store.roster(&id)?,
             last_seen: BTreeMap::new(),
+            past: epochs::past_streams(&record_past),
+            switch: None,
+            held: Vec::new(),
         })
     }
 
     /// Make the connections match the groups' relay lists.
     pub(super) async fn rewire(&mut self, myself: &ActorRef<CoordMsg>) {
         let mut wanted: BTreeMap<DeviceId, (RelayAddr, Vec<ConnGroup>)> = BTreeMap::new();
+        let now = self.args.clock.now_unix_ms();
         for (id, group) in &self.groups {
-            for relay in &group.relays {
-                let cursor = self.args.store.cursor(id, &relay.id).unwrap_or(0);
-                wanted
-                    .entry(relay.id)
-                    .or_insert_with(|| (relay.clone(), Vec::new()))
-                    .1
-                    .push(ConnGroup {
-                        group: *id,
-                        mailbox: group.mailbox,
-                        mailbox_seed: group.mailbox_seed.clone(),
-                        cursor,
-                        admission: group
-                            .record
-                            .admissions
-                            .get(&relay.id.to_hex())
-                            .cloned()
-                            .map(AdmissionText),
-                        always_receive: false,
-                    });
+            // A group this device was removed from is not synced.
+            if group.record.removed {
+                continue;
+            }
+            // Its current epoch's mailbox, and the past epochs' still read.
+            let streams = [(*id, group.mailbox, group.mailbox_seed.clone())]
+                .into_iter()
+                .chain(
+                    group
+                        .past
+                        .iter()
+                        .filter(|p| now < p.read_until_ms)
+                        .map(|p| (p.stream, p.mailbox, p.seed.clone())),
+                );
+            for (stream, mailbox, seed) in streams {
+                for relay in &group.relays {
+                    let cursor = self.args.store.cursor(&stream, &relay.id).unwrap_or(0);
+                    wanted
+                        .entry(relay.id)
+                        .or_insert_with(|| (relay.clone(), Vec::new()))
+                        .1
+                        .push(ConnGroup {
+                            group: stream,
+                            mailbox,
+                            mailbox_seed: seed.clone(),
+                            cursor,
+                            admission: group
+                                .record
+                                .admissions
+                                .get(&relay.id.to_hex())
+                                .cloned()
+                                .map(AdmissionText),
+                            always_receive: false,
+                        });
+                }
             }
         }
         for (id, watch) in &self.watches {
@@ -165,6 +186,8 @@ impl CoordinatorState {
                     outbox: g.outbox.len(),
                     unacked: g.outbox.short_of(quorum),
                     seen_ids: self.delivery.seen.len() as u64,
+                    epoch: g.record.epoch,
+                    removed: g.record.removed,
                 }
             })
             .collect();
