@@ -340,13 +340,7 @@ async fn removing_a_device_rekeys_the_group_and_shuts_it_out() {
         |e| matches!(e, Event::Removed { group: g } if *g == group),
     )
     .await;
-    let read: Vec<String> = seen
-        .iter()
-        .filter_map(|e| match e {
-            Event::Received { payload, .. } => Some(String::from_utf8_lossy(payload).into()),
-            _ => None,
-        })
-        .collect();
+    let read = payloads(&seen);
     assert!(read.iter().all(|p| !p.contains("after")), "{read:?}");
     assert!(matches!(
         bob.push(group, b"bob after".to_vec()).await,
@@ -458,13 +452,7 @@ async fn pushes_in_flight_move_to_the_new_epoch_across_a_relay_restart() {
         matches!(e, Event::Removed { .. })
     })
     .await;
-    let read: Vec<String> = seen
-        .iter()
-        .filter_map(|e| match e {
-            Event::Received { payload, .. } => Some(String::from_utf8_lossy(payload).into()),
-            _ => None,
-        })
-        .collect();
+    let read = payloads(&seen);
     assert_eq!(read, ["warm"], "{seen:?}");
     alice.shutdown().await;
     bob.shutdown().await;
