@@ -11,12 +11,14 @@ use zerok_messages::sync::lock;
 /// A broken invariant: its name and what broke it.
 pub type Violation = String;
 
-/// Every push acknowledged to an app was received by every other device (at least once).
+/// Every push acknowledged to an app was received by every other device (at least once),
+/// except a device removed from the group.
 pub fn acked_pushes_reach_every_other_device(shared: &Shared) -> Result<(), Violation> {
     for (i, sender) in shared.devices.iter().enumerate() {
         let acked = lock(&sender.acked).clone();
         for (j, receiver) in shared.devices.iter().enumerate() {
-            if i == j {
+            // A device removed from the group receives nothing more.
+            if i == j || *lock(&receiver.removed) {
                 continue;
             }
             let got: BTreeSet<Vec<u8>> = lock(&receiver.received)
@@ -152,12 +154,13 @@ pub fn nothing_undecryptable_served(shared: &Shared) -> Result<(), Violation> {
 /// relays in `wiped`: a relay that lost its data is re-read from the start, by design.
 pub fn cursors_never_go_back(shared: &Shared, wiped: &BTreeSet<DeviceId>) -> Result<(), Violation> {
     for (j, device) in shared.devices.iter().enumerate() {
-        let mut last: BTreeMap<(u64, DeviceId), u64> = BTreeMap::new();
+        // Per epoch: a new epoch's mailbox is read from its start.
+        let mut last: BTreeMap<(u64, DeviceId, u32), u64> = BTreeMap::new();
         for seen in lock(&device.cursors).iter() {
             if wiped.contains(&seen.relay) {
                 continue;
             }
-            let key = (seen.start, seen.relay);
+            let key = (seen.start, seen.relay, seen.epoch);
             if let Some(&before) = last.get(&key)
                 && seen.cursor < before
             {
@@ -375,6 +378,7 @@ mod tests {
             lock(&s.devices[0].cursors).push(CursorSeen {
                 start,
                 relay: A,
+                epoch: 0,
                 cursor,
             });
         };

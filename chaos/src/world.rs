@@ -106,6 +106,8 @@ pub struct CursorSeen {
     pub start: u64,
     /// The relay.
     pub relay: DeviceId,
+    /// The group's key epoch (each has its own mailbox, read from its start).
+    pub epoch: u32,
     /// The group's cursor on it.
     pub cursor: u64,
 }
@@ -136,6 +138,10 @@ pub struct DeviceLog {
     pub cursors: Mutex<Vec<CursorSeen>>,
     /// Whether it has the group (created or joined once; kept across restarts).
     joined: Mutex<bool>,
+    /// Devices (by index) its app is to remove from the group, not yet started.
+    removals: Mutex<VecDeque<usize>>,
+    /// A member removed it from the group (`Event::Removed`): it receives nothing more.
+    pub removed: Mutex<bool>,
 }
 
 /// State shared by the hosts and the scenario.
@@ -433,6 +439,11 @@ impl SimWorld {
     /// Queue `payload` to be pushed by device `i`'s app.
     pub fn push(&self, i: usize, payload: Vec<u8>) {
         lock(&self.shared.devices[i].pending).push_back(payload);
+    }
+
+    /// Have device `by`'s app remove device `target` from the group (once it knows its id).
+    pub fn remove(&self, by: usize, target: usize) {
+        lock(&self.shared.devices[by].removals).push_back(target);
     }
 
     /// Device `i`'s log.
@@ -1053,6 +1064,14 @@ async fn run_client(host: DeviceHost) -> turmoil::Result {
                 on_event(&shared, i, event);
             }
             _ = poll.tick() => {
+                let removals: Vec<usize> = lock(&log.removals).drain(..).collect();
+                for target in removals {
+                    let Some(device) = shared.devices.get(target).and_then(|d| d.id.get()) else {
+                        continue;
+                    };
+                    let removed = client.remove_device(group, *device).await;
+                    shared.record(format!("dev{i} removed dev{target}: {}", removed.is_ok()));
+                }
                 let pushes: Vec<Vec<u8>> = lock(&log.pending).drain(..).collect();
                 for payload in pushes {
                     let client = Arc::clone(&client);
@@ -1092,12 +1111,13 @@ fn note_cursors(log: &DeviceLog, start: u64, status: &zerok_client::Status) {
             let last = seen
                 .iter()
                 .rev()
-                .find(|c| c.start == start && c.relay == relay.addr.id)
+                .find(|c| c.start == start && c.relay == relay.addr.id && c.epoch == group.epoch)
                 .map(|c| c.cursor);
             if last != Some(relay.cursor) {
                 seen.push(CursorSeen {
                     start,
                     relay: relay.addr.id,
+                    epoch: group.epoch,
                     cursor: relay.cursor,
                 });
             }
@@ -1159,7 +1179,10 @@ fn on_event(shared: &Shared, i: usize, event: Event) {
             shared.record(format!("dev{i} unknown sender {}", sender.short()));
             *lock(&log.undecryptable) += 1;
         }
-        Event::Removed { .. } => shared.record(format!("dev{i} removed from the group")),
+        Event::Removed { .. } => {
+            shared.record(format!("dev{i} removed from the group"));
+            *lock(&log.removed) = true;
+        }
         Event::EpochChanged { epoch, .. } => shared.record(format!("dev{i} now in epoch {epoch}")),
         Event::RelayUp { relay } => shared.record(format!("dev{i} relay up {}", relay.short())),
         Event::RelayDown { relay, .. } => {

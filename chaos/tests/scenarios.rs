@@ -125,4 +125,5 @@ scenarios!(
     admission_with_a_relay_cut_off_from_the_member,
     joiner_killed_mid_join,
     devices_pair_while_a_relay_is_cut_off,
+    device_removed_while_a_relay_restarts,
 );

@@ -741,6 +741,8 @@ pub enum RelayEvent {
         relay: DeviceId,
         /// The group.
         group: GroupId,
+        /// The mailbox they were read from (a group moves to a new epoch's mailbox).
+        mailbox: MailboxId,
         /// The items, as served.
         items: Vec<Item>,
         /// The relay's cursor after these items.
@@ -1079,9 +1081,9 @@ pub struct ToOpenBatch {
     pub relay: DeviceId,
     /// The group.
     pub group: GroupId,
-    /// The mailbox they were read from: the group's current epoch's (`group` itself) or a
-    /// past epoch's (keyed by its mailbox id), whose keys open them and whose cursor moves.
-    pub stream: GroupId,
+    /// The mailbox they were read from (the group's current epoch's, or a past one's):
+    /// its keys open them and its cursor moves.
+    pub mailbox: MailboxId,
     /// The items, as served.
     pub items: Vec<Item>,
     /// The relay's cursor after them.

@@ -98,6 +98,46 @@ fn devices_pair_while_a_relay_is_cut_off(seed: u64) -> Outcome {
     joined_then_converge(&mut world, 3, "paired")
 }
 
+fn device_removed_while_a_relay_restarts(seed: u64) -> Outcome {
+    // Three devices on two relays sync; the first removes the third while one relay is
+    // down (from a moment anywhere around the removal), and it comes back. The two left
+    // keep syncing in the new epoch; the removed one is told, and reads nothing the remover
+    // wrote after (the other member's pushes from before it took the rekey may reach it).
+    let mut world = world_joining(seed, 3, 2, false)?;
+    world.settle().map_err(|e| failed(&world, e.to_string()))?;
+    let mut pushed = Pushed::default();
+    for dev in 0..3 {
+        pushed.push(&world, dev, "before", 5);
+    }
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)?;
+    world.crash(&relay_host(1));
+    run(
+        &mut world,
+        Duration::from_millis(seed.wrapping_mul(41) % 300),
+    )?;
+    world.remove(0, 2);
+    pushed.push(&world, 0, "after", 10);
+    pushed.push(&world, 1, "after", 10);
+    run(&mut world, Duration::from_secs(2))?;
+    world.bounce(&relay_host(1));
+    let told = world
+        .run_until(Duration::from_secs(60), |shared| {
+            *zerok_messages::sync::lock(&shared.devices[2].removed)
+        })
+        .map_err(|e| failed(&world, e.to_string()))?;
+    ensure(&world, told, "the removed device was not told")?;
+    converge_and_check(&mut world, &pushed, Delivery::ExactlyOnce)?;
+    let read_after = zerok_messages::sync::lock(&world.device(2).received)
+        .iter()
+        .filter(|r| crate::world::show(&r.payload).contains("dev0-after-"))
+        .count();
+    ensure(
+        &world,
+        read_after == 0,
+        &format!("the removed device read {read_after} records the remover wrote after"),
+    )
+}
+
 /// The membership scenarios.
 pub(super) const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -123,5 +163,11 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         group: "membership",
         proves: "two devices pair with a member at once by codes (SPAKE2 through rendezvous mailboxes) while one reaches only one relay for a while; both are admitted and all sync",
         run: devices_pair_while_a_relay_is_cut_off,
+    },
+    Scenario {
+        name: "device_removed_while_a_relay_restarts",
+        group: "membership",
+        proves: "a device removed while one of two relays is down is told and reads nothing written after; the others move to the new epoch and every acked push reaches them once",
+        run: device_removed_while_a_relay_restarts,
     },
 ];

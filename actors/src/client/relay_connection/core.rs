@@ -437,6 +437,7 @@ impl ConnCore {
                     io.emit(RelayEvent::Items {
                         relay,
                         group,
+                        mailbox,
                         items: vec![item],
                         upto,
                     });
@@ -565,6 +566,7 @@ impl ConnCore {
             io.emit(RelayEvent::Items {
                 relay,
                 group,
+                mailbox: sync.signer.mailbox_id(),
                 items,
                 upto,
             });

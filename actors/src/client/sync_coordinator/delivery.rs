@@ -20,7 +20,7 @@ use crate::crypto::envelope::{OpenError, OpenedRecord};
 use crate::crypto::seq::SeqVerdict;
 use std::collections::{BTreeMap, VecDeque};
 use zerok_messages::client::{Event, GroupId};
-use zerok_messages::{BlobId, DeviceId};
+use zerok_messages::{BlobId, DeviceId, MailboxId};
 
 /// An item after opening.
 pub(super) struct Received {
@@ -34,7 +34,7 @@ pub(super) struct Backlog {
     pub(super) group: GroupId,
     /// The mailbox they were read from (the group's current epoch's, or a past one's):
     /// its cursor moves.
-    pub(super) stream: GroupId,
+    pub(super) mailbox: MailboxId,
     pub(super) items: VecDeque<Received>,
     pub(super) upto: u64,
 }
@@ -54,8 +54,8 @@ pub(super) enum Judged {
 pub(super) struct Drained {
     /// Events to hand over now, in order; never more than the room given.
     pub(super) events: Vec<Event>,
-    /// What each touched `(group, stream)`'s received state changes.
-    pub(super) persist: BTreeMap<(GroupId, GroupId), ReceivedBatch>,
+    /// What each touched `(group, mailbox)`'s received state changes.
+    pub(super) persist: BTreeMap<(GroupId, MailboxId), ReceivedBatch>,
     /// Stopped for lack of room: wait until the app makes some.
     pub(super) wait_for_room: bool,
 }
@@ -131,7 +131,7 @@ impl Delivery {
             room -= 1;
         }
         while let Some(mut front) = self.backlog.pop_front() {
-            let batch = out.persist.entry((front.group, front.stream)).or_default();
+            let batch = out.persist.entry((front.group, front.mailbox)).or_default();
             while let Some(item) = front.items.pop_front() {
                 if room < EVENT_ROOM {
                     // What was handed over so far is persisted now (not the cursor).
@@ -263,7 +263,7 @@ mod tests {
         Backlog {
             relay: RELAY,
             group: GROUP,
-            stream: GROUP,
+            mailbox: GROUP.0,
             items: items.into(),
             upto,
         }
@@ -301,9 +301,9 @@ mod tests {
         let first = drain(&mut delivery, &mut tracker, 3);
         assert_eq!(received_seqs(&first.events), [1, 2]);
         assert!(first.wait_for_room);
-        assert_eq!(first.persist[&(GROUP, GROUP)].observed, 2);
+        assert_eq!(first.persist[&(GROUP, GROUP.0)].observed, 2);
         assert!(
-            first.persist[&(GROUP, GROUP)].cursors.is_empty(),
+            first.persist[&(GROUP, GROUP.0)].cursors.is_empty(),
             "batch not done"
         );
         // Room again: the rest, and both batches' cursors.
@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(received_seqs(&rest.events), [3, 4, 5]);
         assert!(!rest.wait_for_room);
         assert_eq!(
-            rest.persist[&(GROUP, GROUP)].cursors,
+            rest.persist[&(GROUP, GROUP.0)].cursors,
             [(RELAY, 30), (RELAY, 50)]
         );
         assert!(delivery.is_empty());
@@ -378,8 +378,8 @@ mod tests {
         assert!(delivery.seen.contains(&BlobId([2; 32])));
         assert!(delivery.seen.contains(&BlobId([7; 32])));
         // Judged by the tracker: the first, the replay and the one after the gap.
-        assert_eq!(drained.persist[&(GROUP, GROUP)].observed, 3);
-        assert_eq!(drained.persist[&(GROUP, GROUP)].cursors, [(RELAY, 70)]);
+        assert_eq!(drained.persist[&(GROUP, GROUP.0)].observed, 3);
+        assert_eq!(drained.persist[&(GROUP, GROUP.0)].cursors, [(RELAY, 70)]);
     }
 
     #[test]

@@ -184,6 +184,21 @@ impl CoordinatorState {
             .collect();
     }
 
+    /// The key (in connections, the Encryptor and cursors) of `mailbox` of `group` now: the
+    /// group's own for its current mailbox, a past epoch's stream for a left one (`None`:
+    /// not read any more).
+    pub(super) fn stream_key(&self, group: GroupId, mailbox: &MailboxId) -> Option<GroupId> {
+        let state = self.groups.get(&group)?;
+        if state.mailbox == *mailbox {
+            return Some(group);
+        }
+        state
+            .past
+            .iter()
+            .find(|p| p.mailbox == *mailbox)
+            .map(|p| p.stream)
+    }
+
     /// The group a stream (a group's current mailbox, or a past one's) belongs to.
     pub(super) fn group_of_stream(&self, stream: &GroupId) -> Option<GroupId> {
         if self.groups.contains_key(stream) {
@@ -501,14 +516,18 @@ impl CoordinatorState {
                 .map_err(|_| ClientError::Stopped)?;
             from.push(stream.stream);
         }
+        // The head's keys under a stream key of their own until the move is done: items of
+        // the current mailbox still arriving are opened with the group's (its keys).
+        let head_secret = EpochSecret {
+            epoch: head.number,
+            secret: Zeroizing::new(*secret),
+        };
+        let head_key = stream_id(&EpochKeys::from_secret(&head_secret).mailbox_id());
         self.args
             .encryptor
             .cast(EncryptorMsg::SetGroup {
-                group: id,
-                keys: EpochSecret {
-                    epoch: head.number,
-                    secret: Zeroizing::new(*secret),
-                },
+                group: head_key,
+                keys: head_secret,
             })
             .map_err(|_| ClientError::Stopped)?;
         let queued = self.args.store.outbox(&id)?;
@@ -518,7 +537,7 @@ impl CoordinatorState {
         self.args
             .encryptor
             .cast(EncryptorMsg::Reseal {
-                group: id,
+                group: head_key,
                 from,
                 envelopes,
                 reply: tx.into(),

@@ -22,6 +22,7 @@ impl CoordinatorState {
         myself: &ActorRef<CoordMsg>,
         relay: DeviceId,
         stream: GroupId,
+        mailbox: MailboxId,
         items: Vec<zerok_messages::Item>,
         upto: u64,
     ) -> Result<(), ClientError> {
@@ -29,8 +30,12 @@ impl CoordinatorState {
             self.on_watch_items(myself, stream, items);
             return Ok(());
         }
-        // The group's current mailbox, or one of its past epochs'.
+        // The group's current mailbox, or one of its past epochs' (read before a move, and
+        // handed over after it, they count for the mailbox they came from).
         let Some(group) = self.group_of_stream(&stream) else {
+            return Ok(());
+        };
+        let Some(key) = self.stream_key(group, &mailbox) else {
             return Ok(());
         };
         if !self.is_receive_idle()
@@ -41,7 +46,7 @@ impl CoordinatorState {
             // persisted and waits until the backlog drained (a batch is always taken when
             // nothing is waiting, so it drains and resumes). Items waiting to be opened
             // count: they are held in memory as much as those waiting for the app.
-            let to = self.args.store.cursor(&stream, &relay)?;
+            let to = self.args.store.cursor(&key, &relay)?;
             if let Some(conn) = self.conns.get(&relay) {
                 let _ = conn.actor.cast(RelayConnMsg::Pause {
                     group: stream,
@@ -59,7 +64,7 @@ impl CoordinatorState {
         self.to_open.push(ToOpenBatch {
             relay,
             group,
-            stream,
+            mailbox,
             items: fresh,
             upto,
         });
@@ -73,18 +78,27 @@ impl CoordinatorState {
         if self.is_opening || self.to_open.is_empty() {
             return;
         }
+        // Opened with the keys of the mailbox they came from; one whose epoch this device
+        // no longer reads is dropped (its cursor stays).
+        let batches: Vec<(GroupId, ToOpenBatch)> = std::mem::take(&mut self.to_open)
+            .into_iter()
+            .filter_map(|b| self.stream_key(b.group, &b.mailbox).map(|key| (key, b)))
+            .collect();
+        if batches.is_empty() {
+            return;
+        }
         self.is_opening = true;
-        let batches = std::mem::take(&mut self.to_open);
         let envelopes = batches
             .iter()
-            .flat_map(|b| {
+            .flat_map(|(key, b)| {
                 b.items.iter().map(|item| ToOpen {
-                    group: b.stream,
+                    group: *key,
                     blob_id: item.blob_id,
                     envelope: item.ciphertext.clone(),
                 })
             })
             .collect();
+        let batches: Vec<ToOpenBatch> = batches.into_iter().map(|(_, b)| b).collect();
         let expected: usize = batches.iter().map(|b| b.items.len()).sum();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = self.args.encryptor.cast(EncryptorMsg::OpenMany {
@@ -124,7 +138,7 @@ impl CoordinatorState {
             self.delivery.push(Backlog {
                 relay: batch.relay,
                 group: batch.group,
-                stream: batch.stream,
+                mailbox: batch.mailbox,
                 items,
                 upto: batch.upto,
             });
@@ -172,8 +186,8 @@ impl CoordinatorState {
             }
             hand_over(&events, event);
         }
-        for ((group, stream), batch) in drained.persist {
-            self.persist(group, stream, batch)?;
+        for ((group, mailbox), batch) in drained.persist {
+            self.persist(group, mailbox, batch)?;
         }
         if drained.wait_for_room {
             self.wait_for_room(myself);
@@ -217,9 +231,15 @@ impl CoordinatorState {
     pub(super) fn persist(
         &mut self,
         group: GroupId,
-        stream: GroupId,
+        mailbox: MailboxId,
         mut batch: ReceivedBatch,
     ) -> Result<(), ClientError> {
+        // The cursors are the mailbox's, wherever it is now (or none: no longer read).
+        let stream = self.stream_key(group, &mailbox);
+        if stream.is_none() {
+            batch.cursors.clear();
+        }
+        let stream = stream.unwrap_or(group);
         if batch.observed == 0 && batch.cursors.is_empty() {
             return Ok(());
         }

@@ -384,9 +384,10 @@ impl Actor for CoordinatorActor {
                 RelayEvent::Items {
                     relay,
                     group,
+                    mailbox,
                     items,
                     upto,
-                } => state.on_items(&myself, relay, group, items, upto)?,
+                } => state.on_items(&myself, relay, group, mailbox, items, upto)?,
             },
             CoordMsg::Enqueue {
                 group,
