@@ -499,14 +499,15 @@ impl CoordinatorState {
             secret: *secret,
             read_until_ms,
         }));
-        // The Encryptor: the left epochs' keys under their streams, the head's as the
-        // group's, then the outbox sealed again.
-        let mut from = Vec::new();
-        for stream in past_streams(&left).into_iter().chain(
-            past_streams(&state.record.past)
-                .into_iter()
-                .filter(|p| now < p.read_until_ms),
-        ) {
+        // The Encryptor: the left epochs' keys under their streams (the past ones it has
+        // already), the head's, then the outbox sealed again with any of them.
+        let mut from: Vec<GroupId> = state
+            .past
+            .iter()
+            .filter(|p| now < p.read_until_ms)
+            .map(|p| p.stream)
+            .collect();
+        for stream in past_streams(&left) {
             self.args
                 .encryptor
                 .cast(EncryptorMsg::SetGroup {
