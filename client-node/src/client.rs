@@ -2,6 +2,7 @@
 
 use crate::tree::{ClientRoot, ENCRYPTOR_RESTART_POLICY, RootArgs, RootMsg};
 use ractor::{Actor, ActorRef};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use zerok_actors::crypto::invite::InviteV2;
 use zerok_actors::crypto::keys::{GroupSecret, KdfParams, MailboxSigner, SALT_BYTES};
 pub use zerok_actors::crypto::pair::PairCode;
 use zerok_actors::crypto::pair::{Exchange, PairError, PairPost, Role as PairRole, rendezvous};
+use zerok_actors::crypto::recovery::{self, RecoverySecret};
 use zerok_actors::crypto::roster::{Change, EpochId, Op as RosterOp};
 use zerok_actors::crypto::wrap::WrapKey;
 use zerok_actors::fault::FaultPlan;
@@ -28,7 +30,8 @@ use zerok_actors::rng::Rng;
 use zerok_messages::client::{ClientError, Event, GroupId, Receipt, Status, SyncReport};
 use zerok_messages::client::{DeviceInfo, Founder, GroupRecord, InviteWatch};
 use zerok_messages::errors::{
-    InvalidInput, InviteError, PairingError, PassphraseError, TokenRefusal,
+    InvalidInput, InviteError, PairingError, PassphraseError, RecoveryError, StoreError,
+    TokenRefusal,
 };
 use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, DeviceId, Epoch, RelayAddr};
@@ -46,6 +49,12 @@ pub const PAIR_INVITE_VALID: Duration = Duration::from_secs(600);
 /// device's messages from before its own start less this (an earlier attempt's leftovers in
 /// the same rendezvous mailbox would spend its code).
 const PAIR_CLOCK_SKEW: Duration = Duration::from_secs(10);
+
+/// How long a recovering device keeps reading the phrase's mailbox once a snapshot opened
+/// (a later epoch's snapshot may follow from another relay).
+const RECOVERY_SETTLE: Duration = Duration::from_secs(2);
+/// Snapshots a recovering device weighs (a flooded mailbox is read no further).
+const RECOVERY_SNAPSHOTS_MAX: usize = 256;
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -466,7 +475,7 @@ impl Client {
             mailbox,
             seed: keys.signer().seed(),
             relays: invite.relays.clone(),
-            request: (blob_id, bytes::Bytes::from(sealed)),
+            request: Some((blob_id, bytes::Bytes::from(sealed))),
             items,
             admission_group: None,
         })?;
@@ -491,7 +500,7 @@ impl Client {
                 return Err(InviteError::NotAdmitted(wait.as_secs()).into());
             }
         };
-        let result = self.keep_admission(&joined).await;
+        let result = self.keep_admission(&joined, None).await;
         // Only now: the relays stay wanted in between (no needless reconnect).
         self.coordinator.unwatch_invite(mailbox);
         result
@@ -502,6 +511,7 @@ impl Client {
     async fn keep_admission(
         &self,
         joined: &zerok_actors::crypto::admit::Joined,
+        own: Option<&RosterOp>,
     ) -> Result<GroupId, ClientError> {
         let admission = &joined.admission;
         let record = GroupRecord {
@@ -552,6 +562,8 @@ impl Client {
                     wrap_key: m.wrap_key,
                     name: m.name.clone(),
                     via: m.via,
+                    recovery: m.recovery.clone(),
+                    endorsed: None,
                 },
             })
             .collect();
@@ -562,10 +574,165 @@ impl Client {
             self.store
                 .put_roster_base(&id, &admission.epoch, &admission.members)?;
         }
+        // This device's own operation (a recovered device's self-add): on its roster from
+        // the start, so it is a member when the group loads.
+        if let Some(op) = own {
+            self.store.put_roster_ops(&id, std::slice::from_ref(op))?;
+        }
         self.coordinator
             .put_group(id, record, Some(founder))
             .await?;
         Ok(id)
+    }
+
+    /// Make a recovery phrase for `group`: 24 words that let a new device join the group
+    /// on its own (`Client::recover`), with no other device online. The phrase is an entry
+    /// on the roster (`zerok devices` lists it; removing it revokes the phrase); every rekey
+    /// gives it the new epoch's secret, and long-running members keep a snapshot of the
+    /// group for it on the relays. Answered once the relays have the entry and a snapshot
+    /// (at most `wait`); the phrase is shown to nobody else and never stored.
+    pub async fn export_recovery(
+        &self,
+        group: GroupId,
+        wait: Duration,
+    ) -> Result<Zeroizing<String>, ClientError> {
+        let secret = RecoverySecret::random(&mut self.lock_rng());
+        let keys = secret.keys();
+        let added = self
+            .coordinator
+            .add_recovery(
+                group,
+                keys.entry_id(),
+                keys.wrap().public(),
+                Zeroizing::new(*keys.mailbox_secret()),
+            )
+            .await?;
+        let on_relays = tokio::time::timeout(wait, async {
+            self.wait_acked(group, added.add, None).await?;
+            added.snapshot_acked.await.map_err(|_| ClientError::Stopped)
+        })
+        .await;
+        match on_relays {
+            Ok(Ok(())) => Ok(secret.phrase()),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(RecoveryError::NotOnRelay(wait.as_secs()).into()),
+        }
+    }
+
+    /// Join a group with a recovery phrase ([`Client::export_recovery`]) found on `relays`,
+    /// as this device (its own new key and sequence numbers): read the group's snapshot in
+    /// the phrase's mailbox (the latest epoch found within `wait`), keep the group, and add
+    /// this device to the roster with the phrase's endorsement. Answered once a relay acked
+    /// that add (the group's other devices then accept this device's records).
+    pub async fn recover(
+        &self,
+        phrase: &str,
+        relays: Vec<RelayAddr>,
+        wait: Duration,
+    ) -> Result<GroupId, ClientError> {
+        if relays.is_empty() {
+            return Err(InvalidInput::NoRelays.into());
+        }
+        let secret =
+            RecoverySecret::parse(phrase).map_err(|e| RecoveryError::BadPhrase(e.to_string()))?;
+        let keys = secret.keys();
+        // A group this device is in whose roster holds the phrase's entry (this device
+        // keeps that phrase's snapshot mailbox: it must not read it as a stranger).
+        for (group, _) in self.groups().await? {
+            let on_roster = self.devices(group).await.unwrap_or_default();
+            if on_roster.iter().any(|d| d.device == keys.entry_id()) {
+                return Err(RecoveryError::AlreadyInGroup(group.0.short()).into());
+            }
+        }
+        let mailbox_keys = keys.mailbox();
+        let mailbox = mailbox_keys.mailbox_id();
+        let (items, mut found) = mpsc::channel(64);
+        self.coordinator.watch_invite(InviteWatch {
+            mailbox,
+            seed: mailbox_keys.signer().seed(),
+            relays,
+            request: None,
+            items,
+            admission_group: None,
+        })?;
+        let started = tokio::time::Instant::now();
+        let mut snapshots: Vec<admit::Joined> = Vec::new();
+        // Read until `wait` is over, or until the mailbox has been quiet for a moment after
+        // a snapshot opened: every relay serves its snapshots in one catch-up.
+        loop {
+            let left = wait.saturating_sub(started.elapsed());
+            let quiet = if snapshots.is_empty() {
+                left
+            } else {
+                left.min(RECOVERY_SETTLE)
+            };
+            let Ok(Some(batch)) = tokio::time::timeout(quiet, found.recv()).await else {
+                break;
+            };
+            for item in batch {
+                match recovery::read_snapshot(&keys, &item.ciphertext) {
+                    Ok(joined) if snapshots.len() < RECOVERY_SNAPSHOTS_MAX => {
+                        snapshots.push(joined)
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::debug!(error = %err, "recovery mailbox item skipped"),
+                }
+            }
+        }
+        self.coordinator.unwatch_invite(mailbox);
+        if snapshots.is_empty() {
+            return Err(RecoveryError::NothingFound(wait.as_secs()).into());
+        }
+        // Every member can post here (the mailbox's secret is in the roster), a device
+        // removed since too: a snapshot by a device any snapshot says was removed is not
+        // taken. Of the rest, the latest epoch's.
+        let removed: BTreeSet<DeviceId> = snapshots
+            .iter()
+            .flat_map(|s| s.admission.removed.iter().copied())
+            .collect();
+        let joined = snapshots
+            .into_iter()
+            .filter(|s| !removed.contains(&s.admitted_by))
+            .max_by_key(|s| s.admission.epoch.number)
+            .ok_or(RecoveryError::Conflicting)?;
+        tracing::debug!(
+            epoch = joined.admission.epoch.number.0,
+            author = %joined.admitted_by.short(),
+            "recovering from a snapshot"
+        );
+        let id = GroupId(joined.admission.group);
+        if self.groups().await?.iter().any(|(g, _)| *g == id) {
+            return Err(RecoveryError::AlreadyInGroup(id.0.short()).into());
+        }
+        let epoch = joined.admission.epoch;
+        let own = RosterOp {
+            author: self.device_id,
+            epoch,
+            at_ms: self.clock.now_unix_ms(),
+            change: Change::Add {
+                device: self.device_id,
+                wrap_key: self.wrap.public(),
+                name: self.device_name.clone(),
+                via: None,
+                recovery: None,
+                endorsed: Some(keys.endorse(
+                    &epoch,
+                    &self.device_id,
+                    &self.wrap.public(),
+                    &self.device_name,
+                )),
+            },
+        };
+        let group = self.keep_admission(&joined, Some(&own)).await?;
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&own, &mut cbor)
+            .map_err(|e| StoreError::Db(format!("roster operation: {e}")))?;
+        let written = self.coordinator.write_roster_op(group, cbor).await?;
+        if let Some((_, blob_id)) = written.first() {
+            let left = wait.saturating_sub(started.elapsed()).max(RECOVERY_SETTLE);
+            self.wait_acked(group, *blob_id, Some(left)).await?;
+        }
+        Ok(group)
     }
 
     /// Pair a new device with `group` by a short code (the device in the group's side):
@@ -644,10 +811,10 @@ impl Client {
             mailbox,
             seed,
             relays,
-            request: (
+            request: Some((
                 BlobId(*blake3::hash(&first).as_bytes()),
                 bytes::Bytes::from(first),
-            ),
+            )),
             items,
             admission_group,
         })?;

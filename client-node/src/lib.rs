@@ -33,5 +33,6 @@ pub use zerok_messages::client::{
     ClientError, DeviceInfo, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
 };
 pub use zerok_messages::errors::{
-    InvalidInput, InviteError, PairingError, PassphraseError, StoreError, TokenError, TokenRefusal,
+    InvalidInput, InviteError, PairingError, PassphraseError, RecoveryError, StoreError,
+    TokenError, TokenRefusal,
 };

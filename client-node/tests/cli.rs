@@ -368,3 +368,53 @@ async fn devices_remove_rekeys_the_group_and_the_removed_home_can_push_no_more()
     let stderr = failed(&zerok(&b, &["push", "still here"]), 1);
     assert!(stderr.contains("removed"), "{stderr}");
 }
+
+/// `zerok init --recover` on `home` with `phrase` in the environment.
+fn recover(home: &Path, addr: &str, phrase: &str, wait: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zerok"))
+        .arg("--home")
+        .arg(home)
+        .args(["init", "--recover", "--relay", addr, "--wait", wait])
+        .env_remove("ZEROK_HOME")
+        .env("ZEROK_RECOVERY_PHRASE", phrase)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_recovery_prints_a_phrase_that_init_recover_joins_the_group_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let addr_text = std::fs::read_to_string(relay.data_dir().join("relay.addr")).unwrap();
+    let addr = addr_text.trim();
+    let a = dir.path().join("a");
+    ok(&zerok(&a, &["init", "--relay", addr]));
+    ok(&zerok(&a, &["push", "kept on the relay"]));
+    let exported = zerok(&a, &["export-recovery"]);
+    let phrase = ok(&exported).trim().to_owned();
+    assert_eq!(phrase.split(' ').count(), 24, "{phrase}");
+    let stderr = String::from_utf8_lossy(&exported.stderr);
+    assert!(
+        stderr.contains(&format!("zerok init --recover --relay {addr}")),
+        "{stderr}"
+    );
+    let listed = ok(&zerok(&a, &["devices"]));
+    assert!(listed.contains("recovery phrase"), "{listed}");
+    std::fs::remove_dir_all(&a).unwrap();
+
+    // A mistyped phrase: one clear line, exit 1, no group made.
+    let b = dir.path().join("b");
+    let words: Vec<&str> = phrase.split(' ').collect();
+    let stderr = failed(&recover(&b, addr, &words[..23].join(" "), "5"), 1);
+    assert!(stderr.contains("24 words"), "{stderr}");
+    assert!(ok(&zerok(&b, &["status"])).contains("no groups"));
+
+    let out = ok(&recover(&b, addr, &phrase, "30"));
+    assert!(out.contains("recovered group"), "{out}");
+    let pulled = ok(&zerok(&b, &["pull"]));
+    assert!(pulled.contains("kept on the relay"), "{pulled}");
+    ok(&zerok(&b, &["push", "from the new device"]));
+    // Recovering again into a home that is set up: refused.
+    let stderr = failed(&recover(&b, addr, &phrase, "5"), 1);
+    assert!(stderr.contains("already set up"), "{stderr}");
+}

@@ -518,3 +518,277 @@ async fn concurrent_removals_converge_to_one_epoch_without_either_device() {
         client.shutdown().await;
     }
 }
+
+/// The statuses' epoch of `group` on `client`.
+async fn epoch_of(client: &Client, group: zerok_client::GroupId) -> u32 {
+    let status = client.status().await.unwrap();
+    status
+        .groups
+        .iter()
+        .find(|g| g.id == group)
+        .map(|g| g.epoch)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_phrase_brings_the_group_back_on_a_new_device_with_none_online() {
+    use zerok_client::RecoveryError;
+    const WAIT: Duration = Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let alice = client_with_clock(dir.path(), "alice", Clock::system()).await;
+    let bob = client_with_clock(dir.path(), "bob", Clock::system()).await;
+    let group = alice
+        .create_group("family", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    let token = alice.invite(group, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(bob.join(&token, None).await.unwrap(), group);
+    alice
+        .push(group, b"before the export".to_vec())
+        .await
+        .unwrap();
+    let phrase = alice.export_recovery(group, WAIT).await.unwrap();
+    assert_eq!(phrase.split(' ').count(), 24, "{}", phrase.as_str());
+    alice
+        .push(group, b"after the export".to_vec())
+        .await
+        .unwrap();
+    bob.sync_now(group).await.unwrap();
+    // The phrase is an entry on every member's roster, added by Alice.
+    let entry = bob
+        .devices(group)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.name == "recovery phrase")
+        .unwrap();
+    assert_eq!(entry.added_by, alice.device_id());
+    let alice_id = alice.device_id();
+    alice.shutdown().await;
+    bob.shutdown().await;
+    std::fs::remove_dir_all(dir.path().join("alice")).unwrap();
+
+    // Every device is offline; a new one recovers with the phrase alone.
+    let nora = client_with_clock(dir.path(), "nora", Clock::system()).await;
+    let mut nora_events = nora.events().unwrap();
+    // Mistyped, or a phrase of no group: clear errors, nothing joined.
+    let mut words: Vec<&str> = phrase.split(' ').collect();
+    words.swap(0, 1);
+    let wrong = nora
+        .recover(&words.join(" "), vec![relay.addr.clone()], WAIT)
+        .await;
+    assert!(
+        matches!(
+            wrong,
+            Err(ClientError::Recovery(RecoveryError::BadPhrase(_)))
+        ) || words[0] == words[1],
+        "{wrong:?}"
+    );
+    let unknown = zerok_actors::crypto::recovery::RecoverySecret::random(
+        &mut zerok_actors::rng::Rng::system(),
+    )
+    .phrase();
+    assert!(matches!(
+        nora.recover(&unknown, vec![relay.addr.clone()], REFUSED_WAIT)
+            .await,
+        Err(ClientError::Recovery(RecoveryError::NothingFound(_)))
+    ));
+    assert!(nora.groups().await.unwrap().is_empty());
+
+    assert_eq!(
+        nora.recover(&phrase, vec![relay.addr.clone()], WAIT)
+            .await
+            .unwrap(),
+        group
+    );
+    // A new device: its own key (not Alice's, not the phrase entry's), added by the entry.
+    let listed = nora.devices(group).await.unwrap();
+    let me = listed.iter().find(|d| d.is_self).unwrap();
+    assert_ne!(me.device, alice_id);
+    assert_ne!(me.device, entry.device);
+    assert_eq!(me.added_by, entry.device);
+    // It reads the group's history from the relay, and writes.
+    let (got, other) = receive(&mut nora_events, 2, WAIT).await;
+    assert_eq!(
+        payloads(&got),
+        ["before the export", "after the export"],
+        "{other:?}"
+    );
+    nora.push(group, b"from nora".to_vec()).await.unwrap();
+    assert!(matches!(
+        nora.recover(&phrase, vec![relay.addr.clone()], WAIT).await,
+        Err(ClientError::Recovery(RecoveryError::AlreadyInGroup(_)))
+    ));
+
+    // Bob comes back: Nora is on his roster and her record is delivered to him.
+    let bob = client_with_clock(dir.path(), "bob", Clock::system()).await;
+    let mut bob_events = bob.events().unwrap();
+    let (got, other) = receive(&mut bob_events, 1, WAIT).await;
+    assert_eq!(payloads(&got), ["from nora"], "{other:?}");
+    assert!(
+        !other
+            .iter()
+            .any(|e| matches!(e, zerok_client::Event::UnknownSender { .. })),
+        "{other:?}"
+    );
+    assert!(
+        bob.devices(group)
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.device == me.device && d.name == "nora")
+    );
+    nora.shutdown().await;
+    bob.shutdown().await;
+}
+
+/// The (stopped) device `carol` posts a snapshot for `phrase` of a made-up epoch 7 that
+/// lists her as its only member, in the phrase's mailbox on `relay`.
+async fn forge_snapshot(
+    dir: &std::path::Path,
+    relay: &zerok_harness::process::RelayProcess,
+    phrase: &str,
+    group: zerok_client::GroupId,
+) {
+    use zerok_actors::crypto::admit::{self, Admission, Kind};
+    use zerok_actors::crypto::recovery::{ENTRY_NAME, RecoverySecret};
+    use zerok_actors::crypto::roster::{EpochId, Member, SecretBytes};
+    use zerok_actors::crypto::wrap::{Purpose, WrapContext, wrap};
+    let keys = RecoverySecret::parse(phrase).unwrap().keys();
+    let (carol, _) = member_keys(dir, "carol");
+    let mut rng = zerok_actors::rng::Rng::system();
+    let member = |device, wrap_key, name: &str, recovery| Member {
+        device,
+        wrap_key,
+        name: name.to_owned(),
+        added_by: carol.device_id(),
+        added_at_ms: 0,
+        via: None,
+        recovery,
+    };
+    let epoch = EpochId {
+        number: Epoch(7),
+        origin: [7; 32],
+    };
+    let context = WrapContext {
+        purpose: Purpose::Admission,
+        group: group.0,
+        written_in: epoch,
+        opens: epoch.number,
+        author: carol.device_id(),
+        recipient: keys.entry_id(),
+    };
+    let carol_entry = member(carol.device_id(), [1; 32], "carol", None);
+    let forged = Admission {
+        joiner: keys.entry_id(),
+        group: group.0,
+        group_name: "family".into(),
+        relays: vec![relay.addr.to_string()],
+        epoch,
+        wrapped: wrap(&keys.wrap().public(), &context, &[0x66; 32], &mut rng).unwrap(),
+        founder: carol_entry.clone(),
+        members: vec![
+            carol_entry,
+            member(
+                keys.entry_id(),
+                keys.wrap().public(),
+                ENTRY_NAME,
+                Some(SecretBytes(*keys.mailbox_secret())),
+            ),
+        ],
+        removed: Vec::new(),
+    };
+    let sealed = admit::seal(&keys.mailbox(), Kind::Admission, &carol, &forged, &mut rng).unwrap();
+    push_raw(relay, keys.mailbox().signer(), sealed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phrase_follows_rekeys_and_removing_its_entry_revokes_it() {
+    use zerok_client::Event;
+    const WAIT: Duration = Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (alice, bob, carol, group) = three_devices(dir.path(), vec![relay.addr.clone()]).await;
+    let phrase = alice.export_recovery(group, WAIT).await.unwrap();
+    bob.sync_now(group).await.unwrap();
+    // Carol is removed: the group moves to epoch 1, and the phrase with it (the rekey wraps
+    // its secret to the phrase's entry; members post a snapshot of the new epoch).
+    let mut bob_events = bob.events().unwrap();
+    alice.remove_device(group, carol.device_id()).await.unwrap();
+    events_until(&mut bob_events, WAIT, |e| {
+        matches!(e, Event::EpochChanged { epoch: 1, .. })
+    })
+    .await;
+    carol.shutdown().await;
+    // Carol, removed, knew the phrase's mailbox (its secret is in the roster entry): she
+    // posts a snapshot of an epoch of her own making, a higher one. The members' snapshots
+    // say she was removed, so a recovering device does not take hers.
+    forge_snapshot(dir.path(), &relay, &phrase, group).await;
+    let nora = client_with_clock(dir.path(), "nora", Clock::system()).await;
+    nora.recover(&phrase, vec![relay.addr.clone()], WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        epoch_of(&nora, group).await,
+        1,
+        "recovered into the new epoch"
+    );
+    nora.push(group, b"nora in epoch 1".to_vec()).await.unwrap();
+    let (got, other) = receive(&mut bob_events, 1, WAIT).await;
+    assert_eq!(payloads(&got), ["nora in epoch 1"], "{other:?}");
+
+    // Bob removes the phrase's entry: a rekey to epoch 2 that does not wrap to it.
+    let entry = bob
+        .devices(group)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.name == "recovery phrase")
+        .unwrap();
+    let mut alice_events = alice.events().unwrap();
+    bob.remove_device(group, entry.device).await.unwrap();
+    events_until(&mut alice_events, WAIT, |e| {
+        matches!(e, Event::EpochChanged { epoch: 2, .. })
+    })
+    .await;
+    bob.push(group, b"after the revocation".to_vec())
+        .await
+        .unwrap();
+    // The phrase still opens the old snapshots on the relay (epoch 1), but a device
+    // recovered with it now is not in epoch 2: it reads nothing written there, and what it
+    // writes is reported to the members, never delivered.
+    let mallory = client_with_clock(dir.path(), "mallory", Clock::system()).await;
+    let mut mallory_events = mallory.events().unwrap();
+    mallory
+        .recover(&phrase, vec![relay.addr.clone()], WAIT)
+        .await
+        .unwrap();
+    let _ = mallory.enqueue(group, b"from mallory".to_vec()).await;
+    let (got, _) = receive(&mut mallory_events, 3, Duration::from_secs(5)).await;
+    assert!(
+        !payloads(&got).contains(&"after the revocation".to_owned()),
+        "{got:?}"
+    );
+    let seen = events_until(
+        &mut alice_events,
+        WAIT,
+        |e| matches!(e, Event::UnknownSender { sender, .. } if *sender == mallory.device_id()),
+    )
+    .await;
+    assert!(
+        !payloads(&seen).contains(&"from mallory".to_owned()),
+        "{seen:?}"
+    );
+    assert!(
+        alice
+            .devices(group)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.device != mallory.device_id() && d.name != "recovery phrase")
+    );
+    for client in [alice, bob, nora, mallory] {
+        client.shutdown().await;
+    }
+}

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use zerok_actors::crypto::join::sign_join;
-use zerok_actors::crypto::keys::EpochKeys;
+use zerok_actors::crypto::keys::{EpochKeys, MailboxSigner};
 use zerok_actors::link::hello::{HelloError, Welcomed, hello};
 use zerok_actors::link::{Dialer, LinkError, LinkSender};
 use zerok_messages::sync::lock;
@@ -198,6 +198,25 @@ impl ProtoClient {
     pub async fn join(&self, keys: &EpochKeys) -> Result<Cursor, ProtoError> {
         let proof = sign_join(keys, &self.relay_id, &self.device_id, &self.nonce);
         self.join_with(keys, proof).await
+    }
+
+    /// Join the mailbox of any signer (an invite's, a recovery phrase's) with a proof for
+    /// this connection. Returns its latest cursor.
+    pub async fn join_signer(&self, signer: &MailboxSigner) -> Result<Cursor, ProtoError> {
+        let proof = sign_join(signer, &self.relay_id, &self.device_id, &self.nonce);
+        let mailbox_key = signer.mailbox_key();
+        match self
+            .request(|req| Frame::Join {
+                req,
+                mailbox_key,
+                proof,
+                admission: None,
+            })
+            .await?
+        {
+            Frame::Joined { latest, .. } => Ok(latest),
+            other => Err(refused(other)),
+        }
     }
 
     /// Join with a given proof (tests of bad proofs).

@@ -4,7 +4,9 @@
 //! keys travel as bytes ([`EpochSecret`], [`MailboxSeed`]) and each actor derives what it
 //! needs from them, so nothing here depends on the actors.
 
-pub use crate::errors::{InvalidInput, InviteError, PairingError, PassphraseError, StoreError};
+pub use crate::errors::{
+    InvalidInput, InviteError, PairingError, PassphraseError, RecoveryError, StoreError,
+};
 use crate::link::{LinkEvent, LinkReceiver, LinkSender};
 use crate::wire::AdmissionText;
 use crate::{BlobId, DeviceId, Epoch, ErrorCode, Item, Limits, MailboxId, RelayAddr};
@@ -318,6 +320,9 @@ pub enum ClientError {
     /// Pairing with a short code failed.
     #[error("pairing: {0}")]
     Pairing(#[from] PairingError),
+    /// Making or using a recovery phrase failed.
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
     /// The group keeps no roster: it was joined with a version-1 invite, before rosters.
     #[error("group {0} has no device roster (it was joined with an invite from an older zerok)")]
     NoRoster(GroupId),
@@ -368,14 +373,28 @@ pub struct InviteWatch {
     pub seed: MailboxSeed,
     /// The relays to meet on.
     pub relays: Vec<RelayAddr>,
-    /// The sealed join request to post: `(blob_id, bytes)`.
-    pub request: (BlobId, Bytes),
+    /// The sealed join request to post, `(blob_id, bytes)`, if any (a recovering device
+    /// only reads).
+    pub request: Option<(BlobId, Bytes)>,
     /// Where the mailbox's items go.
     pub items: tokio::sync::mpsc::Sender<Vec<Item>>,
     /// The group whose admission tokens the Joins carry (a relay that admits by token
     /// creates the mailbox only for a holder), if this device is in one.
     pub admission_group: Option<GroupId>,
 }
+
+/// A recovery phrase's entry is on the roster (durable here).
+#[derive(Debug)]
+pub struct RecoveryAdded {
+    /// The id of the record carrying the entry's `Add` (wait for its ack).
+    pub add: BlobId,
+    /// Fires once a relay acked the first snapshot in the phrase's mailbox.
+    pub snapshot_acked: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// How often a long-running member posts a fresh snapshot in each recovery mailbox it keeps
+/// (well inside the relays' default retention of 7 days).
+pub const RECOVERY_REFRESH: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A group this device belongs to.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1029,6 +1048,33 @@ pub enum CoordMsg {
         /// The `Add`'s outbox seq.
         seq: u64,
     },
+    /// Put a recovery phrase's entry on a group's roster (`entry`, its wrap key and its
+    /// snapshot mailbox's secret) and keep the group's snapshot in that mailbox.
+    AddRecovery {
+        /// The group.
+        group: GroupId,
+        /// The entry's id (its Ed25519 key).
+        entry: DeviceId,
+        /// Its X25519 key.
+        wrap_key: [u8; 32],
+        /// The snapshot mailbox's secret.
+        mailbox_secret: Zeroizing<[u8; 32]>,
+        /// Answered once the entry's `Add` is durable here.
+        reply: RpcReplyPort<Result<RecoveryAdded, ClientError>>,
+    },
+    /// Write a roster operation of this device (CBOR of an operation whose author is this
+    /// device): a recovered device's self-add. Answered once it is durable here.
+    WriteRosterOp {
+        /// The group.
+        group: GroupId,
+        /// The operation's CBOR.
+        op: Vec<u8>,
+        /// Its outbox `(seq, blob_id)`.
+        reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
+    },
+    /// Time to post fresh snapshots in the recovery mailboxes this device keeps (the
+    /// relays' retention must not drop them).
+    RecoveryRefreshDue,
     /// Remove a device from a group's roster: re-key the group without it.
     RemoveDevice {
         /// The group.

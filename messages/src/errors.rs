@@ -75,6 +75,32 @@ pub enum PairingError {
     NoAnswer(u64),
 }
 
+/// Why making or using a recovery phrase failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryError {
+    /// Not a phrase (word count, an unknown word, a wrong checksum).
+    #[error("{0}")]
+    BadPhrase(String),
+    /// No relay given had a snapshot of a group for this phrase in time.
+    #[error(
+        "no group found for this phrase on the relays given within {0} s (is the relay address the one `zerok export-recovery` printed? a phrase whose entry was removed, or whose group had no device online within the relays' retention, finds nothing)"
+    )]
+    NothingFound(u64),
+    /// The phrase's entry or snapshot did not reach a relay in time: the phrase is not
+    /// given out (the entry stays on the roster, harmless; remove it with `zerok devices`).
+    #[error("the recovery phrase did not reach a relay within {0} s; try again when a relay is up")]
+    NotOnRelay(u64),
+    /// Every snapshot found was posted by a device another snapshot says was removed.
+    #[error(
+        "the snapshots found for this phrase contradict each other (a removed device posted one); recover from a phrase exported after the removal"
+    )]
+    Conflicting,
+    /// This device is in the phrase's group already.
+    #[error("this device is in group {0} already; recover on a new device (a new home)")]
+    AlreadyInGroup(String),
+}
+
 /// Why a passphrase could not become a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

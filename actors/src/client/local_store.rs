@@ -1228,6 +1228,7 @@ mod tests {
             added_by: DeviceId([1; 32]),
             added_at_ms: 0,
             via: None,
+            recovery: None,
         };
         let add = |device: u8| RosterOp {
             author: DeviceId([1; 32]),
@@ -1238,6 +1239,8 @@ mod tests {
                 wrap_key: [device; 32],
                 name: format!("d{device}"),
                 via: None,
+                recovery: None,
+                endorsed: None,
             },
         };
         {

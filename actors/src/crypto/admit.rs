@@ -119,6 +119,10 @@ pub struct Admission {
     pub founder: Member,
     /// The members of `epoch` (the joiner among them).
     pub members: Vec<Member>,
+    /// Devices removed on the way to `epoch` (a recovery snapshot's: a recovering device
+    /// disregards snapshots by any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<DeviceId>,
 }
 
 /// What a sealed message is (bound into its AEAD data and its signature).
@@ -351,6 +355,8 @@ impl Admitter<'_> {
                 wrap_key: request.wrap_key,
                 name: request.name.clone(),
                 via: Some(*invite_id),
+                recovery: None,
+                endorsed: None,
             },
         });
         // The members the joiner will see: the head's, with itself as the add will make it.
@@ -363,6 +369,7 @@ impl Admitter<'_> {
                 added_by: me,
                 added_at_ms: now_ms,
                 via: Some(*invite_id),
+                recovery: None,
             });
         }
         let context = WrapContext {
@@ -384,6 +391,7 @@ impl Admitter<'_> {
             wrapped,
             founder: self.roster.founder().clone(),
             members,
+            removed: Vec::new(),
         };
         let admission = seal(&keys, Kind::Admission, self.device, &admission, rng)
             .map_err(Refusal::BadRequest)?;
@@ -513,6 +521,7 @@ mod tests {
             added_by: member.device_id(),
             added_at_ms: 0,
             via: None,
+            recovery: None,
         };
         let admission = Admission {
             joiner: got.device,
@@ -523,6 +532,7 @@ mod tests {
             wrapped: wrap(&got.wrap_key, &context, &epoch_secret, &mut rng).expect("wrap"),
             founder: founder.clone(),
             members: vec![founder],
+            removed: Vec::new(),
         };
         let sealed = seal(&invite, Kind::Admission, &member, &admission, &mut rng).expect("seal");
         assert!(
@@ -619,6 +629,7 @@ mod tests {
             added_by: founder.device_id(),
             added_at_ms: 0,
             via: None,
+            recovery: None,
         });
         let group_secret = [0x33; 32];
         let group = crate::crypto::keys::GroupSecret::from_bytes(group_secret)

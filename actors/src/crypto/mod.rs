@@ -9,7 +9,8 @@
 //! - [`invite`]: the versioned, checksummed invite token.
 //! - [`roster`]: the device roster (who may write in which epoch), derived from signed
 //!   operations; [`wrap`]: epoch secrets wrapped to a device (HPKE); [`admit`]: the
-//!   messages of an admission by invite; [`pair`]: short-code pairing with SPAKE2 (issue 14).
+//!   messages of an admission by invite; [`pair`]: short-code pairing with SPAKE2;
+//!   [`recovery`]: recovery phrases (issue 14).
 //!
 //! Secrets are zeroized on drop and never printed: their `Debug` says `[redacted]`.
 
@@ -19,6 +20,7 @@ pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod pair;
+pub mod recovery;
 pub mod roster;
 pub mod seq;
 pub mod wrap;

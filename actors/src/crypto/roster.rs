@@ -46,6 +46,8 @@ pub const EPOCH_MEMBERS_MAX: usize = 256;
 pub const DEVICE_NAME_BYTES_MAX: usize = 64;
 /// BLAKE3 key-derivation context of an operation's id.
 const OP_ID_CONTEXT: &str = "zerok roster op v1";
+/// Domain of an [`Endorsement`]'s signature.
+const ENDORSE_DOMAIN: &[u8] = b"zerok roster endorse v1";
 
 /// An operation's id: BLAKE3 (keyed by [`OP_ID_CONTEXT`]) of its canonical CBOR.
 pub type OpId = [u8; 32];
@@ -84,6 +86,10 @@ pub struct Member {
     pub added_at_ms: u64,
     /// The invite it was admitted with (its invite mailbox id), if any.
     pub via: Option<MailboxId>,
+    /// A recovery phrase's entry (not a device): the secret of the mailbox its members
+    /// keep a snapshot of the group in (`crate::crypto::recovery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<SecretBytes>,
 }
 
 /// A secret inside a roster operation (an invite's): redacted in `Debug`, zeroized on drop.
@@ -131,6 +137,13 @@ pub enum Change {
         name: String,
         /// The invite it was admitted with, if any (which uses the invite up).
         via: Option<MailboxId>,
+        /// For a recovery phrase's entry: its snapshot mailbox's secret.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovery: Option<SecretBytes>,
+        /// For a device that adds itself with a recovery phrase: the phrase entry's
+        /// signature over the add ([`Endorsement`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endorsed: Option<Endorsement>,
     },
     /// Make an invite known to every member, so any of them can admit with it.
     Invite {
@@ -148,6 +161,51 @@ pub enum Change {
         /// The next epoch's secret, wrapped to each remaining member (opaque here).
         wrapped: BTreeMap<DeviceId, serde_bytes::ByteBuf>,
     },
+}
+
+/// A member's signature that lets a device add itself (`Change::Add` with `author ==
+/// device`): what a recovery phrase's entry gives a new device ([`endorsement_message`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endorsement {
+    /// The member that signs (a recovery phrase's entry).
+    pub by: DeviceId,
+    /// Its Ed25519 signature over [`endorsement_message`].
+    pub signature: zerok_messages::Signature64,
+}
+
+/// What an [`Endorsement`] signs: the epoch, device, wrap key and name of the add.
+pub fn endorsement_message(
+    epoch: &EpochId,
+    device: &DeviceId,
+    wrap_key: &[u8; 32],
+    name: &str,
+) -> Vec<u8> {
+    let mut message = ENDORSE_DOMAIN.to_vec();
+    message.extend_from_slice(&epoch.number.0.to_be_bytes());
+    message.extend_from_slice(&epoch.origin);
+    message.extend_from_slice(device.as_bytes());
+    message.extend_from_slice(wrap_key);
+    message.extend_from_slice(name.as_bytes());
+    message
+}
+
+/// Whether `endorsed` is `by`'s valid signature of the self-add of `device`.
+fn endorsement_verifies(
+    endorsed: &Endorsement,
+    epoch: &EpochId,
+    device: &DeviceId,
+    wrap_key: &[u8; 32],
+    name: &str,
+) -> bool {
+    use ed25519_dalek::{Signature, VerifyingKey};
+    let Ok(key) = VerifyingKey::from_bytes(endorsed.by.as_bytes()) else {
+        return false;
+    };
+    key.verify_strict(
+        &endorsement_message(epoch, device, wrap_key, name),
+        &Signature::from_bytes(&endorsed.signature.0),
+    )
+    .is_ok()
 }
 
 /// A roster operation as a device wrote it: `author` is the sender of the record that
@@ -308,6 +366,40 @@ impl Roster {
             .is_some_and(|view| view.members.contains_key(device))
     }
 
+    /// Whether `op` is a device's add of itself that a member of the op's epoch endorsed
+    /// (a device recovered with a phrase): it counts without its author being a member.
+    pub fn admits_itself(&self, op: &Op) -> bool {
+        let Change::Add {
+            device,
+            wrap_key,
+            name,
+            endorsed: Some(endorsed),
+            ..
+        } = &op.change
+        else {
+            return false;
+        };
+        op.author == *device
+            && self.is_member(&op.epoch, &endorsed.by)
+            && endorsement_verifies(endorsed, &op.epoch, device, wrap_key, name)
+    }
+
+    /// Whether a rekey on the way from this roster's base to its head removed `device`.
+    pub fn removed(&self, device: &DeviceId) -> bool {
+        self.removed_devices().contains(device)
+    }
+
+    /// Every device a rekey on the way from this roster's base to its head removed.
+    pub fn removed_devices(&self) -> BTreeSet<DeviceId> {
+        let mut removed = BTreeSet::new();
+        let mut at = Some(self.base);
+        while let Some(view) = at.and_then(|epoch| self.epochs().get(&epoch)) {
+            removed.extend(view.removed.iter().copied());
+            at = view.next;
+        }
+        removed
+    }
+
     /// Whether `device` is a member of any epoch known (a device never admitted, such as a
     /// copied home dir with its new key, is not).
     pub fn was_member(&self, device: &DeviceId) -> bool {
@@ -406,11 +498,12 @@ impl Roster {
             let ops = by_epoch.get(&epoch).map(Vec::as_slice).unwrap_or_default();
             add_fixpoint(&mut members, ops);
             // Valid rekeys from this epoch: by members, to the next number.
-            let rekeys: Vec<(&OpId, &BTreeSet<DeviceId>)> = ops
+            type Wraps = BTreeMap<DeviceId, serde_bytes::ByteBuf>;
+            let rekeys: Vec<(&OpId, &DeviceId, &BTreeSet<DeviceId>, &Wraps)> = ops
                 .iter()
                 .filter(|(_, op)| members.contains_key(&op.author))
                 .filter_map(|(id, op)| match &op.change {
-                    Change::Rekey { removed, .. } => Some((*id, removed)),
+                    Change::Rekey { removed, wrapped } => Some((*id, &op.author, removed, wrapped)),
                     Change::Add { .. } | Change::Invite { .. } => None,
                 })
                 .collect();
@@ -418,24 +511,30 @@ impl Roster {
             if let Some(number) = epoch.number.0.checked_add(1) {
                 let gone: BTreeSet<DeviceId> = rekeys
                     .iter()
-                    .flat_map(|(_, removed)| removed.iter().copied())
-                    .collect();
-                let kept: BTreeMap<DeviceId, Member> = members
-                    .iter()
-                    .filter(|(device, _)| !gone.contains(*device))
-                    .map(|(device, member)| (*device, member.clone()))
+                    .flat_map(|(_, _, removed, _)| removed.iter().copied())
                     .collect();
                 // Ids are sorted: the first valid rekey is the winner.
-                next = rekeys.first().map(|(id, _)| EpochId {
+                next = rekeys.first().map(|(id, ..)| EpochId {
                     number: Epoch(number),
                     origin: **id,
                 });
-                for (id, _) in &rekeys {
+                // A child's members are the parent's that its rekey gave the secret to (and
+                // its author), less every removal: a device added in the parent after the
+                // rekey was written (by a device the rekey removed, say) is not one.
+                for (id, author, _, wrapped) in &rekeys {
                     let child = EpochId {
                         number: Epoch(number),
                         origin: **id,
                     };
-                    todo.push((child, Some(epoch), kept.clone(), gone.clone()));
+                    let kept: BTreeMap<DeviceId, Member> = members
+                        .iter()
+                        .filter(|(device, _)| {
+                            !gone.contains(*device)
+                                && (wrapped.contains_key(*device) || *device == *author)
+                        })
+                        .map(|(device, member)| (*device, member.clone()))
+                        .collect();
+                    todo.push((child, Some(epoch), kept, gone.clone()));
                 }
             }
             epochs.insert(
@@ -478,14 +577,29 @@ fn add_fixpoint(members: &mut BTreeMap<DeviceId, Member>, ops: &[(&OpId, &Op)]) 
                 wrap_key,
                 name,
                 via,
+                recovery,
+                endorsed,
             } = &op.change
             else {
                 continue;
             };
-            if members.len() >= EPOCH_MEMBERS_MAX
-                || members.contains_key(device)
-                || !members.contains_key(&op.author)
-            {
+            // By a member, or by the device itself with a member's endorsement (which is
+            // then who added it).
+            let added_by = if members.contains_key(&op.author) {
+                op.author
+            } else {
+                match endorsed {
+                    Some(e)
+                        if op.author == *device
+                            && members.contains_key(&e.by)
+                            && endorsement_verifies(e, &op.epoch, device, wrap_key, name) =>
+                    {
+                        e.by
+                    }
+                    _ => continue,
+                }
+            };
+            if members.len() >= EPOCH_MEMBERS_MAX || members.contains_key(device) {
                 continue;
             }
             members.insert(
@@ -494,9 +608,10 @@ fn add_fixpoint(members: &mut BTreeMap<DeviceId, Member>, ops: &[(&OpId, &Op)]) 
                     device: *device,
                     wrap_key: *wrap_key,
                     name: name.clone(),
-                    added_by: op.author,
+                    added_by,
                     added_at_ms: op.at_ms,
                     via: *via,
+                    recovery: recovery.clone(),
                 },
             );
             changed = true;
@@ -524,6 +639,7 @@ mod tests {
             added_by: dev(n),
             added_at_ms: 0,
             via: None,
+            recovery: None,
         }
     }
 
@@ -537,6 +653,8 @@ mod tests {
                 wrap_key: [device ^ 0x55; 32],
                 name: format!("device {device}"),
                 via: None,
+                recovery: None,
+                endorsed: None,
             },
         }
     }
@@ -659,9 +777,9 @@ mod tests {
     }
 
     #[test]
-    fn a_late_add_in_the_old_epoch_carries_into_the_next() {
-        // 2 adds 5 in epoch 0 while 1 rekeys (removing 3): 5 is a member of epoch 1 too,
-        // though the rekey did not wrap to it (a member shares the key; not this module's).
+    fn an_add_the_rekey_did_not_wrap_to_stays_in_the_old_epoch() {
+        // 2 adds 5 in epoch 0 while 1 rekeys (removing 3): 5 is a member of epoch 0 only
+        // (the rekey gave it no secret); it is not removed either.
         let mut roster = Roster::new(member(1));
         roster
             .apply_many([add(1, G, 2), add(1, G, 3)])
@@ -669,7 +787,107 @@ mod tests {
         let removal = rekey(1, G, &[3], &[1, 2]);
         roster.apply(removal.clone()).expect("kept");
         roster.apply(add(2, G, 5)).expect("kept");
-        assert_eq!(members(&roster, &next_of(&removal)), vec![1, 2, 5]);
+        assert_eq!(members(&roster, &next_of(&removal)), vec![1, 2]);
+        assert!(roster.is_member(&G, &dev(5)));
+        assert!(!roster.removed(&dev(5)));
+        assert!(roster.removed(&dev(3)));
+    }
+
+    #[test]
+    fn a_removed_device_cannot_carry_a_device_it_adds_afterwards_into_the_next_epoch() {
+        // 3 is removed; it then adds 7 in epoch 0 (where it is still a member). 7 must not
+        // be a member of epoch 1: a later rekey would wrap the group's secret to it.
+        let mut roster = Roster::new(member(1));
+        roster
+            .apply_many([add(1, G, 2), add(1, G, 3)])
+            .expect("kept");
+        let removal = rekey(1, G, &[3], &[1, 2]);
+        roster.apply(removal.clone()).expect("kept");
+        roster.apply(add(3, G, 7)).expect("kept");
+        let e1 = next_of(&removal);
+        assert!(roster.is_member(&G, &dev(7)));
+        assert!(!roster.is_member(&e1, &dev(7)));
+        assert!(
+            roster.members().all(|m| m.device != dev(7)),
+            "a rekey from epoch 1 wraps to the head's members"
+        );
+    }
+
+    /// `device` adding itself in `epoch`, endorsed by `key`.
+    fn self_add(key: &ed25519_dalek::SigningKey, epoch: EpochId, device: u8) -> Op {
+        use ed25519_dalek::Signer;
+        let (wrap_key, name) = ([device ^ 0x55; 32], format!("device {device}"));
+        let message = endorsement_message(&epoch, &dev(device), &wrap_key, &name);
+        Op {
+            author: dev(device),
+            epoch,
+            at_ms: 3000,
+            change: Change::Add {
+                device: dev(device),
+                wrap_key,
+                name,
+                via: None,
+                recovery: None,
+                endorsed: Some(Endorsement {
+                    by: DeviceId(key.verifying_key().to_bytes()),
+                    signature: zerok_messages::Signature64(key.sign(&message).to_bytes()),
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn a_device_adds_itself_only_with_a_members_endorsement_of_exactly_that_add() {
+        let phrase = ed25519_dalek::SigningKey::from_bytes(&[0x42; 32]);
+        let phrase_id = DeviceId(phrase.verifying_key().to_bytes());
+        let stranger = ed25519_dalek::SigningKey::from_bytes(&[0x43; 32]);
+        let mut roster = Roster::new(member(1));
+        // Endorsed by a key that is not on the roster: nothing.
+        roster.apply(self_add(&phrase, G, 6)).expect("kept");
+        assert!(!roster.is_member(&G, &dev(6)));
+        // Once 1 puts the phrase's entry on the roster, its endorsement counts.
+        let mut entry = add(1, G, 0);
+        if let Change::Add { device, .. } = &mut entry.change {
+            *device = phrase_id;
+        }
+        roster.apply(entry).expect("kept");
+        assert!(roster.is_member(&G, &dev(6)));
+        // A stranger's endorsement, one for another epoch, or a changed name do not count.
+        roster.apply(self_add(&stranger, G, 8)).expect("kept");
+        assert!(!roster.is_member(&G, &dev(8)));
+        let mut renamed = self_add(&phrase, G, 9);
+        if let Change::Add { name, .. } = &mut renamed.change {
+            *name = "another".into();
+        }
+        roster.apply(renamed).expect("kept");
+        assert!(!roster.is_member(&G, &dev(9)));
+        let elsewhere = EpochId {
+            number: Epoch(1),
+            origin: [7; 32],
+        };
+        let mut moved = self_add(&phrase, elsewhere, 10);
+        moved.epoch = G;
+        roster.apply(moved).expect("kept");
+        assert!(!roster.is_member(&G, &dev(10)));
+        // Nor does an endorsement carried by another author (not a member) than the device
+        // it adds.
+        let mut relayed = self_add(&phrase, G, 11);
+        relayed.author = dev(12);
+        roster.apply(relayed).expect("kept");
+        assert!(!roster.is_member(&G, &dev(11)));
+    }
+
+    #[test]
+    fn an_old_operation_encodes_and_hashes_as_before_the_recovery_fields() {
+        // Ops written before `recovery`/`endorsed` existed keep their ids (they are stored
+        // and referenced by id: an epoch's origin is one).
+        let op = add(1, G, 2);
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&op, &mut cbor).expect("cbor");
+        let text = String::from_utf8_lossy(&cbor);
+        assert!(!text.contains("recovery") && !text.contains("endorsed"));
+        let back: Op = ciborium::from_reader(cbor.as_slice()).expect("parse");
+        assert_eq!(back, op);
     }
 
     #[test]

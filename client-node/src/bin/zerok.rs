@@ -62,6 +62,22 @@ enum Command {
         /// names its relay, which must be one of --relay; repeatable). It is a secret.
         #[arg(long = "admission", value_name = "TOKEN")]
         admissions: Vec<String>,
+        /// Join the group of a recovery phrase (from `zerok export-recovery`; read from
+        /// ZEROK_RECOVERY_PHRASE or the first line of stdin) as a new device, instead of
+        /// creating a group. --relay is the relay the export printed.
+        #[arg(long, conflicts_with_all = ["passphrase", "admissions"])]
+        recover: bool,
+        /// With --recover: seconds to look for the group on the relays.
+        #[arg(long, default_value_t = 60, value_name = "SECS", requires = "recover")]
+        wait: u64,
+    },
+    /// Make a recovery phrase for the group and print it: 24 words that let a new device
+    /// join on its own (`zerok init --recover`) if every device is lost. It is a secret;
+    /// `zerok devices remove` of its entry revokes it.
+    ExportRecovery {
+        /// Seconds to wait for a relay to take the phrase's entry and snapshot.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        wait: u64,
     },
     /// Print an invite token for the group (it is a secret).
     Invite {
@@ -232,15 +248,20 @@ fn default_home() -> Result<PathBuf, Failure> {
 }
 
 fn read_passphrase() -> Result<String, Failure> {
-    if let Ok(passphrase) = std::env::var("ZEROK_PASSPHRASE") {
-        return Ok(passphrase);
+    read_secret_line("ZEROK_PASSPHRASE", "passphrase")
+}
+
+/// A secret from the environment variable `var`, or the first line of stdin.
+fn read_secret_line(var: &str, what: &str) -> Result<String, Failure> {
+    if let Ok(value) = std::env::var(var) {
+        return Ok(value);
     }
-    eprintln!("passphrase (one line on stdin):");
+    eprintln!("{what} (one line on stdin):");
     let mut line = String::new();
     std::io::stdin()
         .lock()
         .read_line(&mut line)
-        .map_err(|e| fail(format!("cannot read the passphrase: {e}")))?;
+        .map_err(|e| fail(format!("cannot read the {what}: {e}")))?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -420,9 +441,64 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Init {
             relays,
+            recover: true,
+            wait,
+            ..
+        } => {
+            let phrase = read_secret_line("ZEROK_RECOVERY_PHRASE", "recovery phrase")?;
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
+            let result = async {
+                if let Some((id, _)) = client.groups().await?.first() {
+                    return Err(fail(format!(
+                        "{} is already set up (group {id}); recover into a new --home",
+                        home.display()
+                    )));
+                }
+                eprintln!("zerok: looking for the phrase's group for up to {wait} s");
+                Ok(client
+                    .recover(&phrase, relays, Duration::from_secs(wait))
+                    .await?)
+            }
+            .await;
+            let device = client.device_id();
+            client.shutdown().await;
+            let group = result?;
+            println!("device {device}");
+            println!("recovered group {group} (this device is new on its roster)");
+            Ok(())
+        }
+        Command::ExportRecovery { wait } => {
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
+            let result = async {
+                let group = pick_group(&client, cli.group).await?;
+                let relays = client.relays(group).await?;
+                let phrase = client
+                    .export_recovery(group, Duration::from_secs(wait))
+                    .await?;
+                Ok::<_, Failure>((phrase, relays))
+            }
+            .await;
+            client.shutdown().await;
+            let (phrase, relays) = result?;
+            eprintln!(
+                "zerok: this recovery phrase is a secret: with it anyone can join the group as a \
+                 new device. Write it down and keep it offline. It is on the group's device list \
+                 as \"recovery phrase\"; removing that entry revokes it. To recover on a new \
+                 device: zerok init --recover{}",
+                relays
+                    .iter()
+                    .map(|r| format!(" --relay {r}"))
+                    .collect::<String>()
+            );
+            println!("{}", phrase.as_str());
+            Ok(())
+        }
+        Command::Init {
+            relays,
             passphrase,
             name,
             admissions,
+            ..
         } => {
             let client = start(&home, false, cli.device_name.as_ref()).await?;
             let existing = client.groups().await?;

@@ -225,12 +225,14 @@ pub fn member_keys(
     )
 }
 
-/// Push `envelope` into the group mailbox of `keys` on `relay` as a raw protocol client.
+/// Push `envelope` into the mailbox of `keys` (a group's, or any other) on `relay` as a
+/// raw protocol client.
 pub async fn push_raw(
     relay: &RelayProcess,
-    keys: &zerok_actors::crypto::keys::EpochKeys,
+    keys: &impl AsRef<zerok_actors::crypto::keys::MailboxSigner>,
     envelope: Vec<u8>,
 ) {
+    let keys = keys.as_ref();
     use zerok_actors::link::iroh::{IrohConfig, IrohNode};
     let node = IrohNode::bind(IrohConfig::new([43; 32], "127.0.0.1:0".parse().unwrap()))
         .await
@@ -238,7 +240,7 @@ pub async fn push_raw(
     let raw = zerok_harness::proto::ProtoClient::connect(&node.dialer(), &relay.addr)
         .await
         .unwrap();
-    raw.join(keys).await.unwrap();
+    raw.join_signer(keys).await.unwrap();
     raw.push(keys.mailbox_id(), bytes::Bytes::from(envelope))
         .await
         .unwrap();

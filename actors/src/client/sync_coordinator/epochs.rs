@@ -139,7 +139,7 @@ fn move_due(state: &GroupState, me: &DeviceId) -> bool {
 }
 
 /// The epoch a group record is in.
-fn current_epoch(record: &GroupRecord) -> EpochId {
+pub(super) fn current_epoch(record: &GroupRecord) -> EpochId {
     let mut origin = [0u8; 32];
     if record.origin.len() == 32 {
         origin.copy_from_slice(&record.origin);
@@ -439,7 +439,13 @@ impl CoordinatorState {
         };
         let head = roster.head();
         if !roster.is_member(&head, &me) {
-            return self.mark_removed(myself, id).await;
+            if roster.removed(&me) {
+                return self.mark_removed(myself, id).await;
+            }
+            // Added while a rekey it did not see was made (the rekey gave it no secret):
+            // not removed, but not in the head epoch either; it must be admitted again.
+            warn!(group = %id.0.short(), "this device is not in the group's current epoch (added while it was re-keyed); staying");
+            return Ok(());
         }
         // Every epoch a rekey wrapped to this device that it does not hold yet.
         let current = current_epoch(&state.record);
@@ -660,6 +666,8 @@ impl CoordinatorState {
         });
         self.rewire(myself).await;
         self.after_switch(myself, id, &switch.head);
+        // The recovery phrases' snapshots follow the group to its new epoch.
+        self.refresh_watches(myself).await;
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! pick timeouts at call sites.
 
 use super::*;
-use zerok_messages::client::{DeviceInfo, Founder, InviteWatch};
+use zerok_messages::client::{DeviceInfo, Founder, InviteWatch, RecoveryAdded};
 
 /// How long a call to the coordinator may take. The coordinator never waits for the app, a
 /// relay or the disk in its handler (seals, opens and flushes run elsewhere), so only a
@@ -166,6 +166,43 @@ impl Coordinator {
                 device,
                 reply
             },
+            millis(CALL_TIMEOUT)
+        )
+        .map_err(stopped)?
+    }
+
+    /// Put a recovery phrase's entry on `group`'s roster and keep its snapshot mailbox.
+    pub async fn add_recovery(
+        &self,
+        group: GroupId,
+        entry: DeviceId,
+        wrap_key: [u8; 32],
+        mailbox_secret: Zeroizing<[u8; 32]>,
+    ) -> Result<RecoveryAdded, ClientError> {
+        ractor::call_t!(
+            self.actor,
+            |reply| CoordMsg::AddRecovery {
+                group,
+                entry,
+                wrap_key,
+                mailbox_secret,
+                reply
+            },
+            millis(CALL_TIMEOUT)
+        )
+        .map_err(stopped)?
+    }
+
+    /// Write this device's roster operation `op` (CBOR) in `group`: its outbox
+    /// `(seq, blob_id)` once durable.
+    pub async fn write_roster_op(
+        &self,
+        group: GroupId,
+        op: Vec<u8>,
+    ) -> Result<Vec<(u64, BlobId)>, ClientError> {
+        ractor::call_t!(
+            self.actor,
+            |reply| CoordMsg::WriteRosterOp { group, op, reply },
             millis(CALL_TIMEOUT)
         )
         .map_err(stopped)?

@@ -17,11 +17,13 @@
 
 use super::*;
 use crate::crypto::admit::{Admitter, InviteKeys, Served};
-use crate::crypto::roster::{Change, Member, Op, Roster, SecretBytes};
+use crate::crypto::roster::{Change, EpochId, Member, Op, Roster, SecretBytes};
 use crate::crypto::seq::SeqVerdict;
 use delivery::Judged;
 use zerok_messages::Item;
-use zerok_messages::client::{DeviceInfo, Founder, InviteWatch, RecordKind, UNWATCH_GRACE};
+use zerok_messages::client::{
+    DeviceInfo, Founder, InviteWatch, RecordKind, RecoveryAdded, UNWATCH_GRACE,
+};
 
 /// Invites of one group whose mailboxes a member watches at once (the latest to expire).
 pub const WATCHED_INVITES_MAX: usize = 16;
@@ -44,6 +46,12 @@ pub(super) enum Role {
     Joiner {
         items: mpsc::Sender<Vec<Item>>,
         admission: Option<GroupId>,
+    },
+    /// A member keeping `group`'s snapshot for a recovery phrase (its latest post is a
+    /// snapshot of `epoch`).
+    Recovery {
+        group: GroupId,
+        epoch: Option<EpochId>,
     },
 }
 
@@ -69,6 +77,8 @@ pub(super) struct Watch {
     pub(super) serial: u64,
     /// Unwatched: it ends once every post is acked, or at its `UnwatchDue`.
     pub(super) closing: bool,
+    /// Told when a relay next acks a post here.
+    pub(super) on_acked: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// An admission waiting until every relay of the group acked its `Add`.
@@ -90,6 +100,7 @@ pub(super) fn founder_member(founder: &Founder) -> Member {
         added_by: founder.device,
         added_at_ms: founder.at_ms,
         via: None,
+        recovery: None,
     }
 }
 
@@ -102,14 +113,18 @@ pub(super) fn judge(
     state: &mut GroupState,
     record: &OpenedRecord,
 ) -> (Judged, bool) {
-    if let Some(roster) = &state.roster
+    let mut changed = false;
+    if let Some(roster) = &mut state.roster
         && !roster.is_member(&roster.head(), &record.sender)
     {
-        return (Judged::NotMember, false);
+        // A device adding itself with a recovery phrase's endorsement: its first record.
+        if !(record.kind == RecordKind::ROSTER && take_self_add(store, group_id, roster, record)) {
+            return (Judged::NotMember, false);
+        }
+        changed = true;
     }
     let verdict = state.tracker.observe(record.sender, record.seq);
     state.hlc.observe(record.hlc, now_ms);
-    let mut changed = false;
     if let Some(roster) = &mut state.roster {
         let seen = crate::crypto::seq::Hlc::unix_ms(record.hlc);
         let last = state.last_seen.entry(record.sender).or_default();
@@ -119,6 +134,23 @@ pub(super) fn judge(
         }
     }
     (Judged::Seq(verdict), changed)
+}
+
+/// A non-member's roster record: applied only if it is an endorsed self-add that makes its
+/// sender a member of the head epoch (anything else from a non-member is not kept).
+fn take_self_add(
+    store: &LocalStore,
+    group: GroupId,
+    roster: &mut Roster,
+    record: &OpenedRecord,
+) -> bool {
+    let Ok(op) = ciborium::from_reader::<Op, _>(record.payload.as_slice()) else {
+        return false;
+    };
+    if op.author != record.sender || op.epoch != roster.head() || !roster.admits_itself(&op) {
+        return false;
+    }
+    take_op(store, group, roster, record) && roster.is_member(&roster.head(), &record.sender)
 }
 
 /// Apply a received roster operation (its author must be the record's sender); answers
@@ -269,6 +301,8 @@ impl CoordinatorState {
                 wanted.contains_key(id) || (watch.answered && now < watch.expires_at_ms)
             }
             Role::Joiner { .. } => true,
+            // Kept by `keep_snapshots`.
+            Role::Recovery { .. } => true,
         });
         for (id, (group, secret, expires_at_ms)) in wanted {
             if self.watches.contains_key(&id) {
@@ -293,9 +327,11 @@ impl CoordinatorState {
                     acked: BTreeSet::new(),
                     serial,
                     closing: false,
+                    on_acked: Vec::new(),
                 },
             );
         }
+        self.keep_snapshots(false);
         let after: BTreeSet<GroupId> = self.watches.keys().copied().collect();
         if before != after {
             self.rewire(myself).await;
@@ -304,7 +340,6 @@ impl CoordinatorState {
 
     /// `WatchInvite`: the joiner's side.
     pub(super) async fn watch_invite(&mut self, myself: &ActorRef<CoordMsg>, watch: InviteWatch) {
-        let (blob_id, request) = watch.request;
         let serial = self.next_watch_serial();
         self.watches.insert(
             GroupId(watch.mailbox),
@@ -317,11 +352,16 @@ impl CoordinatorState {
                 },
                 expires_at_ms: u64::MAX,
                 answered: false,
-                posts: vec![(1, blob_id, request)],
+                posts: watch
+                    .request
+                    .into_iter()
+                    .map(|(blob_id, request)| (1, blob_id, request))
+                    .collect(),
                 judged: BTreeSet::new(),
                 acked: BTreeSet::new(),
                 serial,
                 closing: false,
+                on_acked: Vec::new(),
             },
         );
         self.rewire(myself).await;
@@ -380,6 +420,9 @@ impl CoordinatorState {
             return;
         };
         watch.acked.insert(seq);
+        for told in watch.on_acked.drain(..) {
+            let _ = told.send(());
+        }
         if watch.closing
             && watch
                 .posts
@@ -409,6 +452,8 @@ impl CoordinatorState {
                 return;
             }
             Role::Member { group } => *group,
+            // A snapshot mailbox: nothing to read there.
+            Role::Recovery { .. } => return,
         };
         let posted: BTreeSet<BlobId> = watch.posts.iter().map(|(_, b, _)| *b).collect();
         for item in items {
@@ -522,11 +567,19 @@ impl CoordinatorState {
 
     /// Post `bytes` in the invite mailbox `watch` on its relays (again on every join).
     pub(super) fn post(&mut self, watch: GroupId, bytes: Vec<u8>) {
+        let Some(w) = self.watches.get(&watch) else {
+            return;
+        };
+        let seq = w.posts.len() as u64 + 1;
+        self.post_as(watch, seq, bytes);
+    }
+
+    /// Post `bytes` as `seq` in the watched mailbox `watch`.
+    fn post_as(&mut self, watch: GroupId, seq: u64, bytes: Vec<u8>) {
         let Some(w) = self.watches.get_mut(&watch) else {
             return;
         };
         let blob_id = BlobId(*blake3::hash(&bytes).as_bytes());
-        let seq = w.posts.len() as u64 + 1;
         let bytes = Bytes::from(bytes);
         w.posts.push((seq, blob_id, bytes.clone()));
         for relay in &w.relays {
@@ -549,6 +602,237 @@ impl CoordinatorState {
                 entries: watch.posts.clone(),
             });
         }
+    }
+
+    /// Keep a snapshot of the group in the mailbox of every recovery phrase on the head
+    /// rosters of the groups this device is a member of (a long-running client starts
+    /// keeping them; a watch an export made is kept either way), post a fresh one where
+    /// the group moved to another epoch since (or everywhere, `force`), and stop keeping
+    /// those of entries no longer on the roster.
+    pub(super) fn keep_snapshots(&mut self, force: bool) {
+        let me = self.args.device.device_id();
+        let mut wanted: BTreeMap<GroupId, (GroupId, Member)> = BTreeMap::new();
+        for (id, state) in &self.groups {
+            let Some(roster) = &state.roster else {
+                continue;
+            };
+            if state.record.removed || !roster.is_member(&roster.head(), &me) {
+                continue;
+            }
+            for entry in roster.members() {
+                if let Some(secret) = &entry.recovery {
+                    let mailbox = InviteKeys::from_secret(&secret.0).mailbox_id();
+                    wanted.insert(GroupId(mailbox), (*id, entry.clone()));
+                }
+            }
+        }
+        self.watches.retain(|id, watch| match watch.role {
+            Role::Recovery { .. } => wanted.contains_key(id),
+            _ => true,
+        });
+        for (mailbox, (group, entry)) in wanted {
+            let Some(head) = self
+                .groups
+                .get(&group)
+                .and_then(|g| g.roster.as_ref())
+                .map(Roster::head)
+            else {
+                continue;
+            };
+            match self.watches.get(&mailbox).map(|w| &w.role) {
+                Some(Role::Recovery { epoch, .. }) if *epoch == Some(head) && !force => continue,
+                Some(Role::Recovery { .. }) => {}
+                // Another watch of the same mailbox (cannot be: the ids are hashes).
+                Some(_) => continue,
+                None if !self.args.receive => continue,
+                None => self.start_keeping(group, &entry),
+            }
+            self.post_snapshot(mailbox, group, &entry, head);
+        }
+    }
+
+    /// Start keeping the snapshot mailbox of `entry` (nothing posted yet).
+    fn start_keeping(&mut self, group: GroupId, entry: &Member) {
+        let Some(secret) = &entry.recovery else {
+            return;
+        };
+        let Some(state) = self.groups.get(&group) else {
+            return;
+        };
+        let keys = InviteKeys::from_secret(&secret.0);
+        let relays = state.relays.clone();
+        let serial = self.next_watch_serial();
+        self.watches.insert(
+            GroupId(keys.mailbox_id()),
+            Watch {
+                seed: keys.signer().seed(),
+                relays,
+                role: Role::Recovery { group, epoch: None },
+                expires_at_ms: u64::MAX,
+                answered: false,
+                posts: Vec::new(),
+                judged: BTreeSet::new(),
+                acked: BTreeSet::new(),
+                serial,
+                closing: false,
+                on_acked: Vec::new(),
+            },
+        );
+    }
+
+    /// Post a fresh snapshot of `group` (its `head` epoch) for `entry` in `mailbox`, in
+    /// place of the one posted before (the relays keep that one until it expires).
+    fn post_snapshot(&mut self, mailbox: GroupId, group: GroupId, entry: &Member, head: EpochId) {
+        let Some(state) = self.groups.get(&group) else {
+            return;
+        };
+        let Some(roster) = &state.roster else {
+            return;
+        };
+        // Not while the group moves to its roster's head: the secret held is the old
+        // epoch's (the move posts one when it is done).
+        if epochs::current_epoch(&state.record) != head {
+            return;
+        }
+        let admitter = Admitter {
+            device: &self.args.device,
+            group: group.0,
+            group_name: &state.record.name,
+            relays: &state.record.relays,
+            roster,
+            epoch_secret: &state.secret.secret,
+        };
+        let bytes = match crate::crypto::recovery::snapshot(&admitter, entry, &mut self.args.rng) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                warn!(error = %err, "recovery snapshot not made");
+                return;
+            }
+        };
+        let Some(watch) = self.watches.get_mut(&mailbox) else {
+            return;
+        };
+        watch.role = Role::Recovery {
+            group,
+            epoch: Some(head),
+        };
+        // Only the latest goes again on a join.
+        let seq = watch.posts.last().map_or(0, |(seq, _, _)| *seq) + 1;
+        watch.posts.clear();
+        self.post_as(mailbox, seq, bytes);
+    }
+
+    /// `CoordMsg::AddRecovery`: the entry's `Add`, then its snapshot mailbox kept (by this
+    /// device even if it is not a long-running one: the export waits for the snapshot).
+    pub(super) async fn add_recovery(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        group: GroupId,
+        entry: DeviceId,
+        wrap_key: [u8; 32],
+        mailbox_secret: Zeroizing<[u8; 32]>,
+        reply: RpcReplyPort<Result<RecoveryAdded, ClientError>>,
+    ) {
+        let me = self.args.device.device_id();
+        let made = (|| {
+            let state = self
+                .groups
+                .get(&group)
+                .ok_or(ClientError::UnknownGroup(group))?;
+            if state.record.removed {
+                return Err(ClientError::Removed(group));
+            }
+            let roster = state.roster.as_ref().ok_or(ClientError::NoRoster(group))?;
+            let head = roster.head();
+            if !roster.is_member(&head, &me) {
+                return Err(ClientError::NotMember(group));
+            }
+            Ok(Op {
+                author: me,
+                epoch: head,
+                at_ms: self.args.clock.now_unix_ms(),
+                change: Change::Add {
+                    device: entry,
+                    wrap_key,
+                    name: crate::crypto::recovery::ENTRY_NAME.to_owned(),
+                    via: None,
+                    recovery: Some(SecretBytes(*mailbox_secret)),
+                    endorsed: None,
+                },
+            })
+        })();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Err(err) = made.and_then(|op| self.write_op(myself, group, op, tx.into())) {
+            let _ = reply.send(Err(err));
+            return;
+        }
+        let mailbox = GroupId(InviteKeys::from_secret(&mailbox_secret).mailbox_id());
+        let entry_member = self
+            .groups
+            .get(&group)
+            .and_then(|g| g.roster.as_ref())
+            .and_then(|r| r.members().find(|m| m.device == entry).cloned());
+        let (acked_tx, snapshot_acked) = tokio::sync::oneshot::channel();
+        if let Some((entry, head)) = entry_member.zip(
+            self.groups
+                .get(&group)
+                .and_then(|g| g.roster.as_ref())
+                .map(Roster::head),
+        ) {
+            if !self.watches.contains_key(&mailbox) {
+                self.start_keeping(group, &entry);
+            }
+            self.post_snapshot(mailbox, group, &entry, head);
+            if let Some(watch) = self.watches.get_mut(&mailbox) {
+                watch.on_acked.push(acked_tx);
+            }
+            self.rewire(myself).await;
+        }
+        tokio::spawn(async move {
+            let answer = match rx.await {
+                Ok(Ok(written)) => match written.first() {
+                    Some((_, add)) => Ok(RecoveryAdded {
+                        add: *add,
+                        snapshot_acked,
+                    }),
+                    None => Err(ClientError::Stopped),
+                },
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(ClientError::Stopped),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    /// `CoordMsg::WriteRosterOp`: this device's own operation (a recovered device's
+    /// self-add, already in the store).
+    pub(super) fn write_roster_op(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        group: GroupId,
+        op: &[u8],
+        reply: RpcReplyPort<Result<Vec<(u64, BlobId)>, ClientError>>,
+    ) {
+        let op: Op = match ciborium::from_reader(op) {
+            Ok(op) => op,
+            Err(e) => {
+                let _ = reply.send(Err(StoreError::Db(format!("roster operation: {e}")).into()));
+                return;
+            }
+        };
+        if op.author != self.args.device.device_id() {
+            let _ = reply.send(Err(ClientError::NotMember(group)));
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Err(err) = self.write_op(myself, group, op, tx.into()) {
+            let _ = reply.send(Err(err));
+            return;
+        }
+        tokio::spawn(async move {
+            let answer = rx.await.unwrap_or(Err(ClientError::Stopped));
+            let _ = reply.send(answer);
+        });
     }
 
     /// `CoordMsg::Devices`.

@@ -69,7 +69,7 @@ use zerok_messages::client::{
     ClientError, Event, GroupId, GroupStatus, InvalidInput, Receipt, RelayStatus, Status,
     StoreError, SyncReport,
 };
-use zerok_messages::client::{ConnGroup, RelayConnMsg, RelayEvent};
+use zerok_messages::client::{ConnGroup, RECOVERY_REFRESH, RelayConnMsg, RelayEvent};
 use zerok_messages::client::{CoordMsg, EncryptorMsg, EpochSecret, MailboxSeed, ToOpen, ToSeal};
 use zerok_messages::client::{Durable, GroupRecord, SealWaiter, ToOpenBatch};
 use zerok_messages::wire::AdmissionText;
@@ -300,6 +300,9 @@ impl Actor for CoordinatorActor {
         state.refresh_watches(&myself).await;
         state.follow_heads(&myself).await;
         state.rewire(&myself).await;
+        if state.args.receive {
+            myself.send_after(RECOVERY_REFRESH, || CoordMsg::RecoveryRefreshDue);
+        }
         Ok(state)
     }
 
@@ -590,6 +593,24 @@ impl Actor for CoordinatorActor {
                 device,
                 reply,
             } => state.remove_device(&myself, group, device, reply),
+            CoordMsg::AddRecovery {
+                group,
+                entry,
+                wrap_key,
+                mailbox_secret,
+                reply,
+            } => {
+                state
+                    .add_recovery(&myself, group, entry, wrap_key, mailbox_secret, reply)
+                    .await
+            }
+            CoordMsg::WriteRosterOp { group, op, reply } => {
+                state.write_roster_op(&myself, group, &op, reply)
+            }
+            CoordMsg::RecoveryRefreshDue => {
+                state.keep_snapshots(true);
+                myself.send_after(RECOVERY_REFRESH, || CoordMsg::RecoveryRefreshDue);
+            }
             CoordMsg::Resealed {
                 group,
                 seqs,

@@ -92,7 +92,9 @@ impl CoordinatorState {
         for (id, watch) in &self.watches {
             // A member creates the invite mailbox with the group's admission token.
             let group = match &watch.role {
-                membership::Role::Member { group } => self.groups.get(group),
+                membership::Role::Member { group } | membership::Role::Recovery { group, .. } => {
+                    self.groups.get(group)
+                }
                 membership::Role::Joiner { admission, .. } => {
                     admission.as_ref().and_then(|g| self.groups.get(g))
                 }
