@@ -11,10 +11,12 @@
 //!   operations; [`wrap`]: epoch secrets wrapped to a device (HPKE); [`admit`]: the
 //!   messages of an admission by invite; [`pair`]: short-code pairing with SPAKE2;
 //!   [`recovery`]: recovery phrases (issue 14).
+//! - [`content`]: large files as chunks sealed under a per-file key (issue 15).
 //!
 //! Secrets are zeroized on drop and never printed: their `Debug` says `[redacted]`.
 
 pub mod admit;
+pub mod content;
 pub mod envelope;
 pub mod invite;
 pub mod join;

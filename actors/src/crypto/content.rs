@@ -1,0 +1,336 @@
+//! Large content (issue 15): a file as a sequence of fixed-size chunks, each sealed with
+//! XChaCha20-Poly1305 under a per-file key (docs/DESIGN.md §4 "Large content").
+//!
+//! - **Per-file key**: BLAKE3 `derive_key` of the epoch's content key and the file's
+//!   plaintext hash ([`FileKey::derive`]). The same file put twice in one group (one epoch)
+//!   gets the same key, so the same ciphertext, which the content store keeps once; in
+//!   another group (or epoch) it is unrelated. A relay never learns the plaintext hash.
+//! - **Chunks**: [`CHUNK_BYTES`] of plaintext each (the last one shorter, an empty file one
+//!   empty chunk), sealed to [`SEALED_CHUNK_BYTES`]. The nonce is derived from the key and
+//!   the chunk's index (a key seals exactly one file, so a (key, nonce) pair seals one
+//!   plaintext), so a chunk carries no nonce and chunk `i` starts at `i *
+//!   SEALED_CHUNK_BYTES` of the ciphertext: range requests map to chunks without an index.
+//! - **Order and completeness**: the chunk's index and a final-chunk flag are the AEAD's
+//!   associated data, so chunks cannot be reordered, dropped or the file cut short (the last
+//!   chunk present would not open as the last).
+//!
+//! Streaming: [`seal_stream`] and [`open_stream`] hold one chunk (plus one read ahead) in
+//! memory, whatever the file's size.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use std::io::{Read, Write};
+use zeroize::Zeroizing;
+
+/// Plaintext bytes of a chunk (the last may be shorter).
+pub const CHUNK_BYTES: usize = 256 * 1024;
+/// The AEAD tag each chunk adds.
+pub const TAG_BYTES: usize = 16;
+/// Bytes of a sealed full chunk.
+pub const SEALED_CHUNK_BYTES: usize = CHUNK_BYTES + TAG_BYTES;
+/// BLAKE3 context of a file's key.
+const CONTEXT_FILE_KEY: &str = "zerok content file key v1";
+/// Domain of the associated data of a chunk.
+const AAD_DOMAIN: &[u8] = b"zerok content v1";
+
+/// Why content does not open (or could not be read or written).
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    /// A chunk does not open at its place: damaged, reordered, from another file, or the
+    /// content was cut short.
+    #[error("content chunk {0} does not open: it was damaged, reordered or cut short")]
+    Integrity(u64),
+    /// The ciphertext's length is not one a sealed file has.
+    #[error("sealed content of {0} bytes is not a whole number of chunks")]
+    Length(u64),
+    /// Reading the source or writing the destination failed.
+    #[error("content i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The key of one file. Zeroized on drop, redacted in `Debug`.
+#[derive(Clone)]
+pub struct FileKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for FileKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileKey([redacted])")
+    }
+}
+
+impl FileKey {
+    /// The key of the file whose plaintext hashes (BLAKE3) to `plaintext_hash`, in the group
+    /// epoch of `content_key`.
+    pub fn derive(content_key: &[u8; 32], plaintext_hash: &[u8; 32]) -> FileKey {
+        let mut material = Zeroizing::new([0u8; 64]);
+        material[..32].copy_from_slice(content_key);
+        material[32..].copy_from_slice(plaintext_hash);
+        FileKey(Zeroizing::new(blake3::derive_key(
+            CONTEXT_FILE_KEY,
+            &material[..],
+        )))
+    }
+
+    /// The key as bytes (for the record that announces the file, itself sealed).
+    pub fn from_bytes(bytes: [u8; 32]) -> FileKey {
+        FileKey(Zeroizing::new(bytes))
+    }
+
+    /// The key's bytes.
+    pub fn expose_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    fn nonce(&self, index: u64) -> XNonce {
+        let hash = blake3::keyed_hash(&self.0, &index.to_be_bytes());
+        let mut nonce = [0u8; 24];
+        nonce.copy_from_slice(&hash.as_bytes()[..24]);
+        XNonce::from(nonce)
+    }
+
+    /// Seal chunk `index` (`last`: the file's final chunk).
+    pub fn seal_chunk(&self, index: u64, last: bool, plaintext: &[u8]) -> Vec<u8> {
+        let cipher = XChaCha20Poly1305::new(&(*self.0).into());
+        // Encrypting into a Vec cannot fail for a chunk-sized input.
+        cipher
+            .encrypt(
+                &self.nonce(index),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad(index, last),
+                },
+            )
+            .unwrap_or_default()
+    }
+
+    /// Open chunk `index` (`last`: it must be the file's final chunk).
+    pub fn open_chunk(
+        &self,
+        index: u64,
+        last: bool,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ContentError> {
+        let cipher = XChaCha20Poly1305::new(&(*self.0).into());
+        cipher
+            .decrypt(
+                &self.nonce(index),
+                Payload {
+                    msg: sealed,
+                    aad: &aad(index, last),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| ContentError::Integrity(index))
+    }
+}
+
+fn aad(index: u64, last: bool) -> [u8; AAD_DOMAIN.len() + 9] {
+    let mut aad = [0u8; AAD_DOMAIN.len() + 9];
+    aad[..AAD_DOMAIN.len()].copy_from_slice(AAD_DOMAIN);
+    aad[AAD_DOMAIN.len()..AAD_DOMAIN.len() + 8].copy_from_slice(&index.to_be_bytes());
+    aad[AAD_DOMAIN.len() + 8] = u8::from(last);
+    aad
+}
+
+/// Bytes of the sealed form of a file of `plaintext_len` bytes.
+pub fn sealed_len(plaintext_len: u64) -> u64 {
+    let chunks = chunk_count(plaintext_len);
+    plaintext_len + chunks * TAG_BYTES as u64
+}
+
+/// Chunks of a file of `plaintext_len` bytes (an empty file has one, empty).
+pub fn chunk_count(plaintext_len: u64) -> u64 {
+    plaintext_len.div_ceil(CHUNK_BYTES as u64).max(1)
+}
+
+/// Chunks of a sealed file of `sealed_len` bytes, or why that is no sealed length.
+pub fn sealed_chunk_count(sealed_len: u64) -> Result<u64, ContentError> {
+    let full = sealed_len / SEALED_CHUNK_BYTES as u64;
+    let rest = sealed_len % SEALED_CHUNK_BYTES as u64;
+    match rest {
+        0 if full > 0 => Ok(full),
+        r if r >= TAG_BYTES as u64 => Ok(full + 1),
+        _ => Err(ContentError::Length(sealed_len)),
+    }
+}
+
+/// Read up to a chunk from `source` (fewer bytes only at its end).
+fn read_chunk(source: &mut impl Read, buf: &mut Vec<u8>, size: usize) -> std::io::Result<()> {
+    buf.clear();
+    source.take(size as u64).read_to_end(buf)?;
+    Ok(())
+}
+
+/// The BLAKE3 hash and length of everything `source` holds (the first of a put's two
+/// passes), reading a chunk at a time.
+pub fn plaintext_hash(source: &mut impl Read) -> std::io::Result<([u8; 32], u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut len = 0u64;
+    loop {
+        let n = source.read(&mut buf)?;
+        if n == 0 {
+            return Ok((*hasher.finalize().as_bytes(), len));
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
+/// Seal everything `source` holds to `sink`, chunk by chunk; answers the sealed length.
+pub fn seal_stream(
+    key: &FileKey,
+    source: &mut impl Read,
+    sink: &mut impl Write,
+) -> Result<u64, ContentError> {
+    let mut current = Zeroizing::new(Vec::with_capacity(CHUNK_BYTES));
+    let mut next = Zeroizing::new(Vec::with_capacity(CHUNK_BYTES));
+    read_chunk(source, &mut current, CHUNK_BYTES)?;
+    let mut index = 0u64;
+    let mut written = 0u64;
+    loop {
+        // A full chunk is the last only if nothing follows it.
+        let last = if current.len() < CHUNK_BYTES {
+            true
+        } else {
+            read_chunk(source, &mut next, CHUNK_BYTES)?;
+            next.is_empty()
+        };
+        let sealed = key.seal_chunk(index, last, &current);
+        sink.write_all(&sealed)?;
+        written += sealed.len() as u64;
+        if last {
+            return Ok(written);
+        }
+        std::mem::swap(&mut current, &mut next);
+        index += 1;
+    }
+}
+
+/// Open a sealed file of `sealed_len` bytes read from `source` into `sink`, chunk by chunk;
+/// answers the plaintext length. A chunk that does not open stops it with
+/// [`ContentError::Integrity`]: what was written before is the verified prefix, never the
+/// whole file.
+pub fn open_stream(
+    key: &FileKey,
+    sealed_len: u64,
+    source: &mut impl Read,
+    sink: &mut impl Write,
+) -> Result<u64, ContentError> {
+    let chunks = sealed_chunk_count(sealed_len)?;
+    let mut buf = Vec::with_capacity(SEALED_CHUNK_BYTES);
+    let mut written = 0u64;
+    for index in 0..chunks {
+        read_chunk(source, &mut buf, SEALED_CHUNK_BYTES)?;
+        let last = index + 1 == chunks;
+        let expected = if last {
+            (sealed_len - index * SEALED_CHUNK_BYTES as u64) as usize
+        } else {
+            SEALED_CHUNK_BYTES
+        };
+        if buf.len() != expected {
+            return Err(ContentError::Integrity(index));
+        }
+        let plaintext = key.open_chunk(index, last, &buf)?;
+        sink.write_all(&plaintext)?;
+        written += plaintext.len() as u64;
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    fn seal(content_key: &[u8; 32], plaintext: &[u8]) -> (FileKey, Vec<u8>) {
+        let (hash, len) = plaintext_hash(&mut &plaintext[..]).unwrap();
+        assert_eq!(len, plaintext.len() as u64);
+        let key = FileKey::derive(content_key, &hash);
+        let mut sealed = Vec::new();
+        let n = seal_stream(&key, &mut &plaintext[..], &mut sealed).unwrap();
+        assert_eq!(n, sealed.len() as u64);
+        assert_eq!(n, sealed_len(len));
+        (key, sealed)
+    }
+
+    fn open(key: &FileKey, sealed: &[u8]) -> Result<Vec<u8>, ContentError> {
+        let mut out = Vec::new();
+        open_stream(key, sealed.len() as u64, &mut &sealed[..], &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn files_of_every_boundary_size_seal_and_open_back() {
+        for len in [
+            0,
+            1,
+            CHUNK_BYTES - 1,
+            CHUNK_BYTES,
+            CHUNK_BYTES + 1,
+            3 * CHUNK_BYTES,
+            3 * CHUNK_BYTES + 17,
+        ] {
+            let plaintext = file(len, 3);
+            let (key, sealed) = seal(&[7; 32], &plaintext);
+            assert_eq!(
+                sealed_chunk_count(sealed.len() as u64).unwrap(),
+                chunk_count(len as u64)
+            );
+            assert_eq!(open(&key, &sealed).unwrap(), plaintext, "len {len}");
+        }
+    }
+
+    #[test]
+    fn the_same_file_seals_alike_in_one_group_and_unrelated_in_another() {
+        let plaintext = file(2 * CHUNK_BYTES + 5, 9);
+        let (_, once) = seal(&[1; 32], &plaintext);
+        let (_, twice) = seal(&[1; 32], &plaintext);
+        assert_eq!(once, twice, "convergent inside a group: stored once");
+        let (_, other) = seal(&[2; 32], &plaintext);
+        assert_eq!(other.len(), once.len());
+        let same = once.iter().zip(&other).filter(|(a, b)| a == b).count();
+        assert!(same < once.len() / 100, "{same} equal bytes across groups");
+        // Another file in the same group: another key.
+        let (_, changed) = seal(&[1; 32], &file(2 * CHUNK_BYTES + 5, 10));
+        assert_ne!(changed[..64], once[..64]);
+    }
+
+    #[test]
+    fn a_flipped_byte_a_reorder_or_a_cut_is_an_integrity_error() {
+        let plaintext = file(3 * CHUNK_BYTES + 100, 5);
+        let (key, sealed) = seal(&[4; 32], &plaintext);
+        let mut flipped = sealed.clone();
+        flipped[SEALED_CHUNK_BYTES + 10] ^= 1;
+        assert!(matches!(
+            open(&key, &flipped),
+            Err(ContentError::Integrity(1))
+        ));
+        // Chunks 0 and 1 swapped.
+        let mut swapped = sealed.clone();
+        let (a, b) = swapped.split_at_mut(SEALED_CHUNK_BYTES);
+        a.swap_with_slice(&mut b[..SEALED_CHUNK_BYTES]);
+        assert!(matches!(
+            open(&key, &swapped),
+            Err(ContentError::Integrity(0))
+        ));
+        // The last chunk dropped: chunk 2 does not open as the last.
+        let cut = &sealed[..3 * SEALED_CHUNK_BYTES];
+        assert!(matches!(open(&key, cut), Err(ContentError::Integrity(2))));
+        // Cut inside a chunk, or to nothing.
+        assert!(open(&key, &sealed[..sealed.len() - 1]).is_err());
+        assert!(matches!(open(&key, &[]), Err(ContentError::Length(0))));
+        // Another file's key.
+        let wrong = FileKey::derive(&[4; 32], &[0; 32]);
+        assert!(matches!(
+            open(&wrong, &sealed),
+            Err(ContentError::Integrity(0))
+        ));
+        assert_eq!(format!("{key:?}"), "FileKey([redacted])");
+    }
+}
