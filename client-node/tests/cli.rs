@@ -417,4 +417,58 @@ async fn export_recovery_prints_a_phrase_that_init_recover_joins_the_group_with(
     // Recovering again into a home that is set up: refused.
     let stderr = failed(&recover(&b, addr, &phrase, "5"), 1);
     assert!(stderr.contains("already set up"), "{stderr}");
+
+    // The relay holds the phrase's snapshot as ciphertext only: neither the words nor the
+    // secret of its mailbox are on its disk or in its logs.
+    let mut relay = relay;
+    let (status, _) = relay
+        .terminate(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(status.success());
+    let keys = zerok_actors::crypto::recovery::RecoverySecret::parse(&phrase)
+        .unwrap()
+        .keys();
+    let secret = keys.mailbox_secret().to_vec();
+    let needles = [
+        ("phrase", phrase.as_bytes().to_vec()),
+        ("first words", words[..3].join(" ").into_bytes()),
+        ("mailbox secret", secret.clone()),
+        (
+            "mailbox secret hex",
+            secret
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into_bytes(),
+        ),
+    ];
+    let mut paths = vec![relay.data_dir().to_path_buf()];
+    let mut scanned = 0;
+    while let Some(path) = paths.pop() {
+        if path.is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        scanned += bytes.len();
+        for (what, needle) in &needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "{what} found in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(scanned > 0);
+    let logs = relay.logs();
+    for (what, needle) in &needles {
+        assert!(
+            !logs
+                .as_bytes()
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice()),
+            "{what} in the logs"
+        );
+    }
 }
