@@ -138,6 +138,25 @@ fn move_due(state: &GroupState, me: &DeviceId) -> bool {
     was && (head != current_epoch(&state.record) || !member)
 }
 
+/// `group`'s roster and its head epoch, if `me` may write roster operations there (a
+/// member of the head, not removed).
+pub(super) fn writable_head<'a>(
+    groups: &'a BTreeMap<GroupId, GroupState>,
+    me: &DeviceId,
+    group: GroupId,
+) -> Result<(&'a Roster, EpochId), ClientError> {
+    let state = groups.get(&group).ok_or(ClientError::UnknownGroup(group))?;
+    if state.record.removed {
+        return Err(ClientError::Removed(group));
+    }
+    let roster = state.roster.as_ref().ok_or(ClientError::NoRoster(group))?;
+    let head = roster.head();
+    if !roster.is_member(&head, me) {
+        return Err(ClientError::NotMember(group));
+    }
+    Ok((roster, head))
+}
+
 /// The epoch a group record is in.
 pub(super) fn current_epoch(record: &GroupRecord) -> EpochId {
     let mut origin = [0u8; 32];
@@ -318,18 +337,7 @@ impl CoordinatorState {
     ) {
         let me = self.args.device.device_id();
         let made = (|| {
-            let state = self
-                .groups
-                .get(&group)
-                .ok_or(ClientError::UnknownGroup(group))?;
-            if state.record.removed {
-                return Err(ClientError::Removed(group));
-            }
-            let roster = state.roster.as_ref().ok_or(ClientError::NoRoster(group))?;
-            let head = roster.head();
-            if !roster.is_member(&head, &me) {
-                return Err(ClientError::NotMember(group));
-            }
+            let (roster, head) = writable_head(&self.groups, &me, group)?;
             if removed.contains(&me) {
                 return Err(InvalidInput::RemoveSelf.into());
             }

@@ -81,6 +81,32 @@ pub(super) struct Watch {
     pub(super) on_acked: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
+impl Watch {
+    /// A watch of a mailbox (signed for by `seed`) on `relays` that has posted `posts`.
+    fn new(
+        seed: MailboxSeed,
+        relays: Vec<RelayAddr>,
+        role: Role,
+        expires_at_ms: u64,
+        posts: Vec<(u64, BlobId, Bytes)>,
+        serial: u64,
+    ) -> Watch {
+        Watch {
+            seed,
+            relays,
+            role,
+            posts,
+            expires_at_ms,
+            answered: false,
+            judged: BTreeSet::new(),
+            acked: BTreeSet::new(),
+            serial,
+            closing: false,
+            on_acked: Vec::new(),
+        }
+    }
+}
+
 /// An admission waiting until every relay of the group acked its `Add`.
 pub(super) struct Admitting {
     pub(super) group: GroupId,
@@ -316,19 +342,14 @@ impl CoordinatorState {
             let serial = self.next_watch_serial();
             self.watches.insert(
                 id,
-                Watch {
-                    seed: keys.signer().seed(),
+                Watch::new(
+                    keys.signer().seed(),
                     relays,
-                    role: Role::Member { group },
+                    Role::Member { group },
                     expires_at_ms,
-                    answered: false,
-                    posts: Vec::new(),
-                    judged: BTreeSet::new(),
-                    acked: BTreeSet::new(),
+                    Vec::new(),
                     serial,
-                    closing: false,
-                    on_acked: Vec::new(),
-                },
+                ),
             );
         }
         self.keep_snapshots(false);
@@ -343,26 +364,21 @@ impl CoordinatorState {
         let serial = self.next_watch_serial();
         self.watches.insert(
             GroupId(watch.mailbox),
-            Watch {
-                seed: watch.seed,
-                relays: watch.relays,
-                role: Role::Joiner {
+            Watch::new(
+                watch.seed,
+                watch.relays,
+                Role::Joiner {
                     items: watch.items,
                     admission: watch.admission_group,
                 },
-                expires_at_ms: u64::MAX,
-                answered: false,
-                posts: watch
+                u64::MAX,
+                watch
                     .request
                     .into_iter()
                     .map(|(blob_id, request)| (1, blob_id, request))
                     .collect(),
-                judged: BTreeSet::new(),
-                acked: BTreeSet::new(),
                 serial,
-                closing: false,
-                on_acked: Vec::new(),
-            },
+            ),
         );
         self.rewire(myself).await;
     }
@@ -664,19 +680,14 @@ impl CoordinatorState {
         let serial = self.next_watch_serial();
         self.watches.insert(
             GroupId(keys.mailbox_id()),
-            Watch {
-                seed: keys.signer().seed(),
+            Watch::new(
+                keys.signer().seed(),
                 relays,
-                role: Role::Recovery { group, epoch: None },
-                expires_at_ms: u64::MAX,
-                answered: false,
-                posts: Vec::new(),
-                judged: BTreeSet::new(),
-                acked: BTreeSet::new(),
+                Role::Recovery { group, epoch: None },
+                u64::MAX,
+                Vec::new(),
                 serial,
-                closing: false,
-                on_acked: Vec::new(),
-            },
+            ),
         );
     }
 
@@ -734,33 +745,19 @@ impl CoordinatorState {
         reply: RpcReplyPort<Result<RecoveryAdded, ClientError>>,
     ) {
         let me = self.args.device.device_id();
-        let made = (|| {
-            let state = self
-                .groups
-                .get(&group)
-                .ok_or(ClientError::UnknownGroup(group))?;
-            if state.record.removed {
-                return Err(ClientError::Removed(group));
-            }
-            let roster = state.roster.as_ref().ok_or(ClientError::NoRoster(group))?;
-            let head = roster.head();
-            if !roster.is_member(&head, &me) {
-                return Err(ClientError::NotMember(group));
-            }
-            Ok(Op {
-                author: me,
-                epoch: head,
-                at_ms: self.args.clock.now_unix_ms(),
-                change: Change::Add {
-                    device: entry,
-                    wrap_key,
-                    name: crate::crypto::recovery::ENTRY_NAME.to_owned(),
-                    via: None,
-                    recovery: Some(SecretBytes(*mailbox_secret)),
-                    endorsed: None,
-                },
-            })
-        })();
+        let made = epochs::writable_head(&self.groups, &me, group).map(|(_, head)| Op {
+            author: me,
+            epoch: head,
+            at_ms: self.args.clock.now_unix_ms(),
+            change: Change::Add {
+                device: entry,
+                wrap_key,
+                name: crate::crypto::recovery::ENTRY_NAME.to_owned(),
+                via: None,
+                recovery: Some(SecretBytes(*mailbox_secret)),
+                endorsed: None,
+            },
+        });
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Err(err) = made.and_then(|op| self.write_op(myself, group, op, tx.into())) {
             let _ = reply.send(Err(err));
