@@ -623,7 +623,8 @@ impl Client {
     /// as this device (its own new key and sequence numbers): read the group's snapshot in
     /// the phrase's mailbox (the latest epoch found within `wait`), keep the group, and add
     /// this device to the roster with the phrase's endorsement. Answered once a relay acked
-    /// that add (the group's other devices then accept this device's records).
+    /// that add (the group's other devices then accept this device's records), or
+    /// `RecoveryError::Outdated` if the group has been re-keyed past the phrase since.
     pub async fn recover(
         &self,
         phrase: &str,
@@ -731,6 +732,18 @@ impl Client {
         if let Some((_, blob_id)) = written.first() {
             let left = wait.saturating_sub(started.elapsed()).max(RECOVERY_SETTLE);
             self.wait_acked(group, *blob_id, Some(left)).await?;
+        }
+        // The group as the relays have it since the snapshot: a rekey it did not know (the
+        // phrase's entry was removed, or no member ran since the group was re-keyed) leaves
+        // this device outside the current epoch. Unknown if no relay answers now.
+        if self.sync_now(group).await.is_ok()
+            && !self
+                .devices(group)
+                .await?
+                .iter()
+                .any(|d| d.device == self.device_id)
+        {
+            return Err(RecoveryError::Outdated.into());
         }
         Ok(group)
     }

@@ -756,15 +756,22 @@ async fn a_phrase_follows_rekeys_and_removing_its_entry_revokes_it() {
         .await
         .unwrap();
     // The phrase still opens the old snapshots on the relay (epoch 1), but a device
-    // recovered with it now is not in epoch 2: it reads nothing written there, and what it
-    // writes is reported to the members, never delivered.
+    // recovered with it now is not in epoch 2, and is told so: it reads nothing written
+    // there, and what it wrote is reported to the members, never delivered.
     let mallory = client_with_clock(dir.path(), "mallory", Clock::system()).await;
     let mut mallory_events = mallory.events().unwrap();
-    mallory
-        .recover(&phrase, vec![relay.addr.clone()], WAIT)
-        .await
-        .unwrap();
-    let _ = mallory.enqueue(group, b"from mallory".to_vec()).await;
+    assert!(matches!(
+        mallory
+            .recover(&phrase, vec![relay.addr.clone()], WAIT)
+            .await,
+        Err(ClientError::Recovery(zerok_client::RecoveryError::Outdated))
+    ));
+    // Left out of the current epoch, it cannot enqueue (refused at once, not held).
+    let refused = mallory.enqueue(group, b"from mallory".to_vec()).await;
+    assert!(
+        matches!(refused, Err(ClientError::NotMember(_))),
+        "{refused:?}"
+    );
     let (got, _) = receive(&mut mallory_events, 3, Duration::from_secs(5)).await;
     assert!(
         !payloads(&got).contains(&"after the revocation".to_owned()),

@@ -96,6 +96,12 @@ pub enum RecoveryError {
         "the snapshots found for this phrase contradict each other (a removed device posted one); recover from a phrase exported after the removal"
     )]
     Conflicting,
+    /// The phrase's latest snapshot is from before the group's current epoch: the phrase
+    /// was revoked, or no device of the group ran since it was re-keyed.
+    #[error(
+        "this device is not in the group's current key epoch: the recovery phrase was revoked (its entry removed), or no device of the group has run since the group was re-keyed; ask a member device for an invite, in a new home"
+    )]
+    Outdated,
     /// This device is in the phrase's group already.
     #[error("this device is in group {0} already; recover on a new device (a new home)")]
     AlreadyInGroup(String),

@@ -133,9 +133,12 @@ fn move_due(state: &GroupState, me: &DeviceId) -> bool {
         return false;
     }
     let head = roster.head();
-    let member = roster.is_member(&head, me);
-    let was = member || roster.was_member(me);
-    was && (head != current_epoch(&state.record) || !member)
+    if roster.is_member(&head, me) {
+        return head != current_epoch(&state.record);
+    }
+    // Not in the head epoch: removed (the group is marked so), or left out of it (added
+    // while it was re-keyed: nothing to move to, and enqueues are refused, not held).
+    roster.was_member(me) && roster.removed(me)
 }
 
 /// `group`'s roster and its head epoch, if `me` may write roster operations there (a
