@@ -159,6 +159,8 @@ pub struct Client {
     wrap: Arc<WrapKey>,
     /// Its name on rosters.
     device_name: String,
+    /// Whether this client receives (an app's, `zerok pull`'s) or only pushes.
+    receive: bool,
     /// The local store (the coordinator owns it; a joiner seeds a group's roster in it).
     store: LocalStore,
     clock: Clock,
@@ -272,6 +274,7 @@ impl Client {
             device,
             wrap,
             device_name,
+            receive,
             store: client_store,
             clock: config.clock,
             rng: Mutex::new(rng),
@@ -623,8 +626,9 @@ impl Client {
     /// as this device (its own new key and sequence numbers): read the group's snapshot in
     /// the phrase's mailbox (the latest epoch found within `wait`), keep the group, and add
     /// this device to the roster with the phrase's endorsement. Answered once a relay acked
-    /// that add (the group's other devices then accept this device's records), or
-    /// `RecoveryError::Outdated` if the group has been re-keyed past the phrase since.
+    /// that add (the group's other devices then accept this device's records), or, on a
+    /// receiving client, `RecoveryError::Outdated` if a pull finds the group re-keyed past
+    /// the phrase since.
     pub async fn recover(
         &self,
         phrase: &str,
@@ -735,8 +739,11 @@ impl Client {
         }
         // The group as the relays have it since the snapshot: a rekey it did not know (the
         // phrase's entry was removed, or no member ran since the group was re-keyed) leaves
-        // this device outside the current epoch. Unknown if no relay answers now.
-        if self.sync_now(group).await.is_ok()
+        // this device outside the current epoch. Unknown if no relay answers now. Only a
+        // receiving client pulls here: its app gets what the pull brings as events; a
+        // push-only one (`zerok init --recover`) leaves the history to its next `pull`.
+        if self.receive
+            && self.sync_now(group).await.is_ok()
             && !self
                 .devices(group)
                 .await?
