@@ -626,6 +626,14 @@ async fn a_recovery_phrase_brings_the_group_back_on_a_new_device_with_none_onlin
     let mut bob_events = bob.events().unwrap();
     let (got, other) = receive(&mut bob_events, 1, WAIT).await;
     assert_eq!(payloads(&got), ["from nora"], "{other:?}");
+    // Her self-add is a roster change his app hears of (to refresh its device list).
+    assert!(
+        other.iter().any(|e| matches!(
+            e,
+            zerok_client::Event::RosterChanged { sender, .. } if *sender == me.device
+        )),
+        "{other:?}"
+    );
     assert!(
         !other
             .iter()

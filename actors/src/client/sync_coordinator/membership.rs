@@ -156,7 +156,7 @@ pub(super) fn judge(
         let last = state.last_seen.entry(record.sender).or_default();
         *last = (*last).max(seen);
         if record.kind == RecordKind::ROSTER && verdict != SeqVerdict::Replay {
-            changed = take_op(store, group_id, roster, record);
+            changed |= take_op(store, group_id, roster, record);
         }
     }
     (Judged::Seq(verdict), changed)
