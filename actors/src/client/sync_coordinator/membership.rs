@@ -331,26 +331,10 @@ impl CoordinatorState {
             Role::Recovery { .. } => true,
         });
         for (id, (group, secret, expires_at_ms)) in wanted {
-            if self.watches.contains_key(&id) {
-                continue;
+            if !self.watches.contains_key(&id) {
+                let role = Role::Member { group };
+                self.watch_mailbox(id, group, &secret.0, role, expires_at_ms);
             }
-            let Some(state) = self.groups.get(&group) else {
-                continue;
-            };
-            let keys = InviteKeys::from_secret(&secret.0);
-            let relays = state.relays.clone();
-            let serial = self.next_watch_serial();
-            self.watches.insert(
-                id,
-                Watch::new(
-                    keys.signer().seed(),
-                    relays,
-                    Role::Member { group },
-                    expires_at_ms,
-                    Vec::new(),
-                    serial,
-                ),
-            );
         }
         self.keep_snapshots(false);
         let after: BTreeSet<GroupId> = self.watches.keys().copied().collect();
@@ -669,26 +653,38 @@ impl CoordinatorState {
 
     /// Start keeping the snapshot mailbox of `entry` (nothing posted yet).
     fn start_keeping(&mut self, group: GroupId, entry: &Member) {
-        let Some(secret) = &entry.recovery else {
-            return;
-        };
+        if let Some(secret) = &entry.recovery {
+            let id = GroupId(InviteKeys::from_secret(&secret.0).mailbox_id());
+            let role = Role::Recovery { group, epoch: None };
+            self.watch_mailbox(id, group, &secret.0, role, u64::MAX);
+        }
+    }
+
+    /// Watch the mailbox of `secret` (an invite's, a recovery phrase's), known as `id`, on
+    /// `group`'s relays, as `role`, until `expires_at_ms` (nothing posted yet).
+    fn watch_mailbox(
+        &mut self,
+        id: GroupId,
+        group: GroupId,
+        secret: &[u8; 32],
+        role: Role,
+        expires_at_ms: u64,
+    ) {
         let Some(state) = self.groups.get(&group) else {
             return;
         };
-        let keys = InviteKeys::from_secret(&secret.0);
+        let keys = InviteKeys::from_secret(secret);
         let relays = state.relays.clone();
         let serial = self.next_watch_serial();
-        self.watches.insert(
-            GroupId(keys.mailbox_id()),
-            Watch::new(
-                keys.signer().seed(),
-                relays,
-                Role::Recovery { group, epoch: None },
-                u64::MAX,
-                Vec::new(),
-                serial,
-            ),
+        let watch = Watch::new(
+            keys.signer().seed(),
+            relays,
+            role,
+            expires_at_ms,
+            Vec::new(),
+            serial,
         );
+        self.watches.insert(id, watch);
     }
 
     /// Post a fresh snapshot of `group` (its `head` epoch) for `entry` in `mailbox`, in
