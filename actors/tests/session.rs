@@ -100,6 +100,7 @@ impl Relay {
                 limits: limits(),
                 store: self.store.clone(),
                 routers: self.routers.clone(),
+                content: None,
                 subscriber_id: self.next_subscriber,
                 source: None,
                 inflight_bytes_max: 16 * 1024 * 1024,

@@ -1162,6 +1162,14 @@ fn on_event(shared: &Shared, i: usize, event: Event) {
                 after_received,
             });
         }
+        Event::File { sender, seq, .. } => {
+            // The simulation moves records only; a file announcement here is a bug.
+            shared.record(format!(
+                "dev{i} unexpected file announcement from {} seq {seq}",
+                sender.short()
+            ));
+            *lock(&log.undecryptable) += 1;
+        }
         Event::Undecryptable { .. } => {
             shared.record(format!("dev{i} undecryptable"));
             *lock(&log.undecryptable) += 1;

@@ -10,11 +10,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 use zeroize::Zeroizing;
+use zerok_actors::client::content_transfer::{CONTENT_DIR, ContentTransferArgs, TransferMsg};
 use zerok_actors::client::local_store::{KeyFileIdentity, LocalStore, SyncHook};
 use zerok_actors::client::sync_coordinator::{CONN_RESTART_POLICY, Coordinator, CoordinatorArgs};
 use zerok_actors::clock::Clock;
 use zerok_actors::crypto::admit::{self, InviteKeys, JoinRequest};
+use zerok_actors::crypto::content::FileAnnounce;
 use zerok_actors::crypto::envelope::DeviceKey;
+use zerok_actors::crypto::envelope::RecordKind;
 use zerok_actors::crypto::invite::InviteV2;
 use zerok_actors::crypto::keys::{GroupSecret, KdfParams, MailboxSigner, SALT_BYTES};
 pub use zerok_actors::crypto::pair::PairCode;
@@ -28,6 +31,7 @@ use zerok_actors::link::iroh::{IrohConfig, IrohNode, load_or_create_secret_key};
 use zerok_actors::relay::admission::AdmissionToken;
 use zerok_actors::rng::Rng;
 use zerok_messages::client::{ClientError, Event, GroupId, Receipt, Status, SyncReport};
+use zerok_messages::client::{ContentError, FileRef, Progress};
 use zerok_messages::client::{DeviceInfo, Founder, GroupRecord, InviteWatch};
 use zerok_messages::errors::{
     InvalidInput, InviteError, PairingError, PassphraseError, RecoveryError, StoreError,
@@ -165,6 +169,23 @@ pub struct Client {
     store: LocalStore,
     clock: Clock,
     rng: Mutex<Rng>,
+    /// The home dir.
+    home: PathBuf,
+    /// The ContentTransfer (`None` on a transport without iroh-blobs, or once it died).
+    content: Arc<Mutex<Option<ActorRef<TransferMsg>>>>,
+}
+
+/// Files this device put or was told of, in the home (`zerok get ID`).
+const FILES_DIR: &str = "files";
+
+/// [`Client::remember_file`] for the client of `home` (from a task without the client).
+pub fn remember_file_in(home: &Path, file: &FileRef) -> Result<(), ClientError> {
+    let dir = home.join(FILES_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| home_err(home, e))?;
+    let mut bytes = Vec::with_capacity(512);
+    bytes.extend_from_slice(&file.group.0.0);
+    bytes.extend_from_slice(&FileAnnounce::of(file).encode());
+    std::fs::write(dir.join(file.id()), &bytes).map_err(|e| home_err(home, e))
 }
 
 fn home_err(home: &Path, message: impl std::fmt::Display) -> ClientError {
@@ -221,6 +242,7 @@ impl Client {
         };
         let (events_tx, events_rx) = mpsc::channel(EVENTS_BUFFER);
         let coordinator_ref = Arc::new(Mutex::new(None));
+        let content_ref = Arc::new(Mutex::new(None));
         let coordinator_rng = rng.fork();
         let clock = config.clock.clone();
         let (ack_quorum, receive) = (config.ack_quorum, config.receive);
@@ -250,6 +272,11 @@ impl Client {
                 faults,
             }),
             coordinator_ref: Arc::clone(&coordinator_ref),
+            content: endpoint.as_ref().map(|endpoint| ContentTransferArgs {
+                dir: home.join(CONTENT_DIR),
+                endpoint: endpoint.clone(),
+            }),
+            content_ref: Arc::clone(&content_ref),
         };
         let (root, root_handle) = match Actor::spawn(None, ClientRoot, args).await {
             Ok(spawned) => spawned,
@@ -278,6 +305,8 @@ impl Client {
             store: client_store,
             clock: config.clock,
             rng: Mutex::new(rng),
+            home,
+            content: content_ref,
         })
     }
 
@@ -979,6 +1008,122 @@ impl Client {
     /// returns.
     pub async fn sync_now(&self, group: GroupId) -> Result<SyncReport, ClientError> {
         self.coordinator.sync_now(group).await
+    }
+
+    /// Put a large file into `group`: it is sealed in chunks, uploaded to the group's
+    /// relays over iroh-blobs (an interrupted upload resumes), and announced in a record, so
+    /// every member learns of it as [`Event::File`] and fetches it with
+    /// [`Client::get_file`]. Answers once at least one relay holds all of it and the
+    /// announcement is queued durably.
+    pub async fn put_file(
+        &self,
+        group: GroupId,
+        path: impl AsRef<Path>,
+    ) -> Result<FileRef, ClientError> {
+        self.put_file_with(group, path, None).await
+    }
+
+    /// [`Client::put_file`], telling `progress` how far it is.
+    pub async fn put_file_with(
+        &self,
+        group: GroupId,
+        path: impl AsRef<Path>,
+        progress: Option<mpsc::Sender<Progress>>,
+    ) -> Result<FileRef, ClientError> {
+        let content = self.content()?;
+        let access = self.coordinator.content_access(group, None).await?;
+        let path = path.as_ref().to_path_buf();
+        let file = ractor::call!(content, |reply| TransferMsg::Put {
+            access,
+            group,
+            path,
+            progress,
+            reply,
+        })
+        .map_err(|_| ClientError::Stopped)??;
+        self.coordinator
+            .enqueue_as(
+                group,
+                RecordKind::CONTENT_REF,
+                vec![FileAnnounce::of(&file).encode()],
+            )
+            .await?;
+        self.remember_file(&file)?;
+        Ok(file)
+    }
+
+    /// Fetch `file` from its group's relays (any that holds it; an interrupted download
+    /// resumes from what was verified) and write it to `dest`, which appears only once all
+    /// of it verified and opened. Answers the bytes fetched from relays this time.
+    pub async fn get_file(
+        &self,
+        file: &FileRef,
+        dest: impl AsRef<Path>,
+    ) -> Result<u64, ClientError> {
+        self.get_file_with(file, dest, None).await
+    }
+
+    /// [`Client::get_file`], telling `progress` how far it is.
+    pub async fn get_file_with(
+        &self,
+        file: &FileRef,
+        dest: impl AsRef<Path>,
+        progress: Option<mpsc::Sender<Progress>>,
+    ) -> Result<u64, ClientError> {
+        let content = self.content()?;
+        let access = self
+            .coordinator
+            .content_access(file.group, Some(file.mailbox))
+            .await?;
+        let (file, dest) = (file.clone(), dest.as_ref().to_path_buf());
+        ractor::call!(content, |reply| TransferMsg::Get {
+            access,
+            file,
+            dest,
+            progress,
+            reply,
+        })
+        .map_err(|_| ClientError::Stopped)?
+        .map_err(ClientError::from)
+    }
+
+    /// Keep `file` in the home, so [`Client::known_file`] finds it by id (`zerok get ID`
+    /// after `zerok pull` printed it). The home dir is private (mode 0700).
+    pub fn remember_file(&self, file: &FileRef) -> Result<(), ClientError> {
+        remember_file_in(&self.home, file)
+    }
+
+    /// A file this device put or was told of ([`Client::remember_file`]), by its id or a
+    /// unique prefix of it.
+    pub fn known_file(&self, id: &str) -> Result<Option<FileRef>, ClientError> {
+        let dir = self.home.join(FILES_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(None);
+        };
+        let id = id.to_ascii_lowercase();
+        let matches: Vec<_> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&id))
+            .collect();
+        let [entry] = matches.as_slice() else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(entry.path()).map_err(|e| home_err(&self.home, e))?;
+        if bytes.len() < 32 {
+            return Ok(None);
+        }
+        let mut group = [0u8; 32];
+        group.copy_from_slice(&bytes[..32]);
+        Ok(FileAnnounce::decode(&bytes[32..])
+            .ok()
+            .map(|a| a.into_file_ref(GroupId(zerok_messages::MailboxId(group)))))
+    }
+
+    fn content(&self) -> Result<ActorRef<TransferMsg>, ClientError> {
+        if self.endpoint.is_none() {
+            return Err(ContentError::NoTransport.into());
+        }
+        lock(&self.content).clone().ok_or(ClientError::Stopped)
     }
 
     /// Status of every group.

@@ -28,9 +28,11 @@ pub mod tree;
 
 pub use client::{
     Client, ClientConfig, JOIN_WAIT, MakeDialer, NewSecret, PAIR_INVITE_VALID, PairCode, Transport,
+    remember_file_in,
 };
 pub use zerok_messages::client::{
-    ClientError, DeviceInfo, Event, GroupId, GroupStatus, Receipt, RelayStatus, Status, SyncReport,
+    ClientError, ContentError, DeviceInfo, Event, FileRef, GroupId, GroupStatus, Progress, Receipt,
+    RelayStatus, Status, SyncReport,
 };
 pub use zerok_messages::errors::{
     InvalidInput, InviteError, PairingError, PassphraseError, RecoveryError, StoreError,

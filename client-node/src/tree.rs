@@ -26,6 +26,9 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::{Arc, Mutex};
 use tracing::{error, warn};
+use zerok_actors::client::content_transfer::{
+    ContentTransferActor, ContentTransferArgs, TransferMsg,
+};
 use zerok_actors::client::encryptor::{EncryptorActor, EncryptorArgs};
 use zerok_actors::client::sync_coordinator::{CoordinatorActor, CoordinatorArgs};
 use zerok_actors::crypto::envelope::DeviceKey;
@@ -57,6 +60,10 @@ pub struct RootArgs {
     pub coordinator: Box<dyn FnOnce(ActorRef<EncryptorMsg>) -> CoordinatorArgs + Send>,
     /// Where the coordinator's ref is left for the handle.
     pub coordinator_ref: Arc<Mutex<Option<ActorRef<CoordMsg>>>>,
+    /// The ContentTransfer's args (`None` on a transport without iroh-blobs).
+    pub content: Option<ContentTransferArgs>,
+    /// Where its ref is left for the handle.
+    pub content_ref: Arc<Mutex<Option<ActorRef<TransferMsg>>>>,
 }
 
 /// How the client restarts its Encryptor: the shared standard policy.
@@ -70,6 +77,7 @@ const CHILD_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// restarted at once on the same home dir opens it.
 pub struct RootState {
     coordinator: ActorRef<CoordMsg>,
+    content: Option<ActorRef<TransferMsg>>,
     encryptor: Option<ActorRef<EncryptorMsg>>,
     device: Arc<DeviceKey>,
     rng: Rng,
@@ -111,8 +119,18 @@ impl Actor for ClientRoot {
         )
         .await?;
         *zerok_messages::sync::lock(&args.coordinator_ref) = Some(coordinator.clone());
+        let content = match args.content.take() {
+            Some(content_args) => Some(
+                Actor::spawn_linked(None, ContentTransferActor, content_args, myself.get_cell())
+                    .await?
+                    .0,
+            ),
+            None => None,
+        };
+        *zerok_messages::sync::lock(&args.content_ref) = content.clone();
         Ok(RootState {
             coordinator,
+            content,
             encryptor: Some(encryptor),
             device: args.device,
             rng: args.rng,
@@ -145,7 +163,13 @@ impl Actor for ClientRoot {
         _myself: ActorRef<Self::Msg>,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        // The coordinator first (it owns the local store), then the Encryptor it uses.
+        // Transfers first (they use the endpoint), the coordinator (it owns the local store),
+        // then the Encryptor it uses.
+        if let Some(content) = &state.content {
+            let _ = content
+                .stop_and_wait(Some("shutdown".into()), Some(CHILD_STOP_TIMEOUT))
+                .await;
+        }
         let _ = state
             .coordinator
             .stop_and_wait(Some("shutdown".into()), Some(CHILD_STOP_TIMEOUT))
@@ -169,6 +193,12 @@ impl Actor for ClientRoot {
         };
         if reason == "shutdown" {
             myself.stop(Some(reason));
+            return Ok(());
+        }
+        if state.content.as_ref().is_some_and(|c| c.get_id() == id) {
+            // Transfers fail with `Stopped` from now on; records sync on.
+            error!(reason = %reason, "content transfer stopped; files cannot be moved until restart");
+            state.content = None;
             return Ok(());
         }
         let is_encryptor = state.encryptor.as_ref().is_some_and(|e| e.get_id() == id);

@@ -121,6 +121,20 @@ pub enum Event {
         /// The new epoch's number.
         epoch: u32,
     },
+    /// A member put a large file into the group: fetch it with `get_file` (it is not
+    /// downloaded by itself).
+    File {
+        /// The group.
+        group: GroupId,
+        /// The member that put it.
+        sender: DeviceId,
+        /// Its seq among the sender's records.
+        seq: u64,
+        /// Hybrid logical clock timestamp of the announcement.
+        hlc: u64,
+        /// The file.
+        file: FileRef,
+    },
     /// A relay served an item that does not open (tampered, wrong key, bad signature).
     Undecryptable {
         /// The group.
@@ -193,6 +207,19 @@ impl fmt::Debug for Event {
                 .debug_struct("EpochChanged")
                 .field("group", group)
                 .field("epoch", epoch)
+                .finish(),
+            Event::File {
+                group,
+                sender,
+                seq,
+                file,
+                ..
+            } => f
+                .debug_struct("File")
+                .field("group", group)
+                .field("sender", sender)
+                .field("seq", seq)
+                .field("file", file)
                 .finish(),
             Event::Undecryptable {
                 group,
@@ -332,6 +359,145 @@ pub enum ClientError {
     /// The device to remove is not on the group's roster.
     #[error("device {0} is not on the group's roster")]
     NotOnRoster(String),
+    /// Putting or getting a large file failed.
+    #[error(transparent)]
+    Content(#[from] ContentError),
+}
+
+/// Why a large file could not be put or got.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentError {
+    /// Reading the source or writing the destination failed.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// The content does not verify: a relay served bytes that are not the file's (BLAKE3
+    /// of the ciphertext), or a chunk does not open (damaged, reordered, cut short).
+    /// Nothing was written to the destination.
+    #[error("content failed verification: {0}")]
+    Integrity(String),
+    /// No relay of the group holds the file (never uploaded there, or expired).
+    #[error("no relay of the group holds this file")]
+    NotFound,
+    /// A relay refused (quota, size, membership).
+    #[error("relay {relay} refused: {code}: {message}")]
+    Refused {
+        /// The relay.
+        relay: String,
+        /// Its error code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// No relay could be reached or finished the transfer.
+    #[error("no relay took the transfer: {0}")]
+    Unreachable(String),
+    /// This client has no iroh endpoint (another transport), so it cannot move content.
+    #[error("content needs the iroh transport")]
+    NoTransport,
+}
+
+/// A large file put into a group: what a device needs to fetch and open it. It travels
+/// inside a sealed `CONTENT_REF` record, so only the group sees it; `key` opens the file
+/// (never logged: `Debug` leaves it out).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// The group.
+    pub group: GroupId,
+    /// The mailbox (the group's epoch) the file was offered to on its relays.
+    pub mailbox: MailboxId,
+    /// BLAKE3 of the sealed file: its iroh-blobs hash.
+    pub hash: BlobId,
+    /// Bytes of the sealed file.
+    pub sealed_size: u64,
+    /// Bytes of the file.
+    pub size: u64,
+    /// The file's name (its last path component when it was put).
+    pub name: String,
+    /// The file's key.
+    pub key: Zeroizing<[u8; 32]>,
+}
+
+impl FileRef {
+    /// The id `zerok get` takes: the hex of the sealed file's hash.
+    pub fn id(&self) -> String {
+        self.hash.to_hex()
+    }
+}
+
+impl fmt::Debug for FileRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileRef")
+            .field("group", &self.group)
+            .field("hash", &self.hash)
+            .field("size", &self.size)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How far a put or a get is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Hashing and sealing the file (plaintext bytes done of all).
+    Sealing {
+        /// Done.
+        done: u64,
+        /// All.
+        total: u64,
+    },
+    /// Sending the sealed file to a relay (bytes sent in this transfer, and the bytes the
+    /// relay had already: a resumed upload starts past them).
+    Uploading {
+        /// Sent.
+        done: u64,
+        /// To send.
+        total: u64,
+        /// Already on the relay.
+        resumed_from: u64,
+    },
+    /// Fetching the sealed file (bytes received in this transfer; a resumed download
+    /// fetches only what it lacks).
+    Downloading {
+        /// Received.
+        done: u64,
+        /// To receive.
+        total: u64,
+    },
+    /// Opening the chunks into the destination.
+    Opening {
+        /// Plaintext bytes written.
+        done: u64,
+        /// All.
+        total: u64,
+    },
+}
+
+/// What a device needs to move a group's content: the mailbox to join on its relays, the
+/// mailbox's signing seed, the epoch's content key.
+pub struct ContentAccess {
+    /// The mailbox.
+    pub mailbox: MailboxId,
+    /// Its signing seed (a secret).
+    pub seed: MailboxSeed,
+    /// The epoch's content key (a secret).
+    pub content_key: Zeroizing<[u8; 32]>,
+    /// The group's relays.
+    pub relays: Vec<RelayAddr>,
+}
+
+impl fmt::Debug for ContentAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContentAccess")
+            .field("mailbox", &self.mailbox)
+            .field("relays", &self.relays.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A device on a group's roster, as `devices()` lists it.
@@ -1016,6 +1182,16 @@ pub enum CoordMsg {
         group: GroupId,
         /// Its devices.
         reply: RpcReplyPort<Result<Vec<DeviceInfo>, ClientError>>,
+    },
+    /// The keys to move content of `group`: of its current epoch, or of the epoch whose
+    /// mailbox is `mailbox` (a file offered before a rekey).
+    ContentAccess {
+        /// The group.
+        group: GroupId,
+        /// The epoch's mailbox (`None`: the current one, where new files go).
+        mailbox: Option<MailboxId>,
+        /// The keys.
+        reply: RpcReplyPort<Result<ContentAccess, ClientError>>,
     },
     /// Make an invite: a roster operation makes it known to every member (any may admit
     /// with it); this device serves its invite mailbox. Answers the invite secret.

@@ -411,3 +411,109 @@ pub enum ListenerMsg {
         reply: RpcReplyPort<u64>,
     },
 }
+
+/// What a relay grants a device for one sealed file (answer to [`ContentMsg::Offer`] and
+/// [`ContentMsg::Open`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentGrant {
+    /// Bytes of the sealed file.
+    pub size: u64,
+    /// Bytes of its verified prefix held for the mailbox (`size` once complete).
+    pub have: u64,
+}
+
+/// Why the content service refused an offer or an open; each maps to an error frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentRefusal {
+    /// The mailbox's content quota or the relay's content budget would be exceeded.
+    #[error("{0}")]
+    Quota(String),
+    /// The file is larger than the relay takes.
+    #[error("content of {size} bytes exceeds the relay's limit of {max}")]
+    TooLarge {
+        /// Offered size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Not held for this mailbox (never offered, expired, or not completely uploaded).
+    #[error("no such content in this mailbox")]
+    NotFound,
+    /// The offer contradicts what the relay holds (another size for the same hash).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The content store failed.
+    #[error("content store: {0}")]
+    Unavailable(String),
+}
+
+impl ContentRefusal {
+    /// The error code of the frame that answers the request.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ContentRefusal::Quota(_) => ErrorCode::QuotaExceeded,
+            ContentRefusal::TooLarge { .. } => ErrorCode::TooLarge,
+            ContentRefusal::NotFound => ErrorCode::NotFound,
+            ContentRefusal::BadRequest(_) => ErrorCode::BadRequest,
+            ContentRefusal::Unavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// Messages of the ContentService, which keeps sealed files in an iroh-blobs store and
+/// decides who may push or fetch them over iroh-blobs.
+#[derive(Debug)]
+pub enum ContentMsg {
+    /// A device on a connection that joined `mailbox` offers (or announces again) a file.
+    Offer {
+        /// The device (the endpoint that will push).
+        device: crate::DeviceId,
+        /// The joined mailbox.
+        mailbox: MailboxId,
+        /// BLAKE3 of the sealed file.
+        hash: BlobId,
+        /// Its size in bytes.
+        size: u64,
+        /// Requested TTL (`None` = the relay's default; capped).
+        ttl_secs: Option<u32>,
+        /// The grant.
+        reply: RpcReplyPort<Result<ContentGrant, ContentRefusal>>,
+    },
+    /// A device on a connection that joined `mailbox` wants to fetch a file.
+    Open {
+        /// The device (the endpoint that will fetch).
+        device: crate::DeviceId,
+        /// The joined mailbox.
+        mailbox: MailboxId,
+        /// BLAKE3 of the sealed file.
+        hash: BlobId,
+        /// The grant.
+        reply: RpcReplyPort<Result<ContentGrant, ContentRefusal>>,
+    },
+    /// A granted push of `hash` by `device` finished (sent by the provider's event task).
+    Pushed {
+        /// The device.
+        device: crate::DeviceId,
+        /// The content.
+        hash: BlobId,
+    },
+    /// Forget expired files and grants (sent on the sweep interval).
+    SweepDue,
+    /// Totals.
+    GetStats {
+        /// The totals.
+        reply: RpcReplyPort<ContentStats>,
+    },
+}
+
+/// What the content service holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContentStats {
+    /// (mailbox, file) entries.
+    pub entries: u64,
+    /// Distinct files.
+    pub files: u64,
+    /// Bytes of distinct files (what the budget counts).
+    pub bytes: u64,
+}

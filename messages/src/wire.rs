@@ -122,6 +122,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or storage failure on the relay.
     Internal,
+    /// The content named is not held for this mailbox (never offered, expired, or not
+    /// completely uploaded).
+    NotFound,
     /// A code from a newer protocol revision that this build does not know.
     #[serde(other)]
     Unknown,
@@ -140,6 +143,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -357,6 +361,49 @@ pub enum Frame {
         /// Why.
         reason: ByeReason,
     },
+    /// c→r: this device will upload the sealed file `hash` (BLAKE3 of the ciphertext, as
+    /// iroh-blobs verifies it) of `size` bytes for a joined mailbox, or announces it again
+    /// (its TTL restarts). The relay counts it against the mailbox's content quota and its
+    /// own budget and answers `ContentGrant`: this connection's device may push the bytes
+    /// from `have` on over iroh-blobs (ALPN `/iroh-bytes/4`) on the same endpoint.
+    #[serde(rename = "content_offer")]
+    ContentOffer {
+        /// Request id.
+        req: ReqId,
+        /// The mailbox the content belongs to; must be joined on this connection.
+        mailbox: MailboxId,
+        /// BLAKE3 of the sealed file (its iroh-blobs hash).
+        hash: BlobId,
+        /// Bytes of the sealed file.
+        size: u64,
+        /// Requested time to live; absent means the relay default; capped by the relay.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u32>,
+    },
+    /// c→r: this device wants to download `hash` of a joined mailbox. Answered with a
+    /// `ContentGrant` (the device may fetch it over iroh-blobs) or `not_found`.
+    #[serde(rename = "content_open")]
+    ContentOpen {
+        /// Request id.
+        req: ReqId,
+        /// The mailbox the content was offered to; must be joined on this connection.
+        mailbox: MailboxId,
+        /// BLAKE3 of the sealed file.
+        hash: BlobId,
+    },
+    /// r→c: answer to `ContentOffer` or `ContentOpen`.
+    #[serde(rename = "content_grant")]
+    ContentGrant {
+        /// Request id.
+        req: ReqId,
+        /// The content.
+        hash: BlobId,
+        /// Bytes of the sealed file.
+        size: u64,
+        /// Bytes of its verified prefix the relay holds for this mailbox (`size` once it is
+        /// complete).
+        have: u64,
+    },
 }
 
 /// Every wire tag of version 1, in a stable order. A tag is never removed from this list.
@@ -379,6 +426,9 @@ pub const FRAME_TAGS: &[&str] = &[
     "pong",
     "error",
     "bye",
+    "content_offer",
+    "content_open",
+    "content_grant",
 ];
 
 impl Frame {
@@ -403,6 +453,9 @@ impl Frame {
             Frame::Pong { .. } => "pong",
             Frame::Error { .. } => "error",
             Frame::Bye { .. } => "bye",
+            Frame::ContentOffer { .. } => "content_offer",
+            Frame::ContentOpen { .. } => "content_open",
+            Frame::ContentGrant { .. } => "content_grant",
         }
     }
 
@@ -420,7 +473,10 @@ impl Frame {
             | Frame::Unsubscribe { req, .. }
             | Frame::Unsubscribed { req }
             | Frame::Ping { req }
-            | Frame::Pong { req } => Some(*req),
+            | Frame::Pong { req }
+            | Frame::ContentOffer { req, .. }
+            | Frame::ContentOpen { req, .. }
+            | Frame::ContentGrant { req, .. } => Some(*req),
             Frame::Error { req, .. } => *req,
             Frame::Hello { .. }
             | Frame::Welcome { .. }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 use zerok_actors::relay::blob_store::core::{
     ITEM_CHARGE_BYTES, MAILBOX_INDEX_ENTRIES, charged_bytes,
 };
@@ -97,6 +98,75 @@ pub struct RelayConfig {
     pub shutdown: ShutdownConfig,
     /// Who may create mailboxes, and how fast.
     pub admission: AdmissionSettings,
+    /// Large files over iroh-blobs.
+    pub content: ContentSettings,
+}
+
+/// Large files (sealed by clients) kept in `content/` of the data dir and served over
+/// iroh-blobs on the relay's endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContentSettings {
+    /// Whether the relay keeps files at all (off: offers are answered `unsupported`).
+    pub enabled: bool,
+    /// Bytes of files one mailbox (one group's epoch) may hold.
+    pub mailbox_quota_bytes: u64,
+    /// Bytes of distinct files the relay holds in total.
+    pub max_bytes: u64,
+    /// Largest file, in bytes.
+    pub file_bytes_max: u64,
+    /// Seconds a file is kept when its offer names no TTL; announcing it again restarts it.
+    pub ttl_default_secs: u64,
+    /// Longest TTL an offer may ask for.
+    pub ttl_max_secs: u64,
+    /// iroh-blobs connections served at once.
+    pub connections_max: u32,
+}
+
+impl Default for ContentSettings {
+    fn default() -> Self {
+        let defaults = zerok_actors::relay::content::ContentConfig::default();
+        Self {
+            enabled: true,
+            mailbox_quota_bytes: defaults.mailbox_quota_bytes,
+            max_bytes: defaults.budget_bytes,
+            file_bytes_max: defaults.file_bytes_max,
+            ttl_default_secs: defaults.ttl_default.as_secs(),
+            ttl_max_secs: defaults.ttl_max.as_secs(),
+            connections_max: defaults.connections_max as u32,
+        }
+    }
+}
+
+impl ContentSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.file_bytes_max == 0 {
+            return Err(invalid("content.file_bytes_max", "must be at least 1"));
+        }
+        if self.ttl_default_secs == 0 || self.ttl_default_secs > self.ttl_max_secs {
+            return Err(invalid(
+                "content.ttl_default_secs",
+                "must be in 1..=content.ttl_max_secs",
+            ));
+        }
+        if self.connections_max == 0 {
+            return Err(invalid("content.connections_max", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The content service's settings.
+    pub fn to_config(&self) -> zerok_actors::relay::content::ContentConfig {
+        zerok_actors::relay::content::ContentConfig {
+            mailbox_quota_bytes: self.mailbox_quota_bytes,
+            budget_bytes: self.max_bytes,
+            file_bytes_max: self.file_bytes_max,
+            ttl_default: Duration::from_secs(self.ttl_default_secs),
+            ttl_max: Duration::from_secs(self.ttl_max_secs),
+            connections_max: self.connections_max as usize,
+            ..zerok_actors::relay::content::ContentConfig::default()
+        }
+    }
 }
 
 /// How log lines are written.
@@ -309,6 +379,7 @@ impl Default for RelayConfig {
             store: StoreConfig::default(),
             shutdown: ShutdownConfig::default(),
             admission: AdmissionSettings::default(),
+            content: ContentSettings::default(),
         }
     }
 }
@@ -513,6 +584,7 @@ impl RelayConfig {
         self.rate_limits.validate()?;
         self.store.validate()?;
         self.shutdown.validate()?;
+        self.content.validate()?;
         self.admission.validate()
     }
 }

@@ -46,6 +46,7 @@ use zerok_actors::relay::admission::Admission;
 use zerok_actors::relay::blob_store::core::{StoreBudget, StoreLimits};
 use zerok_actors::relay::blob_store::fs::{StoreFs, os_fs};
 use zerok_actors::relay::blob_store::{ItemStore, Store, StoreOptions};
+use zerok_actors::relay::content::{ContentActor, ContentArgs, ContentService};
 use zerok_actors::relay::infra::{
     InfraActor, InfraArgs, STORE_RESTART_POLICY, SWEEPER_RESTART_POLICY,
 };
@@ -60,7 +61,9 @@ use zerok_actors::relay::sessions_supervisor::{
 };
 use zerok_actors::rng::Rng;
 use zerok_actors::shared_ref::SharedRef;
-use zerok_messages::relay::{BlobStoreMsg, InfraMsg, ListenerMsg, RoutersMsg, SessionsMsg};
+use zerok_messages::relay::{
+    BlobStoreMsg, ContentMsg, InfraMsg, ListenerMsg, RoutersMsg, SessionsMsg,
+};
 use zerok_messages::{DeviceId, RelayAddr};
 
 /// File in the data dir holding the node's secret key.
@@ -166,6 +169,8 @@ struct RootArgs {
     routers_rng: Rng,
     listener: LinkListener,
     http: Option<(tokio::net::TcpListener, HttpState)>,
+    /// The content service's arguments (`None`: no content on this relay or transport).
+    content: Option<ContentArgs>,
 }
 
 struct RootState {
@@ -174,6 +179,7 @@ struct RootState {
     routers: ActorRef<RoutersMsg>,
     sessions: ActorRef<SessionsMsg>,
     listener: ActorRef<ListenerMsg>,
+    content: Option<ActorRef<ContentMsg>>,
     http: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     is_stopping: bool,
 }
@@ -213,6 +219,14 @@ impl Actor for RelayRootActor {
             myself.get_cell(),
         )
         .await?;
+        let content = match args.content {
+            Some(content_args) => Some(
+                Actor::spawn_linked(None, ContentActor, content_args, myself.get_cell())
+                    .await?
+                    .0,
+            ),
+            None => None,
+        };
         let (sessions, _) = Actor::spawn_linked(
             None,
             SessionsSupervisorActor,
@@ -220,6 +234,7 @@ impl Actor for RelayRootActor {
                 config: args.sessions,
                 store: store.clone(),
                 routers: routers.clone(),
+                content: content.clone(),
                 limiters: Arc::new(RelayLimiters::new(&args.rate_limits)),
                 admission: args.admission,
                 rng: args.rng,
@@ -256,6 +271,7 @@ impl Actor for RelayRootActor {
             routers,
             sessions,
             listener,
+            content,
             http,
             is_stopping: false,
         })
@@ -339,6 +355,11 @@ async fn shutdown_children(state: &mut RootState, grace: Duration) -> ShutdownRe
         .sessions
         .stop_and_wait(Some("shutdown".into()), Some(STEP_TIMEOUT))
         .await;
+    if let Some(content) = &state.content {
+        let _ = content
+            .stop_and_wait(Some("shutdown".into()), Some(STEP_TIMEOUT))
+            .await;
+    }
     report.store_drained = ractor::call_t!(
         state.store.get(),
         |reply| BlobStoreMsg::GetStats { reply },
@@ -418,6 +439,29 @@ impl RelayNode {
                 .map_err(|err| data_dir_err(data_dir, err))??;
         let metrics = RelayMetrics::new();
         let connections = &config.connections;
+        // Content needs iroh-blobs on the endpoint: not on another transport.
+        let content = if config.content.enabled && listener.is_none() {
+            let content_config = config.content.to_config();
+            let service = ContentService::open(data_dir, &content_config)
+                .await
+                .map_err(|err| data_dir_err(data_dir, err))?;
+            let (tx, rx) = tokio::sync::mpsc::channel(content_config.connections_max);
+            Some((
+                tx,
+                ContentArgs {
+                    service,
+                    config: content_config,
+                    connections: rx,
+                    clock: clock.clone(),
+                },
+            ))
+        } else {
+            None
+        };
+        let (blobs, content) = match content {
+            Some((tx, args)) => (Some(tx), Some(args)),
+            None => (None, None),
+        };
         let unread_pool = QueuePool::new(byte_budget(connections.unread_bytes_total_max));
         let iroh_config = IrohConfig {
             first_frame_timeout: Duration::from_millis(connections.handshake_timeout_ms),
@@ -432,6 +476,7 @@ impl RelayNode {
             accepted_queue_bytes: byte_budget(connections.unread_bytes_max),
             accepted_queue_pool: Some(Arc::clone(&unread_pool)),
             is_bind_exact: true,
+            blobs,
             ..IrohConfig::new(secret, config.bind)
         };
         let (endpoint, listener, mut addr) = match listener {
@@ -544,6 +589,7 @@ impl RelayNode {
             routers_rng,
             listener,
             http,
+            content,
         };
         let (root, root_handle) = match Actor::spawn(None, RelayRootActor, root_args).await {
             Ok(spawned) => spawned,

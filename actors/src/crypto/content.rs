@@ -238,6 +238,85 @@ pub fn open_stream(
     Ok(written)
 }
 
+/// The payload of a `CONTENT_REF` record: what a member needs to fetch and open a file
+/// (the record is sealed, so only the group reads it). CBOR.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileAnnounce {
+    /// The mailbox the file was offered to.
+    pub mailbox: zerok_messages::MailboxId,
+    /// BLAKE3 of the sealed file.
+    pub hash: zerok_messages::BlobId,
+    /// Bytes of the sealed file.
+    pub sealed_size: u64,
+    /// Bytes of the file.
+    pub size: u64,
+    /// The file's name.
+    pub name: String,
+    /// The file's key.
+    #[serde(with = "serde_bytes")]
+    pub key: [u8; 32],
+}
+
+impl Drop for FileAnnounce {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+impl FileAnnounce {
+    /// Longest name kept (longer ones are cut at a char boundary).
+    pub const NAME_BYTES_MAX: usize = 255;
+
+    /// The announcement of `file`.
+    pub fn of(file: &zerok_messages::client::FileRef) -> FileAnnounce {
+        FileAnnounce {
+            mailbox: file.mailbox,
+            hash: file.hash,
+            sealed_size: file.sealed_size,
+            size: file.size,
+            name: file.name.clone(),
+            key: *file.key,
+        }
+    }
+
+    /// CBOR.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Writing to a Vec fails only on a serializer bug.
+        if let Err(err) = ciborium::into_writer(self, &mut out) {
+            tracing::error!(error = %err, "file announcement not encodable");
+        }
+        out
+    }
+
+    /// Decode and check that the sizes agree.
+    pub fn decode(bytes: &[u8]) -> Result<FileAnnounce, String> {
+        let announce: FileAnnounce = ciborium::from_reader(bytes).map_err(|e| e.to_string())?;
+        if sealed_len(announce.size) != announce.sealed_size
+            || announce.name.len() > Self::NAME_BYTES_MAX
+        {
+            return Err("sizes or name do not agree".into());
+        }
+        Ok(announce)
+    }
+
+    /// The file reference of a group's announcement.
+    pub fn into_file_ref(
+        self,
+        group: zerok_messages::client::GroupId,
+    ) -> zerok_messages::client::FileRef {
+        zerok_messages::client::FileRef {
+            group,
+            mailbox: self.mailbox,
+            hash: self.hash,
+            sealed_size: self.sealed_size,
+            size: self.size,
+            name: self.name.clone(),
+            key: Zeroizing::new(self.key),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

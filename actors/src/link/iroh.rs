@@ -103,6 +103,25 @@ pub struct IrohConfig {
     /// see one address family per client); otherwise iroh also binds its default sockets of
     /// the other address family (a client reaching relays over IPv4 and IPv6).
     pub is_bind_exact: bool,
+    /// Where connections of iroh-blobs' ALPN go (a relay's content service); `None`: the
+    /// endpoint speaks only `zerok/1`.
+    pub blobs: Option<mpsc::Sender<BlobsConnection>>,
+}
+
+/// An accepted iroh-blobs connection (ALPN [`iroh_blobs::ALPN`]), with the per-source
+/// slots it holds until it ends.
+pub struct BlobsConnection {
+    /// The connection.
+    pub connection: Connection,
+    /// Its slots.
+    pub guards: Vec<SlotGuard>,
+}
+
+impl BlobsConnection {
+    /// Close it with `reason`.
+    pub fn refuse(self, reason: &[u8]) {
+        self.connection.close(VarInt::from_u32(CLOSE_ABORT), reason);
+    }
 }
 
 impl std::fmt::Debug for IrohConfig {
@@ -113,6 +132,7 @@ impl std::fmt::Debug for IrohConfig {
             .field("first_frame_timeout", &self.first_frame_timeout)
             .field("slots", &self.slots.as_ref().map(|slots| slots.limits()))
             .field("accepted_queue_bytes", &self.accepted_queue_bytes)
+            .field("blobs", &self.blobs.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -129,6 +149,7 @@ impl IrohConfig {
             accepted_queue_bytes: LINK_QUEUE_BYTES,
             accepted_queue_pool: None,
             is_bind_exact: false,
+            blobs: None,
         }
     }
 }
@@ -147,9 +168,13 @@ fn setup(err: impl std::fmt::Display) -> LinkError {
 impl IrohNode {
     /// Bind the endpoint.
     pub async fn bind(config: IrohConfig) -> Result<IrohNode, LinkError> {
+        let mut alpns = vec![ALPN.to_vec()];
+        if config.blobs.is_some() {
+            alpns.push(iroh_blobs::ALPN.to_vec());
+        }
         let mut builder = Endpoint::builder(presets::Minimal)
             .secret_key(SecretKey::from_bytes(&config.secret_key))
-            .alpns(vec![ALPN.to_vec()])
+            .alpns(alpns)
             .relay_mode(RelayMode::Disabled)
             .clear_address_lookup()
             .transport_config(transport_config());
@@ -201,6 +226,28 @@ impl IrohNode {
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         tokio::spawn(accept_loop(self.endpoint.clone(), self.config.clone(), tx));
         LinkListener::new(self.local_id(), rx)
+    }
+
+    /// An iroh-blobs connection to a relay's content service, from this endpoint (so the
+    /// relay knows it as this device, which its grants name).
+    pub async fn connect_blobs(&self, addr: &RelayAddr) -> Result<Connection, LinkError> {
+        let unreachable = |detail: String| LinkError::Unreachable {
+            addr: addr.to_string(),
+            detail,
+        };
+        let key = iroh::PublicKey::from_bytes(addr.id.as_bytes())
+            .map_err(|err| unreachable(format!("invalid endpoint id: {err}")))?;
+        let mut target = EndpointAddr::new(key);
+        for socket in &addr.addrs {
+            target = target.with_ip_addr(*socket);
+        }
+        tokio::time::timeout(
+            self.config.dial_timeout,
+            self.endpoint.connect(target, iroh_blobs::ALPN),
+        )
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|err| unreachable(err.to_string()))
     }
 
     /// A dialer using this endpoint.
@@ -262,12 +309,19 @@ async fn accept_loop(endpoint: Endpoint, config: Arc<IrohConfig>, links: mpsc::S
             let _permit = permit;
             let accepted = tokio::time::timeout(config.first_frame_timeout, async {
                 let connection = incoming.await.map_err(|err| err.to_string())?;
+                if connection.alpn() == iroh_blobs::ALPN {
+                    return Ok(Err(connection));
+                }
                 let (send, recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((connection, send, recv))
+                Ok::<_, String>(Ok((connection, send, recv)))
             })
             .await;
             let (connection, send, recv) = match accepted {
-                Ok(Ok(accepted)) => accepted,
+                Ok(Ok(Ok(accepted))) => accepted,
+                Ok(Ok(Err(blobs))) => {
+                    accept_blobs(&config, slot, blobs);
+                    return;
+                }
                 Ok(Err(err)) => {
                     debug!(error = %err, "incoming connection failed");
                     return;
@@ -311,6 +365,35 @@ async fn accept_loop(endpoint: Endpoint, config: Arc<IrohConfig>, links: mpsc::S
                 connection.close(VarInt::from_u32(CLOSE_ABORT), b"busy");
             }
         });
+    }
+}
+
+/// Hand an iroh-blobs connection to the content service, holding its slots; refused when
+/// the endpoint has no content service or it is busy.
+fn accept_blobs(config: &IrohConfig, slot: Option<SlotGuard>, connection: Connection) {
+    let Some(sink) = &config.blobs else {
+        connection.close(VarInt::from_u32(CLOSE_ABORT), b"no content service");
+        return;
+    };
+    let guards = match (&config.slots, slot) {
+        (Some(slots), Some(slot)) => {
+            let device = DeviceId(*connection.remote_id().as_bytes());
+            match slots.established(slot, device) {
+                Ok(guards) => guards.into_iter().collect(),
+                Err(why) => {
+                    debug!(reason = why.as_str(), "content connection refused");
+                    connection.close(VarInt::from_u32(CLOSE_ABORT), why.to_string().as_bytes());
+                    return;
+                }
+            }
+        }
+        _ => Vec::new(),
+    };
+    if let Err(err) = sink.try_send(BlobsConnection { connection, guards }) {
+        let blobs = match err {
+            mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b,
+        };
+        blobs.refuse(b"busy");
     }
 }
 

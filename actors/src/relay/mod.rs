@@ -7,6 +7,7 @@
 //! - [`blob_store`] and [`cleanup_sweeper`] under [`infra`]: the durable item store and the
 //!   expiry sweep.
 //! - [`sessions_supervisor`], [`listener`]: connections, slots before the handshake.
+//! - [`content`]: sealed files over iroh-blobs (grants decided on the zerok connection).
 //! - [`metrics`]: what the relay exports.
 //!
 //! Their messages are in `zerok_messages::relay`.
@@ -14,6 +15,7 @@
 pub mod admission;
 pub mod blob_store;
 pub mod cleanup_sweeper;
+pub mod content;
 pub mod group_router;
 pub mod infra;
 pub mod listener;

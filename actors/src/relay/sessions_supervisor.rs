@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 use zerok_messages::link::LinkSender;
-use zerok_messages::relay::{BlobStoreMsg, RoutersMsg, SessionMsg, SessionsMsg};
+use zerok_messages::relay::{BlobStoreMsg, ContentMsg, RoutersMsg, SessionMsg, SessionsMsg};
 use zerok_messages::wire::ByeReason;
 use zerok_messages::{DeviceId, ErrorCode, Frame, Limits, codec};
 
@@ -61,6 +61,8 @@ pub struct SessionsSupervisorArgs {
     pub store: SharedRef<BlobStoreMsg>,
     /// The routers supervisor.
     pub routers: ActorRef<RoutersMsg>,
+    /// The content service (`None`: the relay keeps no content).
+    pub content: Option<ActorRef<ContentMsg>>,
     /// Rate limiters shared with every session.
     pub limiters: Arc<RelayLimiters>,
     /// Who may create mailboxes (shared by every session).
@@ -166,6 +168,7 @@ impl SessionsSupervisorState {
             limits: self.args.config.limits.clone(),
             store: self.args.store.clone(),
             routers: self.args.routers.clone(),
+            content: self.args.content.clone(),
             subscriber_id: self.next_subscriber,
             source: remote_addr.map(|addr| addr.ip()),
             inflight_bytes_max: self.args.config.inflight_bytes_max,

@@ -10,7 +10,9 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use zerok_client::{Client, ClientConfig, ClientError, DeviceInfo, Event, GroupId, NewSecret};
+use zerok_client::{
+    Client, ClientConfig, ClientError, DeviceInfo, Event, GroupId, NewSecret, Progress,
+};
 use zerok_messages::RelayAddr;
 
 #[derive(Parser)]
@@ -135,6 +137,20 @@ enum Command {
         /// Without --wait: how long to try before leaving the push queued.
         #[arg(long, default_value_t = 15, value_name = "SECS")]
         timeout: u64,
+    },
+    /// Put a large file into the group: sealed in chunks, uploaded to the group's relays
+    /// (an interrupted upload resumes), announced to every member. Prints its id.
+    Put {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Fetch a file a member put (its id, or a unique prefix, as `zerok pull` printed it)
+    /// into PATH (default: the file's name, in the current directory).
+    Get {
+        /// The file's id.
+        id: String,
+        /// Where it goes.
+        path: Option<PathBuf>,
     },
     /// Fetch new records and print each payload as a line.
     Pull {
@@ -373,8 +389,39 @@ async fn pick_group(client: &Client, wanted: Option<GroupId>) -> Result<GroupId,
     }
 }
 
+/// Keep a file's reference so `zerok get ID` finds it.
+fn remember(home: &std::path::Path, event: &Event) {
+    if let Event::File { file, .. } = event
+        && let Err(err) = zerok_client::remember_file_in(home, file)
+    {
+        eprintln!("zerok: warning: file {} not remembered: {err}", file.id());
+    }
+}
+
 fn print_record(out: &mut impl Write, event: &Event, json: bool) -> std::io::Result<()> {
     match event {
+        Event::File {
+            group,
+            sender,
+            seq,
+            file,
+            ..
+        } => {
+            if json {
+                let line = serde_json::json!({
+                    "group": group.to_string(),
+                    "sender": sender.to_hex(),
+                    "seq": seq,
+                    "file": file.id(),
+                    "size": file.size,
+                    "name": file.name,
+                });
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(out, "file {} {} {}", file.id(), file.size, file.name)?;
+            }
+            out.flush()
+        }
         Event::Received {
             group,
             sender,
@@ -715,9 +762,56 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Put { path } => {
+            if !path.is_file() {
+                return Err(fail(format!("{}: not a readable file", path.display())));
+            }
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
+            let result = async {
+                let group = pick_group(&client, cli.group).await?;
+                let (progress, bar) = progress_bar();
+                let file = client.put_file_with(group, &path, Some(progress)).await;
+                bar.await.ok();
+                let file = file?;
+                // The announcement goes out with the next sync: wait for a relay's ack.
+                let _ = client.sync_now(group).await;
+                Ok::<_, Failure>(file)
+            }
+            .await;
+            client.shutdown().await;
+            let file = result?;
+            println!("{} {} {}", file.id(), file.size, file.name);
+            Ok(())
+        }
+        Command::Get { id, path } => {
+            let client = start(&home, false, cli.device_name.as_ref()).await?;
+            let result = async {
+                let file = client.known_file(&id)?.ok_or_else(|| {
+                    fail(format!(
+                        "no file {id} known here: run `zerok pull` to learn of new files"
+                    ))
+                })?;
+                let dest = match path {
+                    Some(path) if path.is_dir() => path.join(&file.name),
+                    Some(path) => path,
+                    None if file.name.is_empty() => PathBuf::from(file.id()),
+                    None => PathBuf::from(&file.name),
+                };
+                let (progress, bar) = progress_bar();
+                let got = client.get_file_with(&file, &dest, Some(progress)).await;
+                bar.await.ok();
+                got?;
+                Ok::<_, Failure>(dest)
+            }
+            .await;
+            client.shutdown().await;
+            let dest = result?;
+            println!("{}", dest.display());
+            Ok(())
+        }
         Command::Pull { json } => {
             let client = start(&home, true, cli.device_name.as_ref()).await?;
-            let result = pull(&client, cli.group, json).await;
+            let result = pull(&client, &home, cli.group, json).await;
             client.shutdown().await;
             result
         }
@@ -735,7 +829,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             Some(Event::Removed { group }) => {
                                 return Err(ClientError::Removed(group).into());
                             }
-                            Some(event) => print_record(&mut out, &event, json)
+                            Some(event) => {
+                                remember(&home, &event);
+                                print_record(&mut out, &event, json)
+                            }
                                 .map_err(|e| fail(format!("stdout: {e}")))?,
                             None => return Ok(()),
                         },
@@ -777,8 +874,50 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-async fn pull(client: &Client, group: Option<GroupId>, json: bool) -> Result<(), Failure> {
+/// A progress bar on stderr (hidden when stderr is not a terminal), fed by the sender;
+/// the task ends when the sender is dropped.
+fn progress_bar() -> (
+    tokio::sync::mpsc::Sender<Progress>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Progress>(64);
+    let task = tokio::spawn(async move {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>11} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        while let Some(event) = rx.recv().await {
+            let (phase, done, total) = match event {
+                Progress::Sealing { done, total } => ("sealing", done, total),
+                Progress::Uploading {
+                    done,
+                    total,
+                    resumed_from,
+                } => ("uploading", resumed_from + done, resumed_from + total),
+                Progress::Downloading { done, total } => ("downloading", done, total),
+                Progress::Opening { done, total } => ("opening", done, total),
+            };
+            bar.set_message(phase);
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+        bar.finish_and_clear();
+    });
+    (tx, task)
+}
+
+async fn pull(
+    client: &Client,
+    home: &std::path::Path,
+    group: Option<GroupId>,
+    json: bool,
+) -> Result<(), Failure> {
     let group = pick_group(client, group).await?;
+    let home = home.to_path_buf();
     let mut events = client
         .events()
         .ok_or_else(|| fail("events already taken"))?;
@@ -791,14 +930,16 @@ async fn pull(client: &Client, group: Option<GroupId>, json: bool) -> Result<(),
                 biased;
                 event = events.recv() => match event {
                     Some(event) => {
-                        printed += usize::from(matches!(event, Event::Received { .. }));
+                        printed += usize::from(matches!(event, Event::Received { .. } | Event::File { .. }));
+                        remember(&home, &event);
                         print_record(&mut out, &event, json)?;
                     }
                     None => break,
                 },
                 _ = &mut stop_rx => {
                     while let Ok(event) = events.try_recv() {
-                        printed += usize::from(matches!(event, Event::Received { .. }));
+                        printed += usize::from(matches!(event, Event::Received { .. } | Event::File { .. }));
+                        remember(&home, &event);
                         print_record(&mut out, &event, json)?;
                     }
                     break;

@@ -403,6 +403,7 @@ fn spawn_receiver(mut events: mpsc::Receiver<Event>) -> Receiver {
                     return Err(anyhow!("record of a device not on the roster: {sender:?}"));
                 }
                 Event::Removed { .. } => return Err(anyhow!("removed from the group")),
+                Event::File { .. } => return Err(anyhow!("a file announcement in a record run")),
                 Event::RelayUp { .. }
                 | Event::RelayDown { .. }
                 | Event::RosterChanged { .. }

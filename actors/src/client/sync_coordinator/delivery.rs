@@ -16,7 +16,8 @@
 use super::inbox::EVENT_ROOM;
 use crate::client::local_store::ReceivedBatch;
 use crate::client::seen::SeenIds;
-use crate::crypto::envelope::{OpenError, OpenedRecord};
+use crate::crypto::content::FileAnnounce;
+use crate::crypto::envelope::{OpenError, OpenedRecord, RecordKind};
 use crate::crypto::seq::SeqVerdict;
 use std::collections::{BTreeMap, VecDeque};
 use zerok_messages::client::{Event, GroupId};
@@ -221,6 +222,24 @@ impl Delivery {
                 group,
                 sender: record.sender,
                 seq: record.seq,
+            });
+            return;
+        }
+        if record.kind == RecordKind::CONTENT_REF {
+            events.push(match FileAnnounce::decode(&record.payload) {
+                Ok(announce) => Event::File {
+                    group,
+                    sender: record.sender,
+                    seq: record.seq,
+                    hlc: record.hlc,
+                    file: announce.into_file_ref(group),
+                },
+                Err(err) => Event::Undecryptable {
+                    group,
+                    relay,
+                    blob_id: item.blob_id,
+                    reason: format!("file announcement: {err}"),
+                },
             });
             return;
         }

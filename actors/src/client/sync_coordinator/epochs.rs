@@ -160,6 +160,42 @@ pub(super) fn writable_head<'a>(
     Ok((roster, head))
 }
 
+impl CoordinatorState {
+    /// The keys to move `group`'s content: of the head epoch (new files), or of the epoch
+    /// whose mailbox is `mailbox` (this device's current or a past one it still reads).
+    pub(super) fn content_access(
+        &self,
+        group: GroupId,
+        mailbox: Option<MailboxId>,
+    ) -> Result<zerok_messages::client::ContentAccess, ClientError> {
+        let state = self
+            .groups
+            .get(&group)
+            .ok_or(ClientError::UnknownGroup(group))?;
+        let (secret, seed, mailbox) = match mailbox {
+            None => {
+                writable_head(&self.groups, &self.args.device.device_id(), group)?;
+                (&state.secret, &state.mailbox_seed, state.mailbox)
+            }
+            Some(m) if m == state.mailbox && !state.record.removed => {
+                (&state.secret, &state.mailbox_seed, m)
+            }
+            Some(m) => state
+                .past
+                .iter()
+                .find(|past| past.mailbox == m && !state.record.removed)
+                .map(|past| (&past.secret, &past.seed, m))
+                .ok_or(zerok_messages::client::ContentError::NotFound)?,
+        };
+        Ok(zerok_messages::client::ContentAccess {
+            mailbox,
+            seed: seed.clone(),
+            content_key: zeroize::Zeroizing::new(*EpochKeys::from_secret(secret).content_key()),
+            relays: state.relays.clone(),
+        })
+    }
+}
+
 /// The epoch a group record is in.
 pub(super) fn current_epoch(record: &GroupRecord) -> EpochId {
     let mut origin = [0u8; 32];

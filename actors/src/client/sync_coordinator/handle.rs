@@ -39,12 +39,40 @@ impl Coordinator {
         group: GroupId,
         payloads: Vec<Vec<u8>>,
     ) -> Result<Vec<(u64, BlobId)>, ClientError> {
+        self.enqueue_as(group, RecordKind::APP, payloads).await
+    }
+
+    /// [`Coordinator::enqueue`] of records of `kind` (a file's announcement).
+    pub async fn enqueue_as(
+        &self,
+        group: GroupId,
+        kind: RecordKind,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Vec<(u64, BlobId)>, ClientError> {
         ractor::call_t!(
             self.actor,
             |reply| CoordMsg::Enqueue {
                 group,
-                kind: RecordKind::APP,
+                kind,
                 payloads,
+                reply,
+            },
+            millis(CALL_TIMEOUT)
+        )
+        .map_err(stopped)?
+    }
+
+    /// The keys to move content of `group` (its current epoch's, or `mailbox`'s epoch's).
+    pub async fn content_access(
+        &self,
+        group: GroupId,
+        mailbox: Option<zerok_messages::MailboxId>,
+    ) -> Result<zerok_messages::client::ContentAccess, ClientError> {
+        ractor::call_t!(
+            self.actor,
+            |reply| CoordMsg::ContentAccess {
+                group,
+                mailbox,
                 reply,
             },
             millis(CALL_TIMEOUT)

@@ -568,6 +568,13 @@ impl Actor for CoordinatorActor {
             CoordMsg::Devices { group, reply } => {
                 let _ = reply.send(state.devices(group));
             }
+            CoordMsg::ContentAccess {
+                group,
+                mailbox,
+                reply,
+            } => {
+                let _ = reply.send(state.content_access(group, mailbox));
+            }
             CoordMsg::Invite {
                 group,
                 expires_at_ms,

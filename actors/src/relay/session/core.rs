@@ -84,6 +84,28 @@ pub enum Action {
         /// Mailbox.
         mailbox: MailboxId,
     },
+    /// Ask the content service to take (or keep) a file for a joined mailbox.
+    ContentOffer {
+        /// Request id.
+        req: ReqId,
+        /// Mailbox.
+        mailbox: MailboxId,
+        /// BLAKE3 of the sealed file.
+        hash: BlobId,
+        /// Its size.
+        size: u64,
+        /// Requested TTL.
+        ttl_secs: Option<u32>,
+    },
+    /// Ask the content service for a fetch of a joined mailbox's file.
+    ContentOpen {
+        /// Request id.
+        req: ReqId,
+        /// Mailbox.
+        mailbox: MailboxId,
+        /// BLAKE3 of the sealed file.
+        hash: BlobId,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,6 +316,30 @@ impl SessionCore {
                 }
             }
             Frame::Unsubscribe { req, mailbox } => Action::Unsubscribe { req, mailbox },
+            Frame::ContentOffer {
+                req,
+                mailbox,
+                hash,
+                size,
+                ttl_secs,
+            } => {
+                if let Some(refused) = self.require_joined(req, &mailbox) {
+                    return refused;
+                }
+                Action::ContentOffer {
+                    req,
+                    mailbox,
+                    hash,
+                    size,
+                    ttl_secs,
+                }
+            }
+            Frame::ContentOpen { req, mailbox, hash } => {
+                if let Some(refused) = self.require_joined(req, &mailbox) {
+                    return refused;
+                }
+                Action::ContentOpen { req, mailbox, hash }
+            }
             Frame::Ping { req } => Action::Reply(Frame::Pong { req }),
             Frame::Pong { .. } => Action::Nothing,
             Frame::Bye { .. } => Action::Close,

@@ -35,10 +35,11 @@ use tracing::{Instrument, debug, warn};
 use zerok_messages::codec;
 use zerok_messages::link::{FramePermit, LinkError, LinkReceiver, LinkSender};
 use zerok_messages::relay::{
-    BlobStoreMsg, GroupRouterMsg, RoutersMsg, SessionMsg, StoreError, SubscriberId,
+    BlobStoreMsg, ContentGrant, ContentMsg, ContentRefusal, GroupRouterMsg, RoutersMsg, SessionMsg,
+    StoreError, SubscriberId,
 };
 use zerok_messages::wire::ByeReason;
-use zerok_messages::{DeviceId, ErrorCode, Frame, Limits, MailboxId, ReqId};
+use zerok_messages::{BlobId, DeviceId, ErrorCode, Frame, Limits, MailboxId, ReqId};
 
 /// How long a request may wait on the router or store before the client is told to retry.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,6 +74,8 @@ pub struct SessionArgs {
     pub store: SharedRef<BlobStoreMsg>,
     /// The routers supervisor.
     pub routers: ActorRef<RoutersMsg>,
+    /// The content service (`None`: this relay keeps no content).
+    pub content: Option<ActorRef<ContentMsg>>,
     /// This session's subscriber id (unique per relay process).
     pub subscriber_id: SubscriberId,
     /// The peer's IP address, when the transport knows it (per-source frame limits).
@@ -104,6 +107,7 @@ pub struct SessionState {
     sender: LinkSender,
     store: SharedRef<BlobStoreMsg>,
     routers: ActorRef<RoutersMsg>,
+    content: Option<ActorRef<ContentMsg>>,
     router_cache: BTreeMap<MailboxId, ActorRef<GroupRouterMsg>>,
     subscriber_id: SubscriberId,
     source: Option<IpAddr>,
@@ -212,6 +216,42 @@ impl SessionState {
             session: myself.clone(),
             faults: self.faults.clone(),
         }
+    }
+
+    /// Ask the content service, answer with its grant or refusal from a task.
+    fn content_request(
+        &self,
+        replies: Replies,
+        permit: FramePermit,
+        req: ReqId,
+        hash: BlobId,
+        msg: impl FnOnce(ractor::RpcReplyPort<Result<ContentGrant, ContentRefusal>>) -> ContentMsg
+        + Send
+        + 'static,
+    ) {
+        let Some(content) = self.content.clone() else {
+            replies.queue(Frame::error(
+                Some(req),
+                ErrorCode::Unsupported,
+                "this relay keeps no content",
+            ));
+            return;
+        };
+        tokio::spawn(async move {
+            let answer = ractor::call_t!(content, msg, REQUEST_TIMEOUT.as_millis() as u64);
+            let frame = match answer {
+                Ok(Ok(grant)) => Frame::ContentGrant {
+                    req,
+                    hash,
+                    size: grant.size,
+                    have: grant.have,
+                },
+                Ok(Err(refusal)) => Frame::error(Some(req), refusal.code(), refusal.to_string()),
+                Err(_) => unavailable(req, "content service did not answer"),
+            };
+            replies.queue(frame);
+            drop(permit);
+        });
     }
 
     /// Queue a `Bye` for the peer.
@@ -496,6 +536,32 @@ impl SessionState {
                     replies.queue(notify);
                 }
             }
+            Action::ContentOffer {
+                req,
+                mailbox,
+                hash,
+                size,
+                ttl_secs,
+            } => {
+                let device = self.peer;
+                self.content_request(replies, permit, req, hash, move |reply| ContentMsg::Offer {
+                    device,
+                    mailbox,
+                    hash,
+                    size,
+                    ttl_secs,
+                    reply,
+                });
+            }
+            Action::ContentOpen { req, mailbox, hash } => {
+                let device = self.peer;
+                self.content_request(replies, permit, req, hash, move |reply| ContentMsg::Open {
+                    device,
+                    mailbox,
+                    hash,
+                    reply,
+                });
+            }
             Action::Unsubscribe { req, mailbox } => {
                 if let Some(router) = self.router_cache.get(&mailbox) {
                     let _ = router.cast(GroupRouterMsg::Unsubscribe {
@@ -545,6 +611,7 @@ impl Actor for SessionActor {
             sender: args.sender,
             store: args.store,
             routers: args.routers,
+            content: args.content,
             router_cache: BTreeMap::new(),
             subscriber_id: args.subscriber_id,
             source: args.source,

@@ -1,0 +1,780 @@
+//! ContentTransfer: puts and gets large files of a group (DESIGN.md §4 "Large content"), in
+//! the client tree.
+//!
+//! A put hashes the file, derives its key ([`FileKey::derive`]: convergent inside one
+//! epoch), seals it chunk by chunk into the client's iroh-blobs store (`content/` of the
+//! home; a bounded channel between the sealing thread and the store, so memory holds a few
+//! chunks whatever the size), then offers it to every relay of the group on a zerok link
+//! that joined the epoch's mailbox (the relay answers the verified prefix it holds) and
+//! pushes the rest over iroh-blobs from the same endpoint. An interrupted upload resumes
+//! from the relay's prefix. A get asks a relay for a grant the same way, fetches what the
+//! local store lacks (BLAKE3-verified; an interrupted download keeps its verified prefix,
+//! protected by a named tag), trying the group's relays in turn, then opens the chunks in
+//! order into `dest.partial` and renames it to `dest` only once every chunk opened.
+//!
+//! Each transfer runs in its own task (at most [`TRANSFERS_MAX`] at once); stopping the
+//! actor aborts them and shuts the store down. Sealed copies are dropped from the local
+//! store once a transfer finished (its GC deletes untagged bytes).
+
+use crate::crypto::content::{
+    CHUNK_BYTES, ContentError as ChunkError, FileKey, SEALED_CHUNK_BYTES, chunk_count,
+    plaintext_hash, sealed_len,
+};
+use crate::crypto::join::sign_join;
+use crate::crypto::keys::MailboxSigner;
+use crate::link::Dialer;
+use crate::link::hello::hello;
+use crate::link::iroh::IrohNode;
+use crate::relay::content::push_ranges;
+use bytes::Bytes;
+use futures::StreamExt;
+use iroh_blobs::api::Store;
+use iroh_blobs::api::remote::{GetProgressItem, PushProgressItem};
+use iroh_blobs::protocol::PushRequest;
+use iroh_blobs::store::fs::FsStore;
+use iroh_blobs::store::fs::options::Options;
+use iroh_blobs::store::{GcConfig, ProtectOutcome};
+use iroh_blobs::{Hash, HashAndFormat};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+use zerok_messages::client::{ContentAccess, ContentError, FileRef, GroupId, Progress};
+use zerok_messages::link::{LinkReceiver, LinkSender};
+use zerok_messages::sync::lock;
+use zerok_messages::{BlobId, ErrorCode, Frame, RelayAddr, ReqId, codec};
+
+/// Transfers at once.
+pub const TRANSFERS_MAX: usize = 4;
+/// How long one request on the zerok link may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Sealed chunks between the sealing thread and the store.
+const SEAL_QUEUE_CHUNKS: usize = 4;
+/// How often the local store deletes what no transfer holds.
+const GC_INTERVAL: Duration = Duration::from_secs(60);
+/// Tries of one relay whose connection was lost before the next relay is tried.
+const ATTEMPTS_PER_RELAY: u32 = 3;
+/// Pause between them.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// The local store's directory in the home.
+pub const CONTENT_DIR: &str = "content";
+
+/// Messages of the ContentTransfer actor.
+pub enum TransferMsg {
+    /// Seal `path` and upload it to the group's relays.
+    Put {
+        /// The keys of the group's current epoch.
+        access: ContentAccess,
+        /// The group.
+        group: GroupId,
+        /// The file.
+        path: PathBuf,
+        /// Told how far it is.
+        progress: Option<mpsc::Sender<Progress>>,
+        /// The file's reference once a relay holds all of it.
+        reply: RpcReplyPort<Result<FileRef, ContentError>>,
+    },
+    /// Fetch `file` from the group's relays and open it into `dest`.
+    Get {
+        /// The keys of the file's epoch.
+        access: ContentAccess,
+        /// The file.
+        file: FileRef,
+        /// Where it goes.
+        dest: PathBuf,
+        /// Told how far it is.
+        progress: Option<mpsc::Sender<Progress>>,
+        /// Bytes fetched from relays by this get.
+        reply: RpcReplyPort<Result<u64, ContentError>>,
+    },
+}
+
+/// The actor's type.
+pub struct ContentTransferActor;
+
+/// What it needs.
+pub struct ContentTransferArgs {
+    /// The home's `content/`.
+    pub dir: PathBuf,
+    /// The device's endpoint (the relays' grants name this device).
+    pub endpoint: IrohNode,
+}
+
+/// Its state.
+pub struct ContentTransferState {
+    store: FsStore,
+    endpoint: IrohNode,
+    slots: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    /// Hashes a transfer is using (kept from the store's GC).
+    busy: Arc<Mutex<HashSet<Hash>>>,
+}
+
+fn io_err(path: &Path, err: impl std::fmt::Display) -> ContentError {
+    ContentError::Io {
+        path: path.display().to_string(),
+        message: err.to_string(),
+    }
+}
+
+fn report(progress: &Option<mpsc::Sender<Progress>>, event: Progress) {
+    if let Some(tx) = progress {
+        let _ = tx.try_send(event);
+    }
+}
+
+/// A zerok link to one relay that joined one mailbox.
+struct RelayLink {
+    relay: RelayAddr,
+    sender: LinkSender,
+    receiver: LinkReceiver,
+    next_req: u64,
+}
+
+impl RelayLink {
+    async fn open(
+        endpoint: &IrohNode,
+        relay: &RelayAddr,
+        access: &ContentAccess,
+    ) -> Result<RelayLink, ContentError> {
+        let unreachable = |e: String| ContentError::Unreachable(format!("{relay}: {e}"));
+        let dialer = endpoint.dialer();
+        let link = dialer
+            .dial(relay)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let welcomed = hello(
+            link,
+            concat!("zerok/", env!("CARGO_PKG_VERSION")),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+        let mut link = RelayLink {
+            relay: relay.clone(),
+            sender: welcomed.sender,
+            receiver: welcomed.receiver,
+            next_req: 1,
+        };
+        let signer = MailboxSigner::from_seed(&access.seed);
+        let proof = sign_join(
+            &signer,
+            &welcomed.relay_id,
+            &dialer.local_id(),
+            &welcomed.nonce,
+        );
+        link.request(|req| Frame::Join {
+            req,
+            mailbox_key: signer.mailbox_key(),
+            proof,
+            admission: None,
+        })
+        .await?;
+        Ok(link)
+    }
+
+    /// Send one request, answer its reply (an error frame as `Refused`).
+    async fn request(&mut self, frame: impl FnOnce(ReqId) -> Frame) -> Result<Frame, ContentError> {
+        let req = ReqId(self.next_req);
+        self.next_req += 1;
+        let relay = self.relay.to_string();
+        let body =
+            codec::encode(&frame(req)).map_err(|e| ContentError::Unreachable(e.to_string()))?;
+        self.sender
+            .send(Bytes::from(body))
+            .await
+            .map_err(|e| ContentError::Unreachable(format!("{relay}: {e}")))?;
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.receiver.recv()).await;
+            let body = match next {
+                Ok(Ok(Some(body))) => body,
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    return Err(ContentError::Unreachable(format!("{relay}: link closed")));
+                }
+                Err(_) => return Err(ContentError::Unreachable(format!("{relay}: timed out"))),
+            };
+            let Ok(frame) = codec::decode(&body) else {
+                continue;
+            };
+            if frame.req() != Some(req) {
+                continue;
+            }
+            return match frame {
+                Frame::Error { code, message, .. } => Err(if code == ErrorCode::NotFound {
+                    ContentError::NotFound
+                } else {
+                    ContentError::Refused {
+                        relay,
+                        code,
+                        message,
+                    }
+                }),
+                other => Ok(other),
+            };
+        }
+    }
+
+    async fn grant(
+        &mut self,
+        frame: impl FnOnce(ReqId) -> Frame,
+    ) -> Result<(u64, u64), ContentError> {
+        match self.request(frame).await? {
+            Frame::ContentGrant { size, have, .. } => Ok((size, have)),
+            other => Err(ContentError::Unreachable(format!(
+                "{}: unexpected {}",
+                self.relay,
+                other.tag()
+            ))),
+        }
+    }
+
+    async fn bye(self) {
+        drop(self.sender);
+    }
+}
+
+/// Hash the file, derive its key, seal it into the store. Answers the temp tag that keeps
+/// the sealed copy, the key, and the plaintext size.
+async fn seal_into_store(
+    store: &Store,
+    access: &ContentAccess,
+    path: &Path,
+    progress: &Option<mpsc::Sender<Progress>>,
+) -> Result<(iroh_blobs::api::TempTag, FileKey, u64), ContentError> {
+    let source = path.to_path_buf();
+    let (hash, size) = crate::exec::blocking(move || {
+        let file = std::fs::File::open(&source)?;
+        plaintext_hash(&mut std::io::BufReader::with_capacity(CHUNK_BYTES, file))
+    })
+    .await
+    .map_err(|e| io_err(path, e))?
+    .map_err(|e| io_err(path, e))?;
+    let key = FileKey::derive(&access.content_key, &hash);
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(SEAL_QUEUE_CHUNKS);
+    let source = path.to_path_buf();
+    let sealing_key = FileKey::from_bytes(*key.expose_bytes());
+    let progress_tx = progress.clone();
+    let sealer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut file = std::fs::File::open(&source)?;
+        let chunks = chunk_count(size);
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        let mut done = 0u64;
+        for index in 0..chunks {
+            let last = index + 1 == chunks;
+            let want = if last {
+                (size - index * CHUNK_BYTES as u64) as usize
+            } else {
+                CHUNK_BYTES
+            };
+            file.read_exact(&mut buf[..want])?;
+            let sealed = sealing_key.seal_chunk(index, last, &buf[..want]);
+            done += want as u64;
+            report(&progress_tx, Progress::Sealing { done, total: size });
+            if tx.blocking_send(Ok(Bytes::from(sealed))).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    });
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let added = store.add_stream(stream).await.temp_tag().await;
+    let sealed = sealer.await.map_err(|e| io_err(path, e))?;
+    sealed.map_err(|e| io_err(path, e))?;
+    let tag = added.map_err(|e| io_err(path, format!("local content store: {e}")))?;
+    Ok((tag, key, size))
+}
+
+/// Offer the sealed file to one relay and push what it lacks.
+async fn upload(
+    endpoint: &IrohNode,
+    store: &Store,
+    relay: &RelayAddr,
+    access: &ContentAccess,
+    hash: BlobId,
+    sealed_size: u64,
+    progress: &Option<mpsc::Sender<Progress>>,
+) -> Result<(), ContentError> {
+    let mut link = RelayLink::open(endpoint, relay, access).await?;
+    let offer = |req| Frame::ContentOffer {
+        req,
+        mailbox: access.mailbox,
+        hash,
+        size: sealed_size,
+        ttl_secs: None,
+    };
+    let (_, have) = link.grant(offer).await?;
+    if have < sealed_size {
+        let connection = endpoint
+            .connect_blobs(relay)
+            .await
+            .map_err(|e| ContentError::Unreachable(e.to_string()))?;
+        let request = PushRequest::new(Hash::from_bytes(hash.0), push_ranges(have, sealed_size));
+        let total = sealed_size - have;
+        let stream = store
+            .remote()
+            .execute_push(connection.clone(), request)
+            .stream();
+        futures::pin_mut!(stream);
+        let mut pushed = Err(ContentError::Unreachable(format!(
+            "{relay}: push ended early"
+        )));
+        while let Some(item) = stream.next().await {
+            match item {
+                PushProgressItem::Progress(done) => report(
+                    progress,
+                    Progress::Uploading {
+                        done,
+                        total,
+                        resumed_from: have,
+                    },
+                ),
+                PushProgressItem::Done(_) => {
+                    pushed = Ok(());
+                    break;
+                }
+                PushProgressItem::Error(err) => {
+                    pushed = Err(ContentError::Unreachable(format!("{relay}: push: {err}")));
+                    break;
+                }
+            }
+        }
+        pushed?;
+        // The relay holds the file once it read the whole push: ask until it says so.
+        let mut confirmed = false;
+        for _ in 0..100 {
+            let (_, have) = link.grant(offer).await?;
+            if have == sealed_size {
+                confirmed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        connection.close(0u32.into(), b"done");
+        if !confirmed {
+            return Err(ContentError::Unreachable(format!(
+                "{relay}: the push did not complete the file"
+            )));
+        }
+    }
+    link.bye().await;
+    Ok(())
+}
+
+fn get_error(relay: &RelayAddr, err: iroh_blobs::get::GetError) -> ContentError {
+    let detail = format!("{err:?}");
+    if detail.contains("HashMismatch") {
+        ContentError::Integrity(format!("relay {relay} served bytes that do not verify"))
+    } else if err.iroh_error_code() == Some(iroh_blobs::protocol::ERR_INTERNAL) {
+        // The relay's store checks what it reads against the hash: a stored copy that does
+        // not verify ends the transfer with an internal error.
+        ContentError::Integrity(format!(
+            "relay {relay} stopped the transfer: its stored copy does not verify"
+        ))
+    } else {
+        ContentError::Unreachable(format!("{relay}: fetch: {err}"))
+    }
+}
+
+/// Fetch what the local store lacks of `hash` from one relay. Answers the bytes fetched.
+async fn fetch(
+    endpoint: &IrohNode,
+    store: &Store,
+    relay: &RelayAddr,
+    access: &ContentAccess,
+    file: &FileRef,
+    progress: &Option<mpsc::Sender<Progress>>,
+) -> Result<u64, ContentError> {
+    let mut link = RelayLink::open(endpoint, relay, access).await?;
+    let (size, _) = link
+        .grant(|req| Frame::ContentOpen {
+            req,
+            mailbox: access.mailbox,
+            hash: file.hash,
+        })
+        .await?;
+    if size != file.sealed_size {
+        return Err(ContentError::Integrity(format!(
+            "relay {relay} holds {size} bytes, the file has {}",
+            file.sealed_size
+        )));
+    }
+    let connection = endpoint
+        .connect_blobs(relay)
+        .await
+        .map_err(|e| ContentError::Unreachable(e.to_string()))?;
+    let stream = store
+        .remote()
+        .fetch(
+            connection.clone(),
+            HashAndFormat::raw(Hash::from_bytes(file.hash.0)),
+        )
+        .stream();
+    futures::pin_mut!(stream);
+    let mut fetched = 0;
+    let mut outcome = Err(ContentError::Unreachable(format!(
+        "{relay}: fetch ended early"
+    )));
+    while let Some(item) = stream.next().await {
+        match item {
+            GetProgressItem::Progress(done) => {
+                fetched = done;
+                report(
+                    progress,
+                    Progress::Downloading {
+                        done,
+                        total: file.sealed_size,
+                    },
+                );
+            }
+            GetProgressItem::Done(_) => {
+                outcome = Ok(fetched);
+                break;
+            }
+            GetProgressItem::Error(err) => {
+                outcome = Err(get_error(relay, err));
+                break;
+            }
+        }
+    }
+    connection.close(0u32.into(), b"done");
+    link.bye().await;
+    outcome
+}
+
+/// Open the sealed file of the local store into `dest` (through `dest.partial`, renamed
+/// once every chunk opened).
+async fn open_into(
+    store: &Store,
+    file: &FileRef,
+    dest: &Path,
+    progress: &Option<mpsc::Sender<Progress>>,
+) -> Result<(), ContentError> {
+    let partial = dest.with_extension(match dest.extension() {
+        Some(ext) => format!("{}.partial", ext.to_string_lossy()),
+        None => "partial".into(),
+    });
+    let mut reader = store.blobs().reader(Hash::from_bytes(file.hash.0));
+    let (tx, mut rx) = mpsc::channel::<(u64, bool, Vec<u8>)>(SEAL_QUEUE_CHUNKS);
+    let key = FileKey::from_bytes(*file.key);
+    let target = partial.clone();
+    let total = file.size;
+    let progress_tx = progress.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<(), ContentError> {
+        let out = std::fs::File::create(&target).map_err(|e| io_err(&target, e))?;
+        let mut out = std::io::BufWriter::with_capacity(CHUNK_BYTES, out);
+        let mut done = 0u64;
+        while let Some((index, last, sealed)) = rx.blocking_recv() {
+            let plain = key.open_chunk(index, last, &sealed).map_err(|e| match e {
+                ChunkError::Integrity(i) => {
+                    ContentError::Integrity(format!("chunk {i} does not open"))
+                }
+                other => ContentError::Integrity(other.to_string()),
+            })?;
+            out.write_all(&plain).map_err(|e| io_err(&target, e))?;
+            done += plain.len() as u64;
+            report(&progress_tx, Progress::Opening { done, total });
+        }
+        let out = out.into_inner().map_err(|e| io_err(&target, e.error()))?;
+        out.sync_all().map_err(|e| io_err(&target, e))?;
+        if done != total {
+            return Err(ContentError::Integrity("the file is cut short".into()));
+        }
+        Ok(())
+    });
+    let chunks = sealed_chunk_count_of(file.sealed_size);
+    let mut read = Ok(());
+    for index in 0..chunks {
+        let last = index + 1 == chunks;
+        let want = if last {
+            (file.sealed_size - index * SEALED_CHUNK_BYTES as u64) as usize
+        } else {
+            SEALED_CHUNK_BYTES
+        };
+        let mut sealed = vec![0u8; want];
+        if let Err(err) = reader.read_exact(&mut sealed).await {
+            read = Err(io_err(dest, format!("local content store: {err}")));
+            break;
+        }
+        if tx.send((index, last, sealed)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let written = writer.await.map_err(|e| io_err(dest, e))?;
+    let finished = read
+        .and(written)
+        .and_then(|()| std::fs::rename(&partial, dest).map_err(|e| io_err(dest, e)));
+    if finished.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    finished
+}
+
+fn sealed_chunk_count_of(sealed_size: u64) -> u64 {
+    crate::crypto::content::sealed_chunk_count(sealed_size).unwrap_or(0)
+}
+
+async fn put(
+    endpoint: IrohNode,
+    store: Store,
+    busy: Arc<Mutex<HashSet<Hash>>>,
+    access: ContentAccess,
+    group: GroupId,
+    path: PathBuf,
+    progress: Option<mpsc::Sender<Progress>>,
+) -> Result<FileRef, ContentError> {
+    let (tag, key, size) = seal_into_store(&store, &access, &path, &progress).await?;
+    let hash = tag.hash();
+    lock(&busy).insert(hash);
+    let blob = BlobId(*hash.as_bytes());
+    let sealed_size = sealed_len(size);
+    let mut failures = Vec::new();
+    let mut uploaded = 0;
+    for relay in &access.relays {
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match upload(
+                &endpoint,
+                &store,
+                relay,
+                &access,
+                blob,
+                sealed_size,
+                &progress,
+            )
+            .await
+            {
+                // A lost connection: the relay kept the verified prefix; go on from it.
+                Err(ContentError::Unreachable(_)) if attempt < ATTEMPTS_PER_RELAY => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok(()) => uploaded += 1,
+            Err(err) => {
+                warn!(relay = %relay.id.short(), error = %err, "content not uploaded to a relay");
+                failures.push(err);
+            }
+        }
+    }
+    lock(&busy).remove(&hash);
+    drop(tag);
+    if uploaded == 0 {
+        return Err(match failures.into_iter().next() {
+            Some(err) => err,
+            None => ContentError::Unreachable("the group has no relays".into()),
+        });
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = truncate(name, crate::crypto::content::FileAnnounce::NAME_BYTES_MAX);
+    Ok(FileRef {
+        group,
+        mailbox: access.mailbox,
+        hash: blob,
+        sealed_size,
+        size,
+        name,
+        key: zeroize::Zeroizing::new(*key.expose_bytes()),
+    })
+}
+
+fn truncate(mut name: String, max: usize) -> String {
+    if name.len() > max {
+        let mut end = max;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
+}
+
+async fn get(
+    endpoint: IrohNode,
+    store: Store,
+    busy: Arc<Mutex<HashSet<Hash>>>,
+    access: ContentAccess,
+    file: FileRef,
+    dest: PathBuf,
+    progress: Option<mpsc::Sender<Progress>>,
+) -> Result<u64, ContentError> {
+    let hash = Hash::from_bytes(file.hash.0);
+    let tag = format!("get-{}", file.hash.to_hex());
+    lock(&busy).insert(hash);
+    // A named tag keeps the verified prefix across a restart, for a resumed get.
+    if let Err(err) = store.tags().set(&tag, HashAndFormat::raw(hash)).await {
+        lock(&busy).remove(&hash);
+        return Err(io_err(&dest, format!("local content store: {err}")));
+    }
+    let mut fetched = 0;
+    let mut outcome = Ok(());
+    if !store.blobs().has(hash).await.unwrap_or(false) {
+        outcome = Err(ContentError::NotFound);
+        for relay in &access.relays {
+            let mut attempt = 0;
+            let result = loop {
+                attempt += 1;
+                let result = fetch(&endpoint, &store, relay, &access, &file, &progress).await;
+                match result {
+                    // A lost connection: go on from what was verified.
+                    Err(ContentError::Unreachable(_)) if attempt < ATTEMPTS_PER_RELAY => {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    other => break other,
+                }
+            };
+            match result {
+                Ok(bytes) => {
+                    fetched += bytes;
+                    outcome = Ok(());
+                    break;
+                }
+                Err(err) => {
+                    debug!(relay = %relay.id.short(), error = %err, "content not fetched from a relay");
+                    // An integrity failure says more than a later relay's "not found".
+                    let keep = matches!(outcome, Err(ContentError::Integrity(_)));
+                    if !keep {
+                        outcome = Err(err);
+                    }
+                }
+            }
+        }
+    }
+    let opened = match outcome {
+        Ok(()) => open_into(&store, &file, &dest, &progress).await,
+        Err(err) => Err(err),
+    };
+    if opened.is_ok() {
+        let _ = store.tags().delete(&tag).await;
+    }
+    lock(&busy).remove(&hash);
+    opened.map(|()| fetched)
+}
+
+/// Run `work` until it ends or its caller stopped waiting (the transfer is dropped then;
+/// what was verified stays for a resumed one).
+async fn unless_abandoned<T, R>(
+    reply: &RpcReplyPort<R>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let abandoned = async {
+        while !reply.is_closed() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        done = work => Some(done),
+        () = abandoned => None,
+    }
+}
+
+impl Actor for ContentTransferActor {
+    type Msg = TransferMsg;
+    type State = ContentTransferState;
+    type Arguments = ContentTransferArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ContentTransferArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let busy: Arc<Mutex<HashSet<Hash>>> = Arc::default();
+        let protected = Arc::clone(&busy);
+        let mut options = Options::new(&args.dir);
+        options.gc = Some(GcConfig {
+            interval: GC_INTERVAL,
+            add_protected: Some(Arc::new(move |live: &mut HashSet<Hash>| {
+                live.extend(lock(&protected).iter().copied());
+                Box::pin(async { ProtectOutcome::Continue })
+            })),
+        });
+        let store = FsStore::load_with_opts(args.dir.join("blobs.db"), options)
+            .await
+            .map_err(|e| ActorProcessingErr::from(format!("content store: {e}")))?;
+        Ok(ContentTransferState {
+            store,
+            endpoint: args.endpoint,
+            slots: Arc::new(Semaphore::new(TRANSFERS_MAX)),
+            tasks: JoinSet::new(),
+            busy,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        while state.tasks.try_join_next().is_some() {}
+        let slots = Arc::clone(&state.slots);
+        let (endpoint, store, busy) = (
+            state.endpoint.clone(),
+            Store::clone(&state.store),
+            Arc::clone(&state.busy),
+        );
+        match message {
+            TransferMsg::Put {
+                access,
+                group,
+                path,
+                progress,
+                reply,
+            } => {
+                state.tasks.spawn(async move {
+                    let Ok(_slot) = slots.acquire_owned().await else {
+                        return;
+                    };
+                    let work = put(endpoint, store, busy, access, group, path, progress);
+                    if let Some(put) = unless_abandoned(&reply, work).await {
+                        let _ = reply.send(put);
+                    }
+                });
+            }
+            TransferMsg::Get {
+                access,
+                file,
+                dest,
+                progress,
+                reply,
+            } => {
+                state.tasks.spawn(async move {
+                    let Ok(_slot) = slots.acquire_owned().await else {
+                        return;
+                    };
+                    let work = get(endpoint, store, busy, access, file, dest, progress);
+                    if let Some(got) = unless_abandoned(&reply, work).await {
+                        let _ = reply.send(got);
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.tasks.abort_all();
+        while state.tasks.join_next().await.is_some() {}
+        if let Err(err) = state.store.shutdown().await {
+            warn!(error = %err, "content store did not shut down cleanly");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+//! Large content (issue 15) end to end against the real `zerok-relay` binary over iroh on
+//! 127.0.0.1: files sealed in chunks, uploaded and fetched over iroh-blobs, resumed after
+//! an interruption, verified, deduplicated inside a group only, fetched only by members.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use zerok_client::{Client, ClientError, ContentError, Event, FileRef, NewSecret, Progress};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A file of `size` pseudo-random bytes (a different stream per `seed`).
+fn random_file(dir: &Path, name: &str, size: u64, seed: u8) -> PathBuf {
+    let path = dir.join(name);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut block = [0u8; 64 * 1024];
+    let mut counter = 0u64;
+    let mut written = 0u64;
+    while written < size {
+        for (i, chunk) in block.chunks_mut(32).enumerate() {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&[seed]);
+            hasher.update(&(counter + i as u64).to_le_bytes());
+            chunk.copy_from_slice(&hasher.finalize().as_bytes()[..chunk.len()]);
+        }
+        counter += 2048;
+        let n = (size - written).min(block.len() as u64) as usize;
+        std::io::Write::write_all(&mut out, &block[..n]).unwrap();
+        written += n as u64;
+    }
+    path
+}
+
+fn file_hash(path: &Path) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(std::fs::File::open(path).unwrap())
+        .unwrap();
+    hasher.finalize()
+}
+
+/// The next file announcement among `client`'s events.
+async fn next_file(events: &mut mpsc::Receiver<Event>, within: Duration) -> FileRef {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::File { file, .. })) => return file,
+            Ok(Some(_)) => {}
+            other => panic!("no file announced: {other:?}"),
+        }
+    }
+}
+
+/// Sealed files the relay's content store keeps as files.
+fn stored_files(relay_dir: &Path) -> Vec<PathBuf> {
+    let dir = relay_dir.join("content").join("data");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "data"))
+        .collect()
+}
+
+/// Run `transfer` until `progress` reports at least `fraction` of the bytes moved, then
+/// drop it (the transfer is abandoned half way). Answers the bytes moved by then.
+async fn interrupted<T>(
+    transfer: impl std::future::Future<Output = T>,
+    mut progress: mpsc::Receiver<Progress>,
+    fraction: f64,
+) -> u64 {
+    let watch = async {
+        let mut moved = 0;
+        while let Some(event) = progress.recv().await {
+            let (done, total) = match event {
+                Progress::Uploading {
+                    done,
+                    total,
+                    resumed_from,
+                } => (resumed_from + done, resumed_from + total),
+                Progress::Downloading { done, total } => (done, total),
+                _ => continue,
+            };
+            moved = done;
+            if done as f64 >= total as f64 * fraction {
+                return moved;
+            }
+        }
+        moved
+    };
+    tokio::select! {
+        _ = transfer => panic!("the transfer finished before it could be interrupted"),
+        moved = watch => moved,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mib_file_is_fetched_byte_identical_and_both_directions_resume_after_an_interruption()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    let mut bob_events = bob.events().unwrap();
+    let source = random_file(dir.path(), "video.bin", 200 * MIB, 1);
+
+    // Alice's upload is cut at half way; the next put sends only what the relay lacks.
+    let (tx, rx) = mpsc::channel(1024);
+    let sent_before = interrupted(alice.put_file_with(group, &source, Some(tx)), rx, 0.5).await;
+    let (tx, mut rx) = mpsc::channel(4096);
+    let file = alice.put_file_with(group, &source, Some(tx)).await.unwrap();
+    let mut resumed_from = None;
+    let mut sent_after = 0;
+    while let Ok(event) = rx.try_recv() {
+        if let Progress::Uploading {
+            done,
+            resumed_from: from,
+            ..
+        } = event
+        {
+            resumed_from = Some(from);
+            sent_after = sent_after.max(done);
+        }
+    }
+    let resumed_from = resumed_from.expect("the second put uploaded the rest");
+    assert!(
+        resumed_from + file.sealed_size / 10 >= sent_before,
+        "resumed from {resumed_from} after {sent_before} were sent"
+    );
+    assert!(
+        sent_after + sent_before <= file.sealed_size + file.sealed_size / 10,
+        "re-sent too much: {sent_after} after {sent_before} of {}",
+        file.sealed_size
+    );
+    assert_eq!(file.size, 200 * MIB);
+
+    // Bob learns of the file through normal sync, and his download is cut at half way.
+    let announced = next_file(&mut bob_events, Duration::from_secs(30)).await;
+    assert_eq!((announced.hash, announced.size), (file.hash, file.size));
+    assert_eq!(announced.name, "video.bin");
+    let dest = dir.path().join("fetched.bin");
+    let (tx, rx) = mpsc::channel(1024);
+    let got_before = interrupted(bob.get_file_with(&announced, &dest, Some(tx)), rx, 0.5).await;
+    assert!(
+        !dest.exists(),
+        "nothing is handed over before it all verified"
+    );
+    let got_after = bob.get_file(&announced, &dest).await.unwrap();
+    assert!(
+        got_after + got_before <= file.sealed_size + file.sealed_size / 10,
+        "re-downloaded too much: {got_after} after {got_before} of {}",
+        file.sealed_size
+    );
+    assert!(got_after > 0 && got_after < file.sealed_size, "{got_after}");
+    assert_eq!(file_hash(&dest), file_hash(&source), "byte-identical");
+
+    // The relay never saw the plaintext: its copy is the sealed bytes.
+    let stored = stored_files(relay.data_dir());
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(
+        std::fs::metadata(&stored[0]).unwrap().len(),
+        file.sealed_size
+    );
+    assert_ne!(file_hash(&stored[0]), file_hash(&source));
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_on_the_relay_fails_the_fetch_with_an_integrity_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    let source = random_file(dir.path(), "doc.pdf", 3 * MIB, 2);
+    let file = alice.put_file(group, &source).await.unwrap();
+    let stored = stored_files(relay.data_dir());
+    assert_eq!(stored.len(), 1);
+    let mut bytes = std::fs::read(&stored[0]).unwrap();
+    bytes[(file.sealed_size / 2) as usize] ^= 0x01;
+    std::fs::write(&stored[0], &bytes).unwrap();
+
+    let dest = dir.path().join("doc-copy.pdf");
+    let got = bob.get_file(&file, &dest).await;
+    assert!(
+        matches!(got, Err(ClientError::Content(ContentError::Integrity(_)))),
+        "{got:?}"
+    );
+    assert!(!dest.exists(), "nothing partial handed over as complete");
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_stored_once_per_group_and_unrelated_across_groups_and_members_only_fetch_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    let source = random_file(dir.path(), "photo.jpg", 2 * MIB, 3);
+
+    let first = alice.put_file(group, &source).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(4096);
+    let second = alice.put_file_with(group, &source, Some(tx)).await.unwrap();
+    assert_eq!(first.hash, second.hash, "convergent inside the group");
+    while let Ok(event) = rx.try_recv() {
+        assert!(
+            !matches!(event, Progress::Uploading { .. }),
+            "the relay had it: nothing uploaded again ({event:?})"
+        );
+    }
+    assert_eq!(stored_files(relay.data_dir()).len(), 1, "stored once");
+
+    // The same file in another group seals to unrelated bytes.
+    let other = alice
+        .create_group("other", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    let elsewhere = alice.put_file(other, &source).await.unwrap();
+    assert_ne!(elsewhere.hash, first.hash);
+    assert_ne!(*elsewhere.key, *first.key);
+    assert_eq!(stored_files(relay.data_dir()).len(), 2);
+
+    // Mallory, in her own group on the same relay, knows the file's hash and key but has
+    // no Join proof of its mailbox: the relay does not hold it for her mailbox.
+    let mallory = client(dir.path(), "mallory").await;
+    let hers = mallory
+        .create_group("mallory", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    mallory.put_file(hers, &source).await.unwrap();
+    let hers_mailbox = mallory_mailbox(&mallory, hers, &source).await;
+    let mut stolen = first.clone();
+    stolen.group = hers;
+    stolen.mailbox = hers_mailbox;
+    let got = mallory.get_file(&stolen, dir.path().join("stolen")).await;
+    assert!(
+        matches!(got, Err(ClientError::Content(ContentError::NotFound))),
+        "{got:?}"
+    );
+    // Asking for the group's own mailbox needs its keys, which she does not have.
+    let got = mallory.get_file(&first, dir.path().join("stolen2")).await;
+    assert!(matches!(got, Err(ClientError::UnknownGroup(_))), "{got:?}");
+    assert!(!dir.path().join("stolen").exists() && !dir.path().join("stolen2").exists());
+
+    // A member fetches it.
+    let dest = dir.path().join("photo-copy.jpg");
+    bob.get_file(&first, &dest).await.unwrap();
+    assert_eq!(file_hash(&dest), file_hash(&source));
+    for client in [alice, bob, mallory] {
+        client.shutdown().await;
+    }
+}
+
+/// The mailbox Mallory's own file went to (her current epoch's).
+async fn mallory_mailbox(
+    mallory: &Client,
+    group: zerok_client::GroupId,
+    source: &Path,
+) -> zerok_messages::MailboxId {
+    mallory.put_file(group, source).await.unwrap().mailbox
+}
