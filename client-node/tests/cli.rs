@@ -472,3 +472,39 @@ async fn export_recovery_prints_a_phrase_that_init_recover_joins_the_group_with(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_announces_a_file_that_pull_lists_and_get_fetches() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (a, b) = cli_pair(dir.path(), &relay);
+    let source = dir.path().join("report.pdf");
+    let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&source, &bytes).unwrap();
+
+    let out = ok(&zerok(&a, &["put", source.to_str().unwrap()]));
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words.len(), 3, "{out}");
+    let id = words[0].to_owned();
+    assert_eq!(&words[1..], ["3000000", "report.pdf"]);
+
+    // B has not heard of it yet: one clear line.
+    let stderr = failed(&zerok(&b, &["get", &id]), 1);
+    assert!(stderr.contains("zerok pull"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1);
+    let pulled = ok(&zerok(&b, &["pull"]));
+    assert!(
+        pulled.contains(&format!("file {id} 3000000 report.pdf")),
+        "{pulled}"
+    );
+    // A unique prefix of the id is enough.
+    let dest = dir.path().join("copy.pdf");
+    let printed = ok(&zerok(&b, &["get", &id[..12], dest.to_str().unwrap()]));
+    assert_eq!(printed.trim(), dest.display().to_string());
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+
+    // A missing file: one line, non-zero, nothing announced.
+    let missing = dir.path().join("missing.bin");
+    let stderr = failed(&zerok(&a, &["put", missing.to_str().unwrap()]), 1);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}

@@ -264,3 +264,149 @@ async fn mallory_mailbox(
 ) -> zerok_messages::MailboxId {
     mallory.put_file(group, source).await.unwrap().mailbox
 }
+
+/// A relay on `dir/name` run with `config` (TOML) besides a fixed loopback port.
+async fn relay_with(dir: &Path, name: &str, config: &str) -> zerok_harness::process::RelayProcess {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let bind = format!("127.0.0.1:{}", free_port());
+    zerok_harness::process::RelayProcess::start(
+        &relay_binary(),
+        &dir.join(name),
+        &["--bind", &bind, "--config", path.to_str().unwrap()],
+    )
+    .await
+    .unwrap()
+}
+
+fn refused_for_quota(result: &Result<FileRef, ClientError>) -> bool {
+    matches!(
+        result,
+        Err(ClientError::Content(ContentError::Refused {
+            code: zerok_messages::ErrorCode::QuotaExceeded,
+            ..
+        }))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_count_against_the_mailbox_quota_and_the_relay_budget_and_expire_with_their_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with(
+        dir.path(),
+        "relay",
+        "[content]\nmailbox_quota_bytes = 3145728\nmax_bytes = 5242880\nttl_default_secs = 4\nttl_max_secs = 4\n",
+    )
+    .await;
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    let one = random_file(dir.path(), "one", 2 * MIB, 11);
+    let two = random_file(dir.path(), "two", 2 * MIB, 12);
+    let three = random_file(dir.path(), "three", 2 * MIB, 13);
+    let first = alice.put_file(group, &one).await.unwrap();
+    // 2 + 2 MiB > the mailbox's 3 MiB.
+    let over = alice.put_file(group, &two).await;
+    assert!(refused_for_quota(&over), "{over:?}");
+    // Another group's mailbox has its own quota, within the relay's 5 MiB budget...
+    let second_group = alice
+        .create_group("second", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    alice.put_file(second_group, &two).await.unwrap();
+    // ...which a third file would exceed, whichever mailbox it is for.
+    let third_group = alice
+        .create_group("third", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    let over_budget = alice.put_file(third_group, &three).await;
+    assert!(refused_for_quota(&over_budget), "{over_budget:?}");
+    // Past its TTL the relay no longer serves it (Bob never fetched it: nothing local), and
+    // the mailbox's quota is free again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let expired = bob.get_file(&first, dir.path().join("one-late")).await;
+    assert!(
+        matches!(expired, Err(ClientError::Content(ContentError::NotFound))),
+        "{expired:?}"
+    );
+    alice.put_file(group, &two).await.unwrap();
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_without_a_grant_gets_nothing_over_iroh_blobs_and_any_relay_serves_a_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_relay = relay(dir.path(), "relay-1").await;
+    let mut second_relay = relay(dir.path(), "relay-2").await;
+    let relays = vec![second_relay.addr.clone(), first_relay.addr.clone()];
+    let (alice, bob, group) = pair(dir.path(), relays).await;
+    let source = random_file(dir.path(), "notes.bin", 3 * MIB, 21);
+    let file = alice.put_file(group, &source).await.unwrap();
+    assert_eq!(stored_files(first_relay.data_dir()).len(), 1);
+    assert_eq!(stored_files(second_relay.data_dir()).len(), 1);
+
+    // A stranger's endpoint that knows the hash: the relay refuses its iroh-blobs
+    // connection (it holds no grant), and nothing arrives.
+    let mut rng = zerok_actors::rng::Rng::system();
+    let stranger = zerok_actors::link::iroh::IrohNode::bind(
+        zerok_actors::link::iroh::IrohConfig::new(rng.bytes(), "127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let store = iroh_blobs::store::mem::MemStore::new();
+    let hash = iroh_blobs::Hash::from_bytes(file.hash.0);
+    let fetched = match stranger.connect_blobs(&first_relay.addr).await {
+        Ok(connection) => store
+            .remote()
+            .fetch(connection, iroh_blobs::HashAndFormat::raw(hash))
+            .complete()
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    assert!(!fetched, "a stranger fetched the file");
+    assert!(!store.blobs().has(hash).await.unwrap());
+    stranger.close().await;
+
+    // The group's first relay is gone: Bob's get is served by the other one.
+    second_relay.kill();
+    let dest = dir.path().join("notes-copy.bin");
+    bob.get_file(&file, &dest).await.unwrap();
+    assert_eq!(file_hash(&dest), file_hash(&source));
+
+    // Neither relay's disk nor log holds the file's key or its plaintext.
+    let needle_key: &[u8] = &file.key[..];
+    let plain = std::fs::read(&source).unwrap();
+    let needle_plain = &plain[1000..1032];
+    for relay in [&first_relay, &second_relay] {
+        for path in files_under(relay.data_dir()) {
+            let bytes = std::fs::read(&path).unwrap();
+            for needle in [needle_key, needle_plain] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds a secret",
+                    path.display()
+                );
+            }
+        }
+        let logs = relay.logs();
+        assert!(!logs.contains(&data_encoding::HEXLOWER.encode(needle_key)));
+    }
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

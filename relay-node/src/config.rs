@@ -1352,6 +1352,10 @@ mod tests {
             "mode",
             "mailboxes_per_device_per_hour",
             "mailboxes_per_source_per_hour",
+            "[content]",
+            "enabled",
+            "file_bytes_max",
+            "connections_max",
         ] {
             let set = text.lines().any(|line| {
                 let line = line.trim();

@@ -50,8 +50,10 @@ use zerok_messages::link::{LinkReceiver, LinkSender};
 use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, ErrorCode, Frame, RelayAddr, ReqId, codec};
 
-/// Transfers at once.
-pub const TRANSFERS_MAX: usize = 4;
+/// Transfers at once: one keeps a device within a relay's per-device connection slots
+/// (its sync link, a transfer's zerok link and its iroh-blobs connection), and one
+/// transfer already fills the path.
+pub const TRANSFERS_MAX: usize = 1;
 /// How long one request on the zerok link may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Sealed chunks between the sealing thread and the store.
@@ -300,7 +302,7 @@ async fn upload(
     hash: BlobId,
     sealed_size: u64,
     progress: &Option<mpsc::Sender<Progress>>,
-) -> Result<(), ContentError> {
+) -> Result<(), Failed> {
     let mut link = RelayLink::open(endpoint, relay, access).await?;
     let offer = |req| Frame::ContentOffer {
         req,
@@ -310,61 +312,109 @@ async fn upload(
         ttl_secs: None,
     };
     let (_, have) = link.grant(offer).await?;
-    if have < sealed_size {
-        let connection = endpoint
-            .connect_blobs(relay)
-            .await
-            .map_err(|e| ContentError::Unreachable(e.to_string()))?;
-        let request = PushRequest::new(Hash::from_bytes(hash.0), push_ranges(have, sealed_size));
-        let total = sealed_size - have;
-        let stream = store
-            .remote()
-            .execute_push(connection.clone(), request)
-            .stream();
-        futures::pin_mut!(stream);
-        let mut pushed = Err(ContentError::Unreachable(format!(
-            "{relay}: push ended early"
-        )));
-        while let Some(item) = stream.next().await {
-            match item {
-                PushProgressItem::Progress(done) => report(
-                    progress,
-                    Progress::Uploading {
-                        done,
-                        total,
-                        resumed_from: have,
-                    },
-                ),
-                PushProgressItem::Done(_) => {
-                    pushed = Ok(());
-                    break;
-                }
-                PushProgressItem::Error(err) => {
-                    pushed = Err(ContentError::Unreachable(format!("{relay}: push: {err}")));
-                    break;
-                }
-            }
-        }
-        pushed?;
-        // The relay holds the file once it read the whole push: ask until it says so.
-        let mut confirmed = false;
-        for _ in 0..100 {
-            let (_, have) = link.grant(offer).await?;
-            if have == sealed_size {
-                confirmed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        connection.close(0u32.into(), b"done");
-        if !confirmed {
-            return Err(ContentError::Unreachable(format!(
-                "{relay}: the push did not complete the file"
+    retryable(async {
+        if have < sealed_size {
+            let connection = endpoint
+                .connect_blobs(relay)
+                .await
+                .map_err(|e| ContentError::Unreachable(e.to_string()))?;
+            let request =
+                PushRequest::new(Hash::from_bytes(hash.0), push_ranges(have, sealed_size));
+            let total = sealed_size - have;
+            let stream = store
+                .remote()
+                .execute_push(connection.clone(), request)
+                .stream();
+            futures::pin_mut!(stream);
+            let mut pushed = Err(ContentError::Unreachable(format!(
+                "{relay}: push ended early"
             )));
+            while let Some(item) = stream.next().await {
+                match item {
+                    PushProgressItem::Progress(done) => report(
+                        progress,
+                        Progress::Uploading {
+                            done,
+                            total,
+                            resumed_from: have,
+                        },
+                    ),
+                    PushProgressItem::Done(_) => {
+                        pushed = Ok(());
+                        break;
+                    }
+                    PushProgressItem::Error(err) => {
+                        pushed = Err(ContentError::Unreachable(format!("{relay}: push: {err}")));
+                        break;
+                    }
+                }
+            }
+            pushed?;
+            // The relay holds the file once it read the whole push: ask until it says so.
+            let mut confirmed = false;
+            for _ in 0..100 {
+                let (_, have) = link.grant(offer).await?;
+                if have == sealed_size {
+                    confirmed = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            connection.close(0u32.into(), b"done");
+            if !confirmed {
+                return Err(ContentError::Unreachable(format!(
+                    "{relay}: the push did not complete the file"
+                )));
+            }
+        }
+        link.bye().await;
+        Ok::<(), ContentError>(())
+    })
+    .await
+}
+
+/// A transfer that failed after its relay answered: a lost connection is worth another
+/// try from the verified prefix, an unreachable or refusing relay is not.
+#[derive(Debug)]
+enum Failed {
+    /// The relay could not be reached, or refused: go to the next relay.
+    Final(ContentError),
+    /// The connection was lost mid-transfer: try this relay again.
+    Lost(ContentError),
+}
+
+impl From<ContentError> for Failed {
+    fn from(err: ContentError) -> Self {
+        Failed::Final(err)
+    }
+}
+
+/// Mark the `Unreachable` failures of `work` (which runs once the relay answered) as lost
+/// connections.
+async fn retryable<T>(
+    work: impl std::future::Future<Output = Result<T, ContentError>>,
+) -> Result<T, Failed> {
+    work.await.map_err(|err| match err {
+        ContentError::Unreachable(_) => Failed::Lost(err),
+        other => Failed::Final(other),
+    })
+}
+
+/// Run `attempt` on one relay until it succeeds, fails for good, or lost its connection
+/// [`ATTEMPTS_PER_RELAY`] times.
+async fn with_retries<T, F: std::future::Future<Output = Result<T, Failed>>>(
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, ContentError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(Failed::Final(err)) => return Err(err),
+            Err(Failed::Lost(err)) if tries >= ATTEMPTS_PER_RELAY => return Err(err),
+            Err(Failed::Lost(_)) => tokio::time::sleep(RETRY_PAUSE).await,
         }
     }
-    link.bye().await;
-    Ok(())
 }
 
 fn get_error(relay: &RelayAddr, err: iroh_blobs::get::GetError) -> ContentError {
@@ -390,7 +440,7 @@ async fn fetch(
     access: &ContentAccess,
     file: &FileRef,
     progress: &Option<mpsc::Sender<Progress>>,
-) -> Result<u64, ContentError> {
+) -> Result<u64, Failed> {
     let mut link = RelayLink::open(endpoint, relay, access).await?;
     let (size, _) = link
         .grant(|req| Frame::ContentOpen {
@@ -400,52 +450,55 @@ async fn fetch(
         })
         .await?;
     if size != file.sealed_size {
-        return Err(ContentError::Integrity(format!(
+        return Err(Failed::Final(ContentError::Integrity(format!(
             "relay {relay} holds {size} bytes, the file has {}",
             file.sealed_size
-        )));
+        ))));
     }
-    let connection = endpoint
-        .connect_blobs(relay)
-        .await
-        .map_err(|e| ContentError::Unreachable(e.to_string()))?;
-    let stream = store
-        .remote()
-        .fetch(
-            connection.clone(),
-            HashAndFormat::raw(Hash::from_bytes(file.hash.0)),
-        )
-        .stream();
-    futures::pin_mut!(stream);
-    let mut fetched = 0;
-    let mut outcome = Err(ContentError::Unreachable(format!(
-        "{relay}: fetch ended early"
-    )));
-    while let Some(item) = stream.next().await {
-        match item {
-            GetProgressItem::Progress(done) => {
-                fetched = done;
-                report(
-                    progress,
-                    Progress::Downloading {
-                        done,
-                        total: file.sealed_size,
-                    },
-                );
-            }
-            GetProgressItem::Done(_) => {
-                outcome = Ok(fetched);
-                break;
-            }
-            GetProgressItem::Error(err) => {
-                outcome = Err(get_error(relay, err));
-                break;
+    retryable(async {
+        let connection = endpoint
+            .connect_blobs(relay)
+            .await
+            .map_err(|e| ContentError::Unreachable(e.to_string()))?;
+        let stream = store
+            .remote()
+            .fetch(
+                connection.clone(),
+                HashAndFormat::raw(Hash::from_bytes(file.hash.0)),
+            )
+            .stream();
+        futures::pin_mut!(stream);
+        let mut fetched = 0;
+        let mut outcome = Err(ContentError::Unreachable(format!(
+            "{relay}: fetch ended early"
+        )));
+        while let Some(item) = stream.next().await {
+            match item {
+                GetProgressItem::Progress(done) => {
+                    fetched = done;
+                    report(
+                        progress,
+                        Progress::Downloading {
+                            done,
+                            total: file.sealed_size,
+                        },
+                    );
+                }
+                GetProgressItem::Done(_) => {
+                    outcome = Ok(fetched);
+                    break;
+                }
+                GetProgressItem::Error(err) => {
+                    outcome = Err(get_error(relay, err));
+                    break;
+                }
             }
         }
-    }
-    connection.close(0u32.into(), b"done");
-    link.bye().await;
-    outcome
+        connection.close(0u32.into(), b"done");
+        link.bye().await;
+        outcome
+    })
+    .await
 }
 
 /// Open the sealed file of the local store into `dest` (through `dest.partial`, renamed
@@ -538,10 +591,9 @@ async fn put(
     let mut failures = Vec::new();
     let mut uploaded = 0;
     for relay in &access.relays {
-        let mut attempt = 0;
-        let result = loop {
-            attempt += 1;
-            match upload(
+        // A lost connection: the relay kept the verified prefix; go on from it.
+        let result = with_retries(|| {
+            upload(
                 &endpoint,
                 &store,
                 relay,
@@ -550,15 +602,8 @@ async fn put(
                 sealed_size,
                 &progress,
             )
-            .await
-            {
-                // A lost connection: the relay kept the verified prefix; go on from it.
-                Err(ContentError::Unreachable(_)) if attempt < ATTEMPTS_PER_RELAY => {
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                other => break other,
-            }
-        };
+        })
+        .await;
         match result {
             Ok(()) => uploaded += 1,
             Err(err) => {
@@ -624,18 +669,9 @@ async fn get(
     if !store.blobs().has(hash).await.unwrap_or(false) {
         outcome = Err(ContentError::NotFound);
         for relay in &access.relays {
-            let mut attempt = 0;
-            let result = loop {
-                attempt += 1;
-                let result = fetch(&endpoint, &store, relay, &access, &file, &progress).await;
-                match result {
-                    // A lost connection: go on from what was verified.
-                    Err(ContentError::Unreachable(_)) if attempt < ATTEMPTS_PER_RELAY => {
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                    }
-                    other => break other,
-                }
-            };
+            // A lost connection: go on from what was verified.
+            let result =
+                with_retries(|| fetch(&endpoint, &store, relay, &access, &file, &progress)).await;
             match result {
                 Ok(bytes) => {
                     fetched += bytes;

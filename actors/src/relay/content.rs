@@ -214,9 +214,12 @@ impl Shared {
         }
     }
 
-    fn mailbox_usage(&self, mailbox: &MailboxId) -> (u64, usize) {
+    /// Bytes and files of a mailbox's live entries (an expired one no longer counts, swept
+    /// or not).
+    fn mailbox_usage(&self, mailbox: &MailboxId, now_ms: u64) -> (u64, usize) {
         self.entries
             .range((*mailbox, BlobId([0; 32]))..=(*mailbox, BlobId([0xff; 32])))
+            .filter(|(_, e)| e.expires_ms > now_ms)
             .fold((0, 0), |(bytes, count), (_, e)| (bytes + e.size, count + 1))
     }
 
@@ -550,10 +553,19 @@ impl ContentState {
             return Err(ContentRefusal::BadRequest("empty content".into()));
         }
         let key = (mailbox, hash);
-        let expires_ms = self
-            .clock
-            .now_unix_ms()
+        let now_ms = self.clock.now_unix_ms();
+        let expires_ms = now_ms
             .saturating_add(u64::try_from(self.ttl(ttl_secs).as_millis()).unwrap_or(u64::MAX));
+        // Expired files count against the budget until swept: sweep now rather than refuse
+        // (only a relay at its budget pays for it).
+        let over_budget = {
+            let shared = lock(&self.shared);
+            !shared.files.contains_key(&hash)
+                && shared.bytes.saturating_add(size) > self.config.budget_bytes
+        };
+        if over_budget {
+            self.sweep();
+        }
         let entry = {
             let mut shared = lock(&self.shared);
             if let Some((held, _)) = shared.files.get(&hash)
@@ -564,13 +576,17 @@ impl ContentState {
                 ));
             }
             match shared.entries.get(&key).copied() {
-                Some(mut entry) => {
+                // Offered again while it lives: its TTL restarts.
+                Some(mut entry) if entry.expires_ms > now_ms => {
                     entry.expires_ms = entry.expires_ms.max(expires_ms);
                     shared.entries.insert(key, entry);
                     entry
                 }
-                None => {
-                    let (used, count) = shared.mailbox_usage(&mailbox);
+                expired_or_none => {
+                    if expired_or_none.is_some() {
+                        shared.remove(&key);
+                    }
+                    let (used, count) = shared.mailbox_usage(&mailbox, now_ms);
                     if count >= ENTRIES_PER_MAILBOX_MAX
                         || used.saturating_add(size) > self.config.mailbox_quota_bytes
                     {

@@ -773,8 +773,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 let file = client.put_file_with(group, &path, Some(progress)).await;
                 bar.await.ok();
                 let file = file?;
-                // The announcement goes out with the next sync: wait for a relay's ack.
-                let _ = client.sync_now(group).await;
+                // The announcement is queued durably; give the relays a moment to take it
+                // (it stays queued and goes out with the next command otherwise).
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+                while tokio::time::Instant::now() < deadline {
+                    let status = client.status().await?;
+                    let queued = status
+                        .groups
+                        .iter()
+                        .find(|g| g.id == group)
+                        .map(|g| g.outbox);
+                    if queued.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 Ok::<_, Failure>(file)
             }
             .await;

@@ -7,6 +7,7 @@
 
 pub mod baseline;
 pub mod client_bench;
+pub mod content_bench;
 pub mod engines;
 pub mod relay_benches;
 pub mod stats;

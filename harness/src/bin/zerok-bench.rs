@@ -59,6 +59,13 @@ enum Command {
         #[arg(long, value_name = "N")]
         records: Option<u64>,
     },
+    /// A large file put and got through the `zerok` CLI (issue 15): throughput against raw
+    /// iroh, peak memory of both CLI processes and the relay.
+    Content {
+        /// File size in MiB (default 1024; 64 with `--quick`).
+        #[arg(long, value_name = "MIB")]
+        mib: Option<u64>,
+    },
     /// A relay with N items stored: start → ready, memory, pushes, catch-up, restart.
     Stored {
         /// Items stored before the relay starts (default 1,000,000; 20,000 with `--quick`).
@@ -264,6 +271,22 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 sizes.records = records;
             }
             emit(client_bench::client(&bench, sizes).await?, &mut results);
+        }
+        let content_mib = match &cli.command {
+            Command::Content { mib } => Some(*mib),
+            Command::All => Some(None),
+            _ => None,
+        };
+        if let Some(mib) = content_mib {
+            let bytes = match mib {
+                Some(mib) => mib << 20,
+                None if quick => zerok_harness::bench::content_bench::QUICK_BYTES,
+                None => zerok_harness::bench::content_bench::FULL_BYTES,
+            };
+            emit(
+                zerok_harness::bench::content_bench::content(&bench, &base, bytes).await?,
+                &mut results,
+            );
         }
         let stored_items = match &cli.command {
             Command::Stored { items } => Some(*items),
