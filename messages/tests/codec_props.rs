@@ -40,6 +40,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::RateLimited),
         Just(ErrorCode::Unavailable),
         Just(ErrorCode::Internal),
+        Just(ErrorCode::NotFound),
     ]
 }
 
@@ -198,6 +199,33 @@ fn frame() -> impl Strategy<Value = Frame> {
             Just(ByeReason::ProtocolViolation)
         ]
         .prop_map(|reason| Frame::Bye { reason }),
+        (
+            req.clone(),
+            id32(),
+            id32(),
+            any::<u64>(),
+            any::<Option<u32>>()
+        )
+            .prop_map(|(req, mailbox, hash, size, ttl_secs)| Frame::ContentOffer {
+                req,
+                mailbox: MailboxId(mailbox),
+                hash: BlobId(hash),
+                size,
+                ttl_secs
+            }),
+        (req.clone(), id32(), id32()).prop_map(|(req, mailbox, hash)| Frame::ContentOpen {
+            req,
+            mailbox: MailboxId(mailbox),
+            hash: BlobId(hash)
+        }),
+        (req.clone(), id32(), any::<u64>(), any::<u64>()).prop_map(|(req, hash, size, have)| {
+            Frame::ContentGrant {
+                req,
+                hash: BlobId(hash),
+                size,
+                have,
+            }
+        }),
     ]
 }
 
