@@ -4,9 +4,11 @@
 //! ClientRoot                        restarts the Encryptor (shared policy); a dead
 //! │                                 coordinator stops the client (calls answer `Stopped`)
 //! ├── Encryptor                     device key + group keys; seal / open
-//! └── SyncCoordinator               outbox, dedupe, seq checks, events; owns LocalStore (fjall)
-//!     └── RelayConnection × relay   reconnects with jittered backoff; restarted (shared
-//!         └── LinkReader            policy), a relay left for a period past its intensity
+//! ├── SyncCoordinator               outbox, dedupe, seq checks, events; owns LocalStore (fjall)
+//! │   └── RelayConnection × relay   reconnects with jittered backoff; restarted (shared
+//! │       └── LinkReader            policy), a relay left for a period past its intensity
+//! └── ContentTransfer               large files over iroh-blobs (iroh transport only); its
+//!                                   death ends file transfers, not the client
 //! ```
 //!
 //! Wiring: the root spawns the Encryptor, then the coordinator with the Encryptor's ref; the

@@ -10,7 +10,9 @@
 //! ├── SessionsSupervisor ────────────── admits or refuses links; sessions never restart
 //! │   └── Session × connection
 //! │       └── LinkReader                 in-flight permits bound each connection
-//! ├── Listener                           accept loop of the iroh endpoint
+//! ├── ContentService                     large files: iroh-blobs store, grants (iroh only)
+//! ├── Listener                           accept loop of the iroh endpoint (zerok/1 links
+//! │                                      to sessions, iroh-blobs connections to content)
 //! └── HttpServer                         /health /ready /metrics (axum)
 //! ```
 //!

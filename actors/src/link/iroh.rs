@@ -231,16 +231,8 @@ impl IrohNode {
     /// An iroh-blobs connection to a relay's content service, from this endpoint (so the
     /// relay knows it as this device, which its grants name).
     pub async fn connect_blobs(&self, addr: &RelayAddr) -> Result<Connection, LinkError> {
-        let unreachable = |detail: String| LinkError::Unreachable {
-            addr: addr.to_string(),
-            detail,
-        };
-        let key = iroh::PublicKey::from_bytes(addr.id.as_bytes())
-            .map_err(|err| unreachable(format!("invalid endpoint id: {err}")))?;
-        let mut target = EndpointAddr::new(key);
-        for socket in &addr.addrs {
-            target = target.with_ip_addr(*socket);
-        }
+        let unreachable = |detail: String| unreachable(addr, detail);
+        let target = endpoint_addr(addr)?;
         tokio::time::timeout(
             self.config.dial_timeout,
             self.endpoint.connect(target, iroh_blobs::ALPN),
@@ -397,6 +389,24 @@ fn accept_blobs(config: &IrohConfig, slot: Option<SlotGuard>, connection: Connec
     }
 }
 
+fn unreachable(addr: &RelayAddr, detail: String) -> LinkError {
+    LinkError::Unreachable {
+        addr: addr.to_string(),
+        detail,
+    }
+}
+
+/// Where iroh dials `addr`: its endpoint id at its direct socket addresses.
+fn endpoint_addr(addr: &RelayAddr) -> Result<EndpointAddr, LinkError> {
+    let key = iroh::PublicKey::from_bytes(addr.id.as_bytes())
+        .map_err(|err| unreachable(addr, format!("invalid endpoint id: {err}")))?;
+    let mut target = EndpointAddr::new(key);
+    for socket in &addr.addrs {
+        target = target.with_ip_addr(*socket);
+    }
+    Ok(target)
+}
+
 /// Dials peers from an [`IrohNode`].
 #[derive(Clone, Debug)]
 pub struct IrohDialer {
@@ -405,16 +415,8 @@ pub struct IrohDialer {
 
 impl IrohDialer {
     async fn connect(&self, addr: &RelayAddr) -> Result<Link, LinkError> {
-        let unreachable = |detail: String| LinkError::Unreachable {
-            addr: addr.to_string(),
-            detail,
-        };
-        let key = iroh::PublicKey::from_bytes(addr.id.as_bytes())
-            .map_err(|err| unreachable(format!("invalid endpoint id: {err}")))?;
-        let mut target = EndpointAddr::new(key);
-        for socket in &addr.addrs {
-            target = target.with_ip_addr(*socket);
-        }
+        let unreachable = |detail: String| unreachable(addr, detail);
+        let target = endpoint_addr(addr)?;
         let timeout = self.node.config.dial_timeout;
         let dialled = tokio::time::timeout(timeout, async {
             let connection = self
