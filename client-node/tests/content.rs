@@ -410,3 +410,31 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_refused_when_it_would_take_the_relays_disk_below_its_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    // A floor no disk here has: every new file would go below it.
+    let relay = relay_with(
+        dir.path(),
+        "relay",
+        "[store]\nmin_free_disk_bytes = 1125899906842624\n",
+    )
+    .await;
+    let alice = client(dir.path(), "alice").await;
+    let group = alice
+        .create_group("full", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    let source = random_file(dir.path(), "big.bin", MIB, 31);
+    let refused = alice.put_file(group, &source).await;
+    match &refused {
+        Err(ClientError::Content(ContentError::Refused { message, .. })) => {
+            assert!(message.contains("disk"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(refused_for_quota(&refused));
+    assert!(stored_files(relay.data_dir()).is_empty());
+    alice.shutdown().await;
+}

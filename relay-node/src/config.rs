@@ -155,8 +155,11 @@ impl ContentSettings {
         Ok(())
     }
 
-    /// The content service's settings.
-    pub fn to_config(&self) -> zerok_actors::relay::content::ContentConfig {
+    /// The content service's settings (`min_free_disk_bytes`: the store's floor).
+    pub fn to_config(
+        &self,
+        min_free_disk_bytes: u64,
+    ) -> zerok_actors::relay::content::ContentConfig {
         zerok_actors::relay::content::ContentConfig {
             mailbox_quota_bytes: self.mailbox_quota_bytes,
             budget_bytes: self.max_bytes,
@@ -164,6 +167,7 @@ impl ContentSettings {
             ttl_default: Duration::from_secs(self.ttl_default_secs),
             ttl_max: Duration::from_secs(self.ttl_max_secs),
             connections_max: self.connections_max as usize,
+            min_free_disk_bytes,
             ..zerok_actors::relay::content::ContentConfig::default()
         }
     }

@@ -443,7 +443,7 @@ impl RelayNode {
         let connections = &config.connections;
         // Content needs iroh-blobs on the endpoint: not on another transport.
         let content = if config.content.enabled && listener.is_none() {
-            let content_config = config.content.to_config();
+            let content_config = config.content.to_config(config.store.min_free_disk_bytes);
             let service = ContentService::open(data_dir, &content_config)
                 .await
                 .map_err(|err| data_dir_err(data_dir, err))?;

@@ -86,6 +86,9 @@ pub struct ContentConfig {
     pub gc_interval: Duration,
     /// iroh-blobs connections served at once.
     pub connections_max: usize,
+    /// A new file is refused while the data dir's file system would keep less free space
+    /// than this after it (the record store's floor: files never starve records of disk).
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for ContentConfig {
@@ -99,6 +102,7 @@ impl Default for ContentConfig {
             sweep_interval: Duration::from_secs(60),
             gc_interval: Duration::from_secs(300),
             connections_max: 64,
+            min_free_disk_bytes: 0,
         }
     }
 }
@@ -241,6 +245,7 @@ impl Shared {
 
 /// The opened store and index, handed to the actor.
 pub struct ContentService {
+    dir: PathBuf,
     store: FsStore,
     db: Database,
     ks: Keyspace,
@@ -295,6 +300,7 @@ impl ContentService {
                 message: e.to_string(),
             })?;
         Ok(ContentService {
+            dir,
             store,
             db,
             ks,
@@ -320,6 +326,7 @@ pub struct ContentArgs {
 
 /// Actor state.
 pub struct ContentState {
+    dir: PathBuf,
     store: FsStore,
     db: Database,
     ks: Keyspace,
@@ -566,6 +573,17 @@ impl ContentState {
         if over_budget {
             self.sweep();
         }
+        let is_new = !lock(&self.shared).entries.contains_key(&(mailbox, hash));
+        if is_new && self.config.min_free_disk_bytes > 0 {
+            let free = crate::relay::blob_store::fs::os_fs()
+                .free_bytes(&self.dir)
+                .unwrap_or(0);
+            if free < size.saturating_add(self.config.min_free_disk_bytes) {
+                return Err(ContentRefusal::Quota(
+                    "the relay's disk is too full for this file".into(),
+                ));
+            }
+        }
         let entry = {
             let mut shared = lock(&self.shared);
             if let Some((held, _)) = shared.files.get(&hash)
@@ -744,6 +762,7 @@ impl Actor for ContentActor {
         ));
         myself.send_interval(config.sweep_interval, || ContentMsg::SweepDue);
         Ok(ContentState {
+            dir: service.dir,
             store: service.store,
             db: service.db,
             ks: service.ks,
