@@ -214,6 +214,11 @@ async fn a_file_is_stored_once_per_group_and_unrelated_across_groups_and_members
         );
     }
     assert_eq!(stored_files(relay.data_dir()).len(), 1, "stored once");
+    assert_eq!(relay_metric(&relay, "zerok_relay_content_files").await, 1.0);
+    assert_eq!(
+        relay_metric(&relay, "zerok_relay_content_bytes").await,
+        first.sealed_size as f64
+    );
 
     // The same file in another group seals to unrelated bytes.
     let other = alice
@@ -241,6 +246,14 @@ async fn a_file_is_stored_once_per_group_and_unrelated_across_groups_and_members
     assert!(
         matches!(got, Err(ClientError::Content(ContentError::NotFound))),
         "{got:?}"
+    );
+    assert!(
+        relay_metric(
+            &relay,
+            "zerok_relay_content_refused_total{reason=\"not_found\"}"
+        )
+        .await
+            >= 1.0
     );
     // Asking for the group's own mailbox needs its keys, which she does not have.
     let got = mallory.get_file(&first, dir.path().join("stolen2")).await;

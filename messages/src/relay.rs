@@ -449,6 +449,17 @@ pub enum ContentRefusal {
 }
 
 impl ContentRefusal {
+    /// A short stable name, for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ContentRefusal::Quota(_) => "quota",
+            ContentRefusal::TooLarge { .. } => "too_large",
+            ContentRefusal::NotFound => "not_found",
+            ContentRefusal::BadRequest(_) => "bad_request",
+            ContentRefusal::Unavailable(_) => "unavailable",
+        }
+    }
+
     /// The error code of the frame that answers the request.
     pub fn code(&self) -> ErrorCode {
         match self {

@@ -455,6 +455,7 @@ impl RelayNode {
                     config: content_config,
                     connections: rx,
                     clock: clock.clone(),
+                    metrics: metrics.clone(),
                 },
             ))
         } else {

@@ -28,6 +28,7 @@
 
 use crate::clock::Clock;
 use crate::link::iroh::BlobsConnection;
+use crate::relay::metrics::RelayMetrics;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use iroh_blobs::Hash;
 use iroh_blobs::api::Store;
@@ -322,6 +323,8 @@ pub struct ContentArgs {
     pub connections: mpsc::Receiver<BlobsConnection>,
     /// Wall time (expiry).
     pub clock: Clock,
+    /// Metrics.
+    pub metrics: RelayMetrics,
 }
 
 /// Actor state.
@@ -333,6 +336,7 @@ pub struct ContentState {
     shared: Arc<Mutex<Shared>>,
     config: ContentConfig,
     clock: Clock,
+    metrics: RelayMetrics,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -503,6 +507,21 @@ async fn verified_prefix(store: &Store, hash: &BlobId, size: u64) -> u64 {
 }
 
 impl ContentState {
+    /// Refresh the gauges; count a refusal.
+    fn count(&self, outcome: &Result<ContentGrant, ContentRefusal>) {
+        if let Err(refusal) = outcome {
+            self.metrics
+                .content_refused_total
+                .with_label_values(&[refusal.reason()])
+                .inc();
+        }
+        let shared = lock(&self.shared);
+        self.metrics.content_files.set(shared.files.len() as i64);
+        self.metrics
+            .content_bytes
+            .set(i64::try_from(shared.bytes).unwrap_or(i64::MAX));
+    }
+
     fn persist(&self, key: &(MailboxId, BlobId), entry: Option<&Entry>) {
         let raw = entry_key(&key.0, &key.1);
         let written = match entry {
@@ -747,6 +766,7 @@ impl Actor for ContentActor {
             config,
             connections,
             clock,
+            metrics,
         } = args;
         let (events, event_rx) = EventSender::channel(64, events_mask());
         let judge = tokio::spawn(judge_events(
@@ -769,6 +789,7 @@ impl Actor for ContentActor {
             shared: service.shared,
             config,
             clock,
+            metrics,
             tasks: vec![judge, server],
         })
     }
@@ -789,6 +810,7 @@ impl Actor for ContentActor {
                 reply,
             } => {
                 let granted = state.offer(device, mailbox, hash, size, ttl_secs).await;
+                state.count(&granted);
                 let _ = reply.send(granted);
             }
             ContentMsg::Open {
@@ -798,10 +820,14 @@ impl Actor for ContentActor {
                 reply,
             } => {
                 let granted = state.open(device, mailbox, hash).await;
+                state.count(&granted);
                 let _ = reply.send(granted);
             }
             ContentMsg::Pushed { device, hash } => state.pushed(device, hash).await,
-            ContentMsg::SweepDue => state.sweep(),
+            ContentMsg::SweepDue => {
+                state.sweep();
+                state.count(&Ok(ContentGrant { size: 0, have: 0 }));
+            }
             ContentMsg::GetStats { reply } => {
                 let shared = lock(&state.shared);
                 let _ = reply.send(ContentStats {

@@ -73,6 +73,13 @@ pub struct RelayMetrics {
     pub connection_slots_refused_total: IntCounterVec,
     /// Bytes queued towards peers and not yet taken by the transport, over all sessions.
     pub unread_bytes: IntGauge,
+    /// Distinct large files held (issue 15).
+    pub content_files: IntGauge,
+    /// Bytes of the distinct large files held (what `content.max_bytes` bounds).
+    pub content_bytes: IntGauge,
+    /// Content offers and opens refused, by reason (`quota`, `too_large`, `not_found`,
+    /// `bad_request`, `unavailable`).
+    pub content_refused_total: IntCounterVec,
 }
 
 impl Default for RelayMetrics {
@@ -235,6 +242,14 @@ impl RelayMetrics {
                 r,
                 "unread_bytes",
                 "bytes queued towards peers, not yet sent",
+            ),
+            content_files: gauge(r, "content_files", "distinct large files held"),
+            content_bytes: gauge(r, "content_bytes", "bytes of the distinct large files held"),
+            content_refused_total: counter_vec(
+                r,
+                "content_refused_total",
+                "content offers and opens refused",
+                "reason",
             ),
             registry,
         }
