@@ -323,23 +323,8 @@ async fn accept_loop(endpoint: Endpoint, config: Arc<IrohConfig>, links: mpsc::S
                     return;
                 }
             };
-            let guards = match (&config.slots, slot) {
-                (Some(slots), Some(slot)) => {
-                    let device = DeviceId(*connection.remote_id().as_bytes());
-                    match slots.established(slot, device) {
-                        Ok(guards) => guards.into_iter().collect(),
-                        Err(why) => {
-                            debug!(
-                                reason = why.as_str(),
-                                "connection refused after its handshake"
-                            );
-                            connection
-                                .close(VarInt::from_u32(CLOSE_ABORT), why.to_string().as_bytes());
-                            return;
-                        }
-                    }
-                }
-                _ => Vec::new(),
+            let Some(guards) = establish(&config, slot, &connection) else {
+                return;
             };
             let (out_tx, out_rx) = channel_with(
                 config.accepted_queue_bytes,
@@ -360,6 +345,30 @@ async fn accept_loop(endpoint: Endpoint, config: Arc<IrohConfig>, links: mpsc::S
     }
 }
 
+/// The handshake of `connection` is done: turn its handshake slot into its source's and its
+/// device's connection slots, or close it (`None`) when either is full.
+fn establish(
+    config: &IrohConfig,
+    slot: Option<SlotGuard>,
+    connection: &Connection,
+) -> Option<Vec<SlotGuard>> {
+    let (Some(slots), Some(slot)) = (&config.slots, slot) else {
+        return Some(Vec::new());
+    };
+    let device = DeviceId(*connection.remote_id().as_bytes());
+    match slots.established(slot, device) {
+        Ok(guards) => Some(guards.into_iter().collect()),
+        Err(why) => {
+            debug!(
+                reason = why.as_str(),
+                "connection refused after its handshake"
+            );
+            connection.close(VarInt::from_u32(CLOSE_ABORT), why.to_string().as_bytes());
+            None
+        }
+    }
+}
+
 /// Hand an iroh-blobs connection to the content service, holding its slots; refused when
 /// the endpoint has no content service or it is busy.
 fn accept_blobs(config: &IrohConfig, slot: Option<SlotGuard>, connection: Connection) {
@@ -367,19 +376,8 @@ fn accept_blobs(config: &IrohConfig, slot: Option<SlotGuard>, connection: Connec
         connection.close(VarInt::from_u32(CLOSE_ABORT), b"no content service");
         return;
     };
-    let guards = match (&config.slots, slot) {
-        (Some(slots), Some(slot)) => {
-            let device = DeviceId(*connection.remote_id().as_bytes());
-            match slots.established(slot, device) {
-                Ok(guards) => guards.into_iter().collect(),
-                Err(why) => {
-                    debug!(reason = why.as_str(), "content connection refused");
-                    connection.close(VarInt::from_u32(CLOSE_ABORT), why.to_string().as_bytes());
-                    return;
-                }
-            }
-        }
-        _ => Vec::new(),
+    let Some(guards) = establish(config, slot, &connection) else {
+        return;
     };
     if let Err(err) = sink.try_send(BlobsConnection { connection, guards }) {
         let blobs = match err {
