@@ -329,11 +329,7 @@ pub struct ContentArgs {
 
 /// Actor state.
 pub struct ContentState {
-    dir: PathBuf,
-    store: FsStore,
-    db: Database,
-    ks: Keyspace,
-    shared: Arc<Mutex<Shared>>,
+    service: ContentService,
     config: ContentConfig,
     clock: Clock,
     metrics: RelayMetrics,
@@ -515,7 +511,7 @@ impl ContentState {
                 .with_label_values(&[refusal.reason()])
                 .inc();
         }
-        let shared = lock(&self.shared);
+        let shared = lock(&self.service.shared);
         self.metrics.content_files.set(shared.files.len() as i64);
         self.metrics
             .content_bytes
@@ -525,10 +521,10 @@ impl ContentState {
     fn persist(&self, key: &(MailboxId, BlobId), entry: Option<&Entry>) {
         let raw = entry_key(&key.0, &key.1);
         let written = match entry {
-            Some(entry) => self.ks.insert(raw, entry.encode()),
-            None => self.ks.remove(raw),
+            Some(entry) => self.service.ks.insert(raw, entry.encode()),
+            None => self.service.ks.remove(raw),
         };
-        if let Err(err) = written.and_then(|()| self.db.persist(PersistMode::SyncAll)) {
+        if let Err(err) = written.and_then(|()| self.service.db.persist(PersistMode::SyncAll)) {
             warn!(error = %err, "content index not written");
         }
     }
@@ -540,23 +536,30 @@ impl ContentState {
             .min(self.config.ttl_max)
     }
 
-    /// Whether this mailbox's entry can be counted complete: the store has every byte and
-    /// they came from this mailbox's pushes.
-    async fn settle_upload(&self, key: (MailboxId, BlobId)) -> Option<Entry> {
+    /// The mailbox's entry, counted uploaded once the store has every byte of it and they
+    /// are this mailbox's: a device of it just pushed them (`pushed`), or no other mailbox
+    /// holds the file (so every byte came from this one's pushes).
+    async fn settle_upload(&self, key: (MailboxId, BlobId), pushed: bool) -> Option<Entry> {
         let (mut entry, others) = {
-            let shared = lock(&self.shared);
+            let shared = lock(&self.service.shared);
             let entry = *shared.entries.get(&key)?;
             let holders = shared.files.get(&key.1).map_or(0, |f| f.1);
             (entry, holders > 1)
         };
-        if entry.uploaded || others {
+        if entry.uploaded || (others && !pushed) {
             return Some(entry);
         }
-        let status = self.store.blobs().status(Hash::from_bytes(key.1.0)).await;
+        let status = self
+            .service
+            .store
+            .blobs()
+            .status(Hash::from_bytes(key.1.0))
+            .await;
         if matches!(status, Ok(BlobStatus::Complete { size }) if size == entry.size) {
             entry.uploaded = true;
-            lock(&self.shared).entries.insert(key, entry);
+            lock(&self.service.shared).entries.insert(key, entry);
             self.persist(&key, Some(&entry));
+            debug!(mailbox = %key.0.short(), size = entry.size, "content uploaded");
         }
         Some(entry)
     }
@@ -585,17 +588,19 @@ impl ContentState {
         // Expired files count against the budget until swept: sweep now rather than refuse
         // (only a relay at its budget pays for it).
         let over_budget = {
-            let shared = lock(&self.shared);
+            let shared = lock(&self.service.shared);
             !shared.files.contains_key(&hash)
                 && shared.bytes.saturating_add(size) > self.config.budget_bytes
         };
         if over_budget {
             self.sweep();
         }
-        let is_new = !lock(&self.shared).entries.contains_key(&(mailbox, hash));
+        let is_new = !lock(&self.service.shared)
+            .entries
+            .contains_key(&(mailbox, hash));
         if is_new && self.config.min_free_disk_bytes > 0 {
             let free = crate::relay::blob_store::fs::os_fs()
-                .free_bytes(&self.dir)
+                .free_bytes(&self.service.dir)
                 .unwrap_or(0);
             if free < size.saturating_add(self.config.min_free_disk_bytes) {
                 return Err(ContentRefusal::Quota(
@@ -604,7 +609,7 @@ impl ContentState {
             }
         }
         let entry = {
-            let mut shared = lock(&self.shared);
+            let mut shared = lock(&self.service.shared);
             if let Some((held, _)) = shared.files.get(&hash)
                 && *held != size
             {
@@ -650,18 +655,21 @@ impl ContentState {
             }
         };
         self.persist(&key, Some(&entry));
-        let entry = self.settle_upload(key).await.unwrap_or(entry);
-        let others = lock(&self.shared).files.get(&hash).is_some_and(|f| f.1 > 1);
+        let entry = self.settle_upload(key, false).await.unwrap_or(entry);
+        let others = lock(&self.service.shared)
+            .files
+            .get(&hash)
+            .is_some_and(|f| f.1 > 1);
         let have = if entry.uploaded {
             size
         } else if others {
             // Another mailbox's bytes are not this one's to claim: it sends all of them.
             0
         } else {
-            verified_prefix(&self.store, &hash, size).await
+            verified_prefix(&self.service.store, &hash, size).await
         };
         if have < size {
-            lock(&self.shared).grant(
+            lock(&self.service.shared).grant(
                 device,
                 hash,
                 Grant {
@@ -685,13 +693,13 @@ impl ContentState {
     ) -> Result<ContentGrant, ContentRefusal> {
         let key = (mailbox, hash);
         let entry = self
-            .settle_upload(key)
+            .settle_upload(key, false)
             .await
             .ok_or(ContentRefusal::NotFound)?;
         if !entry.uploaded || entry.expires_ms <= self.clock.now_unix_ms() {
             return Err(ContentRefusal::NotFound);
         }
-        lock(&self.shared).grant(
+        lock(&self.service.shared).grant(
             device,
             hash,
             Grant {
@@ -707,29 +715,17 @@ impl ContentState {
     }
 
     async fn pushed(&mut self, device: DeviceId, hash: BlobId) {
-        let Some(grant) = lock(&self.shared).live_grant(&device, &hash) else {
+        let Some(grant) = lock(&self.service.shared).live_grant(&device, &hash) else {
             return;
         };
-        let key = (grant.mailbox, hash);
-        let Some(mut entry) = lock(&self.shared).entries.get(&key).copied() else {
-            return;
-        };
-        let status = self.store.blobs().status(Hash::from_bytes(hash.0)).await;
-        if !entry.uploaded
-            && matches!(status, Ok(BlobStatus::Complete { size }) if size == entry.size)
-        {
-            entry.uploaded = true;
-            lock(&self.shared).entries.insert(key, entry);
-            self.persist(&key, Some(&entry));
-            debug!(mailbox = %grant.mailbox.short(), size = entry.size, "content uploaded");
-        }
+        self.settle_upload((grant.mailbox, hash), true).await;
     }
 
     fn sweep(&mut self) {
         let now_ms = self.clock.now_unix_ms();
         let now = tokio::time::Instant::now();
         let expired: Vec<_> = {
-            let mut shared = lock(&self.shared);
+            let mut shared = lock(&self.service.shared);
             shared.grants.retain(|_, g| g.expires > now);
             let expired: Vec<_> = shared
                 .entries
@@ -782,11 +778,7 @@ impl Actor for ContentActor {
         ));
         myself.send_interval(config.sweep_interval, || ContentMsg::SweepDue);
         Ok(ContentState {
-            dir: service.dir,
-            store: service.store,
-            db: service.db,
-            ks: service.ks,
-            shared: service.shared,
+            service,
             config,
             clock,
             metrics,
@@ -829,7 +821,7 @@ impl Actor for ContentActor {
                 state.count(&Ok(ContentGrant { size: 0, have: 0 }));
             }
             ContentMsg::GetStats { reply } => {
-                let shared = lock(&state.shared);
+                let shared = lock(&state.service.shared);
                 let _ = reply.send(ContentStats {
                     entries: shared.entries.len() as u64,
                     files: shared.files.len() as u64,
@@ -848,7 +840,7 @@ impl Actor for ContentActor {
         for task in &state.tasks {
             task.abort();
         }
-        if let Err(err) = state.store.shutdown().await {
+        if let Err(err) = state.service.store.shutdown().await {
             warn!(error = %err, "content store did not shut down cleanly");
         }
         Ok(())
