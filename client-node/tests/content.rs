@@ -85,7 +85,11 @@ async fn interrupted<T>(
                     total,
                     resumed_from,
                 } => (resumed_from + done, resumed_from + total),
-                Progress::Downloading { done, total } => (done, total),
+                Progress::Downloading {
+                    done,
+                    total,
+                    resumed_from,
+                } => (resumed_from + done, resumed_from + total),
                 _ => continue,
             };
             moved = done;
@@ -151,7 +155,13 @@ async fn a_200_mib_file_is_fetched_byte_identical_and_both_directions_resume_aft
         !dest.exists(),
         "nothing is handed over before it all verified"
     );
+    let partial = dir.path().join("fetched.bin.partial");
+    assert!(
+        partial.exists(),
+        "the opened prefix is kept for a resumed get"
+    );
     let got_after = bob.get_file(&announced, &dest).await.unwrap();
+    assert!(!partial.exists(), "the partial file became the destination");
     assert!(
         got_after + got_before <= file.sealed_size + file.sealed_size / 10,
         "re-downloaded too much: {got_after} after {got_before} of {}",
@@ -192,6 +202,10 @@ async fn a_flipped_byte_on_the_relay_fails_the_fetch_with_an_integrity_error() {
         "{got:?}"
     );
     assert!(!dest.exists(), "nothing partial handed over as complete");
+    assert!(
+        !dir.path().join("doc-copy.pdf.partial").exists(),
+        "what does not verify is not kept"
+    );
     alice.shutdown().await;
     bob.shutdown().await;
 }

@@ -461,19 +461,23 @@ pub enum Progress {
         /// Already on the relay.
         resumed_from: u64,
     },
-    /// Fetching the sealed file (bytes received in this transfer; a resumed download
-    /// fetches only what it lacks).
+    /// Fetching the sealed file and opening its chunks into the destination as they arrive
+    /// (bytes received in this transfer, and the bytes an interrupted download kept: a
+    /// resumed download starts past them).
     Downloading {
         /// Received.
         done: u64,
         /// To receive.
         total: u64,
+        /// Kept from before.
+        resumed_from: u64,
     },
-    /// Opening the chunks into the destination.
-    Opening {
-        /// Plaintext bytes written.
+    /// Checking the chunks an interrupted download of the same file into the same
+    /// destination kept, before fetching the rest (plaintext bytes checked, of those kept).
+    Checking {
+        /// Checked.
         done: u64,
-        /// All.
+        /// Kept.
         total: u64,
     },
 }

@@ -1,24 +1,28 @@
 //! ContentTransfer: puts and gets large files of a group (DESIGN.md §4 "Large content"), in
 //! the client tree.
 //!
-//! A put hashes the file, derives its key ([`FileKey::derive`]: convergent inside one
-//! epoch), seals it chunk by chunk into the client's iroh-blobs store (`content/` of the
-//! home; a bounded channel between the sealing thread and the store, so memory holds a few
-//! chunks whatever the size), then offers it to every relay of the group on a zerok link
-//! that joined the epoch's mailbox (the relay answers the verified prefix it holds) and
-//! pushes the rest over iroh-blobs from the same endpoint. An interrupted upload resumes
-//! from the relay's prefix. A get asks a relay for a grant the same way, fetches what the
-//! local store lacks (BLAKE3-verified; an interrupted download keeps its verified prefix,
-//! protected by a named tag), trying the group's relays in turn, then opens the chunks in
-//! order into `dest.partial` and renames it to `dest` only once every chunk opened.
+//! A put hashes the file (on every core), derives its key ([`FileKey::derive`]: convergent
+//! inside one epoch), seals it in batches of chunks on every core into the client's
+//! iroh-blobs store (`content/` of the home; a bounded channel between the sealing thread
+//! and the store, so memory holds a few chunks whatever the size), then offers it to every
+//! relay of the group on a zerok link that joined the epoch's mailbox (the relay answers the
+//! verified prefix it holds) and pushes the rest over iroh-blobs from the same endpoint. An
+//! interrupted upload resumes from the relay's prefix.
+//!
+//! A get asks a relay for a grant the same way and streams the sealed bytes it lacks
+//! straight from the relay (BLAKE3-verified as they arrive, no local store): a thread opens
+//! each chunk as soon as it is whole into `dest.partial` ([`PartialDownload`]), trying the
+//! group's relays in turn, and renames it to `dest` once every chunk opened. An interrupted
+//! get resumes after the chunks it kept that still check out.
 //!
 //! Each transfer runs in its own task (at most [`TRANSFERS_MAX`] at once); stopping the
 //! actor aborts them and shuts the store down. Sealed copies are dropped from the local
-//! store once a transfer finished (its GC deletes untagged bytes).
+//! store once a put finished (its GC deletes untagged bytes).
 
+use crate::client::partial_download::PartialDownload;
 use crate::crypto::content::{
-    CHUNK_BYTES, ContentError as ChunkError, FileKey, SEALED_CHUNK_BYTES, chunk_count,
-    plaintext_hash, sealed_len,
+    CHUNK_BYTES, ContentError as ChunkError, FileKey, SEALED_CHUNK_BYTES, TAG_BYTES, chunk_count,
+    plaintext_hash_file, sealed_len,
 };
 use crate::crypto::join::sign_join;
 use crate::crypto::keys::MailboxSigner;
@@ -26,23 +30,27 @@ use crate::link::Dialer;
 use crate::link::hello::hello;
 use crate::link::iroh::IrohNode;
 use crate::relay::content::push_ranges;
+use bao_tree::io::fsm::BaoContentItem;
 use bytes::Bytes;
 use futures::StreamExt;
+use iroh_blobs::Hash;
 use iroh_blobs::api::Store;
-use iroh_blobs::api::remote::{GetProgressItem, PushProgressItem};
-use iroh_blobs::protocol::PushRequest;
+use iroh_blobs::api::remote::PushProgressItem;
+use iroh_blobs::get::GetError;
+use iroh_blobs::get::fsm;
+use iroh_blobs::protocol::{ChunkRanges, ChunkRangesExt, GetRequest, PushRequest};
 use iroh_blobs::store::fs::FsStore;
 use iroh_blobs::store::fs::options::Options;
 use iroh_blobs::store::{GcConfig, ProtectOutcome};
-use iroh_blobs::{Hash, HashAndFormat};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rayon::prelude::*;
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 use zerok_messages::client::{ContentAccess, ContentError, FileRef, GroupId, Progress};
@@ -57,7 +65,9 @@ pub const TRANSFERS_MAX: usize = 1;
 /// How long one request on the zerok link may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Sealed chunks between the sealing thread and the store.
-const SEAL_QUEUE_CHUNKS: usize = 4;
+const SEAL_QUEUE_CHUNKS: usize = 8;
+/// Chunks read and sealed at once (on every core).
+const SEAL_BATCH_CHUNKS: usize = 8;
 /// How often the local store deletes what no transfer holds.
 const GC_INTERVAL: Duration = Duration::from_secs(60);
 /// Tries of one relay whose connection was lost before the next relay is tried.
@@ -66,6 +76,8 @@ const ATTEMPTS_PER_RELAY: u32 = 3;
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// The local store's directory in the home.
 pub const CONTENT_DIR: &str = "content";
+/// The tags of interrupted downloads, in [`CONTENT_DIR`].
+const PARTIAL_DIR: &str = "partial";
 
 /// Messages of the ContentTransfer actor.
 pub enum TransferMsg {
@@ -110,6 +122,7 @@ pub struct ContentTransferArgs {
 
 /// Its state.
 pub struct ContentTransferState {
+    dir: PathBuf,
     store: FsStore,
     endpoint: IrohNode,
     slots: Arc<Semaphore>,
@@ -250,14 +263,16 @@ async fn seal_into_store(
     path: &Path,
     progress: &Option<mpsc::Sender<Progress>>,
 ) -> Result<(iroh_blobs::api::TempTag, FileKey, u64), ContentError> {
+    let started = tokio::time::Instant::now();
     let source = path.to_path_buf();
-    let (hash, size) = crate::exec::blocking(move || {
-        let file = std::fs::File::open(&source)?;
-        plaintext_hash(&mut std::io::BufReader::with_capacity(CHUNK_BYTES, file))
-    })
-    .await
-    .map_err(|e| io_err(path, e))?
-    .map_err(|e| io_err(path, e))?;
+    let (hash, size) = crate::exec::blocking(move || plaintext_hash_file(&source))
+        .await
+        .map_err(|e| io_err(path, e))?
+        .map_err(|e| io_err(path, e))?;
+    debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "content put: plaintext hashed"
+    );
     let key = FileKey::derive(&access.content_key, &hash);
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(SEAL_QUEUE_CHUNKS);
     let source = path.to_path_buf();
@@ -266,23 +281,35 @@ async fn seal_into_store(
     let sealer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let mut file = std::fs::File::open(&source)?;
         let chunks = chunk_count(size);
-        let mut buf = vec![0u8; CHUNK_BYTES];
         let mut done = 0u64;
-        for index in 0..chunks {
-            let last = index + 1 == chunks;
-            let want = if last {
-                (size - index * CHUNK_BYTES as u64) as usize
-            } else {
-                CHUNK_BYTES
-            };
-            file.read_exact(&mut buf[..want])?;
-            let sealed = sealing_key.seal_chunk(index, last, &buf[..want]);
-            done += want as u64;
-            report(&progress_tx, Progress::Sealing { done, total: size });
-            if tx.blocking_send(Ok(Bytes::from(sealed))).is_err() {
-                return Ok(());
+        let mut next = 0u64;
+        // A batch of chunks is read, sealed on every core, and queued in order.
+        while next < chunks {
+            let mut batch = Vec::with_capacity(SEAL_BATCH_CHUNKS);
+            for index in next..(next + SEAL_BATCH_CHUNKS as u64).min(chunks) {
+                let want = if index + 1 == chunks {
+                    (size - index * CHUNK_BYTES as u64) as usize
+                } else {
+                    CHUNK_BYTES
+                };
+                let mut buf = Vec::with_capacity(SEALED_CHUNK_BYTES);
+                buf.resize(want, 0);
+                file.read_exact(&mut buf)?;
+                batch.push((index, buf));
+            }
+            next += batch.len() as u64;
+            batch.par_iter_mut().for_each(|(index, buf)| {
+                sealing_key.seal_chunk_in_place(*index, *index + 1 == chunks, buf);
+            });
+            for (_, sealed) in batch {
+                done += (sealed.len() - TAG_BYTES) as u64;
+                report(&progress_tx, Progress::Sealing { done, total: size });
+                if tx.blocking_send(Ok(Bytes::from(sealed))).is_err() {
+                    return Ok(());
+                }
             }
         }
+        debug!("content put: sealing done");
         Ok(())
     });
     let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
@@ -290,6 +317,10 @@ async fn seal_into_store(
     let sealed = sealer.await.map_err(|e| io_err(path, e))?;
     sealed.map_err(|e| io_err(path, e))?;
     let tag = added.map_err(|e| io_err(path, format!("local content store: {e}")))?;
+    debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "content put: sealed into the store"
+    );
     Ok((tag, key, size))
 }
 
@@ -432,15 +463,74 @@ fn get_error(relay: &RelayAddr, err: iroh_blobs::get::GetError) -> ContentError 
     }
 }
 
-/// Fetch what the local store lacks of `hash` from one relay. Answers the bytes fetched.
+/// What the fetching side tells the thread that opens a download.
+enum Feed {
+    /// Verified sealed bytes at an offset of the file.
+    Bytes(u64, Bytes),
+    /// Answer the offset of the next byte needed once everything before was taken (or
+    /// why the download cannot go on).
+    Mark(oneshot::Sender<Result<u64, ContentError>>),
+}
+
+/// Verified sealed bytes queued for the opening thread (iroh-blobs hands them over 16 KiB
+/// at a time): a few MiB at most.
+const FEED_QUEUE: usize = 256;
+
+fn chunk_error(err: ChunkError, at: &Path) -> ContentError {
+    match err {
+        ChunkError::Integrity(i) => ContentError::Integrity(format!("chunk {i} does not open")),
+        ChunkError::Length(len) => {
+            ContentError::Integrity(format!("{len} sealed bytes are no whole chunks"))
+        }
+        ChunkError::Io(e) => io_err(at, e),
+    }
+}
+
+/// The opening thread: feeds `download` until the fetching side hangs up, and answers it.
+fn open_as_fed(
+    mut download: PartialDownload,
+    mut feed: mpsc::Receiver<Feed>,
+    dest: &Path,
+) -> (PartialDownload, Result<(), ContentError>) {
+    let mut outcome = Ok(());
+    while let Some(item) = feed.blocking_recv() {
+        match item {
+            Feed::Bytes(offset, bytes) => {
+                if outcome.is_ok() {
+                    outcome = download
+                        .feed(offset, &bytes)
+                        .map_err(|e| chunk_error(e, dest));
+                }
+            }
+            Feed::Mark(reply) => {
+                let _ = reply.send(outcome.clone().map(|()| download.next_offset()));
+            }
+        }
+    }
+    (download, outcome)
+}
+
+/// The offset of the next sealed byte the opening thread needs.
+async fn next_needed(feed: &mpsc::Sender<Feed>) -> Result<u64, ContentError> {
+    let (tx, rx) = oneshot::channel();
+    let gone = || ContentError::Integrity("the download stopped opening".into());
+    feed.send(Feed::Mark(tx)).await.map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())?
+}
+
+/// Fetch the rest of `file` from one relay (BLAKE3-verified as it arrives) into the opening
+/// thread. `fetched` counts the sealed bytes received.
+#[allow(clippy::too_many_arguments)]
 async fn fetch(
     endpoint: &IrohNode,
-    store: &Store,
     relay: &RelayAddr,
     access: &ContentAccess,
     file: &FileRef,
+    feed: &mpsc::Sender<Feed>,
+    kept: u64,
+    fetched: &AtomicU64,
     progress: &Option<mpsc::Sender<Progress>>,
-) -> Result<u64, Failed> {
+) -> Result<(), Failed> {
     let mut link = RelayLink::open(endpoint, relay, access).await?;
     let (size, _) = link
         .grant(|req| Frame::ContentOpen {
@@ -455,123 +545,66 @@ async fn fetch(
             file.sealed_size
         ))));
     }
+    // An opening thread that failed (a chunk that does not open) fails the get for good.
+    let from = next_needed(feed).await?;
     retryable(async {
         let connection = endpoint
             .connect_blobs(relay)
             .await
             .map_err(|e| ContentError::Unreachable(e.to_string()))?;
-        let stream = store
-            .remote()
-            .fetch(
-                connection.clone(),
-                HashAndFormat::raw(Hash::from_bytes(file.hash.0)),
-            )
-            .stream();
-        futures::pin_mut!(stream);
-        let mut fetched = 0;
-        let mut outcome = Err(ContentError::Unreachable(format!(
-            "{relay}: fetch ended early"
-        )));
-        while let Some(item) = stream.next().await {
-            match item {
-                GetProgressItem::Progress(done) => {
-                    fetched = done;
-                    report(
-                        progress,
-                        Progress::Downloading {
-                            done,
-                            total: file.sealed_size,
-                        },
-                    );
-                }
-                GetProgressItem::Done(_) => {
-                    outcome = Ok(fetched);
-                    break;
-                }
-                GetProgressItem::Error(err) => {
-                    outcome = Err(get_error(relay, err));
-                    break;
-                }
+        let fail = |err: GetError| get_error(relay, err);
+        let request = GetRequest::blob_ranges(
+            Hash::from_bytes(file.hash.0),
+            // The chunks that hold `from` and everything after.
+            ChunkRanges::bytes(from..),
+        );
+        let connected = fsm::start(connection.clone(), request, Default::default())
+            .next()
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let fsm::ConnectedNext::StartRoot(root) =
+            connected.next().await.map_err(|e| fail(e.into()))?
+        else {
+            return Err(ContentError::Unreachable(format!(
+                "{relay}: unexpected answer"
+            )));
+        };
+        let (mut content, size) = root.next().next().await.map_err(|e| fail(e.into()))?;
+        if size != file.sealed_size {
+            return Err(ContentError::Integrity(format!(
+                "relay {relay} serves {size} bytes, the file has {}",
+                file.sealed_size
+            )));
+        }
+        let total = file.sealed_size - kept;
+        while let fsm::BlobContentNext::More((next, item)) = content.next().await {
+            content = next;
+            let BaoContentItem::Leaf(leaf) = item.map_err(|e| fail(e.into()))? else {
+                continue;
+            };
+            let len = leaf.data.len() as u64;
+            let done = fetched.fetch_add(len, Ordering::Relaxed) + len;
+            if feed
+                .send(Feed::Bytes(leaf.offset, leaf.data))
+                .await
+                .is_err()
+            {
+                break;
             }
+            report(
+                progress,
+                Progress::Downloading {
+                    done: done.min(total),
+                    total,
+                    resumed_from: kept,
+                },
+            );
         }
         connection.close(0u32.into(), b"done");
         link.bye().await;
-        outcome
+        Ok(())
     })
     .await
-}
-
-/// Open the sealed file of the local store into `dest` (through `dest.partial`, renamed
-/// once every chunk opened).
-async fn open_into(
-    store: &Store,
-    file: &FileRef,
-    dest: &Path,
-    progress: &Option<mpsc::Sender<Progress>>,
-) -> Result<(), ContentError> {
-    let partial = dest.with_extension(match dest.extension() {
-        Some(ext) => format!("{}.partial", ext.to_string_lossy()),
-        None => "partial".into(),
-    });
-    let mut reader = store.blobs().reader(Hash::from_bytes(file.hash.0));
-    let (tx, mut rx) = mpsc::channel::<(u64, bool, Vec<u8>)>(SEAL_QUEUE_CHUNKS);
-    let key = FileKey::from_bytes(*file.key);
-    let target = partial.clone();
-    let total = file.size;
-    let progress_tx = progress.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<(), ContentError> {
-        let out = std::fs::File::create(&target).map_err(|e| io_err(&target, e))?;
-        let mut out = std::io::BufWriter::with_capacity(CHUNK_BYTES, out);
-        let mut done = 0u64;
-        while let Some((index, last, sealed)) = rx.blocking_recv() {
-            let plain = key.open_chunk(index, last, &sealed).map_err(|e| match e {
-                ChunkError::Integrity(i) => {
-                    ContentError::Integrity(format!("chunk {i} does not open"))
-                }
-                other => ContentError::Integrity(other.to_string()),
-            })?;
-            out.write_all(&plain).map_err(|e| io_err(&target, e))?;
-            done += plain.len() as u64;
-            report(&progress_tx, Progress::Opening { done, total });
-        }
-        let out = out.into_inner().map_err(|e| io_err(&target, e.error()))?;
-        out.sync_all().map_err(|e| io_err(&target, e))?;
-        if done != total {
-            return Err(ContentError::Integrity("the file is cut short".into()));
-        }
-        Ok(())
-    });
-    let chunks = sealed_chunk_count_of(file.sealed_size);
-    let mut read = Ok(());
-    for index in 0..chunks {
-        let last = index + 1 == chunks;
-        let want = if last {
-            (file.sealed_size - index * SEALED_CHUNK_BYTES as u64) as usize
-        } else {
-            SEALED_CHUNK_BYTES
-        };
-        let mut sealed = vec![0u8; want];
-        if let Err(err) = reader.read_exact(&mut sealed).await {
-            read = Err(io_err(dest, format!("local content store: {err}")));
-            break;
-        }
-        if tx.send((index, last, sealed)).await.is_err() {
-            break;
-        }
-    }
-    drop(tx);
-    let written = writer.await.map_err(|e| io_err(dest, e))?;
-    let finished = read
-        .and(written)
-        .and_then(|()| std::fs::rename(&partial, dest).map_err(|e| io_err(dest, e)));
-    if finished.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    finished
-}
-
-fn sealed_chunk_count_of(sealed_size: u64) -> u64 {
-    crate::crypto::content::sealed_chunk_count(sealed_size).unwrap_or(0)
 }
 
 async fn put(
@@ -583,6 +616,7 @@ async fn put(
     path: PathBuf,
     progress: Option<mpsc::Sender<Progress>>,
 ) -> Result<FileRef, ContentError> {
+    let started = tokio::time::Instant::now();
     let (tag, key, size) = seal_into_store(&store, &access, &path, &progress).await?;
     let hash = tag.hash();
     lock(&busy).insert(hash);
@@ -613,6 +647,10 @@ async fn put(
         }
     }
     lock(&busy).remove(&hash);
+    debug!(
+        ms = started.elapsed().as_millis() as u64,
+        uploaded, "content put: uploaded"
+    );
     drop(tag);
     if uploaded == 0 {
         return Err(match failures.into_iter().next() {
@@ -647,57 +685,110 @@ fn truncate(mut name: String, max: usize) -> String {
     name
 }
 
+/// `dest.partial` beside `dest`.
+fn partial_path(dest: &Path) -> PathBuf {
+    dest.with_extension(match dest.extension() {
+        Some(ext) => format!("{}.partial", ext.to_string_lossy()),
+        None => "partial".into(),
+    })
+}
+
+/// Fetch `file` from the group's relays into `dest`, opening chunks as they arrive.
+/// Answers the sealed bytes fetched. `slot` is held until the opening thread ended (a
+/// get abandoned mid-way still writes what it received before the next one starts).
+#[allow(clippy::too_many_arguments)]
 async fn get(
     endpoint: IrohNode,
-    store: Store,
-    busy: Arc<Mutex<HashSet<Hash>>>,
+    dir: PathBuf,
+    slot: OwnedSemaphorePermit,
     access: ContentAccess,
     file: FileRef,
     dest: PathBuf,
     progress: Option<mpsc::Sender<Progress>>,
 ) -> Result<u64, ContentError> {
-    let hash = Hash::from_bytes(file.hash.0);
-    let tag = format!("get-{}", file.hash.to_hex());
-    lock(&busy).insert(hash);
-    // A named tag keeps the verified prefix across a restart, for a resumed get.
-    if let Err(err) = store.tags().set(&tag, HashAndFormat::raw(hash)).await {
-        lock(&busy).remove(&hash);
-        return Err(io_err(&dest, format!("local content store: {err}")));
+    let started = tokio::time::Instant::now();
+    if sealed_len(file.size) != file.sealed_size {
+        return Err(ContentError::Integrity(
+            "the file's sizes do not agree".into(),
+        ));
     }
-    let mut fetched = 0;
-    let mut outcome = Ok(());
-    if !store.blobs().has(hash).await.unwrap_or(false) {
+    let partial = partial_path(&dest);
+    let tags = dir
+        .join(PARTIAL_DIR)
+        .join(format!("{}.tags", file.hash.to_hex()));
+    let key = FileKey::from_bytes(*file.key);
+    let size = file.size;
+    let checking = progress.clone();
+    let resume_at = partial.clone();
+    let download = tokio::task::spawn_blocking(move || {
+        PartialDownload::resume(key, size, &resume_at, &tags, |done, total| {
+            report(&checking, Progress::Checking { done, total })
+        })
+    })
+    .await
+    .map_err(|e| io_err(&partial, e))?
+    .map_err(|e| chunk_error(e, &partial))?;
+    let kept = download.kept();
+    let (feed, fed) = mpsc::channel(FEED_QUEUE);
+    let opening_dest = dest.clone();
+    let opener = tokio::task::spawn_blocking(move || {
+        let opened = open_as_fed(download, fed, &opening_dest);
+        drop(slot);
+        opened
+    });
+    let fetched = AtomicU64::new(0);
+    let mut outcome = next_needed(&feed).await;
+    if matches!(outcome, Ok(next) if next < file.sealed_size) {
         outcome = Err(ContentError::NotFound);
         for relay in &access.relays {
             // A lost connection: go on from what was verified.
-            let result =
-                with_retries(|| fetch(&endpoint, &store, relay, &access, &file, &progress)).await;
+            let result = with_retries(|| {
+                fetch(
+                    &endpoint, relay, &access, &file, &feed, kept, &fetched, &progress,
+                )
+            })
+            .await;
             match result {
-                Ok(bytes) => {
-                    fetched += bytes;
-                    outcome = Ok(());
+                Ok(()) => {
+                    outcome = next_needed(&feed).await;
                     break;
                 }
                 Err(err) => {
                     debug!(relay = %relay.id.short(), error = %err, "content not fetched from a relay");
                     // An integrity failure says more than a later relay's "not found".
-                    let keep = matches!(outcome, Err(ContentError::Integrity(_)));
-                    if !keep {
+                    if !matches!(outcome, Err(ContentError::Integrity(_))) {
                         outcome = Err(err);
                     }
                 }
             }
         }
     }
-    let opened = match outcome {
-        Ok(()) => open_into(&store, &file, &dest, &progress).await,
+    drop(feed);
+    let (download, opened) = opener.await.map_err(|e| io_err(&dest, e))?;
+    let fetched = fetched.into_inner();
+    debug!(
+        ms = started.elapsed().as_millis() as u64,
+        fetched, "content get: fetched and opened"
+    );
+    let finished = match opened.and(outcome) {
+        Ok(_) => {
+            let target = dest.clone();
+            tokio::task::spawn_blocking(move || download.finish(&target))
+                .await
+                .map_err(|e| io_err(&dest, e))?
+                .map_err(|e| chunk_error(e, &dest))
+        }
+        Err(err @ ContentError::Integrity(_)) => {
+            download.discard();
+            Err(err)
+        }
         Err(err) => Err(err),
     };
-    if opened.is_ok() {
-        let _ = store.tags().delete(&tag).await;
-    }
-    lock(&busy).remove(&hash);
-    opened.map(|()| fetched)
+    debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "content get: done"
+    );
+    finished.map(|()| fetched)
 }
 
 /// Run `work` until it ends or its caller stopped waiting (the transfer is dropped then;
@@ -741,6 +832,7 @@ impl Actor for ContentTransferActor {
             .await
             .map_err(|e| ActorProcessingErr::from(format!("content store: {e}")))?;
         Ok(ContentTransferState {
+            dir: args.dir,
             store,
             endpoint: args.endpoint,
             slots: Arc::new(Semaphore::new(TRANSFERS_MAX)),
@@ -757,11 +849,7 @@ impl Actor for ContentTransferActor {
     ) -> Result<(), ActorProcessingErr> {
         while state.tasks.try_join_next().is_some() {}
         let slots = Arc::clone(&state.slots);
-        let (endpoint, store, busy) = (
-            state.endpoint.clone(),
-            Store::clone(&state.store),
-            Arc::clone(&state.busy),
-        );
+        let endpoint = state.endpoint.clone();
         match message {
             TransferMsg::Put {
                 access,
@@ -770,6 +858,7 @@ impl Actor for ContentTransferActor {
                 progress,
                 reply,
             } => {
+                let (store, busy) = (Store::clone(&state.store), Arc::clone(&state.busy));
                 state.tasks.spawn(async move {
                     let Ok(_slot) = slots.acquire_owned().await else {
                         return;
@@ -787,11 +876,12 @@ impl Actor for ContentTransferActor {
                 progress,
                 reply,
             } => {
+                let dir = state.dir.clone();
                 state.tasks.spawn(async move {
-                    let Ok(_slot) = slots.acquire_owned().await else {
+                    let Ok(slot) = slots.acquire_owned().await else {
                         return;
                     };
-                    let work = get(endpoint, store, busy, access, file, dest, progress);
+                    let work = get(endpoint, dir, slot, access, file, dest, progress);
                     if let Some(got) = unless_abandoned(&reply, work).await {
                         let _ = reply.send(got);
                     }

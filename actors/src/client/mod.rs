@@ -13,6 +13,7 @@
 pub mod content_transfer;
 pub mod encryptor;
 pub mod local_store;
+pub mod partial_download;
 pub mod relay_connection;
 pub mod seen;
 pub mod sync_coordinator;

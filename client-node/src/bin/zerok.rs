@@ -911,8 +911,12 @@ fn progress_bar() -> (
                     total,
                     resumed_from,
                 } => ("uploading", resumed_from + done, resumed_from + total),
-                Progress::Downloading { done, total } => ("downloading", done, total),
-                Progress::Opening { done, total } => ("opening", done, total),
+                Progress::Downloading {
+                    done,
+                    total,
+                    resumed_from,
+                } => ("downloading", resumed_from + done, resumed_from + total),
+                Progress::Checking { done, total } => ("checking", done, total),
             };
             bar.set_message(phase);
             bar.set_length(total);

@@ -95,15 +95,22 @@ async fn run_cli(
     args: &[&str],
     relay_pid: Option<u32>,
 ) -> anyhow::Result<Run> {
+    // `ZEROK_BENCH_CLI_LOG=debug`: the CLI processes log at that level to this stderr (their
+    // phases' timings).
+    let cli_log = std::env::var("ZEROK_BENCH_CLI_LOG").ok();
     let started = Instant::now();
     let mut child = tokio::process::Command::new(bin)
         .arg("--home")
         .arg(home)
         .args(args)
         .env_remove("ZEROK_HOME")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", cli_log.as_deref().unwrap_or("warn"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(if cli_log.is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        })
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id().ok_or_else(|| anyhow!("zerok exited at once"))?;
