@@ -227,12 +227,29 @@ pub fn plaintext_hash(source: &mut impl Read) -> std::io::Result<([u8; 32], u64)
     }
 }
 
+/// Bytes of the file [`plaintext_hash_file`] hashes at once, on every core.
+const HASH_BLOCK_BYTES: usize = 8 << 20;
+
 /// The BLAKE3 hash and length of the file at `path`, hashed on every core (the first of a
-/// put's two passes): the same hash as [`plaintext_hash`].
+/// put's two passes): the same hash as [`plaintext_hash`]. It reads the file a block at a
+/// time (a memory map would count the whole file in the process's resident memory).
 pub fn plaintext_hash_file(path: &std::path::Path) -> std::io::Result<([u8; 32], u64)> {
+    let mut file = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap_rayon(path)?;
-    Ok((*hasher.finalize().as_bytes(), hasher.count()))
+    let mut block = vec![0u8; HASH_BLOCK_BYTES];
+    loop {
+        let mut filled = 0;
+        while filled < block.len() {
+            match file.read(&mut block[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
+            return Ok((*hasher.finalize().as_bytes(), hasher.count()));
+        }
+        hasher.update_rayon(&block[..filled]);
+    }
 }
 
 /// Seal everything `source` holds to `sink`, chunk by chunk; answers the sealed length.
@@ -439,7 +456,13 @@ mod tests {
     #[test]
     fn a_file_hashed_on_every_core_hashes_as_read_in_chunks() {
         let dir = tempfile::tempdir().unwrap();
-        for len in [0, 1, 3 * CHUNK_BYTES + 5, 40 * CHUNK_BYTES] {
+        for len in [
+            0,
+            1,
+            3 * CHUNK_BYTES + 5,
+            HASH_BLOCK_BYTES,
+            40 * CHUNK_BYTES + 9,
+        ] {
             let plaintext = file(len, 8);
             let path = dir.path().join(format!("f{len}"));
             std::fs::write(&path, &plaintext).unwrap();
