@@ -180,10 +180,13 @@ fn last_batch_is_whole(
 /// (about 32 items of 1 KiB: below it, the index work costs less than starting a thread).
 const OVERLAP_MIN_BYTES: usize = 32 * 1024;
 
-/// Tries to open an index still held by an earlier open of this process, and the wait
-/// between them: 50 × 20 ms, a second for its background threads to let go.
-const INDEX_LOCK_RETRIES: usize = 50;
-const INDEX_LOCK_RETRY_MS: u64 = 20;
+/// Tries to take a lock (the store's, or its index's) still held by an earlier open of this
+/// process, and the wait between them: 50 × 20 ms, a second to let go. The index's
+/// background threads let go a moment after it closed; and a child process forked by any
+/// thread of this process holds a copy of the store's lock descriptor until it execs, so a
+/// store closed and opened again at that moment finds its own lock taken.
+const LOCK_RETRIES: usize = 50;
+const LOCK_RETRY_MS: u64 = 20;
 
 /// Open the index in `dir` (made private: 0700, as the store's own files are); one that
 /// cannot be opened (damaged) is removed and rebuilt.
@@ -200,13 +203,13 @@ fn open_index(dir: &Path) -> Result<(Index, Saved), OpenError> {
     // The store's own lock keeps other processes out, so a locked index is an earlier open
     // in this process whose background threads are still letting go of it.
     let mut opened = Index::open(dir);
-    for _ in 0..INDEX_LOCK_RETRIES {
+    for _ in 0..LOCK_RETRIES {
         match &opened {
             Err(err) if err.is_locked => {
                 // Opening is blocking work (the relay runs it on the blocking pool): a short
                 // thread sleep is the wait that fits.
                 #[allow(clippy::disallowed_methods)]
-                std::thread::sleep(std::time::Duration::from_millis(INDEX_LOCK_RETRY_MS));
+                std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
                 opened = Index::open(dir);
             }
             _ => break,
@@ -446,14 +449,23 @@ impl Store {
         let lock_file = fs
             .open(&lock_path, OpenMode::CreateOrOpen)
             .map_err(io_err(&lock_path))?;
-        match lock_file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(OpenError::Locked {
-                    path: dir.display().to_string(),
-                });
+        let mut tries = 0;
+        loop {
+            match lock_file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tries < LOCK_RETRIES => {
+                    tries += 1;
+                    // Blocking work, as above.
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(OpenError::Locked {
+                        path: dir.display().to_string(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(err)) => return Err(io_err(&lock_path)(err)),
             }
-            Err(std::fs::TryLockError::Error(err)) => return Err(io_err(&lock_path)(err)),
         }
         let found_format = check_format(&*fs, dir)?;
         let ids = segment_ids(&*fs, dir)?;
