@@ -2,12 +2,12 @@
 //! the client tree.
 //!
 //! A put hashes the file (on every core), derives its key ([`FileKey::derive`]: convergent
-//! inside one epoch), seals it in batches of chunks on every core into the client's
-//! iroh-blobs store (`content/` of the home; a bounded channel between the sealing thread
-//! and the store, so memory holds a few chunks whatever the size), then offers it to every
-//! relay of the group on a zerok link that joined the epoch's mailbox (the relay answers the
-//! verified prefix it holds) and pushes the rest over iroh-blobs from the same endpoint. An
-//! interrupted upload resumes from the relay's prefix.
+//! inside one epoch), seals it into a [`SealedCopy`] in `content/` of the home (the
+//! ciphertext and its BLAKE3 tree, built in one pass), then offers it to every relay of the
+//! group on a zerok link that joined the epoch's mailbox (the relay answers the verified
+//! prefix it holds) and pushes the rest over iroh-blobs from the same endpoint: iroh-blobs'
+//! push request, then the ranges encoded from the copy in large writes. An interrupted
+//! upload resumes from the relay's prefix. No client keeps an iroh-blobs store.
 //!
 //! A get asks a relay for a grant the same way and streams the sealed bytes it lacks
 //! straight from the relay (BLAKE3-verified as they arrive, no local store): a thread opens
@@ -16,46 +16,36 @@
 //! get resumes after the chunks it kept that still check out.
 //!
 //! Each transfer runs in its own task (at most [`TRANSFERS_MAX`] at once); stopping the
-//! actor aborts them and shuts the store down. Sealed copies are dropped from the local
-//! store once a put finished (its GC deletes untagged bytes).
+//! actor aborts them. A sealed copy is removed when its put ends.
 
 use crate::client::partial_download::PartialDownload;
+use crate::client::sealed_copy::SealedCopy;
 use crate::crypto::content::{
-    CHUNK_BYTES, ContentError as ChunkError, FileKey, SEALED_CHUNK_BYTES, TAG_BYTES, chunk_count,
-    plaintext_hash_file, sealed_len,
+    ContentError as ChunkError, FileKey, plaintext_hash_file, sealed_len,
 };
 use crate::crypto::join::sign_join;
 use crate::crypto::keys::MailboxSigner;
 use crate::link::Dialer;
 use crate::link::hello::hello;
 use crate::link::iroh::IrohNode;
-use crate::relay::content::push_ranges;
+use crate::relay::content::{push_chunks, push_ranges};
 use bao_tree::io::fsm::BaoContentItem;
 use bytes::Bytes;
-use futures::StreamExt;
+use iroh::endpoint::Connection;
 use iroh_blobs::Hash;
-use iroh_blobs::api::Store;
-use iroh_blobs::api::remote::PushProgressItem;
 use iroh_blobs::get::GetError;
 use iroh_blobs::get::fsm;
-use iroh_blobs::protocol::{ChunkRanges, ChunkRangesExt, GetRequest, PushRequest};
-use iroh_blobs::store::fs::FsStore;
-use iroh_blobs::store::fs::options::Options;
-use iroh_blobs::store::{GcConfig, ProtectOutcome};
+use iroh_blobs::protocol::{ChunkRanges, ChunkRangesExt, GetRequest, PushRequest, RequestType};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rayon::prelude::*;
-use std::collections::HashSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 use zerok_messages::client::{ContentAccess, ContentError, FileRef, GroupId, Progress};
 use zerok_messages::link::{LinkReceiver, LinkSender};
-use zerok_messages::sync::lock;
 use zerok_messages::{BlobId, ErrorCode, Frame, RelayAddr, ReqId, codec};
 
 /// Transfers at once: one keeps a device within a relay's per-device connection slots
@@ -64,17 +54,14 @@ use zerok_messages::{BlobId, ErrorCode, Frame, RelayAddr, ReqId, codec};
 pub const TRANSFERS_MAX: usize = 1;
 /// How long one request on the zerok link may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// Sealed chunks between the sealing thread and the store.
-const SEAL_QUEUE_CHUNKS: usize = 8;
-/// Chunks read and sealed at once (on every core).
-const SEAL_BATCH_CHUNKS: usize = 8;
-/// How often the local store deletes what no transfer holds.
-const GC_INTERVAL: Duration = Duration::from_secs(60);
+/// Times the relay is asked whether it holds a pushed file, and the pause between.
+const CONFIRM_TRIES: u32 = 100;
+const CONFIRM_PAUSE: Duration = Duration::from_millis(50);
 /// Tries of one relay whose connection was lost before the next relay is tried.
 const ATTEMPTS_PER_RELAY: u32 = 3;
 /// Pause between them.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
-/// The local store's directory in the home.
+/// The directory of sealed copies and of the tags of interrupted downloads, in the home.
 pub const CONTENT_DIR: &str = "content";
 /// The tags of interrupted downloads, in [`CONTENT_DIR`].
 const PARTIAL_DIR: &str = "partial";
@@ -123,12 +110,9 @@ pub struct ContentTransferArgs {
 /// Its state.
 pub struct ContentTransferState {
     dir: PathBuf,
-    store: FsStore,
     endpoint: IrohNode,
     slots: Arc<Semaphore>,
     tasks: JoinSet<()>,
-    /// Hashes a transfer is using (kept from the store's GC).
-    busy: Arc<Mutex<HashSet<Hash>>>,
 }
 
 fn io_err(path: &Path, err: impl std::fmt::Display) -> ContentError {
@@ -255,14 +239,14 @@ impl RelayLink {
     }
 }
 
-/// Hash the file, derive its key, seal it into the store. Answers the temp tag that keeps
-/// the sealed copy, the key, and the plaintext size.
-async fn seal_into_store(
-    store: &Store,
+/// Hash the file, derive its key, seal it into a [`SealedCopy`] in `dir`. Answers the copy,
+/// the key and the plaintext size.
+async fn seal_copy(
+    dir: &Path,
     access: &ContentAccess,
     path: &Path,
     progress: &Option<mpsc::Sender<Progress>>,
-) -> Result<(iroh_blobs::api::TempTag, FileKey, u64), ContentError> {
+) -> Result<(Arc<SealedCopy>, FileKey, u64), ContentError> {
     let started = tokio::time::Instant::now();
     let source = path.to_path_buf();
     let (hash, size) = crate::exec::blocking(move || plaintext_hash_file(&source))
@@ -274,71 +258,124 @@ async fn seal_into_store(
         "content put: plaintext hashed"
     );
     let key = FileKey::derive(&access.content_key, &hash);
-    let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(SEAL_QUEUE_CHUNKS);
-    let source = path.to_path_buf();
-    let sealing_key = FileKey::from_bytes(*key.expose_bytes());
-    let progress_tx = progress.clone();
-    let sealer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let mut file = std::fs::File::open(&source)?;
-        let chunks = chunk_count(size);
-        let mut done = 0u64;
-        let mut next = 0u64;
-        // A batch of chunks is read, sealed on every core, and queued in order.
-        while next < chunks {
-            let mut batch = Vec::with_capacity(SEAL_BATCH_CHUNKS);
-            for index in next..(next + SEAL_BATCH_CHUNKS as u64).min(chunks) {
-                let want = if index + 1 == chunks {
-                    (size - index * CHUNK_BYTES as u64) as usize
-                } else {
-                    CHUNK_BYTES
-                };
-                let mut buf = Vec::with_capacity(SEALED_CHUNK_BYTES);
-                buf.resize(want, 0);
-                file.read_exact(&mut buf)?;
-                batch.push((index, buf));
-            }
-            next += batch.len() as u64;
-            batch.par_iter_mut().for_each(|(index, buf)| {
-                sealing_key.seal_chunk_in_place(*index, *index + 1 == chunks, buf);
-            });
-            for (_, sealed) in batch {
-                done += (sealed.len() - TAG_BYTES) as u64;
-                report(&progress_tx, Progress::Sealing { done, total: size });
-                if tx.blocking_send(Ok(Bytes::from(sealed))).is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        debug!("content put: sealing done");
-        Ok(())
-    });
-    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let added = store.add_stream(stream).await.temp_tag().await;
-    let sealed = sealer.await.map_err(|e| io_err(path, e))?;
-    sealed.map_err(|e| io_err(path, e))?;
-    let tag = added.map_err(|e| io_err(path, format!("local content store: {e}")))?;
+    let sealing_key = key.clone();
+    let (source, dir) = (path.to_path_buf(), dir.to_path_buf());
+    let sealing = progress.clone();
+    let copy = tokio::task::spawn_blocking(move || {
+        SealedCopy::seal(&sealing_key, &source, size, &dir, |done| {
+            report(&sealing, Progress::Sealing { done, total: size })
+        })
+    })
+    .await
+    .map_err(|e| io_err(path, e))?
+    .map_err(|e| chunk_error(e, path))?;
     debug!(
         ms = started.elapsed().as_millis() as u64,
-        "content put: sealed into the store"
+        "content put: sealed"
     );
-    Ok((tag, key, size))
+    Ok((Arc::new(copy), key, size))
 }
 
-/// Offer the sealed file to one relay and push what it lacks.
+/// Bytes of one write of a push.
+const PUSH_PIECE_BYTES: usize = 256 * 1024;
+/// Pieces between the encoding thread and the connection.
+const PUSH_QUEUE: usize = 8;
+
+/// The encoding thread's writer: pieces of [`PUSH_PIECE_BYTES`] for the connection.
+struct Pieces {
+    tx: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for Pieces {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PUSH_PIECE_BYTES {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(2 * PUSH_PIECE_BYTES));
+            self.tx
+                .blocking_send(Bytes::from(piece))
+                .map_err(|_| std::io::Error::other("the push ended"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Push the chunks from `have` on of `copy` to `relay` over iroh-blobs: its push request,
+/// then the encoded ranges, which a thread reads from the copy's files in large pieces.
+async fn push(
+    connection: &Connection,
+    copy: &Arc<SealedCopy>,
+    have: u64,
+    relay: &RelayAddr,
+    progress: &Option<mpsc::Sender<Progress>>,
+) -> Result<(), ContentError> {
+    let lost = |e: &dyn std::fmt::Display| ContentError::Unreachable(format!("{relay}: push: {e}"));
+    let size = copy.sealed_size();
+    let request = PushRequest::new(Hash::from_bytes(copy.hash()), push_ranges(have, size));
+    let mut head = vec![RequestType::Push as u8];
+    irpc::util::WriteVarintExt::write_length_prefixed(&mut head, &request).map_err(|e| lost(&e))?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| lost(&e))?;
+    // A push is answered by nothing on this stream.
+    let _ = recv.stop(0u32.into());
+    send.write_all(&head).await.map_err(|e| lost(&e))?;
+    let (pieces, mut encoded) = mpsc::channel::<Bytes>(PUSH_QUEUE);
+    let source = Arc::clone(copy);
+    let ranges = push_chunks(have, size);
+    let encoder = tokio::task::spawn_blocking(move || {
+        source.encode(
+            &ranges,
+            Pieces {
+                tx: pieces,
+                buf: Vec::with_capacity(2 * PUSH_PIECE_BYTES),
+            },
+        )
+    });
+    let total = size - have;
+    let mut sent = 0u64;
+    while let Some(piece) = encoded.recv().await {
+        sent += piece.len() as u64;
+        send.write_chunk(piece).await.map_err(|e| lost(&e))?;
+        report(
+            progress,
+            Progress::Uploading {
+                done: sent.min(total),
+                total,
+                resumed_from: have,
+            },
+        );
+    }
+    encoder
+        .await
+        .map_err(|e| lost(&e))?
+        .map_err(|e| ContentError::Io {
+            path: "the sealed copy".into(),
+            message: e.to_string(),
+        })?;
+    send.finish().map_err(|e| lost(&e))?;
+    Ok(())
+}
+
+/// Offer the sealed copy to one relay and push what it lacks.
 async fn upload(
     endpoint: &IrohNode,
-    store: &Store,
+    copy: &Arc<SealedCopy>,
     relay: &RelayAddr,
     access: &ContentAccess,
-    hash: BlobId,
-    sealed_size: u64,
     progress: &Option<mpsc::Sender<Progress>>,
 ) -> Result<(), Failed> {
     let mut link = RelayLink::open(endpoint, relay, access).await?;
+    let sealed_size = copy.sealed_size();
     let offer = |req| Frame::ContentOffer {
         req,
         mailbox: access.mailbox,
-        hash,
+        hash: BlobId(copy.hash()),
         size: sealed_size,
         ttl_secs: None,
     };
@@ -349,47 +386,16 @@ async fn upload(
                 .connect_blobs(relay)
                 .await
                 .map_err(|e| ContentError::Unreachable(e.to_string()))?;
-            let request =
-                PushRequest::new(Hash::from_bytes(hash.0), push_ranges(have, sealed_size));
-            let total = sealed_size - have;
-            let stream = store
-                .remote()
-                .execute_push(connection.clone(), request)
-                .stream();
-            futures::pin_mut!(stream);
-            let mut pushed = Err(ContentError::Unreachable(format!(
-                "{relay}: push ended early"
-            )));
-            while let Some(item) = stream.next().await {
-                match item {
-                    PushProgressItem::Progress(done) => report(
-                        progress,
-                        Progress::Uploading {
-                            done,
-                            total,
-                            resumed_from: have,
-                        },
-                    ),
-                    PushProgressItem::Done(_) => {
-                        pushed = Ok(());
-                        break;
-                    }
-                    PushProgressItem::Error(err) => {
-                        pushed = Err(ContentError::Unreachable(format!("{relay}: push: {err}")));
-                        break;
-                    }
-                }
-            }
-            pushed?;
+            push(&connection, copy, have, relay, progress).await?;
             // The relay holds the file once it read the whole push: ask until it says so.
             let mut confirmed = false;
-            for _ in 0..100 {
+            for _ in 0..CONFIRM_TRIES {
                 let (_, have) = link.grant(offer).await?;
                 if have == sealed_size {
                     confirmed = true;
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(CONFIRM_PAUSE).await;
             }
             connection.close(0u32.into(), b"done");
             if !confirmed {
@@ -609,35 +615,21 @@ async fn fetch(
 
 async fn put(
     endpoint: IrohNode,
-    store: Store,
-    busy: Arc<Mutex<HashSet<Hash>>>,
+    dir: PathBuf,
     access: ContentAccess,
     group: GroupId,
     path: PathBuf,
     progress: Option<mpsc::Sender<Progress>>,
 ) -> Result<FileRef, ContentError> {
     let started = tokio::time::Instant::now();
-    let (tag, key, size) = seal_into_store(&store, &access, &path, &progress).await?;
-    let hash = tag.hash();
-    lock(&busy).insert(hash);
-    let blob = BlobId(*hash.as_bytes());
-    let sealed_size = sealed_len(size);
+    let (copy, key, size) = seal_copy(&dir, &access, &path, &progress).await?;
+    let blob = BlobId(copy.hash());
+    let sealed_size = copy.sealed_size();
     let mut failures = Vec::new();
     let mut uploaded = 0;
     for relay in &access.relays {
         // A lost connection: the relay kept the verified prefix; go on from it.
-        let result = with_retries(|| {
-            upload(
-                &endpoint,
-                &store,
-                relay,
-                &access,
-                blob,
-                sealed_size,
-                &progress,
-            )
-        })
-        .await;
+        let result = with_retries(|| upload(&endpoint, &copy, relay, &access, &progress)).await;
         match result {
             Ok(()) => uploaded += 1,
             Err(err) => {
@@ -646,12 +638,11 @@ async fn put(
             }
         }
     }
-    lock(&busy).remove(&hash);
+    drop(copy);
     debug!(
         ms = started.elapsed().as_millis() as u64,
         uploaded, "content put: uploaded"
     );
-    drop(tag);
     if uploaded == 0 {
         return Err(match failures.into_iter().next() {
             Some(err) => err,
@@ -818,26 +809,13 @@ impl Actor for ContentTransferActor {
         _myself: ActorRef<Self::Msg>,
         args: ContentTransferArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let busy: Arc<Mutex<HashSet<Hash>>> = Arc::default();
-        let protected = Arc::clone(&busy);
-        let mut options = Options::new(&args.dir);
-        options.gc = Some(GcConfig {
-            interval: GC_INTERVAL,
-            add_protected: Some(Arc::new(move |live: &mut HashSet<Hash>| {
-                live.extend(lock(&protected).iter().copied());
-                Box::pin(async { ProtectOutcome::Continue })
-            })),
-        });
-        let store = FsStore::load_with_opts(args.dir.join("blobs.db"), options)
-            .await
-            .map_err(|e| ActorProcessingErr::from(format!("content store: {e}")))?;
+        // Sealed copies a killed put left behind.
+        SealedCopy::remove_stale(&args.dir);
         Ok(ContentTransferState {
             dir: args.dir,
-            store,
             endpoint: args.endpoint,
             slots: Arc::new(Semaphore::new(TRANSFERS_MAX)),
             tasks: JoinSet::new(),
-            busy,
         })
     }
 
@@ -858,12 +836,12 @@ impl Actor for ContentTransferActor {
                 progress,
                 reply,
             } => {
-                let (store, busy) = (Store::clone(&state.store), Arc::clone(&state.busy));
+                let dir = state.dir.clone();
                 state.tasks.spawn(async move {
                     let Ok(_slot) = slots.acquire_owned().await else {
                         return;
                     };
-                    let work = put(endpoint, store, busy, access, group, path, progress);
+                    let work = put(endpoint, dir, access, group, path, progress);
                     if let Some(put) = unless_abandoned(&reply, work).await {
                         let _ = reply.send(put);
                     }
@@ -898,9 +876,6 @@ impl Actor for ContentTransferActor {
     ) -> Result<(), ActorProcessingErr> {
         state.tasks.abort_all();
         while state.tasks.join_next().await.is_some() {}
-        if let Err(err) = state.store.shutdown().await {
-            warn!(error = %err, "content store did not shut down cleanly");
-        }
         Ok(())
     }
 }

@@ -228,28 +228,57 @@ pub fn plaintext_hash(source: &mut impl Read) -> std::io::Result<([u8; 32], u64)
 }
 
 /// Bytes of the file [`plaintext_hash_file`] hashes at once, on every core.
-const HASH_BLOCK_BYTES: usize = 8 << 20;
+const HASH_BLOCK_BYTES: usize = 4 << 20;
+
+/// Fill `block` from `file`; answers the bytes read (fewer only at the end).
+fn fill(file: &mut std::fs::File, block: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < block.len() {
+        match file.read(&mut block[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
 
 /// The BLAKE3 hash and length of the file at `path`, hashed on every core (the first of a
-/// put's two passes): the same hash as [`plaintext_hash`]. It reads the file a block at a
-/// time (a memory map would count the whole file in the process's resident memory).
+/// put's two passes): the same hash as [`plaintext_hash`]. A thread reads the next block
+/// while the last one is hashed (a memory map would count the whole file in the process's
+/// resident memory).
 pub fn plaintext_hash_file(path: &std::path::Path) -> std::io::Result<([u8; 32], u64)> {
+    use std::sync::mpsc::sync_channel;
     let mut file = std::fs::File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut block = vec![0u8; HASH_BLOCK_BYTES];
-    loop {
-        let mut filled = 0;
-        while filled < block.len() {
-            match file.read(&mut block[filled..])? {
-                0 => break,
-                n => filled += n,
-            }
-        }
-        if filled == 0 {
-            return Ok((*hasher.finalize().as_bytes(), hasher.count()));
-        }
-        hasher.update_rayon(&block[..filled]);
+    let (full, filled) = sync_channel::<std::io::Result<Vec<u8>>>(1);
+    let (empty, emptied) = sync_channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        let _ = empty.send(vec![0u8; HASH_BLOCK_BYTES]);
     }
+    std::thread::scope(move |scope| {
+        scope.spawn(move || {
+            while let Ok(mut block) = emptied.recv() {
+                block.resize(HASH_BLOCK_BYTES, 0);
+                let read = fill(&mut file, &mut block).map(|n| {
+                    block.truncate(n);
+                    block
+                });
+                let end = matches!(&read, Ok(block) if block.is_empty()) || read.is_err();
+                if full.send(read).is_err() || end {
+                    return;
+                }
+            }
+        });
+        let mut hasher = blake3::Hasher::new();
+        while let Ok(block) = filled.recv() {
+            let block = block?;
+            if block.is_empty() {
+                break;
+            }
+            hasher.update_rayon(&block);
+            let _ = empty.send(block);
+        }
+        Ok((*hasher.finalize().as_bytes(), hasher.count()))
+    })
 }
 
 /// Seal everything `source` holds to `sink`, chunk by chunk; answers the sealed length.

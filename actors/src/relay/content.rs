@@ -847,9 +847,12 @@ impl Actor for ContentActor {
     }
 }
 
-/// A request range that pushes the chunks `have..size` of a file (what a grant allows).
+/// The chunks `have..size` of a file (what a push grant allows).
+pub fn push_chunks(have: u64, size: u64) -> ChunkRanges {
+    ChunkRanges::chunks(have / BLAKE3_CHUNK..size.div_ceil(BLAKE3_CHUNK))
+}
+
+/// A request range that pushes the chunks `have..size` of a file.
 pub fn push_ranges(have: u64, size: u64) -> ChunkRangesSeq {
-    ChunkRangesSeq::from_ranges([ChunkRanges::chunks(
-        have / BLAKE3_CHUNK..size.div_ceil(BLAKE3_CHUNK),
-    )])
+    ChunkRangesSeq::from_ranges([push_chunks(have, size)])
 }
