@@ -15,7 +15,8 @@
 //! download goes on, so the sync before the rename has little left to write.
 
 use crate::crypto::content::{
-    CHUNK_BYTES, ContentError, FileKey, SEALED_CHUNK_BYTES, TAG_BYTES, chunk_count, sealed_len,
+    CHUNK_BYTES, ContentError, FileKey, SEALED_CHUNK_BYTES, TAG_BYTES, chunk_count,
+    sealed_chunk_len, sealed_len,
 };
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -141,11 +142,7 @@ impl PartialDownload {
 
     /// Sealed bytes of chunk `index`.
     fn sealed_chunk_len(&self, index: u64) -> usize {
-        if index + 1 == self.chunks {
-            (sealed_len(self.size) - index * SEALED_CHUNK_BYTES as u64) as usize
-        } else {
-            SEALED_CHUNK_BYTES
-        }
+        sealed_chunk_len(sealed_len(self.size), self.chunks, index)
     }
 
     /// Take verified sealed bytes at `offset` (a relay's stream may start a little before

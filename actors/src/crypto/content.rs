@@ -20,8 +20,10 @@
 //!   `chacha20poly1305` crate's `XChaCha20Poly1305` (a test checks it); ring's assembly is
 //!   about twice as fast on a file's worth of chunks (docs/DECISIONS.md "Content AEAD").
 //!
-//! Streaming: [`seal_stream`] and [`open_stream`] hold one chunk (plus one read ahead) in
-//! memory, whatever the file's size.
+//! Streaming: [`seal_stream`] and [`open_stream`] define the sealed format one chunk at a
+//! time (with [`plaintext_hash`], they are the sequential reference the client's parallel
+//! passes are tested against: `client::sealed_copy` seals, `client::partial_download`
+//! opens).
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use std::io::{Read, Write};
@@ -193,6 +195,16 @@ pub fn chunk_count(plaintext_len: u64) -> u64 {
     plaintext_len.div_ceil(CHUNK_BYTES as u64).max(1)
 }
 
+/// Bytes of sealed chunk `index` of a sealed file of `sealed_len` bytes in `chunks` chunks
+/// (the last one may be shorter).
+pub fn sealed_chunk_len(sealed_len: u64, chunks: u64, index: u64) -> usize {
+    if index + 1 == chunks {
+        (sealed_len - index * SEALED_CHUNK_BYTES as u64) as usize
+    } else {
+        SEALED_CHUNK_BYTES
+    }
+}
+
 /// Chunks of a sealed file of `sealed_len` bytes, or why that is no sealed length.
 pub fn sealed_chunk_count(sealed_len: u64) -> Result<u64, ContentError> {
     let full = sealed_len / SEALED_CHUNK_BYTES as u64;
@@ -211,8 +223,8 @@ fn read_chunk(source: &mut impl Read, buf: &mut Vec<u8>, size: usize) -> std::io
     Ok(())
 }
 
-/// The BLAKE3 hash and length of everything `source` holds (the first of a put's two
-/// passes), reading a chunk at a time.
+/// The BLAKE3 hash and length of everything `source` holds, reading a chunk at a time (the
+/// sequential reference of [`plaintext_hash_file`]).
 pub fn plaintext_hash(source: &mut impl Read) -> std::io::Result<([u8; 32], u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK_BYTES];
@@ -327,12 +339,7 @@ pub fn open_stream(
     for index in 0..chunks {
         read_chunk(source, &mut buf, SEALED_CHUNK_BYTES)?;
         let last = index + 1 == chunks;
-        let expected = if last {
-            (sealed_len - index * SEALED_CHUNK_BYTES as u64) as usize
-        } else {
-            SEALED_CHUNK_BYTES
-        };
-        if buf.len() != expected {
+        if buf.len() != sealed_chunk_len(sealed_len, chunks, index) {
             return Err(ContentError::Integrity(index));
         }
         let plaintext = key.open_chunk(index, last, &buf)?;
