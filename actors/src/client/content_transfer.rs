@@ -2,11 +2,11 @@
 //! the client tree.
 //!
 //! A put hashes the file (on every core), derives its key ([`FileKey::derive`]: convergent
-//! inside one epoch), seals it into a [`SealedCopy`] in `content/` of the home (the
+//! inside one epoch), seals it into a [`SealedSource`] in `content/` of the home (the
 //! ciphertext and its BLAKE3 tree, built in one pass), then offers it to every relay of the
 //! group on a zerok link that joined the epoch's mailbox (the relay answers the verified
 //! prefix it holds) and pushes the rest over iroh-blobs from the same endpoint: iroh-blobs'
-//! push request, then the ranges encoded from the copy in large writes. An interrupted
+//! push request, then the ranges encoded from the source in large writes. An interrupted
 //! upload resumes from the relay's prefix. No client keeps an iroh-blobs store.
 //!
 //! A get asks a relay for a grant the same way and streams the sealed bytes it lacks
@@ -16,10 +16,10 @@
 //! get resumes after the chunks it kept that still check out.
 //!
 //! Each transfer runs in its own task (at most [`TRANSFERS_MAX`] at once); stopping the
-//! actor aborts them. A sealed copy is removed when its put ends.
+//! actor aborts them. A put's tree and tags are removed when it ends.
 
 use crate::client::partial_download::PartialDownload;
-use crate::client::sealed_copy::SealedCopy;
+use crate::client::sealed_source::SealedSource;
 use crate::crypto::content::{
     ContentError as ChunkError, FileKey, plaintext_hash_file, sealed_len,
 };
@@ -239,14 +239,14 @@ impl RelayLink {
     }
 }
 
-/// Hash the file, derive its key, seal it into a [`SealedCopy`] in `dir`. Answers the copy,
-/// the key and the plaintext size.
-async fn seal_copy(
+/// Hash the file, derive its key, seal it once into a [`SealedSource`] (its tree and tags in
+/// `dir`). Answers the source, the key and the plaintext size.
+async fn prepare(
     dir: &Path,
     access: &ContentAccess,
     path: &Path,
     progress: &Option<mpsc::Sender<Progress>>,
-) -> Result<(Arc<SealedCopy>, FileKey, u64), ContentError> {
+) -> Result<(Arc<SealedSource>, FileKey, u64), ContentError> {
     let started = tokio::time::Instant::now();
     let source = path.to_path_buf();
     let (hash, size) = crate::exec::blocking(move || plaintext_hash_file(&source))
@@ -261,8 +261,8 @@ async fn seal_copy(
     let sealing_key = key.clone();
     let (source, dir) = (path.to_path_buf(), dir.to_path_buf());
     let sealing = progress.clone();
-    let copy = tokio::task::spawn_blocking(move || {
-        SealedCopy::seal(&sealing_key, &source, size, &dir, |done| {
+    let prepared = tokio::task::spawn_blocking(move || {
+        SealedSource::seal(&sealing_key, &source, size, &dir, |done| {
             report(&sealing, Progress::Sealing { done, total: size })
         })
     })
@@ -273,7 +273,7 @@ async fn seal_copy(
         ms = started.elapsed().as_millis() as u64,
         "content put: sealed"
     );
-    Ok((Arc::new(copy), key, size))
+    Ok((Arc::new(prepared), key, size))
 }
 
 /// Bytes of one write of a push.
@@ -307,18 +307,18 @@ impl std::io::Write for Pieces {
     }
 }
 
-/// Push the chunks from `have` on of `copy` to `relay` over iroh-blobs: its push request,
-/// then the encoded ranges, which a thread reads from the copy's files in large pieces.
+/// Push the chunks from `have` on of `source` to `relay` over iroh-blobs: its push request,
+/// then the encoded ranges, which a thread seals and encodes in large pieces.
 async fn push(
     connection: &Connection,
-    copy: &Arc<SealedCopy>,
+    source: &Arc<SealedSource>,
     have: u64,
     relay: &RelayAddr,
     progress: &Option<mpsc::Sender<Progress>>,
 ) -> Result<(), ContentError> {
     let lost = |e: &dyn std::fmt::Display| ContentError::Unreachable(format!("{relay}: push: {e}"));
-    let size = copy.sealed_size();
-    let request = PushRequest::new(Hash::from_bytes(copy.hash()), push_ranges(have, size));
+    let size = source.sealed_size();
+    let request = PushRequest::new(Hash::from_bytes(source.hash()), push_ranges(have, size));
     let mut head = vec![RequestType::Push as u8];
     irpc::util::WriteVarintExt::write_length_prefixed(&mut head, &request).map_err(|e| lost(&e))?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| lost(&e))?;
@@ -326,10 +326,10 @@ async fn push(
     let _ = recv.stop(0u32.into());
     send.write_all(&head).await.map_err(|e| lost(&e))?;
     let (pieces, mut encoded) = mpsc::channel::<Bytes>(PUSH_QUEUE);
-    let source = Arc::clone(copy);
+    let encoding = Arc::clone(source);
     let ranges = push_chunks(have, size);
     let encoder = tokio::task::spawn_blocking(move || {
-        source.encode(
+        encoding.encode(
             &ranges,
             Pieces {
                 tx: pieces,
@@ -355,27 +355,27 @@ async fn push(
         .await
         .map_err(|e| lost(&e))?
         .map_err(|e| ContentError::Io {
-            path: "the sealed copy".into(),
+            path: source.path().display().to_string(),
             message: e.to_string(),
         })?;
     send.finish().map_err(|e| lost(&e))?;
     Ok(())
 }
 
-/// Offer the sealed copy to one relay and push what it lacks.
+/// Offer the sealed source to one relay and push what it lacks.
 async fn upload(
     endpoint: &IrohNode,
-    copy: &Arc<SealedCopy>,
+    source: &Arc<SealedSource>,
     relay: &RelayAddr,
     access: &ContentAccess,
     progress: &Option<mpsc::Sender<Progress>>,
 ) -> Result<(), Failed> {
     let mut link = RelayLink::open(endpoint, relay, access).await?;
-    let sealed_size = copy.sealed_size();
+    let sealed_size = source.sealed_size();
     let offer = |req| Frame::ContentOffer {
         req,
         mailbox: access.mailbox,
-        hash: BlobId(copy.hash()),
+        hash: BlobId(source.hash()),
         size: sealed_size,
         ttl_secs: None,
     };
@@ -386,7 +386,7 @@ async fn upload(
                 .connect_blobs(relay)
                 .await
                 .map_err(|e| ContentError::Unreachable(e.to_string()))?;
-            push(&connection, copy, have, relay, progress).await?;
+            push(&connection, source, have, relay, progress).await?;
             // The relay holds the file once it read the whole push: ask until it says so.
             let mut confirmed = false;
             for _ in 0..CONFIRM_TRIES {
@@ -622,23 +622,25 @@ async fn put(
     progress: Option<mpsc::Sender<Progress>>,
 ) -> Result<FileRef, ContentError> {
     let started = tokio::time::Instant::now();
-    let (copy, key, size) = seal_copy(&dir, &access, &path, &progress).await?;
-    let blob = BlobId(copy.hash());
-    let sealed_size = copy.sealed_size();
+    let (source, key, size) = prepare(&dir, &access, &path, &progress).await?;
+    let blob = BlobId(source.hash());
+    let sealed_size = source.sealed_size();
     let mut failures = Vec::new();
     let mut uploaded = 0;
     for relay in &access.relays {
         // A lost connection: the relay kept the verified prefix; go on from it.
-        let result = with_retries(|| upload(&endpoint, &copy, relay, &access, &progress)).await;
+        let result = with_retries(|| upload(&endpoint, &source, relay, &access, &progress)).await;
         match result {
             Ok(()) => uploaded += 1,
+            // The file itself failed (unreadable, changed): no relay will do better.
+            Err(err @ ContentError::Io { .. }) => return Err(err),
             Err(err) => {
                 warn!(relay = %relay.id.short(), error = %err, "content not uploaded to a relay");
                 failures.push(err);
             }
         }
     }
-    drop(copy);
+    drop(source);
     debug!(
         ms = started.elapsed().as_millis() as u64,
         uploaded, "content put: uploaded"
@@ -810,7 +812,7 @@ impl Actor for ContentTransferActor {
         args: ContentTransferArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         // Sealed copies a killed put left behind.
-        SealedCopy::remove_stale(&args.dir);
+        SealedSource::remove_stale(&args.dir);
         Ok(ContentTransferState {
             dir: args.dir,
             endpoint: args.endpoint,

@@ -15,6 +15,6 @@ pub mod encryptor;
 pub mod local_store;
 pub mod partial_download;
 pub mod relay_connection;
-pub mod sealed_copy;
+pub mod sealed_source;
 pub mod seen;
 pub mod sync_coordinator;

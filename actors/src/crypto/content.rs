@@ -22,7 +22,7 @@
 //!
 //! Streaming: [`seal_stream`] and [`open_stream`] define the sealed format one chunk at a
 //! time (with [`plaintext_hash`], they are the sequential reference the client's parallel
-//! passes are tested against: `client::sealed_copy` seals, `client::partial_download`
+//! passes are tested against: `client::sealed_source` seals, `client::partial_download`
 //! opens).
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
