@@ -366,9 +366,9 @@ async fn files_count_against_the_mailbox_quota_and_the_relay_budget_and_expire_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_without_a_grant_gets_nothing_over_iroh_blobs_and_any_relay_serves_a_get() {
+async fn a_stranger_gets_nothing_and_any_relay_serves_a_get_even_after_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let first_relay = relay(dir.path(), "relay-1").await;
+    let mut first_relay = relay(dir.path(), "relay-1").await;
     let mut second_relay = relay(dir.path(), "relay-2").await;
     let relays = vec![second_relay.addr.clone(), first_relay.addr.clone()];
     let (alice, bob, group) = pair(dir.path(), relays).await;
@@ -405,6 +405,14 @@ async fn an_endpoint_without_a_grant_gets_nothing_over_iroh_blobs_and_any_relay_
     let dest = dir.path().join("notes-copy.bin");
     bob.get_file(&file, &dest).await.unwrap();
     assert_eq!(file_hash(&dest), file_hash(&source));
+
+    // The killed relay restarts on its data dir with the file it acked: with the other
+    // one gone, it serves the get alone.
+    second_relay.restart().await.unwrap();
+    first_relay.kill();
+    let again = dir.path().join("notes-again.bin");
+    bob.get_file(&file, &again).await.unwrap();
+    assert_eq!(file_hash(&again), file_hash(&source));
 
     // Neither relay's disk nor log holds the file's key or its plaintext.
     let needle_key: &[u8] = &file.key[..];

@@ -39,7 +39,7 @@ use iroh_blobs::provider::events::{
     RequestUpdate, ThrottleMode,
 };
 use iroh_blobs::store::fs::FsStore;
-use iroh_blobs::store::fs::options::Options;
+use iroh_blobs::store::fs::options::{Options, PathOptions};
 use iroh_blobs::store::{GcConfig, ProtectOutcome};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -48,6 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 use zerok_messages::relay::{ContentGrant, ContentMsg, ContentRefusal, ContentStats};
 use zerok_messages::sync::lock;
@@ -57,6 +58,8 @@ use zerok_messages::{BlobId, DeviceId, MailboxId};
 pub const GRANT_TTL: Duration = Duration::from_secs(600);
 /// Files one mailbox may hold on a relay.
 pub const ENTRIES_PER_MAILBOX_MAX: usize = 65_536;
+/// While a push runs, what it wrote is synced this often.
+const PUSH_SYNC_EVERY: Duration = Duration::from_millis(250);
 /// Grants held at once (a device cannot make the relay remember unbounded grants).
 pub const GRANTS_MAX: usize = 65_536;
 /// BLAKE3 chunk of iroh-blobs' ranges.
@@ -247,6 +250,7 @@ impl Shared {
 /// The opened store and index, handed to the actor.
 pub struct ContentService {
     dir: PathBuf,
+    paths: PathOptions,
     store: FsStore,
     db: Database,
     ks: Keyspace,
@@ -286,6 +290,7 @@ impl ContentService {
         let shared = Arc::new(Mutex::new(shared));
         let dir = data_dir.join(CONTENT_DIR);
         let mut options = Options::new(&dir);
+        let paths = options.path.clone();
         let protected = Arc::clone(&shared);
         options.gc = Some(GcConfig {
             interval: config.gc_interval,
@@ -302,6 +307,7 @@ impl ContentService {
             })?;
         Ok(ContentService {
             dir,
+            paths,
             store,
             db,
             ks,
@@ -351,6 +357,7 @@ fn events_mask() -> EventMask {
 async fn judge_events(
     mut events: mpsc::Receiver<ProviderMessage>,
     shared: Arc<Mutex<Shared>>,
+    paths: PathOptions,
     actor: ActorRef<ContentMsg>,
 ) {
     let refuse = Err(AbortReason::Permission);
@@ -423,10 +430,27 @@ async fn judge_events(
                     {
                         let mut updates = msg.rx;
                         let actor = actor.clone();
+                        let data = paths.data_path(&request.hash);
                         tokio::spawn(async move {
-                            while let Ok(Some(update)) = updates.recv().await {
-                                if let RequestUpdate::Completed(_) = update {
-                                    let _ = actor.cast(ContentMsg::Pushed { device, hash });
+                            // What the push wrote goes to disk while it runs, so the sync
+                            // that counts the file uploaded has little left to write.
+                            let mut syncs = tokio::time::interval(PUSH_SYNC_EVERY);
+                            syncs.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                            loop {
+                                tokio::select! {
+                                    update = updates.recv() => match update {
+                                        Ok(Some(RequestUpdate::Completed(_))) => {
+                                            let _ = actor.cast(ContentMsg::Pushed { device, hash });
+                                        }
+                                        Ok(Some(_)) => {}
+                                        Ok(None) | Err(_) => break,
+                                    },
+                                    _ = syncs.tick() => {
+                                        let data = data.clone();
+                                        // A failed sync shows in the one before the count.
+                                        let _ = crate::exec::blocking(move || sync_files(&[data]))
+                                            .await;
+                                    }
                                 }
                             }
                         });
@@ -475,6 +499,33 @@ async fn serve(
             drop((slot, guards));
         });
     }
+}
+
+/// Sync each of `files` that exists (a small file lives inline in the store's database).
+fn sync_files(files: &[PathBuf]) -> std::io::Result<()> {
+    for path in files {
+        match std::fs::File::open(path) {
+            Ok(file) => file.sync_data()?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Make the complete file `hash` durable: the store's database (the entry's state, and a
+/// small file's bytes), then its data and tree files. A file counts uploaded only after.
+async fn sync_file(service: &ContentService, hash: Hash) -> std::io::Result<()> {
+    service
+        .store
+        .sync_db()
+        .await
+        .map_err(std::io::Error::other)?;
+    let files = [
+        service.paths.data_path(&hash),
+        service.paths.outboard_path(&hash),
+    ];
+    crate::exec::blocking(move || sync_files(&files)).await?
 }
 
 /// The verified prefix of `hash` the store holds, in bytes (at most `size`).
@@ -556,6 +607,11 @@ impl ContentState {
             .status(Hash::from_bytes(key.1.0))
             .await;
         if matches!(status, Ok(BlobStatus::Complete { size }) if size == entry.size) {
+            // An answer that the file is held is an ack: it must survive a power cut.
+            if let Err(err) = sync_file(&self.service, Hash::from_bytes(key.1.0)).await {
+                warn!(error = %err, "content not synced, not counted uploaded");
+                return Some(entry);
+            }
             entry.uploaded = true;
             lock(&self.service.shared).entries.insert(key, entry);
             self.persist(&key, Some(&entry));
@@ -666,7 +722,12 @@ impl ContentState {
             // Another mailbox's bytes are not this one's to claim: it sends all of them.
             0
         } else {
-            verified_prefix(&self.service.store, &hash, size).await
+            match verified_prefix(&self.service.store, &hash, size).await {
+                // Held whole yet not counted uploaded: its sync failed, so this is no ack.
+                // The device pushes the last chunk again and the count is tried again.
+                held if held == size => (size - 1) / BLAKE3_CHUNK * BLAKE3_CHUNK,
+                held => held,
+            }
         };
         if have < size {
             lock(&self.service.shared).grant(
@@ -768,6 +829,7 @@ impl Actor for ContentActor {
         let judge = tokio::spawn(judge_events(
             event_rx,
             Arc::clone(&service.shared),
+            service.paths.clone(),
             myself.clone(),
         ));
         let server = tokio::spawn(serve(
