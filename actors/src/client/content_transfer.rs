@@ -386,7 +386,12 @@ async fn upload(
                 .connect_blobs(relay)
                 .await
                 .map_err(|e| ContentError::Unreachable(e.to_string()))?;
+            let started = tokio::time::Instant::now();
             push(&connection, source, have, relay, progress).await?;
+            debug!(
+                ms = started.elapsed().as_millis() as u64,
+                "content put: push sent"
+            );
             // The relay holds the file once it read the whole push: ask until it says so.
             let mut confirmed = false;
             for _ in 0..CONFIRM_TRIES {
@@ -397,6 +402,10 @@ async fn upload(
                 }
                 tokio::time::sleep(CONFIRM_PAUSE).await;
             }
+            debug!(
+                ms = started.elapsed().as_millis() as u64,
+                confirmed, "content put: push confirmed"
+            );
             connection.close(0u32.into(), b"done");
             if !confirmed {
                 return Err(ContentError::Unreachable(format!(
@@ -667,6 +676,22 @@ async fn put(
     })
 }
 
+/// Names in `content/` of the iroh-blobs store clients kept before puts and gets went
+/// without one.
+const RETIRED_STORE: [&str; 3] = ["blobs.db", "data", "temp"];
+
+/// Remove what the client's retired iroh-blobs store left in `dir` (nothing reads it).
+fn remove_retired_store(dir: &Path) {
+    for name in RETIRED_STORE {
+        let path = dir.join(name);
+        if path.is_dir() {
+            let _ = std::fs::remove_dir_all(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 fn truncate(mut name: String, max: usize) -> String {
     if name.len() > max {
         let mut end = max;
@@ -811,8 +836,9 @@ impl Actor for ContentTransferActor {
         _myself: ActorRef<Self::Msg>,
         args: ContentTransferArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // Sealed copies a killed put left behind.
+        // What a killed put left behind, and the store clients kept before.
         SealedSource::remove_stale(&args.dir);
+        remove_retired_store(&args.dir);
         Ok(ContentTransferState {
             dir: args.dir,
             endpoint: args.endpoint,
@@ -879,5 +905,27 @@ impl Actor for ContentTransferActor {
         state.tasks.abort_all();
         while state.tasks.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retired_client_store_goes_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("blobs.db"), b"redb").unwrap();
+        for sub in ["data", "temp", "partial"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            std::fs::write(dir.path().join(sub).join("x"), b"x").unwrap();
+        }
+        remove_retired_store(dir.path());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["partial"]);
+        assert!(dir.path().join("partial").join("x").exists());
     }
 }

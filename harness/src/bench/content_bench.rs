@@ -2,8 +2,9 @@
 //! through the `zerok` CLI (each a process of its own, so its peak memory is its own), the
 //! real relay on loopback, against the same run's raw iroh one-stream throughput.
 //!
-//! - `put_mib_s`: `zerok put FILE` from start to exit: hash, seal into the local content
-//!   store, upload over iroh-blobs, confirmation, the announcing record acked.
+//! - `put_mib_s`: `zerok put FILE` from start to exit: hash, seal once for the ciphertext's
+//!   tree, push over iroh-blobs (sealing again as it goes), the relay's sync and
+//!   confirmation, the announcing record acked.
 //! - `get_mib_s`: `zerok get ID DEST` from start to exit: fetch over iroh-blobs (verified),
 //!   open every chunk into DEST.
 //! - `put_get_mib_s`: the file's bytes twice (up and down) over the two runs' time: the
@@ -11,7 +12,8 @@
 //! - peak RSS of the putting and the getting `zerok` processes and of the relay during
 //!   each (sampled every 20 ms from `/proc`, `VmHWM` for the CLI processes).
 //!
-//! DEST is checked byte for byte against FILE (BLAKE3) before any figure is reported.
+//! DEST is checked byte for byte against FILE (BLAKE3) before any figure is reported, and
+//! each peak RSS against [`PEAK_RSS_BOUND_MIB`]: a run that breaks either fails.
 
 use super::baseline::Baseline;
 use super::relay_benches::Bench;
@@ -29,6 +31,9 @@ pub const FULL_BYTES: u64 = 1 << 30;
 pub const QUICK_BYTES: u64 = 64 << 20;
 /// RSS sampling period.
 const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+/// Issue 15's bound on the peak RSS of each process during a transfer of any size: a run
+/// above it fails (a memory bound, not a timing).
+pub const PEAK_RSS_BOUND_MIB: f64 = 200.0;
 
 /// `zerok` next to this binary.
 fn zerok_bin() -> anyhow::Result<PathBuf> {
@@ -206,6 +211,16 @@ pub async fn content(
     let _ = std::fs::remove_file(&source);
     let _ = std::fs::remove_file(&dest);
     drop(relay);
+    for (who, peak) in [
+        ("zerok put", put.peak_mib),
+        ("zerok get", get.peak_mib),
+        ("the relay", put.relay_peak_mib.max(get.relay_peak_mib)),
+    ] {
+        ensure!(
+            peak < PEAK_RSS_BOUND_MIB,
+            "{who} peaked at {peak:.0} MiB RSS, above the {PEAK_RSS_BOUND_MIB} MiB bound"
+        );
+    }
 
     let mib = bytes as f64 / (1024.0 * 1024.0);
     let raw = base.throughput_mib_s;
