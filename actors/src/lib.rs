@@ -13,7 +13,8 @@
 //! - [`client`]: the client tree's actors (encryptor, sync coordinator, relay connection) and
 //!   its local store.
 //! - [`supervision`]: the restart policy both trees share; [`link_reader`]: the actor both
-//!   trees read links with.
+//!   trees read links with; [`exec`]: where blocking work runs; [`page_cache`]: large files
+//!   streamed through the page cache, not filling it.
 //!
 //! The trees are wired in `relay-node/src/tree.rs` and `client-node/src/tree.rs`; see
 //! docs/DESIGN.md §2.
@@ -25,6 +26,7 @@ pub mod exec;
 pub mod fault;
 pub mod link;
 pub mod link_reader;
+pub mod page_cache;
 pub mod relay;
 pub mod rng;
 pub mod supervision;

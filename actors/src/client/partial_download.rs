@@ -12,7 +12,8 @@
 //! the first chunk it lacks.
 //!
 //! **Syncing.** A thread syncs `dest.partial` every [`SYNC_EVERY_BYTES`] written while the
-//! download goes on, so the sync before the rename has little left to write.
+//! download goes on, so the sync before the rename has little left to write, and hands the
+//! synced pages back ([`crate::page_cache`]).
 
 use crate::crypto::content::{
     CHUNK_BYTES, ContentError, FileKey, SEALED_CHUNK_BYTES, TAG_BYTES, chunk_count,
@@ -23,16 +24,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use zeroize::Zeroizing;
-
-/// Let the kernel drop the cached pages of `file` that are on disk. A get streams a file of
-/// any size to disk: it should not push everything else out of the page cache, and on a
-/// machine short of memory, reusing its own freed pages is cheaper than claiming new ones.
-fn drop_written_pages(file: &File) {
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-    let _ = file;
-}
 
 /// Plaintext written between two background syncs.
 pub const SYNC_EVERY_BYTES: u64 = 64 << 20;
@@ -117,7 +108,7 @@ impl PartialDownload {
                 while asked.recv().is_ok() {
                     // A failed sync shows in the final one, which fails the download.
                     if syncing.sync_data().is_ok() {
-                        drop_written_pages(&syncing);
+                        crate::page_cache::drop_synced_pages(&syncing);
                     }
                 }
             })?;

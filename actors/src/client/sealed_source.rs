@@ -86,8 +86,11 @@ fn seal_batches(
         for index in next..(next + BATCH_CHUNKS as u64).min(chunks) {
             let want = plaintext_chunk_len(size, chunks, index);
             let mut buf = Vec::with_capacity(want + TAG_BYTES);
-            buf.resize(want, 0);
-            file.read_exact(&mut buf)?;
+            // Read into the spare capacity: no zeroing of bytes about to be read.
+            (&mut *file).take(want as u64).read_to_end(&mut buf)?;
+            if buf.len() < want {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
             batch.push((index, buf));
         }
         next += batch.len() as u64;

@@ -501,11 +501,15 @@ async fn serve(
     }
 }
 
-/// Sync each of `files` that exists (a small file lives inline in the store's database).
+/// Sync each of `files` that exists (a small file lives inline in the store's database) and
+/// hand its pages back ([`crate::page_cache`]): a stored file is served later, if at all.
 fn sync_files(files: &[PathBuf]) -> std::io::Result<()> {
     for path in files {
         match std::fs::File::open(path) {
-            Ok(file) => file.sync_data()?,
+            Ok(file) => {
+                file.sync_data()?;
+                crate::page_cache::drop_synced_pages(&file);
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(err),
         }
