@@ -62,6 +62,9 @@ pub struct Baseline {
     pub rtt_paced_p50: Duration,
     /// Raw iroh one-stream throughput, one direction: the median of the plan's runs.
     pub throughput_mib_s: f64,
+    /// CPU seconds (user + system, sender and receiver together) per GiB of those runs, where
+    /// `/proc` tells: on a machine whose cores are all busy, what bounds the throughput.
+    pub throughput_cpu_s_per_gib: Option<f64>,
     /// 4 KiB write + fdatasync in the data dir, median.
     pub fsync_p50: Duration,
     /// 4 KiB write + fdatasync in the data dir, 99th percentile.
@@ -121,7 +124,7 @@ impl Baseline {
     /// the disk under test.
     pub async fn measure(dir: &Path, quick: bool) -> anyhow::Result<Baseline> {
         let plan = Plan::new(quick);
-        let (rtt_p50, rtt_p99, rtt_paced_p50, throughput_mib_s) =
+        let (rtt_p50, rtt_p99, rtt_paced_p50, throughput_mib_s, throughput_cpu_s_per_gib) =
             measure_iroh(&plan).await.context("measuring raw iroh")?;
         let (fsync_p50, fsync_p99) = measure_fsync(dir, &plan).await.context("measuring fsync")?;
         let fsync_paced_p50 = measure_fsync_paced(dir, &plan)
@@ -136,6 +139,7 @@ impl Baseline {
             rtt_p99,
             rtt_paced_p50,
             throughput_mib_s,
+            throughput_cpu_s_per_gib,
             fsync_p50,
             fsync_p99,
             fsync_paced_p50,
@@ -146,7 +150,7 @@ impl Baseline {
 
     /// The figures as results of bench "baseline".
     pub fn results(&self) -> Vec<BenchResult> {
-        vec![
+        let mut results = vec![
             BenchResult::new(BENCH, "rtt_p50_us", us(self.rtt_p50), "us", Better::Lower),
             BenchResult::new(BENCH, "rtt_p99_us", us(self.rtt_p99), "us", Better::Lower),
             BenchResult::new(
@@ -198,7 +202,17 @@ impl Baseline {
                 "1/s",
                 Better::Higher,
             ),
-        ]
+        ];
+        if let Some(cpu) = self.throughput_cpu_s_per_gib {
+            results.push(BenchResult::new(
+                BENCH,
+                "throughput_cpu_s_per_gib",
+                cpu,
+                "s",
+                Better::Lower,
+            ));
+        }
+        results
     }
 }
 
@@ -246,8 +260,11 @@ async fn next(receiver: &mut LinkReceiver) -> anyhow::Result<Bytes> {
         .ok_or_else(|| anyhow!("link closed early"))
 }
 
-/// Raw iroh round trip (p50, p99, paced p50) and one-direction throughput in MiB/s.
-async fn measure_iroh(plan: &Plan) -> anyhow::Result<(Duration, Duration, Duration, f64)> {
+/// Raw iroh round trip (p50, p99, paced p50), one-direction throughput in MiB/s, and the
+/// CPU seconds (both ends, this process) per GiB moved, if `/proc` tells.
+async fn measure_iroh(
+    plan: &Plan,
+) -> anyhow::Result<(Duration, Duration, Duration, f64, Option<f64>)> {
     let server = iroh_node(0xba5e_0001).await?;
     let client = iroh_node(0xba5e_0002).await?;
     let mut listener = server.listen();
@@ -258,6 +275,7 @@ async fn measure_iroh(plan: &Plan) -> anyhow::Result<(Duration, Duration, Durati
         )
         .await??;
         let mut runs = Vec::with_capacity(plan.throughput_runs);
+        let cpu_before = proc_cpu_s("self");
         for _ in 0..plan.throughput_runs {
             let run = bounded(
                 "throughput",
@@ -266,9 +284,13 @@ async fn measure_iroh(plan: &Plan) -> anyhow::Result<(Duration, Duration, Durati
             .await??;
             runs.push(run);
         }
+        let gib = (plan.throughput_runs * plan.throughput_bytes) as f64 / f64::from(1u32 << 30);
+        let cpu_per_gib = cpu_before
+            .zip(proc_cpu_s("self"))
+            .map(|(before, after)| (after - before) / gib);
         runs.sort_by(f64::total_cmp);
         let throughput = runs[runs.len() / 2];
-        Ok::<_, anyhow::Error>((rtt.0, rtt.1, rtt.2, throughput))
+        Ok::<_, anyhow::Error>((rtt.0, rtt.1, rtt.2, throughput, cpu_per_gib))
     }
     .await;
     drop(listener);
@@ -371,6 +393,19 @@ async fn measure_throughput(
     ensure!(secs > 0.0, "no time elapsed");
     let bytes = (frames * THROUGHPUT_FRAME_BYTES) as f64;
     Ok(bytes / f64::from(1u32 << 20) / secs)
+}
+
+/// CPU seconds (user + system, all threads) process `pid` (or `"self"`) has used so far,
+/// from `/proc/PID/stat` (Linux counts them in USER_HZ = 100 ticks a second).
+pub fn proc_cpu_s(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields go on after its closing parenthesis,
+    // from the state (field 3) on; utime and stime are fields 14 and 15.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime = fields.next()?.parse::<u64>().ok()?;
+    let stime = fields.next()?.parse::<u64>().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// 4 KiB write at offset 0 + fdatasync: (p50, p99).

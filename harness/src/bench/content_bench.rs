@@ -11,11 +11,14 @@
 //!   figure the issue sets against raw iroh (goal ≥ 0.6).
 //! - peak RSS of the putting and the getting `zerok` processes and of the relay during
 //!   each (sampled every 20 ms from `/proc`, `VmHWM` for the CLI processes).
+//! - CPU seconds (user + system) of each `zerok` process and of the relay during both, and
+//!   `put_get_cpu_s_per_gib`: all of it per GiB moved against raw iroh's CPU per GiB
+//!   moved. Where every core is busy, this ratio, not the network, bounds put+get.
 //!
 //! DEST is checked byte for byte against FILE (BLAKE3) before any figure is reported, and
 //! each peak RSS against [`PEAK_RSS_BOUND_MIB`]: a run that breaks either fails.
 
-use super::baseline::Baseline;
+use super::baseline::{Baseline, proc_cpu_s};
 use super::relay_benches::Bench;
 use super::{BenchResult, Better};
 use anyhow::{Context, anyhow, ensure};
@@ -86,12 +89,15 @@ fn file_hash(path: &Path) -> anyhow::Result<blake3::Hash> {
     Ok(hasher.finalize())
 }
 
-/// One CLI run: its time, its stdout, its peak RSS, the relay's peak RSS meanwhile.
+/// One CLI run: its time, its stdout, its peak RSS and CPU seconds, the relay's peak RSS
+/// and CPU seconds meanwhile.
 struct Run {
     secs: f64,
     stdout: String,
     peak_mib: f64,
     relay_peak_mib: f64,
+    cpu_s: Option<f64>,
+    relay_cpu_s: Option<f64>,
 }
 
 async fn run_cli(
@@ -119,6 +125,9 @@ async fn run_cli(
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id().ok_or_else(|| anyhow!("zerok exited at once"))?;
+    let relay_cpu_before = relay_pid.and_then(|p| proc_cpu_s(&p.to_string()));
+    // The CLI's last reading before it exits (sampled every 20 ms: at most that much short).
+    let mut cpu = None;
     let mut peak = 0f64;
     let mut relay_peak = 0f64;
     let mut stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
@@ -132,6 +141,9 @@ async fn run_cli(
         if let Some(hwm) = proc_mib(pid, "VmHWM:") {
             peak = peak.max(hwm);
         }
+        if let Some(now) = proc_cpu_s(&pid.to_string()) {
+            cpu = Some(now);
+        }
         if let Some(rss) = relay_pid.and_then(|p| proc_mib(p, "VmRSS:")) {
             relay_peak = relay_peak.max(rss);
         }
@@ -141,6 +153,9 @@ async fn run_cli(
         }
     };
     let secs = started.elapsed().as_secs_f64();
+    let relay_cpu = relay_cpu_before
+        .zip(relay_pid.and_then(|p| proc_cpu_s(&p.to_string())))
+        .map(|(before, after)| after - before);
     let stdout = reader.await??;
     if !status.success() {
         let mut stderr = String::new();
@@ -154,6 +169,8 @@ async fn run_cli(
         stdout,
         peak_mib: peak,
         relay_peak_mib: relay_peak,
+        cpu_s: cpu,
+        relay_cpu_s: relay_cpu,
     })
 }
 
@@ -225,7 +242,7 @@ pub async fn content(
     let mib = bytes as f64 / (1024.0 * 1024.0);
     let raw = base.throughput_mib_s;
     let with = |r: BenchResult| r.param("file_mib", mib.round());
-    Ok(vec![
+    let mut results = vec![
         with(BenchResult::new(
             "content",
             "put_mib_s",
@@ -271,5 +288,30 @@ pub async fn content(
             "MiB",
             Better::Lower,
         )),
-    ])
+    ];
+    // CPU seconds: the CLI processes, the relay during each, and all of it per GiB moved
+    // (the file up and down) against raw iroh's per GiB moved.
+    if let (Some(put_cpu), Some(get_cpu), Some(relay_put), Some(relay_get)) =
+        (put.cpu_s, get.cpu_s, put.relay_cpu_s, get.relay_cpu_s)
+    {
+        let cpu = |metric: &str, value: f64| {
+            with(BenchResult::new(
+                "content",
+                metric,
+                value,
+                "s",
+                Better::Lower,
+            ))
+        };
+        results.push(cpu("put_cpu_s", put_cpu));
+        results.push(cpu("get_cpu_s", get_cpu));
+        results.push(cpu("relay_cpu_s", relay_put + relay_get));
+        let per_gib = (put_cpu + get_cpu + relay_put + relay_get) / (2.0 * mib / 1024.0);
+        let mut moved = cpu("put_get_cpu_s_per_gib", per_gib);
+        if let Some(raw_cpu) = base.throughput_cpu_s_per_gib {
+            moved = moved.against("throughput_cpu_s_per_gib", raw_cpu);
+        }
+        results.push(moved);
+    }
+    Ok(results)
 }
