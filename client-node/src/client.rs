@@ -59,9 +59,6 @@ const PAIR_CLOCK_SKEW: Duration = Duration::from_secs(10);
 const RECOVERY_SETTLE: Duration = Duration::from_secs(2);
 /// Snapshots a recovering device weighs (a flooded mailbox is read no further).
 const RECOVERY_SNAPSHOTS_MAX: usize = 256;
-/// How long [`Client::shutdown`] waits for the endpoint's connections to drain after their
-/// close was sent.
-const ENDPOINT_CLOSE_WAIT: Duration = Duration::from_millis(250);
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -1145,10 +1142,7 @@ impl Client {
             let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
         }
         if let Some(endpoint) = &self.endpoint {
-            // Every connection has been sent its close by now. Waiting for each to drain
-            // waits 3 s on one that was still in its handshake (a relay that is down, or a
-            // shutdown right after start): that wait buys nothing, so it is bounded.
-            let _ = tokio::time::timeout(ENDPOINT_CLOSE_WAIT, endpoint.close()).await;
+            endpoint.close().await;
         }
     }
 

@@ -37,28 +37,6 @@ fn cli_pair(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_does_not_wait_on_a_relay_that_is_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut relay = relay(dir.path(), "relay").await;
-    let addr_text = std::fs::read_to_string(relay.data_dir().join("relay.addr")).unwrap();
-    let a = dir.path().join("a");
-    ok(&zerok(&a, &["init", "--relay", addr_text.trim()]));
-    relay.kill();
-    // The client dials the relay as it starts; its handshake never completes. Shutting down
-    // used to wait for that connection to drain: 3 s for a command that took milliseconds.
-    // 2 s is far from either.
-    for command in ["status", "devices", "status"] {
-        let started = tokio::time::Instant::now();
-        ok(&zerok(&a, &[command]));
-        let took = started.elapsed();
-        assert!(
-            took < std::time::Duration::from_secs(2),
-            "zerok {command} took {took:?} with its relay down"
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invite_qr_draws_the_printed_token_and_the_warning_is_true() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path(), "relay").await;
