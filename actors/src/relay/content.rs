@@ -518,7 +518,8 @@ fn sync_files(files: &[PathBuf]) -> std::io::Result<()> {
 }
 
 /// Make the complete file `hash` durable: the store's database (the entry's state, and a
-/// small file's bytes), then its data and tree files. A file counts uploaded only after.
+/// small file's bytes), then its data and tree files and their directory. A file counts
+/// uploaded only after.
 async fn sync_file(service: &ContentService, hash: Hash) -> std::io::Result<()> {
     service
         .store
@@ -529,7 +530,17 @@ async fn sync_file(service: &ContentService, hash: Hash) -> std::io::Result<()> 
         service.paths.data_path(&hash),
         service.paths.outboard_path(&hash),
     ];
-    crate::exec::blocking(move || sync_files(&files)).await?
+    let dir = service.paths.data_path.clone();
+    crate::exec::blocking(move || {
+        sync_files(&files)?;
+        // The new files' names are in their directory: it is synced too (where a directory
+        // can be opened as a file).
+        match std::fs::File::open(&dir) {
+            Ok(dir) => dir.sync_all(),
+            Err(_) => Ok(()),
+        }
+    })
+    .await?
 }
 
 /// The verified prefix of `hash` the store holds, in bytes (at most `size`).
