@@ -2,11 +2,12 @@
 //! the client tree.
 //!
 //! A put hashes the file (on every core), derives its key ([`FileKey::derive`]: convergent
-//! inside one epoch), seals it into a [`SealedSource`] in `content/` of the home (the
-//! ciphertext and its BLAKE3 tree, built in one pass), then offers it to every relay of the
+//! inside one epoch), seals it once into a [`SealedSource`] (only the ciphertext's BLAKE3
+//! tree and the chunks' tags go to `content/` of the home), then offers it to every relay of the
 //! group on a zerok link that joined the epoch's mailbox (the relay answers the verified
 //! prefix it holds) and pushes the rest over iroh-blobs from the same endpoint: iroh-blobs'
-//! push request, then the ranges encoded from the source in large writes. An interrupted
+//! push request, then the ranges encoded from the file, its chunks sealed again as they go,
+//! in large writes. An interrupted
 //! upload resumes from the relay's prefix. No client keeps an iroh-blobs store.
 //!
 //! A get asks a relay for a grant the same way and streams the sealed bytes it lacks
