@@ -3,12 +3,12 @@
 //!
 //! A put hashes the file (on every core), derives its key ([`FileKey::derive`]: convergent
 //! inside one epoch), seals it once into a [`SealedSource`] (only the ciphertext's BLAKE3
-//! tree and the chunks' tags go to `content/` of the home), then offers it to every relay of the
-//! group on a zerok link that joined the epoch's mailbox (the relay answers the verified
-//! prefix it holds) and pushes the rest over iroh-blobs from the same endpoint: iroh-blobs'
-//! push request, then the ranges encoded from the file, its chunks sealed again as they go,
-//! in large writes. An interrupted
-//! upload resumes from the relay's prefix. No client keeps an iroh-blobs store.
+//! tree and the chunks' tags go to `content/` of the home), then offers it to every relay
+//! of the group on a zerok link that joined the epoch's mailbox (the relay answers the
+//! verified prefix it holds) and pushes the rest over iroh-blobs from the same endpoint:
+//! iroh-blobs' push request, then the ranges encoded from the file, its chunks sealed again
+//! as they go, in large writes. An interrupted upload resumes from the relay's prefix. No
+//! client keeps an iroh-blobs store.
 //!
 //! A get asks a relay for a grant the same way and streams the sealed bytes it lacks
 //! straight from the relay (BLAKE3-verified as they arrive, no local store): a thread opens
