@@ -109,6 +109,10 @@ pub enum Transport {
     /// Links from another transport (the chaos harness's simulated network): the dialer the
     /// function makes for this device's id. Nothing is bound.
     Dialer(MakeDialer),
+    /// No relay is reached and nothing is bound: the client works on its home alone, for
+    /// what only reads it (`zerok status`, `zerok devices`). What it queues is sent by the
+    /// next client on this home that is online; content cannot be put or got.
+    Offline,
 }
 
 impl std::fmt::Debug for Transport {
@@ -116,6 +120,7 @@ impl std::fmt::Debug for Transport {
         match self {
             Transport::Iroh => f.write_str("Iroh"),
             Transport::Dialer(_) => f.write_str("Dialer(..)"),
+            Transport::Offline => f.write_str("Offline"),
         }
     }
 }
@@ -229,16 +234,19 @@ impl Client {
             Some(name) => name,
             None => format!("device {}", device_id.short()),
         };
-        let (endpoint, dialer): (Option<IrohNode>, Arc<dyn Dialer>) = match &config.transport {
+        let (endpoint, dialer): (Option<IrohNode>, Option<Arc<dyn Dialer>>) = match &config
+            .transport
+        {
             Transport::Iroh => {
                 let endpoint = IrohNode::bind(IrohConfig::new(secret, config.bind))
                     .await
                     .map_err(|e| home_err(&home, format!("cannot bind {}: {e}", config.bind)))?;
                 debug_assert_eq!(endpoint.local_id(), device_id);
-                let dialer = Arc::new(endpoint.dialer());
-                (Some(endpoint), dialer)
+                let dialer: Arc<dyn Dialer> = Arc::new(endpoint.dialer());
+                (Some(endpoint), Some(dialer))
             }
-            Transport::Dialer(make) => (None, make(device_id)),
+            Transport::Dialer(make) => (None, Some(make(device_id))),
+            Transport::Offline => (None, None),
         };
         let (events_tx, events_rx) = mpsc::channel(EVENTS_BUFFER);
         let coordinator_ref = Arc::new(Mutex::new(None));
@@ -788,14 +796,16 @@ impl Client {
     /// show `code` (from [`PairCode::random`]) to the user, who types it on the new device
     /// ([`Client::pair_join`]). The two devices run a SPAKE2 exchange through a rendezvous
     /// mailbox on the group's relays; with the same code on both, this device makes an
-    /// invite from the key they share and admits the new device with it (it must stay
-    /// online until then). A wrong code fails on both sides and spends the code.
+    /// invite from the key they share and admits the new device with it. Answers the new
+    /// device once its admission is on a relay, where it reads it: this device may stop
+    /// then. A wrong code fails on both sides and spends the code. `wait` bounds the whole.
     pub async fn pair_offer(
         &self,
         group: GroupId,
         code: &PairCode,
         wait: Duration,
-    ) -> Result<(), ClientError> {
+    ) -> Result<DeviceInfo, ClientError> {
+        let deadline = tokio::time::Instant::now() + wait;
         let record = self.group(group).await?;
         let relays = record
             .relays
@@ -809,10 +819,26 @@ impl Client {
             .clock
             .now_unix_ms()
             .saturating_add(millis(PAIR_INVITE_VALID));
-        self.coordinator
+        let secret = self
+            .coordinator
             .invite(group, expires, Some(secret))
+            .await?;
+        // The `Add` is on this device's roster as soon as the request is judged; the
+        // admission is posted only once the relays acked the `Add`. Stopping in between
+        // would leave the new device admitted but never told.
+        let invite = InviteKeys::from_secret(&secret).mailbox_id();
+        let admitted = tokio::time::timeout_at(deadline, self.coordinator.admission_posted(invite))
             .await
-            .map(|_| ())
+            .unwrap_or(Ok(None))?;
+        let added = match admitted {
+            Some(device) => self
+                .devices(group)
+                .await?
+                .into_iter()
+                .find(|d| d.device == device),
+            None => None,
+        };
+        added.ok_or_else(|| PairingError::NotAdmitted(wait.as_secs()).into())
     }
 
     /// Join a group by a short code shown by a device in it ([`Client::pair_offer`]),

@@ -37,6 +37,51 @@ fn cli_pair(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_only_read_the_home_send_nothing_to_a_relay() {
+    use std::net::UdpSocket;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = relay(dir.path(), "relay").await;
+    let addr_text = std::fs::read_to_string(relay.data_dir().join("relay.addr")).unwrap();
+    let addr: zerok_messages::RelayAddr = addr_text.parse().unwrap();
+    let a = dir.path().join("a");
+    ok(&zerok(&a, &["init", "--relay", addr_text.trim()]));
+    relay.kill();
+    // The relay's ports now belong to sockets that hear whatever a client sends there.
+    // A command that dialled the relay and stopped in the middle of the handshake waited
+    // 3 s for that connection to drain (QUIC's 3 × PTO with no RTT sample).
+    let ears: Vec<UdpSocket> = addr
+        .addrs
+        .iter()
+        .filter_map(|socket| UdpSocket::bind(socket).ok())
+        .collect();
+    assert!(!ears.is_empty(), "none of {addr_text} could be bound again");
+    let heard = || {
+        ears.iter().any(|ear| {
+            ear.set_nonblocking(true).unwrap();
+            ear.recv(&mut [0; 2048]).is_ok()
+        })
+    };
+    let status = ok(&zerok(&a, &["status"]));
+    assert!(status.contains("queued pushes: 0"), "{status}");
+    assert_eq!(ok(&zerok(&a, &["devices"])).lines().count(), 1);
+    assert_eq!(ok(&zerok(&a, &["relays", "list"])).trim(), addr_text.trim());
+    assert!(
+        !heard(),
+        "a command that only reads the home dialled its relay"
+    );
+    // A command that needs the relay does dial it (so the ears do hear a dial), and what
+    // it could not send stays queued for the next one.
+    let pushed = ok(&zerok(&a, &["push", "for later", "--timeout", "1"]));
+    assert!(pushed.starts_with("queued "), "{pushed}");
+    assert!(heard(), "the push did not dial its relay");
+    let status = ok(&zerok(&a, &["status"]));
+    assert!(
+        status.contains("queued pushes: 1 (1 not yet acked"),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invite_qr_draws_the_printed_token_and_the_warning_is_true() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path(), "relay").await;

@@ -166,6 +166,36 @@ async fn two_members_online_both_answer_and_the_joiner_is_admitted_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_in_the_group_may_stop_as_soon_as_its_pairing_answers() {
+    use zerok_client::PairCode;
+    const WAIT: Duration = Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let alice = client_with_clock(dir.path(), "alice", Clock::system()).await;
+    let bob = client_with_clock(dir.path(), "bob", Clock::system()).await;
+    let group = alice
+        .create_group("family", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    let code = PairCode::random(&mut zerok_actors::rng::Rng::seeded(15));
+    let typed = code.reveal();
+    let bob_id = bob.device_id();
+    let joining = tokio::spawn(async move {
+        let joined = bob.pair_join(&typed, vec![relay.addr.clone()], WAIT).await;
+        bob.shutdown().await;
+        (joined, relay)
+    });
+    // A pairing answers once the new device's admission is on a relay, not when the `Add`
+    // is on this device's roster: a `zerok pair` that stopped then (it used to) left the new
+    // device admitted but never told, waiting out its whole wait.
+    let added = alice.pair_offer(group, &code, WAIT).await.unwrap();
+    assert_eq!(added.device, bob_id);
+    alice.shutdown().await;
+    let (joined, _relay) = joining.await.unwrap();
+    assert_eq!(joined.unwrap(), group);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pairing_joins_with_the_right_code_and_a_wrong_code_spends_it() {
     use zerok_client::{PairCode, PairingError};
     const WAIT: Duration = Duration::from_secs(30);
@@ -215,7 +245,7 @@ async fn pairing_joins_with_the_right_code_and_a_wrong_code_spends_it() {
         alice.pair_offer(group, &fresh, WAIT),
         bob.pair_join(&typed, relays.clone(), WAIT)
     );
-    offered.unwrap();
+    assert_eq!(offered.unwrap().device, bob.device_id());
     assert_eq!(joined.unwrap(), group);
     let mut alice_events = alice.events().unwrap();
     bob.push(group, b"paired".to_vec()).await.unwrap();

@@ -197,7 +197,7 @@ async fn spawn_coordinator(
                 &[1; 32],
             )),
             encryptor,
-            dialer: Arc::new(network.dialer(CLIENT)),
+            dialer: Some(Arc::new(network.dialer(CLIENT))),
             events,
             ack_quorum: 1,
             receive: true,

@@ -1218,6 +1218,16 @@ pub enum CoordMsg {
     },
     /// Meet members in an invite mailbox (the joiner's side) until `UnwatchInvite`.
     WatchInvite(InviteWatch),
+    /// Tell `told` the device admitted once a relay acked an admission this device posted in
+    /// the mailbox of one of its invites (at once if one was acked already): the joiner can
+    /// read it there, and this device may stop. Dropped unanswered if this device does not
+    /// (or no longer) serve that invite.
+    AdmissionPosted {
+        /// The invite mailbox.
+        mailbox: MailboxId,
+        /// Told.
+        told: tokio::sync::oneshot::Sender<DeviceId>,
+    },
     /// A group's roster changed: the invite mailboxes watched follow it.
     RosterChanged,
     /// An admission's `Add` was acked by the group's quorum a while ago: post it even if

@@ -73,6 +73,12 @@ pub enum PairingError {
         "no answer from the other device within {0} s (is `zerok pair` running on it, with the same relay?)"
     )]
     NoAnswer(u64),
+    /// The codes matched, but the new device was not admitted in time (it did not ask, or
+    /// the group's relays did not take its admission).
+    #[error(
+        "the code matched, but the new device was not admitted within {0} s (did it stop? are the group's relays reachable?)"
+    )]
+    NotAdmitted(u64),
 }
 
 /// Why making or using a recovery phrase failed.

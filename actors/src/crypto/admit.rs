@@ -297,6 +297,8 @@ pub struct Admitter<'a> {
 /// in the invite mailbox once that operation is durable on the group's relays.
 #[derive(Debug)]
 pub struct Served {
+    /// The device admitted.
+    pub joiner: DeviceId,
     /// The `Add` (via the invite) to write in the head epoch.
     pub add: Option<super::roster::Op>,
     /// The admission, sealed for the invite.
@@ -395,7 +397,11 @@ impl Admitter<'_> {
         };
         let admission = seal(&keys, Kind::Admission, self.device, &admission, rng)
             .map_err(Refusal::BadRequest)?;
-        Ok(Served { add, admission })
+        Ok(Served {
+            joiner: request.device,
+            add,
+            admission,
+        })
     }
 }
 

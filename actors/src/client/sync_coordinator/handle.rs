@@ -270,6 +270,20 @@ impl Coordinator {
             .map_err(stopped)
     }
 
+    /// The device admitted with one of this device's invites (by its mailbox), once a relay
+    /// acked the admission this device posted for it; `None` if this device does not (or no
+    /// longer) serve that invite. Waits until then: bound it with a timeout.
+    pub async fn admission_posted(
+        &self,
+        mailbox: MailboxId,
+    ) -> Result<Option<DeviceId>, ClientError> {
+        let (told, heard) = tokio::sync::oneshot::channel();
+        self.actor
+            .cast(CoordMsg::AdmissionPosted { mailbox, told })
+            .map_err(stopped)?;
+        Ok(heard.await.ok())
+    }
+
     /// Stop meeting in an invite mailbox.
     pub fn unwatch_invite(&self, mailbox: MailboxId) {
         let _ = self.actor.cast(CoordMsg::UnwatchInvite { mailbox });

@@ -79,6 +79,10 @@ pub(super) struct Watch {
     pub(super) closing: bool,
     /// Told when a relay next acks a post here.
     pub(super) on_acked: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// The device this (member's) watch last admitted.
+    pub(super) admitted: Option<DeviceId>,
+    /// Told, once a relay acked a post here, the device admitted (`AdmissionPosted`).
+    pub(super) on_admitted: Vec<tokio::sync::oneshot::Sender<DeviceId>>,
 }
 
 impl Watch {
@@ -103,6 +107,8 @@ impl Watch {
             serial,
             closing: false,
             on_acked: Vec::new(),
+            admitted: None,
+            on_admitted: Vec::new(),
         }
     }
 }
@@ -343,6 +349,27 @@ impl CoordinatorState {
         }
     }
 
+    /// `AdmissionPosted`. A member posts nothing but admissions in an invite's mailbox, so
+    /// any post of it a relay acked is one.
+    pub(super) fn admission_posted(
+        &mut self,
+        mailbox: MailboxId,
+        told: tokio::sync::oneshot::Sender<DeviceId>,
+    ) {
+        let Some(watch) = self.watches.get_mut(&GroupId(mailbox)) else {
+            return;
+        };
+        if !matches!(watch.role, Role::Member { .. }) {
+            return;
+        }
+        match watch.admitted {
+            Some(device) if !watch.acked.is_empty() => {
+                let _ = told.send(device);
+            }
+            _ => watch.on_admitted.push(told),
+        }
+    }
+
     /// `WatchInvite`: the joiner's side.
     pub(super) async fn watch_invite(&mut self, myself: &ActorRef<CoordMsg>, watch: InviteWatch) {
         let serial = self.next_watch_serial();
@@ -423,6 +450,11 @@ impl CoordinatorState {
         for told in watch.on_acked.drain(..) {
             let _ = told.send(());
         }
+        if let Some(device) = watch.admitted {
+            for told in watch.on_admitted.drain(..) {
+                let _ = told.send(device);
+            }
+        }
         if watch.closing
             && watch
                 .posts
@@ -499,7 +531,11 @@ impl CoordinatorState {
             epoch_secret: &state.secret.secret,
         };
         let served = admitter.serve(&watch.0, request, now, &mut self.args.rng);
-        let Served { add, admission } = match served {
+        let Served {
+            joiner,
+            add,
+            admission,
+        } = match served {
             Ok(served) => served,
             Err(refusal) => {
                 debug!(invite = %watch.0.short(), %refusal, "join request not admitted");
@@ -508,6 +544,7 @@ impl CoordinatorState {
         };
         if let Some(w) = self.watches.get_mut(&watch) {
             w.answered = true;
+            w.admitted = Some(joiner);
         }
         match add {
             Some(op) => {

@@ -107,8 +107,9 @@ pub struct CoordinatorArgs {
     pub wrap: Arc<WrapKey>,
     /// The Encryptor.
     pub encryptor: ActorRef<EncryptorMsg>,
-    /// Dials relays.
-    pub dialer: Arc<dyn Dialer>,
+    /// Dials relays; `None`: relays are not reached at all (a client that only reads its
+    /// home, such as `zerok status`: what it queues waits for the next one that is online).
+    pub dialer: Option<Arc<dyn Dialer>>,
     /// Where events go.
     pub events: mpsc::Sender<Event>,
     /// Relays that must ack before a receipt.
@@ -252,7 +253,7 @@ impl Actor for CoordinatorActor {
             )
             .into());
         }
-        let own = args.dialer.local_id();
+        let own = args.device.device_id();
         let mut state = CoordinatorState {
             args,
             groups: BTreeMap::new(),
@@ -587,6 +588,7 @@ impl Actor for CoordinatorActor {
             }
             CoordMsg::WatchPost { mailbox, bytes } => state.post(GroupId(mailbox), bytes),
             CoordMsg::WatchInvite(watch) => state.watch_invite(&myself, watch).await,
+            CoordMsg::AdmissionPosted { mailbox, told } => state.admission_posted(mailbox, told),
             CoordMsg::UnwatchInvite { mailbox } => state.unwatch(&myself, mailbox).await,
             CoordMsg::UnwatchDue { mailbox, serial } => {
                 state.unwatch_due(&myself, mailbox, serial).await;

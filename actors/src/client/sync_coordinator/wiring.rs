@@ -49,6 +49,9 @@ impl CoordinatorState {
 
     /// Make the connections match the groups' relay lists.
     pub(super) async fn rewire(&mut self, myself: &ActorRef<CoordMsg>) {
+        let Some(dialer) = self.args.dialer.clone() else {
+            return;
+        };
         let mut wanted: BTreeMap<DeviceId, (RelayAddr, Vec<ConnGroup>)> = BTreeMap::new();
         let now = self.args.clock.now_unix_ms();
         for (id, group) in &self.groups {
@@ -144,7 +147,7 @@ impl CoordinatorState {
             }
             let args = RelayConnArgs {
                 relay: addr.clone(),
-                dialer: Arc::clone(&self.args.dialer),
+                dialer: Arc::clone(&dialer),
                 groups,
                 receive: self.args.receive,
                 coordinator: myself.clone(),
@@ -195,7 +198,7 @@ impl CoordinatorState {
             .collect();
         groups.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         Status {
-            device_id: self.args.dialer.local_id(),
+            device_id: self.args.device.device_id(),
             groups,
         }
     }
