@@ -283,6 +283,7 @@ impl Client {
             content: endpoint.as_ref().map(|endpoint| ContentTransferArgs {
                 dir: home.join(CONTENT_DIR),
                 endpoint: endpoint.clone(),
+                clock: config.clock.clone(),
             }),
             content_ref: Arc::clone(&content_ref),
         };

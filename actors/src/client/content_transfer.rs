@@ -106,6 +106,8 @@ pub struct ContentTransferArgs {
     pub dir: PathBuf,
     /// The device's endpoint (the relays' grants name this device).
     pub endpoint: IrohNode,
+    /// Wall time (how long ago a get stopped).
+    pub clock: crate::clock::Clock,
 }
 
 /// Its state.
@@ -681,6 +683,28 @@ async fn put(
 /// without one.
 const RETIRED_STORE: [&str; 3] = ["blobs.db", "data", "temp"];
 
+/// How long the tags of a get that stopped are kept for it to resume: past this, its
+/// `dest.partial` is fetched again from the start (or is gone from the relays by then).
+pub const PARTIAL_TAGS_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Remove the tags of gets that stopped and were not resumed for [`PARTIAL_TAGS_KEEP`] by
+/// `now` (a get writes its tags as it goes, so their time is its last progress).
+fn remove_abandoned_tags(dir: &Path, now: std::time::SystemTime) {
+    let Ok(entries) = std::fs::read_dir(dir.join(PARTIAL_DIR)) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let abandoned = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age > PARTIAL_TAGS_KEEP));
+        if abandoned && path.extension().is_some_and(|ext| ext == "tags") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Remove what the client's retired iroh-blobs store left in `dir` (nothing reads it).
 fn remove_retired_store(dir: &Path) {
     for name in RETIRED_STORE {
@@ -837,8 +861,11 @@ impl Actor for ContentTransferActor {
         _myself: ActorRef<Self::Msg>,
         args: ContentTransferArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // What a killed put left behind, and the store clients kept before.
+        // What a killed put left behind, gets long abandoned, and the store clients kept
+        // before.
         SealedSource::remove_stale(&args.dir);
+        let now = std::time::UNIX_EPOCH + Duration::from_millis(args.clock.now_unix_ms());
+        remove_abandoned_tags(&args.dir, now);
         remove_retired_store(&args.dir);
         Ok(ContentTransferState {
             dir: args.dir,
@@ -928,5 +955,39 @@ mod tests {
             .collect();
         assert_eq!(left, ["partial"]);
         assert!(dir.path().join("partial").join("x").exists());
+    }
+
+    #[test]
+    fn the_tags_of_a_get_go_only_once_it_was_abandoned_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join(PARTIAL_DIR);
+        std::fs::create_dir_all(&partial).unwrap();
+        for name in ["a.tags", "b.tags", "other"] {
+            std::fs::write(partial.join(name), b"tags").unwrap();
+        }
+        let written = std::fs::metadata(partial.join("a.tags"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(&partial)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        remove_abandoned_tags(dir.path(), written + PARTIAL_TAGS_KEEP);
+        assert_eq!(names(), ["a.tags", "b.tags", "other"]);
+        // `b` made progress later: only `a` (and no other kind of file) is old enough.
+        let later = written + Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(partial.join("b.tags"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        remove_abandoned_tags(dir.path(), later + PARTIAL_TAGS_KEEP);
+        assert_eq!(names(), ["b.tags", "other"]);
     }
 }
