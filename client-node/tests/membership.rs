@@ -25,6 +25,22 @@ async fn client_with_clock(dir: &std::path::Path, name: &str, clock: Clock) -> C
     Client::start(config).await.unwrap()
 }
 
+/// A relay; Alice, who founds a group on it and on `also`; Bob, in no group yet.
+async fn alice_and_bob(
+    dir: &std::path::Path,
+    also: Vec<zerok_messages::RelayAddr>,
+) -> (RelayProcess, Client, Client, zerok_client::GroupId) {
+    let relay = relay(dir, "relay").await;
+    let alice = client_with_clock(dir, "alice", Clock::system()).await;
+    let bob = client_with_clock(dir, "bob", Clock::system()).await;
+    let relays = [vec![relay.addr.clone()], also].concat();
+    let group = alice
+        .create_group("family", NewSecret::Random, relays)
+        .await
+        .unwrap();
+    (relay, alice, bob, group)
+}
+
 fn not_admitted(result: Result<zerok_client::GroupId, ClientError>) -> bool {
     matches!(
         result,
@@ -170,13 +186,12 @@ async fn the_device_in_the_group_may_stop_as_soon_as_its_pairing_answers() {
     use zerok_client::PairCode;
     const WAIT: Duration = Duration::from_secs(30);
     let dir = tempfile::tempdir().unwrap();
-    let relay = relay(dir.path(), "relay").await;
-    let alice = client_with_clock(dir.path(), "alice", Clock::system()).await;
-    let bob = client_with_clock(dir.path(), "bob", Clock::system()).await;
-    let group = alice
-        .create_group("family", NewSecret::Random, vec![relay.addr.clone()])
-        .await
-        .unwrap();
+    // The group's second relay is gone: an admission is posted only once every relay acked
+    // its `Add`, or `ADMISSION_WAIT_ALL_RELAYS` (10 s) after the first did, so the new
+    // device is on Alice's roster 10 s before it can be told.
+    let mut gone = relay(dir.path(), "gone").await;
+    gone.kill();
+    let (relay, alice, bob, group) = alice_and_bob(dir.path(), vec![gone.addr.clone()]).await;
     let code = PairCode::random(&mut zerok_actors::rng::Rng::seeded(15));
     let typed = code.reveal();
     let bob_id = bob.device_id();
@@ -186,7 +201,7 @@ async fn the_device_in_the_group_may_stop_as_soon_as_its_pairing_answers() {
         (joined, relay)
     });
     // A pairing answers once the new device's admission is on a relay, not when the `Add`
-    // is on this device's roster: a `zerok pair` that stopped then (it used to) left the new
+    // is on Alice's roster: a `zerok pair` that stopped then (it used to) left the new
     // device admitted but never told, waiting out its whole wait.
     let added = alice.pair_offer(group, &code, WAIT).await.unwrap();
     assert_eq!(added.device, bob_id);
@@ -200,13 +215,7 @@ async fn pairing_joins_with_the_right_code_and_a_wrong_code_spends_it() {
     use zerok_client::{PairCode, PairingError};
     const WAIT: Duration = Duration::from_secs(30);
     let dir = tempfile::tempdir().unwrap();
-    let relay = relay(dir.path(), "relay").await;
-    let alice = client_with_clock(dir.path(), "alice", Clock::system()).await;
-    let bob = client_with_clock(dir.path(), "bob", Clock::system()).await;
-    let group = alice
-        .create_group("family", NewSecret::Random, vec![relay.addr.clone()])
-        .await
-        .unwrap();
+    let (relay, alice, bob, group) = alice_and_bob(dir.path(), Vec::new()).await;
     let relays = vec![relay.addr.clone()];
     let mut rng = zerok_actors::rng::Rng::seeded(14);
     let code = PairCode::random(&mut rng);
@@ -685,7 +694,7 @@ async fn a_recovery_phrase_brings_the_group_back_on_a_new_device_with_none_onlin
 /// lists her as its only member, in the phrase's mailbox on `relay`.
 async fn forge_snapshot(
     dir: &std::path::Path,
-    relay: &zerok_harness::process::RelayProcess,
+    relay: &RelayProcess,
     phrase: &str,
     group: zerok_client::GroupId,
 ) {

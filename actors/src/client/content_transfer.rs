@@ -695,10 +695,10 @@ fn remove_abandoned_tags(dir: &Path, now: std::time::SystemTime) {
     };
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
-        let abandoned = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age > PARTIAL_TAGS_KEEP));
+        let abandoned = entry.metadata().and_then(|m| m.modified()).is_ok_and(|at| {
+            now.duration_since(at)
+                .is_ok_and(|age| age > PARTIAL_TAGS_KEEP)
+        });
         if abandoned && path.extension().is_some_and(|ext| ext == "tags") {
             let _ = std::fs::remove_file(&path);
         }
