@@ -52,7 +52,7 @@ const PACED_SAMPLES: usize = 400;
 const IROH_BOUND: Duration = Duration::from_secs(120);
 
 /// The machine's limits, measured in this run.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Baseline {
     /// Raw iroh round trip of a 1 KiB frame on one stream, median.
     pub rtt_p50: Duration,
@@ -62,6 +62,9 @@ pub struct Baseline {
     pub rtt_paced_p50: Duration,
     /// Raw iroh one-stream throughput, one direction: the median of the plan's runs.
     pub throughput_mib_s: f64,
+    /// Those runs, in MiB/s (a bench that measures raw again later takes the median of
+    /// both sets).
+    pub throughput_runs_mib_s: Vec<f64>,
     /// CPU seconds (user + system, sender and receiver together) per GiB of those runs, where
     /// `/proc` tells: on a machine whose cores are all busy, what bounds the throughput.
     pub throughput_cpu_s_per_gib: Option<f64>,
@@ -124,7 +127,7 @@ impl Baseline {
     /// the disk under test.
     pub async fn measure(dir: &Path, quick: bool) -> anyhow::Result<Baseline> {
         let plan = Plan::new(quick);
-        let (rtt_p50, rtt_p99, rtt_paced_p50, throughput_mib_s, throughput_cpu_s_per_gib) =
+        let (rtt_p50, rtt_p99, rtt_paced_p50, raw) =
             measure_iroh(&plan).await.context("measuring raw iroh")?;
         let (fsync_p50, fsync_p99) = measure_fsync(dir, &plan).await.context("measuring fsync")?;
         let fsync_paced_p50 = measure_fsync_paced(dir, &plan)
@@ -138,8 +141,9 @@ impl Baseline {
             rtt_p50,
             rtt_p99,
             rtt_paced_p50,
-            throughput_mib_s,
-            throughput_cpu_s_per_gib,
+            throughput_mib_s: raw.median_mib_s(),
+            throughput_cpu_s_per_gib: raw.cpu_s_per_gib,
+            throughput_runs_mib_s: raw.runs_mib_s,
             fsync_p50,
             fsync_p99,
             fsync_paced_p50,
@@ -260,43 +264,99 @@ async fn next(receiver: &mut LinkReceiver) -> anyhow::Result<Bytes> {
         .ok_or_else(|| anyhow!("link closed early"))
 }
 
-/// Raw iroh round trip (p50, p99, paced p50), one-direction throughput in MiB/s, and the
-/// CPU seconds (both ends, this process) per GiB moved, if `/proc` tells.
+/// Runs of raw iroh one-stream throughput, one direction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawThroughput {
+    /// Each run, in MiB/s.
+    pub runs_mib_s: Vec<f64>,
+    /// CPU seconds (both ends, this process) per GiB moved, if `/proc` tells.
+    pub cpu_s_per_gib: Option<f64>,
+}
+
+impl RawThroughput {
+    /// The median run.
+    pub fn median_mib_s(&self) -> f64 {
+        median(&self.runs_mib_s)
+    }
+}
+
+/// The median of `values` (0 for none).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Raw iroh one-stream throughput, measured now as the baseline does (`quick`: one short
+/// run, otherwise five of 256 MiB): for a bench that also measures it after its own work.
+pub async fn raw_one_stream(quick: bool) -> anyhow::Result<RawThroughput> {
+    let plan = Plan::new(quick);
+    with_iroh_pair(move |client, server, listener| {
+        Box::pin(async move { measure_throughput_runs(client, server, listener, &plan).await })
+    })
+    .await
+}
+
+/// Raw iroh round trip (p50, p99, paced p50) and one-stream throughput.
 async fn measure_iroh(
     plan: &Plan,
-) -> anyhow::Result<(Duration, Duration, Duration, f64, Option<f64>)> {
+) -> anyhow::Result<(Duration, Duration, Duration, RawThroughput)> {
+    let plan = *plan;
+    with_iroh_pair(move |client, server, listener| {
+        Box::pin(async move {
+            let rtt =
+                bounded("round trips", measure_rtt(client, server, listener, &plan)).await??;
+            let raw = measure_throughput_runs(client, server, listener, &plan).await?;
+            Ok((rtt.0, rtt.1, rtt.2, raw))
+        })
+    })
+    .await
+}
+
+/// Run `measure` on two fresh loopback nodes (client, server, the server's listener), and
+/// close both after it.
+async fn with_iroh_pair<T>(
+    measure: impl for<'a> FnOnce(
+        &'a IrohNode,
+        &'a IrohNode,
+        &'a mut LinkListener,
+    ) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<T>> + 'a>>,
+) -> anyhow::Result<T> {
     let server = iroh_node(0xba5e_0001).await?;
     let client = iroh_node(0xba5e_0002).await?;
     let mut listener = server.listen();
-    let measured = async {
-        let rtt = bounded(
-            "round trips",
-            measure_rtt(&client, &server, &mut listener, plan),
-        )
-        .await??;
-        let mut runs = Vec::with_capacity(plan.throughput_runs);
-        let cpu_before = proc_cpu_s("self");
-        for _ in 0..plan.throughput_runs {
-            let run = bounded(
-                "throughput",
-                measure_throughput(&client, &server, &mut listener, plan),
-            )
-            .await??;
-            runs.push(run);
-        }
-        let gib = (plan.throughput_runs * plan.throughput_bytes) as f64 / f64::from(1u32 << 30);
-        let cpu_per_gib = cpu_before
-            .zip(proc_cpu_s("self"))
-            .map(|(before, after)| (after - before) / gib);
-        runs.sort_by(f64::total_cmp);
-        let throughput = runs[runs.len() / 2];
-        Ok::<_, anyhow::Error>((rtt.0, rtt.1, rtt.2, throughput, cpu_per_gib))
-    }
-    .await;
+    let measured = measure(&client, &server, &mut listener).await;
     drop(listener);
     client.close().await;
     server.close().await;
     measured
+}
+
+/// The plan's one-stream throughput runs.
+async fn measure_throughput_runs(
+    client: &IrohNode,
+    server: &IrohNode,
+    listener: &mut LinkListener,
+    plan: &Plan,
+) -> anyhow::Result<RawThroughput> {
+    let mut runs = Vec::with_capacity(plan.throughput_runs);
+    let cpu_before = proc_cpu_s("self");
+    for _ in 0..plan.throughput_runs {
+        let run = bounded(
+            "throughput",
+            measure_throughput(client, server, listener, plan),
+        )
+        .await??;
+        runs.push(run);
+    }
+    let gib = (plan.throughput_runs * plan.throughput_bytes) as f64 / f64::from(1u32 << 30);
+    let cpu_s_per_gib = cpu_before
+        .zip(proc_cpu_s("self"))
+        .map(|(before, after)| (after - before) / gib);
+    Ok(RawThroughput {
+        runs_mib_s: runs,
+        cpu_s_per_gib,
+    })
 }
 
 async fn measure_rtt(
