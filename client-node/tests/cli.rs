@@ -166,6 +166,20 @@ async fn init_invite_join_push_pull_on_two_home_dirs() {
     );
     // Nothing is printed twice.
     assert_eq!(ok(&zerok(&b, &["pull"])), "");
+    // B saw A's records (in an earlier command: when is kept with what B received); it has
+    // seen no record of its own.
+    let devices: Vec<serde_json::Value> = ok(&zerok(&b, &["devices", "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let a_entry = devices.iter().find(|d| d["this_device"] == false).unwrap();
+    let b_entry = devices.iter().find(|d| d["this_device"] == true).unwrap();
+    let seen = a_entry["last_seen_unix"].as_u64();
+    assert!(
+        seen.is_some_and(|s| s >= a_entry["added_at_unix"].as_u64().unwrap()),
+        "{a_entry}"
+    );
+    assert!(b_entry["last_seen_unix"].is_null(), "{b_entry}");
 
     ok(&zerok(&a, &["push", "json please"]));
     let out = ok(&zerok(&b, &["pull", "--json"]));

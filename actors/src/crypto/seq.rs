@@ -44,6 +44,10 @@ struct SenderSeqs {
     next_expected: u64,
     /// Seen seqs above `next_expected`.
     seen_above: BTreeSet<u64>,
+    /// The latest timestamp (unix ms) of a record seen from this sender (0: none noted;
+    /// trackers kept before it existed read as 0).
+    #[serde(default)]
+    last_seen_ms: u64,
 }
 
 /// Sequence state of every sender of one group. Serializable so a client can persist it.
@@ -58,15 +62,35 @@ impl SeqTracker {
         Self::default()
     }
 
+    fn sender(&mut self, sender: DeviceId) -> &mut SenderSeqs {
+        self.senders.entry(sender).or_insert_with(|| SenderSeqs {
+            next_expected: 1,
+            seen_above: BTreeSet::new(),
+            last_seen_ms: 0,
+        })
+    }
+
+    /// Note a record of `sender` stamped `at_ms` (unix ms): the latest one is kept, and
+    /// goes to disk with the tracker.
+    pub fn note_seen(&mut self, sender: DeviceId, at_ms: u64) {
+        let state = self.sender(sender);
+        state.last_seen_ms = state.last_seen_ms.max(at_ms);
+    }
+
+    /// The latest timestamp noted for `sender` (unix ms), if any.
+    pub fn last_seen_ms(&self, sender: &DeviceId) -> Option<u64> {
+        self.senders
+            .get(sender)
+            .map(|s| s.last_seen_ms)
+            .filter(|ms| *ms > 0)
+    }
+
     /// Classify `seq` from `sender` and remember it if new.
     pub fn observe(&mut self, sender: DeviceId, seq: u64) -> SeqVerdict {
         if seq == 0 {
             return SeqVerdict::Replay;
         }
-        let state = self.senders.entry(sender).or_insert_with(|| SenderSeqs {
-            next_expected: 1,
-            seen_above: BTreeSet::new(),
-        });
+        let state = self.sender(sender);
         if seq < state.next_expected || state.seen_above.contains(&seq) {
             return SeqVerdict::Replay;
         }
@@ -107,10 +131,7 @@ impl SeqTracker {
     /// what its old key wrote, so the old key's later records, now another device's, arrive
     /// without a false gap).
     pub fn mark_seen_through(&mut self, sender: DeviceId, seq: u64) {
-        let state = self.senders.entry(sender).or_insert_with(|| SenderSeqs {
-            next_expected: 1,
-            seen_above: BTreeSet::new(),
-        });
+        let state = self.sender(sender);
         if seq < state.next_expected {
             return;
         }
@@ -253,6 +274,48 @@ mod tests {
         assert_eq!(tracker.contiguous(&A), 5);
         tracker.mark_seen_through(B, 3);
         assert_eq!(tracker.observe(B, 4), SeqVerdict::New);
+    }
+
+    #[test]
+    fn the_latest_record_time_is_kept_and_read_from_trackers_kept_before_it() {
+        let mut tracker = SeqTracker::new();
+        assert_eq!(tracker.last_seen_ms(&A), None);
+        tracker.observe(A, 1);
+        assert_eq!(tracker.last_seen_ms(&A), None);
+        tracker.note_seen(A, 2_000);
+        // A late record (a replay, or one a relay held back) does not move it back.
+        tracker.note_seen(A, 1_000);
+        assert_eq!(tracker.last_seen_ms(&A), Some(2_000));
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&tracker, &mut bytes).unwrap();
+        let read: SeqTracker = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(read.last_seen_ms(&A), Some(2_000));
+        // A tracker written before the field existed: its senders have no time.
+        #[derive(Serialize)]
+        struct Before {
+            next_expected: u64,
+            seen_above: BTreeSet<u64>,
+        }
+        #[derive(Serialize)]
+        struct BeforeTracker {
+            senders: BTreeMap<DeviceId, Before>,
+        }
+        let before = BeforeTracker {
+            senders: [(
+                A,
+                Before {
+                    next_expected: 4,
+                    seen_above: BTreeSet::new(),
+                },
+            )]
+            .into(),
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&before, &mut bytes).unwrap();
+        let mut read: SeqTracker = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(read.last_seen_ms(&A), None);
+        assert_eq!(read.observe(A, 3), SeqVerdict::Replay);
+        assert_eq!(read.observe(A, 4), SeqVerdict::New);
     }
 
     #[test]

@@ -694,7 +694,6 @@ impl CoordinatorState {
             return Ok(());
         };
         fresh.held = std::mem::take(&mut state.held);
-        fresh.last_seen = std::mem::take(&mut state.last_seen);
         *state = fresh;
         for (old, new) in moved {
             self.resealed.insert(old, new);

@@ -157,13 +157,14 @@ pub(super) fn judge(
     }
     let verdict = state.tracker.observe(record.sender, record.seq);
     state.hlc.observe(record.hlc, now_ms);
-    if let Some(roster) = &mut state.roster {
-        let seen = crate::crypto::seq::Hlc::unix_ms(record.hlc);
-        let last = state.last_seen.entry(record.sender).or_default();
-        *last = (*last).max(seen);
-        if record.kind == RecordKind::ROSTER && verdict != SeqVerdict::Replay {
-            changed |= take_op(store, group_id, roster, record);
-        }
+    state
+        .tracker
+        .note_seen(record.sender, crate::crypto::seq::Hlc::unix_ms(record.hlc));
+    if let Some(roster) = &mut state.roster
+        && record.kind == RecordKind::ROSTER
+        && verdict != SeqVerdict::Replay
+    {
+        changed |= take_op(store, group_id, roster, record);
     }
     (Judged::Seq(verdict), changed)
 }
@@ -880,7 +881,7 @@ impl CoordinatorState {
                 name: m.name.clone(),
                 added_by: m.added_by,
                 added_at_ms: m.added_at_ms,
-                last_seen_ms: state.last_seen.get(&m.device).copied(),
+                last_seen_ms: state.tracker.last_seen_ms(&m.device),
                 is_self: m.device == me,
             })
             .collect())

@@ -156,8 +156,6 @@ struct GroupState {
     /// The group's roster (`None`: a group joined before rosters, whose senders are not
     /// checked).
     roster: Option<Roster>,
-    /// Members' latest record timestamps received (unix ms), for `devices()`.
-    last_seen: BTreeMap<DeviceId, u64>,
     /// Epochs this device left whose mailboxes it still reads.
     past: Vec<epochs::PastStream>,
     /// The move to the roster's head epoch, under way.

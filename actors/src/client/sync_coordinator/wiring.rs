@@ -40,7 +40,6 @@ impl CoordinatorState {
             seq_base: store.seq_base(&id)?,
             hlc,
             roster: store.roster(&id)?,
-            last_seen: BTreeMap::new(),
             past: epochs::past_streams(&record_past),
             switch: None,
             held: Vec::new(),
