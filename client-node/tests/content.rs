@@ -239,6 +239,9 @@ async fn a_file_is_stored_once_per_group_and_unrelated_across_groups_and_members
         relay_metric(&relay, "zerok_relay_content_bytes").await,
         first.sealed_size as f64
     );
+    // What moved: the file's sealed bytes up, once.
+    let pushed = "zerok_relay_content_transfer_bytes_total{direction=\"push\"}";
+    assert_eq!(relay_metric(&relay, pushed).await, first.sealed_size as f64);
 
     // The same file in another group seals to unrelated bytes.
     let other = alice
@@ -280,10 +283,20 @@ async fn a_file_is_stored_once_per_group_and_unrelated_across_groups_and_members
     assert!(matches!(got, Err(ClientError::UnknownGroup(_))), "{got:?}");
     assert!(!dir.path().join("stolen").exists() && !dir.path().join("stolen2").exists());
 
-    // A member fetches it.
+    // A member fetches it (the relay counts what it sent as its send ends).
     let dest = dir.path().join("photo-copy.jpg");
     bob.get_file(&first, &dest).await.unwrap();
     assert_eq!(file_hash(&dest), file_hash(&source));
+    let sent = "zerok_relay_content_transfer_bytes_total{direction=\"get\"}";
+    let mut counted = None;
+    for _ in 0..100 {
+        counted = relay_metric_if_any(&relay, sent).await;
+        if counted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted, Some(first.sealed_size as f64));
     for client in [alice, bob, mallory] {
         client.shutdown().await;
     }

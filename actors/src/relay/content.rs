@@ -36,7 +36,7 @@ use iroh_blobs::api::blobs::BlobStatus;
 use iroh_blobs::protocol::{ChunkRanges, ChunkRangesExt, ChunkRangesSeq};
 use iroh_blobs::provider::events::{
     AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode,
-    RequestUpdate, ThrottleMode,
+    RequestUpdate, ThrottleMode, TransferAborted, TransferCompleted,
 };
 use iroh_blobs::store::fs::FsStore;
 use iroh_blobs::store::fs::options::{Options, PathOptions};
@@ -173,8 +173,12 @@ fn entry_key(mailbox: &MailboxId, hash: &BlobId) -> [u8; 64] {
 /// What a grant allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
-    /// Push the chunks `from_chunk..end_chunk`.
-    Push { from_chunk: u64, end_chunk: u64 },
+    /// Push the chunks `from_chunk..end_chunk`, which hold `bytes` of the file.
+    Push {
+        from_chunk: u64,
+        end_chunk: u64,
+        bytes: u64,
+    },
     /// Fetch any range.
     Get,
 }
@@ -345,7 +349,7 @@ pub struct ContentState {
 fn events_mask() -> EventMask {
     EventMask {
         connected: ConnectMode::Intercept,
-        get: RequestMode::Intercept,
+        get: RequestMode::InterceptLog,
         get_many: RequestMode::Disabled,
         push: RequestMode::InterceptLog,
         observe: ObserveMode::None,
@@ -353,12 +357,14 @@ fn events_mask() -> EventMask {
     }
 }
 
-/// Decides the provider's events against the grants.
+/// Decides the provider's events against the grants, and counts the bytes that completed
+/// pushes brought and gets sent (`moved`, by direction).
 async fn judge_events(
     mut events: mpsc::Receiver<ProviderMessage>,
     shared: Arc<Mutex<Shared>>,
     paths: PathOptions,
     actor: ActorRef<ContentMsg>,
+    moved: prometheus::IntCounterVec,
 ) {
     let refuse = Err(AbortReason::Permission);
     while let Some(event) = events.recv().await {
@@ -403,7 +409,24 @@ async fn judge_events(
                         _ => refuse,
                     }
                 };
+                let served = verdict.is_ok();
                 msg.tx.send(verdict).await.ok();
+                if served {
+                    let mut updates = msg.rx;
+                    let moved = moved.clone();
+                    tokio::spawn(async move {
+                        // What was sent, whether the get completed or stopped part way.
+                        while let Ok(Some(update)) = updates.recv().await {
+                            if let RequestUpdate::Completed(TransferCompleted { stats })
+                            | RequestUpdate::Aborted(TransferAborted { stats }) = update
+                            {
+                                moved
+                                    .with_label_values(&["get"])
+                                    .inc_by(stats.payload_bytes_sent);
+                            }
+                        }
+                    });
+                }
             }
             ProviderMessage::PushRequestReceived(msg) => {
                 let request = &msg.inner.request;
@@ -421,6 +444,7 @@ async fn judge_events(
                                 Direction::Push {
                                     from_chunk,
                                     end_chunk,
+                                    bytes,
                                 },
                             ..
                         }),
@@ -430,6 +454,7 @@ async fn judge_events(
                     {
                         let mut updates = msg.rx;
                         let actor = actor.clone();
+                        let moved = moved.clone();
                         let data = paths.data_path(&request.hash);
                         tokio::spawn(async move {
                             // What the push wrote goes to disk while it runs, so the sync
@@ -440,6 +465,7 @@ async fn judge_events(
                                 tokio::select! {
                                     update = updates.recv() => match update {
                                         Ok(Some(RequestUpdate::Completed(_))) => {
+                                            moved.with_label_values(&["push"]).inc_by(bytes);
                                             let _ = actor.cast(ContentMsg::Pushed { device, hash });
                                         }
                                         Ok(Some(_)) => {}
@@ -753,6 +779,7 @@ impl ContentState {
                     direction: Direction::Push {
                         from_chunk: have / BLAKE3_CHUNK,
                         end_chunk: size.div_ceil(BLAKE3_CHUNK),
+                        bytes: size - have,
                     },
                     expires: tokio::time::Instant::now() + GRANT_TTL,
                 },
@@ -846,6 +873,7 @@ impl Actor for ContentActor {
             Arc::clone(&service.shared),
             service.paths.clone(),
             myself.clone(),
+            metrics.content_transfer_bytes_total.clone(),
         ));
         let server = tokio::spawn(serve(
             connections,

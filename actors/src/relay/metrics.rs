@@ -80,6 +80,9 @@ pub struct RelayMetrics {
     /// Content offers and opens refused, by reason (`quota`, `too_large`, `not_found`,
     /// `bad_request`, `unavailable`).
     pub content_refused_total: IntCounterVec,
+    /// Bytes of large files moved, by direction: `push` (received by completed pushes) and
+    /// `get` (sent, whether the get completed or stopped part way).
+    pub content_transfer_bytes_total: IntCounterVec,
 }
 
 impl Default for RelayMetrics {
@@ -250,6 +253,12 @@ impl RelayMetrics {
                 "content_refused_total",
                 "content offers and opens refused",
                 "reason",
+            ),
+            content_transfer_bytes_total: counter_vec(
+                r,
+                "content_transfer_bytes_total",
+                "bytes of large files received by completed pushes and sent by gets",
+                "direction",
             ),
             registry,
         }

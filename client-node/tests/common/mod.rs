@@ -125,6 +125,14 @@ pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut
 
 /// The value of the unlabelled metric `name` on the relay's `/metrics`.
 pub async fn relay_metric(relay: &RelayProcess, name: &str) -> f64 {
+    relay_metric_if_any(relay, name)
+        .await
+        .unwrap_or_else(|| panic!("no metric {name} on the relay"))
+}
+
+/// `name` (with its labels) from the relay's `/metrics`, if it is there yet (a labelled
+/// counter shows once it counted something).
+pub async fn relay_metric_if_any(relay: &RelayProcess, name: &str) -> Option<f64> {
     let http = relay.http.expect("the relay serves http");
     let (status, text) = zerok_relay::http::client::http_get(http, "/metrics")
         .await
@@ -134,7 +142,6 @@ pub async fn relay_metric(relay: &RelayProcess, name: &str) -> f64 {
         .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} on the relay"))
 }
 
 /// Alice (home `dir/alice`) creates a group on `relays`; Bob (`dir/bob`) joins it by invite.
