@@ -70,11 +70,12 @@ impl SeqTracker {
         })
     }
 
-    /// Note a record of `sender` stamped `at_ms` (unix ms): the latest one is kept, and
-    /// goes to disk with the tracker.
-    pub fn note_seen(&mut self, sender: DeviceId, at_ms: u64) {
+    /// Note a record of `sender` stamped `at_ms` (unix ms), received at `now_ms`: the
+    /// latest one is kept, and goes to disk with the tracker. A stamp ahead of `now_ms` (the
+    /// sender's clock ran fast) counts as `now_ms`, so it cannot pin the time in the future.
+    pub fn note_seen(&mut self, sender: DeviceId, at_ms: u64, now_ms: u64) {
         let state = self.sender(sender);
-        state.last_seen_ms = state.last_seen_ms.max(at_ms);
+        state.last_seen_ms = state.last_seen_ms.max(at_ms.min(now_ms));
     }
 
     /// The latest timestamp noted for `sender` (unix ms), if any.
@@ -282,10 +283,13 @@ mod tests {
         assert_eq!(tracker.last_seen_ms(&A), None);
         tracker.observe(A, 1);
         assert_eq!(tracker.last_seen_ms(&A), None);
-        tracker.note_seen(A, 2_000);
+        tracker.note_seen(A, 2_000, 2_500);
         // A late record (a replay, or one a relay held back) does not move it back.
-        tracker.note_seen(A, 1_000);
+        tracker.note_seen(A, 1_000, 3_000);
         assert_eq!(tracker.last_seen_ms(&A), Some(2_000));
+        // A stamp from a clock far ahead counts as when it was received.
+        tracker.note_seen(B, u64::MAX / 2, 5_000);
+        assert_eq!(tracker.last_seen_ms(&B), Some(5_000));
         let mut bytes = Vec::new();
         ciborium::into_writer(&tracker, &mut bytes).unwrap();
         let read: SeqTracker = ciborium::from_reader(bytes.as_slice()).unwrap();

@@ -157,9 +157,11 @@ pub(super) fn judge(
     }
     let verdict = state.tracker.observe(record.sender, record.seq);
     state.hlc.observe(record.hlc, now_ms);
-    state
-        .tracker
-        .note_seen(record.sender, crate::crypto::seq::Hlc::unix_ms(record.hlc));
+    state.tracker.note_seen(
+        record.sender,
+        crate::crypto::seq::Hlc::unix_ms(record.hlc),
+        now_ms,
+    );
     if let Some(roster) = &mut state.roster
         && record.kind == RecordKind::ROSTER
         && verdict != SeqVerdict::Replay
