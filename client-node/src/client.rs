@@ -110,7 +110,7 @@ pub enum Transport {
     /// function makes for this device's id. Nothing is bound.
     Dialer(MakeDialer),
     /// No relay is reached and nothing is bound: the client works on its home alone, for
-    /// what only reads it (`zerok status`, `zerok devices`). What it queues is sent by the
+    /// what only reads or edits it (`zerok status`, `zerok devices`, `zerok relays`). What it queues is sent by the
     /// next client on this home that is online; content cannot be put or got.
     Offline,
 }

@@ -302,7 +302,7 @@ async fn start_offline(home: &std::path::Path) -> Result<Client, Failure> {
 }
 
 /// The device in the group's side of `zerok pair`: show a code, run the exchange, then stay
-/// online until the new device is on the roster.
+/// online until the new device's admission is on a relay.
 async fn pair_offer(
     client: &Client,
     wanted: Option<GroupId>,

@@ -284,7 +284,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 None => zerok_harness::bench::content_bench::FULL_BYTES,
             };
             emit(
-                zerok_harness::bench::content_bench::content(&bench, &base, bytes).await?,
+                zerok_harness::bench::content_bench::content(&bench, &base, bytes, quick).await?,
                 &mut results,
             );
         }
