@@ -182,6 +182,39 @@ async fn two_members_online_both_answer_and_the_joiner_is_admitted_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_newest_invite_is_answered_however_many_older_or_other_invites_are_open() {
+    use zerok_actors::client::sync_coordinator::WATCHED_INVITES_MAX;
+    const LONG: Duration = Duration::from_secs(7 * 24 * 3600);
+    // A member watches at most `WATCHED_INVITES_MAX` invite mailboxes. It used to keep those
+    // expiring last, so a short invite (a pairing's lasts 10 minutes) made beside that many
+    // long ones was never watched and its joiner never admitted. Now a member watches its
+    // own invites first, newest first; then the other members' (a member handing out
+    // invites by the thousand cannot starve another's).
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), "relay").await;
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    for _ in 0..WATCHED_INVITES_MAX {
+        alice.invite(group, LONG).await.unwrap();
+    }
+    let token = alice.invite(group, Duration::from_secs(600)).await.unwrap();
+    // Bob's invites are newer than Alice's by their stamps, not only by their order.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for _ in 0..WATCHED_INVITES_MAX {
+        bob.invite(group, LONG).await.unwrap();
+    }
+    bob.shutdown().await;
+    alice.sync_now(group).await.unwrap();
+    let joiner = client(dir.path(), "joiner").await;
+    let joined = joiner
+        .join_waiting(&token, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(joined, group);
+    joiner.shutdown().await;
+    alice.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_in_the_group_may_stop_as_soon_as_its_pairing_answers() {
     use zerok_client::PairCode;
     const WAIT: Duration = Duration::from_secs(30);

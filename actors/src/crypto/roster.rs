@@ -119,6 +119,8 @@ pub struct InviteView {
     pub expires_at_ms: u64,
     /// The member that made it.
     pub issued_by: DeviceId,
+    /// When it was made (unix ms, by its member's clock).
+    pub issued_at_ms: u64,
     /// The device admitted with it (it is used up), if any.
     pub used_by: Option<DeviceId>,
 }
@@ -447,6 +449,7 @@ impl Roster {
                     secret: secret.clone(),
                     expires_at_ms: *expires_at_ms,
                     issued_by: op.author,
+                    issued_at_ms: op.at_ms,
                     used_by: used.get(id).copied(),
                 }),
                 _ => None,

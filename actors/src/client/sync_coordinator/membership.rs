@@ -25,7 +25,9 @@ use zerok_messages::client::{
     DeviceInfo, Founder, InviteWatch, RecordKind, RecoveryAdded, UNWATCH_GRACE,
 };
 
-/// Invites of one group whose mailboxes a member watches at once (the latest to expire).
+/// Invites of one group whose mailboxes a member watches at once: its own first, newest
+/// first, then the other members' newest (an invite just made is the one about to be used,
+/// and a member handing out invites by the thousand cannot starve another's).
 pub const WATCHED_INVITES_MAX: usize = 16;
 /// How long an admitting member waits, once the group's quorum of relays acked the `Add`,
 /// for the other relays to ack it before it posts the admission anyway: a relay that is
@@ -266,10 +268,19 @@ impl CoordinatorState {
             if !roster.is_member(&head, &me) {
                 return Err(ClientError::NoRoster(group));
             }
+            // Later than this device's invites before it, even within one millisecond: a
+            // member watches its newest invites.
+            let after = roster
+                .invites()
+                .iter()
+                .filter(|i| i.issued_by == me)
+                .map(|i| i.issued_at_ms + 1)
+                .max()
+                .unwrap_or(0);
             Ok(Op {
                 author: me,
                 epoch: head,
-                at_ms: self.args.clock.now_unix_ms(),
+                at_ms: self.args.clock.now_unix_ms().max(after),
                 change: Change::Invite {
                     id: InviteKeys::from_secret(&secret).mailbox_id(),
                     secret: SecretBytes(*secret),
@@ -322,7 +333,7 @@ impl CoordinatorState {
             invites.retain(|i| {
                 now < i.expires_at_ms && (i.used_by.is_none() || (receive && admitted_by_me(&i.id)))
             });
-            invites.sort_by_key(|i| std::cmp::Reverse(i.expires_at_ms));
+            invites.sort_by_key(|i| (i.issued_by != me, std::cmp::Reverse(i.issued_at_ms)));
             for invite in invites.into_iter().take(WATCHED_INVITES_MAX) {
                 wanted.insert(
                     GroupId(invite.id),
