@@ -56,7 +56,24 @@ const CLOSE_ABORT: u32 = 1;
 /// larger window only lets a peer park more bytes in our memory (QUIC's default is 1.25 MB
 /// per stream times 100 streams per connection). Frames larger than the window still pass:
 /// the reader consumes as it goes.
+///
+/// It is also a correctness bound. noq (1.4, as quinn 0.11 before its PR #2814) keeps what a
+/// stream received and the application has not read as one span per STREAM frame, and closes
+/// the whole connection ("too many gaps in stream buffer") once it holds more than
+/// [`NOQ_STREAM_SPANS_MAX`] spans it cannot merge, gaps or not. A reader that lags behind a
+/// full window (the relay's content store writing a push) then loses its connection: with 4
+/// and 8 MiB windows on the relay, every 256 MiB push failed that way here (session 19). A
+/// window of full-size frames stays below the limit.
 pub const RECEIVE_WINDOW_BYTES: u32 = 1024 * 1024;
+/// noq's bound on a stream's unmerged received spans (`MAX_CHUNKS` of its assembler).
+const NOQ_STREAM_SPANS_MAX: u32 = 1024;
+/// Stream data in a full-size packet at QUIC's minimum datagram size (1,200 bytes, less the
+/// short header, the AEAD tag and the STREAM frame's header).
+const MIN_FULL_FRAME_BYTES: u32 = 1200 - 60;
+const _: () = assert!(
+    RECEIVE_WINDOW_BYTES / MIN_FULL_FRAME_BYTES < NOQ_STREAM_SPANS_MAX,
+    "a lagging reader of a full window would hit noq's span limit and lose its connection"
+);
 /// What QUIC keeps of our sent, not yet acknowledged data per connection: a pull page in
 /// flight. (QUIC's default is eight times the receive window.)
 pub const SEND_WINDOW_BYTES: u64 = 1024 * 1024;
