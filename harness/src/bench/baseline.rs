@@ -297,6 +297,104 @@ pub async fn raw_one_stream(quick: bool) -> anyhow::Result<RawThroughput> {
     .await
 }
 
+/// What a raw sink process answers once it counted a run's bytes.
+const SINK_DONE: &[u8] = b"done";
+
+/// `zerok-bench raw-sink`, the receiving process of [`raw_two_processes`]: prints its
+/// node's address, then for every link: the first frame is the run's byte count (u64 LE);
+/// it counts frames until that many arrived and answers [`SINK_DONE`]. Runs until killed.
+pub async fn raw_sink() -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let node = iroh_node(0xba5e_0005).await?;
+    let mut listener = node.listen();
+    let mut out = std::io::stdout();
+    writeln!(out, "{}", node.local_addr())?;
+    out.flush()?;
+    while let Some(link) = listener.accept().await {
+        let (_, sender, mut receiver) = link.into_parts();
+        let count = next(&mut receiver).await?;
+        let total = u64::from_le_bytes(
+            count
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| anyhow!("a run starts with its byte count"))?,
+        );
+        let mut received = 0u64;
+        while received < total {
+            received += next(&mut receiver).await?.len() as u64;
+        }
+        sender.send(Bytes::from_static(SINK_DONE)).await?;
+    }
+    Ok(())
+}
+
+/// Raw iroh one-stream throughput between two processes, the shape of a content transfer
+/// (a `zerok` process and the relay): this process sends, a `raw-sink` child of this binary
+/// receives. CPU per GiB counts both processes.
+pub async fn raw_two_processes(quick: bool) -> anyhow::Result<RawThroughput> {
+    use tokio::io::AsyncBufReadExt;
+    let plan = Plan::new(quick);
+    let mut sink = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("raw-sink")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the raw sink")?;
+    let pid = sink
+        .id()
+        .ok_or_else(|| anyhow!("the raw sink exited at once"))?
+        .to_string();
+    let stdout = sink
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout of the raw sink"))?;
+    let line = bounded(
+        "the raw sink's address",
+        tokio::io::BufReader::new(stdout).lines().next_line(),
+    )
+    .await??
+    .ok_or_else(|| anyhow!("the raw sink printed no address"))?;
+    let addr: zerok_messages::RelayAddr = line
+        .parse()
+        .map_err(|e| anyhow!("raw sink address {line:?}: {e}"))?;
+    let client = iroh_node(0xba5e_0006).await?;
+    let dialer = client.dialer();
+    let mut payload = vec![0u8; THROUGHPUT_FRAME_BYTES];
+    Rng::seeded(0xba5e_0004).fill(&mut payload);
+    let frame = Bytes::from(payload);
+    let frames = plan.throughput_bytes.div_ceil(THROUGHPUT_FRAME_BYTES);
+    let bytes = frames * THROUGHPUT_FRAME_BYTES;
+    let cpu = || proc_cpu_s("self").zip(proc_cpu_s(&pid)).map(|(a, b)| a + b);
+    let cpu_before = cpu();
+    let mut runs = Vec::with_capacity(plan.throughput_runs);
+    for _ in 0..plan.throughput_runs {
+        let (_, sender, mut receiver) = bounded("dial", dialer.dial(&addr)).await??.into_parts();
+        sender
+            .send(Bytes::copy_from_slice(&(bytes as u64).to_le_bytes()))
+            .await?;
+        let start = Instant::now();
+        for _ in 0..frames {
+            sender.send(frame.clone()).await?;
+        }
+        let done = bounded("the raw sink's answer", next(&mut receiver)).await??;
+        ensure!(done == SINK_DONE, "unexpected answer of the raw sink");
+        let secs = start.elapsed().as_secs_f64();
+        sender.finish();
+        runs.push(bytes as f64 / f64::from(1u32 << 20) / secs);
+    }
+    let gib = (plan.throughput_runs * bytes) as f64 / f64::from(1u32 << 30);
+    let cpu_s_per_gib = cpu_before
+        .zip(cpu())
+        .map(|(before, after)| (after - before) / gib);
+    client.close().await;
+    drop(sink);
+    Ok(RawThroughput {
+        runs_mib_s: runs,
+        cpu_s_per_gib,
+    })
+}
+
 /// Raw iroh round trip (p50, p99, paced p50) and one-stream throughput.
 async fn measure_iroh(
     plan: &Plan,

@@ -13,6 +13,11 @@
 //!   median of the baseline's runs and as many measured again right after the transfers.
 //!   One set alone swung 386–643 MiB/s between runs of the same hour; both sides of the
 //!   transfers, not one moment before them, give the ratio's denominator.
+//! - `raw_2proc_mib_s`: raw iroh one-stream throughput between two processes (this one
+//!   sending, a `raw-sink` child receiving), measured after the transfers: the shape of a
+//!   transfer, where the `zerok` process and the relay are two processes, against
+//!   `raw_mib_s`'s two nodes in one process (one runtime). `put_get_vs_2proc_mib_s` sets
+//!   put+get against it.
 //! - peak RSS of the putting and the getting `zerok` processes and of the relay during
 //!   each (sampled every 20 ms from `/proc`, `VmHWM` for the CLI processes).
 //! - CPU seconds (user + system) of each `zerok` process and of the relay during both, and
@@ -22,7 +27,7 @@
 //! DEST is checked byte for byte against FILE (BLAKE3) before any figure is reported, and
 //! each peak RSS against [`PEAK_RSS_BOUND_MIB`]: a run that breaks either fails.
 
-use super::baseline::{Baseline, median, proc_cpu_s, raw_one_stream};
+use super::baseline::{Baseline, median, proc_cpu_s, raw_one_stream, raw_two_processes};
 use super::relay_benches::Bench;
 use super::{BenchResult, Better};
 use anyhow::{Context, anyhow, ensure};
@@ -248,6 +253,10 @@ pub async fn content(
     let after = raw_one_stream(quick)
         .await
         .context("measuring raw iroh again")?;
+    let two = raw_two_processes(quick)
+        .await
+        .context("measuring raw iroh between two processes")?;
+    let raw_two = two.median_mib_s();
     let raw = median(&[base.throughput_runs_mib_s.as_slice(), &after.runs_mib_s].concat());
     let raw_cpu = match (base.throughput_cpu_s_per_gib, after.cpu_s_per_gib) {
         (Some(before), Some(after)) => Some((before + after) / 2.0),
@@ -289,6 +298,22 @@ pub async fn content(
             Better::Higher,
         ))
         .against("raw_mib_s", raw),
+        with(BenchResult::new(
+            "content",
+            "raw_2proc_mib_s",
+            raw_two,
+            "MiB/s",
+            Better::Higher,
+        ))
+        .against("raw_mib_s", raw),
+        with(BenchResult::new(
+            "content",
+            "put_get_vs_2proc_mib_s",
+            2.0 * mib / (put.secs + get.secs),
+            "MiB/s",
+            Better::Higher,
+        ))
+        .against("raw_2proc_mib_s", raw_two),
         with(BenchResult::new(
             "content",
             "put_peak_rss_mib",

@@ -99,6 +99,9 @@ enum Command {
         #[arg(long)]
         push_seconds: f64,
     },
+    /// The receiving process of `content`'s two-process raw iroh throughput.
+    #[command(hide = true)]
+    RawSink,
     /// Everything (`store` at its `--quick` sizes).
     All,
 }
@@ -160,6 +163,10 @@ fn print(result: &BenchResult, json: bool) {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    if cli.command == Command::RawSink {
+        zerok_harness::bench::baseline::raw_sink().await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::StoreChild {
         engine,
         phase,
