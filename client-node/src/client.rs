@@ -193,6 +193,31 @@ pub fn remember_file_in(home: &Path, file: &FileRef) -> Result<(), ClientError> 
     std::fs::write(dir.join(file.id()), &bytes).map_err(|e| home_err(home, e))
 }
 
+/// The files remembered in `home` whose id starts with `prefix` (lower case), by name, then
+/// id. An entry that does not decode (written by a newer version, or damaged) is skipped.
+fn known_files_in(home: &Path, prefix: &str) -> Result<Vec<FileRef>, ClientError> {
+    let entries = match std::fs::read_dir(home.join(FILES_DIR)) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(home_err(home, err)),
+    };
+    let mut files = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path()).map_err(|e| home_err(home, e))?;
+        let Some((group, announce)) = bytes.split_first_chunk::<32>() else {
+            continue;
+        };
+        if let Ok(announce) = FileAnnounce::decode(announce) {
+            files.push(announce.into_file_ref(GroupId(zerok_messages::MailboxId(*group))));
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id().cmp(&b.id())));
+    Ok(files)
+}
+
 fn home_err(home: &Path, message: impl std::fmt::Display) -> ClientError {
     ClientError::Home {
         path: home.display().to_string(),
@@ -1123,27 +1148,25 @@ impl Client {
     /// A file this device put or was told of ([`Client::remember_file`]), by its id or a
     /// unique prefix of it.
     pub fn known_file(&self, id: &str) -> Result<Option<FileRef>, ClientError> {
-        let dir = self.home.join(FILES_DIR);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(None);
-        };
-        let id = id.to_ascii_lowercase();
-        let matches: Vec<_> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&id))
-            .collect();
-        let [entry] = matches.as_slice() else {
-            return Ok(None);
-        };
-        let bytes = std::fs::read(entry.path()).map_err(|e| home_err(&self.home, e))?;
-        if bytes.len() < 32 {
-            return Ok(None);
-        }
-        let mut group = [0u8; 32];
-        group.copy_from_slice(&bytes[..32]);
-        Ok(FileAnnounce::decode(&bytes[32..])
-            .ok()
-            .map(|a| a.into_file_ref(GroupId(zerok_messages::MailboxId(group)))))
+        let mut matches = self.files_starting_with(id)?;
+        Ok(match matches.len() {
+            1 => matches.pop(),
+            _ => None,
+        })
+    }
+
+    /// The files this device put or was told of whose id starts with `prefix` (any case),
+    /// by name, then id.
+    pub fn files_starting_with(&self, prefix: &str) -> Result<Vec<FileRef>, ClientError> {
+        known_files_in(&self.home, &prefix.to_ascii_lowercase())
+    }
+
+    /// Every file this device put or was told of (`zerok files`), of `group` or of every
+    /// group, by name, then id.
+    pub fn known_files(&self, group: Option<GroupId>) -> Result<Vec<FileRef>, ClientError> {
+        let mut files = known_files_in(&self.home, "")?;
+        files.retain(|f| group.is_none_or(|g| f.group == g));
+        Ok(files)
     }
 
     fn content(&self) -> Result<ActorRef<TransferMsg>, ClientError> {

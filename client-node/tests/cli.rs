@@ -65,6 +65,7 @@ async fn commands_that_only_read_the_home_send_nothing_to_a_relay() {
     assert!(status.contains("queued pushes: 0"), "{status}");
     assert_eq!(ok(&zerok(&a, &["devices"])).lines().count(), 1);
     assert_eq!(ok(&zerok(&a, &["relays", "list"])).trim(), addr_text.trim());
+    assert_eq!(ok(&zerok(&a, &["files"])), "");
     assert!(
         !heard(),
         "a command that only reads the home dialled its relay"
@@ -547,7 +548,13 @@ async fn put_announces_a_file_that_pull_lists_and_get_fetches() {
     let id = words[0].to_owned();
     assert_eq!(&words[1..], ["3000000", "report.pdf"]);
 
+    // `zerok files` lists what a device put or was told of.
+    assert_eq!(
+        ok(&zerok(&a, &["files"])),
+        format!("{id} 3000000 report.pdf\n")
+    );
     // B has not heard of it yet: one clear line.
+    assert_eq!(ok(&zerok(&b, &["files"])), "");
     let stderr = failed(&zerok(&b, &["get", &id]), 1);
     assert!(stderr.contains("zerok pull"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1);
@@ -556,6 +563,11 @@ async fn put_announces_a_file_that_pull_lists_and_get_fetches() {
         pulled.contains(&format!("file {id} 3000000 report.pdf")),
         "{pulled}"
     );
+    let listed = ok(&zerok(&b, &["files", "--json"]));
+    let listed: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(listed["file"], id.as_str());
+    assert_eq!(listed["size"], 3_000_000);
+    assert_eq!(listed["name"], "report.pdf");
     // A unique prefix of the id is enough.
     let dest = dir.path().join("copy.pdf");
     let printed = ok(&zerok(&b, &["get", &id[..12], dest.to_str().unwrap()]));
@@ -565,5 +577,21 @@ async fn put_announces_a_file_that_pull_lists_and_get_fetches() {
     // A missing file: one line, non-zero, nothing announced.
     let missing = dir.path().join("missing.bin");
     let stderr = failed(&zerok(&a, &["put", missing.to_str().unwrap()]), 1);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert_eq!(ok(&zerok(&a, &["files"])).lines().count(), 1);
+
+    // With two files known, a prefix of both names them instead of fetching either.
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, b"two files now").unwrap();
+    let second = ok(&zerok(&a, &["put", notes.to_str().unwrap()]));
+    let second = second.split_whitespace().next().unwrap().to_owned();
+    let files = ok(&zerok(&a, &["files"]));
+    let names: Vec<&str> = files.lines().filter_map(|l| l.split(' ').nth(2)).collect();
+    assert_eq!(names, ["notes.txt", "report.pdf"], "{files}");
+    let stderr = failed(&zerok(&a, &["get", ""]), 1);
+    assert!(
+        stderr.contains("2 files") && stderr.contains(&id) && stderr.contains(&second),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }

@@ -152,6 +152,13 @@ enum Command {
         /// Where it goes.
         path: Option<PathBuf>,
     },
+    /// List the files this device put or was told of (by `zerok pull` or `zerok watch`):
+    /// id, size in bytes and name, one per line. Reaches no relay.
+    Files {
+        /// One JSON object per file (group, id, size, name).
+        #[arg(long)]
+        json: bool,
+    },
     /// Fetch new records and print each payload as a line.
     Pull {
         /// One JSON object per record (sender, seq, blob id, payload).
@@ -785,11 +792,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Get { id, path } => {
             let client = start(&home, false, cli.device_name.as_ref()).await?;
             let result = async {
-                let file = client.known_file(&id)?.ok_or_else(|| {
-                    fail(format!(
+                let mut matches = client.files_starting_with(&id)?;
+                let file = match matches.len() {
+                    0 => Err(fail(format!(
                         "no file {id} known here: run `zerok pull` to learn of new files"
-                    ))
-                })?;
+                    ))),
+                    1 => Ok(matches.remove(0)),
+                    n => Err(fail(format!(
+                        "{n} files have ids starting with '{id}' ({}): give more of the id",
+                        matches
+                            .iter()
+                            .map(|f| format!("{} {}", f.id(), f.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))),
+                }?;
                 let dest = match path {
                     Some(path) if path.is_dir() => path.join(&file.name),
                     Some(path) => path,
@@ -807,6 +824,35 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let dest = result?;
             println!("{}", dest.display());
             Ok(())
+        }
+        Command::Files { json } => {
+            let client = start_offline(&home).await?;
+            let result = async {
+                let group = match cli.group {
+                    Some(wanted) => Some(pick_group(&client, Some(wanted)).await?),
+                    None => None,
+                };
+                let mut out = std::io::stdout();
+                let printed = |e: std::io::Error| fail(format!("cannot print: {e}"));
+                for file in client.known_files(group)? {
+                    if json {
+                        let line = serde_json::json!({
+                            "group": file.group.to_string(),
+                            "file": file.id(),
+                            "size": file.size,
+                            "name": file.name,
+                        });
+                        writeln!(out, "{line}").map_err(printed)?;
+                    } else {
+                        writeln!(out, "{} {} {}", file.id(), file.size, file.name)
+                            .map_err(printed)?;
+                    }
+                }
+                Ok::<_, Failure>(())
+            }
+            .await;
+            client.shutdown().await;
+            result
         }
         Command::Pull { json } => {
             let client = start(&home, true, cli.device_name.as_ref()).await?;
