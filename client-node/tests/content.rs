@@ -189,6 +189,62 @@ async fn a_200_mib_file_is_fetched_byte_identical_and_both_directions_resume_aft
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_in_the_middle_of_a_push_takes_the_rest_after_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = relay(dir.path(), "relay").await;
+    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    let source = random_file(dir.path(), "movie.bin", 256 * MIB, 31);
+
+    // The relay is SIGKILLed while the push runs, once it committed the push's partial
+    // entry (within 100 ms of the first bytes; it says so in its log).
+    let (tx, _progress) = mpsc::channel(4096);
+    let put = alice.put_file_with(group, &source, Some(tx));
+    let committed = async {
+        while !relay
+            .logs()
+            .contains("content push: partial entry committed")
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        _ = put => panic!("the put ended before the relay committed its partial entry"),
+        () = committed => {}
+    }
+    relay.kill();
+    relay.restart().await.unwrap();
+
+    // The put again: the relay found what it had verified, takes the rest, acks the file.
+    let (tx, mut rx) = mpsc::channel(4096);
+    let file = alice.put_file_with(group, &source, Some(tx)).await.unwrap();
+    let mut resumed_from = None;
+    while let Ok(event) = rx.try_recv() {
+        if let Progress::Uploading {
+            resumed_from: from, ..
+        } = event
+        {
+            resumed_from = Some(from);
+        }
+    }
+    let resumed_from = resumed_from.expect("the second put uploaded the rest");
+    assert!(
+        resumed_from > 0 && resumed_from < file.sealed_size,
+        "resumed from {resumed_from} of {}",
+        file.sealed_size
+    );
+
+    // What the relay acked survives another SIGKILL, and Bob gets it byte for byte.
+    relay.kill();
+    relay.restart().await.unwrap();
+    let dest = dir.path().join("movie-copy.bin");
+    bob.get_file(&file, &dest).await.unwrap();
+    assert_eq!(file_hash(&dest), file_hash(&source));
+    assert_eq!(stored_files(relay.data_dir()).len(), 1);
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_on_the_relay_fails_the_fetch_with_an_integrity_error() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path(), "relay").await;

@@ -60,6 +60,12 @@ pub const GRANT_TTL: Duration = Duration::from_secs(600);
 pub const ENTRIES_PER_MAILBOX_MAX: usize = 65_536;
 /// While a push runs, what it wrote is synced this often.
 const PUSH_SYNC_EVERY: Duration = Duration::from_millis(250);
+/// Longest the store keeps a write transaction open (iroh-blobs' default is 500 ms): a
+/// push's partial entry is committed, so found again after a crash, this soon after its
+/// first bytes.
+const PARTIAL_COMMIT_WITHIN: Duration = Duration::from_millis(100);
+/// How often a running push checks whether its partial entry was committed yet.
+const PARTIAL_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// Grants held at once (a device cannot make the relay remember unbounded grants).
 pub const GRANTS_MAX: usize = 65_536;
 /// BLAKE3 chunk of iroh-blobs' ranges.
@@ -294,6 +300,7 @@ impl ContentService {
         let shared = Arc::new(Mutex::new(shared));
         let dir = data_dir.join(CONTENT_DIR);
         let mut options = Options::new(&dir);
+        options.batch.max_write_duration = PARTIAL_COMMIT_WITHIN;
         let paths = options.path.clone();
         let protected = Arc::clone(&shared);
         options.gc = Some(GcConfig {
@@ -362,6 +369,7 @@ fn events_mask() -> EventMask {
 async fn judge_events(
     mut events: mpsc::Receiver<ProviderMessage>,
     shared: Arc<Mutex<Shared>>,
+    store: Store,
     paths: PathOptions,
     actor: ActorRef<ContentMsg>,
     moved: prometheus::IntCounterVec,
@@ -456,11 +464,22 @@ async fn judge_events(
                         let actor = actor.clone();
                         let moved = moved.clone();
                         let data = paths.data_path(&request.hash);
+                        let tree = paths.outboard_path(&request.hash);
+                        let store = Store::clone(&store);
+                        let blob = request.hash;
                         tokio::spawn(async move {
-                            // What the push wrote goes to disk while it runs, so the sync
-                            // that counts the file uploaded has little left to write.
+                            // What the push wrote (its data and its tree) goes to disk
+                            // while it runs, so the sync that counts the file uploaded has
+                            // little left to write.
                             let mut syncs = tokio::time::interval(PUSH_SYNC_EVERY);
                             syncs.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                            // The store commits the push's partial entry within
+                            // `PARTIAL_COMMIT_WITHIN` of its first bytes. From then on a
+                            // relay that crashes finds the verified prefix again (from the
+                            // tree and the data) and the device resumes from it; before,
+                            // the push starts over.
+                            let mut checks = tokio::time::interval(PARTIAL_CHECK_EVERY);
+                            let mut committed = false;
                             loop {
                                 tokio::select! {
                                     update = updates.recv() => match update {
@@ -472,10 +491,32 @@ async fn judge_events(
                                         Ok(None) | Err(_) => break,
                                     },
                                     _ = syncs.tick() => {
-                                        let data = data.clone();
+                                        let (data, tree) = (data.clone(), tree.clone());
                                         // A failed sync shows in the one before the count.
-                                        let _ = crate::exec::blocking(move || sync_files(&[data]))
-                                            .await;
+                                        // The tree keeps its pages: the push goes on
+                                        // writing between the hashes already there.
+                                        let _ = crate::exec::blocking(move || {
+                                            sync_files(&[data])?;
+                                            match std::fs::File::open(tree) {
+                                                Ok(tree) => tree.sync_data(),
+                                                Err(_) => Ok(()),
+                                            }
+                                        })
+                                        .await;
+                                    }
+                                    _ = checks.tick(), if !committed => {
+                                        // The store answers a read inside an open write
+                                        // transaction from what it holds uncommitted; a
+                                        // read after `sync_db` (which waits for that
+                                        // transaction's commit) sees what is committed.
+                                        let synced = store.sync_db().await.is_ok();
+                                        committed = synced && matches!(
+                                            store.blobs().status(blob).await,
+                                            Ok(BlobStatus::Partial { .. } | BlobStatus::Complete { .. })
+                                        );
+                                        if committed {
+                                            debug!(hash = %hash.short(), "content push: partial entry committed");
+                                        }
                                     }
                                 }
                             }
@@ -871,6 +912,7 @@ impl Actor for ContentActor {
         let judge = tokio::spawn(judge_events(
             event_rx,
             Arc::clone(&service.shared),
+            Store::clone(&service.store),
             service.paths.clone(),
             myself.clone(),
             metrics.content_transfer_bytes_total.clone(),
