@@ -302,7 +302,8 @@ const SINK_DONE: &[u8] = b"done";
 
 /// `zerok-bench raw-sink`, the receiving process of [`raw_two_processes`]: prints its
 /// node's address, then for every link: the first frame is the run's byte count (u64 LE);
-/// it counts frames until that many arrived and answers [`SINK_DONE`]. Runs until killed.
+/// it counts frames until that many arrived and answers [`SINK_DONE`]. Runs until its
+/// stdin closes (the bench ended, however it ended).
 pub async fn raw_sink() -> anyhow::Result<()> {
     use std::io::Write as _;
     let node = iroh_node(0xba5e_0005).await?;
@@ -310,21 +311,37 @@ pub async fn raw_sink() -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     writeln!(out, "{}", node.local_addr())?;
     out.flush()?;
-    while let Some(link) = listener.accept().await {
-        let (_, sender, mut receiver) = link.into_parts();
-        let count = next(&mut receiver).await?;
-        let total = u64::from_le_bytes(
-            count
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| anyhow!("a run starts with its byte count"))?,
-        );
-        let mut received = 0u64;
-        while received < total {
-            received += next(&mut receiver).await?.len() as u64;
+    let serve = async {
+        while let Some(link) = listener.accept().await {
+            count_run(link).await?;
         }
-        sender.send(Bytes::from_static(SINK_DONE)).await?;
+        Ok(())
+    };
+    let bench_gone = async {
+        let mut stdin = tokio::io::stdin();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stdin, &mut Vec::new()).await;
+    };
+    tokio::select! {
+        served = serve => served,
+        () = bench_gone => Ok(()),
     }
+}
+
+/// One run of [`raw_sink`].
+async fn count_run(link: Link) -> anyhow::Result<()> {
+    let (_, sender, mut receiver) = link.into_parts();
+    let count = next(&mut receiver).await?;
+    let total = u64::from_le_bytes(
+        count
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| anyhow!("a run starts with its byte count"))?,
+    );
+    let mut received = 0u64;
+    while received < total {
+        received += next(&mut receiver).await?.len() as u64;
+    }
+    sender.send(Bytes::from_static(SINK_DONE)).await?;
     Ok(())
 }
 
@@ -336,7 +353,7 @@ pub async fn raw_two_processes(quick: bool) -> anyhow::Result<RawThroughput> {
     let plan = Plan::new(quick);
     let mut sink = tokio::process::Command::new(std::env::current_exe()?)
         .arg("raw-sink")
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
