@@ -42,7 +42,7 @@ use iroh_blobs::store::fs::FsStore;
 use iroh_blobs::store::fs::options::{Options, PathOptions};
 use iroh_blobs::store::{GcConfig, ProtectOutcome};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -201,6 +201,9 @@ struct Grant {
 #[derive(Default)]
 struct Shared {
     entries: BTreeMap<(MailboxId, BlobId), Entry>,
+    /// The entries by expiry: what expired is found without a scan of every entry (a
+    /// relay at its budget sweeps before each new file it would refuse).
+    by_expiry: BTreeSet<(u64, (MailboxId, BlobId))>,
     /// Per file: its size and how many mailboxes hold it.
     files: HashMap<BlobId, (u64, u32)>,
     bytes: u64,
@@ -210,26 +213,44 @@ struct Shared {
 }
 
 impl Shared {
+    /// Add an entry, or replace one (a new expiry, counted uploaded).
     fn insert(&mut self, key: (MailboxId, BlobId), entry: Entry) {
-        if self.entries.insert(key, entry).is_none() {
-            let file = self.files.entry(key.1).or_insert((entry.size, 0));
-            if file.1 == 0 {
-                self.bytes += entry.size;
+        match self.entries.insert(key, entry) {
+            None => {
+                let file = self.files.entry(key.1).or_insert((entry.size, 0));
+                if file.1 == 0 {
+                    self.bytes += entry.size;
+                }
+                file.1 += 1;
             }
-            file.1 += 1;
+            Some(old) => {
+                self.by_expiry.remove(&(old.expires_ms, key));
+            }
         }
+        self.by_expiry.insert((entry.expires_ms, key));
     }
 
     fn remove(&mut self, key: &(MailboxId, BlobId)) {
-        if self.entries.remove(key).is_some()
-            && let Some(file) = self.files.get_mut(&key.1)
-        {
+        let Some(old) = self.entries.remove(key) else {
+            return;
+        };
+        self.by_expiry.remove(&(old.expires_ms, *key));
+        if let Some(file) = self.files.get_mut(&key.1) {
             file.1 -= 1;
             if file.1 == 0 {
                 self.bytes -= file.0;
                 self.files.remove(&key.1);
             }
         }
+    }
+
+    /// The entries expired at `now_ms`, from the expiry index.
+    fn expired(&self, now_ms: u64) -> Vec<(MailboxId, BlobId)> {
+        let first = (MailboxId([0; 32]), BlobId([0; 32]));
+        self.by_expiry
+            .range(..(now_ms.saturating_add(1), first))
+            .map(|(_, key)| *key)
+            .collect()
     }
 
     /// Bytes and files of a mailbox's live entries (an expired one no longer counts, swept
@@ -695,7 +716,7 @@ impl ContentState {
                 return Some(entry);
             }
             entry.uploaded = true;
-            lock(&self.service.shared).entries.insert(key, entry);
+            lock(&self.service.shared).insert(key, entry);
             self.persist(&key, Some(&entry));
             debug!(mailbox = %key.0.short(), size = entry.size, "content uploaded");
         }
@@ -731,7 +752,7 @@ impl ContentState {
                 && shared.bytes.saturating_add(size) > self.config.budget_bytes
         };
         if over_budget {
-            self.sweep();
+            self.forget_expired();
         }
         let is_new = !lock(&self.service.shared)
             .entries
@@ -759,7 +780,7 @@ impl ContentState {
                 // Offered again while it lives: its TTL restarts.
                 Some(mut entry) if entry.expires_ms > now_ms => {
                     entry.expires_ms = entry.expires_ms.max(expires_ms);
-                    shared.entries.insert(key, entry);
+                    shared.insert(key, entry);
                     entry
                 }
                 expired_or_none => {
@@ -865,18 +886,22 @@ impl ContentState {
         self.settle_upload((grant.mailbox, hash), true).await;
     }
 
+    /// The periodic sweep: expired grants and entries.
     fn sweep(&mut self) {
-        let now_ms = self.clock.now_unix_ms();
         let now = tokio::time::Instant::now();
-        let expired: Vec<_> = {
+        lock(&self.service.shared)
+            .grants
+            .retain(|_, g| g.expires > now);
+        self.forget_expired();
+    }
+
+    /// Forget the expired entries (their bytes go with the store's next GC). Costs what
+    /// expired, not what is held.
+    fn forget_expired(&mut self) {
+        let now_ms = self.clock.now_unix_ms();
+        let expired = {
             let mut shared = lock(&self.service.shared);
-            shared.grants.retain(|_, g| g.expires > now);
-            let expired: Vec<_> = shared
-                .entries
-                .iter()
-                .filter(|(_, e)| e.expires_ms <= now_ms)
-                .map(|(k, _)| *k)
-                .collect();
+            let expired = shared.expired(now_ms);
             for key in &expired {
                 shared.remove(key);
             }
@@ -1002,4 +1027,49 @@ pub fn push_chunks(have: u64, size: u64) -> ChunkRanges {
 /// A request range that pushes the chunks `have..size` of a file.
 pub fn push_ranges(have: u64, size: u64) -> ChunkRangesSeq {
     ChunkRangesSeq::from_ranges([push_chunks(have, size)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The expiry index answers what a scan of every entry answers, through adds,
+        /// renewals (a later expiry, counted uploaded) and removals; the byte count follows
+        /// the distinct files held.
+        #[test]
+        fn the_expiry_index_finds_what_a_scan_of_every_entry_finds(
+            ops in proptest::collection::vec((0u8..6, 0u8..4, 0u64..50, any::<bool>()), 0..200),
+            now_ms in 0u64..60,
+        ) {
+            let mut shared = Shared::default();
+            for (mailbox, file, expires_ms, remove) in ops {
+                let key = (MailboxId([mailbox; 32]), BlobId([file; 32]));
+                if remove {
+                    shared.remove(&key);
+                } else {
+                    let entry = Entry {
+                        size: 10 + u64::from(file),
+                        expires_ms,
+                        uploaded: expires_ms % 2 == 0,
+                    };
+                    shared.insert(key, entry);
+                }
+            }
+            let scanned: Vec<_> = shared
+                .entries
+                .iter()
+                .filter(|(_, e)| e.expires_ms <= now_ms)
+                .map(|(k, _)| *k)
+                .collect();
+            let mut indexed = shared.expired(now_ms);
+            indexed.sort();
+            prop_assert_eq!(indexed, scanned);
+            prop_assert_eq!(shared.by_expiry.len(), shared.entries.len());
+            let files: BTreeSet<_> = shared.entries.keys().map(|(_, f)| *f).collect();
+            let bytes: u64 = files.iter().map(|f| 10 + u64::from(f.0[0])).sum();
+            prop_assert_eq!(shared.bytes, bytes);
+        }
+    }
 }
