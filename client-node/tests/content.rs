@@ -199,14 +199,15 @@ async fn a_relay_killed_in_the_middle_of_a_push_takes_the_rest_after_its_restart
     // entry (within 100 ms of the first bytes; it says so in its log).
     let (tx, _progress) = mpsc::channel(4096);
     let put = alice.put_file_with(group, &source, Some(tx));
-    let committed = async {
-        while !relay
-            .logs()
-            .contains("content push: partial entry committed")
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
+    let committed = wait_until(
+        "the relay to commit the push's partial entry",
+        Duration::from_secs(60),
+        async || {
+            relay
+                .logs()
+                .contains("content push: partial entry committed")
+        },
+    );
     tokio::select! {
         _ = put => panic!("the put ended before the relay committed its partial entry"),
         () = committed => {}
@@ -344,14 +345,13 @@ async fn a_file_is_stored_once_per_group_and_unrelated_across_groups_and_members
     bob.get_file(&first, &dest).await.unwrap();
     assert_eq!(file_hash(&dest), file_hash(&source));
     let sent = "zerok_relay_content_transfer_bytes_total{direction=\"get\"}";
-    let mut counted = None;
-    for _ in 0..100 {
-        counted = relay_metric_if_any(&relay, sent).await;
-        if counted.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the relay to count the get",
+        Duration::from_secs(5),
+        async || relay_metric_if_any(&relay, sent).await.is_some(),
+    )
+    .await;
+    let counted = relay_metric_if_any(&relay, sent).await;
     assert_eq!(counted, Some(first.sealed_size as f64));
     for client in [alice, bob, mallory] {
         client.shutdown().await;

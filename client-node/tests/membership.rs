@@ -192,13 +192,22 @@ async fn a_members_newest_invite_is_answered_however_many_older_or_other_invites
     // invites by the thousand cannot starve another's).
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path(), "relay").await;
-    let (alice, bob, group) = pair(dir.path(), vec![relay.addr.clone()]).await;
+    let alice = client_with_clock(dir.path(), "alice", Clock::system()).await;
+    // Bob's clock runs a minute ahead: his invites are newer than Alice's by their stamps,
+    // not only by their order.
+    let ahead = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(60_000));
+    let bob_clock = Clock::virtual_shifted(Clock::system().now_unix_ms(), ahead);
+    let bob = client_with_clock(dir.path(), "bob", bob_clock).await;
+    let group = alice
+        .create_group("family", NewSecret::Random, vec![relay.addr.clone()])
+        .await
+        .unwrap();
+    let invite = alice.invite(group, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(bob.join(&invite, None).await.unwrap(), group);
     for _ in 0..WATCHED_INVITES_MAX {
         alice.invite(group, LONG).await.unwrap();
     }
     let token = alice.invite(group, Duration::from_secs(600)).await.unwrap();
-    // Bob's invites are newer than Alice's by their stamps, not only by their order.
-    tokio::time::sleep(Duration::from_millis(5)).await;
     for _ in 0..WATCHED_INVITES_MAX {
         bob.invite(group, LONG).await.unwrap();
     }
