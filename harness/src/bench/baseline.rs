@@ -297,6 +297,13 @@ pub async fn raw_one_stream(quick: bool) -> anyhow::Result<RawThroughput> {
     .await
 }
 
+/// The frame every one-stream throughput run sends (seeded random bytes).
+fn throughput_frame() -> Bytes {
+    let mut payload = vec![0u8; THROUGHPUT_FRAME_BYTES];
+    Rng::seeded(0xba5e_0004).fill(&mut payload);
+    Bytes::from(payload)
+}
+
 /// What a raw sink process answers once it counted a run's bytes.
 const SINK_DONE: &[u8] = b"done";
 
@@ -377,9 +384,7 @@ pub async fn raw_two_processes(quick: bool) -> anyhow::Result<RawThroughput> {
         .map_err(|e| anyhow!("raw sink address {line:?}: {e}"))?;
     let client = iroh_node(0xba5e_0006).await?;
     let dialer = client.dialer();
-    let mut payload = vec![0u8; THROUGHPUT_FRAME_BYTES];
-    Rng::seeded(0xba5e_0004).fill(&mut payload);
-    let frame = Bytes::from(payload);
+    let frame = throughput_frame();
     let frames = plan.throughput_bytes.div_ceil(THROUGHPUT_FRAME_BYTES);
     let bytes = frames * THROUGHPUT_FRAME_BYTES;
     let cpu = || proc_cpu_s("self").zip(proc_cpu_s(&pid)).map(|(a, b)| a + b);
@@ -551,9 +556,7 @@ async fn measure_throughput(
         };
         let _ = done_tx.send(outcome);
     });
-    let mut payload = vec![0u8; THROUGHPUT_FRAME_BYTES];
-    Rng::seeded(0xba5e_0004).fill(&mut payload);
-    let frame = Bytes::from(payload);
+    let frame = throughput_frame();
     let frames = total.div_ceil(THROUGHPUT_FRAME_BYTES);
     let start = Instant::now();
     for _ in 0..frames {
